@@ -1,0 +1,25 @@
+import client from 'prom-client';
+
+/**
+ * Every Prometheus metric, declared once (upstream Aether's names where they exist). One registry
+ * per process; `aether up` serves gateway and agent metrics together.
+ */
+export const registry = new client.Registry();
+client.collectDefaultMetrics({ register: registry, prefix: 'aether_process_' });
+
+const opts = { registers: [registry] };
+
+export const metrics = {
+  invocations: new client.Counter({ name: 'aether_invocations_total', help: 'Invocations by function and status', labelNames: ['function_id', 'status'] as const, ...opts }),
+  invocationDuration: new client.Histogram({ name: 'aether_invocation_duration_seconds', help: 'Invocation latency at the gateway', labelNames: ['function_id'] as const, buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], ...opts }),
+  coldStarts: new client.Counter({ name: 'aether_cold_starts_total', help: 'Requests that triggered or waited for a cold start', labelNames: ['function_id'] as const, ...opts }),
+  activeRequests: new client.Gauge({ name: 'aether_active_requests', help: 'Requests in flight at the gateway', ...opts }),
+  instancesActive: new client.Gauge({ name: 'aether_instances_active', help: 'Running instances on this agent', labelNames: ['function_id', 'agent_id'] as const, ...opts }),
+  vmSpawns: new client.Counter({ name: 'aether_vm_spawns_total', help: 'Instance starts by outcome', labelNames: ['function_id', 'agent_id', 'status'] as const, ...opts }),
+  vmSpawnDuration: new client.Histogram({ name: 'aether_vm_spawn_duration_seconds', help: 'Job taken to instance ready', labelNames: ['function_id'] as const, buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30], ...opts }),
+  vmDeaths: new client.Counter({ name: 'aether_vm_deaths_total', help: 'Instances that exited', labelNames: ['function_id', 'reason'] as const, ...opts }),
+  codeCacheHits: new client.Counter({ name: 'aether_code_cache_hits_total', help: 'Code cache hits', ...opts }),
+  codeCacheMisses: new client.Counter({ name: 'aether_code_cache_misses_total', help: 'Code cache misses (downloads)', ...opts }),
+  scaleEvents: new client.Counter({ name: 'aether_scale_events_total', help: 'Scale decisions taken', labelNames: ['function_id', 'direction'] as const, ...opts }),
+  queuePublishErrors: new client.Counter({ name: 'aether_queue_publish_errors_total', help: 'Failed provision job publishes', ...opts }),
+};

@@ -1,0 +1,3 @@
+export * from './function.ts';
+export * from './keys.ts';
+export * from './instance.ts';

@@ -1,0 +1,59 @@
+import type { Endpoint } from '../runtime/types.ts';
+
+/** What an agent registers for each ready instance (under its lease). */
+export interface InstanceRecord {
+  instance_id: string;
+  function_id: string;
+  agent_id: string;
+  /** Base URL of the owning agent's proxy (distributed mode: gateway -> agent -> instance). */
+  agent_url: string;
+  /** How the owning agent reaches the instance itself (used directly when gateway and agent share a process). */
+  endpoint: Endpoint;
+  /** instanceConfigKey() of the function version it runs: another value means stale. */
+  config_key: string;
+  status: 'ready' | 'draining';
+  started_at: string;
+}
+
+export interface AgentRecord {
+  agent_id: string;
+  url: string;
+  hostname: string;
+  capacity: { instances: number; memory_mb: number; vcpu: number };
+  used: { instances: number; memory_mb: number; vcpu: number };
+  isolation: string;
+  started_at: string;
+}
+
+/** A provisioning job on the queue. The agent re-reads the function from the Store. */
+export interface ProvisionJob {
+  function_id: string;
+  /** config_key the requester wants; an agent skips (acks) jobs for an outdated config. */
+  config_key: string;
+  reason: 'cold' | 'scale' | 'min' | 'replace';
+  requested_at: number;
+  /** Id of the cold-start waiter group, so the gateway can match the result. */
+  request_id: string;
+}
+
+export interface InvocationRecord {
+  id: string;
+  function_id: string;
+  status: 'success' | 'error' | 'timeout';
+  status_code: number;
+  duration_ms: number;
+  cold_start: boolean;
+  instance_id: string | null;
+  started_at: string;
+  error: string | null;
+}
+
+/** Written by the agent when a provision job ends, so waiting gateways answer at once. */
+export interface ProvisionResult {
+  request_id: string;
+  function_id: string;
+  ok: boolean;
+  instance_id: string | null;
+  /** Failure reason plus the last lines the instance printed. */
+  error: string | null;
+}

@@ -1,0 +1,34 @@
+/**
+ * Store key layout, in one place. Everything lives under /aether/.
+ *
+ *   /aether/functions/<fnId>                 FunctionRecord JSON
+ *   /aether/function-names/<name>            fnId (uniqueness of names, written in the same txn)
+ *   /aether/instances/<fnId>/<instanceId>    InstanceRecord JSON, attached to the agent's lease
+ *   /aether/agents/<agentId>                 AgentRecord JSON, attached to the agent's lease
+ *   /aether/coldstart/<fnId>                 cold-start claim (gateway id), attached to a short lease
+ *   /aether/invocations/<fnId>/<invId>       InvocationRecord JSON (invIds sort by time)
+ *   /aether/leader/<role>                    leader claim for singleton loops, leased
+ *   /aether/provision-results/<requestId>    outcome of a provision job (failure text + last log lines), short lease
+ */
+export const KEYS = {
+  functions: '/aether/functions/',
+  function: (id: string): string => `/aether/functions/${id}`,
+  functionName: (name: string): string => `/aether/function-names/${name}`,
+  instances: '/aether/instances/',
+  instancesOf: (fnId: string): string => `/aether/instances/${fnId}/`,
+  instance: (fnId: string, instanceId: string): string => `/aether/instances/${fnId}/${instanceId}`,
+  agents: '/aether/agents/',
+  agent: (id: string): string => `/aether/agents/${id}`,
+  coldStart: (fnId: string): string => `/aether/coldstart/${fnId}`,
+  invocationsOf: (fnId: string): string => `/aether/invocations/${fnId}/`,
+  invocation: (fnId: string, invId: string): string => `/aether/invocations/${fnId}/${invId}`,
+  leader: (role: string): string => `/aether/leader/${role}`,
+  provisionResults: '/aether/provision-results/',
+  provisionResult: (requestId: string): string => `/aether/provision-results/${requestId}`,
+} as const;
+
+/** Blob key of a function's archive. */
+export const codeBlobKey = (fnId: string, sha256: string): string => `functions/${fnId}/${sha256}.archive`;
+
+/** Queue topic for instance provisioning. */
+export const PROVISION_TOPIC = 'provision';
