@@ -1,0 +1,774 @@
+import { access, mkdir } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { AetherError, metrics, newId, type TimerHandle } from '../core/index.ts';
+import { closeEndpoint, forward as proxyForward } from '../proxy/index.ts';
+import type { Job } from '../queue/index.ts';
+import type { ExitInfo, InstanceSpec, LogLine, RuntimeInstance } from '../runtime/index.ts';
+import { planScaleDown, type InstanceLoad, type ScalePolicy } from '../scaler/index.ts';
+import {
+  KEYS,
+  PROVISION_TOPIC,
+  defaultEntrypoint,
+  instanceConfigKey,
+  type AgentRecord,
+  type FunctionRecord,
+  type InstanceRecord,
+  type ProvisionJob,
+  type ProvisionResult,
+} from '../spec/index.ts';
+import type { KeyValue, WatchEvent } from '../store/index.ts';
+import { listAndWatch } from '../store/informer.ts';
+import { LeaseKeeper } from '../store/lease.ts';
+import { createCodeCache, type CodeCache, type CodeLease } from './code-cache.ts';
+import { handleAgentHttp } from './http.ts';
+import { LogStore, type LogEntry } from './logs.ts';
+import type { Agent, AgentDeps, AgentForwardOptions, AgentForwardTarget, LocalInstanceInfo, LocalInstanceState } from './types.ts';
+
+/** Lines of an instance's output quoted in a failed provision result. */
+const FAILURE_TAIL_LINES = 20;
+/** Back-off after giving a job back for lack of capacity, so another agent can take it. */
+const NO_CAPACITY_BACKOFF_MS = 200;
+
+interface Local {
+  id: string;
+  fnId: string;
+  fnName: string;
+  configKey: string;
+  memoryMb: number;
+  vcpu: number;
+  state: LocalInstanceState;
+  inflight: number;
+  /** End of the last request (idle time counts from there), or the ready time. */
+  lastActiveAt: number;
+  startedAt: number;
+  rt: RuntimeInstance | undefined;
+  /** Set once start() resolved: endpoint is valid from then on. */
+  launched: boolean;
+  code: CodeLease | undefined;
+  record: InstanceRecord | undefined;
+  /** Last lines it printed, quoted when its start fails. */
+  recent: string[];
+  exit: ExitInfo | undefined;
+  /** Key writes for this instance, applied in order (a late put must never resurrect a deleted key). */
+  keyChain: Promise<void>;
+  idleWaiters: (() => void)[];
+  /** Counted in the instancesActive gauge. */
+  counted: boolean;
+  stopped: Promise<void> | undefined;
+}
+
+class AgentImpl implements Agent {
+  readonly id: string;
+  readonly #d: AgentDeps;
+  readonly #logs = new LogStore();
+  readonly #locals = new Map<string, Local>();
+  /** Every function, from the watch. */
+  readonly #functions = new Map<string, FunctionRecord>();
+  #functionsReady = false;
+  /** Every instance record of every agent, by key, from the watch. */
+  readonly #records = new Map<string, InstanceRecord>();
+  #keeper: LeaseKeeper | undefined;
+  #watchers: { close(): void }[] = [];
+  #cache: CodeCache | undefined;
+  #running = false;
+  #started = false;
+  readonly #stopAc = new AbortController();
+  #takeLoop: Promise<void> | undefined;
+  readonly #starts = new Set<Promise<void>>();
+  #scaleTimer: TimerHandle | undefined;
+  #scaleTicking = false;
+  readonly #resultTimers = new Set<TimerHandle>();
+  #wake: (() => void) | undefined;
+  #agentWrite: Promise<void> | undefined;
+  #agentDirty = false;
+  readonly #startedAt: string;
+  readonly #httpFollowers = new Set<ServerResponse>();
+
+  constructor(deps: AgentDeps) {
+    this.#d = deps;
+    this.id = deps.config.agentId;
+    this.#startedAt = new Date(deps.clock.now()).toISOString();
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  async start(): Promise<void> {
+    if (this.#started) throw new AetherError('AETHER_ERR_INTERNAL', 'agent already started');
+    this.#started = true;
+    const { store, runtime, clock, logger, config } = this.#d;
+    await mkdir(config.dataDir, { recursive: true });
+    await runtime.cleanupLeftovers();
+    this.#cache = await createCodeCache({
+      dir: join(config.dataDir, 'code'),
+      blob: this.#d.blob,
+      clock,
+      logger,
+      archiveLimits: this.#d.archiveLimits,
+      budgetBytes: config.codeCacheBytes,
+    });
+
+    this.#keeper = new LeaseKeeper({ store, ttlMs: config.leaseTtlMs, clock, logger, onLease: (lease) => this.#onLease(lease) });
+    const lease = await this.#keeper.start();
+    await this.#onLease(lease);
+
+    const fns = listAndWatch(store, KEYS.functions, {
+      onReset: (kvs) => this.#resetFunctions(kvs),
+      onEvent: (ev) => this.#functionEvent(ev),
+    });
+    const insts = listAndWatch(store, KEYS.instances, {
+      onReset: (kvs) => {
+        this.#records.clear();
+        for (const kv of kvs) this.#recordPut(kv);
+      },
+      onEvent: (ev) => {
+        if (ev.type === 'put') this.#recordPut(ev.kv);
+        else this.#records.delete(ev.key);
+      },
+    });
+    this.#watchers.push(fns, insts);
+    await Promise.all([fns.ready, insts.ready]);
+
+    // Records this agent id left under an earlier (dead) lease route to nothing: drop them now
+    // instead of waiting for that lease to expire.
+    for (const [key, rec] of this.#records) {
+      if (rec.agent_id === this.id && !this.#locals.has(rec.instance_id)) {
+        await store.delete(key).catch((err: unknown) => logger.warn({ err, key }, 'could not delete a leftover instance key'));
+      }
+    }
+
+    this.#running = true;
+    this.#takeLoop = this.#runTakeLoop();
+    this.#scheduleScale();
+    logger.info({ agent: this.id, url: config.url, isolation: runtime.isolation, capacity: config.capacity }, 'agent started');
+  }
+
+  async stop(): Promise<void> {
+    if (!this.#started || this.#stopAc.signal.aborted) return;
+    const { store, logger, config } = this.#d;
+    this.#running = false;
+    this.#stopAc.abort(new AetherError('AETHER_ERR_UNAVAILABLE', 'agent is stopping'));
+    this.#wake?.();
+    if (this.#scaleTimer) this.#d.clock.clearTimeout(this.#scaleTimer);
+    // A take blocked in the queue is not awaited: if it returns a job later, the loop gives it back.
+    await Promise.allSettled([...this.#starts]);
+    await Promise.allSettled([...this.#locals.values()].map((l) => this.#drain(l, 'agent stopping', config.drainTimeoutMs)));
+    for (const w of this.#watchers) w.close();
+    this.#watchers = [];
+    for (const res of this.#httpFollowers) res.end();
+    this.#httpFollowers.clear();
+    for (const t of this.#resultTimers) this.#d.clock.clearTimeout(t);
+    this.#resultTimers.clear();
+    await this.#agentWrite;
+    await store.delete(KEYS.agent(this.id)).catch(() => undefined);
+    await this.#keeper?.stop({ revoke: true }).catch((err: unknown) => logger.warn({ err }, 'could not revoke the agent lease'));
+    logger.info({ agent: this.id }, 'agent stopped');
+  }
+
+  // ---------------------------------------------------------------- lease + registration
+
+  /** A (new) lease: register the agent and every ready instance under it. */
+  async #onLease(lease: string): Promise<void> {
+    const { store, logger } = this.#d;
+    await store.put(KEYS.agent(this.id), JSON.stringify(this.#agentRecord()), { lease }).catch((err: unknown) => {
+      logger.warn({ err }, 'could not register the agent');
+    });
+    for (const l of this.#locals.values()) {
+      if (l.state === 'ready' && l.record) this.#putRecord(l, l.record);
+    }
+  }
+
+  #agentRecord(): AgentRecord {
+    const { config, runtime } = this.#d;
+    const used = this.#used();
+    return {
+      agent_id: this.id,
+      url: config.url,
+      hostname: hostname(),
+      capacity: { instances: config.capacity.instances, memory_mb: config.capacity.memoryMb, vcpu: config.capacity.vcpu },
+      used: { instances: used.instances, memory_mb: used.memoryMb, vcpu: used.vcpu },
+      isolation: runtime.isolation,
+      started_at: this.#startedAt,
+    };
+  }
+
+  /** Rewrite the agent record (capacity used changed); coalesces bursts into one write at a time. */
+  #publishAgent(): void {
+    if (this.#agentWrite) {
+      this.#agentDirty = true;
+      return;
+    }
+    const lease = this.#keeper?.leaseId;
+    if (!lease || this.#stopAc.signal.aborted) return;
+    this.#agentWrite = this.#d.store
+      .put(KEYS.agent(this.id), JSON.stringify(this.#agentRecord()), { lease })
+      .then(
+        () => undefined,
+        (err: unknown) => this.#d.logger.warn({ err }, 'could not update the agent record'),
+      )
+      .finally(() => {
+        this.#agentWrite = undefined;
+        if (this.#agentDirty) {
+          this.#agentDirty = false;
+          this.#publishAgent();
+        }
+      });
+  }
+
+  #putRecord(l: Local, rec: InstanceRecord): Promise<void> {
+    return this.#keyOp(l, async () => {
+      const lease = this.#keeper?.leaseId;
+      if (!lease) throw new AetherError('AETHER_ERR_UNAVAILABLE', 'agent has no lease');
+      await this.#d.store.put(KEYS.instance(l.fnId, l.id), JSON.stringify(rec), { lease });
+    });
+  }
+
+  #deleteRecord(l: Local): Promise<void> {
+    return this.#keyOp(l, async () => {
+      await this.#d.store.delete(KEYS.instance(l.fnId, l.id));
+    });
+  }
+
+  /** Chain a key write; the returned promise carries its own failure, the chain never breaks. */
+  #keyOp(l: Local, op: () => Promise<void>): Promise<void> {
+    const p = l.keyChain.then(op);
+    l.keyChain = p.catch(() => undefined);
+    return p;
+  }
+
+  // ---------------------------------------------------------------- watches
+
+  #resetFunctions(kvs: KeyValue[]): void {
+    this.#functions.clear();
+    for (const kv of kvs) {
+      const fn = parse<FunctionRecord>(kv.value);
+      if (fn) this.#functions.set(kv.key.slice(KEYS.functions.length), fn);
+    }
+    this.#functionsReady = true;
+    for (const l of this.#locals.values()) {
+      if (!this.#functions.has(l.fnId)) void this.#checkDeleted(l.fnId);
+    }
+  }
+
+  #functionEvent(ev: WatchEvent): void {
+    if (ev.type === 'put') {
+      const fn = parse<FunctionRecord>(ev.kv.value);
+      if (fn) this.#functions.set(ev.kv.key.slice(KEYS.functions.length), fn);
+      return;
+    }
+    const fnId = ev.key.slice(KEYS.functions.length);
+    this.#functions.delete(fnId);
+    this.#stopFunction(fnId);
+  }
+
+  #recordPut(kv: KeyValue): void {
+    const rec = parse<InstanceRecord>(kv.value);
+    if (rec) this.#records.set(kv.key, rec);
+  }
+
+  /** The watch does not know the function: make sure it is really gone before stopping anything. */
+  async #checkDeleted(fnId: string): Promise<void> {
+    try {
+      if (!(await this.#d.store.get(KEYS.function(fnId)))) this.#stopFunction(fnId);
+    } catch (err) {
+      this.#d.logger.warn({ err, fnId }, 'could not check whether a function still exists');
+    }
+  }
+
+  /** A deleted function's instances go at once (no drain wait: nobody can call it any more). */
+  #stopFunction(fnId: string): void {
+    let any = false;
+    for (const l of this.#locals.values()) {
+      if (l.fnId !== fnId || (l.state !== 'ready' && l.state !== 'draining')) continue;
+      any = true;
+      metrics.scaleEvents.inc({ function_id: fnId, direction: 'down' });
+      this.#system(l, 'stopping instance: function deleted');
+      void this.#stopInstance(l);
+    }
+    if (any) this.#d.logger.info({ fnId }, 'function deleted: stopping its instances');
+    this.#logs.drop(fnId);
+  }
+
+  // ---------------------------------------------------------------- provisioning
+
+  #used(): { instances: number; memoryMb: number; vcpu: number } {
+    const u = { instances: 0, memoryMb: 0, vcpu: 0 };
+    for (const l of this.#locals.values()) {
+      if (l.state === 'stopped') continue;
+      u.instances++;
+      u.memoryMb += l.memoryMb;
+      u.vcpu += l.vcpu;
+    }
+    return u;
+  }
+
+  #fits(fn: FunctionRecord): boolean {
+    const c = this.#d.config.capacity;
+    const u = this.#used();
+    return u.instances + 1 <= c.instances && u.memoryMb + fn.memory_mb <= c.memoryMb && u.vcpu + fn.vcpu <= c.vcpu;
+  }
+
+  /** Wait `ms` of clock time, or less when capacity frees up or the agent stops. */
+  async #pause(ms: number): Promise<void> {
+    const woken = new Promise<void>((resolve) => (this.#wake = resolve));
+    await Promise.race([this.#d.clock.sleep(ms, this.#stopAc.signal).catch(() => undefined), woken]);
+    this.#wake = undefined;
+  }
+
+  #poke(): void {
+    this.#wake?.();
+  }
+
+  async #runTakeLoop(): Promise<void> {
+    const { queue, logger, config } = this.#d;
+    while (this.#running) {
+      if (this.#starts.size >= config.maxConcurrentStarts || this.#used().instances >= config.capacity.instances) {
+        await this.#pause(NO_CAPACITY_BACKOFF_MS);
+        continue;
+      }
+      let job: Job<ProvisionJob> | undefined;
+      try {
+        job = await queue.take<ProvisionJob>(PROVISION_TOPIC, this.id, { waitMs: 1000, visibilityMs: config.jobVisibilityMs });
+      } catch (err) {
+        if (!this.#running) break;
+        logger.warn({ err }, 'provision queue take failed');
+        await this.#pause(1000);
+        continue;
+      }
+      if (!job) continue;
+      if (!this.#running) {
+        await queue.release(job).catch(() => undefined);
+        break;
+      }
+      const verdict = await this.#admit(job);
+      if (verdict === 'retry') await this.#pause(NO_CAPACITY_BACKOFF_MS);
+    }
+  }
+
+  /**
+   * Decide on a job (sequentially, so capacity is reserved before the next take) and start the
+   * instance in the background.
+   */
+  async #admit(job: Job<ProvisionJob>): Promise<'started' | 'done' | 'retry'> {
+    const { queue, store, logger, clock } = this.#d;
+    const takenAt = clock.now();
+    const p = job.payload;
+    if (!p || typeof p.function_id !== 'string' || typeof p.request_id !== 'string') {
+      logger.warn({ job: job.id }, 'dropping a malformed provision job');
+      await queue.ack(job).catch(() => undefined);
+      return 'done';
+    }
+    let kv: KeyValue | undefined;
+    try {
+      kv = await store.get(KEYS.function(p.function_id));
+    } catch (err) {
+      logger.warn({ err, fnId: p.function_id }, 'store unavailable while reading a function; job given back');
+      await queue.release(job).catch(() => undefined);
+      return 'retry';
+    }
+    const fn = kv ? parse<FunctionRecord>(kv.value) : undefined;
+    if (!fn) {
+      await this.#writeResult(p, { ok: false, instance_id: null, error: 'function deleted' });
+      await queue.ack(job).catch(() => undefined);
+      return 'done';
+    }
+    const configKey = instanceConfigKey(fn);
+    if (p.config_key !== configKey) {
+      // The function changed after the job was queued; whoever wants the new version asks again.
+      logger.debug({ fnId: fn.id, job: job.id }, 'dropping a provision job for an outdated config');
+      await queue.ack(job).catch(() => undefined);
+      return 'done';
+    }
+    if (!this.#fits(fn)) {
+      await queue.release(job).catch(() => undefined);
+      return 'retry';
+    }
+    const l: Local = {
+      id: newId('inst', clock.now()),
+      fnId: fn.id,
+      fnName: fn.name,
+      configKey,
+      memoryMb: fn.memory_mb,
+      vcpu: fn.vcpu,
+      state: 'starting',
+      inflight: 0,
+      lastActiveAt: clock.now(),
+      startedAt: clock.now(),
+      rt: undefined,
+      launched: false,
+      code: undefined,
+      record: undefined,
+      recent: [],
+      exit: undefined,
+      keyChain: Promise.resolve(),
+      idleWaiters: [],
+      counted: false,
+      stopped: undefined,
+    };
+    this.#locals.set(l.id, l);
+    this.#publishAgent();
+    const task = this.#provision(job, fn, l, takenAt).finally(() => {
+      this.#starts.delete(task);
+      this.#poke();
+    });
+    this.#starts.add(task);
+    return 'started';
+  }
+
+  async #provision(job: Job<ProvisionJob>, fn: FunctionRecord, l: Local, takenAt: number): Promise<void> {
+    const { queue, runtime, clock, logger, config } = this.#d;
+    const req = job.payload;
+    // Keep the job invisible to other agents while this start is in progress.
+    let extendTimer: TimerHandle | undefined;
+    const every = Math.max(100, Math.floor(config.jobVisibilityMs / 3));
+    const extend = (): void => {
+      extendTimer = clock.setTimeout(() => {
+        queue.extend(job, config.jobVisibilityMs).catch((err: unknown) => logger.warn({ err, job: job.id }, 'could not extend a provision job'));
+        extend();
+      }, every);
+    };
+    extend();
+    let registered = false;
+    try {
+      const cache = this.#cache;
+      if (!cache) throw new AetherError('AETHER_ERR_INTERNAL', 'agent not started');
+      l.code = await cache.acquire(fn);
+      const entrypoint = fn.entrypoint || defaultEntrypoint(fn.runtime);
+      try {
+        await access(join(l.code.dir, entrypoint));
+      } catch {
+        throw new AetherError('AETHER_ERR_ENTRYPOINT_MISSING', `the code does not contain the entrypoint ${entrypoint}`);
+      }
+      const spec: InstanceSpec = {
+        instanceId: l.id,
+        functionId: fn.id,
+        functionName: fn.name,
+        runtime: fn.runtime,
+        entrypoint,
+        codeDir: l.code.dir,
+        env: { ...fn.env_vars },
+        port: fn.port,
+        memoryMb: fn.memory_mb,
+        vcpu: fn.vcpu,
+        pidsMax: config.pidsMax,
+      };
+      const rt = await runtime.create(spec);
+      l.rt = rt;
+      rt.onLog((line) => this.#onLine(l, line));
+      void rt.exited.then((info) => this.#onExit(l, info));
+      await rt.start();
+      l.launched = true;
+      await rt.waitReady(config.startupTimeoutMs, this.#stopAc.signal);
+      if (l.exit) throw new AetherError('AETHER_ERR_COLD_START_FAILED', describeExit(l.exit));
+      if (this.#stopAc.signal.aborted) throw this.#stopAc.signal.reason;
+
+      const now = clock.now();
+      const rec: InstanceRecord = {
+        instance_id: l.id,
+        function_id: fn.id,
+        agent_id: this.id,
+        agent_url: config.url,
+        endpoint: rt.endpoint,
+        config_key: l.configKey,
+        status: 'ready',
+        started_at: new Date(now).toISOString(),
+      };
+      l.record = rec;
+      l.state = 'ready';
+      l.lastActiveAt = now;
+      await this.#putRecord(l, rec);
+      registered = true;
+      l.counted = true;
+      metrics.instancesActive.inc({ function_id: fn.id, agent_id: this.id });
+      metrics.vmSpawns.inc({ function_id: fn.id, agent_id: this.id, status: 'success' });
+      metrics.vmSpawnDuration.observe({ function_id: fn.id }, (now - takenAt) / 1000);
+      this.#system(l, `instance ready in ${now - takenAt} ms`);
+      await this.#writeResult(req, { ok: true, instance_id: l.id, error: null });
+      await queue.ack(job).catch((err: unknown) => logger.warn({ err, job: job.id }, 'could not ack a provision job'));
+      logger.info({ fnId: fn.id, instance: l.id, ms: now - takenAt }, 'instance ready');
+      // It may have died while being registered: #onExit saw state 'ready' and cleaned up.
+    } catch (err) {
+      if (extendTimer) clock.clearTimeout(extendTimer);
+      extendTimer = undefined;
+      if (registered) return;
+      const stopping = this.#stopAc.signal.aborted;
+      const retryable = stopping || (l.state === 'ready' && !registered);
+      l.state = 'stopping';
+      await this.#cleanupFailed(l);
+      if (retryable) {
+        // Agent shutting down or the store refused the registration: another agent should try.
+        logger.warn({ err, fnId: fn.id, job: job.id }, 'provision interrupted; job given back');
+        await queue.release(job).catch(() => undefined);
+        return;
+      }
+      const reason = err instanceof Error ? err.message : String(err);
+      this.#system(l, `start failed: ${reason}`);
+      metrics.vmSpawns.inc({ function_id: fn.id, agent_id: this.id, status: 'error' });
+      const tail = l.recent.filter((s) => !s.startsWith('[system] start failed:'));
+      const error = tail.length > 0 ? `${reason}\n--- last output ---\n${tail.join('\n')}` : reason;
+      logger.warn({ fnId: fn.id, instance: l.id, reason }, 'instance failed to start');
+      await this.#writeResult(req, { ok: false, instance_id: null, error });
+      await queue.ack(job).catch((err2: unknown) => logger.warn({ err: err2, job: job.id }, 'could not ack a provision job'));
+    } finally {
+      if (extendTimer) clock.clearTimeout(extendTimer);
+    }
+  }
+
+  /** Tear down a start that did not make it; waits for the program's last lines to arrive. */
+  async #cleanupFailed(l: Local): Promise<void> {
+    const rt = l.rt;
+    if (rt) {
+      await rt.stop(this.#d.config.stopGraceMs).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not stop a failed instance'));
+      if (l.launched) await rt.exited.catch(() => undefined);
+      // stdout/stderr can trail the exit by a tick.
+      await new Promise((r) => setImmediate(r));
+    }
+    this.#forget(l);
+  }
+
+  async #writeResult(job: ProvisionJob, r: Pick<ProvisionResult, 'ok' | 'instance_id' | 'error'>): Promise<void> {
+    const { store, clock, logger, config } = this.#d;
+    const result: ProvisionResult = { request_id: job.request_id, function_id: job.function_id, ...r };
+    const key = KEYS.provisionResult(job.request_id);
+    const lease = this.#keeper?.leaseId;
+    try {
+      await store.put(key, JSON.stringify(result), lease ? { lease } : {});
+    } catch (err) {
+      logger.warn({ err, key }, 'could not write a provision result');
+      return;
+    }
+    const t = clock.setTimeout(() => {
+      this.#resultTimers.delete(t);
+      void store.delete(key).catch(() => undefined);
+    }, config.resultTtlMs);
+    this.#resultTimers.add(t);
+  }
+
+  // ---------------------------------------------------------------- instance lifecycle
+
+  #onLine(l: Local, line: LogLine): void {
+    const entry: LogEntry = { time: line.time, instance_id: l.id, stream: line.stream, text: line.text };
+    this.#logs.append(l.fnId, entry);
+    l.recent.push(line.stream === 'system' ? `[system] ${line.text}` : line.text);
+    if (l.recent.length > FAILURE_TAIL_LINES) l.recent.shift();
+  }
+
+  /** A line from the agent itself about an instance. */
+  #system(l: Local, text: string): void {
+    this.#onLine(l, { time: this.#d.clock.now(), stream: 'system', text });
+  }
+
+  #onExit(l: Local, info: ExitInfo): void {
+    l.exit = info;
+    // Starting: #provision sees the failure. Stopping/stopped: we asked for it.
+    if (l.state !== 'ready' && l.state !== 'draining') return;
+    const oom = info.reason?.includes('oom') ?? false;
+    this.#system(l, `instance exited: ${describeExit(info)}`);
+    metrics.vmDeaths.inc({ function_id: l.fnId, reason: oom ? 'oom' : 'unexpected' });
+    this.#d.logger.warn({ fnId: l.fnId, instance: l.id, exit: info }, 'instance exited unexpectedly');
+    const draining = l.state === 'draining';
+    l.state = 'stopping';
+    // Deregister at once so no gateway routes another request to it.
+    this.#deleteRecord(l).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not delete the key of a dead instance'));
+    for (const w of l.idleWaiters.splice(0)) w();
+    // A draining instance's drain now proceeds to its teardown; otherwise reap it here.
+    if (!draining) l.stopped = this.#teardown(l);
+  }
+
+  /** Mark draining, wait for in-flight requests (bounded), then stop. */
+  #drain(l: Local, why: string, timeoutMs: number): Promise<void> {
+    if (l.state !== 'ready') return l.stopped ?? Promise.resolve();
+    l.state = 'draining';
+    this.#system(l, `draining instance: ${why}`);
+    if (l.record) {
+      const rec: InstanceRecord = { ...l.record, status: 'draining' };
+      l.record = rec;
+      this.#putRecord(l, rec).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not mark an instance draining'));
+    }
+    l.stopped = (async () => {
+      if (l.inflight > 0 && timeoutMs > 0) {
+        const idle = new Promise<void>((resolve) => l.idleWaiters.push(resolve));
+        const ac = new AbortController();
+        await Promise.race([idle, this.#d.clock.sleep(timeoutMs, ac.signal).catch(() => undefined)]);
+        ac.abort();
+      }
+      await this.#teardown(l);
+    })();
+    return l.stopped;
+  }
+
+  /** Stop now, without waiting for in-flight requests. */
+  #stopInstance(l: Local): Promise<void> {
+    if (l.state === 'ready') {
+      l.state = 'stopping';
+      l.stopped = this.#teardown(l);
+    } else if (l.state === 'draining') {
+      for (const w of l.idleWaiters.splice(0)) w(); // cut the drain wait short
+    }
+    return l.stopped ?? Promise.resolve();
+  }
+
+  async #teardown(l: Local): Promise<void> {
+    if (l.state === 'stopped') return;
+    l.state = 'stopping';
+    await this.#deleteRecord(l).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not delete an instance key'));
+    const died = l.exit !== undefined;
+    await l.rt?.stop(died ? 0 : this.#d.config.stopGraceMs).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not stop an instance'));
+    if (!died) this.#system(l, 'instance stopped');
+    this.#forget(l);
+  }
+
+  /** Release everything the instance held (capacity, code, pooled connections, gauge). */
+  #forget(l: Local): void {
+    if (l.state === 'stopped') return;
+    l.state = 'stopped';
+    this.#locals.delete(l.id);
+    if (l.counted) {
+      l.counted = false;
+      metrics.instancesActive.dec({ function_id: l.fnId, agent_id: this.id });
+    }
+    l.code?.release();
+    l.code = undefined;
+    if (l.rt && l.launched) void closeEndpoint(l.rt.endpoint);
+    for (const w of l.idleWaiters.splice(0)) w();
+    this.#publishAgent();
+    this.#poke();
+  }
+
+  // ---------------------------------------------------------------- scale-down
+
+  #scheduleScale(): void {
+    if (!this.#running) return;
+    this.#scaleTimer = this.#d.clock.setTimeout(() => {
+      this.#scaleTimer = undefined;
+      this.#scaleTick();
+      this.#scheduleScale();
+    }, this.#d.config.scaleIntervalMs);
+  }
+
+  #scaleTick(): void {
+    if (this.#scaleTicking || !this.#running) return;
+    this.#scaleTicking = true;
+    try {
+      const { clock, config } = this.#d;
+      const now = clock.now();
+      const byFn = new Map<string, Local[]>();
+      for (const l of this.#locals.values()) {
+        if (l.state !== 'ready') continue;
+        const list = byFn.get(l.fnId);
+        if (list) list.push(l);
+        else byFn.set(l.fnId, [l]);
+      }
+      for (const [fnId, locals] of byFn) {
+        const fn = this.#functions.get(fnId);
+        if (!fn) {
+          if (this.#functionsReady) void this.#checkDeleted(fnId);
+          continue;
+        }
+        const current = instanceConfigKey(fn);
+        // Ready instances of this function on every agent (ours from local state, it is fresher).
+        const ready: { id: string; configKey: string }[] = locals.map((l) => ({ id: l.id, configKey: l.configKey }));
+        for (const rec of this.#records.values()) {
+          if (rec.function_id === fnId && rec.agent_id !== this.id && rec.status === 'ready') ready.push({ id: rec.instance_id, configKey: rec.config_key });
+        }
+        const hasCurrent = ready.some((r) => r.configKey === current);
+        let candidates = locals;
+        let totalReady = ready.length;
+        if (hasCurrent) {
+          for (const l of locals) {
+            if (l.configKey !== current) {
+              metrics.scaleEvents.inc({ function_id: fnId, direction: 'down' });
+              void this.#drain(l, 'replaced by an instance of the updated function', config.drainTimeoutMs);
+            }
+          }
+          candidates = locals.filter((l) => l.configKey === current);
+          totalReady = ready.filter((r) => r.configKey === current).length;
+        }
+        if (candidates.length === 0) continue;
+        const loads: InstanceLoad[] = candidates.map((l) => ({ id: l.id, inflight: l.inflight, lastActiveAt: l.lastActiveAt }));
+        for (const id of planScaleDown(policyOf(fn), { now, instances: loads, totalReady })) {
+          const l = this.#locals.get(id);
+          if (!l) continue;
+          metrics.scaleEvents.inc({ function_id: fnId, direction: 'down' });
+          void this.#drain(l, `idle for ${Math.round((now - l.lastActiveAt) / 1000)} s`, config.drainTimeoutMs);
+        }
+      }
+    } catch (err) {
+      this.#d.logger.error({ err }, 'scale-down pass failed');
+    } finally {
+      this.#scaleTicking = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- forwarding
+
+  async forward(
+    instanceId: string,
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: AgentForwardTarget,
+    opts: AgentForwardOptions = {},
+  ): Promise<{ status: number }> {
+    const l = this.#locals.get(instanceId);
+    // Draining instances still serve what reaches them (a gateway's view may lag by a moment).
+    if (!l || (l.state !== 'ready' && l.state !== 'draining') || !l.rt) {
+      throw new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId} is not running on agent ${this.id}`);
+    }
+    l.inflight++;
+    try {
+      const t = target.headers ? { endpoint: l.rt.endpoint, path: target.path, headers: target.headers } : { endpoint: l.rt.endpoint, path: target.path };
+      return await proxyForward(req, res, t, opts);
+    } finally {
+      l.inflight--;
+      l.lastActiveAt = this.#d.clock.now();
+      if (l.inflight === 0) for (const w of l.idleWaiters.splice(0)) w();
+    }
+  }
+
+  handleHttp(req: IncomingMessage, res: ServerResponse): void {
+    handleAgentHttp(this, this.#d.config.adminToken, this.#httpFollowers, req, res);
+  }
+
+  // ---------------------------------------------------------------- logs + introspection
+
+  tailLogs(fnId: string, n: number): LogEntry[] {
+    return this.#logs.tail(fnId, n);
+  }
+
+  followLogs(fnId: string, onEntry: (e: LogEntry) => void): () => void {
+    return this.#logs.follow(fnId, onEntry);
+  }
+
+  localInstances(): LocalInstanceInfo[] {
+    return [...this.#locals.values()].map((l) => ({ instanceId: l.id, functionId: l.fnId, inflight: l.inflight, state: l.state }));
+  }
+}
+
+function policyOf(fn: FunctionRecord): ScalePolicy {
+  return {
+    min_instances: fn.min_instances,
+    max_instances: fn.max_instances,
+    concurrency_target: fn.concurrency_target,
+    scale_down_after_s: fn.scale_down_after_s,
+    scale_to_zero_after_s: fn.scale_to_zero_after_s,
+  };
+}
+
+function describeExit(e: ExitInfo): string {
+  if (e.reason) return e.reason;
+  if (e.signal) return `signal ${e.signal}`;
+  return `code ${e.code ?? 'unknown'}`;
+}
+
+function parse<T>(s: string): T | undefined {
+  try {
+    return JSON.parse(s) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+export function createAgent(deps: AgentDeps): Agent {
+  return new AgentImpl(deps);
+}

@@ -1,0 +1,117 @@
+import { timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { AetherError, errorBody } from '../core/index.ts';
+import { ProxyError } from '../proxy/index.ts';
+import type { Agent } from './types.ts';
+
+const FORWARD_PREFIX = '/internal/forward/';
+const LOGS_PREFIX = '/internal/logs/';
+const MAX_TAIL = 1000;
+
+/**
+ * The agent's own HTTP surface: health, the gateway -> agent forwarding hop, and logs. Plain
+ * node:http (no framework) because /internal/forward is on the warm path.
+ */
+export function handleAgentHttp(
+  agent: Agent,
+  adminToken: string | undefined,
+  followers: Set<ServerResponse>,
+  req: IncomingMessage,
+  res: ServerResponse,
+): void {
+  const url = req.url ?? '/';
+  if (url.startsWith(FORWARD_PREFIX)) {
+    forwardRoute(agent, url.slice(FORWARD_PREFIX.length), req, res);
+    return;
+  }
+  const q = url.indexOf('?');
+  const path = q < 0 ? url : url.slice(0, q);
+  if (path === '/healthz') {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return sendError(res, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED'));
+    sendJson(res, 200, { ok: true, agent_id: agent.id });
+    return;
+  }
+  if (path.startsWith(LOGS_PREFIX)) {
+    if (req.method !== 'GET') return sendError(res, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED'));
+    if (adminToken !== undefined && !tokenOk(req.headers.authorization, adminToken)) {
+      return sendError(res, new AetherError('AETHER_ERR_UNAUTHORIZED'));
+    }
+    const fnId = decodeURIComponent(path.slice(LOGS_PREFIX.length));
+    const params = new URLSearchParams(q < 0 ? '' : url.slice(q + 1));
+    logsRoute(agent, followers, fnId, params, req, res);
+    return;
+  }
+  sendError(res, new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no route ${req.method ?? 'GET'} ${path}`));
+}
+
+/** `<instanceId>/<path...>[?query]`: the gateway already set X-Forwarded-*; headers pass through. */
+function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: ServerResponse): void {
+  let cut = rest.length;
+  for (const c of ['/', '?']) {
+    const i = rest.indexOf(c);
+    if (i >= 0 && i < cut) cut = i;
+  }
+  const instanceId = rest.slice(0, cut);
+  let path = rest.slice(cut);
+  if (!path.startsWith('/')) path = `/${path}`;
+  const ac = new AbortController();
+  // The caller went away (gateway timeout or client gone): stop the upstream request too.
+  res.on('close', () => {
+    if (!res.writableFinished) ac.abort();
+  });
+  agent.forward(instanceId, req, res, { path }, { signal: ac.signal }).catch((err: unknown) => {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    if (err instanceof ProxyError) {
+      // 'connect': nothing reached the instance, so the gateway may retry on another one.
+      sendError(res, new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId}: ${err.message} (${err.phase})`));
+      return;
+    }
+    sendError(res, err);
+  });
+}
+
+function logsRoute(agent: Agent, followers: Set<ServerResponse>, fnId: string, params: URLSearchParams, req: IncomingMessage, res: ServerResponse): void {
+  const tailParam = params.get('tail');
+  const n = tailParam === null ? 100 : Number(tailParam);
+  if (!Number.isInteger(n) || n < 0) return sendError(res, new AetherError('AETHER_ERR_VALIDATION', 'tail: must be a non-negative integer'));
+  const follow = params.get('follow') === '1' || params.get('follow') === 'true';
+  res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+  let buf = '';
+  for (const e of agent.tailLogs(fnId, Math.min(n, MAX_TAIL))) buf += `${JSON.stringify(e)}\n`;
+  if (!follow) {
+    res.end(buf);
+    return;
+  }
+  if (buf) res.write(buf);
+  res.flushHeaders();
+  followers.add(res);
+  const unsubscribe = agent.followLogs(fnId, (e) => res.write(`${JSON.stringify(e)}\n`));
+  const done = (): void => {
+    unsubscribe();
+    followers.delete(res);
+  };
+  req.on('close', done);
+  res.on('close', done);
+}
+
+function tokenOk(header: string | undefined, token: string): boolean {
+  if (!header?.startsWith('Bearer ')) return false;
+  const got = Buffer.from(header.slice(7));
+  const want = Buffer.from(token);
+  return got.length === want.length && timingSafeEqual(got, want);
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const s = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(s) });
+  res.end(s);
+}
+
+function sendError(res: ServerResponse, err: unknown): void {
+  const { status, body } = errorBody(err);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}

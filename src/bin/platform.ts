@@ -1,0 +1,153 @@
+import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig, type ConfigInput, type Role } from '../config/index.ts';
+import { AetherError, createLogger, newId, systemClock, type Logger } from '../core/index.ts';
+import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
+import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
+import { closeAllEndpoints } from '../proxy/index.ts';
+import { probeHost } from '../runtime/index.ts';
+import { createProcessRuntime } from '../runtime/process.ts';
+import { openBlob, openQueue, openStore } from './drivers.ts';
+
+export interface RunningNode {
+  /** Gateway URL (up, gateway) or agent URL (agent). */
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Same id across restarts on one data dir, so a restarted agent finds its leftovers. */
+function stableAgentId(dataDir: string, explicit: string | undefined): string {
+  if (explicit) return explicit;
+  const file = join(dataDir, 'agent-id');
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  const host = hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 20) || 'node';
+  const id = `agent-${host}-${newId('x').slice(-6)}`;
+  writeFileSync(file, id + '\n');
+  return id;
+}
+
+async function adminToken(role: Role, dataDir: string, tokenFile: string | undefined, env: NodeJS.ProcessEnv, say: (s: string) => void): Promise<string | undefined> {
+  if (role === 'up') {
+    const t = await loadAdminToken({ dataDir, env, ...(tokenFile ? { tokenFile } : {}) });
+    if (t.source === 'generated') say(`admin token (generated, shown once): ${t.token}\n  saved to ${t.path ?? join(dataDir, 'admin.token')} (mode 0600)`);
+    else say(`admin token: from ${t.source === 'env' ? 'AETHER_ADMIN_TOKEN' : (t.path ?? 'file')}`);
+    return t.token;
+  }
+  // Every gateway must share one token: never generate one per process.
+  if (env['AETHER_ADMIN_TOKEN']) return env['AETHER_ADMIN_TOKEN'];
+  if (tokenFile) return readFileSync(tokenFile, 'utf8').trim();
+  if (role === 'gateway') throw new AetherError('AETHER_ERR_VALIDATION', 'config: `aether gateway` needs AETHER_ADMIN_TOKEN or --admin-token-file (the same for every gateway)');
+  return undefined;
+}
+
+export async function startNode(role: Role, flags: ConfigInput & { config?: string }, env: NodeJS.ProcessEnv = process.env, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<RunningNode> {
+  const cfg = loadConfig(role, flags, env);
+  const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
+  mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
+  const clock = systemClock;
+  const token = await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
+  const store = openStore(cfg, logger);
+  const queue = openQueue(cfg, logger);
+  const blob = openBlob(cfg);
+  const closers: (() => Promise<void>)[] = [];
+
+  let agent: Agent | undefined;
+  let agentServerUrl: string | undefined;
+  if (role === 'up' || role === 'agent') {
+    const host = await probeHost();
+    out(`host: ${JSON.stringify({ root: host.root, namespaces: host.namespaces, cgroups: host.cgroups, kvm: host.kvm, qemu: host.qemu, firecracker: host.firecracker, isolation: host.isolation })}`);
+    const agentId = stableAgentId(cfg.dataDir, cfg.agentId);
+    const runtime = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger });
+    if (runtime.isolation === 'none') out('WARNING: sandboxes are plain child processes (no namespaces/cgroups): run as root for isolation; see `aether doctor`');
+    let url = 'local://in-process';
+    let server: ReturnType<typeof createServer> | undefined;
+    if (role === 'agent') {
+      // Listen first (the advertised URL carries the bound port), hand requests to the agent once built.
+      server = createServer((req, res) => {
+        if (agent) agent.handleHttp(req, res);
+        else {
+          res.writeHead(503).end();
+        }
+      });
+      await new Promise<void>((resolve, reject) => {
+        server?.once('error', reject);
+        server?.listen(cfg.port, cfg.host, () => resolve());
+      });
+      const port = (server.address() as AddressInfo).port;
+      url = `http://${cfg.advertise ?? (cfg.host === '0.0.0.0' || cfg.host === '::' ? '127.0.0.1' : cfg.host)}:${port}`;
+      agentServerUrl = url;
+    }
+    agent = createAgent({
+      store,
+      queue,
+      blob,
+      runtime,
+      clock,
+      logger,
+      archiveLimits: cfg.limits,
+      config: agentConfig({
+        agentId,
+        url,
+        dataDir: cfg.dataDir,
+        capacity: cfg.capacity,
+        leaseTtlMs: cfg.leaseTtlMs,
+        startupTimeoutMs: cfg.startupTimeoutMs,
+        pidsMax: cfg.pidsMax,
+        ...(token ? { adminToken: token } : {}),
+      }),
+    });
+    await agent.start();
+    const a = agent;
+    closers.push(async () => {
+      await a.stop();
+      await runtime.close();
+      if (server) await new Promise<void>((r) => server?.close(() => r()));
+    });
+    if (role === 'agent') out(`agent ${agentId} serving at ${url}`);
+  }
+
+  let gateway: Gateway | undefined;
+  if (role === 'up' || role === 'gateway') {
+    const functions = new FunctionService({ store, blob, clock, limits: cfg.limits, defaultSandbox: cfg.sandbox });
+    gateway = await startGateway({
+      store,
+      queue,
+      clock,
+      logger,
+      functions,
+      adminToken: token as string,
+      limits: cfg.limits,
+      host: cfg.host,
+      port: cfg.port,
+      gatewayId: newId('gw'),
+      leaseTtlMs: cfg.leaseTtlMs,
+      startTimeoutMs: cfg.startupTimeoutMs + 15_000,
+      ...(agent ? { localAgent: agent } : {}),
+    });
+    const g = gateway;
+    closers.unshift(() => g.close());
+    if (role === 'up') writeFileSync(join(cfg.dataDir, 'url'), gateway.url + '\n');
+    out(`Aether ${role === 'up' ? 'is up' : 'gateway'} at ${gateway.url}`);
+    out(`data dir: ${cfg.dataDir}`);
+    out(`try: curl -H "Authorization: Bearer $(cat ${join(cfg.dataDir, 'admin.token')} 2>/dev/null || echo $AETHER_ADMIN_TOKEN)" ${gateway.url}/api/functions`);
+  }
+
+  let closing: Promise<void> | undefined;
+  return {
+    url: gateway?.url ?? agentServerUrl ?? '',
+    close() {
+      closing ??= (async () => {
+        for (const c of closers) await c().catch((err: unknown) => logger.error({ err: String(err) }, 'shutdown step failed'));
+        await closeAllEndpoints();
+        await queue.close().catch(() => undefined);
+        await blob.close().catch(() => undefined);
+        await store.close().catch(() => undefined);
+        logger.flush();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,54 @@
+import type { Command } from 'commander';
+import { runAction } from './output.ts';
+import type { CliDeps, GlobalOptions } from './output.ts';
+
+/** What src/runtime's probeHost() reports about this machine. */
+export interface HostProbe {
+  root: boolean;
+  namespaces: boolean;
+  cgroups: 'v1' | 'v2' | 'none';
+  kvm: boolean;
+  qemu: boolean;
+  firecracker: boolean;
+  isolation: 'namespaces+cgroups' | 'none';
+  notes: string[];
+}
+
+/** Exactly the documented keys, in order (a probe may carry more). */
+export function doctorJson(p: HostProbe): string {
+  const { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes } = p;
+  return JSON.stringify({ root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes });
+}
+
+export function doctorReport(p: HostProbe): string {
+  const mark = (ok: boolean): string => (ok ? '[ok]' : '[--]');
+  const lines = [
+    `${mark(p.root)} running as root${p.root ? '' : ' (needed for namespaces and cgroups)'}`,
+    `${mark(p.namespaces)} linux namespaces (mount, pid, ipc, uts, net)`,
+    `${mark(p.cgroups !== 'none')} cgroups ${p.cgroups === 'none' ? 'not usable' : p.cgroups}`,
+    `${mark(p.kvm)} /dev/kvm`,
+    `${mark(p.qemu)} qemu`,
+    `${mark(p.firecracker)} firecracker`,
+    '',
+    p.isolation === 'none'
+      ? 'isolation: none - functions run as plain child processes, NOT sandboxed'
+      : `isolation: ${p.isolation}`,
+  ];
+  if (p.notes.length > 0) lines.push('', 'notes:', ...p.notes.map((n) => `  - ${n}`));
+  return `${lines.join('\n')}\n`;
+}
+
+export function registerDoctorWith(program: Command, deps: CliDeps, probe?: () => Promise<HostProbe>): void {
+  program
+    .command('doctor')
+    .description('check what isolation this host can give functions')
+    .option('--json', 'print one JSON object')
+    .action(
+      runAction(deps, async (_opts: unknown, cmd: Command) => {
+        const g = cmd.optsWithGlobals<GlobalOptions>();
+        // Loaded on demand so other commands never pay for the runtime module.
+        const p = probe ? await probe() : await (await import('../runtime/index.ts')).probeHost();
+        deps.io.out(g.json ? `${doctorJson(p)}\n` : doctorReport(p));
+      }),
+    );
+}

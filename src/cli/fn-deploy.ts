@@ -1,0 +1,63 @@
+import type { Command } from 'commander';
+import { isClientError } from '../client/index.ts';
+import type { FunctionRecord, UpdateFunctionInput } from '../spec/index.ts';
+import { runtimeArg } from './flags.ts';
+import { formatBytes, printJson, runAction, withClient } from './output.ts';
+import type { CliDeps, GlobalOptions } from './output.ts';
+import { guessEntrypoint, guessRuntime, nameForDir, packDirectory } from './pack.ts';
+
+interface DeployFlags {
+  name?: string;
+  runtime?: 'node' | 'python';
+  entrypoint?: string;
+}
+
+export function registerFnDeploy(fn: Command, deps: CliDeps): void {
+  fn.command('deploy')
+    .description('zip a directory and upload it as the function code (creating the function if needed)')
+    .argument('<dir>', 'directory with the code; .aetherignore (gitignore syntax) excludes files')
+    .option('--name <name>', 'function name (default: the directory name)')
+    .option('--runtime <runtime>', 'node|python (default: guessed from the files)', runtimeArg)
+    .option('--entrypoint <path>', 'file to run, relative to <dir>')
+    .action(
+      runAction(deps, async (dir: string, opts: DeployFlags, cmd: Command) => {
+        const g = cmd.optsWithGlobals<GlobalOptions>();
+        const name = opts.name ?? nameForDir(dir);
+        // Pack first: a bad directory fails before anything changes on the server.
+        const packed = await packDirectory(dir);
+        const result = await withClient(g, deps, async (c) => {
+          let fnRec: FunctionRecord | undefined;
+          try {
+            fnRec = await c.getFunction(name);
+          } catch (err) {
+            if (!(isClientError(err) && err.code === 'AETHER_ERR_FUNCTION_NOT_FOUND')) throw err;
+          }
+          let created = false;
+          if (!fnRec) {
+            const runtime = opts.runtime ?? (await guessRuntime(dir, opts.entrypoint));
+            const entrypoint = opts.entrypoint ?? (await guessEntrypoint(dir, runtime));
+            fnRec = await c.createFunction({ name, runtime, ...(entrypoint ? { entrypoint } : {}) });
+            created = true;
+          } else {
+            // Only what was asked for explicitly changes on an existing function.
+            const patch: UpdateFunctionInput = {};
+            if (opts.runtime && opts.runtime !== fnRec.runtime) patch.runtime = opts.runtime;
+            if (opts.entrypoint && opts.entrypoint !== fnRec.entrypoint) patch.entrypoint = opts.entrypoint;
+            if (Object.keys(patch).length > 0) fnRec = await c.updateFunction(fnRec.id, patch);
+          }
+          const upload = await c.uploadCode(fnRec.id, packed.archive);
+          return { created, fn: fnRec, upload, invokeUrl: `${c.url}/functions/${encodeURIComponent(fnRec.name)}/` };
+        });
+        if (g.json) {
+          printJson(deps.io, { created: result.created, function: result.fn, upload: result.upload, files: packed.files.length, invoke_url: result.invokeUrl });
+          return;
+        }
+        const { fn: f, upload } = result;
+        if (result.created) deps.io.out(`created function ${f.name} (${f.id}, ${f.runtime})\n`);
+        deps.io.out(
+          `deployed ${packed.files.length} file(s) to ${f.name}: ${formatBytes(upload.code_size)} sha256:${upload.code_sha256.slice(0, 12)}\n` +
+            `invoke: ${result.invokeUrl}\n`,
+        );
+      }),
+    );
+}

@@ -1,0 +1,129 @@
+import { AetherError } from '../core/index.ts';
+import { AetherClient, isClientError, resolveConnection } from '../client/index.ts';
+
+/** Where commands write; tests capture it, the real CLI uses the process streams. */
+export interface CliIo {
+  out(chunk: string | Uint8Array): void;
+  err(text: string): void;
+  /** Sets the exit code without exiting, so pending output is flushed. */
+  setExitCode(code: number): void;
+}
+
+export const processIo: CliIo = {
+  out: (chunk) => {
+    process.stdout.write(chunk);
+  },
+  err: (text) => {
+    process.stderr.write(text);
+  },
+  setExitCode: (code) => {
+    process.exitCode = code;
+  },
+};
+
+/** The program-wide options the lead declares in src/bin (see addGlobalOptions). */
+export interface GlobalOptions {
+  url?: string;
+  token?: string;
+  dataDir?: string;
+  json?: boolean;
+}
+
+export interface CliDeps {
+  io: CliIo;
+  env: NodeJS.ProcessEnv;
+  /** ms since epoch, for "3m ago" columns. */
+  now: () => number;
+}
+
+export function defaultDeps(partial: Partial<CliDeps> = {}): CliDeps {
+  return { io: partial.io ?? processIo, env: partial.env ?? process.env, now: partial.now ?? (() => Date.now()) };
+}
+
+/** `error: CODE: message` for coded errors, `error: message` otherwise; never a stack. */
+export function errorLine(err: unknown): string {
+  if (isClientError(err) || err instanceof AetherError) return `error: ${err.code}: ${oneLine(err.message)}`;
+  if (err instanceof Error) return `error: ${oneLine(err.message)}`;
+  return `error: ${oneLine(String(err))}`;
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s*\n\s*/g, ' ').trim();
+}
+
+/** Wrap a command action: any error becomes one stderr line and exit code 1. */
+export function runAction<A extends unknown[]>(deps: CliDeps, fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      deps.io.err(`${errorLine(err)}\n`);
+      deps.io.setExitCode(1);
+    }
+  };
+}
+
+/** A client for the connection the global flags / env / data dir describe; closed after `fn`. */
+export async function withClient<T>(globals: GlobalOptions, deps: CliDeps, fn: (client: AetherClient) => Promise<T>): Promise<T> {
+  const conn = await resolveConnection({ url: globals.url, token: globals.token, dataDir: globals.dataDir, env: deps.env });
+  const client = new AetherClient({ url: conn.url, token: conn.token });
+  try {
+    return await fn(client);
+  } finally {
+    await client.close();
+  }
+}
+
+export function printJson(io: CliIo, value: unknown): void {
+  io.out(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** Left-aligned columns separated by two spaces; the last column is not padded. */
+export function formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+  const all = [headers, ...rows];
+  const widths = headers.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
+  return all
+    .map((r) =>
+      headers
+        .map((_, i) => {
+          const cell = r[i] ?? '';
+          return i === headers.length - 1 ? cell : cell.padEnd(widths[i] ?? 0);
+        })
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n')
+    .concat('\n');
+}
+
+/** Vertical "key: value" listing with aligned values. */
+export function formatFields(fields: readonly (readonly [string, string])[]): string {
+  const w = Math.max(0, ...fields.map(([k]) => k.length + 1));
+  return fields.map(([k, v]) => `${`${k}:`.padEnd(w)}  ${v}`.trimEnd()).join('\n') + '\n';
+}
+
+export function formatBytes(n: number | null | undefined): string {
+  if (n === null || n === undefined) return '-';
+  if (n < 1024) return `${n}B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v < 10 ? v.toFixed(1) : Math.round(v)}${units[u]}`;
+}
+
+/** "45s ago", "3m ago", "2h ago", "5d ago"; the timestamp itself when unparsable or in the future. */
+export function formatAge(iso: string | null | undefined, now: number): string {
+  if (!iso) return '-';
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return iso;
+  const s = Math.floor((now - t) / 1000);
+  if (s < 0) return iso;
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  if (s < 86_400) return `${Math.floor(s / 3600)}h ago`;
+  return `${Math.floor(s / 86_400)}d ago`;
+}

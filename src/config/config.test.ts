@@ -1,0 +1,31 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadConfig } from './index.ts';
+
+test('up defaults to embedded drivers in the data dir', () => {
+  const c = loadConfig('up', { data_dir: '/tmp/x' }, {});
+  assert.equal(c.port, 8080);
+  assert.equal(c.host, '127.0.0.1');
+  assert.equal(c.store, 'sqlite:///tmp/x/store.db');
+  assert.equal(c.queue, 'memory://');
+  assert.equal(c.blob, 'file:///tmp/x/blobs');
+  assert.ok(Object.isFrozen(c));
+});
+
+test('flags beat env, env beats defaults', () => {
+  const c = loadConfig('up', { port: 9000 }, { AETHER_PORT: '9100', AETHER_HOST: '0.0.0.0' });
+  assert.equal(c.port, 9000);
+  assert.equal(c.host, '0.0.0.0');
+});
+
+test('distributed roles refuse embedded drivers with a clear message', () => {
+  assert.throws(() => loadConfig('gateway', { store: 'etcd://127.0.0.1:2379' }, {}), /--queue/);
+  assert.throws(() => loadConfig('agent', { store: 'sqlite:///x', queue: 'redis://h:1', blob: 'file:///b' }, {}), /etcd/);
+  const c = loadConfig('agent', { store: 'etcd://127.0.0.1:2379', queue: 'redis://127.0.0.1:6379', blob: 's3://code?endpoint=http://127.0.0.1:9000' }, {});
+  assert.equal(c.port, 0);
+});
+
+test('bad values name the field', () => {
+  assert.throws(() => loadConfig('up', {}, { AETHER_PORT: 'abc' }), /port/);
+  assert.throws(() => loadConfig('up', { store: 'mysql://x' }, {}), /scheme/);
+});

@@ -1,0 +1,183 @@
+import { readFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { AetherError } from '../core/index.ts';
+import { describeZodError } from '../spec/index.ts';
+
+/**
+ * Options for `aether up | gateway | agent`, from (highest first) flags, AETHER_* env, a YAML file
+ * (--config), defaults; validated once and frozen. Driver URLs:
+ *   store: sqlite:///path/store.db | etcd://host:2379[,host:2379]
+ *   queue: memory:// | redis://host:6379
+ *   blob:  file:///path | s3://bucket?endpoint=http://host:port&region=r
+ */
+export type Role = 'up' | 'gateway' | 'agent';
+
+const MiB = 1024 * 1024;
+
+const FileSchema = z.strictObject({
+  host: z.string().min(1),
+  port: z.number().int().min(0).max(65535),
+  data_dir: z.string().min(1),
+  store: z.string().min(1),
+  queue: z.string().min(1),
+  blob: z.string().min(1),
+  sandbox: z.enum(['process', 'qemu', 'firecracker']),
+  isolation: z.enum(['auto', 'namespaces', 'none']),
+  advertise: z.string().min(1),
+  admin_token_file: z.string().min(1),
+  agent_id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/),
+  capacity_instances: z.number().int().min(1),
+  capacity_memory_mb: z.number().int().min(16),
+  capacity_vcpu: z.number().int().min(1),
+  startup_timeout_ms: z.number().int().min(100),
+  lease_ttl_ms: z.number().int().min(2000),
+  pids_max: z.number().int().min(8),
+  max_archive_mb: z.number().int().min(1),
+  max_unpacked_mb: z.number().int().min(1),
+  max_entries: z.number().int().min(1),
+  log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']),
+}).partial();
+
+export type ConfigInput = z.infer<typeof FileSchema>;
+
+export interface Config {
+  role: Role;
+  host: string;
+  port: number;
+  dataDir: string;
+  /** Driver URLs as given (etcd://h1:2379,h2:2379 is not a WHATWG URL, so these stay strings). */
+  store: string;
+  queue: string;
+  blob: string;
+  sandbox: 'process' | 'qemu' | 'firecracker';
+  isolation: 'auto' | 'namespaces' | 'none';
+  advertise: string | undefined;
+  adminTokenFile: string | undefined;
+  agentId: string | undefined;
+  capacity: { instances: number; memoryMb: number; vcpu: number };
+  startupTimeoutMs: number;
+  leaseTtlMs: number;
+  pidsMax: number;
+  limits: { maxArchiveBytes: number; maxUnpackedBytes: number; maxEntries: number };
+  logLevel: string;
+}
+
+const ENV: Record<keyof ConfigInput, string> = {
+  host: 'AETHER_HOST',
+  port: 'AETHER_PORT',
+  data_dir: 'AETHER_DATA_DIR',
+  store: 'AETHER_STORE',
+  queue: 'AETHER_QUEUE',
+  blob: 'AETHER_BLOB',
+  sandbox: 'AETHER_SANDBOX',
+  isolation: 'AETHER_ISOLATION',
+  advertise: 'AETHER_ADVERTISE',
+  admin_token_file: 'AETHER_ADMIN_TOKEN_FILE',
+  agent_id: 'AETHER_AGENT_ID',
+  capacity_instances: 'AETHER_CAPACITY_INSTANCES',
+  capacity_memory_mb: 'AETHER_CAPACITY_MEMORY_MB',
+  capacity_vcpu: 'AETHER_CAPACITY_VCPU',
+  startup_timeout_ms: 'AETHER_STARTUP_TIMEOUT_MS',
+  lease_ttl_ms: 'AETHER_LEASE_TTL_MS',
+  pids_max: 'AETHER_PIDS_MAX',
+  max_archive_mb: 'AETHER_MAX_ARCHIVE_MB',
+  max_unpacked_mb: 'AETHER_MAX_UNPACKED_MB',
+  max_entries: 'AETHER_MAX_ENTRIES',
+  log_level: 'AETHER_LOG_LEVEL',
+};
+
+const NUMERIC = new Set<keyof ConfigInput>(['port', 'capacity_instances', 'capacity_memory_mb', 'capacity_vcpu', 'startup_timeout_ms', 'lease_ttl_ms', 'pids_max', 'max_archive_mb', 'max_unpacked_mb', 'max_entries']);
+
+function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, name] of Object.entries(ENV) as [keyof ConfigInput, string][]) {
+    const v = env[name];
+    if (v === undefined || v === '') continue;
+    out[k] = NUMERIC.has(k) ? Number(v) : v;
+  }
+  return out;
+}
+
+function invalid(message: string): AetherError {
+  return new AetherError('AETHER_ERR_VALIDATION', `config: ${message}`);
+}
+
+/** Merge flags > env > file > defaults, validate, freeze. Throws AetherError with a one-line reason. */
+export function loadConfig(role: Role, flags: ConfigInput & { config?: string }, env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
+  let file: Record<string, unknown> = {};
+  const path = flags.config ?? env['AETHER_CONFIG'];
+  if (path) {
+    try {
+      file = (parseYaml(readFileSync(path, 'utf8')) as Record<string, unknown> | null) ?? {};
+    } catch (err) {
+      throw invalid(`cannot read ${path}: ${(err as Error).message}`);
+    }
+  }
+  const { config: _c, ...flagValues } = flags;
+  const merged = { ...file, ...fromEnv(env), ...Object.fromEntries(Object.entries(flagValues).filter(([, v]) => v !== undefined)) };
+  const parsed = FileSchema.safeParse(merged);
+  if (!parsed.success) throw invalid(describeZodError(parsed.error));
+  const c = parsed.data;
+
+  const dataDir = resolve(c.data_dir ?? './.aether');
+  const distributed = role !== 'up';
+  const storeUrl = parseUrl('store', c.store ?? (distributed ? undefined : `sqlite://${dataDir}/store.db`), ['sqlite:', 'etcd:']);
+  const queueUrl = parseUrl('queue', c.queue ?? (distributed ? undefined : 'memory://'), ['memory:', 'redis:', 'rediss:']);
+  const blobUrl = parseUrl('blob', c.blob ?? (distributed ? undefined : `file://${dataDir}/blobs`), ['file:', 's3:']);
+  if (distributed) {
+    if (scheme(storeUrl) !== 'etcd:') throw invalid(`\`aether ${role}\` needs --store etcd://host:2379 (the embedded store works only inside \`aether up\`)`);
+    if (scheme(queueUrl) === 'memory:') throw invalid(`\`aether ${role}\` needs --queue redis://host:6379 (the memory queue works only inside \`aether up\`)`);
+  }
+  const cores = cpus().length || 1;
+  const cfg: Config = {
+    role,
+    host: c.host ?? (role === 'agent' ? '0.0.0.0' : '127.0.0.1'),
+    port: c.port ?? (role === 'agent' ? 0 : 8080),
+    dataDir,
+    store: storeUrl,
+    queue: queueUrl,
+    blob: blobUrl,
+    sandbox: c.sandbox ?? 'process',
+    isolation: c.isolation ?? 'auto',
+    advertise: c.advertise,
+    adminTokenFile: c.admin_token_file,
+    agentId: c.agent_id,
+    capacity: {
+      instances: c.capacity_instances ?? 64,
+      memoryMb: c.capacity_memory_mb ?? Math.floor((totalmem() / MiB) * 0.75),
+      vcpu: c.capacity_vcpu ?? cores * 16,
+    },
+    startupTimeoutMs: c.startup_timeout_ms ?? 30_000,
+    leaseTtlMs: c.lease_ttl_ms ?? 10_000,
+    pidsMax: c.pids_max ?? 256,
+    limits: {
+      maxArchiveBytes: (c.max_archive_mb ?? 50) * MiB,
+      maxUnpackedBytes: (c.max_unpacked_mb ?? 250) * MiB,
+      maxEntries: c.max_entries ?? 10_000,
+    },
+    logLevel: c.log_level ?? 'info',
+  };
+  return deepFreeze(cfg);
+}
+
+/** "etcd://h:1" -> "etcd:" */
+export function scheme(url: string): string {
+  return /^([a-z][a-z0-9+.-]*:)\/\//i.exec(url)?.[1]?.toLowerCase() ?? '';
+}
+
+function parseUrl(name: string, value: string | undefined, protocols: string[]): string {
+  if (!value) throw invalid(`--${name} is required (one of ${protocols.map((p) => `${p}//…`).join(', ')})`);
+  if (!protocols.includes(scheme(value))) throw invalid(`--${name} "${value}": scheme must be one of ${protocols.join(' ')}`);
+  return value;
+}
+
+function deepFreeze<T>(o: T): Readonly<T> {
+  if (o && typeof o === 'object') {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}

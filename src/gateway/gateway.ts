@@ -1,0 +1,118 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Clock, Logger } from '../core/index.ts';
+import type { Queue } from '../queue/index.ts';
+import { LeaseKeeper, type Store } from '../store/index.ts';
+import { KEYS, type AgentRecord } from '../spec/index.ts';
+import type { ArchiveLimits } from '../archive/index.ts';
+import { buildApi } from './api.ts';
+import type { FunctionService } from './functions.ts';
+import { Invoker, type LocalAgent } from './invoke.ts';
+import { localLogSource, remoteLogSource, type LocalLogs } from './logs.ts';
+import { InvocationRecorder } from './records.ts';
+import { ClusterViews, PrefixView } from './views.ts';
+
+export interface GatewayOptions {
+  store: Store;
+  queue: Queue;
+  clock: Clock;
+  logger: Logger;
+  functions: FunctionService;
+  adminToken: string;
+  limits: ArchiveLimits;
+  host: string;
+  port: number;
+  gatewayId: string;
+  leaseTtlMs: number;
+  /** How long a provision request may take before it no longer counts as "starting". */
+  startTimeoutMs: number;
+  /** `aether up`: the agent in this process (one-hop forwarding, local logs). */
+  localAgent?: LocalAgent & LocalLogs;
+  /** Period of the reconcile loop (min_instances, replacing stale instances, lost jobs). */
+  reconcileMs?: number;
+}
+
+export interface Gateway {
+  readonly url: string;
+  readonly server: Server;
+  readonly invoker: Invoker;
+  close(): Promise<void>;
+}
+
+const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
+
+export async function startGateway(o: GatewayOptions): Promise<Gateway> {
+  const views = new ClusterViews(o.store, o.logger);
+  const agents = new PrefixView<AgentRecord>(o.store, KEYS.agents, o.logger);
+  const leases = new LeaseKeeper({ store: o.store, ttlMs: o.leaseTtlMs, clock: o.clock, logger: o.logger });
+  await leases.start();
+  await Promise.all([views.start(), agents.start()]);
+  const recorder = new InvocationRecorder({ store: o.store, clock: o.clock, logger: o.logger });
+  const invoker = new Invoker({
+    store: o.store,
+    queue: o.queue,
+    views,
+    clock: o.clock,
+    logger: o.logger,
+    recorder,
+    gatewayId: o.gatewayId,
+    leaseId: () => leases.leaseId,
+    startTimeoutMs: o.startTimeoutMs,
+    ...(o.localAgent ? { localAgent: o.localAgent } : {}),
+  });
+  const logs = o.localAgent ? localLogSource(o.localAgent) : remoteLogSource({ agents: () => [...agents.items.values()], token: o.adminToken, logger: o.logger });
+
+  let server: Server | undefined;
+  const app = buildApi(
+    { functions: o.functions, store: o.store, adminToken: o.adminToken, logs, metricsOpen: LOOPBACK.has(o.host), limits: o.limits },
+    {
+      // Invocation traffic skips fastify entirely: the warm path is a raw handler.
+      serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => {
+        server = createServer((req, res) => (Invoker.matches(req.url) ? invoker.handle(req, res) : handler(req, res)));
+        server.keepAliveTimeout = 65_000;
+        return server;
+      },
+    },
+  );
+  await app.listen({ host: o.host, port: o.port });
+  if (!server) throw new Error('server factory was not called');
+  const addr = server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${addr.port}`;
+
+  // One gateway runs the reconcile loop (leader key under its lease); every gateway re-queues its own lost cold starts.
+  let stopped = false;
+  const tick = async (): Promise<void> => {
+    if (stopped) return;
+    try {
+      const lease = leases.leaseId;
+      if (lease) {
+        const key = KEYS.leader('reconciler');
+        const held = await o.store.get(key);
+        if (!held) await o.store.cas(key, 0, o.gatewayId, { lease });
+        const now = held?.value ?? (await o.store.get(key))?.value;
+        if (now === o.gatewayId) invoker.reconcile();
+      }
+      await invoker.requeueLost();
+    } catch (err) {
+      o.logger.debug({ err: String(err) }, 'reconcile tick failed');
+    }
+    if (!stopped) timer = o.clock.setTimeout(() => void tick(), o.reconcileMs ?? 1000);
+  };
+  let timer = o.clock.setTimeout(() => void tick(), o.reconcileMs ?? 1000);
+
+  return {
+    url,
+    server,
+    invoker,
+    async close() {
+      stopped = true;
+      o.clock.clearTimeout(timer);
+      await app.close();
+      await recorder.close();
+      views.close();
+      agents.close();
+      await leases.stop({ revoke: true }).catch(() => undefined);
+    },
+  };
+}

@@ -1,0 +1,461 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import { AetherError, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
+import { forward, ProxyError } from '../proxy/index.ts';
+import { planScaleUp } from '../scaler/index.ts';
+import { instanceConfigKey, KEYS, PROVISION_TOPIC, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
+import type { Queue } from '../queue/index.ts';
+import type { Store } from '../store/index.ts';
+import type { ClusterViews } from './views.ts';
+import type { InvocationRecorder } from './records.ts';
+
+/** The agent living in the same process (`aether up`): forwarding to it is a function call. */
+export interface LocalAgent {
+  readonly id: string;
+  forward(
+    instanceId: string,
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: { path: string; headers?: Record<string, string> },
+    opts?: { signal?: AbortSignal; responseHeaders?: Record<string, string> },
+  ): Promise<{ status: number }>;
+}
+
+export interface InvokerDeps {
+  store: Store;
+  queue: Queue;
+  views: ClusterViews;
+  clock: Clock;
+  logger: Logger;
+  recorder: InvocationRecorder;
+  gatewayId: string;
+  /** Lease of this gateway: cold-start claims die with it. */
+  leaseId: () => string | undefined;
+  localAgent?: LocalAgent;
+  /** A provision request without an answer after this long no longer counts as starting. */
+  startTimeoutMs: number;
+}
+
+interface Waiter {
+  resolve(inst: InstanceRecord): void;
+  reject(err: Error): void;
+}
+
+interface FnState {
+  /** Requests of this function inside this gateway, waiting ones included (the scaler's demand). */
+  inflight: number;
+  /** Provision requests on the way: requestId -> time asked. Includes another gateway's claimed cold start. */
+  starting: Map<string, number>;
+  waiters: Set<Waiter>;
+  /** Request ids whose cold-start claim we hold. */
+  claims: Set<string>;
+  lastError: string | undefined;
+}
+
+const PREFIX = '/functions/';
+
+/**
+ * The invocation route: `ANY /functions/{id|name}[/*]`. Warm path: in-memory views -> least-loaded
+ * ready instance -> stream. Cold path: one claimed cold start per function, waiters released by the
+ * instance watch, failures answered at once from the agent's provision result.
+ */
+export class Invoker {
+  readonly #d: InvokerDeps;
+  readonly #fns = new Map<string, FnState>();
+  /** Requests this gateway has in flight per instance (least-loaded choice). */
+  readonly #instLoad = new Map<string, number>();
+  /** Instances that refused a connection recently: skip until the watch catches up. */
+  readonly #bad = new Map<string, number>();
+  #rr = 0;
+
+  constructor(deps: InvokerDeps) {
+    this.#d = deps;
+    deps.views.instances.onChange((_key, rec) => {
+      if (rec && rec.status === 'ready') this.#wake(rec.function_id);
+    });
+    deps.views.results.onChange((_key, r) => {
+      if (r) this.#onResult(r);
+    });
+    deps.views.functions.onChange((key, fn) => {
+      if (fn) return;
+      // Deleted: fail waiters at once, later requests get 404.
+      const st = this.#fns.get(key.slice(KEYS.functions.length));
+      if (st) this.#failWaiters(st, new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', 'function was deleted'));
+    });
+  }
+
+  static matches(url: string | undefined): boolean {
+    return url !== undefined && url.startsWith(PREFIX);
+  }
+
+  handle(req: IncomingMessage, res: ServerResponse): void {
+    void this.#handle(req, res);
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = performance.now();
+    const startedAt = this.#d.clock.now();
+    const url = req.url ?? '/';
+    const rest = url.slice(PREFIX.length);
+    const cut = rest.search(/[/?]/);
+    const ref = decodeURIComponent(cut === -1 ? rest : rest.slice(0, cut));
+    let path = cut === -1 ? '/' : rest.slice(cut);
+    if (path.startsWith('?')) path = '/' + path;
+
+    let fn: FunctionRecord | undefined;
+    try {
+      fn = this.#d.views.fn(ref) ?? (await this.#lookup(ref));
+    } catch (err) {
+      return this.#fail(res, err);
+    }
+    if (!fn) return this.#fail(res, new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', `function "${ref}" not found`));
+    if (!fn.code_sha256) return this.#fail(res, new AetherError('AETHER_ERR_NO_CODE', `function "${fn.name}" has no code; upload it first`));
+
+    const invId = newId('inv', startedAt);
+    const st = this.#state(fn.id);
+    st.inflight++;
+    metrics.activeRequests.inc();
+    const ac = new AbortController();
+    const timer = this.#d.clock.setTimeout(() => ac.abort(new AetherError('AETHER_ERR_TIMEOUT', `function did not answer within ${fn.timeout_ms} ms`)), fn.timeout_ms);
+    const onClose = (): void => {
+      if (!res.writableFinished) ac.abort(new ProxyError('client went away', 'aborted', res.headersSent));
+    };
+    res.on('close', onClose);
+
+    let coldStart = false;
+    let instanceId: string | null = null;
+    let status = 0;
+    let error: AetherError | undefined;
+    try {
+      const headers = forwardedHeaders(req);
+      for (let attempt = 0; ; attempt++) {
+        let inst = this.#pick(fn);
+        if (!inst) {
+          coldStart = true;
+          const hint = await this.#waitForInstance(fn, st, ac.signal);
+          // Pick again now: waiters resume one by one, so each sees the load the previous ones added.
+          inst = this.#pick(this.#d.views.fn(fn.id) ?? fn) ?? hint;
+        }
+        this.#maybeScaleUp(fn, st);
+        instanceId = inst.instance_id;
+        const responseHeaders = { 'x-aether-invocation-id': invId, 'x-aether-cold-start': String(coldStart) };
+        this.#instLoad.set(inst.instance_id, (this.#instLoad.get(inst.instance_id) ?? 0) + 1);
+        try {
+          const r = await this.#send(inst, req, res, path, headers, responseHeaders, ac.signal);
+          status = r.status;
+          break;
+        } catch (err) {
+          // Raced with scale-down / a dying instance before anything was sent: try another one.
+          const retryable = !req.readableDidRead && !res.headersSent && attempt < 4 && !ac.signal.aborted && isConnectFailure(err);
+          if (!retryable) throw err;
+          this.#bad.set(inst.instance_id, this.#d.clock.now() + 5000);
+        } finally {
+          const n = (this.#instLoad.get(inst.instance_id) ?? 1) - 1;
+          if (n <= 0) this.#instLoad.delete(inst.instance_id);
+          else this.#instLoad.set(inst.instance_id, n);
+        }
+      }
+    } catch (err) {
+      error = this.#classify(err, ac.signal, fn);
+      status = error.status;
+      if (!res.headersSent) this.#fail(res, error);
+      else res.destroy();
+    } finally {
+      this.#d.clock.clearTimeout(timer);
+      res.off('close', onClose);
+      st.inflight--;
+      metrics.activeRequests.dec();
+    }
+
+    const duration = performance.now() - started;
+    const outcome = error?.code === 'AETHER_ERR_TIMEOUT' ? 'timeout' : status >= 500 || error ? 'error' : 'success';
+    metrics.invocations.inc({ function_id: fn.id, status: outcome });
+    metrics.invocationDuration.observe({ function_id: fn.id }, duration / 1000);
+    if (coldStart) metrics.coldStarts.inc({ function_id: fn.id });
+    this.#d.recorder.record({
+      id: invId,
+      function_id: fn.id,
+      status: outcome,
+      status_code: status,
+      duration_ms: Math.round(duration * 1000) / 1000,
+      cold_start: coldStart,
+      instance_id: instanceId,
+      started_at: new Date(startedAt).toISOString(),
+      error: error ? `${error.code}: ${error.message}` : status >= 500 ? `function answered ${status}` : null,
+    });
+  }
+
+  #send(
+    inst: InstanceRecord,
+    req: IncomingMessage,
+    res: ServerResponse,
+    path: string,
+    headers: Record<string, string>,
+    responseHeaders: Record<string, string>,
+    signal: AbortSignal,
+  ): Promise<{ status: number }> {
+    const local = this.#d.localAgent;
+    if (local && inst.agent_id === local.id) {
+      return local.forward(inst.instance_id, req, res, { path, headers }, { signal, responseHeaders });
+    }
+    return forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers }, { signal, responseHeaders });
+  }
+
+  #classify(err: unknown, signal: AbortSignal, fn: FunctionRecord): AetherError {
+    if (signal.aborted && signal.reason instanceof AetherError) return signal.reason;
+    if (err instanceof AetherError) return err;
+    if (err instanceof ProxyError) {
+      if (err.phase === 'aborted') return new AetherError('AETHER_ERR_UPSTREAM', 'client closed the connection');
+      return new AetherError('AETHER_ERR_UPSTREAM', `instance of "${fn.name}" failed while answering: ${err.message}`);
+    }
+    this.#d.logger.error({ err }, 'invocation failed');
+    return new AetherError('AETHER_ERR_INTERNAL');
+  }
+
+  #fail(res: ServerResponse, err: unknown): void {
+    const { status, body } = errorBody(err);
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  }
+
+  async #lookup(ref: string): Promise<FunctionRecord | undefined> {
+    // Cold path only: the view may lag a create made through another gateway by a few ms.
+    let kv = await this.#d.store.get(KEYS.function(ref));
+    if (!kv) {
+      const byName = await this.#d.store.get(KEYS.functionName(ref));
+      if (byName) kv = await this.#d.store.get(KEYS.function(byName.value));
+    }
+    return kv ? (JSON.parse(kv.value) as FunctionRecord) : undefined;
+  }
+
+  #state(fnId: string): FnState {
+    let st = this.#fns.get(fnId);
+    if (!st) {
+      st = { inflight: 0, starting: new Map(), waiters: new Set(), claims: new Set(), lastError: undefined };
+      this.#fns.set(fnId, st);
+    }
+    return st;
+  }
+
+  /** Ready instances: the function's current config first; stale ones only while no current one is ready. */
+  #candidates(fn: FunctionRecord): { current: InstanceRecord[]; stale: InstanceRecord[] } {
+    const current: InstanceRecord[] = [];
+    const stale: InstanceRecord[] = [];
+    const m = this.#d.views.byFunction.get(fn.id);
+    if (!m) return { current, stale };
+    const key = instanceConfigKey(fn);
+    const now = this.#d.clock.now();
+    for (const rec of m.values()) {
+      if (rec.status !== 'ready') continue;
+      const badUntil = this.#bad.get(rec.instance_id);
+      if (badUntil !== undefined) {
+        if (badUntil > now) continue;
+        this.#bad.delete(rec.instance_id);
+      }
+      (rec.config_key === key ? current : stale).push(rec);
+    }
+    return { current, stale };
+  }
+
+  #pick(fn: FunctionRecord): InstanceRecord | undefined {
+    const { current, stale } = this.#candidates(fn);
+    const list = current.length > 0 ? current : stale;
+    if (list.length === 0) return undefined;
+    // Least loaded; rotate the starting point so ties spread.
+    const start = this.#rr++ % list.length;
+    let best: InstanceRecord | undefined;
+    let bestLoad = Infinity;
+    for (let i = 0; i < list.length; i++) {
+      const rec = list[(start + i) % list.length] as InstanceRecord;
+      const load = this.#instLoad.get(rec.instance_id) ?? 0;
+      if (load < bestLoad) {
+        best = rec;
+        bestLoad = load;
+      }
+    }
+    return best;
+  }
+
+  #waitForInstance(fn: FunctionRecord, st: FnState, signal: AbortSignal): Promise<InstanceRecord> {
+    return new Promise<InstanceRecord>((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve: (inst) => {
+          cleanup();
+          resolve(inst);
+        },
+        reject: (err) => {
+          cleanup();
+          reject(err);
+        },
+      };
+      const onAbort = (): void => waiter.reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+      const cleanup = (): void => {
+        st.waiters.delete(waiter);
+        signal.removeEventListener('abort', onAbort);
+      };
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      st.waiters.add(waiter);
+      void this.#ensureColdStart(fn, st).catch((err: unknown) => {
+        this.#failWaiters(st, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UNAVAILABLE', `cold start could not be requested: ${String(err)}`));
+      });
+    });
+  }
+
+  #wake(fnId: string): void {
+    const st = this.#fns.get(fnId);
+    if (!st || st.waiters.size === 0) return;
+    const fn = this.#d.views.fn(fnId);
+    if (!fn) return;
+    for (const w of [...st.waiters]) {
+      const inst = this.#pick(fn);
+      if (!inst) return;
+      w.resolve(inst);
+    }
+  }
+
+  #failWaiters(st: FnState, err: Error): void {
+    for (const w of [...st.waiters]) w.reject(err);
+  }
+
+  #gcStarting(st: FnState): void {
+    const cutoff = this.#d.clock.now() - this.#d.startTimeoutMs;
+    for (const [id, at] of st.starting) if (at < cutoff) st.starting.delete(id);
+  }
+
+  /** One cold start per function across gateways: a claim key under this gateway's lease. */
+  async #ensureColdStart(fn: FunctionRecord, st: FnState): Promise<void> {
+    this.#gcStarting(st);
+    if (st.starting.size > 0) return;
+    const requestId = newId('req', this.#d.clock.now());
+    st.starting.set(requestId, this.#d.clock.now());
+    const lease = this.#d.leaseId();
+    const claimKey = KEYS.coldStart(fn.id);
+    const claim = await this.#d.store.cas(claimKey, 0, JSON.stringify({ gateway_id: this.#d.gatewayId, request_id: requestId, at: this.#d.clock.now() }), lease ? { lease } : {});
+    if (!claim.succeeded) {
+      st.starting.delete(requestId);
+      const held = await this.#d.store.get(claimKey);
+      if (held) {
+        const h = JSON.parse(held.value) as { request_id: string; at: number };
+        if (this.#d.clock.now() - h.at > this.#d.startTimeoutMs) {
+          // A claim nobody finished (its gateway hung): take it over.
+          await this.#d.store.txn([{ key: claimKey, modRevision: held.modRevision }], [{ type: 'delete', key: claimKey }]);
+          return this.#ensureColdStart(fn, st);
+        }
+        st.starting.set(h.request_id, this.#d.clock.now());
+        return;
+      }
+      return this.#ensureColdStart(fn, st);
+    }
+    st.claims.add(requestId);
+    await this.#enqueue(fn, requestId, 'cold');
+    metrics.scaleEvents.inc({ function_id: fn.id, direction: 'up' });
+  }
+
+  async #enqueue(fn: FunctionRecord, requestId: string, reason: ProvisionJob['reason']): Promise<void> {
+    const job: ProvisionJob = { function_id: fn.id, config_key: instanceConfigKey(fn), reason, requested_at: this.#d.clock.now(), request_id: requestId };
+    try {
+      await this.#d.queue.enqueue(PROVISION_TOPIC, job);
+    } catch (err) {
+      metrics.queuePublishErrors.inc();
+      this.#state(fn.id).starting.delete(requestId);
+      throw new AetherError('AETHER_ERR_UNAVAILABLE', `provision queue unavailable: ${String(err)}`);
+    }
+  }
+
+  #maybeScaleUp(fn: FunctionRecord, st: FnState): void {
+    this.#gcStarting(st);
+    const ready = this.#candidates(fn).current.length;
+    const n = planScaleUp(fn, { ready, starting: st.starting.size, demand: st.inflight });
+    for (let i = 0; i < n; i++) {
+      const requestId = newId('req', this.#d.clock.now());
+      st.starting.set(requestId, this.#d.clock.now());
+      metrics.scaleEvents.inc({ function_id: fn.id, direction: 'up' });
+      this.#enqueue(fn, requestId, 'scale').catch((err: unknown) => this.#d.logger.warn({ err: String(err) }, 'scale-up request failed'));
+    }
+  }
+
+  /** Periodic: min_instances and replacing stale instances after an update (run by one gateway). */
+  reconcile(): void {
+    for (const fn of this.#d.views.functions.items.values()) {
+      if (!fn.code_sha256) continue;
+      const st = this.#state(fn.id);
+      const { current, stale } = this.#candidates(fn);
+      this.#gcStarting(st);
+      const floor = Math.min(fn.max_instances, Math.max(fn.min_instances, stale.length > 0 ? 1 : 0));
+      const n = floor - current.length - st.starting.size;
+      for (let i = 0; i < n; i++) {
+        const requestId = newId('req', this.#d.clock.now());
+        st.starting.set(requestId, this.#d.clock.now());
+        this.#enqueue(fn, requestId, stale.length > 0 ? 'replace' : 'min').catch((err: unknown) => this.#d.logger.warn({ err: String(err) }, 'provision request failed'));
+      }
+    }
+  }
+
+  #onResult(r: ProvisionResult): void {
+    const st = this.#fns.get(r.function_id);
+    if (!st || !st.starting.has(r.request_id)) return;
+    st.starting.delete(r.request_id);
+    if (st.claims.delete(r.request_id)) {
+      void this.#d.store.delete(KEYS.coldStart(r.function_id)).catch(() => undefined);
+    }
+    if (r.ok) {
+      this.#wake(r.function_id);
+      return;
+    }
+    st.lastError = r.error ?? 'instance failed to start';
+    const fn = this.#d.views.fn(r.function_id);
+    if (st.starting.size === 0 && (!fn || !this.#pick(fn))) {
+      this.#failWaiters(st, new AetherError('AETHER_ERR_COLD_START_FAILED', `cold start of "${fn?.name ?? r.function_id}" failed: ${st.lastError}`));
+    }
+  }
+
+  /** Requests waiting for a cold start whose job may have been lost (e.g. Redis came back empty). */
+  async requeueLost(): Promise<void> {
+    for (const [fnId, st] of this.#fns) {
+      if (st.waiters.size === 0 || st.starting.size === 0) continue;
+      const depth = await this.#d.queue.depth(PROVISION_TOPIC).catch(() => -1);
+      if (depth !== 0) continue;
+      const fn = this.#d.views.fn(fnId);
+      const oldest = Math.min(...st.starting.values());
+      if (!fn || this.#d.clock.now() - oldest < 3000) continue;
+      for (const id of st.claims) {
+        st.starting.delete(id);
+        const requestId = newId('req', this.#d.clock.now());
+        st.claims.delete(id);
+        st.claims.add(requestId);
+        st.starting.set(requestId, this.#d.clock.now());
+        await this.#d.store.put(KEYS.coldStart(fnId), JSON.stringify({ gateway_id: this.#d.gatewayId, request_id: requestId, at: this.#d.clock.now() }), this.#d.leaseId() ? { lease: this.#d.leaseId() as string } : {}).catch(() => undefined);
+        await this.#enqueue(fn, requestId, 'cold').catch(() => undefined);
+        this.#d.logger.warn({ function_id: fnId }, 'provision job seems lost (queue empty, no result); queued again');
+      }
+    }
+  }
+
+  /** Demand per function in this gateway (tests, metrics). */
+  snapshot(): Record<string, { inflight: number; starting: number; waiting: number }> {
+    const out: Record<string, { inflight: number; starting: number; waiting: number }> = {};
+    for (const [id, st] of this.#fns) out[id] = { inflight: st.inflight, starting: st.starting.size, waiting: st.waiters.size };
+    return out;
+  }
+}
+
+function isConnectFailure(err: unknown): boolean {
+  if (err instanceof ProxyError) return err.phase === 'connect';
+  return err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM' && /not (found|running)|unknown instance|draining|stopped/i.test(err.message);
+}
+
+function forwardedHeaders(req: IncomingMessage): Record<string, string> {
+  const h = req.headers;
+  const addr = req.socket.remoteAddress ?? '';
+  const prior = h['x-forwarded-for'];
+  return {
+    'x-forwarded-for': prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${addr}` : addr,
+    'x-forwarded-proto': 'encrypted' in req.socket && req.socket.encrypted ? 'https' : 'http',
+    'x-forwarded-host': h.host ?? '',
+  };
+}

@@ -1,0 +1,134 @@
+import type { Logger } from '../core/index.ts';
+import type { KeyValue, Store, WatchEvent } from '../store/index.ts';
+import { listAndWatch } from '../store/index.ts';
+import { KEYS, type FunctionRecord, type InstanceRecord, type ProvisionResult } from '../spec/index.ts';
+
+/**
+ * Watch-fed, in-memory views of the Store for the warm path: functions (by id and name), ready
+ * instances per function, and provision results. The warm path reads only these maps.
+ */
+export class PrefixView<T> {
+  readonly items = new Map<string, T>();
+  #listeners = new Set<(key: string, value: T | undefined) => void>();
+  #handle: { ready: Promise<void>; close(): void } | undefined;
+
+  private readonly store: Store;
+  private readonly prefix: string;
+  private readonly logger: Logger;
+
+  constructor(store: Store, prefix: string, logger: Logger) {
+    this.store = store;
+    this.prefix = prefix;
+    this.logger = logger;
+  }
+
+  start(): Promise<void> {
+    const parse = (kv: KeyValue): T | undefined => {
+      try {
+        return JSON.parse(kv.value) as T;
+      } catch {
+        return undefined;
+      }
+    };
+    const handle = listAndWatch(
+      this.store,
+      this.prefix,
+      {
+        onReset: (kvs: KeyValue[]) => {
+          const seen = new Set<string>();
+          for (const kv of kvs) {
+            const v = parse(kv);
+            if (v === undefined) continue;
+            seen.add(kv.key);
+            this.items.set(kv.key, v);
+            this.#emit(kv.key, v);
+          }
+          for (const k of [...this.items.keys()]) {
+            if (!seen.has(k)) {
+              this.items.delete(k);
+              this.#emit(k, undefined);
+            }
+          }
+        },
+        onEvent: (ev: WatchEvent) => {
+          if (ev.type === 'put') {
+            const v = parse(ev.kv);
+            if (v === undefined) return;
+            this.items.set(ev.kv.key, v);
+            this.#emit(ev.kv.key, v);
+          } else {
+            this.items.delete(ev.key);
+            this.#emit(ev.key, undefined);
+          }
+        },
+      },
+      { logger: this.logger },
+    );
+    this.#handle = handle;
+    return handle.ready;
+  }
+
+  onChange(fn: (key: string, value: T | undefined) => void): () => void {
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
+  }
+
+  #emit(key: string, value: T | undefined): void {
+    for (const l of this.#listeners) l(key, value);
+  }
+
+  close(): void {
+    this.#handle?.close();
+  }
+}
+
+export class ClusterViews {
+  readonly functions: PrefixView<FunctionRecord>;
+  readonly instances: PrefixView<InstanceRecord>;
+  readonly results: PrefixView<ProvisionResult>;
+  /** fnId -> instances, maintained from the instances view. */
+  readonly byFunction = new Map<string, Map<string, InstanceRecord>>();
+  readonly #names = new Map<string, string>();
+
+  constructor(store: Store, logger: Logger) {
+    this.functions = new PrefixView(store, KEYS.functions, logger);
+    this.instances = new PrefixView(store, KEYS.instances, logger);
+    this.results = new PrefixView(store, KEYS.provisionResults, logger);
+    this.functions.onChange((key, fn) => {
+      const id = key.slice(KEYS.functions.length);
+      for (const [name, fid] of this.#names) if (fid === id) this.#names.delete(name);
+      if (fn) this.#names.set(fn.name, fn.id);
+    });
+    this.instances.onChange((key, rec) => {
+      const rest = key.slice(KEYS.instances.length);
+      const slash = rest.indexOf('/');
+      const fnId = rest.slice(0, slash);
+      const instId = rest.slice(slash + 1);
+      let m = this.byFunction.get(fnId);
+      if (rec) {
+        if (!m) this.byFunction.set(fnId, (m = new Map()));
+        m.set(instId, rec);
+      } else if (m) {
+        m.delete(instId);
+        if (m.size === 0) this.byFunction.delete(fnId);
+      }
+    });
+  }
+
+  async start(): Promise<void> {
+    await Promise.all([this.functions.start(), this.instances.start(), this.results.start()]);
+  }
+
+  fn(idOrName: string): FunctionRecord | undefined {
+    const byId = this.functions.items.get(KEYS.function(idOrName));
+    if (byId) return byId;
+    const id = this.#names.get(idOrName);
+    return id ? this.functions.items.get(KEYS.function(id)) : undefined;
+  }
+
+  close(): void {
+    this.functions.close();
+    this.instances.close();
+    this.results.close();
+  }
+}
