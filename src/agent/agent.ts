@@ -75,7 +75,6 @@ class AgentImpl implements Agent {
   #running = false;
   #started = false;
   readonly #stopAc = new AbortController();
-  #takeLoop: Promise<void> | undefined;
   readonly #starts = new Set<Promise<void>>();
   #scaleTimer: TimerHandle | undefined;
   #scaleTicking = false;
@@ -110,23 +109,29 @@ class AgentImpl implements Agent {
     });
 
     this.#keeper = new LeaseKeeper({ store, ttlMs: config.leaseTtlMs, clock, logger, onLease: (lease) => this.#onLease(lease) });
-    const lease = await this.#keeper.start();
-    await this.#onLease(lease);
+    await this.#keeper.start(); // runs #onLease with the first lease
 
-    const fns = listAndWatch(store, KEYS.functions, {
-      onReset: (kvs) => this.#resetFunctions(kvs),
-      onEvent: (ev) => this.#functionEvent(ev),
-    });
-    const insts = listAndWatch(store, KEYS.instances, {
-      onReset: (kvs) => {
+    const fns = listAndWatch(
+      store,
+      KEYS.functions,
+      { onReset: (kvs) => this.#resetFunctions(kvs), onEvent: (ev) => this.#functionEvent(ev) },
+      { clock, logger },
+    );
+    const insts = listAndWatch(
+      store,
+      KEYS.instances,
+      {
+        onReset: (kvs) => {
         this.#records.clear();
         for (const kv of kvs) this.#recordPut(kv);
       },
-      onEvent: (ev) => {
-        if (ev.type === 'put') this.#recordPut(ev.kv);
-        else this.#records.delete(ev.key);
+        onEvent: (ev) => {
+          if (ev.type === 'put') this.#recordPut(ev.kv);
+          else this.#records.delete(ev.key);
+        },
       },
-    });
+      { clock, logger },
+    );
     this.#watchers.push(fns, insts);
     await Promise.all([fns.ready, insts.ready]);
 
@@ -139,7 +144,7 @@ class AgentImpl implements Agent {
     }
 
     this.#running = true;
-    this.#takeLoop = this.#runTakeLoop();
+    void this.#runTakeLoop().catch((err: unknown) => logger.error({ err }, 'provision loop crashed'));
     this.#scheduleScale();
     logger.info({ agent: this.id, url: config.url, isolation: runtime.isolation, capacity: config.capacity }, 'agent started');
   }
@@ -168,15 +173,18 @@ class AgentImpl implements Agent {
 
   // ---------------------------------------------------------------- lease + registration
 
-  /** A (new) lease: register the agent and every ready instance under it. */
+  /**
+   * A (new) lease: register the agent and every ready instance under it. After a store outage
+   * longer than the TTL the instances kept running and come back here. Throwing makes the keeper
+   * drop this lease and try again.
+   */
   async #onLease(lease: string): Promise<void> {
-    const { store, logger } = this.#d;
-    await store.put(KEYS.agent(this.id), JSON.stringify(this.#agentRecord()), { lease }).catch((err: unknown) => {
-      logger.warn({ err }, 'could not register the agent');
-    });
+    await this.#d.store.put(KEYS.agent(this.id), JSON.stringify(this.#agentRecord()), { lease });
+    const puts: Promise<void>[] = [];
     for (const l of this.#locals.values()) {
-      if (l.state === 'ready' && l.record) this.#putRecord(l, l.record);
+      if (l.state === 'ready' && l.record) puts.push(this.#putRecord(l, l.record));
     }
+    await Promise.all(puts);
   }
 
   #agentRecord(): AgentRecord {
@@ -341,7 +349,14 @@ class AgentImpl implements Agent {
         await queue.release(job).catch(() => undefined);
         break;
       }
-      const verdict = await this.#admit(job);
+      let verdict: 'started' | 'done' | 'retry';
+      try {
+        verdict = await this.#admit(job);
+      } catch (err) {
+        logger.error({ err, job: job.id }, 'could not handle a provision job; given back');
+        await queue.release(job).catch(() => undefined);
+        verdict = 'retry';
+      }
       if (verdict === 'retry') await this.#pause(NO_CAPACITY_BACKOFF_MS);
     }
   }
@@ -433,8 +448,8 @@ class AgentImpl implements Agent {
     try {
       const cache = this.#cache;
       if (!cache) throw new AetherError('AETHER_ERR_INTERNAL', 'agent not started');
-      l.code = await cache.acquire(fn);
       const entrypoint = fn.entrypoint || defaultEntrypoint(fn.runtime);
+      l.code = await cache.acquire({ code_path: fn.code_path, code_sha256: fn.code_sha256, entrypoint });
       try {
         await access(join(l.code.dir, entrypoint));
       } catch {

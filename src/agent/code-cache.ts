@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -9,7 +9,7 @@ import type { BlobStore } from '../blob/index.ts';
 import { AetherError, metrics, type Clock, type Logger } from '../core/index.ts';
 
 export interface CodeCacheOptions {
-  /** Cache root, e.g. `<dataDir>/code`; entries live in `<dir>/<sha256>/`. */
+  /** Cache root, e.g. `<dataDir>/code`; entries live in `<dir>/<sha256>-<entrypoint hash>/`. */
   dir: string;
   blob: BlobStore;
   clock: Clock;
@@ -23,6 +23,11 @@ export interface CodeCacheOptions {
 export interface CodeRef {
   code_path: string | null;
   code_sha256: string | null;
+  /**
+   * The entrypoint decides whether a single top folder is stripped (see extractArchive), so it is
+   * part of the cache key: the same archive can unpack two ways.
+   */
+  entrypoint: string;
 }
 
 /** A cache entry in use; call release() when the instance using it is gone. */
@@ -35,8 +40,8 @@ export interface CodeLease {
 export interface CodeCache {
   /** Unpacked code for this archive: from disk, or downloaded + verified + unpacked once. */
   acquire(ref: CodeRef): Promise<CodeLease>;
-  /** Entries currently on disk (sha256 -> bytes, users). */
-  entries(): { sha256: string; bytes: number; users: number }[];
+  /** Entries currently on disk. */
+  entries(): { key: string; bytes: number; users: number }[];
 }
 
 interface Entry {
@@ -46,6 +51,11 @@ interface Entry {
 }
 
 const SHA_RE = /^[0-9a-f]{64}$/;
+const KEY_RE = /^[0-9a-f]{64}-[0-9a-f]{8}$/;
+
+function cacheKey(sha: string, entrypoint: string): string {
+  return `${sha}-${createHash('sha256').update(entrypoint).digest('hex').slice(0, 8)}`;
+}
 
 /**
  * Content-addressed code cache: keyed by the archive's sha256, so a code update never sees an old
@@ -61,20 +71,19 @@ export async function createCodeCache(opts: CodeCacheOptions): Promise<CodeCache
   const removing = new Map<string, Promise<void>>();
   await mkdir(dir, { recursive: true });
 
-  // Adopt what an earlier run left; drop half-written temp dirs.
+  // Adopt what an earlier run left; drop half-written downloads and unpacks.
   for (const name of await readdir(dir)) {
     const p = join(dir, name);
-    if (name.startsWith('.tmp-')) {
+    if (name.startsWith('.')) {
       await rm(p, { recursive: true, force: true });
-    } else if (SHA_RE.test(name)) {
+    } else if (KEY_RE.test(name)) {
       entries.set(name, { bytes: await treeSize(p), users: 0, lastUsed: 0 });
     }
   }
 
-  async function fill(ref: CodeRef, sha: string): Promise<void> {
+  async function fill(ref: CodeRef, sha: string, key: string): Promise<void> {
     if (!ref.code_path) throw new AetherError('AETHER_ERR_NO_CODE');
-    const tmp = join(dir, `.tmp-${randomBytes(6).toString('hex')}`);
-    const archive = `${tmp}.archive`;
+    const archive = join(dir, `.download-${randomBytes(6).toString('hex')}`);
     try {
       const body = await blob.get(ref.code_path);
       if (!body) throw new AetherError('AETHER_ERR_NO_CODE', `code archive ${ref.code_path} is missing from the blob store`);
@@ -90,14 +99,10 @@ export async function createCodeCache(opts: CodeCacheOptions): Promise<CodeCache
       if (got !== sha) {
         throw new AetherError('AETHER_ERR_ARCHIVE_INVALID', `code archive sha256 mismatch: expected ${sha}, got ${got}`);
       }
-      await mkdir(tmp, { recursive: true });
-      const { bytes } = await extractArchive(archive, tmp, opts.archiveLimits);
-      await removing.get(sha);
-      await rename(tmp, join(dir, sha));
-      entries.set(sha, { bytes, users: 0, lastUsed: clock.now() });
-    } catch (err) {
-      await rm(tmp, { recursive: true, force: true });
-      throw err;
+      await removing.get(key);
+      // Unpacks into a staging dir beside the target and renames it into place (atomic).
+      const { bytes } = await extractArchive(archive, join(dir, key), opts.archiveLimits, { entrypoint: ref.entrypoint });
+      entries.set(key, { bytes, users: 0, lastUsed: clock.now() });
     } finally {
       await rm(archive, { force: true });
     }
@@ -107,15 +112,15 @@ export async function createCodeCache(opts: CodeCacheOptions): Promise<CodeCache
     let total = 0;
     for (const e of entries.values()) total += e.bytes;
     if (total <= opts.budgetBytes) return;
-    const idle = [...entries].filter(([sha, e]) => e.users === 0 && !pending.has(sha)).sort((a, b) => a[1].lastUsed - b[1].lastUsed);
-    for (const [sha, e] of idle) {
+    const idle = [...entries].filter(([key, e]) => e.users === 0 && !pending.has(key)).sort((a, b) => a[1].lastUsed - b[1].lastUsed);
+    for (const [key, e] of idle) {
       if (total <= opts.budgetBytes) break;
-      entries.delete(sha);
+      entries.delete(key);
       total -= e.bytes;
-      const done = rm(join(dir, sha), { recursive: true, force: true })
-        .catch((err: unknown) => logger.warn({ err, sha }, 'code cache: could not remove an evicted entry'))
-        .finally(() => removing.delete(sha));
-      removing.set(sha, done);
+      const done = rm(join(dir, key), { recursive: true, force: true })
+        .catch((err: unknown) => logger.warn({ err, key }, 'code cache: could not remove an evicted entry'))
+        .finally(() => removing.delete(key));
+      removing.set(key, done);
       await done;
     }
   }
@@ -125,21 +130,22 @@ export async function createCodeCache(opts: CodeCacheOptions): Promise<CodeCache
       const sha = ref.code_sha256;
       if (!ref.code_path || !sha) throw new AetherError('AETHER_ERR_NO_CODE');
       if (!SHA_RE.test(sha)) throw new AetherError('AETHER_ERR_ARCHIVE_INVALID', `bad code sha256: ${sha}`);
-      let e = entries.get(sha);
+      const key = cacheKey(sha, ref.entrypoint);
+      let e = entries.get(key);
       if (e) metrics.codeCacheHits.inc();
       // Single flight per sha; loop because an eviction may win the race right after a fill.
       for (let attempt = 0; !e; attempt++) {
         if (attempt === 3) throw new AetherError('AETHER_ERR_INTERNAL', 'code cache entry evicted while being acquired');
-        let p = pending.get(sha);
+        let p = pending.get(key);
         if (!p) {
           metrics.codeCacheMisses.inc();
-          p = fill(ref, sha).finally(() => pending.delete(sha));
-          pending.set(sha, p);
+          p = fill(ref, sha, key).finally(() => pending.delete(key));
+          pending.set(key, p);
         } else if (attempt === 0) {
           metrics.codeCacheHits.inc();
         }
         await p;
-        e = entries.get(sha);
+        e = entries.get(key);
       }
       const entry = e;
       entry.users++;
@@ -148,7 +154,7 @@ export async function createCodeCache(opts: CodeCacheOptions): Promise<CodeCache
       // Evict others now that this one is pinned (never the entry being handed out).
       void evict().catch((err: unknown) => logger.warn({ err }, 'code cache eviction failed'));
       return {
-        dir: join(dir, sha),
+        dir: join(dir, key),
         sha256: sha,
         release() {
           if (released) return;
@@ -160,7 +166,7 @@ export async function createCodeCache(opts: CodeCacheOptions): Promise<CodeCache
       };
     },
     entries() {
-      return [...entries].map(([sha256, e]) => ({ sha256, bytes: e.bytes, users: e.users }));
+      return [...entries].map(([key, e]) => ({ key, bytes: e.bytes, users: e.users }));
     },
   };
 }

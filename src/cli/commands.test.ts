@@ -1,0 +1,223 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { addGlobalOptions, registerClientCommands, registerDoctor } from './index.ts';
+import type { CliIo, HostProbe } from './index.ts';
+
+const TOKEN = 't0ken';
+
+/** In-memory stand-in for the gateway API: just enough state for the commands under test. */
+const fns = new Map<string, Record<string, unknown>>();
+const requests: { method: string; path: string; body: Buffer; contentType: string | undefined }[] = [];
+let server: Server;
+let url: string;
+let nextId = 1;
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
+
+function find(ref: string): Record<string, unknown> | undefined {
+  return fns.get(ref) ?? [...fns.values()].find((f) => f.name === ref);
+}
+
+async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  const body = Buffer.concat(chunks);
+  const u = new URL(req.url ?? '/', 'http://x');
+  const parts = u.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+  requests.push({ method: req.method ?? '', path: u.pathname + u.search, body, contentType: req.headers['content-type'] });
+
+  if (parts[0] === 'functions') {
+    const f = find(parts[1] ?? '');
+    if (!f) return json(res, 404, { error: { code: 'AETHER_ERR_FUNCTION_NOT_FOUND', message: `no such function "${parts[1]}"` } });
+    const status = Number(req.headers['x-want-status'] ?? 200);
+    res.writeHead(status, { 'x-aether-invocation-id': 'inv-9', 'x-aether-cold-start': 'false' });
+    res.end(`${req.method} /${parts.slice(2).join('/')} ${body.toString()}`);
+    return;
+  }
+  if (req.headers.authorization !== `Bearer ${TOKEN}`) return json(res, 401, { error: { code: 'AETHER_ERR_UNAUTHORIZED', message: 'missing or wrong bearer token' } });
+  const ref = parts[2];
+  if (parts.length === 2 && req.method === 'POST') {
+    const input = JSON.parse(body.toString()) as Record<string, unknown>;
+    const rec = { id: `fn-${nextId++}`, memory_mb: 128, min_instances: 0, max_instances: 10, env_vars: {}, code_size: null, updated_at: new Date(0).toISOString(), ...input };
+    fns.set(rec.id, rec);
+    return json(res, 201, rec);
+  }
+  if (parts.length === 2) return json(res, 200, [...fns.values()]);
+  const f = find(ref ?? '');
+  if (!f) return json(res, 404, { error: { code: 'AETHER_ERR_FUNCTION_NOT_FOUND', message: `no such function "${ref}"` } });
+  if (parts.length === 3 && req.method === 'GET') return json(res, 200, f);
+  if (parts.length === 3 && req.method === 'PUT') {
+    Object.assign(f, JSON.parse(body.toString()));
+    return json(res, 200, f);
+  }
+  if (parts.length === 3 && req.method === 'DELETE') {
+    fns.delete(f.id as string);
+    res.writeHead(204).end();
+    return;
+  }
+  if (parts[3] === 'code') {
+    f.code_size = body.length;
+    return json(res, 200, { message: 'ok', code_path: 'x', code_sha256: 'ab'.repeat(32), code_size: body.length });
+  }
+  if (parts[3] === 'logs') {
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    res.end(`${JSON.stringify({ time: 0, instance_id: 'i-1', stream: 'stdout', text: 'hello log' })}\n`);
+    return;
+  }
+  return json(res, 404, { error: { code: 'AETHER_ERR_ROUTE_NOT_FOUND', message: 'no such route' } });
+}
+
+before(async () => {
+  server = createServer((req, res) => void handle(req, res).catch((err: unknown) => res.destroy(err as Error)));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+after(async () => {
+  server.closeAllConnections();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+});
+
+interface Run {
+  out: string;
+  err: string;
+  code: number;
+}
+
+const probe: HostProbe = { root: true, namespaces: true, cgroups: 'v1', kvm: false, qemu: true, firecracker: false, isolation: 'namespaces+cgroups', notes: ['no /dev/kvm: qemu uses TCG'] };
+
+/** Run the CLI in-process, as src/bin wires it, against the stand-in server. */
+async function cli(args: string[], opts: { url?: string } = {}): Promise<Run> {
+  const r: Run = { out: '', err: '', code: 0 };
+  const io: CliIo = {
+    out: (c) => {
+      r.out += typeof c === 'string' ? c : Buffer.from(c).toString();
+    },
+    err: (t) => {
+      r.err += t;
+    },
+    setExitCode: (c) => {
+      r.code = c;
+    },
+  };
+  const program = addGlobalOptions(new Command('aether')).exitOverride();
+  const now = Date.parse('1970-01-01T00:05:00Z');
+  registerClientCommands(program, { io, env: { AETHER_URL: opts.url ?? url, AETHER_ADMIN_TOKEN: TOKEN }, now: () => now });
+  registerDoctor(program, { io, env: {}, probe: async () => ({ ...probe, extra: 1 }) as HostProbe });
+  await program.parseAsync(args, { from: 'user' });
+  return r;
+}
+
+test('create sends --env pairs and typed numbers; ls prints a table or JSON', async () => {
+  const r = await cli(['fn', 'create', 'hello', '--env', 'A=1', '--env', 'B=two=2', '--memory', '256']);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /^created function hello \(fn-\d+\)\n$/);
+  const sent = JSON.parse(requests.at(-1)?.body.toString() ?? '') as Record<string, unknown>;
+  assert.deepEqual(sent, { name: 'hello', runtime: 'node', memory_mb: 256, env_vars: { A: '1', B: 'two=2' } });
+
+  const ls = await cli(['fn', 'ls']);
+  assert.match(ls.out, /^NAME\s+ID\s+RUNTIME\s+MEMORY\s+SCALE\s+CODE\s+UPDATED\n/);
+  assert.match(ls.out, /\nhello\s+fn-\d+\s+node\s+256MB\s+0-10\s+-\s+5m ago\n/);
+  const lsJson = await cli(['--json', 'fn', 'ls']);
+  assert.deepEqual((JSON.parse(lsJson.out) as { name: string }[]).map((f) => f.name), ['hello']);
+});
+
+test('update merges --env with the stored variables and removes --unset-env', async () => {
+  await cli(['fn', 'create', 'envy', '--env', 'KEEP=1', '--env', 'DROP=2']);
+  const r = await cli(['fn', 'update', 'envy', '--env', 'NEW=3', '--unset-env', 'DROP', '--name', 'envy2']);
+  assert.equal(r.code, 0, r.err);
+  const put = requests.filter((q) => q.method === 'PUT').at(-1);
+  assert.deepEqual(JSON.parse(put?.body.toString() ?? ''), { name: 'envy2', env_vars: { KEEP: '1', NEW: '3' } });
+  assert.match(r.out, /^updated function envy2 /);
+});
+
+test('errors: one stderr line with the code, exit code 1, nothing on stdout', async () => {
+  const r = await cli(['fn', 'get', 'nope']);
+  assert.equal(r.code, 1);
+  assert.equal(r.out, '');
+  assert.equal(r.err, 'error: AETHER_ERR_FUNCTION_NOT_FOUND: no such function "nope"\n');
+
+  const down = await cli(['fn', 'ls'], { url: 'http://127.0.0.1:1' });
+  assert.equal(down.code, 1);
+  assert.match(down.err, /^error: ECONNREFUSED: cannot reach http:\/\/127\.0\.0\.1:1: [^\n]*\n$/);
+});
+
+test('deploy creates the missing function from the directory name and uploads a zip', async () => {
+  const parent = await mkdtemp(join(tmpdir(), 'aether-deploy-'));
+  const dir = join(parent, 'My_Py.Fn');
+  await mkdir(dir);
+  await writeFile(join(dir, 'main.py'), 'print(1)');
+  try {
+    const r = await cli(['fn', 'deploy', dir]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^created function my-py-fn \(fn-\d+, python\)\n/);
+    assert.match(r.out, new RegExp(`invoke: ${url}/functions/my-py-fn/\\n$`));
+    const upload = requests.at(-1);
+    assert.match(upload?.path ?? '', /^\/api\/functions\/fn-\d+\/code$/);
+    assert.equal(upload?.contentType, 'application/zip');
+    assert.equal(upload?.body.subarray(0, 2).toString(), 'PK');
+
+    // Second deploy: no create, only the upload (and an explicit --entrypoint update).
+    const before = requests.length;
+    const again = await cli(['--json', 'fn', 'deploy', dir, '--entrypoint', 'main.py']);
+    const out = JSON.parse(again.out) as { created: boolean; files: number };
+    assert.equal(out.created, false);
+    assert.equal(out.files, 1);
+    assert.deepEqual(requests.slice(before).map((q) => q.method), ['GET', 'PUT', 'POST']);
+  } finally {
+    await rm(parent, { recursive: true, force: true });
+  }
+});
+
+test('invoke: --data @file, -H, --include; exit code 1 on >= 400', async () => {
+  await cli(['fn', 'create', 'echo']);
+  const dir = await mkdtemp(join(tmpdir(), 'aether-inv-'));
+  try {
+    await writeFile(join(dir, 'b.txt'), 'file body');
+    const r = await cli(['fn', 'invoke', 'echo', '--data', `@${join(dir, 'b.txt')}`, '--path', '/x/y']);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, 'POST /x/y file body');
+
+    const bad = await cli(['fn', 'invoke', 'echo', '-X', 'GET', '-H', 'x-want-status: 503', '--include']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.out, /^HTTP 503\n/);
+    assert.match(bad.out, /\nx-aether-invocation-id: inv-9\n/);
+    assert.match(bad.out, /\n\nGET \/ $/);
+    assert.equal(bad.err, 'error: echo answered HTTP 503 (invocation inv-9)\n');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('logs prints formatted lines; rm deletes', async () => {
+  await cli(['fn', 'create', 'gone']);
+  const logs = await cli(['fn', 'logs', 'gone', '--tail', '5']);
+  assert.equal(logs.out, '1970-01-01T00:00:00.000Z i-1 stdout hello log\n');
+  assert.match(requests.at(-1)?.path ?? '', /\/logs\?tail=5$/);
+  const r = await cli(['fn', 'rm', 'gone']);
+  assert.equal(r.out, 'deleted function gone\n');
+  assert.equal((await cli(['fn', 'get', 'gone'])).code, 1);
+});
+
+test('doctor --json prints exactly the documented object; the human form is a checklist', async () => {
+  const j = await cli(['doctor', '--json']);
+  assert.equal(
+    j.out,
+    '{"root":true,"namespaces":true,"cgroups":"v1","kvm":false,"qemu":true,"firecracker":false,"isolation":"namespaces+cgroups","notes":["no /dev/kvm: qemu uses TCG"]}\n',
+  );
+  const h = await cli(['doctor']);
+  assert.match(h.out, /^\[ok\] running as root\n/);
+  assert.match(h.out, /\n\[--\] \/dev\/kvm\n/);
+  assert.match(h.out, /\nisolation: namespaces\+cgroups\n/);
+  assert.match(h.out, /\n {2}- no \/dev\/kvm: qemu uses TCG\n$/);
+});

@@ -1,0 +1,109 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { ZipFile } from 'yazl';
+
+export const ROOT = resolve(import.meta.dirname, '../..');
+export const AETHER_BIN = join(ROOT, 'bin/aether.mjs');
+
+export interface RunningPlatform {
+  url: string;
+  token: string;
+  dataDir: string;
+  proc: ChildProcess;
+  output: () => string;
+  /** SIGTERM and wait for exit; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  kill(): Promise<void>;
+}
+
+/** Start the real `aether <role>` as a child process and wait for its "at http://…" line. */
+export async function startAether(opts: { args?: string[]; env?: Record<string, string>; dataDir?: string; role?: 'up' | 'gateway' | 'agent'; token?: string } = {}): Promise<RunningPlatform> {
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'aether-e2e-'));
+  const token = opts.token ?? randomBytes(16).toString('hex');
+  const role = opts.role ?? 'up';
+  const args = [AETHER_BIN, '--data-dir', dataDir, role, ...(role === 'agent' ? [] : ['--port', '0']), ...(opts.args ?? [])];
+  const env: Record<string, string> = { ...(process.env as Record<string, string>), AETHER_ADMIN_TOKEN: token, AETHER_LOG_LEVEL: 'warn', ...opts.env };
+  delete env['NODE_EXTRA_CA_CERTS'];
+  const proc = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+  const url = await new Promise<string>((resolveUrl, reject) => {
+    const timer = setTimeout(() => reject(new Error(`aether ${role} did not start in 30 s:\n${out}`)), 30_000);
+    const check = (): void => {
+      const m = /(?:is up|gateway|serving) at (http:\/\/\S+)/.exec(out);
+      if (m?.[1]) {
+        clearTimeout(timer);
+        resolveUrl(m[1]);
+      }
+    };
+    proc.stdout?.on('data', check);
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`aether ${role} exited with ${code}:\n${out}`));
+    });
+  });
+  return {
+    url,
+    token,
+    dataDir,
+    proc,
+    output: () => out,
+    async stop() {
+      if (proc.exitCode === null) proc.kill('SIGTERM');
+      return exited;
+    },
+    async kill() {
+      if (proc.exitCode === null) proc.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+/** A zip of the given files (name -> content), built in memory. */
+export function zipFiles(files: Record<string, string>, opts: { folder?: string } = {}): Promise<Buffer> {
+  const zip = new ZipFile();
+  for (const [name, content] of Object.entries(files)) zip.addBuffer(Buffer.from(content), opts.folder ? `${opts.folder}/${name}` : name);
+  zip.end();
+  return new Promise((res, rej) => {
+    const chunks: Buffer[] = [];
+    zip.outputStream.on('data', (c: Buffer) => chunks.push(c));
+    zip.outputStream.on('end', () => res(Buffer.concat(chunks)));
+    zip.outputStream.on('error', rej);
+  });
+}
+
+export async function api<T = unknown>(p: { url: string; token: string }, method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
+  const headers: Record<string, string> = { authorization: `Bearer ${p.token}` };
+  let payload: string | Buffer | undefined;
+  if (Buffer.isBuffer(body)) {
+    payload = body;
+    headers['content-type'] = 'application/octet-stream';
+  } else if (body !== undefined) {
+    payload = JSON.stringify(body);
+    headers['content-type'] = 'application/json';
+  }
+  const r = await fetch(p.url + path, { method, headers, ...(payload !== undefined ? { body: payload } : {}) });
+  const text = await r.text();
+  return { status: r.status, body: (text ? JSON.parse(text) : undefined) as T };
+}
+
+/** Poll until fn returns a truthy value or the deadline passes (bounded waits, not speed checks). */
+export async function eventually<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 15_000, stepMs = 100): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > end) throw new Error(`condition not met within ${timeoutMs} ms${last ? `: ${String(last)}` : ''}`);
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+}
