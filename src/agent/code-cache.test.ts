@@ -89,17 +89,17 @@ test('entries not used by any instance are evicted (least recently used first) o
   await clock.advance(10);
   const lb = await cache.acquire(b);
   // both in use: over budget, but nothing in use is evicted
-  await new Promise((r) => setImmediate(r));
+  await cache.evict();
   assert.ok(existsSync(la.dir) && existsSync(lb.dir));
   la.release();
   await clock.advance(10);
   lb.release();
-  await new Promise((r) => setTimeout(r, 20));
+  await cache.evict();
   // releasing b left 2000 bytes idle: the older (a) goes first, which is enough
   assert.equal(existsSync(la.dir), false);
   assert.equal(existsSync(lb.dir), true);
   const lc = await cache.acquire(c);
-  await new Promise((r) => setTimeout(r, 20));
+  await cache.evict();
   assert.equal(existsSync(lb.dir), false);
   assert.equal(existsSync(lc.dir), true);
   // an evicted entry is downloaded again when needed

@@ -40,6 +40,11 @@ export interface CodeLease {
 export interface CodeCache {
   /** Unpacked code for this archive: from disk, or downloaded + verified + unpacked once. */
   acquire(ref: CodeRef): Promise<CodeLease>;
+  /**
+   * Remove unused entries (least recently used first) until the cache fits its budget. Runs by
+   * itself after every acquire and release; resolves when every pass so far has finished.
+   */
+  evict(): Promise<void>;
   /** Entries currently on disk. */
   entries(): { key: string; bytes: number; users: number }[];
 }
@@ -108,7 +113,13 @@ export async function createCodeCache(opts: CodeCacheOptions): Promise<CodeCache
     }
   }
 
-  async function evict(): Promise<void> {
+  let evicting: Promise<void> = Promise.resolve();
+  function evict(): Promise<void> {
+    evicting = evicting.then(evictPass).catch((err: unknown) => logger.warn({ err }, 'code cache eviction failed'));
+    return evicting;
+  }
+
+  async function evictPass(): Promise<void> {
     let total = 0;
     for (const e of entries.values()) total += e.bytes;
     if (total <= opts.budgetBytes) return;
@@ -152,7 +163,7 @@ export async function createCodeCache(opts: CodeCacheOptions): Promise<CodeCache
       entry.lastUsed = clock.now();
       let released = false;
       // Evict others now that this one is pinned (never the entry being handed out).
-      void evict().catch((err: unknown) => logger.warn({ err }, 'code cache eviction failed'));
+      void evict();
       return {
         dir: join(dir, key),
         sha256: sha,
@@ -161,10 +172,11 @@ export async function createCodeCache(opts: CodeCacheOptions): Promise<CodeCache
           released = true;
           entry.users--;
           entry.lastUsed = clock.now();
-          void evict().catch((err: unknown) => logger.warn({ err }, 'code cache eviction failed'));
+          void evict();
         },
       };
     },
+    evict,
     entries() {
       return [...entries].map(([key, e]) => ({ key, bytes: e.bytes, users: e.users }));
     },

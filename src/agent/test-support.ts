@@ -79,3 +79,133 @@ export function mapBlob(): BlobStore {
     async close() {},
   };
 }
+
+/** What a scripted instance does; chosen per instance from its spec. */
+export interface Script {
+  /** Lines printed on stdout right after start. */
+  print?: string[];
+  /** Exit with this code right after printing (before listening). */
+  exitCode?: number;
+  /** start() itself rejects with this message. */
+  failStart?: string;
+  /** Request handler once listening (default: 200 "ok <instanceId>"). */
+  handler?: (req: IncomingMessage, res: ServerResponse) => void;
+}
+
+export interface ScriptedInstance extends RuntimeInstance {
+  print(text: string, stream?: 'stdout' | 'stderr'): void;
+  /** The program dies by itself. */
+  crash(info?: Partial<ExitInfo>): void;
+  readonly stopCalls: number;
+}
+
+/**
+ * A small scriptable Runtime for the agent's unit tests: each instance is an in-process HTTP
+ * server on loopback, with output, crashes and start failures under the test's control.
+ */
+export function scriptedRuntime(script: (spec: InstanceSpec) => Script = () => ({})): Runtime & { instances: Map<string, ScriptedInstance>; created: InstanceSpec[] } {
+  const instances = new Map<string, ScriptedInstance>();
+  const created: InstanceSpec[] = [];
+  return {
+    kind: 'scripted',
+    isolation: 'none',
+    instances,
+    created,
+    async create(spec) {
+      created.push(spec);
+      const inst = new Scripted(spec, script(spec));
+      instances.set(spec.instanceId, inst);
+      return inst;
+    },
+    async cleanupLeftovers() {},
+    async close() {
+      await Promise.all([...instances.values()].map((i) => i.stop(0)));
+    },
+  };
+}
+
+class Scripted implements ScriptedInstance {
+  readonly id: string;
+  readonly spec: InstanceSpec;
+  readonly exited: Promise<ExitInfo>;
+  stopCalls = 0;
+  #script: Script;
+  #server: Server | undefined;
+  #endpoint: Endpoint | undefined;
+  #state: InstanceState = 'created';
+  #exit: ExitInfo | undefined;
+  #resolveExit!: (e: ExitInfo) => void;
+  #listeners: ((l: LogLine) => void)[] = [];
+  #listening: Promise<void> | undefined;
+
+  constructor(spec: InstanceSpec, script: Script) {
+    this.id = spec.instanceId;
+    this.spec = spec;
+    this.#script = script;
+    this.exited = new Promise((r) => (this.#resolveExit = r));
+  }
+
+  get endpoint(): Endpoint {
+    if (!this.#endpoint) throw new Error('no endpoint before start');
+    return this.#endpoint;
+  }
+
+  onLog(listener: (line: LogLine) => void): void {
+    this.#listeners.push(listener);
+  }
+
+  print(text: string, stream: 'stdout' | 'stderr' = 'stdout'): void {
+    for (const l of this.#listeners) l({ time: Date.now(), stream, text });
+  }
+
+  async start(): Promise<void> {
+    if (this.#script.failStart) throw new Error(this.#script.failStart);
+    this.#state = 'starting';
+    for (const line of this.#script.print ?? []) this.print(line);
+    if (this.#script.exitCode !== undefined) {
+      this.#finish({ code: this.#script.exitCode, signal: null });
+      this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: 9 };
+      return;
+    }
+    const handler = this.#script.handler ?? ((_req: IncomingMessage, res: ServerResponse) => res.end(`ok ${this.id}`));
+    const server = createServer(handler);
+    this.#server = server;
+    this.#listening = new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve())).then(() => {
+      this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: (server.address() as AddressInfo).port };
+      this.#state = 'running';
+    });
+    await this.#listening;
+  }
+
+  async waitReady(): Promise<void> {
+    if (this.#exit) throw new Error(`exited before listening (code ${this.#exit.code})`);
+    await this.#listening;
+    if (this.#exit) throw new Error(`exited before listening (code ${this.#exit.code})`);
+  }
+
+  async stop(): Promise<void> {
+    this.stopCalls++;
+    this.#finish({ code: null, signal: 'SIGTERM' });
+    await this.exited;
+  }
+
+  crash(info: Partial<ExitInfo> = {}): void {
+    this.#finish({ code: 1, signal: null, ...info });
+  }
+
+  inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
+    return { state: this.#state, pid: undefined, exit: this.#exit };
+  }
+
+  #finish(info: ExitInfo): void {
+    if (this.#exit) return;
+    this.#exit = info;
+    this.#state = 'exited';
+    const s = this.#server;
+    if (s) {
+      s.closeAllConnections();
+      s.close();
+    }
+    this.#resolveExit(info);
+  }
+}
