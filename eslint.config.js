@@ -10,7 +10,7 @@ export default tseslint.config(
     rules: {
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       '@typescript-eslint/consistent-type-imports': 'error',
-      'no-restricted-imports': ['error', { patterns: [{ group: ['**/sqlite.ts', '**/etcd.ts', '**/redis.ts', '**/s3.ts', '**/memory.ts', '**/fs.ts', '**/process.ts'], message: 'Concrete drivers are chosen only in src/bin/ (import the component index instead).' }] }
+      'no-restricted-imports': ['error', { patterns: [{ group: ['**/sqlite.ts', '**/etcd.ts', '**/redis.ts', '**/s3.ts', '**/memory.ts', '**/fs.ts', '**/process.ts'], message: 'Concrete drivers are chosen only in src/bin/ (import the component index instead).' }] }],
     },
   },
   { files: ['src/bin/**', '**/*.test.ts', 'test/**', 'bench/**', 'src/*/index.ts'], rules: { 'no-restricted-imports': 'off' } },

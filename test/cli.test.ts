@@ -59,6 +59,7 @@ function aether(args: string[], env: Record<string, string> = { AETHER_URL: url,
 async function eventually<T>(what: string, fn: () => Promise<T>, attempts = 100): Promise<T> {
   let last: unknown;
   for (let i = 0; i < attempts; i++) {
+    if (platform && (platform.exitCode !== null || platform.signalCode !== null)) throw new Error(`${what}: aether up exited:\n${platformLog}`);
     try {
       return await fn();
     } catch (err) {
@@ -89,7 +90,8 @@ before(async () => {
   const ready = eventually(
     'aether up never served /healthz',
     async () => {
-      const printed = /https?:\/\/[^\s"']+/.exec(platformLog)?.[0]?.replace(/\/+$/, '');
+      // The URL `aether up` announces ("… is up at http://…"), else the port we asked for.
+      const printed = /\bup at (https?:\/\/[^\s"']+)/.exec(platformLog)?.[1]?.replace(/\/+$/, '');
       const base = printed ?? fallback;
       const r = await fetch(`${base}/healthz`);
       if (!r.ok) throw new Error(`healthz ${r.status}`);

@@ -19,7 +19,7 @@ async function eventually<T>(fn: () => Promise<T>, what: string, ms = 30_000): P
     try {
       return await fn();
     } catch (err) {
-      if (Date.now() > deadline) throw new Error(`${what} kept failing: ${String(err)}`);
+      if (Date.now() > deadline) throw new Error(`${what} kept failing: ${String(err)}`, { cause: err });
       await sleep(200);
     }
   }

@@ -585,7 +585,6 @@ class AgentImpl implements Agent {
     const draining = l.state === 'draining';
     l.state = 'stopping';
     // Deregister at once so no gateway routes another request to it.
-    this.#deleteRecord(l).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not delete the key of a dead instance'));
     for (const w of l.idleWaiters.splice(0)) w();
     // A draining instance's drain now proceeds to its teardown; otherwise reap it here.
     if (!draining) l.stopped = this.#teardown(l);
@@ -627,9 +626,9 @@ class AgentImpl implements Agent {
   async #teardown(l: Local): Promise<void> {
     if (l.state === 'stopped') return;
     l.state = 'stopping';
-    await this.#deleteRecord(l).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not delete an instance key'));
     const died = l.exit !== undefined;
     await l.rt?.stop(died ? 0 : this.#d.config.stopGraceMs).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not stop an instance'));
+    await this.#deleteRecord(l).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not delete an instance key'));
     if (!died) this.#system(l, 'instance stopped');
     this.#forget(l);
   }

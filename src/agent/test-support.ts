@@ -1,7 +1,10 @@
 import { createHash } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import yazl from 'yazl';
 import type { BlobInfo, BlobStore } from '../blob/index.ts';
+import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from '../runtime/index.ts';
 
 /** Helpers shared by the agent's tests (not used by production code). */
 
@@ -90,6 +93,8 @@ export interface Script {
   failStart?: string;
   /** Request handler once listening (default: 200 "ok <instanceId>"). */
   handler?: (req: IncomingMessage, res: ServerResponse) => void;
+  /** stop() (the sandbox teardown) does not resolve before this does. */
+  stopGate?: Promise<void>;
 }
 
 export interface ScriptedInstance extends RuntimeInstance {
@@ -187,6 +192,7 @@ class Scripted implements ScriptedInstance {
     this.stopCalls++;
     this.#finish({ code: null, signal: 'SIGTERM' });
     await this.exited;
+    await this.#script.stopGate;
   }
 
   crash(info: Partial<ExitInfo> = {}): void {

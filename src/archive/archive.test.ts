@@ -4,63 +4,9 @@ import { lstat, mkdtemp, readFile, readdir, readlink, rm, stat, writeFile } from
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import * as yazl from 'yazl';
-import * as tar from 'tar-stream';
 import { AetherError } from '../core/index.ts';
+import { makeTarGz, makeZip } from './testing.ts';
 import { DEFAULT_LIMITS, detectArchive, extractArchive, resolvesInside, validateArchive, type ArchiveLimits } from './index.ts';
-
-interface ZipItem {
-  name: string;
-  data?: string | Buffer;
-  mode?: number;
-  dir?: boolean;
-  compress?: boolean;
-}
-
-/** yazl refuses unsafe names, so callers use same-length placeholders and patch the bytes. */
-export async function makeZip(items: ZipItem[], patch: [string, string][] = []): Promise<Buffer> {
-  const z = new yazl.ZipFile();
-  for (const it of items) {
-    if (it.dir) z.addEmptyDirectory(it.name, it.mode === undefined ? {} : { mode: it.mode });
-    else {
-      const data = typeof it.data === 'string' ? Buffer.from(it.data) : (it.data ?? Buffer.alloc(0));
-      z.addBuffer(data, it.name, { compress: it.compress ?? true, ...(it.mode === undefined ? {} : { mode: it.mode }) });
-    }
-  }
-  z.end();
-  const chunks: Buffer[] = [];
-  for await (const c of z.outputStream as AsyncIterable<Buffer>) chunks.push(c);
-  let buf = Buffer.concat(chunks);
-  for (const [from, to] of patch) {
-    assert.equal(from.length, to.length);
-    let i = buf.indexOf(from);
-    assert.ok(i >= 0, `placeholder ${from} not found`);
-    while (i >= 0) {
-      buf.write(to, i, 'latin1');
-      i = buf.indexOf(from, i + 1);
-    }
-  }
-  buf = Buffer.from(buf);
-  return buf;
-}
-
-type TarItem = Partial<tar.Header> & { name: string; data?: string | Buffer };
-
-export async function makeTarGz(items: TarItem[]): Promise<Buffer> {
-  const p = tar.pack();
-  const out: Buffer[] = [];
-  const done = (async () => {
-    for await (const c of p as AsyncIterable<Buffer>) out.push(c);
-  })();
-  for (const { data, ...h } of items) {
-    await new Promise<void>((resolve, reject) => {
-      p.entry(h, data ?? '', (err) => (err ? reject(err) : resolve()));
-    });
-  }
-  p.finalize();
-  await done;
-  return gzipSync(Buffer.concat(out));
-}
 
 const small: ArchiveLimits = { maxArchiveBytes: 1024 * 1024, maxUnpackedBytes: 64 * 1024, maxEntries: 20 };
 

@@ -111,7 +111,8 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
 
   let gateway: Gateway | undefined;
   if (role === 'up' || role === 'gateway') {
-    const functions = new FunctionService({ store, blob, clock, limits: cfg.limits, defaultSandbox: cfg.sandbox });
+    mkdirSync(join(cfg.dataDir, 'tmp'), { recursive: true });
+    const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: join(cfg.dataDir, 'tmp') });
     gateway = await startGateway({
       store,
       queue,

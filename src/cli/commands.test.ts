@@ -139,6 +139,9 @@ test('update merges --env with the stored variables and removes --unset-env', as
   const put = requests.filter((q) => q.method === 'PUT').at(-1);
   assert.deepEqual(JSON.parse(put?.body.toString() ?? ''), { name: 'envy2', env_vars: { KEEP: '1', NEW: '3' } });
   assert.match(r.out, /^updated function envy2 /);
+  const nothing = await cli(['fn', 'update', 'envy2']);
+  assert.equal(nothing.code, 1);
+  assert.match(nothing.err, /^error: AETHER_ERR_VALIDATION: nothing to change/);
 });
 
 test('errors: one stderr line with the code, exit code 1, nothing on stdout', async () => {

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { AetherError } from '../core/index.ts';
 import { addFunctionFlags, collectList, functionFieldsFromFlags } from './flags.ts';
 import type { FunctionFlags } from './flags.ts';
 import { printJson, runAction, withClient } from './output.ts';
@@ -13,6 +14,9 @@ export function registerFnUpdate(fn: Command, deps: CliDeps): void {
       runAction(deps, async (ref: string, opts: FunctionFlags & { unsetEnv?: string[] }, cmd: Command) => {
         const g = cmd.optsWithGlobals<GlobalOptions>();
         const patch = functionFieldsFromFlags(opts);
+        if (Object.keys(patch).length === 0 && opts.unsetEnv === undefined) {
+          throw new AetherError('AETHER_ERR_VALIDATION', 'nothing to change: give at least one flag (see aether fn update --help)');
+        }
         const rec = await withClient(g, deps, async (c) => {
           if (opts.env !== undefined || opts.unsetEnv !== undefined) {
             // PUT replaces env_vars as a whole: merge with what is stored.

@@ -227,6 +227,8 @@ export function toAetherError(err: unknown): AetherError {
   if (isAetherError(err)) return err;
   const fe = err as Partial<FastifyError> | undefined;
   const mapped = fe?.code ? FASTIFY_CODES[fe.code] : undefined;
+  // Library messages about JSON mention internals; ours says what to fix.
+  if (mapped === 'AETHER_ERR_INVALID_JSON') return new AetherError(mapped, fe?.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' ? 'request body is empty; send a JSON object' : 'request body is not valid JSON');
   if (mapped) return new AetherError(mapped, fe?.message);
   const status = fe?.statusCode;
   if (typeof status === 'number' && status >= 400 && status < 500) {

@@ -124,7 +124,7 @@ export class Invoker {
 
     let coldStart = false;
     let instanceId: string | null = null;
-    let status = 0;
+    let status: number;
     let error: AetherError | undefined;
     try {
       const headers = forwardedHeaders(req);

@@ -25,15 +25,6 @@ export interface SqliteStoreOptions {
   logger?: Logger;
 }
 
-interface KvRow {
-  key: string;
-  value: string;
-  create_rev: number;
-  mod_rev: number;
-  version: number;
-  lease: string | null;
-}
-
 interface EventRow {
   rev: number;
   key: string;
@@ -89,8 +80,11 @@ export function prefixEnd(prefix: string): string | undefined {
   return undefined;
 }
 
-function toKv(r: KvRow): KeyValue {
-  return { key: r.key, value: r.value, createRevision: r.create_rev, modRevision: r.mod_rev, version: r.version, lease: r.lease ?? undefined };
+/** get/list rows come back as arrays in KV_COLS order: about 2.5x cheaper than row objects. */
+type KvTuple = [key: string, value: string, createRev: number, modRev: number, version: number, lease: string | null];
+
+function toKv(r: KvTuple): KeyValue {
+  return { key: r[0], value: r[1], createRevision: r[2], modRevision: r[3], version: r[4], lease: r[5] ?? undefined };
 }
 
 function toEvent(r: EventRow): WatchEvent {
@@ -168,6 +162,7 @@ class SqliteStore implements Store {
       delLease: p('DELETE FROM leases WHERE id = ?'),
       expired: p('SELECT id FROM leases WHERE expires_at <= ? ORDER BY expires_at'),
     };
+    for (const name of ['get', 'listAll', 'listAllRev', 'listRange', 'listRangeRev']) this.#s[name]!.setReturnArrays(true);
     this.#rev = this.#meta('rev');
     this.#compacted = this.#meta('compacted');
     this.#leaseSeq = this.#meta('lease_seq');
@@ -189,7 +184,7 @@ class SqliteStore implements Store {
   // ---- reads ----
 
   async get(key: string): Promise<KeyValue | undefined> {
-    const row = this.#stmt('get').get(key) as KvRow | undefined;
+    const row = this.#stmt('get').get(key) as unknown as KvTuple | undefined;
     return row ? toKv(row) : undefined;
   }
 
@@ -199,7 +194,7 @@ class SqliteStore implements Store {
     const end = prefixEnd(prefix);
     const rows = (
       end === undefined ? this.#stmt(rev ? 'listAllRev' : 'listAll').all(limit) : this.#stmt(rev ? 'listRangeRev' : 'listRange').all(prefix, end, limit)
-    ) as unknown as KvRow[];
+    ) as unknown as KvTuple[];
     return { kvs: rows.map(toKv), revision: this.#rev };
   }
 

@@ -1,0 +1,381 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, test } from 'node:test';
+import { DEFAULT_LIMITS } from '../archive/index.ts';
+import { ManualClock, metrics, silentLogger } from '../core/index.ts';
+import { closeAllEndpoints } from '../proxy/index.ts';
+import { createMemoryQueue } from '../queue/memory.ts';
+import { KEYS, PROVISION_TOPIC, codeBlobKey, instanceConfigKey, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
+import { createSqliteStore } from '../store/sqlite.ts';
+import { createAgent } from './agent.ts';
+import { buildZip, countingBlob, mapBlob, scriptedRuntime, sha256, type Script } from './test-support.ts';
+import { agentConfig, type AgentCapacity } from './types.ts';
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+  await closeAllEndpoints();
+});
+
+/** Poll real time for something the agent does asynchronously (I/O), with a generous deadline. */
+async function until<T>(f: () => Promise<T | undefined | false> | T | undefined | false, what: string, ms = 5000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+async function setup(o: { capacity?: AgentCapacity; script?: (spec: { functionId: string; env: Record<string, string> }) => Script; fn?: Partial<FunctionRecord> } = {}) {
+  const clock = new ManualClock();
+  const store = createSqliteStore({ path: ':memory:', clock });
+  const queue = createMemoryQueue({ clock });
+  const blob = countingBlob(mapBlob());
+  const runtime = scriptedRuntime(o.script);
+  const dataDir = await mkdtemp(join(tmpdir(), 'aether-agent-'));
+  const config = agentConfig({ agentId: 'agent-1', url: 'http://agent-1.test:8081', dataDir, capacity: o.capacity ?? { instances: 10, memoryMb: 4096, vcpu: 16 } });
+  const agent = createAgent({ store, queue, blob, runtime, clock, logger: silentLogger(), config, archiveLimits: DEFAULT_LIMITS });
+
+  const zip = await buildZip({ 'handler.js': 'require("node:http").createServer().listen(process.env.PORT);\n' });
+  const sha = sha256(zip);
+  await blob.put(codeBlobKey('fn-1', sha), zip);
+  const now = new Date(clock.now()).toISOString();
+  const fn: FunctionRecord = {
+    id: 'fn-1',
+    name: 'hello',
+    runtime: 'node',
+    entrypoint: 'handler.js',
+    vcpu: 1,
+    memory_mb: 128,
+    port: 3000,
+    env_vars: {},
+    timeout_ms: 30_000,
+    min_instances: 0,
+    max_instances: 10,
+    concurrency_target: 3,
+    scale_down_after_s: 30,
+    scale_to_zero_after_s: 300,
+    sandbox: 'process',
+    code_path: codeBlobKey('fn-1', sha),
+    code_sha256: sha,
+    code_size: zip.length,
+    created_at: now,
+    updated_at: now,
+    ...o.fn,
+  };
+  await store.put(KEYS.function(fn.id), JSON.stringify(fn));
+  await agent.start();
+  cleanups.push(async () => {
+    await agent.stop();
+    await runtime.close();
+    await queue.close();
+    await store.close();
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  let n = 0;
+  const enqueue = async (over: Partial<ProvisionJob> = {}, f: FunctionRecord = fn): Promise<string> => {
+    const request_id = `req-${++n}`;
+    const job: ProvisionJob = { function_id: f.id, config_key: instanceConfigKey(f), reason: 'cold', requested_at: clock.now(), request_id, ...over };
+    await queue.enqueue(PROVISION_TOPIC, job);
+    return request_id;
+  };
+  const result = (requestId: string): Promise<ProvisionResult> =>
+    until(async () => {
+      const kv = await store.get(KEYS.provisionResult(requestId));
+      return kv ? (JSON.parse(kv.value) as ProvisionResult) : undefined;
+    }, `provision result ${requestId}`);
+  const record = async (instanceId: string, f: FunctionRecord = fn): Promise<InstanceRecord | undefined> => {
+    const kv = await store.get(KEYS.instance(f.id, instanceId));
+    return kv ? (JSON.parse(kv.value) as InstanceRecord) : undefined;
+  };
+  /** Start one instance through the queue; returns its id. */
+  const startOne = async (f: FunctionRecord = fn): Promise<string> => {
+    const r = await result(await enqueue({}, f));
+    assert.equal(r.ok, true, r.error ?? '');
+    assert.ok(r.instance_id);
+    return r.instance_id;
+  };
+  return { clock, store, queue, blob, runtime, agent, config, fn, enqueue, result, record, startOne };
+}
+
+async function counterValue(c: { get(): Promise<{ values: { value: number; labels: Record<string, string | number> }[] }> }, labels: Record<string, string>): Promise<number> {
+  const v = (await c.get()).values.filter((x) => Object.entries(labels).every(([k, val]) => x.labels[k] === val));
+  return v.reduce((n, x) => n + x.value, 0);
+}
+
+test('a job produces a registered instance under the agent lease, an ok result, and is acked', async () => {
+  const h = await setup();
+  const reqId = await h.enqueue();
+  const r = await h.result(reqId);
+  assert.equal(r.ok, true);
+  assert.equal(r.function_id, 'fn-1');
+  assert.equal(r.error, null);
+  const id = r.instance_id;
+  assert.ok(id);
+  const kv = await h.store.get(KEYS.instance('fn-1', id));
+  assert.ok(kv);
+  const rec = JSON.parse(kv.value) as InstanceRecord;
+  const agentKv = await h.store.get(KEYS.agent('agent-1'));
+  assert.ok(agentKv);
+  assert.equal(kv.lease, agentKv.lease, 'instance key lives under the agent lease');
+  assert.deepEqual({ ...rec, endpoint: undefined }, {
+    instance_id: id,
+    function_id: 'fn-1',
+    agent_id: 'agent-1',
+    agent_url: 'http://agent-1.test:8081',
+    endpoint: undefined,
+    config_key: instanceConfigKey(h.fn),
+    status: 'ready',
+    started_at: new Date(h.clock.now()).toISOString(),
+  });
+  assert.equal(rec.endpoint.kind, 'tcp');
+  assert.equal((await h.store.get(KEYS.provisionResult(reqId)))?.lease, agentKv.lease);
+  assert.equal(await h.queue.depth(PROVISION_TOPIC), 0, 'acked');
+  const spec = h.runtime.created[0];
+  assert.equal(spec?.functionId, 'fn-1');
+  assert.equal(spec?.entrypoint, 'handler.js');
+  assert.equal(spec?.pidsMax, 256);
+  const agentRec = await until(async () => {
+    const a = JSON.parse((await h.store.get(KEYS.agent('agent-1')))?.value ?? '{}') as AgentRecord;
+    return a.used?.instances === 1 ? a : undefined;
+  }, 'agent record with used capacity');
+  assert.deepEqual(agentRec.used, { instances: 1, memory_mb: 128, vcpu: 1 });
+  assert.deepEqual(h.agent.localInstances(), [{ instanceId: id, functionId: 'fn-1', inflight: 0, state: 'ready' }]);
+  // the result key is removed after its TTL
+  await h.clock.advance(60_000);
+  await until(async () => (await h.store.get(KEYS.provisionResult(reqId))) === undefined, 'result cleanup');
+});
+
+test('a failing start produces an error result with the program output, is acked and leaves nothing', async () => {
+  const h = await setup({ script: () => ({ print: ['loading config', 'Error: cannot find module express'], exitCode: 1 }) });
+  const before = await counterValue(metrics.vmSpawns, { function_id: 'fn-1', status: 'error' });
+  const r = await h.result(await h.enqueue());
+  assert.equal(r.ok, false);
+  assert.equal(r.instance_id, null);
+  assert.match(r.error ?? '', /exited before listening/);
+  assert.match(r.error ?? '', /loading config\nError: cannot find module express/);
+  await until(async () => (await h.queue.depth(PROVISION_TOPIC)) === 0, 'ack');
+  assert.deepEqual((await h.store.list(KEYS.instances)).kvs, []);
+  await until(() => h.agent.localInstances().length === 0, 'local instance forgotten');
+  assert.equal(await counterValue(metrics.vmSpawns, { function_id: 'fn-1', status: 'error' }), before + 1);
+  // what it printed stays in the function's logs
+  assert.ok(h.agent.tailLogs('fn-1', 10).some((e) => e.text === 'Error: cannot find module express'));
+});
+
+test('a start() rejection and a missing entrypoint are definite failures too', async () => {
+  const h = await setup({ script: () => ({ failStart: 'sandbox setup failed' }) });
+  const r1 = await h.result(await h.enqueue());
+  assert.equal(r1.ok, false);
+  assert.match(r1.error ?? '', /sandbox setup failed/);
+  const moved = { ...h.fn, entrypoint: 'server.js' };
+  await h.store.put(KEYS.function('fn-1'), JSON.stringify(moved));
+  const r2 = await h.result(await h.enqueue({}, moved));
+  assert.equal(r2.ok, false);
+  assert.match(r2.error ?? '', /entrypoint server\.js/);
+  await until(async () => (await h.queue.depth(PROVISION_TOPIC)) === 0, 'both acked');
+});
+
+test('an outdated job is dropped; a job for a deleted function answers "function deleted"', async () => {
+  const h = await setup();
+  await h.enqueue({ config_key: 'an older config' });
+  await until(async () => (await h.queue.depth(PROVISION_TOPIC)) === 0, 'outdated job acked');
+  assert.equal(h.runtime.created.length, 0);
+  assert.equal((await h.store.list(KEYS.provisionResults)).kvs.length, 0);
+  const r = await h.result(await h.enqueue({ function_id: 'fn-gone' }));
+  assert.deepEqual(r, { request_id: r.request_id, function_id: 'fn-gone', ok: false, instance_id: null, error: 'function deleted' });
+  assert.equal(h.runtime.created.length, 0);
+});
+
+test('without capacity for the function the job is given back for another agent', async () => {
+  const h = await setup({ capacity: { instances: 10, memoryMb: 100, vcpu: 16 } });
+  await h.enqueue();
+  // The agent takes it, finds 128 MB > 100 MB and releases it: another consumer gets a redelivery.
+  const job = await until(() => h.queue.take<ProvisionJob>(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 60_000 }), 'released job');
+  assert.equal(job.deliveries, 2);
+  assert.equal(job.payload.function_id, 'fn-1');
+  assert.equal(h.runtime.created.length, 0);
+});
+
+test('with every instance slot used the agent does not take jobs', async () => {
+  const h = await setup({ capacity: { instances: 1, memoryMb: 4096, vcpu: 16 } });
+  await h.startOne();
+  await h.enqueue();
+  await h.clock.advance(1000);
+  const job = await h.queue.take<ProvisionJob>(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 60_000 });
+  assert.ok(job);
+  assert.equal(job.deliveries, 1, 'never taken by the full agent');
+});
+
+test('an instance that exits is deregistered at once and its logs survive', async () => {
+  // The sandbox teardown hangs: the key must go before it, not after.
+  let teardown!: () => void;
+  const stopGate = new Promise<void>((r) => (teardown = r));
+  const h = await setup({ script: () => ({ stopGate }) });
+  const id = await h.startOne();
+  const inst = h.runtime.instances.get(id);
+  assert.ok(inst);
+  inst.print('handling things');
+  const deaths = await counterValue(metrics.vmDeaths, { function_id: 'fn-1' });
+  inst.crash({ code: 137, reason: 'killed by the memory limit (oom)' });
+  await until(async () => (await h.record(id)) === undefined, 'key deleted');
+  assert.equal(h.agent.localInstances()[0]?.state, 'stopping');
+  teardown();
+  await until(() => h.agent.localInstances().length === 0, 'forgotten');
+  const texts = h.agent.tailLogs('fn-1', 100).map((e) => `${e.stream}:${e.text}`);
+  assert.ok(texts.includes('stdout:handling things'));
+  assert.ok(texts.includes('system:instance exited: killed by the memory limit (oom)'), texts.join('\n'));
+  assert.equal(await counterValue(metrics.vmDeaths, { function_id: 'fn-1', reason: 'oom' }), deaths + 1);
+  await assert.rejects(
+    h.agent.forward(id, {} as IncomingMessage, {} as ServerResponse, { path: '/' }),
+    (err: { code?: string }) => err.code === 'AETHER_ERR_UPSTREAM',
+  );
+});
+
+test('scale-down after idle keeps one, then scale to zero (clock-driven)', async () => {
+  const h = await setup();
+  const a = await h.startOne();
+  const b = await h.startOne();
+  await h.clock.advance(29_000);
+  assert.equal(h.agent.localInstances().length, 2);
+  await h.clock.advance(2_000);
+  await until(() => h.agent.localInstances().length === 1, 'one instance scaled down');
+  const left = h.agent.localInstances()[0]?.instanceId;
+  assert.ok(left === a || left === b);
+  const gone = left === a ? b : a;
+  await until(async () => (await h.record(gone)) === undefined, 'drained key deleted');
+  assert.equal(h.runtime.instances.get(gone)?.stopCalls, 1);
+  await h.clock.advance(240_000);
+  assert.equal(h.agent.localInstances().length, 1, 'the last one stays until scale_to_zero_after_s');
+  await h.clock.advance(60_000);
+  await until(() => h.agent.localInstances().length === 0, 'scaled to zero');
+  assert.deepEqual((await h.store.list(KEYS.instancesOf('fn-1'))).kvs, []);
+});
+
+test('idle time counts from the end of the last request; busy instances are not stopped', async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const h = await setup({
+    script: () => ({
+      handler: (_req, res) => {
+        void gate.then(() => res.end('done'));
+      },
+    }),
+  });
+  const id = await h.startOne();
+  const front: Server = createServer((req, res) => {
+    h.agent.forward(id, req, res, { path: req.url ?? '/' }).catch(() => res.writeHead(599).end());
+  });
+  await new Promise<void>((r) => front.listen(0, '127.0.0.1', () => r()));
+  cleanups.push(() => new Promise<void>((r) => front.close(() => r())));
+  const port = (front.address() as AddressInfo).port;
+  const answer = new Promise<string>((resolve, reject) => {
+    request(`http://127.0.0.1:${port}/slow`, (res) => {
+      let s = '';
+      res.on('data', (c: Buffer) => (s += c.toString()));
+      res.on('end', () => resolve(s));
+    })
+      .on('error', reject)
+      .end();
+  });
+  await until(() => h.agent.localInstances()[0]?.inflight === 1, 'request in flight');
+  await h.clock.advance(400_000);
+  assert.equal(h.agent.localInstances()[0]?.state, 'ready', 'a busy instance is not scaled to zero');
+  release();
+  assert.equal(await answer, 'done');
+  await until(() => h.agent.localInstances()[0]?.inflight === 0, 'request done');
+  await h.clock.advance(299_000);
+  assert.equal(h.agent.localInstances().length, 1, 'idle counted from the end of the request');
+  await h.clock.advance(2_000);
+  await until(() => h.agent.localInstances().length === 0, 'scaled to zero');
+});
+
+test('a stale instance is drained only once a ready instance with the current config exists', async () => {
+  const h = await setup();
+  const old = await h.startOne();
+  const v2: FunctionRecord = { ...h.fn, env_vars: { VERSION: '2' } };
+  await h.store.put(KEYS.function('fn-1'), JSON.stringify(v2));
+  await h.clock.advance(3_000);
+  assert.equal(h.agent.localInstances().length, 1, 'stale instance keeps serving while nothing newer is ready');
+  assert.equal((await h.record(old))?.status, 'ready');
+  const fresh = await h.startOne(v2);
+  assert.deepEqual(h.runtime.created.at(-1)?.env, { VERSION: '2' });
+  await h.clock.advance(1_000);
+  await until(async () => (await h.record(old)) === undefined, 'stale instance deregistered');
+  await until(() => h.agent.localInstances().length === 1, 'stale instance stopped');
+  assert.equal(h.agent.localInstances()[0]?.instanceId, fresh);
+  assert.equal(h.runtime.instances.get(old)?.stopCalls, 1);
+});
+
+test("a deleted function's instances are stopped at once", async () => {
+  const h = await setup();
+  const id = await h.startOne();
+  await h.store.delete(KEYS.function('fn-1'));
+  await until(() => h.agent.localInstances().length === 0, 'instance stopped');
+  assert.equal(await h.record(id), undefined);
+  assert.equal(h.runtime.instances.get(id)?.stopCalls, 1);
+});
+
+test('after losing its lease the agent re-registers itself and its running instances', async () => {
+  const h = await setup();
+  const id = await h.startOne();
+  const oldLease = (await h.store.get(KEYS.agent('agent-1')))?.lease;
+  assert.ok(oldLease);
+  await h.store.revokeLease(oldLease); // what a store outage longer than the TTL does
+  assert.equal(await h.record(id), undefined);
+  await h.clock.advance(h.config.leaseTtlMs / 3 + 1);
+  const kv = await until(() => h.store.get(KEYS.instance('fn-1', id)), 'instance re-registered');
+  assert.notEqual(kv.lease, oldLease);
+  assert.equal((await h.store.get(KEYS.agent('agent-1')))?.lease, kv.lease);
+  assert.equal((JSON.parse(kv.value) as InstanceRecord).status, 'ready');
+  assert.equal(h.runtime.instances.get(id)?.stopCalls, 0, 'the instance kept running');
+});
+
+test('the agent HTTP server: healthz, unknown routes, forwarding errors, followed logs', async () => {
+  const h = await setup();
+  const id = await h.startOne();
+  const server = createServer((req, res) => h.agent.handleHttp(req, res));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  cleanups.push(() => new Promise<void>((r) => {
+    server.closeAllConnections();
+    server.close(() => r());
+  }));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const get = async (path: string) => {
+    const r = await fetch(base + path);
+    return { status: r.status, body: await r.text() };
+  };
+  assert.deepEqual(await get('/healthz'), { status: 200, body: JSON.stringify({ ok: true, agent_id: 'agent-1' }) });
+  assert.equal((await get('/nope')).status, 404);
+  const fwd = await get(`/internal/forward/${id}/x?y=1`);
+  assert.deepEqual(fwd, { status: 200, body: `ok ${id}` });
+  const bad = await get('/internal/forward/inst-unknown/');
+  assert.equal(bad.status, 502);
+  assert.match(bad.body, /AETHER_ERR_UPSTREAM/);
+
+  h.runtime.instances.get(id)?.print('first');
+  const ac = new AbortController();
+  const res = await fetch(`${base}/internal/logs/fn-1?tail=1&follow=1`, { signal: ac.signal });
+  assert.equal(res.headers.get('content-type'), 'application/x-ndjson');
+  const reader = res.body!.getReader();
+  let text = '';
+  const readUntil = async (needle: string) => {
+    while (!text.includes(needle)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error('stream ended');
+      text += Buffer.from(value).toString();
+    }
+  };
+  await readUntil('first');
+  h.runtime.instances.get(id)?.print('second', 'stderr');
+  await readUntil('second');
+  const lines = text.trim().split('\n').map((l) => JSON.parse(l) as { stream: string; text: string; instance_id: string });
+  assert.deepEqual(lines.map((l) => [l.stream, l.text, l.instance_id]), [['stdout', 'first', id], ['stderr', 'second', id]]);
+  ac.abort();
+});
