@@ -182,6 +182,31 @@ test('a start() rejection and a missing entrypoint are definite failures too', a
   await until(async () => (await h.queue.depth(PROVISION_TOPIC)) === 0, 'both acked');
 });
 
+test('a slow start keeps its job invisible (visibility extended); an agent stopping mid-start gives it back', async () => {
+  let ready!: () => void;
+  const readyGate = new Promise<void>((r) => (ready = r));
+  const h = await setup({ script: () => ({ readyGate }) });
+  const reqId = await h.enqueue();
+  await until(() => h.runtime.created.length === 1, 'start begun');
+  // Three visibility timeouts pass while the instance is still starting.
+  await h.clock.advance(h.config.jobVisibilityMs * 3);
+  assert.equal(await h.queue.take(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 1000 }), undefined, 'not redelivered');
+  ready();
+  assert.equal((await h.result(reqId)).ok, true);
+  await until(async () => (await h.queue.depth(PROVISION_TOPIC)) === 0, 'acked');
+  assert.equal(h.runtime.created.length, 1, 'delivered once');
+
+  // A second start hangs; stopping the agent releases the job for another agent instead of failing it.
+  const second = await setup({ script: () => ({ readyGate: new Promise<void>(() => undefined) }) });
+  const req2 = await second.enqueue();
+  await until(() => second.runtime.created.length === 1, 'second start begun');
+  await second.agent.stop();
+  const job = await second.queue.take<ProvisionJob>(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 1000 });
+  assert.equal(job?.payload.request_id, req2);
+  assert.equal(await second.store.get(KEYS.provisionResult(req2)), undefined, 'no failure reported');
+  assert.equal(second.runtime.instances.get(second.runtime.created[0]!.instanceId)?.stopCalls, 1, 'half-started instance cleaned up');
+});
+
 test('an outdated job is dropped; a job for a deleted function answers "function deleted"', async () => {
   const h = await setup();
   await h.enqueue({ config_key: 'an older config' });
@@ -218,6 +243,7 @@ test('an instance that exits is deregistered at once and its logs survive', asyn
   let teardown!: () => void;
   const stopGate = new Promise<void>((r) => (teardown = r));
   const h = await setup({ script: () => ({ stopGate }) });
+  cleanups.push(async () => teardown()); // runs before the agent stops, even if an assertion failed
   const id = await h.startOne();
   const inst = h.runtime.instances.get(id);
   assert.ok(inst);

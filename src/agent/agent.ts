@@ -74,6 +74,7 @@ class AgentImpl implements Agent {
   #cache: CodeCache | undefined;
   #running = false;
   #started = false;
+  #stopping: Promise<void> | undefined;
   readonly #stopAc = new AbortController();
   readonly #starts = new Set<Promise<void>>();
   #scaleTimer: TimerHandle | undefined;
@@ -122,9 +123,9 @@ class AgentImpl implements Agent {
       KEYS.instances,
       {
         onReset: (kvs) => {
-        this.#records.clear();
-        for (const kv of kvs) this.#recordPut(kv);
-      },
+          this.#records.clear();
+          for (const kv of kvs) this.#recordPut(kv);
+        },
         onEvent: (ev) => {
           if (ev.type === 'put') this.#recordPut(ev.kv);
           else this.#records.delete(ev.key);
@@ -149,8 +150,13 @@ class AgentImpl implements Agent {
     logger.info({ agent: this.id, url: config.url, isolation: runtime.isolation, capacity: config.capacity }, 'agent started');
   }
 
-  async stop(): Promise<void> {
-    if (!this.#started || this.#stopAc.signal.aborted) return;
+  stop(): Promise<void> {
+    if (!this.#started) return Promise.resolve();
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
     const { store, logger, config } = this.#d;
     this.#running = false;
     this.#stopAc.abort(new AetherError('AETHER_ERR_UNAVAILABLE', 'agent is stopping'));
@@ -585,6 +591,7 @@ class AgentImpl implements Agent {
     const draining = l.state === 'draining';
     l.state = 'stopping';
     // Deregister at once so no gateway routes another request to it.
+    this.#deleteRecord(l).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not delete the key of a dead instance'));
     for (const w of l.idleWaiters.splice(0)) w();
     // A draining instance's drain now proceeds to its teardown; otherwise reap it here.
     if (!draining) l.stopped = this.#teardown(l);
@@ -626,9 +633,9 @@ class AgentImpl implements Agent {
   async #teardown(l: Local): Promise<void> {
     if (l.state === 'stopped') return;
     l.state = 'stopping';
+    await this.#deleteRecord(l).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not delete an instance key'));
     const died = l.exit !== undefined;
     await l.rt?.stop(died ? 0 : this.#d.config.stopGraceMs).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not stop an instance'));
-    await this.#deleteRecord(l).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not delete an instance key'));
     if (!died) this.#system(l, 'instance stopped');
     this.#forget(l);
   }

@@ -1,7 +1,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { AetherError, errorBody } from '../core/index.ts';
-import { ProxyError } from '../proxy/index.ts';
+import { RETRYABLE_HEADER, ProxyError } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
 const FORWARD_PREFIX = '/internal/forward/';
@@ -66,10 +66,10 @@ function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: Ser
     }
     if (err instanceof ProxyError) {
       // 'connect': nothing reached the instance, so the gateway may retry on another one.
-      sendError(res, new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId}: ${err.message} (${err.phase})`));
+      sendError(res, new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId}: ${err.message} (${err.phase})`), err.phase === 'connect');
       return;
     }
-    sendError(res, err);
+    sendError(res, err, err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM');
   });
 }
 
@@ -110,8 +110,13 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
   res.end(s);
 }
 
-function sendError(res: ServerResponse, err: unknown): void {
+function sendError(res: ServerResponse, err: unknown, nothingSent = false): void {
   const { status, body } = errorBody(err);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+    // The gateway retries on another instance only when the request never reached this one.
+    ...(nothingSent ? { [RETRYABLE_HEADER]: '1' } : {}),
+  });
   res.end(body);
 }

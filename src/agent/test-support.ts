@@ -93,6 +93,8 @@ export interface Script {
   failStart?: string;
   /** Request handler once listening (default: 200 "ok <instanceId>"). */
   handler?: (req: IncomingMessage, res: ServerResponse) => void;
+  /** waitReady() does not resolve before this does (a slow start). */
+  readyGate?: Promise<void>;
   /** stop() (the sandbox teardown) does not resolve before this does. */
   stopGate?: Promise<void>;
 }
@@ -182,9 +184,18 @@ class Scripted implements ScriptedInstance {
     await this.#listening;
   }
 
-  async waitReady(): Promise<void> {
-    if (this.#exit) throw new Error(`exited before listening (code ${this.#exit.code})`);
-    await this.#listening;
+  async waitReady(_timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    this.#throwIfExited();
+    const aborted = new Promise<never>((_, reject) => {
+      if (signal?.aborted) reject(signal.reason);
+      signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+    });
+    aborted.catch(() => undefined);
+    await Promise.race([Promise.all([this.#listening, this.#script.readyGate]), aborted]);
+    this.#throwIfExited();
+  }
+
+  #throwIfExited(): void {
     if (this.#exit) throw new Error(`exited before listening (code ${this.#exit.code})`);
   }
 

@@ -93,6 +93,8 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
   app.setErrorHandler((err, req, reply) => {
     const e = toAetherError(err);
     if (e.status >= 500) log.error({ err, url: req.url, method: req.method }, 'api request failed');
+    // An unread request body (e.g. an oversized upload) would otherwise be drained without limit.
+    if (!req.raw.complete) reply.header('connection', 'close');
     return sendError(reply, e);
   });
 
@@ -146,7 +148,8 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
 
   app.get<IdParams & { Querystring: Record<string, unknown> }>('/api/functions/:id/logs', async (req, reply) => {
     const tail = intQuery(req.query, 'tail', DEFAULT_LOG_TAIL, 0, MAX_LOG_TAIL);
-    const follow = boolQuery(req.query, 'follow');
+    // HEAD never follows: there is no body to stream.
+    const follow = boolQuery(req.query, 'follow') && req.method === 'GET';
     const fn = await deps.functions.get(req.params.id);
     if (!follow) {
       const entries = tail === 0 ? [] : await deps.logs.tail(fn.id, tail);
@@ -279,8 +282,8 @@ const entryKey = (e: LogEntry): string => `${e.time}\0${e.instance_id}\0${e.stre
 async function followLogs(logs: LogSource, fnId: string, tail: number, reply: FastifyReply): Promise<FastifyReply> {
   const ac = new AbortController();
   const early: LogEntry[] = [];
-  let write: ((e: LogEntry) => void) | undefined;
-  logs.follow(fnId, (e) => (write ? write(e) : early.push(e)), ac.signal);
+  const sink: { write?: (e: LogEntry) => void } = {};
+  logs.follow(fnId, (e) => (sink.write ? sink.write(e) : early.push(e)), ac.signal);
   let initial: LogEntry[];
   try {
     initial = tail === 0 ? [] : await logs.tail(fnId, tail);
@@ -297,7 +300,7 @@ async function followLogs(logs: LogSource, fnId: string, tail: number, reply: Fa
   const seen = new Set(initial.map(entryKey));
   for (const e of initial) res.write(ndjson(e));
   for (const e of early) if (!seen.has(entryKey(e))) res.write(ndjson(e));
-  write = (e) => {
+  sink.write = (e) => {
     if (ac.signal.aborted) return;
     if (res.writableLength > MAX_FOLLOW_BUFFER) {
       res.destroy();

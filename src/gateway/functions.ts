@@ -9,7 +9,6 @@ import { AetherError, isAetherError, newId, silentLogger, systemClock, type Cloc
 import {
   CreateFunctionSchema,
   KEYS,
-  SANDBOXES,
   UpdateFunctionSchema,
   checkFunctionInvariants,
   codeBlobKey,
@@ -17,6 +16,7 @@ import {
   parseOrThrow,
   type FunctionRecord,
   type InvocationRecord,
+  type SANDBOXES,
 } from '../spec/index.ts';
 import type { KeyValue, Store } from '../store/index.ts';
 import type { BlobStore } from '../blob/index.ts';
@@ -304,9 +304,15 @@ export class FunctionService {
       },
     });
     const src = Buffer.isBuffer(body) ? Readable.from([body]) : body;
+    // pipe(), not pipeline(): on a limit error the request must stay open so the client still
+    // receives its 413 (pipeline would destroy the request and with it the socket).
+    // (the listener stays: a late client abort must not become an unhandled 'error')
+    src.on('error', (err: Error) => meter.destroy(err));
+    src.pipe(meter);
     try {
-      await pipeline(src, meter, createWriteStream(file, { mode: 0o600 }));
+      await pipeline(meter, createWriteStream(file, { mode: 0o600 }));
     } catch (err) {
+      src.unpipe(meter);
       if (isAetherError(err)) throw err;
       const e = err as NodeJS.ErrnoException;
       if (typeof e?.syscall === 'string') throw new AetherError('AETHER_ERR_INTERNAL', 'could not spool the upload', { cause: err });

@@ -198,7 +198,7 @@ export class Invoker {
     if (local && inst.agent_id === local.id) {
       return local.forward(inst.instance_id, req, res, { path, headers }, { signal, responseHeaders });
     }
-    return forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers }, { signal, responseHeaders });
+    return forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers }, { signal, responseHeaders, retryable: true });
   }
 
   #classify(err: unknown, signal: AbortSignal, fn: FunctionRecord): AetherError {

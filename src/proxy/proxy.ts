@@ -17,7 +17,12 @@ export interface ForwardTarget {
   headers?: Record<string, string>;
 }
 
+/** Set by an agent on an error answer when the request never reached an instance (safe to retry). */
+export const RETRYABLE_HEADER = 'x-aether-retryable';
+
 export interface ForwardOptions {
+  /** Treat an upstream answer carrying RETRYABLE_HEADER as a connect failure instead of relaying it. */
+  retryable?: boolean;
   signal?: AbortSignal;
   /** Extra response headers (e.g. x-aether-invocation-id). */
   responseHeaders?: Record<string, string>;
@@ -124,6 +129,7 @@ export async function forward(req: IncomingMessage, res: ServerResponse, target:
   };
   try {
     await pool.stream(options, ({ statusCode, headers }) => {
+      if (opts.retryable && headers[RETRYABLE_HEADER] !== undefined) throw new ProxyError('instance unavailable at its agent', 'connect', false);
       status = statusCode;
       const out: Record<string, string | string[]> = {};
       for (const [k, v] of Object.entries(headers)) {
@@ -135,6 +141,7 @@ export async function forward(req: IncomingMessage, res: ServerResponse, target:
       return res;
     });
   } catch (err) {
+    if (err instanceof ProxyError) throw err;
     const e = err as { code?: string; name?: string; message?: string };
     if (opts.signal?.aborted) throw new ProxyError('request aborted', 'aborted', res.headersSent, err);
     const connect = !res.headersSent && isConnectError(e.code);

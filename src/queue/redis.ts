@@ -106,13 +106,15 @@ class RedisQueue implements Queue {
       // During an outage a call fails after one reconnect attempt instead of queueing forever.
       maxRetriesPerRequest: 1,
       retryStrategy: (times) => Math.min(100 * times, 1000),
-      lazyConnect: false,
+      // RESP2: XREADGROUP replies keep their documented [[stream, entries]] shape.
+      protocol: 2,
     };
     this.#redis = this.#connect('aether-queue', { commandTimeout: COMMAND_TIMEOUT_MS });
   }
 
   #connect(name: string, extra: RedisOptions): Redis {
-    const r = new Redis({ ...this.#options, connectionName: name, ...extra });
+    const { replyMapping: _unused, ...options } = { ...this.#options, connectionName: name, ...extra };
+    const r = new Redis(options);
     let lastLogged = 0;
     r.on('error', (err: Error) => {
       // ioredis emits one error per reconnect attempt; keep the log readable during an outage.
