@@ -10,19 +10,7 @@ import { KEYS, type FunctionRecord, type InvocationRecord } from '../spec/index.
 import type { Store } from '../store/index.ts';
 import type { BlobInfo, BlobStore } from '../blob/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
-// TEMP until src/blob/fs.ts lands
-import { Readable as R } from 'node:stream';
-function createFsBlobStore(_o: { dir: string }): BlobStore {
-  const m = new Map<string, Buffer>();
-  return {
-    async put(key, body) { const ch: Buffer[] = []; for await (const c of (Buffer.isBuffer(body) ? [body] : body) as AsyncIterable<Buffer>) ch.push(c); const b = Buffer.concat(ch); m.set(key, b); return { key, size: b.length, modified: 0 }; },
-    async get(key) { const b = m.get(key); return b ? R.from([b]) : undefined; },
-    async head(key) { const b = m.get(key); return b ? { key, size: b.length, modified: 0 } : undefined; },
-    async list(prefix) { return [...m.keys()].filter((k) => k.startsWith(prefix)).sort().map((key) => ({ key, size: m.get(key)?.length ?? 0, modified: 0 })); },
-    async delete(key) { m.delete(key); },
-    async close() {},
-  };
-}
+import { createFsBlobStore } from '../blob/fs.ts';
 import { makeTarGz, makeZip } from '../archive/testing.ts';
 import type { ArchiveLimits } from '../archive/index.ts';
 import { FunctionService } from './functions.ts';

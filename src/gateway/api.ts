@@ -54,6 +54,7 @@ const ROUTE_METHODS: [RegExp, string[]][] = [
   [/^\/api\/functions\/[^/]+\/code\/?$/, ['POST']],
   [/^\/api\/functions\/[^/]+\/invocations\/?$/, ['GET', 'HEAD']],
   [/^\/api\/functions\/[^/]+\/logs\/?$/, ['GET', 'HEAD']],
+  [/^\/api\/functions\/[^/]+\/instances\/?$/, ['GET', 'HEAD']],
 ];
 
 interface IdParams {
@@ -145,6 +146,8 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
     const limit = intQuery(req.query, 'limit', 100, 1, MAX_INVOCATIONS_LIMIT);
     return deps.functions.invocations(req.params.id, limit);
   });
+
+  app.get<IdParams>('/api/functions/:id/instances', async (req) => deps.functions.instances(req.params.id));
 
   app.get<IdParams & { Querystring: Record<string, unknown> }>('/api/functions/:id/logs', async (req, reply) => {
     const tail = intQuery(req.query, 'tail', DEFAULT_LOG_TAIL, 0, MAX_LOG_TAIL);

@@ -16,6 +16,7 @@ import {
   parseOrThrow,
   type FunctionRecord,
   type InvocationRecord,
+  type InstanceRecord,
   type SANDBOXES,
 } from '../spec/index.ts';
 import type { KeyValue, Store } from '../store/index.ts';
@@ -263,6 +264,13 @@ export class FunctionService {
     const n = Math.max(1, Math.min(MAX_INVOCATIONS_LIMIT, Math.floor(limit)));
     const r = await this.#s(this.#store.list(KEYS.invocationsOf(rec.id), { reverse: true, limit: n }));
     return r.kvs.map((kv) => JSON.parse(kv.value) as InvocationRecord);
+  }
+
+  /** Running instances of the function (registered by agents, newest last). */
+  async instances(idOrName: string): Promise<InstanceRecord[]> {
+    const { rec } = await this.#mustFind(idOrName);
+    const r = await this.#s(this.#store.list(KEYS.instancesOf(rec.id)));
+    return r.kvs.map((kv) => JSON.parse(kv.value) as InstanceRecord);
   }
 
   async #find(idOrName: string): Promise<{ rec: FunctionRecord; kv: KeyValue } | undefined> {

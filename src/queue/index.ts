@@ -1,1 +1,3 @@
 export * from './types.ts';
+// Type-only: drivers themselves are picked in src/bin/ (importing this index never loads ioredis).
+export type { RedisQueueOptions } from './redis.ts';

@@ -3,13 +3,18 @@ import { AetherError, silentLogger, systemClock, type Logger } from '../core/ind
 import type { Job, Queue, TakeOptions } from './types.ts';
 
 /**
- * Redis Streams driver. One stream per topic (`<prefix>q:<topic>`), one consumer group ('agents').
- * An entry is in flight while it sits in the group's pending list; its idle time there is the
- * visibility clock (server time), so a job of a dead consumer is reclaimed with XAUTOCLAIM by the
- * next taker. Acked entries are deleted, so XLEN = waiting + in flight.
+ * Redis Streams driver. One stream per topic (`<prefix>q:<topic>`), one consumer group ('agents',
+ * created with MKSTREAM from id 0 on every take, so it comes back after Redis lost its data).
+ * A taken entry sits in the group's pending list (XPENDING gives its delivery count) and its
+ * visibility deadline (server TIME + visibilityMs) in the sorted set `<prefix>q:<topic>:inflight`.
+ * XAUTOCLAIM's min-idle is one value per call, chosen by the *taker*; a deadline per delivery lets
+ * the holder's own visibilityMs and extend() decide, as the Queue interface says. A take is one
+ * Lua script (reclaim an expired entry with XCLAIM, else XREADGROUP), so a job is never handed to
+ * two takers; waiting happens outside the script with XREAD BLOCK on a dedicated connection.
+ * Acked entries are deleted, so XLEN = waiting + in flight.
  *
  * Entry fields: p = JSON payload, j = job id (original entry id, kept across release), d = deliveries
- * before this entry (a released job is re-added as a new entry that carries its count).
+ * before this entry (a released job is re-added at the tail as a new entry that carries its count).
  */
 export interface RedisQueueOptions {
   url: string;
@@ -55,23 +60,75 @@ export function createRedisQueue(opts: RedisQueueOptions): Queue {
   return new RedisQueue(opts);
 }
 
-// Give a job back: only if this exact delivery still holds it (pending count unchanged), so a
-// stale holder cannot duplicate a job that was already redelivered.
-// KEYS[1]=stream ARGV: group, entryId, pendingCount, payload, jobId, deliveries, maxLen
-const RELEASE_LUA = `
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 or tostring(p[1][4]) ~= ARGV[3] then return 0 end
+const LUA_NOW = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
+
+// KEYS: stream, inflight, dlq. ARGV: group, consumer, visibilityMs, maxDeliveries, maxLen.
+// -> {'job', entryId, fields, pendingCount, deadJobs} or {'none', lastId, msToNextDeadline|-1, deadJobs}
+const TAKE_LUA = `
+local key, zkey, dlq = KEYS[1], KEYS[2], KEYS[3]
+local group, consumer = ARGV[1], ARGV[2]
+local vis, maxd = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.pcall('XGROUP', 'CREATE', key, group, '0', 'MKSTREAM')
+${LUA_NOW}
+local function field(fields, name)
+  for i = 1, #fields, 2 do if fields[i] == name then return fields[i + 1] end end
+  return nil
+end
+local dead = {}
+for _ = 1, 100 do
+  local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, 1)
+  if #due == 0 then break end
+  local id = due[1]
+  local e = redis.call('XCLAIM', key, group, consumer, 0, id)[1]
+  if not e or not e[2] then
+    redis.call('ZREM', zkey, id) -- acked or trimmed meanwhile
+  else
+    local count = tonumber(redis.call('XPENDING', key, group, id, id, 1)[1][4])
+    local deliveries = tonumber(field(e[2], 'd') or '0') + count
+    if deliveries > maxd then
+      local f = e[2]
+      table.insert(f, 'dead_deliveries'); table.insert(f, tostring(deliveries - 1))
+      redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[5], '*', unpack(f))
+      redis.call('XACK', key, group, id)
+      redis.call('XDEL', key, id)
+      redis.call('ZREM', zkey, id)
+      table.insert(dead, field(e[2], 'j') or id)
+    else
+      redis.call('ZADD', zkey, now + vis, id)
+      return {'job', id, e[2], count, dead}
+    end
+  end
+end
+local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', key, '>')
+if r and r[1][2][1] then
+  local e = r[1][2][1]
+  redis.call('ZADD', zkey, now + vis, e[1])
+  return {'job', e[1], e[2], 1, dead}
+end
+local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+local nxt = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')[2]
+return {'none', last and last[1] or '0-0', nxt and (tonumber(nxt) - now) or -1, dead}`;
+
+// The current delivery holds the job iff its pending count is unchanged: a stale holder (whose job
+// was redelivered) can neither extend nor release it.
+const HELD_LUA = `
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if p.err or #p == 0 or tostring(p[1][4]) ~= ARGV[3] then return 0 end`;
+
+// KEYS: stream, inflight. ARGV: group, entryId, pendingCount, visibilityMs
+const EXTEND_LUA = `${HELD_LUA}
+${LUA_NOW}
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
+return 1`;
+
+// KEYS: stream, inflight. ARGV: group, entryId, pendingCount, payload, jobId, deliveries, maxLen
+const RELEASE_LUA = `${HELD_LUA}
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[7], '*', 'p', ARGV[4], 'j', ARGV[5], 'd', ARGV[6])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-return 1`;
-
-// Reset the idle time of a job, only for the delivery that holds it.
-// KEYS[1]=stream ARGV: group, entryId, pendingCount
-const EXTEND_LUA = `
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 or tostring(p[1][4]) ~= ARGV[3] then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], p[1][2], 0, ARGV[2], 'JUSTID')
+redis.call('ZREM', KEYS[2], ARGV[2])
 return 1`;
 
 interface Delivery {
@@ -81,7 +138,7 @@ interface Delivery {
   raw: string;
 }
 
-type StreamEntry = [id: string, fields: string[] | null];
+type TakeReply = ['job', string, string[], number, string[]] | ['none', string, number, string[]];
 
 class RedisQueue implements Queue {
   readonly #prefix: string;
@@ -93,7 +150,6 @@ class RedisQueue implements Queue {
   readonly #idleBlockers: Redis[] = [];
   readonly #busyBlockers = new Set<Redis>();
   readonly #deliveries = new WeakMap<Job, Delivery>();
-  readonly #groups = new Set<string>();
   #closed = false;
 
   constructor(opts: RedisQueueOptions) {
@@ -106,13 +162,83 @@ class RedisQueue implements Queue {
       // During an outage a call fails after one reconnect attempt instead of queueing forever.
       maxRetriesPerRequest: 1,
       retryStrategy: (times) => Math.min(100 * times, 1000),
-      // RESP2: XREADGROUP replies keep their documented [[stream, entries]] shape.
+      // RESP2: stream replies keep their documented nested-array shapes.
       protocol: 2,
     };
     this.#redis = this.#connect('aether-queue', { commandTimeout: COMMAND_TIMEOUT_MS });
   }
 
+  async enqueue<T>(topic: string, payload: T): Promise<string> {
+    this.#open();
+    const raw = JSON.stringify(payload);
+    if (raw === undefined) throw new AetherError('AETHER_ERR_VALIDATION', 'queue payload must be JSON-serialisable');
+    const id = await this.#redis.xadd(this.#key(topic), 'MAXLEN', '~', this.#maxLen, '*', 'p', raw);
+    if (!id) throw new AetherError('AETHER_ERR_INTERNAL', 'XADD returned no id');
+    return id;
+  }
+
+  async take<T = unknown>(topic: string, consumer: string, opts: TakeOptions): Promise<Job<T> | undefined> {
+    this.#open();
+    const key = this.#key(topic);
+    const deadline = systemClock.now() + Math.max(0, opts.waitMs);
+    for (;;) {
+      const reply = (await this.#redis.eval(
+        TAKE_LUA, 3, key, `${key}:inflight`, `${key}:dlq`,
+        GROUP, consumer, Math.max(1, Math.floor(opts.visibilityMs)), this.#maxDeliveries, this.#maxLen,
+      )) as TakeReply;
+      const dead = reply[4] ?? reply[3];
+      if (Array.isArray(dead) && dead.length > 0) {
+        this.#log.warn({ topic, jobs: dead, maxDeliveries: this.#maxDeliveries }, 'jobs exceeded maxDeliveries; moved to the dead-letter stream');
+      }
+      if (reply[0] === 'job') return this.#toJob(topic, reply[1], reply[2], reply[3]) as Job<T>;
+      const remaining = deadline - systemClock.now();
+      if (this.#closed || remaining < 1) return undefined;
+      // Wake for a new entry, or when the next in-flight job expires, or to re-check now and then.
+      let block = Math.min(remaining, BLOCK_SLICE_MS);
+      if (reply[2] >= 0) block = Math.min(block, reply[2] + 1);
+      await this.#waitForEntry(key, reply[1], Math.max(1, Math.floor(block)));
+    }
+  }
+
+  async ack(job: Job): Promise<void> {
+    const key = this.#key(job.topic);
+    const entryId = this.#deliveries.get(job)?.entryId ?? job.id;
+    // A late ack from a holder whose delivery expired still completes the job (at-least-once).
+    await this.#redis.multi().xack(key, GROUP, entryId).xdel(key, entryId).zrem(`${key}:inflight`, entryId).exec();
+  }
+
+  async release(job: Job): Promise<void> {
+    const d = this.#delivery(job);
+    const key = this.#key(job.topic);
+    await this.#redis.eval(RELEASE_LUA, 2, key, `${key}:inflight`, GROUP, d.entryId, d.count, d.raw, job.id, job.deliveries, this.#maxLen);
+  }
+
+  async extend(job: Job, visibilityMs: number): Promise<void> {
+    const d = this.#delivery(job);
+    const key = this.#key(job.topic);
+    const ok = await this.#redis.eval(EXTEND_LUA, 2, key, `${key}:inflight`, GROUP, d.entryId, d.count, Math.max(1, Math.floor(visibilityMs)));
+    if (ok !== 1) throw new AetherError('AETHER_ERR_CONFLICT', `job ${job.id} is no longer held by this delivery`);
+  }
+
+  async depth(topic: string): Promise<number> {
+    return this.#redis.xlen(this.#key(topic));
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    // Blocking connections are dropped at once: a waiting take then resolves undefined.
+    for (const b of [...this.#idleBlockers, ...this.#busyBlockers]) b.disconnect();
+    this.#idleBlockers.length = 0;
+    try {
+      await this.#redis.quit();
+    } catch {
+      this.#redis.disconnect();
+    }
+  }
+
   #connect(name: string, extra: RedisOptions): Redis {
+    // replyMapping is only valid with RESP3 (and its type clashes under exactOptionalPropertyTypes).
     const { replyMapping: _unused, ...options } = { ...this.#options, connectionName: name, ...extra };
     const r = new Redis(options);
     let lastLogged = 0;
@@ -130,66 +256,6 @@ class RedisQueue implements Queue {
     return `${this.#prefix}q:${topic}`;
   }
 
-  async enqueue<T>(topic: string, payload: T): Promise<string> {
-    this.#open();
-    const raw = JSON.stringify(payload);
-    if (raw === undefined) throw new AetherError('AETHER_ERR_VALIDATION', 'queue payload must be JSON-serialisable');
-    const id = await this.#redis.xadd(this.#key(topic), 'MAXLEN', '~', this.#maxLen, '*', 'p', raw);
-    if (!id) throw new AetherError('AETHER_ERR_INTERNAL', 'XADD returned no id');
-    return id;
-  }
-
-  async take<T = unknown>(topic: string, consumer: string, opts: TakeOptions): Promise<Job<T> | undefined> {
-    this.#open();
-    const key = this.#key(topic);
-    const deadline = systemClock.now() + Math.max(0, opts.waitMs);
-    await this.#ensureGroup(key);
-    for (;;) {
-      const stale = await this.#withGroup(key, () => this.#claimStale(key, topic, consumer, opts.visibilityMs));
-      if (stale) return stale as Job<T>;
-      const remaining = deadline - systemClock.now();
-      const fresh = await this.#withGroup(key, () => this.#readNew(key, topic, consumer, Math.min(remaining, BLOCK_SLICE_MS)));
-      if (fresh) return fresh as Job<T>;
-      if (this.#closed || systemClock.now() >= deadline) return undefined;
-    }
-  }
-
-  async ack(job: Job): Promise<void> {
-    const key = this.#key(job.topic);
-    const entryId = this.#deliveries.get(job)?.entryId ?? job.id;
-    // A late ack from a holder whose delivery expired still completes the job (at-least-once).
-    await this.#redis.multi().xack(key, GROUP, entryId).xdel(key, entryId).exec();
-  }
-
-  async release(job: Job): Promise<void> {
-    const d = this.#delivery(job);
-    await this.#redis.eval(RELEASE_LUA, 1, this.#key(job.topic), GROUP, d.entryId, d.count, d.raw, job.id, job.deliveries, this.#maxLen);
-  }
-
-  /** Restarts the job's idle clock; the next takers compare it with their own visibilityMs. */
-  async extend(job: Job, _visibilityMs: number): Promise<void> {
-    const d = this.#delivery(job);
-    const ok = await this.#redis.eval(EXTEND_LUA, 1, this.#key(job.topic), GROUP, d.entryId, d.count);
-    if (ok !== 1) throw new AetherError('AETHER_ERR_CONFLICT', `job ${job.id} is no longer held by this delivery`);
-  }
-
-  async depth(topic: string): Promise<number> {
-    return this.#redis.xlen(this.#key(topic));
-  }
-
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    // Blocking connections are dropped at once: a pending take then resolves undefined.
-    for (const b of [...this.#idleBlockers, ...this.#busyBlockers]) b.disconnect();
-    this.#idleBlockers.length = 0;
-    try {
-      await this.#redis.quit();
-    } catch {
-      this.#redis.disconnect();
-    }
-  }
-
   #open(): void {
     if (this.#closed) throw new AetherError('AETHER_ERR_UNAVAILABLE', 'queue is closed');
   }
@@ -200,120 +266,38 @@ class RedisQueue implements Queue {
     return d;
   }
 
-  async #ensureGroup(key: string, force = false): Promise<void> {
-    if (!force && this.#groups.has(key)) return;
-    try {
-      // From id 0: jobs enqueued before the group existed are delivered too.
-      await this.#redis.xgroup('CREATE', key, GROUP, '0', 'MKSTREAM');
-    } catch (err) {
-      if (!String((err as Error).message).startsWith('BUSYGROUP')) throw err;
-    }
-    this.#groups.add(key);
-  }
-
-  /** Run `fn`; when the group vanished (Redis came back empty, key deleted) recreate it and retry once. */
-  async #withGroup<R>(key: string, fn: () => Promise<R>): Promise<R> {
-    try {
-      return await fn();
-    } catch (err) {
-      if (this.#closed) return undefined as R;
-      if (!String((err as Error).message).startsWith('NOGROUP')) throw err;
-      this.#log.info({ key }, 'consumer group missing; recreating');
-      await this.#ensureGroup(key, true);
-      return fn();
-    }
-  }
-
-  /** The oldest job whose holder has been silent for visibilityMs, moved to `consumer`. */
-  async #claimStale(key: string, topic: string, consumer: string, visibilityMs: number): Promise<Job | undefined> {
-    let cursor = '0-0';
-    for (let round = 0; round < 1000; round++) {
-      const [next, entries] = (await this.#redis.xautoclaim(key, GROUP, consumer, Math.max(0, Math.floor(visibilityMs)), cursor, 'COUNT', 1)) as [
-        string,
-        StreamEntry[],
-      ];
-      for (const [id, fields] of entries) {
-        if (!fields) continue; // deleted meanwhile (trimmed); XAUTOCLAIM already dropped it from the PEL
-        const pending = (await this.#redis.xpending(key, GROUP, id, id, 1)) as [string, string, number, number][];
-        const count = pending[0]?.[3];
-        if (count === undefined) continue; // acked meanwhile
-        const job = this.#toJob(topic, id, fields, count);
-        if (job.deliveries > this.#maxDeliveries) {
-          await this.#deadLetter(key, id, fields, job);
-          continue;
-        }
-        return job;
-      }
-      if (next === '0-0') return undefined;
-      cursor = next;
-    }
-    return undefined;
-  }
-
-  async #readNew(key: string, topic: string, consumer: string, blockMs: number): Promise<Job | undefined> {
-    const args: (string | number)[] = ['GROUP', GROUP, consumer, 'COUNT', 1];
-    let conn = this.#redis;
-    if (blockMs >= 1) {
-      // BLOCK 0 would wait forever; only positive waits block, on a connection of their own.
-      args.push('BLOCK', Math.floor(blockMs));
-      conn = this.#acquireBlocker();
-    }
-    args.push('STREAMS', key, '>');
-    try {
-      const reply = (await conn.call('XREADGROUP', args)) as [string, StreamEntry[]][] | null;
-      const entry = reply?.[0]?.[1]?.[0];
-      if (!entry?.[1]) return undefined;
-      return this.#toJob(topic, entry[0], entry[1], 1);
-    } catch (err) {
-      if (this.#closed) return undefined;
-      throw err;
-    } finally {
-      if (conn !== this.#redis) this.#releaseBlocker(conn);
-    }
-  }
-
-  #acquireBlocker(): Redis {
-    const b =
-      this.#idleBlockers.pop() ??
-      this.#connect('aether-queue-block', {
-        // No plain command timeout (it would cut BLOCK short); instead the client gives up on a
-        // blocking read BLOCK + grace ms after sending it, so a dead server cannot hang a take.
-        blockingTimeout: COMMAND_TIMEOUT_MS,
-        blockingTimeoutGrace: COMMAND_TIMEOUT_MS,
-      });
+  /** XREAD BLOCK for entries after `lastId`; a blocking command gets a connection of its own. */
+  async #waitForEntry(key: string, lastId: string, blockMs: number): Promise<void> {
+    const b = this.#idleBlockers.pop() ?? this.#connect('aether-queue-block', {
+      // No plain command timeout (it would cut BLOCK short); the client instead gives up on a
+      // blocking read BLOCK + grace ms after sending it, so a dead server cannot hang a take.
+      blockingTimeout: COMMAND_TIMEOUT_MS,
+      blockingTimeoutGrace: COMMAND_TIMEOUT_MS,
+    });
     this.#busyBlockers.add(b);
-    return b;
-  }
-
-  #releaseBlocker(b: Redis): void {
-    this.#busyBlockers.delete(b);
-    if (this.#closed || this.#idleBlockers.length >= MAX_IDLE_BLOCKERS) b.disconnect();
-    else this.#idleBlockers.push(b);
+    try {
+      await b.call('XREAD', ['COUNT', 1, 'BLOCK', blockMs, 'STREAMS', key, lastId]);
+    } catch (err) {
+      if (!this.#closed) throw err;
+    } finally {
+      this.#busyBlockers.delete(b);
+      if (this.#closed || this.#idleBlockers.length >= MAX_IDLE_BLOCKERS) b.disconnect();
+      else this.#idleBlockers.push(b);
+    }
   }
 
   #toJob(topic: string, entryId: string, fields: string[], count: number): Job {
     const f = new Map<string, string>();
     for (let i = 0; i + 1 < fields.length; i += 2) f.set(fields[i] as string, fields[i + 1] as string);
     const raw = f.get('p') ?? 'null';
-    const base = Number(f.get('d') ?? 0);
     let payload: unknown;
     try {
       payload = JSON.parse(raw);
     } catch {
       payload = raw;
     }
-    const job: Job = { id: f.get('j') ?? entryId, topic, payload, deliveries: base + count };
+    const job: Job = { id: f.get('j') ?? entryId, topic, payload, deliveries: Number(f.get('d') ?? 0) + count };
     this.#deliveries.set(job, { entryId, count, raw });
     return job;
-  }
-
-  async #deadLetter(key: string, entryId: string, fields: string[], job: Job): Promise<void> {
-    this.#log.warn({ topic: job.topic, job: job.id, deliveries: job.deliveries - 1 }, 'job exceeded maxDeliveries; moved to dead-letter stream');
-    await this.#redis
-      .multi()
-      .xadd(`${key}:dlq`, 'MAXLEN', '~', this.#maxLen, '*', ...fields, 'dead_job', job.id, 'dead_deliveries', String(job.deliveries - 1))
-      .xack(key, GROUP, entryId)
-      .xdel(key, entryId)
-      .exec();
   }
 }

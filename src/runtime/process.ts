@@ -25,7 +25,7 @@ export interface ProcessRuntimeOptions {
 }
 
 const SANDBOX_DIR = join(dirname(fileURLToPath(import.meta.url)), 'sandbox');
-const LAUNCHER = join(SANDBOX_DIR, 'launch.sh');
+const LAUNCHER = join(SANDBOX_DIR, 'launch.pl');
 const FORWARDER = join(SANDBOX_DIR, 'forwarder.mjs');
 const TOOL_PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 const USER_PATH = '/usr/local/bin:/usr/bin:/bin';
@@ -40,8 +40,11 @@ interface Tools {
   setpriv: string | undefined;
   unshare: string | undefined;
   nsenter: string | undefined;
-  ip: string | undefined;
+  perl: string | undefined;
 }
+
+/** mount, setgroups, setresgid, setresuid, prctl: the syscalls launch.pl makes, by architecture. */
+const SYSCALLS: Record<string, string> = { x64: '165,116,119,117,157', arm64: '40,159,149,147,167' };
 
 function which(name: string): string | undefined {
   for (const dir of TOOL_PATH.split(':')) {
@@ -60,6 +63,7 @@ function which(name: string): string | undefined {
 function namespacesBlocker(tools: Tools, mounts: Partial<Record<Controller, string>>): string | undefined {
   if (process.getuid?.() !== 0) return 'not running as root';
   for (const [k, v] of Object.entries(tools)) if (!v) return `${k} not found`;
+  if (!SYSCALLS[process.arch]) return `unsupported architecture ${process.arch}`;
   if (!v1Usable(mounts)) return 'cgroup v1 memory/cpu/pids controllers are not mounted and writable';
   const r = spawnSync(tools.unshare as string, [...NS_FLAGS, 'true'], { env: { PATH: TOOL_PATH }, timeout: 5000, stdio: 'ignore' });
   if (r.status !== 0) return 'unshare of pid/mount/uts/ipc/net namespaces failed';
@@ -71,7 +75,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
   const logger = opts.logger ?? createLogger('runtime');
   const dataDir = resolve(opts.dataDir);
   const agentId = opts.agentId.replace(/[^A-Za-z0-9._-]/g, '_');
-  const tools: Tools = { setpriv: which('setpriv'), unshare: which('unshare'), nsenter: which('nsenter'), ip: which('ip') };
+  const tools: Tools = { setpriv: which('setpriv'), unshare: which('unshare'), nsenter: which('nsenter'), perl: which('perl') };
   const mounts = findV1Mounts();
   const want = opts.isolation ?? 'auto';
   let mode: 'namespaces' | 'none' = 'none';
@@ -163,12 +167,11 @@ function signalName(n: number): string | null {
   return null;
 }
 
-/** A shell-safe `export 'K'='V'` script; names a shell cannot export are dropped. */
-function exportScript(env: Record<string, string>): string {
-  const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+/** NUL-separated K=V records for launch.pl; entries that cannot be environment variables are dropped. */
+function envRecords(env: Record<string, string>): string {
   let out = '';
-  for (const [k, v] of Object.entries(env)) if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) out += `export ${q(`${k}=${v}`)}\n`;
-  return `${out}:\n`;
+  for (const [k, v] of Object.entries(env)) if (k !== '' && !/[=\0]/.test(k) && !v.includes('\0')) out += `${k}=${v}\0`;
+  return out;
 }
 
 /** True if some socket in a /proc/<pid>/net/tcp{,6} file is LISTENing on `port`. */
@@ -302,8 +305,8 @@ class ProcessInstance implements RuntimeInstance {
     const tools = ctx.tools as Required<Tools>;
     const tmpMb = Math.max(16, Math.floor(spec.memoryMb));
     const args = [
-      '--pdeathsig', 'KILL', '--', tools.unshare, ...NS_FLAGS, '--', '/bin/sh', LAUNCHER,
-      ...cg.procsFiles(), codeDir, ctx.dataDir, String(uid), String(tmpMb), tools.ip, tools.setpriv, ...argv,
+      '--pdeathsig', 'KILL', '--', tools.unshare, ...NS_FLAGS, '--', tools.perl, LAUNCHER,
+      ...cg.procsFiles(), codeDir, ctx.dataDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string, ...argv,
     ];
     this.#endpoint = { kind: 'unix', path: this.#sockPath };
     try {
@@ -311,11 +314,11 @@ class ProcessInstance implements RuntimeInstance {
     } catch {
       // no stale socket
     }
-    // root tools run with a bare environment; the program's env goes through stdin (see launch.sh)
+    // root tools run with a bare environment; the program's env goes through stdin (see launch.pl)
     const child = spawn(tools.setpriv, args, { env: { PATH: TOOL_PATH }, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
     this.#attach(child);
     child.stdin?.on('error', () => {});
-    child.stdin?.end(exportScript(this.#programEnv(spec.port)));
+    child.stdin?.end(envRecords(this.#programEnv(spec.port)));
     void this.#startForwarder(child);
   }
 

@@ -1,0 +1,10 @@
+import { startRadosgw } from './support/ceph.ts';
+import { readdirSync } from 'node:fs';
+const t0 = Date.now();
+const g = await startRadosgw();
+console.log('up', Date.now() - t0, g.endpoint);
+const d = g.endpoint;
+console.log(readdirSync('/tmp').filter(f => f.startsWith('aether-ceph')));
+await g.stopRgw(); console.log('rgw stopped', Date.now() - t0);
+await g.startRgw(); console.log('rgw started', Date.now() - t0);
+await g.stop(); console.log('stopped', Date.now() - t0, d);
