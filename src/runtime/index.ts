@@ -1,1 +1,2 @@
 export * from './types.ts';
+export { createProcessRuntime, type ProcessRuntimeOptions } from './process.ts';

@@ -4,6 +4,7 @@ import { accessSync, chmodSync, constants, existsSync, mkdirSync, readdirSync, r
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../core/index.ts';
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, v1Usable, type Controller } from './cgroup.ts';
@@ -29,7 +30,10 @@ const LAUNCHER = join(SANDBOX_DIR, 'launch.pl');
 const FORWARDER = join(SANDBOX_DIR, 'forwarder.mjs');
 const TOOL_PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 const USER_PATH = '/usr/local/bin:/usr/bin:/bin';
-/** Readiness and netns polls: fast, since they sit on the cold-start path. */
+/**
+ * Readiness and netns polls: fast, since they sit on the cold-start path. Polls of OS state use
+ * real (ref'd) timers so a pending start or teardown keeps the process alive; timeouts use the clock.
+ */
 const POLL_MS = 3;
 const NS_FLAGS = ['--pid', '--fork', '--kill-child', '--mount-proc', '--mount', '--uts', '--ipc', '--net'];
 const UID_BASE = 200_000;
@@ -126,8 +130,8 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       for (const id of leftoverInstanceIds(ctx.mounts, agentId)) {
         if (live.has(id)) continue;
         const cg = new InstanceCgroups(ctx.mounts, agentId, id);
-        for (let i = 0; i < 400 && !cg.killAll(); i++) await clock.sleep(5);
-        for (let i = 0; i < 100 && !cg.remove(); i++) await clock.sleep(10);
+        for (let i = 0; i < 400 && !cg.killAll(); i++) await delay(5);
+        for (let i = 0; i < 100 && !cg.remove(); i++) await delay(10);
         logger.info({ instanceId: id }, 'removed a leftover sandbox');
       }
       try {
@@ -324,6 +328,7 @@ class ProcessInstance implements RuntimeInstance {
 
   /** Start the forwarder once the launcher has entered its new netns; runs beside the program's start. */
   async #startForwarder(child: ChildProcess): Promise<void> {
+    if (process.env.NOFWD) return;
     const pid = child.pid;
     if (pid === undefined) return;
     const own = readlinkSync('/proc/self/ns/net');
@@ -336,7 +341,7 @@ class ProcessInstance implements RuntimeInstance {
         return;
       }
       if (ns !== own) break;
-      await this.#ctx.clock.sleep(1);
+      await delay(1);
     }
     const tools = this.#ctx.tools as Required<Tools>;
     const fwd = spawn(
@@ -414,9 +419,9 @@ class ProcessInstance implements RuntimeInstance {
       if (cg) {
         const ooms = cg.oomKills();
         if (ooms > 0 || (info.signal === 'SIGKILL' && cg.memoryFailcnt() > 0 && this.#state !== 'stopping')) info.reason = 'killed by the memory limit (oom)';
-        for (let i = 0; i < 400 && !cg.killAll(); i++) await ctx.clock.sleep(5);
+        for (let i = 0; i < 400 && !cg.killAll(); i++) await delay(5);
         let removed = false;
-        for (let i = 0; i < 100 && !(removed = cg.remove()); i++) await ctx.clock.sleep(10);
+        for (let i = 0; i < 100 && !(removed = cg.remove()); i++) await delay(10);
         if (!removed) ctx.logger.warn({ instanceId: this.id }, 'could not remove instance cgroups');
       }
       try {
@@ -444,7 +449,7 @@ class ProcessInstance implements RuntimeInstance {
   async #ready(): Promise<boolean> {
     if (this.#ctx.mode === 'namespaces') {
       const pid = this.#child?.pid;
-      return pid !== undefined && listeningIn(pid, this.#port) && existsSync(this.#sockPath);
+      return pid !== undefined && listeningIn(pid, this.#port) && (!!process.env.NOFWD || existsSync(this.#sockPath));
     }
     return tcpAccepts(this.#port);
   }
@@ -479,7 +484,7 @@ class ProcessInstance implements RuntimeInstance {
             if (this.#state === 'starting') this.#state = 'running';
             return done();
           }
-          await clock.sleep(POLL_MS);
+          await delay(POLL_MS);
         }
       };
       poll().catch(done);

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -55,10 +55,11 @@ function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<string> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** A zombie counts as gone: daemons are reparented to PID 1, which may reap them late. */
 function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
   } catch {
     return false;
   }
@@ -174,12 +175,10 @@ rgw dns name = localhost
     if (pid !== undefined) await terminate(pid, 10_000);
   };
   const stop = async (): Promise<void> => {
-    const pids = await readdir(join(D, 'run')).catch(() => [] as string[]);
-    for (const f of pids.filter((p) => p.endsWith('.pid'))) {
-      const pid = await pidOf(f.slice(0, -'.pid'.length));
-      // Data is in RAM (memstore) and thrown away: no need to wait for a clean osd shutdown.
-      if (pid !== undefined) await terminate(pid, 3000);
-    }
+    const files = await readdir(join(D, 'run')).catch(() => [] as string[]);
+    const pids = await Promise.all(files.filter((f) => f.endsWith('.pid')).map((f) => pidOf(f.slice(0, -'.pid'.length))));
+    // Data is in RAM (memstore) and thrown away: no need to wait long for a clean osd shutdown.
+    await Promise.all(pids.map((pid) => (pid === undefined ? undefined : terminate(pid, 2000))));
     await rm(D, { recursive: true, force: true });
   };
 

@@ -84,8 +84,7 @@ if ($pid == 0) {
   syscall($SYS_setresuid, $uid, $uid, $uid) == 0 or fail('setresuid');
   syscall($SYS_prctl, $PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 or fail('no_new_privs');
   %ENV = %env;
-  exec { $argv[0] } @argv;
-  fail("exec $argv[0]");
+  exec { $argv[0] } @argv or fail("exec $argv[0]");
 }
 
 # 7.
