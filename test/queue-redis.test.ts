@@ -71,6 +71,16 @@ if (skip) {
       }
     });
 
+    it('close() ends a waiting take with undefined and frees its connection', async () => {
+      const q = createRedisQueue({ url: server.url, keyPrefix: prefix() });
+      const waiting = q.take('t', 'c', { waitMs: 30_000, visibilityMs: 1000 });
+      await sleep(100);
+      const t0 = performance.now();
+      await q.close();
+      assert.equal(await waiting, undefined);
+      assert.ok(performance.now() - t0 < 5000);
+    });
+
     it('release keeps the job id and the delivery count across the re-added entry', async () => {
       const q = createRedisQueue({ url: server.url, keyPrefix: prefix() });
       try {

@@ -100,8 +100,8 @@ class S3BlobStore implements BlobStore {
       // A dead endpoint must fail a call in seconds: connect timeout, socket idle timeout, 1 retry.
       maxAttempts: 2,
       requestHandler: { connectionTimeout: 3000, requestTimeout: 30_000 },
-      // Only send/verify checksums S3 requires: older S3-compatible servers (Ceph 16) do not know
-      // the SDK's default CRC32 trailers.
+      // Only send/verify checksums S3 requires: the SDK's default CRC32 headers and trailers are
+      // not understood by every S3-compatible server (Ceph 16 happens to accept them).
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
     };
@@ -218,7 +218,9 @@ class S3BlobStore implements BlobStore {
   /** Every S3 failure (unreachable, auth, 5xx) is UNAVAILABLE to callers; the S3 code stays in the message. */
   #wrap(op: string, key: string, err: unknown): AetherError {
     const e = err as S3Error;
-    const what = e?.Code ?? e?.name ?? 'Error';
+    // HEAD answers have no body, so the SDK knows only the status there ('UnknownError').
+    const code = status(err);
+    const what = [code ? `HTTP ${code}` : undefined, e?.Code ?? e?.name].filter(Boolean).join(' ');
     return new AetherError('AETHER_ERR_UNAVAILABLE', `s3 ${op} ${this.#bucket}/${key}: ${what}: ${e?.message ?? String(err)}`, { cause: err });
   }
 }

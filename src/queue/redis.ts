@@ -197,6 +197,7 @@ class RedisQueue implements Queue {
       let block = Math.min(remaining, BLOCK_SLICE_MS);
       if (reply[2] >= 0) block = Math.min(block, reply[2] + 1);
       await this.#waitForEntry(key, reply[1], Math.max(1, Math.floor(block)));
+      if (this.#closed) return undefined;
     }
   }
 

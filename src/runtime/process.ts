@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { accessSync, chmodSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmdirSync, unlinkSync } from 'node:fs';
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, readdirSync, readlinkSync, rmdirSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
@@ -12,7 +12,7 @@ import { LineSplitter, LogHub } from './logs.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './types.ts';
 
 export interface ProcessRuntimeOptions {
-  /** The platform's data dir: hidden from instances; sockets live in `<dataDir>/sockets`. */
+  /** The platform's data dir: hidden from instances; sockets live in `<dataDir>/sockets`. Code dirs should be under it. */
   dataDir: string;
   agentId: string;
   /** 'auto' (default): namespaces when root and the host has the pieces, else none. */
@@ -23,6 +23,8 @@ export interface ProcessRuntimeOptions {
   nodeBin?: string;
   /** Interpreter for python functions (default /usr/bin/python3). */
   pythonBin?: string;
+  /** More host dirs to hide from instances (tmpfs over them), e.g. the platform's data dir when dataDir is inside it. */
+  hidePaths?: string[];
 }
 
 const SANDBOX_DIR = join(dirname(fileURLToPath(import.meta.url)), 'sandbox');
@@ -35,8 +37,13 @@ const USER_PATH = '/usr/local/bin:/usr/bin:/bin';
  * real (ref'd) timers so a pending start or teardown keeps the process alive; timeouts use the clock.
  */
 const POLL_MS = 3;
-const NS_FLAGS = ['--pid', '--fork', '--kill-child', '--mount-proc', '--mount', '--uts', '--ipc', '--net'];
+/** The instance's own namespaces; the network one comes from its forwarder (see ForwarderPool). */
+const NS_FLAGS = ['--pid', '--fork', '--kill-child', '--mount-proc', '--mount', '--uts', '--ipc'];
+/** Warm forwarders kept ready (each ~40 MB RSS). */
+const POOL_SIZE = 1;
 const UID_BASE = 200_000;
+/** mount, setgroups, setresgid, setresuid, prctl: the syscalls launch.pl makes, by architecture. */
+const SYSCALLS: Record<string, string> = { x64: '165,116,119,117,157', arm64: '40,159,149,147,167' };
 
 let warnedNone = false;
 
@@ -47,8 +54,8 @@ interface Tools {
   perl: string | undefined;
 }
 
-/** mount, setgroups, setresgid, setresuid, prctl: the syscalls launch.pl makes, by architecture. */
-const SYSCALLS: Record<string, string> = { x64: '165,116,119,117,157', arm64: '40,159,149,147,167' };
+/** Tools present (checked by namespacesBlocker before namespaces mode is chosen). */
+type SandboxTools = { [K in keyof Tools]: string };
 
 function which(name: string): string | undefined {
   for (const dir of TOOL_PATH.split(':')) {
@@ -69,9 +76,27 @@ function namespacesBlocker(tools: Tools, mounts: Partial<Record<Controller, stri
   for (const [k, v] of Object.entries(tools)) if (!v) return `${k} not found`;
   if (!SYSCALLS[process.arch]) return `unsupported architecture ${process.arch}`;
   if (!v1Usable(mounts)) return 'cgroup v1 memory/cpu/pids controllers are not mounted and writable';
-  const r = spawnSync(tools.unshare as string, [...NS_FLAGS, 'true'], { env: { PATH: TOOL_PATH }, timeout: 5000, stdio: 'ignore' });
+  const r = spawnSync(tools.unshare as string, [...NS_FLAGS, '--net', 'true'], { env: { PATH: TOOL_PATH }, timeout: 5000, stdio: 'ignore' });
   if (r.status !== 0) return 'unshare of pid/mount/uts/ipc/net namespaces failed';
   return undefined;
+}
+
+interface Ctx {
+  clock: Clock;
+  logger: Logger;
+  mode: 'namespaces' | 'none';
+  dataDir: string;
+  agentId: string;
+  socketsDir: string;
+  tools: Tools;
+  mounts: Record<Controller, string>;
+  nodeBin: string;
+  pythonBin: string;
+  uidBase: number;
+  nextUid: number;
+  pool: ForwarderPool | undefined;
+  /** Outermost-first, none inside another. */
+  hide: string[];
 }
 
 export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
@@ -83,23 +108,14 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
   const mounts = findV1Mounts();
   const want = opts.isolation ?? 'auto';
   let mode: 'namespaces' | 'none' = 'none';
-  if (want !== 'none') {
-    const blocker = namespacesBlocker(tools, mounts);
-    if (!blocker) mode = 'namespaces';
-    else if (want === 'namespaces') throw new AetherError('AETHER_ERR_INTERNAL', `process runtime: namespaces isolation unavailable: ${blocker}`);
-    else if (!warnedNone) {
-      warnedNone = true;
-      logger.warn({ reason: blocker }, `process runtime: NO ISOLATION (${blocker}); functions run as plain child processes with this process's privileges`);
-    }
-  } else if (!warnedNone) {
+  const blocker = want === 'none' ? 'forced by configuration' : namespacesBlocker(tools, mounts);
+  if (!blocker) mode = 'namespaces';
+  else if (want === 'namespaces') throw new AetherError('AETHER_ERR_INTERNAL', `process runtime: namespaces isolation unavailable: ${blocker}`);
+  else if (!warnedNone) {
     warnedNone = true;
-    logger.warn('process runtime: NO ISOLATION (forced); functions run as plain child processes with this process\'s privileges');
+    logger.warn({ reason: blocker }, `process runtime: NO ISOLATION (${blocker}): functions run as plain child processes with this process's user and full access to its files and network`);
   }
   const socketsDir = join(dataDir, 'sockets');
-  if (mode === 'namespaces') {
-    mkdirSync(socketsDir, { recursive: true, mode: 0o700 });
-    chmodSync(socketsDir, 0o700);
-  }
   const ctx: Ctx = {
     clock,
     logger,
@@ -113,7 +129,16 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     pythonBin: opts.pythonBin ?? (existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3'),
     uidBase: UID_BASE + (createHash('sha256').update(agentId).digest().readUInt16BE(0) % 64) * 10_000,
     nextUid: 0,
+    pool: undefined,
+    hide: outermost([dataDir, ...(opts.hidePaths ?? []).map((p) => resolve(p))]),
   };
+  if (mode === 'namespaces') {
+    // root-owned 0700: only the agent (root) may connect to instances' sockets
+    mkdirSync(socketsDir, { recursive: true, mode: 0o700 });
+    chmodSync(socketsDir, 0o700);
+    ctx.pool = new ForwarderPool(ctx, POOL_SIZE);
+    ctx.pool.fill();
+  }
   const live = new Map<string, ProcessInstance>();
   return {
     kind: 'process',
@@ -134,10 +159,12 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
         for (let i = 0; i < 100 && !cg.remove(); i++) await delay(10);
         logger.info({ instanceId: id }, 'removed a leftover sandbox');
       }
+      const keep = ctx.pool?.paths() ?? new Set<string>();
       try {
         for (const name of readdirSync(socketsDir)) {
-          const id = name.replace(/\.sock(\..*)?$/, '');
-          if (!live.has(id)) unlinkSync(join(socketsDir, name));
+          const path = join(socketsDir, name);
+          if (keep.has(path) || live.has(name.replace(/\.sock$/, ''))) continue;
+          unlinkSync(path);
         }
       } catch {
         // no sockets dir
@@ -145,25 +172,156 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       if (live.size === 0) removeAgentDirs(ctx);
     },
     async close(): Promise<void> {
+      ctx.pool?.close();
       await Promise.all([...live.values()].map((i) => i.stop(1000)));
       removeAgentDirs(ctx);
     },
   };
 }
 
-interface Ctx {
-  clock: Clock;
-  logger: Logger;
-  mode: 'namespaces' | 'none';
-  dataDir: string;
-  agentId: string;
-  socketsDir: string;
-  tools: Tools;
-  mounts: Record<Controller, string>;
-  nodeBin: string;
-  pythonBin: string;
-  uidBase: number;
-  nextUid: number;
+/** The dirs not inside another one of the list (hiding a parent hides its children). */
+function outermost(dirs: string[]): string[] {
+  const sorted = [...new Set(dirs)].sort((a, b) => a.length - b.length);
+  const out: string[] = [];
+  for (const d of sorted) if (!out.some((o) => d === o || d.startsWith(o.endsWith('/') ? o : `${o}/`))) out.push(d);
+  return out;
+}
+
+/** rmdir the (empty) `aether/<agentId>` cgroup dirs; busy ones stay. */
+function removeAgentDirs(ctx: Ctx): void {
+  if (ctx.mode !== 'namespaces') return;
+  for (const dir of Object.values(ctx.mounts)) {
+    try {
+      rmdirSync(join(dir, 'aether', ctx.agentId));
+    } catch {
+      // busy or absent
+    }
+  }
+}
+
+/**
+ * A forwarder process in its own fresh network namespace (only loopback). The instance that takes
+ * it joins that namespace, so the forwarder's ~50 ms node start happens before the cold start
+ * instead of competing with the program's start for the CPU.
+ */
+class Forwarder {
+  readonly child: ChildProcess;
+  readonly tmpPath: string;
+  listening = false;
+  ready = false;
+  exited = false;
+  /** Set by the instance that takes it. */
+  onReady: (() => void) | undefined;
+  onLine: ((text: string) => void) | undefined;
+  #lines: string[] = [];
+
+  constructor(ctx: Ctx, tmpPath: string) {
+    this.tmpPath = tmpPath;
+    const t = ctx.tools as SandboxTools;
+    this.child = spawn(t.setpriv, ['--pdeathsig', 'KILL', '--', t.unshare, '--net', '--', process.execPath, FORWARDER, tmpPath], {
+      env: { PATH: TOOL_PATH },
+      cwd: '/',
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    // an idle forwarder must not keep the agent's event loop alive
+    this.child.unref();
+    for (const s of [this.child.stdin, this.child.stdout, this.child.stderr]) (s as unknown as { unref?: () => void } | null)?.unref?.();
+    this.child.stdin?.on('error', () => {});
+    this.child.on('error', (err) => this.#line(`forwarder failed to start: ${err.message}`));
+    this.child.on('exit', () => {
+      this.exited = true;
+      try {
+        unlinkSync(this.tmpPath);
+      } catch {
+        // renamed or never bound
+      }
+    });
+    const out = new LineSplitter((text) => {
+      if (text === 'listening') this.listening = true;
+      else if (text === 'ready') {
+        this.ready = true;
+        this.onReady?.();
+      }
+    });
+    this.child.stdout?.on('data', (b: Buffer) => out.write(b));
+    const err = new LineSplitter((text) => this.#line(text));
+    this.child.stderr?.on('data', (b: Buffer) => err.write(b));
+  }
+
+  #line(text: string): void {
+    if (this.onLine) this.onLine(text);
+    else this.#lines.push(text);
+  }
+
+  /** Route stderr lines (including ones from before) to the instance's logs. */
+  attach(onLine: (text: string) => void, onReady: () => void): void {
+    this.onLine = onLine;
+    this.onReady = onReady;
+    for (const l of this.#lines.splice(0)) onLine(l);
+  }
+
+  /** Resolves once the process is in its new network namespace; false if it died first. */
+  async netnsReady(): Promise<boolean> {
+    const own = readlinkSync('/proc/self/ns/net');
+    for (;;) {
+      const pid = this.child.pid;
+      if (this.exited || pid === undefined) return false;
+      try {
+        if (readlinkSync(`/proc/${pid}/ns/net`) !== own) return true;
+      } catch {
+        return false;
+      }
+      await delay(1);
+    }
+  }
+
+  assign(sockPath: string, port: number): void {
+    this.child.stdin?.write(`${sockPath} ${port}\n`);
+  }
+
+  kill(): void {
+    if (!this.exited) this.child.kill('SIGKILL');
+  }
+}
+
+class ForwarderPool {
+  #ctx: Ctx;
+  #size: number;
+  #idle: Forwarder[] = [];
+  #n = 0;
+  #closed = false;
+  constructor(ctx: Ctx, size: number) {
+    this.#ctx = ctx;
+    this.#size = size;
+  }
+  #spawn(): Forwarder {
+    const f = new Forwarder(this.#ctx, join(this.#ctx.socketsDir, `.fwd-${process.pid}-${this.#n++}.tmp`));
+    f.child.once('exit', () => {
+      this.#idle = this.#idle.filter((x) => x !== f);
+    });
+    return f;
+  }
+  fill(): void {
+    while (!this.#closed && this.#idle.length < this.#size) this.#idle.push(this.#spawn());
+  }
+  /**
+   * A warm forwarder if there is one, else a new one (started now, in parallel with the program).
+   * The caller refills the pool (fill()) once its program is up, so the refill does not compete
+   * with the program's start for the CPU.
+   */
+  take(): Forwarder {
+    // warm first, else one already starting (it is ahead of a new one), else a new one
+    let i = this.#idle.findIndex((f) => f.listening && !f.exited);
+    if (i < 0) i = this.#idle.findIndex((f) => !f.exited);
+    return i >= 0 ? this.#idle.splice(i, 1)[0]! : this.#spawn();
+  }
+  paths(): Set<string> {
+    return new Set(this.#idle.map((f) => f.tmpPath));
+  }
+  close(): void {
+    this.#closed = true;
+    for (const f of this.#idle.splice(0)) f.kill();
+  }
 }
 
 function signalName(n: number): string | null {
@@ -176,24 +334,6 @@ function envRecords(env: Record<string, string>): string {
   let out = '';
   for (const [k, v] of Object.entries(env)) if (k !== '' && !/[=\0]/.test(k) && !v.includes('\0')) out += `${k}=${v}\0`;
   return out;
-}
-
-/** True if some socket in a /proc/<pid>/net/tcp{,6} file is LISTENing on `port`. */
-function listeningIn(pid: number, port: number): boolean {
-  const hex = port.toString(16).toUpperCase().padStart(4, '0');
-  for (const f of ['tcp', 'tcp6']) {
-    let text: string;
-    try {
-      text = readFileSync(`/proc/${pid}/net/${f}`, 'latin1');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n')) {
-      const cols = line.trim().split(/\s+/);
-      if (cols[3] === '0A' && cols[1]?.endsWith(`:${hex}`)) return true;
-    }
-  }
-  return false;
 }
 
 function freePort(): Promise<number> {
@@ -235,7 +375,7 @@ class ProcessInstance implements RuntimeInstance {
   #state: InstanceState = 'created';
   #endpoint: Endpoint | undefined;
   #child: ChildProcess | undefined;
-  #forwarder: ChildProcess | undefined;
+  #forwarder: Forwarder | undefined;
   #cg: InstanceCgroups | undefined;
   #sockPath: string;
   #port = 0;
@@ -243,6 +383,9 @@ class ProcessInstance implements RuntimeInstance {
   #resolveExit!: (e: ExitInfo) => void;
   #logs: LogHub;
   #exitStarted = false;
+  #stopRequested = false;
+  /** Wakes a waitReady poll early (the forwarder reported ready). */
+  #wake: (() => void) | undefined;
 
   constructor(ctx: Ctx, spec: InstanceSpec) {
     this.#ctx = ctx;
@@ -276,8 +419,17 @@ class ProcessInstance implements RuntimeInstance {
     if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) throw new AetherError('AETHER_ERR_VALIDATION', `entrypoint ${spec.entrypoint} is outside the code dir`);
     this.#state = 'starting';
     const argv = commandFor(spec, this.#ctx, entry);
-    if (this.#ctx.mode === 'namespaces') this.#startSandboxed(codeDir, argv);
-    else await this.#startPlain(codeDir, argv);
+    try {
+      if (this.#ctx.mode === 'namespaces') await this.#startSandboxed(codeDir, argv);
+      else await this.#startPlain(codeDir, argv);
+    } catch (err) {
+      this.#forwarder?.kill();
+      this.#cg?.remove();
+      this.#exit = { code: null, signal: null, reason: `could not start: ${(err as Error).message}` };
+      this.#state = 'exited';
+      this.#resolveExit(this.#exit);
+      throw err;
+    }
   }
 
   #programEnv(port: number): Record<string, string> {
@@ -293,70 +445,50 @@ class ProcessInstance implements RuntimeInstance {
     };
   }
 
-  #startSandboxed(codeDir: string, argv: string[]): void {
+  async #startSandboxed(codeDir: string, argv: string[]): Promise<void> {
     const ctx = this.#ctx;
     const spec = this.spec;
+    const t = ctx.tools as SandboxTools;
     this.#port = spec.port;
     const cg = new InstanceCgroups(ctx.mounts, ctx.agentId, spec.instanceId);
+    this.#cg = cg;
     try {
       cg.create({ memoryMb: spec.memoryMb, vcpu: spec.vcpu, pidsMax: spec.pidsMax });
     } catch (err) {
-      cg.remove();
       throw new AetherError('AETHER_ERR_COLD_START_FAILED', `cannot create cgroups for ${this.id}: ${(err as Error).message}`, { cause: err });
     }
-    this.#cg = cg;
-    const uid = ctx.uidBase + (ctx.nextUid++ % 10_000);
-    const tools = ctx.tools as Required<Tools>;
-    const tmpMb = Math.max(16, Math.floor(spec.memoryMb));
-    const args = [
-      '--pdeathsig', 'KILL', '--', tools.unshare, ...NS_FLAGS, '--', tools.perl, LAUNCHER,
-      ...cg.procsFiles(), codeDir, ctx.dataDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string, ...argv,
-    ];
-    this.#endpoint = { kind: 'unix', path: this.#sockPath };
     try {
       unlinkSync(this.#sockPath);
     } catch {
       // no stale socket
     }
+    const fwd = (ctx.pool as ForwarderPool).take();
+    this.#forwarder = fwd;
+    fwd.attach(
+      (text) => this.#logs.emit('system', `forwarder: ${text}`),
+      () => this.#wake?.(),
+    );
+    fwd.child.once('exit', (code, signal) => {
+      if (!this.#exitStarted) this.#logs.emit('system', `forwarder exited (code ${code}, signal ${signal})`);
+    });
+    if (!(await fwd.netnsReady())) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the forwarder could not start`);
+    if (this.#stopRequested) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} was stopped while starting`);
+    const uid = ctx.uidBase + (ctx.nextUid++ % 10_000);
+    const tmpMb = Math.max(16, Math.floor(spec.memoryMb));
+    const args = [
+      '--pdeathsig', 'KILL', '--',
+      t.nsenter, `--net=/proc/${fwd.child.pid}/ns/net`, '--',
+      t.unshare, ...NS_FLAGS, '--',
+      t.perl, LAUNCHER, ...cg.procsFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string,
+      String(ctx.hide.length), ...ctx.hide, ...argv,
+    ];
+    this.#endpoint = { kind: 'unix', path: this.#sockPath };
     // root tools run with a bare environment; the program's env goes through stdin (see launch.pl)
-    const child = spawn(tools.setpriv, args, { env: { PATH: TOOL_PATH }, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(t.setpriv, args, { env: { PATH: TOOL_PATH }, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
     this.#attach(child);
     child.stdin?.on('error', () => {});
     child.stdin?.end(envRecords(this.#programEnv(spec.port)));
-    void this.#startForwarder(child);
-  }
-
-  /** Start the forwarder once the launcher has entered its new netns; runs beside the program's start. */
-  async #startForwarder(child: ChildProcess): Promise<void> {
-    if (process.env.NOFWD) return;
-    const pid = child.pid;
-    if (pid === undefined) return;
-    const own = readlinkSync('/proc/self/ns/net');
-    for (;;) {
-      if (this.#exitStarted) return;
-      let ns: string | undefined;
-      try {
-        ns = readlinkSync(`/proc/${pid}/ns/net`);
-      } catch {
-        return;
-      }
-      if (ns !== own) break;
-      await delay(1);
-    }
-    const tools = this.#ctx.tools as Required<Tools>;
-    const fwd = spawn(
-      tools.setpriv,
-      ['--pdeathsig', 'KILL', '--', tools.nsenter, `--net=/proc/${pid}/ns/net`, '--', process.execPath, FORWARDER, this.#sockPath, String(this.#port)],
-      { env: { PATH: TOOL_PATH }, cwd: '/', stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    this.#forwarder = fwd;
-    const split = new LineSplitter((t) => this.#logs.emit('system', t));
-    fwd.stderr?.on('data', (b: Buffer) => split.write(b));
-    fwd.on('error', (err) => this.#logs.emit('system', `forwarder failed to start: ${err.message}`));
-    fwd.on('exit', (code, signal) => {
-      if (!this.#exitStarted) this.#logs.emit('system', `forwarder exited (code ${code}, signal ${signal})`);
-    });
-    if (this.#exitStarted) fwd.kill('SIGKILL');
+    fwd.assign(this.#sockPath, spec.port);
   }
 
   async #startPlain(codeDir: string, argv: string[]): Promise<void> {
@@ -394,9 +526,9 @@ class ProcessInstance implements RuntimeInstance {
       if (done) return;
       done = true;
       this.#exitStarted = true;
+      this.#wake?.();
       // wait for the last output (it explains most failures), but not for a grandchild holding the pipe
-      const grace = new Promise<void>((r) => this.#ctx.clock.setTimeout(r, 250));
-      void Promise.race([ended, grace]).then(() => this.#finalize(code, signal, reason));
+      void Promise.race([ended, delay(250)]).then(() => this.#finalize(code, signal, reason));
     };
     child.on('error', (err) => finish(null, null, `could not start: ${err.message}`));
     child.on('exit', (code, signal) => finish(code, signal));
@@ -405,7 +537,8 @@ class ProcessInstance implements RuntimeInstance {
   async #finalize(code: number | null, signal: string | null, spawnError?: string): Promise<void> {
     const ctx = this.#ctx;
     const info: ExitInfo = { code, signal };
-    if (this.#forwarder) this.#forwarder.kill('SIGKILL');
+    this.#forwarder?.kill();
+    ctx.pool?.fill();
     if (ctx.mode === 'namespaces') {
       // the launcher (the namespace's PID 1) exits with 128+n when the program died of signal n
       if (code !== null && code > 128 && code <= 128 + 64 && signal === null) {
@@ -417,8 +550,8 @@ class ProcessInstance implements RuntimeInstance {
       }
       const cg = this.#cg;
       if (cg) {
-        const ooms = cg.oomKills();
-        if (ooms > 0 || (info.signal === 'SIGKILL' && cg.memoryFailcnt() > 0 && this.#state !== 'stopping')) info.reason = 'killed by the memory limit (oom)';
+        const oom = cg.oomKills() > 0 || (info.signal === 'SIGKILL' && this.#state !== 'stopping' && cg.memoryFailcnt() > 0);
+        if (oom) info.reason = 'killed by the memory limit (oom)';
         for (let i = 0; i < 400 && !cg.killAll(); i++) await delay(5);
         let removed = false;
         for (let i = 0; i < 100 && !(removed = cg.remove()); i++) await delay(10);
@@ -427,7 +560,7 @@ class ProcessInstance implements RuntimeInstance {
       try {
         unlinkSync(this.#sockPath);
       } catch {
-        // never created
+        // never published
       }
     }
     if (spawnError) info.reason = spawnError;
@@ -447,10 +580,8 @@ class ProcessInstance implements RuntimeInstance {
   }
 
   async #ready(): Promise<boolean> {
-    if (this.#ctx.mode === 'namespaces') {
-      const pid = this.#child?.pid;
-      return pid !== undefined && listeningIn(pid, this.#port) && (!!process.env.NOFWD || existsSync(this.#sockPath));
-    }
+    // namespaces: the forwarder saw the program accept a connection and published the socket
+    if (this.#ctx.mode === 'namespaces') return this.#forwarder?.ready === true && existsSync(this.#sockPath);
     return tcpAccepts(this.#port);
   }
 
@@ -478,13 +609,18 @@ class ProcessInstance implements RuntimeInstance {
       void this.exited.then((info) => done(this.#exitError(info)));
       const poll = async (): Promise<void> => {
         while (!settled) {
-          if (this.#exitStarted) return; // exited handler rejects with the output
+          if (this.#exitStarted) return; // the exited handler rejects, with the output
           if (await this.#ready()) {
             if (this.#exitStarted) return;
             if (this.#state === 'starting') this.#state = 'running';
+            this.#ctx.pool?.fill();
             return done();
           }
-          await delay(POLL_MS);
+          await new Promise<void>((r) => {
+            this.#wake = r;
+            void delay(POLL_MS).then(r);
+          });
+          this.#wake = undefined;
         }
       };
       poll().catch(done);
@@ -500,6 +636,7 @@ class ProcessInstance implements RuntimeInstance {
       return;
     }
     if (!this.#exitStarted) this.#state = 'stopping';
+    this.#stopRequested = true;
     this.#signal('SIGTERM');
     const timer = this.#ctx.clock.setTimeout(() => this.#signal('SIGKILL'), graceMs);
     await this.exited;
@@ -526,18 +663,6 @@ class ProcessInstance implements RuntimeInstance {
       process.kill(-child.pid, sig); // the program's whole process group
     } catch {
       child.kill(sig);
-    }
-  }
-}
-
-/** rmdir the (empty) `aether/<agentId>` cgroup dirs; busy ones stay. */
-function removeAgentDirs(ctx: Ctx): void {
-  if (ctx.mode !== 'namespaces') return;
-  for (const dir of Object.values(ctx.mounts)) {
-    try {
-      rmdirSync(join(dir, 'aether', ctx.agentId));
-    } catch {
-      // busy or absent
     }
   }
 }

@@ -1,0 +1,229 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import net from 'node:net';
+import { AetherError, systemClock, type Clock, type TimerHandle } from '../core/index.ts';
+import { LogHub } from './logs.ts';
+import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './types.ts';
+
+/** How a fake instance behaves; chosen per spec by FakeRuntimeOptions.behavior. */
+export interface FakeBehavior {
+  /** Delay before it listens (Infinity = never). Default 0. */
+  startupDelayMs?: number;
+  /** Exit (code 1) with this stderr line instead of listening. */
+  failStart?: string;
+  /** Exit (code 0) this long after it listens. */
+  exitAfterMs?: number;
+  /** Replaces the default echo handler. */
+  handler?: (req: IncomingMessage, res: ServerResponse) => void;
+}
+
+export interface FakeRuntimeOptions {
+  behavior?: (spec: InstanceSpec) => FakeBehavior;
+  /** Drives startupDelayMs, exitAfterMs and waitReady timeouts (ManualClock in tests). */
+  clock?: Clock;
+}
+
+export type FakeRuntime = Runtime & {
+  /** Every instance created, by id (exited ones stay, for inspection). */
+  instances: Map<string, RuntimeInstance>;
+};
+
+/**
+ * In-process driver: each instance is a node:http server on a loopback port. The default handler
+ * echoes { method, url, headers, body, env } as JSON, env being what a real program would see
+ * (spec.env + PORT + AETHER_*), and logs `listening on <port>` and `req <method> <url>` to stdout.
+ */
+export function createFakeRuntime(opts: FakeRuntimeOptions = {}): FakeRuntime {
+  const clock = opts.clock ?? systemClock;
+  const instances = new Map<string, RuntimeInstance>();
+  return {
+    kind: 'fake',
+    isolation: 'none',
+    instances,
+    async create(spec: InstanceSpec): Promise<RuntimeInstance> {
+      const existing = instances.get(spec.instanceId);
+      if (existing && existing.inspect().state !== 'exited') throw new AetherError('AETHER_ERR_CONFLICT', `instance ${spec.instanceId} exists`);
+      const inst = new FakeInstance(spec, opts.behavior?.(spec) ?? {}, clock);
+      instances.set(spec.instanceId, inst);
+      return inst;
+    },
+    async cleanupLeftovers(): Promise<void> {},
+    async close(): Promise<void> {
+      await Promise.all([...instances.values()].map((i) => i.stop(0)));
+    },
+  };
+}
+
+let fakePids = 90_000;
+
+function reservePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const srv = net.createServer();
+    srv.once('error', rej);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (addr && typeof addr === 'object' ? res(addr.port) : rej(new Error('no port'))));
+    });
+  });
+}
+
+class FakeInstance implements RuntimeInstance {
+  readonly id: string;
+  readonly spec: InstanceSpec;
+  readonly exited: Promise<ExitInfo>;
+  #behavior: FakeBehavior;
+  #clock: Clock;
+  #logs: LogHub;
+  #state: InstanceState = 'created';
+  #endpoint: Endpoint | undefined;
+  #port = 0;
+  #pid: number | undefined;
+  #exit: ExitInfo | undefined;
+  #resolveExit!: (e: ExitInfo) => void;
+  #server: Server | undefined;
+  #listening = false;
+  #timers: TimerHandle[] = [];
+  #readyWaiters = new Set<() => void>();
+
+  constructor(spec: InstanceSpec, behavior: FakeBehavior, clock: Clock) {
+    this.spec = spec;
+    this.id = spec.instanceId;
+    this.#behavior = behavior;
+    this.#clock = clock;
+    this.#logs = new LogHub(clock);
+    this.exited = new Promise((r) => (this.#resolveExit = r));
+  }
+
+  get endpoint(): Endpoint {
+    if (!this.#endpoint) throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} has no endpoint before start()`);
+    return this.#endpoint;
+  }
+
+  onLog(listener: (line: LogLine) => void): void {
+    this.#logs.on(listener);
+  }
+
+  inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
+    return { state: this.#state, pid: this.#pid, exit: this.#exit };
+  }
+
+  #env(): Record<string, string> {
+    return {
+      ...this.spec.env,
+      PORT: String(this.#port),
+      AETHER_FUNCTION_ID: this.spec.functionId,
+      AETHER_FUNCTION_NAME: this.spec.functionName,
+      AETHER_INSTANCE_ID: this.spec.instanceId,
+    };
+  }
+
+  #after(ms: number, fn: () => void): void {
+    if (ms === Infinity) return;
+    this.#timers.push(this.#clock.setTimeout(fn, ms));
+  }
+
+  async start(): Promise<void> {
+    if (this.#state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
+    this.#state = 'starting';
+    this.#port = await reservePort();
+    this.#pid = fakePids++;
+    this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: this.#port };
+    this.#logs.emit('system', `starting ${this.spec.entrypoint} (fake)`);
+    this.#after(this.#behavior.startupDelayMs ?? 0, () => {
+      if (this.#state !== 'starting') return;
+      if (this.#behavior.failStart !== undefined) {
+        this.#logs.emit('stderr', this.#behavior.failStart);
+        this.#finish({ code: 1, signal: null });
+        return;
+      }
+      this.#listen();
+    });
+  }
+
+  #listen(): void {
+    const env = this.#env();
+    const handler =
+      this.#behavior.handler ??
+      ((req: IncomingMessage, res: ServerResponse) => {
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', () => {
+          this.#logs.emit('stdout', `req ${req.method} ${req.url}`);
+          const body = Buffer.concat(chunks).toString('utf8');
+          res.setHeader('content-type', 'application/json');
+          res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body, env }));
+        });
+      });
+    const server = createServer(handler);
+    this.#server = server;
+    server.on('error', (err) => {
+      this.#logs.emit('stderr', `listen failed: ${err.message}`);
+      this.#finish({ code: 1, signal: null });
+    });
+    server.listen(this.#port, '127.0.0.1', () => {
+      if (this.#state !== 'starting') return;
+      this.#listening = true;
+      this.#state = 'running';
+      this.#logs.emit('stdout', `listening on ${this.#port}`);
+      for (const w of this.#readyWaiters) w();
+      if (this.#behavior.exitAfterMs !== undefined) this.#after(this.#behavior.exitAfterMs, () => this.#finish({ code: 0, signal: null }));
+    });
+  }
+
+  #finish(info: ExitInfo): void {
+    if (this.#exit) return;
+    for (const t of this.#timers) this.#clock.clearTimeout(t);
+    this.#exit = info;
+    this.#state = 'exited';
+    this.#listening = false;
+    const server = this.#server;
+    const done = (): void => {
+      this.#logs.emit('system', `exited (code ${info.code}, signal ${info.signal})`);
+      this.#resolveExit(info);
+    };
+    if (server) {
+      server.closeAllConnections();
+      server.close(() => done());
+    } else done();
+  }
+
+  waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    if (this.#state === 'created') return Promise.reject(new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`));
+    if (this.#listening) return Promise.resolve();
+    return new Promise<void>((res, rej) => {
+      let settled = false;
+      const done = (err?: unknown): void => {
+        if (settled) return;
+        settled = true;
+        this.#clock.clearTimeout(timer);
+        this.#readyWaiters.delete(onReady);
+        signal?.removeEventListener('abort', onAbort);
+        if (err) rej(err);
+        else res();
+      };
+      const onReady = (): void => done();
+      const onAbort = (): void => done(signal?.reason ?? new Error('aborted'));
+      const timer = this.#clock.setTimeout(() => {
+        const tail = this.#logs.tail();
+        done(new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} did not listen within ${timeoutMs} ms${tail ? `; last output:\n${tail}` : ''}`));
+      }, timeoutMs);
+      if (signal?.aborted) return onAbort();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#readyWaiters.add(onReady);
+      void this.exited.then((info) => {
+        const tail = this.#logs.tail();
+        done(new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} exited (code ${info.code}, signal ${info.signal}) before listening${tail ? `; last output:\n${tail}` : ''}`));
+      });
+    });
+  }
+
+  async stop(_graceMs?: number): Promise<void> {
+    if (this.#state === 'exited') return this.exited.then(() => undefined);
+    if (this.#state === 'created') {
+      this.#finish({ code: null, signal: null, reason: 'never started' });
+      return;
+    }
+    this.#state = 'stopping';
+    this.#finish({ code: null, signal: 'SIGTERM' });
+    await this.exited;
+  }
+}
