@@ -93,7 +93,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
         const now = held?.value ?? (await o.store.get(key))?.value;
         if (now === o.gatewayId) invoker.reconcile();
       }
-      await invoker.requeueLost();
+      await invoker.housekeeping();
     } catch (err) {
       o.logger.debug({ err: String(err) }, 'reconcile tick failed');
     }

@@ -129,17 +129,15 @@ export class Invoker {
     try {
       const headers = forwardedHeaders(req);
       for (let attempt = 0; ; attempt++) {
-        let inst = this.#pick(fn);
+        // The chosen instance comes back with this request already counted in its load.
+        let inst = this.#reserve(fn, st);
         if (!inst) {
-          coldStart = true;
-          const hint = await this.#waitForInstance(fn, st, ac.signal);
-          // Pick again now: waiters resume one by one, so each sees the load the previous ones added.
-          inst = this.#pick(this.#d.views.fn(fn.id) ?? fn) ?? hint;
+          coldStart ||= this.#candidates(fn).current.length === 0;
+          inst = await this.#waitForInstance(fn, st, ac.signal);
         }
         this.#maybeScaleUp(fn, st);
         instanceId = inst.instance_id;
         const responseHeaders = { 'x-aether-invocation-id': invId, 'x-aether-cold-start': String(coldStart) };
-        this.#instLoad.set(inst.instance_id, (this.#instLoad.get(inst.instance_id) ?? 0) + 1);
         try {
           const r = await this.#send(inst, req, res, path, headers, responseHeaders, ac.signal);
           status = r.status;
@@ -150,9 +148,8 @@ export class Invoker {
           if (!retryable) throw err;
           this.#bad.set(inst.instance_id, this.#d.clock.now() + 5000);
         } finally {
-          const n = (this.#instLoad.get(inst.instance_id) ?? 1) - 1;
-          if (n <= 0) this.#instLoad.delete(inst.instance_id);
-          else this.#instLoad.set(inst.instance_id, n);
+          this.#addLoad(inst.instance_id, -1);
+          if (st.waiters.size > 0) this.#wake(fn.id);
         }
       }
     } catch (err) {
@@ -280,6 +277,25 @@ export class Invoker {
     return best;
   }
 
+  #addLoad(instanceId: string, delta: number): void {
+    const n = (this.#instLoad.get(instanceId) ?? 0) + delta;
+    if (n <= 0) this.#instLoad.delete(instanceId);
+    else this.#instLoad.set(instanceId, n);
+  }
+
+  /**
+   * Least-loaded ready instance, counted as taken. While more instances are starting, an instance
+   * already at twice the concurrency target takes no more: the request waits for the new capacity
+   * instead of piling onto one instance. With nothing starting, it takes them all.
+   */
+  #reserve(fn: FunctionRecord, st: FnState): InstanceRecord | undefined {
+    const inst = this.#pick(fn);
+    if (!inst) return undefined;
+    if (st.starting.size > 0 && (this.#instLoad.get(inst.instance_id) ?? 0) >= fn.concurrency_target * 2) return undefined;
+    this.#addLoad(inst.instance_id, 1);
+    return inst;
+  }
+
   #waitForInstance(fn: FunctionRecord, st: FnState, signal: AbortSignal): Promise<InstanceRecord> {
     return new Promise<InstanceRecord>((resolve, reject) => {
       const waiter: Waiter = {
@@ -300,6 +316,7 @@ export class Invoker {
       if (signal.aborted) return onAbort();
       signal.addEventListener('abort', onAbort, { once: true });
       st.waiters.add(waiter);
+      if (this.#candidates(fn).current.length > 0 || st.starting.size > 0) return; // capacity is on its way
       void this.#ensureColdStart(fn, st).catch((err: unknown) => {
         this.#failWaiters(st, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UNAVAILABLE', `cold start could not be requested: ${String(err)}`));
       });
@@ -312,7 +329,7 @@ export class Invoker {
     const fn = this.#d.views.fn(fnId);
     if (!fn) return;
     for (const w of [...st.waiters]) {
-      const inst = this.#pick(fn);
+      const inst = this.#reserve(fn, st);
       if (!inst) return;
       w.resolve(inst);
     }
@@ -380,6 +397,15 @@ export class Invoker {
   }
 
   /** Periodic: min_instances and replacing stale instances after an update (run by one gateway). */
+  /** Every gateway, periodically: forget stuck starts, release waiters, re-queue lost cold starts. */
+  async housekeeping(): Promise<void> {
+    for (const [fnId, st] of this.#fns) {
+      this.#gcStarting(st);
+      if (st.waiters.size > 0) this.#wake(fnId);
+    }
+    await this.#requeueLost();
+  }
+
   reconcile(): void {
     for (const fn of this.#d.views.functions.items.values()) {
       if (!fn.code_sha256) continue;
@@ -407,6 +433,7 @@ export class Invoker {
       this.#wake(r.function_id);
       return;
     }
+    this.#wake(r.function_id); // others may be ready: with nothing else starting they take the waiters
     st.lastError = r.error ?? 'instance failed to start';
     const fn = this.#d.views.fn(r.function_id);
     if (st.starting.size === 0 && (!fn || !this.#pick(fn))) {
@@ -415,7 +442,7 @@ export class Invoker {
   }
 
   /** Requests waiting for a cold start whose job may have been lost (e.g. Redis came back empty). */
-  async requeueLost(): Promise<void> {
+  async #requeueLost(): Promise<void> {
     for (const [fnId, st] of this.#fns) {
       if (st.waiters.size === 0 || st.starting.size === 0) continue;
       const depth = await this.#d.queue.depth(PROVISION_TOPIC).catch(() => -1);

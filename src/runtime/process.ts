@@ -42,6 +42,8 @@ const NS_FLAGS = ['--pid', '--fork', '--kill-child', '--mount-proc', '--mount', 
 /** Warm forwarders kept ready (each ~40 MB RSS). */
 const POOL_SIZE = 1;
 const UID_BASE = 200_000;
+/** Where launch.pl mounts the code inside the sandbox. */
+const SANDBOX_CODE = '/run/aether/code';
 /** mount, setgroups, setresgid, setresuid, prctl: the syscalls launch.pl makes, by architecture. */
 const SYSCALLS: Record<string, string> = { x64: '165,116,119,117,157', arm64: '40,159,149,147,167' };
 
@@ -418,7 +420,8 @@ class ProcessInstance implements RuntimeInstance {
     const rel = relative(codeDir, entry);
     if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) throw new AetherError('AETHER_ERR_VALIDATION', `entrypoint ${spec.entrypoint} is outside the code dir`);
     this.#state = 'starting';
-    const argv = commandFor(spec, this.#ctx, entry);
+    // the sandbox sees the code at SANDBOX_CODE, a plain child at its real path
+    const argv = commandFor(spec, this.#ctx, this.#ctx.mode === 'namespaces' ? join(SANDBOX_CODE, rel) : entry);
     try {
       if (this.#ctx.mode === 'namespaces') await this.#startSandboxed(codeDir, argv);
       else await this.#startPlain(codeDir, argv);

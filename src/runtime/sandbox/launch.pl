@@ -5,10 +5,12 @@
 #  1. join the instance's cgroups, so everything after (the program and its children) is limited;
 #  2. read the program's environment from stdin (NUL-separated K=V), so root never runs with the
 #     user's variables (LD_PRELOAD, ...) and the values never appear on a command line;
-#  3. hide the platform's data dir (and other given dirs) and give private /tmp, /var/tmp, /dev/shm (tmpfs);
-#  4. bind the code dir read-only at its own path (through an fd: its path may be hidden by 3);
+#  3. hide the platform's data dir (and other given dirs) and give private /tmp, /var/tmp, /dev/shm
+#     and /run (tmpfs; /run also holds host daemons' sockets);
+#  4. bind the code dir read-only at /run/aether/code, a neutral path (nothing of the host's layout
+#     above it, e.g. no package.json changing how node loads .js), through an fd since 3 may hide it;
 #  5. bring loopback up when asked; 6. start the program as an unprivileged uid with no
-#     capabilities and no_new_privs, cwd = code dir; 7. stay PID 1, reap, exit with its status
+#     capabilities and no_new_privs, cwd = the code; 7. stay PID 1, reap, exit with its status
 #     (128+n when it died of signal n): PID 1 ignores SIGTERM, and the namespace dies with it.
 # Args: cgroup.procs x3, code dir, uid, tmpfs MiB, lo-up (0|1),
 #       syscall numbers "mount,setgroups,setresgid,setresuid,prctl", N, N dirs to hide, program argv...
@@ -55,13 +57,12 @@ mnt('aether-hidden', $_, 'tmpfs', $nosd, 'mode=0755,size=1m') for @hide;
 mnt('aether-tmp', '/tmp', 'tmpfs', $nosd, "mode=1777,size=${tmp_mb}m");
 mnt('aether-tmp', '/var/tmp', 'tmpfs', $nosd, "mode=1777,size=${tmp_mb}m") if -d '/var/tmp';
 mnt('aether-shm', '/dev/shm', 'tmpfs', $nosd, "mode=1777,size=${tmp_mb}m") if -d '/dev/shm';
-my $p = '';
-for my $part (grep { length } split m{/}, $code) {
-  $p .= "/$part";
-  mkdir $p;
-}
-mnt('/proc/self/fd/' . fileno($codefh), $code, 0, $MS_BIND, 0);
-mnt(0, $code, 0, $MS_BIND | $MS_REMOUNT | $MS_RDONLY | $nosd, 0);
+mnt('aether-run', '/run', 'tmpfs', $nosd, 'mode=0755,size=1m');
+my $target = '/run/aether/code';
+mkdir '/run/aether' or fail('mkdir /run/aether');
+mkdir $target or fail("mkdir $target");
+mnt('/proc/self/fd/' . fileno($codefh), $target, 0, $MS_BIND, 0);
+mnt(0, $target, 0, $MS_BIND | $MS_REMOUNT | $MS_RDONLY | $nosd, 0);
 close($codefh);
 
 # 5. SIOCGIFFLAGS / SIOCSIFFLAGS on "lo" (struct ifreq: 16-byte name + short flags, 40 bytes)
@@ -74,7 +75,7 @@ if ($lo) {
   close($s);
 }
 
-chdir($code) or fail("chdir $code");
+chdir($target) or fail("chdir $target");
 
 # 6.
 my $pid = fork() // fail('fork');

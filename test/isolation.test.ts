@@ -1,0 +1,257 @@
+// Proves each isolation claim of the process runtime's namespaces mode from inside a function.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { silentLogger } from '../src/core/index.ts';
+import { createProcessRuntime, requestEndpoint, type InstanceSpec, type Runtime, type RuntimeInstance } from '../src/runtime/index.ts';
+
+const FIXTURES = join(fileURLToPath(new URL('.', import.meta.url)), 'fixtures', 'runtime');
+const skip = process.getuid?.() !== 0 ? 'not root: the namespaces sandbox needs root (cgroups, namespaces, uid switch)' : false;
+const CG = '/sys/fs/cgroup';
+
+interface FsResult {
+  ok: boolean;
+  code?: string;
+  value?: unknown;
+}
+interface Probe {
+  uid: number;
+  gid: number;
+  groups: number[];
+  readOwnCode: FsResult;
+  writeCode: FsResult;
+  readOtherCode: FsResult;
+  listOtherCode: FsResult;
+  readToken: FsResult;
+  readPublic: FsResult;
+  listData: FsResult;
+  listParent: FsResult;
+  hostTmpMarker: FsResult;
+  writeTmp: FsResult;
+  procs: string[];
+  connect: Record<string, FsResult>;
+}
+
+function listen(server: Server, host: string): Promise<number> {
+  return new Promise((res) => {
+    server.listen(0, host, () => {
+      const a = server.address();
+      res(typeof a === 'object' && a ? a.port : 0);
+    });
+  });
+}
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  for (let t = 0; t < ms && !cond(); t += 20) await new Promise((r) => setTimeout(r, 20));
+  return cond();
+}
+
+describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
+  // not under /tmp: the private /tmp would hide it anyway and prove nothing about the data dir
+  const base = join(process.cwd(), '.aether');
+  let dataDir: string;
+  let runtime: Runtime;
+  const agentId = `iso-${process.pid}`;
+  let n = 0;
+  const hostServers: Server[] = [];
+  let portLo = 0;
+  let portAny = 0;
+  const tmpMarker = `/tmp/aether-iso-marker-${process.pid}`;
+
+  before(async () => {
+    await mkdir(base, { recursive: true });
+    dataDir = await mkdtemp(join(base, 'iso-'));
+    await writeFile(join(dataDir, 'admin.token'), 'secret-admin-token', { mode: 0o600 });
+    await writeFile(join(dataDir, 'public.txt'), 'world-readable but hidden', { mode: 0o644 });
+    writeFileSync(tmpMarker, 'host tmp');
+    runtime = createProcessRuntime({ dataDir, agentId, isolation: 'namespaces', logger: silentLogger() });
+    const lo = createServer((_q, s) => s.end('host'));
+    const any = createServer((_q, s) => s.end('host'));
+    hostServers.push(lo, any);
+    portLo = await listen(lo, '127.0.0.1');
+    portAny = await listen(any, '0.0.0.0');
+  });
+  after(async () => {
+    await runtime.close();
+    for (const s of hostServers) s.close();
+    await rm(dataDir, { recursive: true, force: true });
+    await rm(tmpMarker, { force: true });
+  });
+
+  /** A code dir under the data dir (like the agent's code cache) with the given fixture files. */
+  function codeDir(name: string, files: Record<string, string>): string {
+    const dir = join(dataDir, 'code', `${name}-${n++}`);
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    for (const [f, text] of Object.entries(files)) writeFileSync(join(dir, f), text, { mode: 0o644 });
+    return dir;
+  }
+
+  function spec(dir: string, entrypoint: string, over: Partial<InstanceSpec> = {}): InstanceSpec {
+    const id = `i${n++}`;
+    return { instanceId: id, functionId: `f-${id}`, functionName: 'iso', runtime: 'node', entrypoint, codeDir: dir, env: {}, port: 8080, memoryMb: 128, vcpu: 1, pidsMax: 32, ...over };
+  }
+
+  async function runProbe(dir: string, probeCfg: object): Promise<{ inst: RuntimeInstance; probe: Probe }> {
+    const inst = await runtime.create(spec(dir, 'probe.js', { env: { PROBE: JSON.stringify(probeCfg) } }));
+    await inst.start();
+    await inst.waitReady(20_000);
+    const res = await requestEndpoint(inst.endpoint);
+    assert.equal(res.status, 200);
+    return { inst, probe: JSON.parse(res.body) as Probe };
+  }
+
+  const probeSrc = readFileSync(join(FIXTURES, 'probe.js'), 'utf8');
+
+  it('hides other code and the data dir, keeps code read-only, runs unprivileged, private /tmp, no network, own pid namespace', async () => {
+    const other = codeDir('other', { 'probe.js': probeSrc, 'secret.js': 'module.exports = "other function secret";' });
+    const mine = codeDir('mine', { 'probe.js': probeSrc });
+    const hostIp = Object.values(networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+    const connect: Record<string, [string, number]> = {
+      hostLoopback: ['127.0.0.1', portLo],
+      hostAnyViaLoopback: ['127.0.0.1', portAny],
+      hostAny: ['0.0.0.0', portAny],
+      ownPort: ['127.0.0.1', 8080], // positive control: the instance's own server
+    };
+    if (hostIp) connect['hostIp'] = [hostIp, portAny];
+    const cfg = {
+      otherCodeFile: join(other, 'secret.js'),
+      otherCodeDir: other,
+      tokenFile: join(dataDir, 'admin.token'),
+      publicFile: join(dataDir, 'public.txt'),
+      dataDir,
+      tmpMarker,
+      connect,
+    };
+    const b = await runProbe(other, cfg);
+    const a = await runProbe(mine, cfg);
+    const p = a.probe;
+
+    assert.ok(p.uid >= 200_000, `unprivileged uid, got ${p.uid}`);
+    assert.equal(p.gid, p.uid);
+    assert.deepEqual(p.groups.filter((g) => g !== p.gid), []);
+
+    assert.equal(p.readOwnCode.ok, true, 'positive control: its own code is readable');
+    assert.equal(p.writeCode.ok, false);
+    assert.match(p.writeCode.code ?? '', /EROFS|EACCES/);
+
+    assert.equal(p.readOtherCode.ok, false, "another function's code must not be readable");
+    assert.equal(p.listOtherCode.ok, false);
+    assert.equal(p.readToken.ok, false, 'the admin token must not be readable');
+    assert.equal(p.readPublic.code, 'ENOENT', 'the data dir is hidden, not just protected by permissions');
+    assert.ok(p.listData.ok && !(p.listData.value as string[]).some((f) => f === 'admin.token' || f === 'public.txt' || f === 'sockets'));
+    assert.deepEqual(p.listParent.value, ['code'], 'the parent of the code dir shows only its own code dir');
+
+    assert.equal(p.hostTmpMarker.code, 'ENOENT', "the host's /tmp is not visible");
+    assert.equal(p.writeTmp.ok, true, 'a private writable /tmp');
+
+    assert.equal(p.connect['ownPort']?.ok, true, 'positive control: loopback inside the sandbox works');
+    for (const name of ['hostLoopback', 'hostAnyViaLoopback', 'hostAny', 'hostIp']) {
+      if (!connect[name]) continue;
+      assert.equal(p.connect[name]?.ok, false, `${name} must not be reachable (${JSON.stringify(p.connect[name])})`);
+    }
+
+    // only its own processes: the launcher (whose args name its code dir) and the program,
+    // nothing of instance B (or of the host)
+    assert.ok(p.procs.length >= 2 && p.procs.length <= 3, JSON.stringify(p.procs));
+    assert.ok(p.procs.some((c) => c.includes(mine)) && !p.procs.some((c) => c.includes(other)), JSON.stringify(p.procs));
+    assert.ok(b.probe.procs.some((c) => c.includes(other)) && !b.probe.procs.some((c) => c.includes(mine)), JSON.stringify(b.probe.procs));
+    assert.ok(p.procs.every((c) => c === '' || c.includes('launch.pl') || c.includes('probe.js')), JSON.stringify(p.procs));
+
+    await a.inst.stop();
+    await b.inst.stop();
+  });
+
+  it('kills a memory hog with reason oom', async () => {
+    const mb = 96;
+    const dir = codeDir('hog', {
+      'hog.js': `const keep = []; console.log('allocating'); for (let i = 0; i < ${3 * mb}; i++) keep.push(Buffer.alloc(1 << 20, 1)); console.log('survived');\n`,
+    });
+    const inst = await runtime.create(spec(dir, 'hog.js', { memoryMb: mb }));
+    const lines: string[] = [];
+    inst.onLog((l) => lines.push(l.text));
+    await inst.start();
+    const exit = await inst.exited;
+    assert.equal(exit.reason, 'killed by the memory limit (oom)', JSON.stringify({ exit, lines }));
+    assert.equal(exit.signal, 'SIGKILL');
+    assert.ok(!lines.includes('survived'));
+  });
+
+  it('stops a fork bomb at the pids limit; the host stays fine', async () => {
+    const pidsMax = 16;
+    const dir = codeDir('bomb', { 'bomb.sh': 'echo bombing\nb() { b | b & }\nb\nsleep 5\n' });
+    const s = spec(dir, 'bomb.sh', { pidsMax });
+    const inst = await runtime.create(s);
+    await inst.start();
+    const cg = join(CG, 'pids', 'aether', agentId, s.instanceId);
+    let maxSeen = 0;
+    let failedForks = 0;
+    for (let i = 0; i < 50; i++) {
+      try {
+        maxSeen = Math.max(maxSeen, Number(readFileSync(join(cg, 'pids.current'), 'utf8')));
+        failedForks = Number(/max (\d+)/.exec(readFileSync(join(cg, 'pids.events'), 'utf8'))?.[1] ?? 0);
+      } catch {
+        break; // exited
+      }
+      if (failedForks > 0 && i > 10) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (existsSync(join(cg, 'pids.peak'))) maxSeen = Math.max(maxSeen, Number(readFileSync(join(cg, 'pids.peak'), 'utf8')));
+    assert.ok(failedForks > 0, 'forks were refused at the limit');
+    assert.ok(maxSeen <= pidsMax, `never more than ${pidsMax} processes, saw ${maxSeen}`);
+    await inst.stop(100);
+    assert.equal(inst.inspect().state, 'exited');
+    assert.equal(existsSync(cg), false, 'cgroup removed after stop');
+    // the host can still start processes
+    const ok = await new Promise<number | null>((r) => spawn('true').on('exit', r));
+    assert.equal(ok, 0);
+  });
+
+  it('an instance dies with its agent (SIGKILL), and cleanupLeftovers removes what is left', async () => {
+    const dir = codeDir('orphan', { 'handler.js': "require('http').createServer((q, s) => s.end('ok')).listen(process.env.PORT);\n" });
+    const childAgent = `iso-child-${process.pid}`;
+    const child = spawn(process.execPath, [join(FIXTURES, 'agent-child.ts'), dataDir, childAgent, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const line = await new Promise<string>((res, rej) => {
+      let buf = '';
+      child.stdout.on('data', (b: Buffer) => {
+        buf += b.toString();
+        if (buf.includes('\n')) res(buf.split('\n')[0] ?? '');
+      });
+      child.on('exit', (code) => rej(new Error(`agent child exited early (${code})`)));
+    });
+    const { pids } = JSON.parse(line) as { pids: number[] };
+    assert.ok(pids.length >= 3, `instance processes and forwarder found: ${pids.join(',')}`);
+    assert.ok(pids.every(alive));
+    child.kill('SIGKILL');
+    assert.ok(await until(() => pids.every((p) => !alive(p)), 5000), `still alive: ${pids.filter(alive).join(',')}`);
+
+    // its cgroups stay behind (nobody removed them); a new agent with the same id cleans up,
+    // including processes still inside (simulated with a sleep placed in a leftover cgroup)
+    const leftover = join(CG, 'pids', 'aether', childAgent, 'orphan-1');
+    assert.ok(existsSync(leftover));
+    const extra = ['memory', 'cpu', 'pids'].map((c) => join(CG, c, 'aether', childAgent, 'stray-1'));
+    for (const d of extra) mkdirSync(d, { recursive: true });
+    const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
+    for (const d of extra) writeFileSync(join(d, 'cgroup.procs'), String(sleeper.pid));
+    const rt2 = createProcessRuntime({ dataDir, agentId: childAgent, isolation: 'namespaces', logger: silentLogger() });
+    await rt2.cleanupLeftovers();
+    assert.ok(await until(() => !alive(sleeper.pid as number), 2000), 'the stray process was killed');
+    for (const c of ['memory', 'cpu', 'pids']) assert.equal(existsSync(join(CG, c, 'aether', childAgent)), false, `${c} cgroups removed`);
+    assert.equal(existsSync(join(dataDir, 'sockets', 'orphan-1.sock')), false, 'stale socket removed');
+    await rt2.close();
+  });
+});
