@@ -47,14 +47,23 @@ function listen(server: Server, host: string): Promise<number> {
   });
 }
 
+/** Running (a zombie is dead: it only waits for its new parent, PID 1, to reap it). */
 const alive = (pid: number): boolean => {
   try {
-    process.kill(pid, 0);
-    return true;
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return false;
   }
 };
+
+function describeProc(pid: number): string {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').filter((l) => /^(State|PPid|Uid)/.test(l)).join(' ');
+    return `${readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ')} [${status}]`;
+  } catch {
+    return '(gone)';
+  }
+}
 
 async function until(cond: () => boolean, ms: number): Promise<boolean> {
   for (let t = 0; t < ms && !cond(); t += 20) await new Promise((r) => setTimeout(r, 20));
@@ -237,7 +246,7 @@ describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
     assert.ok(pids.length >= 3, `instance processes and forwarder found: ${pids.join(',')}`);
     assert.ok(pids.every(alive));
     child.kill('SIGKILL');
-    assert.ok(await until(() => pids.every((p) => !alive(p)), 5000), `still alive: ${pids.filter(alive).join(',')}`);
+    assert.ok(await until(() => pids.every((p) => !alive(p)), 5000), `still alive: ${pids.filter(alive).map((p) => `${p} ${describeProc(p)}`).join(', ')}`);
 
     // its cgroups stay behind (nobody removed them); a new agent with the same id cleans up,
     // including processes still inside (simulated with a sleep placed in a leftover cgroup)

@@ -1,0 +1,316 @@
+/**
+ * Distributed mode under faults: real etcd, Redis (AOF on) and Ceph radosgw, two `aether gateway`
+ * and separate `aether agent` processes, driven over HTTP on loopback. Each scenario kills or stops
+ * one piece and checks what the platform promises (docs/reliability.md). Tests run in order and
+ * share the cluster: later ones build on the state earlier ones leave.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
+import { etcdAvailable, startEtcd, type EtcdServer } from './support/etcd.ts';
+import { redisAvailable, startRedis, type RedisServer } from './support/redis.ts';
+import { cephAvailable, startRadosgw, type Radosgw } from './support/ceph.ts';
+
+const LEASE_TTL_MS = 4000;
+const TOKEN = randomBytes(16).toString('hex');
+
+const skip = !etcdAvailable() ? 'etcd binary not found (apt-get install etcd-server)' : (redisAvailable() ?? cephAvailable() ?? false);
+
+const HANDLER = (version: string, delayMs = 0): string => `
+const http = require('http');
+setTimeout(() => {
+  http.createServer((req, res) => {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ version: ${JSON.stringify(version)}, instance: process.env.AETHER_INSTANCE_ID }));
+  }).listen(Number(process.env.PORT));
+}, ${delayMs});
+`;
+
+interface Invoked {
+  status: number;
+  json: Record<string, unknown>;
+  text: string;
+}
+
+async function invoke(gw: RunningPlatform, name: string, timeoutMs = 70_000): Promise<Invoked> {
+  const r = await fetch(`${gw.url}/functions/${name}/`, { signal: AbortSignal.timeout(timeoutMs) });
+  const text = await r.text();
+  let json: Record<string, unknown> = {};
+  try {
+    json = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    // not JSON
+  }
+  return { status: r.status, json, text };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Pids of processes whose environment carries AETHER_INSTANCE_ID=<id> (a sandbox of that instance). */
+function sandboxPids(instanceId: string): number[] {
+  const needle = Buffer.from(`AETHER_INSTANCE_ID=${instanceId}\0`);
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z') continue;
+      if (readFileSync(`/proc/${d}/environ`).includes(needle)) out.push(Number(d));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+if (skip) {
+  it('distributed mode under faults', { skip }, () => {});
+} else {
+  let etcd: EtcdServer;
+  let redis: RedisServer;
+  let rgw: Radosgw;
+  let flags: string[];
+  let env: Record<string, string>;
+  const gateways: RunningPlatform[] = [];
+  /** agent id -> process */
+  const agents = new Map<string, RunningPlatform>();
+  /** Every aether process this file started, to prove none is left at the end. */
+  const pids = new Set<number>();
+  /** Instances whose agent we killed: their sandboxes must be gone. */
+  const orphanCandidates = new Set<string>();
+
+  const startGw = async (): Promise<RunningPlatform> => {
+    const g = await startAether({ role: 'gateway', token: TOKEN, args: flags, env });
+    if (g.proc.pid) pids.add(g.proc.pid);
+    return g;
+  };
+  const startAgent = async (): Promise<string> => {
+    const a = await startAether({ role: 'agent', token: TOKEN, args: [...flags, '--port', '0', '--advertise', '127.0.0.1'], env });
+    if (a.proc.pid) pids.add(a.proc.pid);
+    const id = /agent (\S+) serving at/.exec(a.output())?.[1];
+    assert.ok(id, a.output());
+    agents.set(id, a);
+    return id;
+  };
+  const gw = (i: number): RunningPlatform => gateways[i] as RunningPlatform;
+
+  async function deploy(name: string, code: string, fields: Record<string, unknown> = {}): Promise<void> {
+    const created = await api(gw(0), 'POST', '/api/functions', { name, runtime: 'node', ...fields });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const up = await api(gw(0), 'POST', `/api/functions/${name}/code`, await zipFiles({ 'handler.js': code }));
+    assert.equal(up.status, 200, JSON.stringify(up.body));
+  }
+  const instances = async (name: string): Promise<{ instance_id: string; agent_id: string; status: string }[]> => {
+    const r = await api<{ instance_id: string; agent_id: string; status: string }[]>(gw(0), 'GET', `/api/functions/${name}/instances`);
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    return r.body;
+  };
+
+  before(async () => {
+    [etcd, redis, rgw] = await Promise.all([startEtcd(), startRedis({ appendOnly: true }), startRadosgw()]);
+    flags = ['--store', `etcd://${etcd.endpoints[0]?.replace('http://', '')}`, '--queue', redis.url, '--blob', `s3://aether-code?endpoint=${rgw.endpoint}&region=us-east-1`];
+    env = { AWS_ACCESS_KEY_ID: rgw.accessKeyId, AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey, AETHER_LEASE_TTL_MS: String(LEASE_TTL_MS) };
+    gateways.push(await startGw(), await startGw());
+    await startAgent();
+    await startAgent();
+  }, { timeout: 120_000 });
+
+  after(async () => {
+    for (const g of gateways) await g.stop();
+    for (const a of agents.values()) await a.stop();
+    await Promise.allSettled([etcd?.cleanup(), redis?.stop(), rgw?.stop()]);
+  }, { timeout: 120_000 });
+
+  describe('distributed mode under faults', { timeout: 300_000 }, () => {
+    it('a function deployed through gateway 1 answers through both gateways; records visible from gateway 2', async () => {
+      await deploy('hello', HANDLER('v1'));
+      for (const g of [gw(0), gw(1), gw(1), gw(0)]) {
+        const r = await invoke(g, 'hello');
+        assert.equal(r.status, 200, r.text);
+        assert.equal(r.json['version'], 'v1');
+      }
+      const fn = await api<{ name: string; code_sha256: string }>(gw(1), 'GET', '/api/functions/hello');
+      assert.equal(fn.status, 200);
+      assert.equal(fn.body.name, 'hello');
+      assert.match(fn.body.code_sha256, /^[0-9a-f]{64}$/);
+      await eventually(async () => {
+        const recs = await api<{ status: string; status_code: number }[]>(gw(1), 'GET', '/api/functions/hello/invocations');
+        return recs.body.filter((x) => x.status === 'success' && x.status_code === 200).length >= 4;
+      });
+    });
+
+    it('kill -9 of an agent with warm instances: load keeps going, served by another agent', { timeout: 90_000 }, async () => {
+      const insts = await instances('hello');
+      const victimId = insts[0]?.agent_id;
+      assert.ok(victimId && agents.has(victimId), `owning agent of ${JSON.stringify(insts)} is one of ours`);
+      for (const i of insts) if (i.agent_id === victimId) orphanCandidates.add(i.instance_id);
+      const victim = agents.get(victimId) as RunningPlatform;
+
+      // Two sequential clients (one per gateway) for ~2 s before and ~16 s after the kill.
+      let killedAt = Infinity;
+      const results: { start: number; end: number; status: number; text: string }[] = [];
+      const loadEnd = Date.now() + 18_000;
+      const client = async (g: RunningPlatform): Promise<void> => {
+        while (Date.now() < loadEnd) {
+          const start = Date.now();
+          const r = await invoke(g, 'hello', 30_000).catch((err: unknown) => ({ status: 0, text: String(err), json: {} }));
+          results.push({ start, end: Date.now(), status: r.status, text: r.text });
+        }
+      };
+      const load = Promise.all([client(gw(0)), client(gw(1))]);
+      await sleep(2000);
+      killedAt = Date.now();
+      await victim.kill();
+      agents.delete(victimId);
+      await load;
+
+      const failed = results.filter((r) => r.status !== 200);
+      // Only a request in flight at the kill may fail: at most one per client.
+      const inFlightAtKill = failed.filter((r) => r.start <= killedAt && r.end >= killedAt);
+      assert.ok(failed.length - inFlightAtKill.length === 0 || failed.every((r) => r.start < killedAt + LEASE_TTL_MS + 3000), `failures after lease TTL: ${JSON.stringify(failed.slice(0, 3))}`);
+      assert.ok(failed.length <= 2, `${failed.length} of ${results.length} failed: ${JSON.stringify(failed.slice(0, 3))}`);
+      const late = results.filter((r) => r.start > killedAt + LEASE_TTL_MS + 3000);
+      assert.ok(late.length >= 4, `load kept going after the lease TTL (${late.length} requests)`);
+      assert.ok(late.every((r) => r.status === 200));
+      // The killed agent's instances leave the registry (lease expiry) and their sandboxes died with it.
+      await eventually(async () => (await instances('hello')).every((i) => i.agent_id !== victimId), LEASE_TTL_MS + 10_000);
+      const survivors = await instances('hello');
+      assert.ok(survivors.length >= 1 && survivors.every((i) => agents.has(i.agent_id)));
+      for (const id of orphanCandidates) assert.deepEqual(sandboxPids(id), [], `sandbox of ${id} outlived its agent`);
+    });
+
+    it('kill -9 of the only agent during a cold start: the request completes on a new agent, never hangs', { timeout: 120_000 }, async () => {
+      assert.equal(agents.size, 1);
+      const [aId, a] = [...agents][0] as [string, RunningPlatform];
+      await deploy('slowstart', HANDLER('slow', 3000), { timeout_ms: 60_000 });
+      const t0 = Date.now();
+      const pending = invoke(gw(0), 'slowstart', 90_000);
+      await eventually(async () => (await instances('slowstart')).some((i) => i.agent_id === aId) || undefined, 5000, 50).catch(() => undefined);
+      await sleep(1000 - Math.min(1000, Date.now() - t0));
+      await a.kill();
+      agents.delete(aId);
+      const bId = await startAgent();
+      const r = await pending;
+      if (r.status === 200) {
+        assert.equal(r.json['version'], 'slow');
+        const insts = await instances('slowstart');
+        assert.ok(insts.some((i) => i.agent_id === bId), `served by the new agent: ${JSON.stringify(insts)}`);
+      } else {
+        assert.equal(r.status, 503, r.text);
+        assert.ok(String((r.json['error'] as { message?: string } | undefined)?.message ?? '').length > 0, r.text);
+      }
+      // Its instances (a half-started sandbox) vanish with the agent's lease.
+      await eventually(async () => (await instances('slowstart')).every((i) => i.agent_id !== aId), LEASE_TTL_MS + 10_000);
+      // A second agent for the rest of the file, and `hello` warm again.
+      await startAgent();
+      assert.equal((await invoke(gw(0), 'hello')).status, 200);
+      assert.equal((await invoke(gw(1), 'hello')).status, 200);
+    });
+
+    it('etcd down: warm functions keep answering from the gateways\' caches; after restart new functions work', { timeout: 90_000 }, async () => {
+      assert.equal((await invoke(gw(0), 'hello')).status, 200);
+      await etcd.stop();
+      try {
+        for (let i = 0; i < 6; i++) {
+          const r = await invoke(gw(i % 2), 'hello', 20_000);
+          assert.equal(r.status, 200, `during the etcd outage: ${r.text}`);
+          assert.equal(r.json['version'], 'v1');
+        }
+      } finally {
+        await etcd.restart();
+      }
+      await eventually(async () => (await api(gw(1), 'POST', '/api/functions', { name: 'after-etcd', runtime: 'node' })).status === 201, 30_000, 500);
+      const up = await eventually(async () => {
+        const u = await api(gw(1), 'POST', '/api/functions/after-etcd/code', await zipFiles({ 'handler.js': HANDLER('etcd-back') }));
+        return u.status === 200 ? u : undefined;
+      }, 30_000, 500);
+      assert.equal(up.status, 200);
+      const r = await invoke(gw(0), 'after-etcd');
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.json['version'], 'etcd-back');
+      assert.equal((await invoke(gw(1), 'hello')).status, 200);
+    });
+
+    it('Redis down: warm functions keep answering; after restart (AOF) a cold start works', { timeout: 90_000 }, async () => {
+      assert.equal((await invoke(gw(1), 'hello')).status, 200);
+      await redis.kill();
+      try {
+        for (let i = 0; i < 6; i++) {
+          const r = await invoke(gw(i % 2), 'hello', 20_000);
+          assert.equal(r.status, 200, `during the Redis outage: ${r.text}`);
+        }
+      } finally {
+        await redis.restart();
+      }
+      await deploy('after-redis', HANDLER('redis-back'));
+      const r = await invoke(gw(1), 'after-redis');
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.json['version'], 'redis-back');
+    });
+
+    it('S3 down: an upload gets 503 UNAVAILABLE, the previous code keeps serving; after it is back uploads work', { timeout: 150_000 }, async () => {
+      const before = await api<{ code_sha256: string }>(gw(0), 'GET', '/api/functions/hello');
+      await rgw.stopRgw();
+      try {
+        const up = await api<{ error: { code: string } }>(gw(0), 'POST', '/api/functions/hello/code', await zipFiles({ 'handler.js': HANDLER('v2') }));
+        assert.equal(up.status, 503, JSON.stringify(up.body));
+        assert.equal(up.body.error.code, 'AETHER_ERR_UNAVAILABLE');
+        const now = await api<{ code_sha256: string }>(gw(1), 'GET', '/api/functions/hello');
+        assert.equal(now.body.code_sha256, before.body.code_sha256);
+        for (const g of [gw(0), gw(1)]) {
+          const r = await invoke(g, 'hello');
+          assert.equal(r.status, 200, r.text);
+          assert.equal(r.json['version'], 'v1');
+        }
+      } finally {
+        await rgw.startRgw();
+      }
+      const up = await eventually(async () => {
+        const u = await api(gw(0), 'POST', '/api/functions/hello/code', await zipFiles({ 'handler.js': HANDLER('v2') }));
+        return u.status === 200 ? u : undefined;
+      }, 30_000, 1000);
+      assert.equal(up.status, 200);
+      await eventually(async () => (await invoke(gw(1), 'hello')).json['version'] === 'v2', 30_000, 200);
+    });
+
+    it('gateway restart (SIGTERM): functions, code and invocation records are still there', { timeout: 60_000 }, async () => {
+      const old = gw(0);
+      const fnBefore = await api<{ code_sha256: string }>(old, 'GET', '/api/functions/hello');
+      const recsBefore = await api<unknown[]>(gw(1), 'GET', '/api/functions/hello/invocations?limit=1000');
+      assert.equal(await old.stop(), 0, old.output().slice(-2000));
+      gateways[0] = await startGw();
+      const list = await api<{ name: string }[]>(gw(0), 'GET', '/api/functions');
+      assert.equal(list.status, 200);
+      for (const n of ['hello', 'slowstart', 'after-etcd', 'after-redis']) assert.ok(list.body.some((f) => f.name === n), `${n} listed`);
+      const fn = await api<{ code_sha256: string }>(gw(0), 'GET', '/api/functions/hello');
+      assert.equal(fn.body.code_sha256, fnBefore.body.code_sha256);
+      const recs = await api<unknown[]>(gw(0), 'GET', '/api/functions/hello/invocations?limit=1000');
+      assert.ok(recs.body.length >= recsBefore.body.length && recs.body.length > 0, `${recs.body.length} records after restart, ${recsBefore.body.length} before`);
+      const r = await invoke(gw(0), 'hello');
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.json['version'], 'v2');
+    });
+
+    it('nothing orphaned: every aether process exits, no sandbox outlives its agent', { timeout: 60_000 }, async () => {
+      const live = (await instances('hello')).map((i) => i.instance_id);
+      for (const g of gateways.splice(0)) assert.equal(await g.stop(), 0, g.output().slice(-2000));
+      for (const [id, a] of [...agents]) {
+        assert.equal(await a.stop(), 0, a.output().slice(-2000));
+        agents.delete(id);
+      }
+      for (const pid of pids) assert.equal(pidAlive(pid), false, `aether pid ${pid} still running`);
+      for (const id of [...orphanCandidates, ...live]) await eventually(async () => sandboxPids(id).length === 0, 10_000);
+    });
+  });
+}
