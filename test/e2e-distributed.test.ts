@@ -150,11 +150,13 @@ if (skip) {
       });
     });
 
-    it('kill -9 of an agent with warm instances: load keeps going, served by another agent', { timeout: 90_000 }, async () => {
+    it('kill -9 of an agent with warm instances: load keeps going, served by another agent', { timeout: 90_000 }, async (t) => {
       const insts = await instances('hello');
       const victimId = insts[0]?.agent_id;
       assert.ok(victimId && agents.has(victimId), `owning agent of ${JSON.stringify(insts)} is one of ours`);
       for (const i of insts) if (i.agent_id === victimId) orphanCandidates.add(i.instance_id);
+      // The /proc scan below sees a live sandbox (else "no sandbox left" would prove nothing).
+      for (const id of orphanCandidates) assert.ok(sandboxPids(id).length > 0, `sandbox of ${id} visible before the kill`);
       const victim = agents.get(victimId) as RunningPlatform;
 
       // Two sequential clients (one per gateway) for ~2 s before and ~16 s after the kill.
@@ -176,9 +178,9 @@ if (skip) {
       await load;
 
       const failed = results.filter((r) => r.status !== 200);
+      t.diagnostic(`${results.length} requests, ${failed.length} failed: ${failed.map((f) => `${f.status} at kill${f.start - killedAt >= 0 ? '+' : ''}${f.start - killedAt} ms`).join(', ')}`);
       // Only a request in flight at the kill may fail: at most one per client.
-      const inFlightAtKill = failed.filter((r) => r.start <= killedAt && r.end >= killedAt);
-      assert.ok(failed.length - inFlightAtKill.length === 0 || failed.every((r) => r.start < killedAt + LEASE_TTL_MS + 3000), `failures after lease TTL: ${JSON.stringify(failed.slice(0, 3))}`);
+      assert.ok(failed.every((r) => r.start < killedAt + LEASE_TTL_MS + 3000), `failures after lease TTL: ${JSON.stringify(failed.slice(0, 3))}`);
       assert.ok(failed.length <= 2, `${failed.length} of ${results.length} failed: ${JSON.stringify(failed.slice(0, 3))}`);
       const late = results.filter((r) => r.start > killedAt + LEASE_TTL_MS + 3000);
       assert.ok(late.length >= 4, `load kept going after the lease TTL (${late.length} requests)`);
@@ -190,18 +192,17 @@ if (skip) {
       for (const id of orphanCandidates) assert.deepEqual(sandboxPids(id), [], `sandbox of ${id} outlived its agent`);
     });
 
-    it('kill -9 of the only agent during a cold start: the request completes on a new agent, never hangs', { timeout: 120_000 }, async () => {
+    it('kill -9 of the only agent during a cold start: the request completes on a new agent, never hangs', { timeout: 120_000 }, async (t) => {
       assert.equal(agents.size, 1);
       const [aId, a] = [...agents][0] as [string, RunningPlatform];
       await deploy('slowstart', HANDLER('slow', 3000), { timeout_ms: 60_000 });
-      const t0 = Date.now();
       const pending = invoke(gw(0), 'slowstart', 90_000);
-      await eventually(async () => (await instances('slowstart')).some((i) => i.agent_id === aId) || undefined, 5000, 50).catch(() => undefined);
-      await sleep(1000 - Math.min(1000, Date.now() - t0));
+      await sleep(1000);
       await a.kill();
       agents.delete(aId);
       const bId = await startAgent();
       const r = await pending;
+      t.diagnostic(`cold start interrupted by kill -9: ${r.status} ${r.text.slice(0, 200)}`);
       if (r.status === 200) {
         assert.equal(r.json['version'], 'slow');
         const insts = await instances('slowstart');

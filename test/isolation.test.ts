@@ -185,6 +185,27 @@ describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
     await b.inst.stop();
   });
 
+  it("hides sibling functions' code when the code cache is outside the data dir", async () => {
+    const cache = await mkdtemp(join(base, 'cache-'));
+    try {
+      const mk = (name: string): string => {
+        const d = join(cache, name);
+        mkdirSync(d, { mode: 0o755 });
+        writeFileSync(join(d, 'probe.js'), probeSrc, { mode: 0o644 });
+        return d;
+      };
+      const x = mk('fn-x');
+      const y = mk('fn-y');
+      const { inst, probe } = await runProbe(x, { otherCodeFile: join(y, 'probe.js'), otherCodeDir: y, dataDir, connect: {} });
+      assert.equal(probe.readOwnCode.ok, true);
+      assert.equal(probe.readOtherCode.code, 'ENOENT');
+      assert.equal(probe.listOtherCode.code, 'ENOENT');
+      await inst.stop();
+    } finally {
+      await rm(cache, { recursive: true, force: true });
+    }
+  });
+
   it('kills a memory hog with reason oom', async () => {
     const mb = 96;
     const dir = codeDir('hog', {

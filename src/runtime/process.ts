@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { accessSync, chmodSync, constants, existsSync, mkdirSync, readdirSync, readlinkSync, rmdirSync, unlinkSync } from 'node:fs';
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, readdirSync, readlinkSync, realpathSync, rmdirSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
@@ -23,7 +23,10 @@ export interface ProcessRuntimeOptions {
   nodeBin?: string;
   /** Interpreter for python functions (default /usr/bin/python3). */
   pythonBin?: string;
-  /** More host dirs to hide from instances (tmpfs over them), e.g. the platform's data dir when dataDir is inside it. */
+  /**
+   * More host dirs to hide from instances (tmpfs over them), e.g. the platform's data dir when
+   * dataDir is inside it. The parent of each instance's code dir (the code cache) is always hidden.
+   */
   hidePaths?: string[];
 }
 
@@ -97,7 +100,7 @@ interface Ctx {
   uidBase: number;
   nextUid: number;
   pool: ForwarderPool | undefined;
-  /** Outermost-first, none inside another. */
+  /** Dirs hidden from every instance (dataDir + hidePaths, the ones safe to hide). */
   hide: string[];
 }
 
@@ -132,8 +135,12 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     uidBase: UID_BASE + (createHash('sha256').update(agentId).digest().readUInt16BE(0) % 64) * 10_000,
     nextUid: 0,
     pool: undefined,
-    hide: outermost([dataDir, ...(opts.hidePaths ?? []).map((p) => resolve(p))]),
+    hide: [],
   };
+  for (const d of [dataDir, ...(opts.hidePaths ?? []).map((p) => resolve(p))]) {
+    if (safeToHide(ctx, d)) ctx.hide.push(d);
+    else if (mode === 'namespaces') logger.warn({ dir: d }, 'process runtime: not hiding a system dir or one holding an interpreter');
+  }
   if (mode === 'namespaces') {
     // root-owned 0700: only the agent (root) may connect to instances' sockets
     mkdirSync(socketsDir, { recursive: true, mode: 0o700 });
@@ -179,6 +186,20 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       removeAgentDirs(ctx);
     },
   };
+}
+
+/** OS dirs, and dirs holding the interpreters: a tmpfs over them would break every program. */
+const SYSTEM_DIRS = new Set(['/', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32', '/usr', '/etc', '/proc', '/sys', '/dev', '/run']);
+function safeToHide(ctx: Ctx, dir: string): boolean {
+  if (SYSTEM_DIRS.has(dir)) return false;
+  const bins = [ctx.nodeBin, ctx.pythonBin].map((b) => {
+    try {
+      return realpathSync(b);
+    } catch {
+      return b;
+    }
+  });
+  return !bins.some((b) => b === dir || b.startsWith(`${dir}/`));
 }
 
 /** The dirs not inside another one of the list (hiding a parent hides its children). */
@@ -477,13 +498,15 @@ class ProcessInstance implements RuntimeInstance {
     if (!(await fwd.netnsReady())) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the forwarder could not start`);
     if (this.#stopRequested) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} was stopped while starting`);
     const uid = ctx.uidBase + (ctx.nextUid++ % 10_000);
+    // "over any other function's code": the code dir's parent is the code cache
+    const hide = outermost([...ctx.hide, ...[dirname(codeDir)].filter((d) => safeToHide(ctx, d))]);
     const tmpMb = Math.max(16, Math.floor(spec.memoryMb));
     const args = [
       '--pdeathsig', 'KILL', '--',
       t.nsenter, `--net=/proc/${fwd.child.pid}/ns/net`, '--',
       t.unshare, ...NS_FLAGS, '--',
       t.perl, LAUNCHER, ...cg.procsFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string,
-      String(ctx.hide.length), ...ctx.hide, ...argv,
+      String(hide.length), ...hide, ...argv,
     ];
     this.#endpoint = { kind: 'unix', path: this.#sockPath };
     // root tools run with a bare environment; the program's env goes through stdin (see launch.pl)
