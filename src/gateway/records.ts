@@ -44,10 +44,11 @@ export class InvocationRecorder {
     if (batch.length === 0) return;
     this.#buffer = [];
     this.#flushing = (async () => {
-      for (let i = 0; i < batch.length; i++) {
-        const rec = batch[i] as InvocationRecord;
+      // One store transaction per chunk instead of one write per record (etcd allows 128 ops per txn).
+      for (let i = 0; i < batch.length; i += 100) {
+        const chunk = batch.slice(i, i + 100);
         try {
-          await this.#store.put(KEYS.invocation(rec.function_id, rec.id), JSON.stringify(rec));
+          await this.#store.txn([], chunk.map((rec) => ({ type: 'put' as const, key: KEYS.invocation(rec.function_id, rec.id), value: JSON.stringify(rec) })));
         } catch (err) {
           // Store briefly down: keep what is left, in order, and retry later.
           this.#buffer = batch.slice(i).concat(this.#buffer);
@@ -55,11 +56,13 @@ export class InvocationRecorder {
           this.#schedule(1000);
           return;
         }
-        const n = (this.#writesSinceTrim.get(rec.function_id) ?? 0) + 1;
-        this.#writesSinceTrim.set(rec.function_id, n);
-        if (n >= Math.max(50, this.#keep / 10)) {
-          this.#writesSinceTrim.set(rec.function_id, 0);
-          await this.#trim(rec.function_id).catch(() => undefined);
+        for (const rec of chunk) {
+          const n = (this.#writesSinceTrim.get(rec.function_id) ?? 0) + 1;
+          this.#writesSinceTrim.set(rec.function_id, n);
+          if (n >= Math.max(50, this.#keep / 10)) {
+            this.#writesSinceTrim.set(rec.function_id, 0);
+            await this.#trim(rec.function_id).catch(() => undefined);
+          }
         }
       }
     })();
@@ -72,8 +75,10 @@ export class InvocationRecorder {
 
   async #trim(fnId: string): Promise<void> {
     const { kvs } = await this.#store.list(KEYS.invocationsOf(fnId));
-    const excess = kvs.length - this.#keep;
-    for (let i = 0; i < excess; i++) await this.#store.delete((kvs[i] as { key: string }).key);
+    const excess = kvs.slice(0, Math.max(0, kvs.length - this.#keep));
+    for (let i = 0; i < excess.length; i += 100) {
+      await this.#store.txn([], excess.slice(i, i + 100).map((kv) => ({ type: 'delete' as const, key: kv.key })));
+    }
   }
 
   async close(): Promise<void> {

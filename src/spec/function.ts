@@ -111,5 +111,13 @@ export const RUNTIME_FIELDS = [
 
 /** Hash of everything an instance was started with: instances with another hash are stale. */
 export function instanceConfigKey(fn: FunctionRecord): string {
-  return JSON.stringify(RUNTIME_FIELDS.map((f) => fn[f]));
+  // Called on the warm path for every request: records are immutable once stored, so cache per object.
+  let key = configKeys.get(fn);
+  if (key === undefined) {
+    key = JSON.stringify(RUNTIME_FIELDS.map((f) => fn[f]));
+    configKeys.set(fn, key);
+  }
+  return key;
 }
+
+const configKeys = new WeakMap<FunctionRecord, string>();
