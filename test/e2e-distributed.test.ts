@@ -168,6 +168,7 @@ if (skip) {
           const start = Date.now();
           const r = await invoke(g, 'hello', 30_000).catch((err: unknown) => ({ status: 0, text: String(err), json: {} }));
           results.push({ start, end: Date.now(), status: r.status, text: r.text });
+          await sleep(20); // bounded load: at most ~50 requests/s per client
         }
       };
       const load = Promise.all([client(gw(0)), client(gw(1))]);
@@ -228,6 +229,10 @@ if (skip) {
           assert.equal(r.status, 200, `during the etcd outage: ${r.text}`);
           assert.equal(r.json['version'], 'v1');
         }
+        // The outage is real: a write through the API is refused, not hung.
+        const refused = await api<{ error: { code: string } }>(gw(0), 'POST', '/api/functions', { name: 'during-etcd', runtime: 'node' });
+        assert.equal(refused.status, 503, JSON.stringify(refused.body));
+        assert.equal(refused.body.error.code, 'AETHER_ERR_UNAVAILABLE');
       } finally {
         await etcd.restart();
       }
@@ -251,6 +256,11 @@ if (skip) {
           const r = await invoke(gw(i % 2), 'hello', 20_000);
           assert.equal(r.status, 200, `during the Redis outage: ${r.text}`);
         }
+        // The outage is real: a cold start cannot be queued and says so.
+        await deploy('during-redis', HANDLER('x'));
+        const cold = await invoke(gw(0), 'during-redis', 30_000);
+        assert.equal(cold.status, 503, cold.text);
+        assert.equal((cold.json['error'] as { code: string }).code, 'AETHER_ERR_UNAVAILABLE');
       } finally {
         await redis.restart();
       }
