@@ -60,7 +60,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     const host = await probeHost();
     out(`host: ${JSON.stringify({ root: host.root, namespaces: host.namespaces, cgroups: host.cgroups, kvm: host.kvm, qemu: host.qemu, firecracker: host.firecracker, isolation: host.isolation })}`);
     const agentId = stableAgentId(cfg.dataDir, cfg.agentId);
-    const runtime = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger });
+    const runtime = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger, hidePaths: [cfg.dataDir] });
     if (runtime.isolation === 'none') out('WARNING: sandboxes are plain child processes (no namespaces/cgroups): run as root for isolation; see `aether doctor`');
     let url = 'local://in-process';
     let server: ReturnType<typeof createServer> | undefined;

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { findV1Mounts, v1Usable, v2HasControllers } from './cgroup.ts';
 
@@ -64,7 +64,10 @@ export async function probeHost(): Promise<HostReport> {
   let kvm = false;
   try {
     accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
-    kvm = true;
+    // A /dev/kvm node can exist inside a VM without nested virtualisation: KVM then fails to start.
+    const cpu = process.arch === 'x64' ? readFileSync('/proc/cpuinfo', 'utf8') : 'vmx';
+    kvm = /\b(vmx|svm)\b/.test(cpu);
+    if (!kvm) notes.push('/dev/kvm exists but the CPU exposes no vmx/svm (no nested virtualisation): KVM cannot run');
   } catch {
     notes.push(existsSync('/dev/kvm') ? '/dev/kvm exists but is not accessible' : 'no /dev/kvm: VMs only through QEMU TCG (slow), no Firecracker');
   }

@@ -168,11 +168,11 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
         for (let i = 0; i < 100 && !cg.remove(); i++) await delay(10);
         logger.info({ instanceId: id }, 'removed a leftover sandbox');
       }
-      const keep = ctx.pool?.paths() ?? new Set<string>();
       try {
         for (const name of readdirSync(socketsDir)) {
+          // our own forwarders' temporary sockets and live instances' sockets stay
+          if (name.startsWith(`.fwd-${process.pid}-`) || live.has(name.replace(/\.sock$/, ''))) continue;
           const path = join(socketsDir, name);
-          if (keep.has(path) || live.has(name.replace(/\.sock$/, ''))) continue;
           unlinkSync(path);
         }
       } catch {
@@ -338,9 +338,6 @@ class ForwarderPool {
     if (i < 0) i = this.#idle.findIndex((f) => !f.exited);
     return i >= 0 ? this.#idle.splice(i, 1)[0]! : this.#spawn();
   }
-  paths(): Set<string> {
-    return new Set(this.#idle.map((f) => f.tmpPath));
-  }
   close(): void {
     this.#closed = true;
     for (const f of this.#idle.splice(0)) f.kill();
@@ -407,6 +404,7 @@ class ProcessInstance implements RuntimeInstance {
   #logs: LogHub;
   #exitStarted = false;
   #stopRequested = false;
+  #forwarderLost = false;
   /** Wakes a waitReady poll early (the forwarder reported ready). */
   #wake: (() => void) | undefined;
 
@@ -493,7 +491,11 @@ class ProcessInstance implements RuntimeInstance {
       () => this.#wake?.(),
     );
     fwd.child.once('exit', (code, signal) => {
-      if (!this.#exitStarted) this.#logs.emit('system', `forwarder exited (code ${code}, signal ${signal})`);
+      if (this.#exitStarted) return;
+      // without its forwarder the instance is unreachable: end it
+      this.#logs.emit('system', `forwarder exited (code ${code}, signal ${signal})`);
+      this.#forwarderLost = true;
+      this.#signal('SIGKILL');
     });
     if (!(await fwd.netnsReady())) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the forwarder could not start`);
     if (this.#stopRequested) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} was stopped while starting`);
@@ -589,6 +591,7 @@ class ProcessInstance implements RuntimeInstance {
         // never published
       }
     }
+    if (this.#forwarderLost && !info.reason) info.reason = 'its forwarder exited';
     if (spawnError) info.reason = spawnError;
     this.#exit = info;
     this.#state = 'exited';
