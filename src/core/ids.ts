@@ -13,8 +13,18 @@ export function newId(prefix: string, nowMs: number = Date.now()): string {
     t = ALPHABET[n % 32] + t;
     n = Math.floor(n / 32);
   }
-  const rnd = randomBytes(11);
   let r = '';
-  for (const b of rnd) r += ALPHABET[b % 32];
+  for (let i = 0; i < 11; i++) r += ALPHABET[nextRandomByte() % 32];
   return `${prefix}-${t}${r}`;
+}
+
+// Ids are minted on every invocation: draw random bytes in blocks instead of one syscall per id.
+let pool = Buffer.alloc(0);
+let offset = 0;
+function nextRandomByte(): number {
+  if (offset >= pool.length) {
+    pool = randomBytes(4096);
+    offset = 0;
+  }
+  return pool[offset++] as number;
 }

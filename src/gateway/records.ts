@@ -59,7 +59,8 @@ export class InvocationRecorder {
         for (const rec of chunk) {
           const n = (this.#writesSinceTrim.get(rec.function_id) ?? 0) + 1;
           this.#writesSinceTrim.set(rec.function_id, n);
-          if (n >= Math.max(50, this.#keep / 10)) {
+          // Trim every keep/2 writes: a function holds between keep and 1.5 x keep records.
+          if (n >= Math.max(50, this.#keep / 2)) {
             this.#writesSinceTrim.set(rec.function_id, 0);
             await this.#trim(rec.function_id).catch(() => undefined);
           }
