@@ -52,12 +52,24 @@ sub mnt {
   syscall($SYS_mount, $src, $dst, $type, $flags, $opts) == 0 or fail("mount $dst");
 }
 sysopen(my $codefh, $code, 0) or fail("open $code");
+# The interpreter may live under a dir about to be hidden (a checkout in /tmp brings its own node):
+# hold its directory now and bind it back read-only after the tmpfs mounts.
+my ($bindir) = $argv[0] =~ m{^(/.+)/[^/]+$};
+my $binfh;
+undef $binfh unless defined $bindir && sysopen($binfh, $bindir, 0);
 my $nosd = $MS_NOSUID | $MS_NODEV;
 mnt('aether-hidden', $_, 'tmpfs', $nosd, 'mode=0755,size=1m') for @hide;
 mnt('aether-tmp', '/tmp', 'tmpfs', $nosd, "mode=1777,size=${tmp_mb}m");
 mnt('aether-tmp', '/var/tmp', 'tmpfs', $nosd, "mode=1777,size=${tmp_mb}m") if -d '/var/tmp';
 mnt('aether-shm', '/dev/shm', 'tmpfs', $nosd, "mode=1777,size=${tmp_mb}m") if -d '/dev/shm';
 mnt('aether-run', '/run', 'tmpfs', $nosd, 'mode=0755,size=1m');
+if ($binfh && !-e $argv[0]) {
+  my $p = '';
+  for my $part (grep { length } split m{/}, $bindir) { $p .= "/$part"; mkdir $p; }
+  mnt('/proc/self/fd/' . fileno($binfh), $bindir, 0, $MS_BIND, 0);
+  mnt(0, $bindir, 0, $MS_BIND | $MS_REMOUNT | $MS_RDONLY | $nosd, 0);
+}
+close($binfh) if $binfh;
 my $target = '/run/aether/code';
 mkdir '/run/aether' or fail('mkdir /run/aether');
 mkdir $target or fail("mkdir $target");
