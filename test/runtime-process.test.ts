@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { silentLogger } from '../src/core/index.ts';
-import { createProcessRuntime, runtimeContract } from '../src/runtime/index.ts';
+import { createProcessRuntime, requestEndpoint, runtimeContract } from '../src/runtime/index.ts';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -36,5 +36,33 @@ describe('process runtime modes', () => {
     assert.equal(b.runtime.isolation, 'none');
     await a.cleanup();
     await b.cleanup();
+  });
+});
+
+describe('interpreter location', () => {
+  // A clone under /tmp brings its own node there, and /tmp is replaced by a private tmpfs.
+  it('runs a node that lives under a hidden dir (/tmp)', { skip: isRoot ? false : 'not root' }, async () => {
+    const binDir = await mkdtemp(join(tmpdir(), 'aether-nodebin-'));
+    await chmod(binDir, 0o755);
+    const nodeBin = join(binDir, 'node');
+    await copyFile(process.execPath, nodeBin);
+    await chmod(nodeBin, 0o755);
+    const dataDir = await mkdtemp(join(tmpdir(), 'aether-rt-bin-'));
+    const codeDir = join(dataDir, 'code', 'x');
+    await mkdir(codeDir, { recursive: true });
+    await writeFile(join(codeDir, 'handler.js'), "require('http').createServer((q, s) => s.end(process.execPath)).listen(Number(process.env.PORT));");
+    const runtime = createProcessRuntime({ dataDir, agentId: `bin-${process.pid}`, isolation: 'namespaces', logger: silentLogger(), nodeBin });
+    try {
+      const inst = await runtime.create({ instanceId: 'inst-bin', functionId: 'fn-bin', functionName: 'bin', runtime: 'node', entrypoint: 'handler.js', codeDir, env: {}, port: 3000, memoryMb: 128, vcpu: 1, pidsMax: 64 });
+      await inst.start();
+      await inst.waitReady(15_000);
+      const r = await requestEndpoint(inst.endpoint, { path: '/' });
+      assert.equal(r.status, 200);
+      await inst.stop();
+    } finally {
+      await runtime.close();
+      await rm(dataDir, { recursive: true, force: true });
+      await rm(binDir, { recursive: true, force: true });
+    }
   });
 });
