@@ -8,6 +8,11 @@ import { ZipFile } from 'yazl';
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const AETHER_BIN = join(ROOT, 'bin/aether.mjs');
 
+const children = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+});
+
 export interface RunningPlatform {
   url: string;
   token: string;
@@ -28,6 +33,12 @@ export async function startAether(opts: { args?: string[]; env?: Record<string, 
   const env: Record<string, string> = { ...(process.env as Record<string, string>), AETHER_ADMIN_TOKEN: token, AETHER_LOG_LEVEL: 'warn', ...opts.env };
   delete env['NODE_EXTRA_CA_CERTS'];
   const proc = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // A failed assertion must not leave the test file waiting on a live child: let it exit, then kill.
+  proc.unref();
+  (proc.stdout as unknown as { unref(): void }).unref();
+  (proc.stderr as unknown as { unref(): void }).unref();
+  children.add(proc);
+  proc.once('exit', () => children.delete(proc));
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr?.on('data', (d: Buffer) => (out += d.toString()));
