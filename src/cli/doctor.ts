@@ -1,18 +1,10 @@
 import type { Command } from 'commander';
+import type { HostReport } from '../runtime/index.ts';
 import { runAction } from './output.ts';
 import type { CliDeps, GlobalOptions } from './output.ts';
 
 /** What src/runtime's probeHost() reports about this machine. */
-export interface HostProbe {
-  root: boolean;
-  namespaces: boolean;
-  cgroups: 'v1' | 'v2' | 'none';
-  kvm: boolean;
-  qemu: boolean;
-  firecracker: boolean;
-  isolation: 'namespaces+cgroups' | 'none';
-  notes: string[];
-}
+export type HostProbe = HostReport;
 
 /** Exactly the documented keys, in order (a probe may carry more). */
 export function doctorJson(p: HostProbe): string {

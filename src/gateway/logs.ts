@@ -2,18 +2,10 @@ import { request } from 'undici';
 import type { Logger } from '../core/index.ts';
 import type { AgentRecord } from '../spec/index.ts';
 
-export interface LogEntry {
-  time: number;
-  instance_id: string;
-  stream: 'stdout' | 'stderr' | 'system';
-  text: string;
-}
+import type { LogEntry, LogSource } from './api.ts';
 
 /** Where the gateway reads function logs: the in-process agent, or every agent over HTTP. */
-export interface LogSource {
-  tail(fnId: string, n: number): Promise<LogEntry[]>;
-  follow(fnId: string, onEntry: (e: LogEntry) => void, signal: AbortSignal): void;
-}
+export type { LogEntry, LogSource };
 
 export interface LocalLogs {
   tailLogs(fnId: string, n: number): LogEntry[];

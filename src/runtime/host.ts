@@ -17,8 +17,9 @@ export interface HostReport {
 
 const PATHS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
 
-function findBin(name: string): string | undefined {
-  for (const dir of PATHS) {
+/** First executable `name` in `dirs` (a fixed list, not the caller's PATH). */
+export function findBin(name: string, dirs: readonly string[] = PATHS): string | undefined {
+  for (const dir of dirs) {
     const p = join(dir, name);
     try {
       accessSync(p, constants.X_OK);

@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { accessSync, chmodSync, constants, existsSync, mkdirSync, readdirSync, readlinkSync, realpathSync, rmdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readlinkSync, realpathSync, rmdirSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
@@ -8,6 +8,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../core/index.ts';
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, v1Usable, type Controller } from './cgroup.ts';
+import { findBin } from './host.ts';
 import { LineSplitter, LogHub } from './logs.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './types.ts';
 
@@ -63,16 +64,7 @@ interface Tools {
 type SandboxTools = { [K in keyof Tools]: string };
 
 function which(name: string): string | undefined {
-  for (const dir of TOOL_PATH.split(':')) {
-    const p = join(dir, name);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // next
-    }
-  }
-  return undefined;
+  return findBin(name, TOOL_PATH.split(':'));
 }
 
 /** Why namespaces mode cannot run here, or undefined when it can. */
