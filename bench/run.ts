@@ -7,60 +7,15 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
 import { api, startAether, zipFiles } from '../test/support/platform.ts';
+import { coldStart, freePort, HANDLER, load, pct, writeResults, type Target } from './lib.ts';
 
 const DURATION_MS = Number(process.env['BENCH_DURATION_MS'] ?? 5000);
 const COLD_RUNS = Number(process.env['BENCH_COLD_RUNS'] ?? 20);
-const HANDLER = "require('http').createServer((req, res) => res.end('ok')).listen(Number(process.env.PORT));\n";
-
-type Target = { origin: string; socketPath?: string; path: string };
-
-async function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
-}
-
-function pct(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
-}
-
-async function load(t: Target, connections: number, durationMs: number): Promise<{ p50: number; p99: number; rps: number; errors: number }> {
-  const pool = new Pool(t.origin, { connections, pipelining: 1, ...(t.socketPath ? { socketPath: t.socketPath } : {}) });
-  const lat: number[] = [];
-  let errors = 0;
-  // warm-up
-  await Promise.all(Array.from({ length: connections }, async () => {
-    for (let i = 0; i < 20; i++) await (await pool.request({ path: t.path, method: 'GET' })).body.text();
-  }));
-  const end = performance.now() + durationMs;
-  const start = performance.now();
-  await Promise.all(Array.from({ length: connections }, async () => {
-    while (performance.now() < end) {
-      const t0 = performance.now();
-      try {
-        const r = await pool.request({ path: t.path, method: 'GET' });
-        await r.body.text();
-        if (r.statusCode !== 200) errors++;
-      } catch {
-        errors++;
-      }
-      lat.push(performance.now() - t0);
-    }
-  }));
-  const elapsed = performance.now() - start;
-  await pool.close();
-  lat.sort((a, b) => a - b);
-  return { p50: pct(lat, 50) * 1000, p99: pct(lat, 99) * 1000, rps: (lat.length / elapsed) * 1000, errors };
-}
 
 async function startNginx(upstream: { socketPath?: string; hostPort?: string }, dir: string): Promise<{ origin: string; stop(): void }> {
   const port = await freePort();
@@ -151,13 +106,7 @@ async function main(): Promise<void> {
     const cold: number[] = [];
     for (let i = 0; i < COLD_RUNS; i++) {
       const name = `cold-${i}`;
-      await api(p, 'POST', '/api/functions', { name, runtime: 'node' });
-      await api(p, 'POST', `/api/functions/${name}/code`, zip);
-      const t0 = performance.now();
-      const r = await fetch(`${p.url}/functions/${name}/`);
-      await r.text();
-      cold.push(performance.now() - t0);
-      if (r.headers.get('x-aether-cold-start') !== 'true') throw new Error('expected a cold start');
+      cold.push(await coldStart(p, name, zip));
       await api(p, 'DELETE', `/api/functions/${name}`);
     }
     const bareDir = join(work, 'bare');
@@ -173,10 +122,7 @@ async function main(): Promise<void> {
   } finally {
     await p.stop();
   }
-  const dir = resolve(import.meta.dirname, 'results');
-  mkdirSync(dir, { recursive: true });
-  const file = join(dir, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+  const file = writeResults(results);
   console.log(`\nwritten ${file}`);
 }
 

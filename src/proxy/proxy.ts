@@ -117,37 +117,76 @@ function hasBody(req: IncomingMessage): boolean {
   return req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
 }
 
-export async function forward(req: IncomingMessage, res: ServerResponse, target: ForwardTarget, opts: ForwardOptions = {}): Promise<{ status: number }> {
+/**
+ * Stream `req` to the upstream and its answer into `res`. Built on undici's raw dispatch API (no
+ * intermediate streams or promises per chunk): the warm path's hot loop.
+ */
+export function forward(req: IncomingMessage, res: ServerResponse, target: ForwardTarget, opts: ForwardOptions = {}): Promise<{ status: number }> {
   const pool = poolFor(target.endpoint);
-  let status = 0;
-  const options: Dispatcher.RequestOptions = {
-    path: target.path,
-    method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
-    headers: requestHeaders(req, target.headers),
-    body: hasBody(req) ? req : null,
-    signal: opts.signal ?? null,
-  };
-  try {
-    await pool.stream(options, ({ statusCode, headers }) => {
-      if (opts.retryable && headers[RETRYABLE_HEADER] !== undefined) throw new ProxyError('instance unavailable at its agent', 'connect', false);
-      status = statusCode;
-      const out: Record<string, string | string[]> = {};
-      for (const [k, v] of Object.entries(headers)) {
-        if (v === undefined || HOP_BY_HOP.has(k)) continue;
-        out[k] = v;
-      }
-      if (opts.responseHeaders) Object.assign(out, opts.responseHeaders);
-      res.writeHead(statusCode, out);
-      return res;
-    });
-  } catch (err) {
-    if (err instanceof ProxyError) throw err;
-    const e = err as { code?: string; name?: string; message?: string };
-    if (opts.signal?.aborted) throw new ProxyError('request aborted', 'aborted', res.headersSent, err);
-    const connect = !res.headersSent && isConnectError(e.code);
-    throw new ProxyError(e.message ?? 'upstream failed', connect ? 'connect' : 'upstream', res.headersSent, err);
-  }
-  return { status };
+  return new Promise((resolve, reject) => {
+    let status = 0;
+    let controller: Dispatcher.DispatchController | undefined;
+    let settled = false;
+    const signal = opts.signal;
+    const onAbort = (): void => controller?.abort(signal?.reason ?? new Error('aborted'));
+    const done = (err?: ProxyError): void => {
+      if (settled) return;
+      settled = true;
+      signal?.removeEventListener('abort', onAbort);
+      if (err) reject(err);
+      else resolve({ status });
+    };
+    const onDrain = (): void => controller?.resume();
+    const handler: Dispatcher.DispatchHandler = {
+      onRequestStart(c) {
+        controller = c;
+        if (signal?.aborted) c.abort(signal.reason);
+      },
+      onResponseStart(c, statusCode, headers) {
+        if (opts.retryable && headers[RETRYABLE_HEADER] !== undefined) {
+          c.abort(new ProxyError('instance unavailable at its agent', 'connect', false));
+          return;
+        }
+        status = statusCode;
+        const out: Record<string, string | string[]> = {};
+        for (const k in headers) {
+          const v = headers[k];
+          if (v === undefined || HOP_BY_HOP.has(k)) continue;
+          out[k] = v;
+        }
+        if (opts.responseHeaders) Object.assign(out, opts.responseHeaders);
+        res.writeHead(statusCode, out);
+      },
+      onResponseData(c, chunk) {
+        // Backpressure: a slow client pauses the upstream instead of buffering in memory.
+        if (!res.write(chunk)) {
+          c.pause();
+          res.once('drain', onDrain);
+        }
+      },
+      onResponseEnd() {
+        res.end();
+        done();
+      },
+      onResponseError(_c, err) {
+        if (err instanceof ProxyError) return done(err);
+        const e = err as { code?: string; message?: string };
+        if (signal?.aborted) return done(new ProxyError('request aborted', 'aborted', res.headersSent, err));
+        const connect = !res.headersSent && isConnectError(e.code);
+        done(new ProxyError(e.message ?? 'upstream failed', connect ? 'connect' : 'upstream', res.headersSent, err));
+      },
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    pool.dispatch(
+      {
+        path: target.path,
+        method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
+        headers: requestHeaders(req, target.headers),
+        body: hasBody(req) ? req : null,
+      },
+      handler,
+    );
+  });
 }
 
 function isConnectError(code: string | undefined): boolean {

@@ -105,9 +105,13 @@ export class InstanceCgroups {
     return { memswLimited };
   }
 
-  /** The files the launcher writes itself into (before it execs anything else). */
-  procsFiles(): string[] {
-    return CONTROLLERS.map((c) => join(this.dirs[c], 'cgroup.procs'));
+  /**
+   * The files the launcher writes itself into (before it execs anything else): `tasks`, which
+   * moves only the writing thread and so skips the kernel's global threadgroup lock (an RCU grace
+   * period, ~10 ms); the launcher is single-threaded, so its whole process moves.
+   */
+  joinFiles(): string[] {
+    return CONTROLLERS.map((c) => join(this.dirs[c], 'tasks'));
   }
 
   /** Host pids of every process in the instance (the pids controller holds them all). */

@@ -2,9 +2,11 @@
 # uts, ipc (and usually net) namespaces, started by `unshare --fork --kill-child`. Perl (perl-base
 # is always there on Debian) because it does every step with plain syscalls in one ~2 ms process;
 # the same steps as `mount`/`ip`/`setpriv` commands cost ~25 ms of cold start.
-#  1. join the instance's cgroups, so everything after (the program and its children) is limited;
-#  2. read the program's environment from stdin (NUL-separated K=V), so root never runs with the
-#     user's variables (LD_PRELOAD, ...) and the values never appear on a command line;
+# It is usually started ahead of need (a warm spare, see process.ts) and blocks on stdin until the
+# runtime assigns it an instance, so everything before that read is off the cold-start path.
+#  1. read the whole assignment from stdin (below), so root never runs with the user's variables
+#     (LD_PRELOAD, ...) and the values never appear on a command line;
+#  2. join the instance's cgroups, so everything after (the program and its children) is limited;
 #  3. hide the platform's data dir (and other given dirs) and give private /tmp, /var/tmp, /dev/shm
 #     and /run (tmpfs; /run also holds host daemons' sockets);
 #  4. bind the code dir read-only at /run/aether/code, a neutral path (nothing of the host's layout
@@ -12,39 +14,45 @@
 #  5. bring loopback up when asked; 6. start the program as an unprivileged uid with no
 #     capabilities and no_new_privs, cwd = the code; 7. stay PID 1, reap, exit with its status
 #     (128+n when it died of signal n): PID 1 ignores SIGTERM, and the namespace dies with it.
-# Args: cgroup.procs x3, code dir, uid, tmpfs MiB, lo-up (0|1),
-#       syscall numbers "mount,setgroups,setresgid,setresuid,prctl", N, N dirs to hide, program argv...
+# No args. stdin, NUL-separated until EOF: the `tasks` files of the 3 cgroups, code dir, uid,
+#   tmpfs MiB, lo-up (0|1), syscall numbers "mount,setgroups,setresgid,setresuid,prctl", N, N dirs
+#   to hide, argc, argc program args, then the program's environment as K=V records.
 # No `use strict; use warnings;` here: loading them costs ~4 ms per start. The unit test checks the
 # file with both (perl -Mstrict -Mwarnings -c).
 
-my ($cg1, $cg2, $cg3, $code, $uid, $tmp_mb, $lo, $nrs, $nhide, @rest) = @ARGV;
 sub fail { print STDERR "aether launcher: $_[0]: $!\n"; exit 125; }
-my @hide = splice(@rest, 0, $nhide);
-my @argv = @rest;
-fail('usage') unless @argv;
+# 1. (blocks here while a spare)
+my @in;
+{
+  local $/;
+  my $raw = <STDIN> // '';
+  @in = split /\0/, $raw;
+}
+open(STDIN, '<', '/dev/null') or fail('stdin');
+fail('no assignment') unless @in >= 10;
+my ($cg1, $cg2, $cg3, $code, $uid, $tmp_mb, $lo, $nrs, $nhide) = splice(@in, 0, 9);
+my @hide = splice(@in, 0, $nhide);
+my $argc = shift(@in) // 0;
+my @argv = splice(@in, 0, $argc);
+fail('usage') unless @argv && @argv == $argc;
 my ($SYS_mount, $SYS_setgroups, $SYS_setresgid, $SYS_setresuid, $SYS_prctl) = map { $_ + 0 } split /,/, $nrs;
 $uid += 0;
 my ($MS_RDONLY, $MS_NOSUID, $MS_NODEV, $MS_REMOUNT, $MS_BIND) = (1, 2, 4, 32, 4096);
 my ($PR_CAPBSET_DROP, $PR_SET_NO_NEW_PRIVS) = (24, 38);
+my %env;
+for my $kv (@in) {
+  my ($k, $v) = split /=/, $kv, 2;
+  $env{$k} = $v if defined $v && length $k;
+}
 
-# 1. "0" = the writing process (pids are resolved in the writer's pid namespace)
+# 2. "0" = the writing thread. `tasks`, not `cgroup.procs`: moving one thread skips the kernel's
+# global threadgroup lock (an RCU grace period, ~10 ms); perl is single-threaded, so this moves the
+# whole process, and everything it forks later starts inside.
 for my $f ($cg1, $cg2, $cg3) {
   open(my $fh, '>', $f) or fail("open $f");
   defined(syswrite($fh, '0')) or fail("join cgroup $f");
   close($fh);
 }
-
-# 2.
-my %env;
-{
-  local $/;
-  my $raw = <STDIN> // '';
-  for my $kv (split /\0/, $raw) {
-    my ($k, $v) = split /=/, $kv, 2;
-    $env{$k} = $v if defined $v && length $k;
-  }
-}
-open(STDIN, '<', '/dev/null') or fail('stdin');
 
 # 3. + 4. (numbers are passed to syscall() as integers, strings as pointers, 0 as NULL)
 sub mnt {

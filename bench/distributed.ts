@@ -1,0 +1,185 @@
+/**
+ * `npm run bench:distributed`: embedded mode (`aether up`) next to distributed mode (etcd + Redis +
+ * Ceph radosgw, one `aether gateway` + one `aether agent`) in one run, same function and machine:
+ *   - warm requests through each gateway at 1 and 16 connections: p50/p99 latency, requests/s, and
+ *     the ratio distributed/embedded (distributed has one more hop: gateway -> agent -> instance);
+ *   - cold start (request -> first byte) of a fresh function: p50/p95 per mode, ratio distributed/embedded.
+ * Results are printed and written to bench/results/distributed-<date>.json. Never part of `npm test`.
+ * Every process it starts is stopped at the end (also on Ctrl-C), and it checks no sandbox is left.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { api, startAether, zipFiles, type RunningPlatform } from '../test/support/platform.ts';
+import { etcdAvailable, startEtcd, type EtcdServer } from '../test/support/etcd.ts';
+import { redisAvailable, startRedis, type RedisServer } from '../test/support/redis.ts';
+import { cephAvailable, startRadosgw, type Radosgw } from '../test/support/ceph.ts';
+import { coldStart, HANDLER, load, pct, writeResults, type LoadResult } from './lib.ts';
+
+const DURATION_MS = Number(process.env['BENCH_DURATION_MS'] ?? 4000);
+const COLD_RUNS = Number(process.env['BENCH_COLD_RUNS'] ?? 10);
+const CONNECTIONS = [1, 16];
+const MODES = ['embedded', 'distributed'] as const;
+type Mode = (typeof MODES)[number];
+
+interface InstanceRecord {
+  instance_id: string;
+  agent_id: string;
+  agent_url?: string;
+  endpoint: unknown;
+  status: string;
+}
+
+/** Every AETHER_INSTANCE_ID found in a live process's environment (sandboxes carry theirs). */
+function liveInstanceIds(): Set<string> {
+  const ids = new Set<string>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (stat.charAt(stat.lastIndexOf(')') + 2) === 'Z') continue;
+      for (const kv of readFileSync(`/proc/${d}/environ`, 'utf8').split('\0')) {
+        if (kv.startsWith('AETHER_INSTANCE_ID=')) ids.add(kv.slice('AETHER_INSTANCE_ID='.length));
+      }
+    } catch {
+      // gone meanwhile, or not ours to read
+    }
+  }
+  return ids;
+}
+
+function ratio(d: number, e: number): string {
+  return (d / e).toFixed(2);
+}
+
+async function main(): Promise<void> {
+  const missing = !etcdAvailable() ? 'etcd binary not found (apt-get install etcd-server)' : (redisAvailable() ?? cephAvailable());
+  if (missing) throw new Error(`bench:distributed needs etcd, Redis and Ceph: ${missing}`);
+
+  const work = mkdtempSync(join(tmpdir(), 'aether-bench-dist-'));
+  const token = randomBytes(16).toString('hex');
+  const procs: RunningPlatform[] = [];
+  let etcd: EtcdServer | undefined;
+  let redis: RedisServer | undefined;
+  let rgw: Radosgw | undefined;
+  /** Instance ids we saw, to prove at the end that none of their sandboxes outlived the run. */
+  const seenInstances = new Set<string>();
+
+  let cleaned: Promise<void> | undefined;
+  const cleanup = (): Promise<void> =>
+    (cleaned ??= (async () => {
+      // Agent last among aether processes: gateways stop routing first, then sandboxes go with the agent.
+      for (const p of [...procs].reverse()) await p.stop().catch(() => p.kill());
+      await Promise.allSettled([etcd?.cleanup(), redis?.stop(), rgw?.stop()]);
+      rmSync(work, { recursive: true, force: true });
+    })());
+  const onSignal = (sig: NodeJS.Signals): void => {
+    console.error(`\n${sig}: stopping everything this bench started`);
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  const results: Record<string, unknown> = { date: new Date().toISOString(), duration_ms: DURATION_MS, cold_runs: COLD_RUNS, node: process.version, root: process.getuid?.() === 0 };
+  try {
+    const t0 = Date.now();
+    const [e, r, g] = await Promise.allSettled([startEtcd(), startRedis(), startRadosgw()]);
+    if (e.status === 'fulfilled') etcd = e.value;
+    if (r.status === 'fulfilled') redis = r.value;
+    if (g.status === 'fulfilled') rgw = g.value;
+    for (const s of [e, r, g]) if (s.status === 'rejected') throw s.reason;
+    if (!etcd || !redis || !rgw) throw new Error('unreachable: backing services missing');
+    const flags = ['--store', `etcd://${etcd.endpoints[0]?.replace('http://', '')}`, '--queue', redis.url, '--blob', `s3://aether-code?endpoint=${rgw.endpoint}&region=us-east-1`];
+    const env = { AETHER_LOG_LEVEL: 'error', AWS_ACCESS_KEY_ID: rgw.accessKeyId, AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey };
+    const start = async (role: 'up' | 'gateway' | 'agent', args: string[], e2: Record<string, string>): Promise<RunningPlatform> => {
+      const dataDir = join(work, role);
+      mkdirSync(dataDir);
+      const p = await startAether({ role, token, dataDir, args, env: e2 });
+      procs.push(p);
+      return p;
+    };
+    const up = await start('up', [], { AETHER_LOG_LEVEL: 'error' });
+    const gw = await start('gateway', flags, env);
+    await start('agent', [...flags, '--port', '0', '--advertise', '127.0.0.1'], env);
+    console.log(`started etcd, Redis, radosgw, aether up, aether gateway + agent in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    const gateways: Record<Mode, RunningPlatform> = { embedded: up, distributed: gw };
+
+    // Warm: one always-on instance per mode, same code.
+    const zip = await zipFiles({ 'handler.js': HANDLER });
+    const instances: Record<string, InstanceRecord[]> = {};
+    for (const mode of MODES) {
+      const p = gateways[mode];
+      await api(p, 'POST', '/api/functions', { name: 'bench', runtime: 'node', max_instances: 1, min_instances: 1 });
+      const upl = await api(p, 'POST', '/api/functions/bench/code', zip);
+      if (upl.status !== 200) throw new Error(`${mode}: upload: ${upl.status} ${JSON.stringify(upl.body)}`);
+      const first = await fetch(`${p.url}/functions/bench/`);
+      const text = await first.text();
+      if (first.status !== 200) throw new Error(`${mode}: first request: ${first.status} ${text}`);
+      const inst = await api<InstanceRecord[]>(p, 'GET', '/api/functions/bench/instances');
+      instances[mode] = inst.body;
+      for (const i of inst.body) seenInstances.add(i.instance_id);
+    }
+    const remote = instances['distributed']?.[0]?.agent_url;
+    if (!remote) throw new Error(`distributed instance has no agent_url: ${JSON.stringify(instances['distributed'])}`);
+    results['instances'] = instances;
+
+    const warm: Record<string, Record<string, unknown>> = {};
+    const warmRows: string[] = [];
+    for (const c of CONNECTIONS) {
+      const row = {} as Record<Mode, LoadResult>;
+      for (const mode of MODES) row[mode] = await load({ origin: gateways[mode].url, path: '/functions/bench/' }, c, DURATION_MS);
+      const { embedded: em, distributed: di } = row;
+      const ratios = { p50: di.p50 / em.p50, p99: di.p99 / em.p99, rps: di.rps / em.rps };
+      warm[`c${c}`] = { ...row, ratio_distributed_over_embedded: ratios };
+      for (const mode of MODES) {
+        const x = row[mode];
+        warmRows.push(`${String(c).padStart(5)}  ${mode.padEnd(12)} ${x.p50.toFixed(0).padStart(7)} ${x.p99.toFixed(0).padStart(8)} ${x.rps.toFixed(0).padStart(8)}${x.errors ? `  errors=${x.errors}` : ''}`);
+      }
+      warmRows.push(`${String(c).padStart(5)}  ${'ratio d/e'.padEnd(12)} ${ratio(di.p50, em.p50).padStart(7)} ${ratio(di.p99, em.p99).padStart(8)} ${ratio(di.rps, em.rps).padStart(8)}`);
+    }
+    results['warm'] = warm;
+    console.log(`\nwarm through each gateway, ${DURATION_MS} ms per measurement (latency in µs)`);
+    console.log('conns  mode             p50      p99    req/s');
+    for (const l of warmRows) console.log(l);
+
+    // Cold: a fresh function per start, alternating modes so drift on the machine hits both alike.
+    const cold: Record<Mode, number[]> = { embedded: [], distributed: [] };
+    for (let i = 0; i < COLD_RUNS; i++) {
+      for (const mode of MODES) {
+        const p = gateways[mode];
+        const name = `cold-${i}`;
+        cold[mode].push(await coldStart(p, name, zip));
+        const inst = await api<InstanceRecord[]>(p, 'GET', `/api/functions/${name}/instances`);
+        for (const x of inst.body) seenInstances.add(x.instance_id);
+        await api(p, 'DELETE', `/api/functions/${name}`);
+      }
+    }
+    const stats = (xs: number[]): { p50_ms: number; p95_ms: number; samples_ms: number[] } => {
+      const s = [...xs].sort((a, b) => a - b);
+      return { p50_ms: pct(s, 50), p95_ms: pct(s, 95), samples_ms: xs };
+    };
+    const ce = stats(cold.embedded);
+    const cd = stats(cold.distributed);
+    results['cold'] = { embedded: ce, distributed: cd, ratio_distributed_over_embedded: { p50: cd.p50_ms / ce.p50_ms, p95: cd.p95_ms / ce.p95_ms } };
+    console.log(`\ncold start (request -> first byte, fresh function), ${COLD_RUNS} starts per mode (ms)`);
+    console.log('mode             p50      p95');
+    console.log(`${'embedded'.padEnd(12)} ${ce.p50_ms.toFixed(0).padStart(7)} ${ce.p95_ms.toFixed(0).padStart(8)}`);
+    console.log(`${'distributed'.padEnd(12)} ${cd.p50_ms.toFixed(0).padStart(7)} ${cd.p95_ms.toFixed(0).padStart(8)}`);
+    console.log(`${'ratio d/e'.padEnd(12)} ${ratio(cd.p50_ms, ce.p50_ms).padStart(7)} ${ratio(cd.p95_ms, ce.p95_ms).padStart(8)}`);
+  } finally {
+    await cleanup();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+
+  const alive = procs.filter((p) => p.proc.exitCode === null && p.proc.signalCode === null).map((p) => p.proc.pid);
+  const leftover = [...liveInstanceIds()].filter((id) => seenInstances.has(id));
+  results['leftovers'] = { aether_pids: alive, sandboxes: leftover };
+  const file = writeResults(results, 'distributed-');
+  console.log(`\nwritten ${file}`);
+  if (alive.length > 0 || leftover.length > 0) throw new Error(`left running: aether pids ${JSON.stringify(alive)}, sandboxes of ${JSON.stringify(leftover)}`);
+  console.log(`stopped everything: ${procs.length} aether processes, etcd, Redis, Ceph; no sandbox of the ${seenInstances.size} instances left`);
+}
+
+await main();

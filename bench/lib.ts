@@ -1,0 +1,92 @@
+/** Helpers shared by the benchmarks (`bench/run.ts`, `bench/distributed.ts`). */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Pool } from 'undici';
+import { api } from '../test/support/platform.ts';
+
+/** The function every benchmark runs: a trivial node HTTP server. */
+export const HANDLER = "require('http').createServer((req, res) => res.end('ok')).listen(Number(process.env.PORT));\n";
+
+export type Target = { origin: string; socketPath?: string; path: string };
+
+export interface LoadResult {
+  /** Latencies in µs. */
+  p50: number;
+  p99: number;
+  rps: number;
+  errors: number;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((res) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** Nearest-rank percentile of an ascending array. */
+export function pct(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
+}
+
+/** Closed-loop load: `connections` clients each send GET after GET for `durationMs` (after a warm-up). */
+export async function load(t: Target, connections: number, durationMs: number): Promise<LoadResult> {
+  const pool = new Pool(t.origin, { connections, pipelining: 1, ...(t.socketPath ? { socketPath: t.socketPath } : {}) });
+  const lat: number[] = [];
+  let errors = 0;
+  // warm-up
+  await Promise.all(Array.from({ length: connections }, async () => {
+    for (let i = 0; i < 20; i++) await (await pool.request({ path: t.path, method: 'GET' })).body.text();
+  }));
+  const end = performance.now() + durationMs;
+  const start = performance.now();
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (performance.now() < end) {
+      const t0 = performance.now();
+      try {
+        const r = await pool.request({ path: t.path, method: 'GET' });
+        await r.body.text();
+        if (r.statusCode !== 200) errors++;
+      } catch {
+        errors++;
+      }
+      lat.push(performance.now() - t0);
+    }
+  }));
+  const elapsed = performance.now() - start;
+  await pool.close();
+  lat.sort((a, b) => a - b);
+  return { p50: pct(lat, 50) * 1000, p99: pct(lat, 99) * 1000, rps: (lat.length / elapsed) * 1000, errors };
+}
+
+/**
+ * One cold start: create function `name` with `zip`, then time request -> first byte through the
+ * gateway at `p.url`. Fails unless the gateway reports a cold start. The function is left in place.
+ */
+export async function coldStart(p: { url: string; token: string }, name: string, zip: Buffer): Promise<number> {
+  const created = await api(p, 'POST', '/api/functions', { name, runtime: 'node' });
+  if (created.status !== 201) throw new Error(`create ${name}: ${created.status} ${JSON.stringify(created.body)}`);
+  const up = await api(p, 'POST', `/api/functions/${name}/code`, zip);
+  if (up.status !== 200) throw new Error(`upload ${name}: ${up.status} ${JSON.stringify(up.body)}`);
+  const t0 = performance.now();
+  const r = await fetch(`${p.url}/functions/${name}/`);
+  // Timed to the end of the 2-byte body, as `npm run bench` always has (same as first byte, within noise).
+  const text = await r.text();
+  const ms = performance.now() - t0;
+  if (r.status !== 200) throw new Error(`cold start of ${name}: ${r.status} ${text}`);
+  if (r.headers.get('x-aether-cold-start') !== 'true') throw new Error('expected a cold start');
+  return ms;
+}
+
+/** Write `results` to bench/results/<prefix><timestamp>.json; returns the path. */
+export function writeResults(results: unknown, prefix = ''): string {
+  const dir = resolve(import.meta.dirname, 'results');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, `${prefix}${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+  return file;
+}
