@@ -15,7 +15,7 @@ import { api, startAether, zipFiles, type RunningPlatform } from '../test/suppor
 import { etcdAvailable, startEtcd, type EtcdServer } from '../test/support/etcd.ts';
 import { redisAvailable, startRedis, type RedisServer } from '../test/support/redis.ts';
 import { cephAvailable, startRadosgw, type Radosgw } from '../test/support/ceph.ts';
-import { coldStart, HANDLER, load, pct, writeResults, type LoadResult } from './lib.ts';
+import { coldStart, HANDLER, held, load, pct, writeResults, type LoadResult } from './lib.ts';
 
 const DURATION_MS = Number(process.env['BENCH_DURATION_MS'] ?? 4000);
 const COLD_RUNS = Number(process.env['BENCH_COLD_RUNS'] ?? 10);
@@ -68,12 +68,12 @@ async function main(): Promise<void> {
 
   let cleaned: Promise<void> | undefined;
   const cleanup = (): Promise<void> =>
-    (cleaned ??= (async () => {
+    (cleaned ??= held((async () => {
       // Agent last among aether processes: gateways stop routing first, then sandboxes go with the agent.
       for (const p of [...procs].reverse()) await p.stop().catch(() => p.kill());
       await Promise.allSettled([etcd?.cleanup(), redis?.stop(), rgw?.stop()]);
       rmSync(work, { recursive: true, force: true });
-    })());
+    })()));
   const onSignal = (sig: NodeJS.Signals): void => {
     console.error(`\n${sig}: stopping everything this bench started`);
     void cleanup().finally(() => process.exit(130));

@@ -82,6 +82,20 @@ export async function coldStart(p: { url: string; token: string }, name: string,
   return ms;
 }
 
+/**
+ * Await `p` while keeping the event loop alive: test/support children are unref'd, so awaiting only
+ * their exit (`stop()`) would let Node end the script there (unsettled top-level await) and SIGKILL
+ * them from its exit hook instead of a graceful stop, before the results are written.
+ */
+export async function held<T>(p: Promise<T>): Promise<T> {
+  const timer = setInterval(() => {}, 1000);
+  try {
+    return await p;
+  } finally {
+    clearInterval(timer);
+  }
+}
+
 /** Write `results` to bench/results/<prefix><timestamp>.json; returns the path. */
 export function writeResults(results: unknown, prefix = ''): string {
   const dir = resolve(import.meta.dirname, 'results');

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
 import { api, startAether, zipFiles } from '../test/support/platform.ts';
-import { coldStart, freePort, HANDLER, load, pct, writeResults, type Target } from './lib.ts';
+import { coldStart, freePort, HANDLER, held, load, pct, writeResults, type Target } from './lib.ts';
 
 const DURATION_MS = Number(process.env['BENCH_DURATION_MS'] ?? 5000);
 const COLD_RUNS = Number(process.env['BENCH_COLD_RUNS'] ?? 20);
@@ -120,7 +120,7 @@ async function main(): Promise<void> {
     results['cold'] = c;
     console.log(`\ncold start over ${COLD_RUNS} starts: aether p50 ${c.aether_p50_ms.toFixed(0)} ms p95 ${c.aether_p95_ms.toFixed(0)} ms | bare spawn p50 ${c.bare_p50_ms.toFixed(0)} ms p95 ${c.bare_p95_ms.toFixed(0)} ms | ratio p50 ${c.ratio_p50.toFixed(2)} (target <= 1.5)`);
   } finally {
-    await p.stop();
+    await held(p.stop());
   }
   const file = writeResults(results);
   console.log(`\nwritten ${file}`);

@@ -41,9 +41,9 @@ const USER_PATH = '/usr/local/bin:/usr/bin:/bin';
  * real (ref'd) timers so a pending start or teardown keeps the process alive; timeouts use the clock.
  */
 const POLL_MS = 3;
-/** The instance's own namespaces; the network one comes from its forwarder (see ForwarderPool). */
+/** The instance's own namespaces; the network one comes from its forwarder (see SparePool). */
 const NS_FLAGS = ['--pid', '--fork', '--kill-child', '--mount-proc', '--mount', '--uts', '--ipc'];
-/** Warm forwarders kept ready (each ~40 MB RSS). */
+/** Warm spares (forwarder + launcher) kept ready (each ~45 MB RSS). */
 const POOL_SIZE = 1;
 const UID_BASE = 200_000;
 /** Where launch.pl mounts the code inside the sandbox. */
@@ -91,7 +91,7 @@ interface Ctx {
   pythonBin: string;
   uidBase: number;
   nextUid: number;
-  pool: ForwarderPool | undefined;
+  pool: SparePool | undefined;
   /** Dirs hidden from every instance (dataDir + hidePaths, the ones safe to hide). */
   hide: string[];
 }
@@ -137,7 +137,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     // root-owned 0700: only the agent (root) may connect to instances' sockets
     mkdirSync(socketsDir, { recursive: true, mode: 0o700 });
     chmodSync(socketsDir, 0o700);
-    ctx.pool = new ForwarderPool(ctx, POOL_SIZE);
+    ctx.pool = new SparePool(ctx, POOL_SIZE);
     ctx.pool.fill();
   }
   const live = new Map<string, ProcessInstance>();
@@ -299,40 +299,91 @@ class Forwarder {
   }
 }
 
-class ForwarderPool {
+/**
+ * An instance's sandbox, started ahead of need: a forwarder in a fresh network namespace and, once
+ * that namespace exists, the launcher chain (setpriv → nsenter into it → unshare of the other
+ * namespaces → launch.pl as PID 1) blocked on stdin. Nothing of the user runs in it before the
+ * assignment, and it joins its cgroups only then. Not an instance: no cgroup, no uid, not in `live`.
+ */
+class Spare {
+  readonly fwd: Forwarder;
+  /** The launcher chain; undefined if the forwarder died before its namespace was ready. */
+  readonly launcher: Promise<ChildProcess | undefined>;
+  #child: ChildProcess | undefined;
+  #dead = false;
+
+  constructor(ctx: Ctx, fwd: Forwarder) {
+    this.fwd = fwd;
+    this.launcher = fwd.netnsReady().then((ok) => {
+      if (!ok || this.#dead) return undefined;
+      const t = ctx.tools as SandboxTools;
+      const args = ['--pdeathsig', 'KILL', '--', t.nsenter, `--net=/proc/${fwd.child.pid}/ns/net`, '--', t.unshare, ...NS_FLAGS, '--', t.perl, LAUNCHER];
+      // root tools run with a bare environment; the assignment (and the program's env) goes through stdin
+      const child = spawn(t.setpriv, args, { env: { PATH: TOOL_PATH }, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
+      this.#child = child;
+      // an idle spare must not keep the agent's event loop alive (the instance refs it)
+      child.unref();
+      for (const st of [child.stdin, child.stdout, child.stderr]) (st as unknown as { unref?: () => void } | null)?.unref?.();
+      child.stdin?.on('error', () => {});
+      child.on('error', () => {});
+      return child;
+    });
+  }
+
+  /** True while both processes can still serve an instance. */
+  get alive(): boolean {
+    const c = this.#child;
+    return !this.#dead && !this.fwd.exited && (c === undefined || (c.exitCode === null && c.signalCode === null));
+  }
+
+  kill(): void {
+    this.#dead = true;
+    this.fwd.kill();
+    // the chain execs down to `unshare --kill-child`: killing it kills the launcher (PID 1) and the namespace
+    const c = this.#child;
+    if (c && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  }
+}
+
+class SparePool {
   #ctx: Ctx;
   #size: number;
-  #idle: Forwarder[] = [];
+  #idle: Spare[] = [];
   #n = 0;
   #closed = false;
   constructor(ctx: Ctx, size: number) {
     this.#ctx = ctx;
     this.#size = size;
   }
-  #spawn(): Forwarder {
-    const f = new Forwarder(this.#ctx, join(this.#ctx.socketsDir, `.fwd-${process.pid}-${this.#n++}.tmp`));
-    f.child.once('exit', () => {
-      this.#idle = this.#idle.filter((x) => x !== f);
-    });
-    return f;
+  #spawn(): Spare {
+    const fwd = new Forwarder(this.#ctx, join(this.#ctx.socketsDir, `.fwd-${process.pid}-${this.#n++}.tmp`));
+    const spare = new Spare(this.#ctx, fwd);
+    const drop = (): void => {
+      if (!this.#idle.includes(spare)) return; // taken: the instance handles it
+      this.#idle = this.#idle.filter((x) => x !== spare);
+      spare.kill();
+    };
+    fwd.child.once('exit', drop);
+    void spare.launcher.then((c) => c?.once('exit', drop));
+    return spare;
   }
   fill(): void {
     while (!this.#closed && this.#idle.length < this.#size) this.#idle.push(this.#spawn());
   }
   /**
-   * A warm forwarder if there is one, else a new one (started now, in parallel with the program).
-   * The caller refills the pool (fill()) once its program is up, so the refill does not compete
-   * with the program's start for the CPU.
+   * A warm spare if there is one, else a new one (started now, in parallel with the program's
+   * assignment). The caller refills the pool (fill()) once its program is up, so the refill does not
+   * compete with the program's start for the CPU.
    */
-  take(): Forwarder {
+  take(): Spare {
     // warm first, else one already starting (it is ahead of a new one), else a new one
-    let i = this.#idle.findIndex((f) => f.listening && !f.exited);
-    if (i < 0) i = this.#idle.findIndex((f) => !f.exited);
+    let i = this.#idle.findIndex((s) => s.fwd.listening && s.alive);
+    if (i < 0) i = this.#idle.findIndex((s) => s.alive);
     return i >= 0 ? this.#idle.splice(i, 1)[0]! : this.#spawn();
   }
   close(): void {
     this.#closed = true;
-    for (const f of this.#idle.splice(0)) f.kill();
+    for (const s of this.#idle.splice(0)) s.kill();
   }
 }
 
@@ -388,6 +439,7 @@ class ProcessInstance implements RuntimeInstance {
   #endpoint: Endpoint | undefined;
   #child: ChildProcess | undefined;
   #forwarder: Forwarder | undefined;
+  #spare: Spare | undefined;
   #cg: InstanceCgroups | undefined;
   #sockPath: string;
   #port = 0;
@@ -437,7 +489,7 @@ class ProcessInstance implements RuntimeInstance {
       if (this.#ctx.mode === 'namespaces') await this.#startSandboxed(codeDir, argv);
       else await this.#startPlain(codeDir, argv);
     } catch (err) {
-      this.#forwarder?.kill();
+      this.#spare?.kill();
       this.#cg?.remove();
       this.#exit = { code: null, signal: null, reason: `could not start: ${(err as Error).message}` };
       this.#state = 'exited';
@@ -462,7 +514,6 @@ class ProcessInstance implements RuntimeInstance {
   async #startSandboxed(codeDir: string, argv: string[]): Promise<void> {
     const ctx = this.#ctx;
     const spec = this.spec;
-    const t = ctx.tools as SandboxTools;
     this.#port = spec.port;
     const cg = new InstanceCgroups(ctx.mounts, ctx.agentId, spec.instanceId);
     this.#cg = cg;
@@ -476,7 +527,9 @@ class ProcessInstance implements RuntimeInstance {
     } catch {
       // no stale socket
     }
-    const fwd = (ctx.pool as ForwarderPool).take();
+    const spare = (ctx.pool as SparePool).take();
+    this.#spare = spare;
+    const fwd = spare.fwd;
     this.#forwarder = fwd;
     fwd.attach(
       (text) => this.#logs.emit('system', `forwarder: ${text}`),
@@ -489,25 +542,23 @@ class ProcessInstance implements RuntimeInstance {
       this.#forwarderLost = true;
       this.#signal('SIGKILL');
     });
-    if (!(await fwd.netnsReady())) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the forwarder could not start`);
+    const child = await spare.launcher;
+    if (!child || !spare.alive) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the sandbox could not start`);
     if (this.#stopRequested) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} was stopped while starting`);
     const uid = ctx.uidBase + (ctx.nextUid++ % 10_000);
     // "over any other function's code": the code dir's parent is the code cache
     const hide = outermost([...ctx.hide, ...[dirname(codeDir)].filter((d) => safeToHide(ctx, d))]);
     const tmpMb = Math.max(16, Math.floor(spec.memoryMb));
-    const args = [
-      '--pdeathsig', 'KILL', '--',
-      t.nsenter, `--net=/proc/${fwd.child.pid}/ns/net`, '--',
-      t.unshare, ...NS_FLAGS, '--',
-      t.perl, LAUNCHER, ...cg.procsFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string,
-      String(hide.length), ...hide, ...argv,
+    // launch.pl's assignment (see its header), then the program's env; all on stdin, never on a command line
+    const assignment = [
+      ...cg.joinFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string,
+      String(hide.length), ...hide, String(argv.length), ...argv,
     ];
     this.#endpoint = { kind: 'unix', path: this.#sockPath };
-    // root tools run with a bare environment; the program's env goes through stdin (see launch.pl)
-    const child = spawn(t.setpriv, args, { env: { PATH: TOOL_PATH }, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
+    child.ref();
+    for (const st of [child.stdin, child.stdout, child.stderr]) (st as unknown as { ref?: () => void } | null)?.ref?.();
     this.#attach(child);
-    child.stdin?.on('error', () => {});
-    child.stdin?.end(envRecords(this.#programEnv(spec.port)));
+    child.stdin?.end(`${assignment.join('\0')}\0${envRecords(this.#programEnv(spec.port))}`);
     fwd.assign(this.#sockPath, spec.port);
   }
 
@@ -557,7 +608,7 @@ class ProcessInstance implements RuntimeInstance {
   async #finalize(code: number | null, signal: string | null, spawnError?: string): Promise<void> {
     const ctx = this.#ctx;
     const info: ExitInfo = { code, signal };
-    this.#forwarder?.kill();
+    this.#spare?.kill();
     ctx.pool?.fill();
     if (ctx.mode === 'namespaces') {
       // the launcher (the namespace's PID 1) exits with 128+n when the program died of signal n
@@ -634,8 +685,10 @@ class ProcessInstance implements RuntimeInstance {
           if (await this.#ready()) {
             if (this.#exitStarted) return;
             if (this.#state === 'starting') this.#state = 'running';
-            this.#ctx.pool?.fill();
-            return done();
+            done();
+            // refill after the caller has its endpoint: spawning is synchronous and costs ms
+            if (this.#ctx.pool) setImmediate(() => this.#ctx.pool?.fill());
+            return;
           }
           await new Promise<void>((r) => {
             this.#wake = r;
