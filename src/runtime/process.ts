@@ -45,7 +45,11 @@ const POLL_MS = 3;
 const NS_FLAGS = ['--pid', '--fork', '--kill-child', '--mount-proc', '--mount', '--uts', '--ipc'];
 /** Warm spares (forwarder + launcher) kept ready (each ~45 MB RSS). */
 const POOL_SIZE = 1;
+/** How long after a program is ready the pool is refilled (see SparePool.refillSoon). */
+const REFILL_DELAY_MS = 100;
 const UID_BASE = 200_000;
+/** Room in the launcher's command line for the code dir it names once assigned (perl's $0 cannot grow it). */
+const PS_PAD = ' '.repeat(512);
 /** Where launch.pl mounts the code inside the sandbox. */
 const SANDBOX_CODE = '/run/aether/code';
 /** mount, setgroups, setresgid, setresuid, prctl: the syscalls launch.pl makes, by architecture. */
@@ -317,7 +321,7 @@ class Spare {
     this.launcher = fwd.netnsReady().then((ok) => {
       if (!ok || this.#dead) return undefined;
       const t = ctx.tools as SandboxTools;
-      const args = ['--pdeathsig', 'KILL', '--', t.nsenter, `--net=/proc/${fwd.child.pid}/ns/net`, '--', t.unshare, ...NS_FLAGS, '--', t.perl, LAUNCHER];
+      const args = ['--pdeathsig', 'KILL', '--', t.nsenter, `--net=/proc/${fwd.child.pid}/ns/net`, '--', t.unshare, ...NS_FLAGS, '--', t.perl, LAUNCHER, PS_PAD];
       // root tools run with a bare environment; the assignment (and the program's env) goes through stdin
       const child = spawn(t.setpriv, args, { env: { PATH: TOOL_PATH }, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
       this.#child = child;
@@ -351,6 +355,7 @@ class SparePool {
   #idle: Spare[] = [];
   #n = 0;
   #closed = false;
+  #refill: NodeJS.Timeout | undefined;
   constructor(ctx: Ctx, size: number) {
     this.#ctx = ctx;
     this.#size = size;
@@ -371,6 +376,19 @@ class SparePool {
     while (!this.#closed && this.#idle.length < this.#size) this.#idle.push(this.#spawn());
   }
   /**
+   * fill() a little later: right after a program is ready the platform registers it and sends it its
+   * first request, and a new spare (a node start, ~50 ms of CPU) would compete with that. A real
+   * timer, unref'd: it schedules OS work, nothing waits on it.
+   */
+  refillSoon(): void {
+    if (this.#refill || this.#closed) return;
+    this.#refill = setTimeout(() => {
+      this.#refill = undefined;
+      this.fill();
+    }, REFILL_DELAY_MS);
+    this.#refill.unref();
+  }
+  /**
    * A warm spare if there is one, else a new one (started now, in parallel with the program's
    * assignment). The caller refills the pool (fill()) once its program is up, so the refill does not
    * compete with the program's start for the CPU.
@@ -383,6 +401,7 @@ class SparePool {
   }
   close(): void {
     this.#closed = true;
+    if (this.#refill) clearTimeout(this.#refill);
     for (const s of this.#idle.splice(0)) s.kill();
   }
 }
@@ -686,8 +705,7 @@ class ProcessInstance implements RuntimeInstance {
             if (this.#exitStarted) return;
             if (this.#state === 'starting') this.#state = 'running';
             done();
-            // refill after the caller has its endpoint: spawning is synchronous and costs ms
-            if (this.#ctx.pool) setImmediate(() => this.#ctx.pool?.fill());
+            this.#ctx.pool?.refillSoon();
             return;
           }
           await new Promise<void>((r) => {

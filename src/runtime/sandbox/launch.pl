@@ -14,7 +14,7 @@
 #  5. bring loopback up when asked; 6. start the program as an unprivileged uid with no
 #     capabilities and no_new_privs, cwd = the code; 7. stay PID 1, reap, exit with its status
 #     (128+n when it died of signal n): PID 1 ignores SIGTERM, and the namespace dies with it.
-# No args. stdin, NUL-separated until EOF: the `tasks` files of the 3 cgroups, code dir, uid,
+# Args: ignored (blank padding: see $0 below). stdin, NUL-separated until EOF: the `tasks` files of the 3 cgroups, code dir, uid,
 #   tmpfs MiB, lo-up (0|1), syscall numbers "mount,setgroups,setresgid,setresuid,prctl", N, N dirs
 #   to hide, argc, argc program args, then the program's environment as K=V records.
 # No `use strict; use warnings;` here: loading them costs ~4 ms per start. The unit test checks the
@@ -35,6 +35,8 @@ my @hide = splice(@in, 0, $nhide);
 my $argc = shift(@in) // 0;
 my @argv = splice(@in, 0, $argc);
 fail('usage') unless @argv && @argv == $argc;
+# Name the code in `ps` (a spare's args are only padding that reserves room for this).
+$0 = "$0 $code";
 my ($SYS_mount, $SYS_setgroups, $SYS_setresgid, $SYS_setresuid, $SYS_prctl) = map { $_ + 0 } split /,/, $nrs;
 $uid += 0;
 my ($MS_RDONLY, $MS_NOSUID, $MS_NODEV, $MS_REMOUNT, $MS_BIND) = (1, 2, 4, 32, 4096);
@@ -47,7 +49,14 @@ for my $kv (@in) {
 
 # 2. "0" = the writing thread. `tasks`, not `cgroup.procs`: moving one thread skips the kernel's
 # global threadgroup lock (an RCU grace period, ~10 ms); perl is single-threaded, so this moves the
-# whole process, and everything it forks later starts inside.
+# whole process, and everything it forks later starts inside. Checked, so a threaded perl could
+# never leave a thread outside the limits.
+{
+  opendir(my $dh, '/proc/self/task') or fail('open /proc/self/task');
+  my @tasks = grep { /^\d+$/ } readdir($dh);
+  closedir($dh);
+  fail('the launcher is not single-threaded') unless @tasks == 1;
+}
 for my $f ($cg1, $cg2, $cg3) {
   open(my $fh, '>', $f) or fail("open $f");
   defined(syswrite($fh, '0')) or fail("join cgroup $f");
