@@ -156,6 +156,9 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
         }
         if (opts.responseHeaders) Object.assign(out, opts.responseHeaders);
         res.writeHead(statusCode, out);
+        // Head, body and end usually arrive in one tick: send them in one write.
+        res.cork();
+        process.nextTick(uncork, res);
       },
       onResponseData(c, chunk) {
         // Backpressure: a slow client pauses the upstream instead of buffering in memory.
@@ -187,6 +190,10 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
       handler,
     );
   });
+}
+
+function uncork(res: ServerResponse): void {
+  res.uncork();
 }
 
 function isConnectError(code: string | undefined): boolean {
