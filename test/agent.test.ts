@@ -13,7 +13,7 @@ import { closeAllEndpoints } from '../src/proxy/index.ts';
 import { createMemoryQueue } from '../src/queue/memory.ts';
 import { createProcessRuntime } from '../src/runtime/process.ts';
 import type { Runtime } from '../src/runtime/index.ts';
-import { KEYS, PROVISION_TOPIC, instanceConfigKey, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../src/spec/index.ts';
+import { KEYS, PROVISION_TOPIC, instanceConfigKey, sampleFunction, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../src/spec/index.ts';
 import { createSqliteStore } from '../src/store/sqlite.ts';
 import type { Store } from '../src/store/index.ts';
 import type { Queue } from '../src/queue/index.ts';
@@ -76,28 +76,16 @@ before(async () => {
   const codePath = `functions/fn-it/${sha}.archive`;
   await blob.put(codePath, zip);
   const now = new Date().toISOString();
-  fn = {
+  fn = sampleFunction({
     id: 'fn-it',
     name: 'hello-it',
-    runtime: 'node',
-    entrypoint: 'handler.js',
-    vcpu: 1,
-    memory_mb: 128,
-    port: 3000,
     env_vars: { GREETING: 'hi' },
-    timeout_ms: 30_000,
-    min_instances: 0,
-    max_instances: 10,
-    concurrency_target: 3,
-    scale_down_after_s: 30,
-    scale_to_zero_after_s: 300,
-    sandbox: 'process',
     code_path: codePath,
     code_sha256: sha,
     code_size: zip.length,
     created_at: now,
     updated_at: now,
-  };
+  });
   await store.put(KEYS.function(fn.id), JSON.stringify(fn));
 
   // The agent's own server: listen first, the advertised URL carries the port.

@@ -9,7 +9,7 @@ import { DEFAULT_LIMITS } from '../archive/index.ts';
 import { ManualClock, metrics, silentLogger } from '../core/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { createMemoryQueue } from '../queue/memory.ts';
-import { KEYS, PROVISION_TOPIC, codeBlobKey, instanceConfigKey, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
+import { KEYS, PROVISION_TOPIC, codeBlobKey, sampleFunction, instanceConfigKey, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
 import { createAgent } from './agent.ts';
 import { buildZip, countingBlob, mapBlob, scriptedRuntime, sha256, type Script } from './test-support.ts';
@@ -46,29 +46,14 @@ async function setup(o: { capacity?: AgentCapacity; script?: (spec: { functionId
   const sha = sha256(zip);
   await blob.put(codeBlobKey('fn-1', sha), zip);
   const now = new Date(clock.now()).toISOString();
-  const fn: FunctionRecord = {
-    id: 'fn-1',
-    name: 'hello',
-    runtime: 'node',
-    entrypoint: 'handler.js',
-    vcpu: 1,
-    memory_mb: 128,
-    port: 3000,
-    env_vars: {},
-    timeout_ms: 30_000,
-    min_instances: 0,
-    max_instances: 10,
-    concurrency_target: 3,
-    scale_down_after_s: 30,
-    scale_to_zero_after_s: 300,
-    sandbox: 'process',
+  const fn: FunctionRecord = sampleFunction({
     code_path: codeBlobKey('fn-1', sha),
     code_sha256: sha,
     code_size: zip.length,
     created_at: now,
     updated_at: now,
     ...o.fn,
-  };
+  });
   await store.put(KEYS.function(fn.id), JSON.stringify(fn));
   await agent.start();
   cleanups.push(async () => {

@@ -5,7 +5,7 @@ import { ClientError } from '../client/index.ts';
 import { errorLine, formatAge, formatBytes, formatFields, formatTable } from './output.ts';
 import { functionsTable } from './fn-ls.ts';
 import { invocationsTable } from './fn-invocations.ts';
-import type { FunctionRecord } from '../spec/index.ts';
+import { sampleFunction, type FunctionRecord } from '../spec/index.ts';
 
 test('formatTable aligns columns and does not pad the last one', () => {
   const out = formatTable(['NAME', 'ID', 'NOTE'], [['hello', 'fn-1', 'x'], ['a-much-longer-name', 'fn-22', '']]);
@@ -36,29 +36,8 @@ test('errorLine is one line with the code and no stack', () => {
   assert.equal(errorLine(new Error('boom')), 'error: boom');
 });
 
-const fnRec = (over: Partial<FunctionRecord>): FunctionRecord => ({
-  id: 'fn-1',
-  name: 'hello',
-  runtime: 'node',
-  entrypoint: 'handler.js',
-  vcpu: 1,
-  memory_mb: 128,
-  port: 3000,
-  env_vars: {},
-  timeout_ms: 30000,
-  min_instances: 0,
-  max_instances: 10,
-  concurrency_target: 3,
-  scale_down_after_s: 30,
-  scale_to_zero_after_s: 300,
-  sandbox: 'process',
-  code_path: null,
-  code_sha256: null,
-  code_size: null,
-  created_at: '2025-01-01T00:00:00Z',
-  updated_at: '2025-01-01T00:00:00Z',
-  ...over,
-});
+const fnRec = (over: Partial<FunctionRecord>): FunctionRecord =>
+  sampleFunction({ created_at: '2025-01-01T00:00:00Z', updated_at: '2025-01-01T00:00:00Z', ...over });
 
 test('functions table', () => {
   const now = Date.parse('2025-01-01T00:02:00Z');

@@ -121,3 +121,21 @@ export function instanceConfigKey(fn: FunctionRecord): string {
 }
 
 const configKeys = new WeakMap<FunctionRecord, string>();
+
+/** A complete stored function with every default filled, for tests and fixtures. */
+export function sampleFunction(over: Partial<FunctionRecord> = {}): FunctionRecord {
+  const at = new Date(0).toISOString();
+  const base = CreateFunctionSchema.parse({ name: over.name ?? 'hello', runtime: over.runtime ?? 'node' });
+  return {
+    id: 'fn-1',
+    ...base,
+    entrypoint: defaultEntrypoint(base.runtime),
+    sandbox: 'process',
+    code_path: null,
+    code_sha256: null,
+    code_size: null,
+    created_at: at,
+    updated_at: at,
+    ...over,
+  };
+}
