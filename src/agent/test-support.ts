@@ -2,24 +2,14 @@ import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
-import yazl from 'yazl';
+import { zipOf } from '../archive/testing.ts';
 import type { BlobInfo, BlobStore } from '../blob/index.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from '../runtime/index.ts';
 
 /** Helpers shared by the agent's tests (not used by production code). */
 
-/** A real zip archive of `files` (name -> content), built with yazl. */
-export function buildZip(files: Record<string, string>): Promise<Buffer> {
-  const zip = new yazl.ZipFile();
-  for (const [name, content] of Object.entries(files)) zip.addBuffer(Buffer.from(content), name, { mtime: new Date(0), mode: 0o644 });
-  zip.end();
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    zip.outputStream.on('data', (c: Buffer) => chunks.push(c));
-    zip.outputStream.on('end', () => resolve(Buffer.concat(chunks)));
-    zip.outputStream.on('error', reject);
-  });
-}
+/** A real zip archive of `files` (name -> content). */
+export const buildZip = (files: Record<string, string>): Promise<Buffer> => zipOf(files);
 
 export const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 

@@ -57,3 +57,8 @@ export async function makeTarGz(items: TarItem[]): Promise<Buffer> {
   await done;
   return gzipSync(Buffer.concat(out));
 }
+
+/** A zip of `files` (name -> content), optionally all under one top folder. */
+export function zipOf(files: Record<string, string>, folder?: string): Promise<Buffer> {
+  return makeZip(Object.entries(files).map(([name, data]) => ({ name: folder ? `${folder}/${name}` : name, data })));
+}

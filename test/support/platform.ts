@@ -3,7 +3,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ZipFile } from 'yazl';
+import { zipOf } from '../../src/archive/testing.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const AETHER_BIN = join(ROOT, 'bin/aether.mjs');
@@ -76,17 +76,7 @@ export async function startAether(opts: { args?: string[]; env?: Record<string, 
 }
 
 /** A zip of the given files (name -> content), built in memory. */
-export function zipFiles(files: Record<string, string>, opts: { folder?: string } = {}): Promise<Buffer> {
-  const zip = new ZipFile();
-  for (const [name, content] of Object.entries(files)) zip.addBuffer(Buffer.from(content), opts.folder ? `${opts.folder}/${name}` : name);
-  zip.end();
-  return new Promise((res, rej) => {
-    const chunks: Buffer[] = [];
-    zip.outputStream.on('data', (c: Buffer) => chunks.push(c));
-    zip.outputStream.on('end', () => res(Buffer.concat(chunks)));
-    zip.outputStream.on('error', rej);
-  });
-}
+export const zipFiles = (files: Record<string, string>, opts: { folder?: string } = {}): Promise<Buffer> => zipOf(files, opts.folder);
 
 export async function api<T = unknown>(p: { url: string; token: string }, method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
   const headers: Record<string, string> = { authorization: `Bearer ${p.token}` };
