@@ -6,14 +6,32 @@ import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime,
 
 /** How a fake instance behaves; chosen per spec by FakeRuntimeOptions.behavior. */
 export interface FakeBehavior {
-  /** Delay before it listens (Infinity = never). Default 0. */
+  /** Delay before it listens (Infinity = never, unless FakeInstance.listenNow()). Default 0: no timer, so a ManualClock need not move. */
   startupDelayMs?: number;
   /** Exit (code 1) with this stderr line instead of listening. */
   failStart?: string;
+  /** start() itself rejects with this message (the driver could not set up the sandbox); nothing runs. */
+  startError?: string;
+  /** Lines the program prints on stdout as soon as it is launched, before it listens or fails. */
+  output?: string[];
   /** Exit (code 0) this long after it listens. */
   exitAfterMs?: number;
+  /** stop() resolves only once this settles (a slow sandbox teardown); the program itself exits at once. */
+  teardown?: Promise<unknown>;
   /** Replaces the default echo handler. */
   handler?: (req: IncomingMessage, res: ServerResponse) => void;
+}
+
+/** A fake instance, with the program's side under the test's control. */
+export interface FakeInstance extends RuntimeInstance {
+  /** The program prints a line. */
+  print(text: string, stream?: 'stdout' | 'stderr'): void;
+  /** The program listens now, whatever startupDelayMs says (a slow start finishing on cue). */
+  listenNow(): void;
+  /** The program dies by itself (default: code 1). */
+  crash(info?: Partial<ExitInfo>): void;
+  /** How often stop() was called. */
+  readonly stopCalls: number;
 }
 
 export interface FakeRuntimeOptions {
@@ -23,8 +41,8 @@ export interface FakeRuntimeOptions {
 }
 
 export type FakeRuntime = Runtime & {
-  /** Every instance created, by id (exited ones stay, for inspection). */
-  instances: Map<string, RuntimeInstance>;
+  /** Every instance created, by id, in creation order (exited ones stay, for inspection). */
+  instances: Map<string, FakeInstance>;
 };
 
 /**
@@ -34,15 +52,16 @@ export type FakeRuntime = Runtime & {
  */
 export function createFakeRuntime(opts: FakeRuntimeOptions = {}): FakeRuntime {
   const clock = opts.clock ?? systemClock;
-  const instances = new Map<string, RuntimeInstance>();
+  const instances = new Map<string, FakeInstance>();
   return {
     kind: 'fake',
     isolation: 'none',
     instances,
-    async create(spec: InstanceSpec): Promise<RuntimeInstance> {
+    async create(spec: InstanceSpec): Promise<FakeInstance> {
       const existing = instances.get(spec.instanceId);
       if (existing && existing.inspect().state !== 'exited') throw new AetherError('AETHER_ERR_CONFLICT', `instance ${spec.instanceId} exists`);
-      const inst = new FakeInstance(spec, opts.behavior?.(spec) ?? {}, clock);
+      const inst = new Instance(spec, opts.behavior?.(spec) ?? {}, clock);
+      instances.delete(spec.instanceId); // keep creation order for a reused id
       instances.set(spec.instanceId, inst);
       return inst;
     },
@@ -66,10 +85,11 @@ function reservePort(): Promise<number> {
   });
 }
 
-class FakeInstance implements RuntimeInstance {
+class Instance implements FakeInstance {
   readonly id: string;
   readonly spec: InstanceSpec;
   readonly exited: Promise<ExitInfo>;
+  stopCalls = 0;
   #behavior: FakeBehavior;
   #clock: Clock;
   #logs: LogHub;
@@ -118,18 +138,39 @@ class FakeInstance implements RuntimeInstance {
 
   #after(ms: number, fn: () => void): void {
     if (ms === Infinity) return;
-    this.#timers.push(this.#clock.setTimeout(fn, ms));
+    // No delay means no timer: an instant start must not wait for a ManualClock to move.
+    if (ms <= 0) setImmediate(fn);
+    else this.#timers.push(this.#clock.setTimeout(fn, ms));
+  }
+
+  print(text: string, stream: 'stdout' | 'stderr' = 'stdout'): void {
+    if (this.#state === 'created' || this.#state === 'exited') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} is not running`);
+    this.#logs.emit(stream, text);
+  }
+
+  crash(info: Partial<ExitInfo> = {}): void {
+    if (this.#state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
+    this.#finish({ code: 1, signal: null, ...info });
+  }
+
+  listenNow(): void {
+    if (this.#state !== 'starting' || this.#server) return;
+    for (const t of this.#timers) this.#clock.clearTimeout(t);
+    this.#timers = [];
+    this.#listen();
   }
 
   async start(): Promise<void> {
     if (this.#state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
+    if (this.#behavior.startError !== undefined) throw new AetherError('AETHER_ERR_INTERNAL', this.#behavior.startError);
     this.#state = 'starting';
     this.#port = await reservePort();
     this.#pid = fakePids++;
     this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: this.#port };
     this.#logs.emit('system', `starting ${this.spec.entrypoint} (fake)`);
+    for (const line of this.#behavior.output ?? []) this.#logs.emit('stdout', line);
     this.#after(this.#behavior.startupDelayMs ?? 0, () => {
-      if (this.#state !== 'starting') return;
+      if (this.#state !== 'starting' || this.#server) return;
       if (this.#behavior.failStart !== undefined) {
         this.#logs.emit('stderr', this.#behavior.failStart);
         this.#finish({ code: 1, signal: null });
@@ -217,13 +258,13 @@ class FakeInstance implements RuntimeInstance {
   }
 
   async stop(_graceMs?: number): Promise<void> {
-    if (this.#state === 'exited') return this.exited.then(() => undefined);
-    if (this.#state === 'created') {
-      this.#finish({ code: null, signal: null, reason: 'never started' });
-      return;
+    this.stopCalls++;
+    if (this.#state === 'created') this.#finish({ code: null, signal: null, reason: 'never started' });
+    else if (this.#state !== 'exited') {
+      this.#state = 'stopping';
+      this.#finish({ code: null, signal: 'SIGTERM' });
     }
-    this.#state = 'stopping';
-    this.#finish({ code: null, signal: 'SIGTERM' });
     await this.exited;
+    await this.#behavior.teardown;
   }
 }
