@@ -150,6 +150,15 @@ if (skip) {
       });
     });
 
+    it('concurrent first requests through both gateways start exactly one instance', async () => {
+      // a slow start widens the window in which both gateways see no instance
+      await deploy('once', HANDLER('once', 1500), { concurrency_target: 10 });
+      const rs = await Promise.all([gw(0), gw(1), gw(0), gw(1)].map((g) => invoke(g, 'once', 30_000)));
+      for (const r of rs) assert.equal(r.status, 200, r.text);
+      const insts = await instances('once');
+      assert.equal(insts.length, 1, `one cold start across gateways, saw ${JSON.stringify(insts)}`);
+    });
+
     it('kill -9 of an agent with warm instances: load keeps going, served by another agent', { timeout: 90_000 }, async (t) => {
       const insts = await instances('hello');
       const victimId = insts[0]?.agent_id;
