@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { agentConfig, createAgent, type Agent } from '../src/agent/index.ts';
-import { buildZip, mapBlob, sha256 } from '../src/agent/test-support.ts';
+import { buildZip, sha256 } from '../src/agent/test-support.ts';
+import { createFsBlobStore } from '../src/blob/fs.ts';
 import { DEFAULT_LIMITS } from '../src/archive/index.ts';
 import { silentLogger, systemClock } from '../src/core/index.ts';
 import { closeAllEndpoints } from '../src/proxy/index.ts';
@@ -69,7 +70,7 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'aether-agent-it-'));
   store = createSqliteStore({ path: ':memory:' });
   queue = createMemoryQueue();
-  const blob = mapBlob();
+  const blob = createFsBlobStore({ dir: join(dir, 'blob') });
   runtime = createProcessRuntime({ dataDir: join(dir, 'runtime'), agentId: 'agent-it', isolation: 'auto', logger: silentLogger() });
   const zip = await buildZip({ 'handler.js': HANDLER });
   const sha = sha256(zip);

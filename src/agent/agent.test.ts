@@ -6,14 +6,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, test } from 'node:test';
 import { DEFAULT_LIMITS } from '../archive/index.ts';
+import { createFsBlobStore } from '../blob/fs.ts';
 import { ManualClock, metrics, silentLogger } from '../core/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { createMemoryQueue } from '../queue/memory.ts';
+import { createFakeRuntime, type FakeBehavior } from '../runtime/fake.ts';
+import type { InstanceSpec } from '../runtime/index.ts';
 import { KEYS, PROVISION_TOPIC, codeBlobKey, sampleFunction, instanceConfigKey, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
 import { createAgent } from './agent.ts';
-import { buildZip, countingBlob, mapBlob, scriptedRuntime, sha256, type Script } from './test-support.ts';
-import { agentConfig, type AgentCapacity } from './types.ts';
+import { buildZip, countingBlob, sha256 } from './test-support.ts';
+import { DEFAULT_AGENT_CONFIG, agentConfig, type AgentCapacity, type AgentConfig } from './types.ts';
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -32,14 +35,16 @@ async function until<T>(f: () => Promise<T | undefined | false> | T | undefined 
   }
 }
 
-async function setup(o: { capacity?: AgentCapacity; script?: (spec: { functionId: string; env: Record<string, string> }) => Script; fn?: Partial<FunctionRecord> } = {}) {
+async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSpec) => FakeBehavior; fn?: Partial<FunctionRecord>; config?: Partial<AgentConfig> } = {}) {
   const clock = new ManualClock();
   const store = createSqliteStore({ path: ':memory:', clock });
   const queue = createMemoryQueue({ clock });
-  const blob = countingBlob(mapBlob());
-  const runtime = scriptedRuntime(o.script);
+  const blobDir = await mkdtemp(join(tmpdir(), 'aether-agent-blob-'));
+  const blob = countingBlob(createFsBlobStore({ dir: blobDir }));
+  // The fake runs on the test's clock too: its startup timeouts fire as the agent's would.
+  const runtime = createFakeRuntime({ clock, ...(o.behavior ? { behavior: o.behavior } : {}) });
   const dataDir = await mkdtemp(join(tmpdir(), 'aether-agent-'));
-  const config = agentConfig({ agentId: 'agent-1', url: 'http://agent-1.test:8081', dataDir, capacity: o.capacity ?? { instances: 10, memoryMb: 4096, vcpu: 16 } });
+  const config = agentConfig({ agentId: 'agent-1', url: 'http://agent-1.test:8081', dataDir, capacity: o.capacity ?? { instances: 10, memoryMb: 4096, vcpu: 16 }, ...o.config });
   const agent = createAgent({ store, queue, blob, runtime, clock, logger: silentLogger(), config, archiveLimits: DEFAULT_LIMITS });
 
   const zip = await buildZip({ 'handler.js': 'require("node:http").createServer().listen(process.env.PORT);\n' });
@@ -61,8 +66,12 @@ async function setup(o: { capacity?: AgentCapacity; script?: (spec: { functionId
     await runtime.close();
     await queue.close();
     await store.close();
+    await blob.close();
+    await rm(blobDir, { recursive: true, force: true });
     await rm(dataDir, { recursive: true, force: true });
   });
+  /** Specs of every instance the agent created, oldest first. */
+  const created = (): InstanceSpec[] => [...runtime.instances.values()].map((i) => i.spec);
 
   let n = 0;
   const enqueue = async (over: Partial<ProvisionJob> = {}, f: FunctionRecord = fn): Promise<string> => {
@@ -87,7 +96,7 @@ async function setup(o: { capacity?: AgentCapacity; script?: (spec: { functionId
     assert.ok(r.instance_id);
     return r.instance_id;
   };
-  return { clock, store, queue, blob, runtime, agent, config, fn, enqueue, result, record, startOne };
+  return { clock, store, queue, blob, runtime, created, agent, config, fn, enqueue, result, record, startOne };
 }
 
 async function counterValue(c: { get(): Promise<{ values: { value: number; labels: Record<string, string | number> }[] }> }, labels: Record<string, string>): Promise<number> {
@@ -123,7 +132,7 @@ test('a job produces a registered instance under the agent lease, an ok result, 
   assert.equal(rec.endpoint.kind, 'tcp');
   assert.equal((await h.store.get(KEYS.provisionResult(reqId)))?.lease, agentKv.lease);
   assert.equal(await h.queue.depth(PROVISION_TOPIC), 0, 'acked');
-  const spec = h.runtime.created[0];
+  const spec = h.created()[0];
   assert.equal(spec?.functionId, 'fn-1');
   assert.equal(spec?.entrypoint, 'handler.js');
   assert.equal(spec?.pidsMax, 256);
@@ -139,12 +148,12 @@ test('a job produces a registered instance under the agent lease, an ok result, 
 });
 
 test('a failing start produces an error result with the program output, is acked and leaves nothing', async () => {
-  const h = await setup({ script: () => ({ print: ['loading config', 'Error: cannot find module express'], exitCode: 1 }) });
+  const h = await setup({ behavior: () => ({ output: ['loading config'], failStart: 'Error: cannot find module express' }) });
   const before = await counterValue(metrics.vmSpawns, { function_id: 'fn-1', status: 'error' });
   const r = await h.result(await h.enqueue());
   assert.equal(r.ok, false);
   assert.equal(r.instance_id, null);
-  assert.match(r.error ?? '', /exited before listening/);
+  assert.match(r.error ?? '', /exited \(code 1, signal null\) before listening/);
   assert.match(r.error ?? '', /loading config\nError: cannot find module express/);
   await until(async () => (await h.queue.depth(PROVISION_TOPIC)) === 0, 'ack');
   assert.deepEqual((await h.store.list(KEYS.instances)).kvs, []);
@@ -155,7 +164,7 @@ test('a failing start produces an error result with the program output, is acked
 });
 
 test('a start() rejection and a missing entrypoint are definite failures too', async () => {
-  const h = await setup({ script: () => ({ failStart: 'sandbox setup failed' }) });
+  const h = await setup({ behavior: () => ({ startError: 'sandbox setup failed' }) });
   const r1 = await h.result(await h.enqueue());
   assert.equal(r1.ok, false);
   assert.match(r1.error ?? '', /sandbox setup failed/);
@@ -168,39 +177,41 @@ test('a start() rejection and a missing entrypoint are definite failures too', a
 });
 
 test('a slow start keeps its job invisible (visibility extended); an agent stopping mid-start gives it back', async () => {
-  let ready!: () => void;
-  const readyGate = new Promise<void>((r) => (ready = r));
-  const h = await setup({ script: () => ({ readyGate }) });
+  // The start may take longer than the three visibility timeouts below (startupTimeoutMs is on the same clock).
+  const slow = { behavior: () => ({ startupDelayMs: Infinity }), config: { startupTimeoutMs: DEFAULT_AGENT_CONFIG.jobVisibilityMs * 4 } };
+  const h = await setup(slow);
   const reqId = await h.enqueue();
-  await until(() => h.runtime.created.length === 1, 'start begun');
+  const starting = (hh: typeof h) => until(() => [...hh.runtime.instances.values()].find((i) => i.inspect().state === 'starting'), 'start begun');
+  const inst = await starting(h);
   // Three visibility timeouts pass while the instance is still starting.
   await h.clock.advance(h.config.jobVisibilityMs * 3);
   assert.equal(await h.queue.take(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 1000 }), undefined, 'not redelivered');
-  ready();
+  inst.listenNow();
   assert.equal((await h.result(reqId)).ok, true);
   await until(async () => (await h.queue.depth(PROVISION_TOPIC)) === 0, 'acked');
-  assert.equal(h.runtime.created.length, 1, 'delivered once');
+  assert.equal(h.runtime.instances.size, 1, 'delivered once');
 
   // A second start hangs; stopping the agent releases the job for another agent instead of failing it.
-  const second = await setup({ script: () => ({ readyGate: new Promise<void>(() => undefined) }) });
+  const second = await setup(slow);
   const req2 = await second.enqueue();
-  await until(() => second.runtime.created.length === 1, 'second start begun');
+  const half = await starting(second);
   await second.agent.stop();
   const job = await second.queue.take<ProvisionJob>(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 1000 });
   assert.equal(job?.payload.request_id, req2);
   assert.equal(await second.store.get(KEYS.provisionResult(req2)), undefined, 'no failure reported');
-  assert.equal(second.runtime.instances.get(second.runtime.created[0]!.instanceId)?.stopCalls, 1, 'half-started instance cleaned up');
+  assert.equal(half.stopCalls, 1, 'half-started instance cleaned up');
+  assert.equal(half.inspect().state, 'exited');
 });
 
 test('an outdated job is dropped; a job for a deleted function answers "function deleted"', async () => {
   const h = await setup();
   await h.enqueue({ config_key: 'an older config' });
   await until(async () => (await h.queue.depth(PROVISION_TOPIC)) === 0, 'outdated job acked');
-  assert.equal(h.runtime.created.length, 0);
+  assert.equal(h.runtime.instances.size, 0);
   assert.equal((await h.store.list(KEYS.provisionResults)).kvs.length, 0);
   const r = await h.result(await h.enqueue({ function_id: 'fn-gone' }));
   assert.deepEqual(r, { request_id: r.request_id, function_id: 'fn-gone', ok: false, instance_id: null, error: 'function deleted' });
-  assert.equal(h.runtime.created.length, 0);
+  assert.equal(h.runtime.instances.size, 0);
 });
 
 test('without capacity for the function the job is given back for another agent', async () => {
@@ -210,7 +221,7 @@ test('without capacity for the function the job is given back for another agent'
   const job = await until(() => h.queue.take<ProvisionJob>(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 60_000 }), 'released job');
   assert.equal(job.deliveries, 2);
   assert.equal(job.payload.function_id, 'fn-1');
-  assert.equal(h.runtime.created.length, 0);
+  assert.equal(h.runtime.instances.size, 0);
 });
 
 test('with every instance slot used the agent does not take jobs', async () => {
@@ -226,8 +237,7 @@ test('with every instance slot used the agent does not take jobs', async () => {
 test('an instance that exits is deregistered at once and its logs survive', async () => {
   // The sandbox teardown hangs: the key must go before it, not after.
   let teardown!: () => void;
-  const stopGate = new Promise<void>((r) => (teardown = r));
-  const h = await setup({ script: () => ({ stopGate }) });
+  const h = await setup({ behavior: () => ({ teardown: new Promise<void>((r) => (teardown = r)) }) });
   cleanups.push(async () => teardown()); // runs before the agent stops, even if an assertion failed
   const id = await h.startOne();
   const inst = h.runtime.instances.get(id);
@@ -273,7 +283,7 @@ test('idle time counts from the end of the last request; busy instances are not 
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
   const h = await setup({
-    script: () => ({
+    behavior: () => ({
       handler: (_req, res) => {
         void gate.then(() => res.end('done'));
       },
@@ -316,7 +326,7 @@ test('a stale instance is drained only once a ready instance with the current co
   assert.equal(h.agent.localInstances().length, 1, 'stale instance keeps serving while nothing newer is ready');
   assert.equal((await h.record(old))?.status, 'ready');
   const fresh = await h.startOne(v2);
-  assert.deepEqual(h.runtime.created.at(-1)?.env, { VERSION: '2' });
+  assert.deepEqual(h.created().at(-1)?.env, { VERSION: '2' });
   await h.clock.advance(1_000);
   await until(async () => (await h.record(old)) === undefined, 'stale instance deregistered');
   await until(() => h.agent.localInstances().length === 1, 'stale instance stopped');
@@ -365,7 +375,9 @@ test('the agent HTTP server: healthz, unknown routes, forwarding errors, followe
   assert.deepEqual(await get('/healthz'), { status: 200, body: JSON.stringify({ ok: true, agent_id: 'agent-1' }) });
   assert.equal((await get('/nope')).status, 404);
   const fwd = await get(`/internal/forward/${id}/x?y=1`);
-  assert.deepEqual(fwd, { status: 200, body: `ok ${id}` });
+  assert.equal(fwd.status, 200);
+  const echo = JSON.parse(fwd.body) as { url: string; env: Record<string, string> };
+  assert.deepEqual([echo.url, echo.env.AETHER_INSTANCE_ID], ['/x?y=1', id], 'reached that instance with the path');
   const bad = await get('/internal/forward/inst-unknown/');
   assert.equal(bad.status, 502);
   assert.match(bad.body, /AETHER_ERR_UPSTREAM/);

@@ -5,9 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DEFAULT_LIMITS } from '../archive/index.ts';
+import { createFsBlobStore } from '../blob/fs.ts';
 import { ManualClock, metrics, silentLogger } from '../core/index.ts';
 import { createCodeCache } from './code-cache.ts';
-import { buildZip, countingBlob, mapBlob, sha256 } from './test-support.ts';
+import { buildZip, countingBlob, sha256 } from './test-support.ts';
 
 const dirs: string[] = [];
 after(async () => {
@@ -17,7 +18,9 @@ after(async () => {
 async function setup(budgetBytes = 1 << 30) {
   const dir = await mkdtemp(join(tmpdir(), 'aether-code-cache-'));
   dirs.push(dir);
-  const blob = countingBlob(mapBlob());
+  const blobDir = await mkdtemp(join(tmpdir(), 'aether-code-cache-blob-'));
+  dirs.push(blobDir);
+  const blob = countingBlob(createFsBlobStore({ dir: blobDir }));
   const clock = new ManualClock();
   const make = () => createCodeCache({ dir, blob, clock, logger: silentLogger(), archiveLimits: DEFAULT_LIMITS, budgetBytes });
   return { dir, blob, clock, make, cache: await make() };

@@ -26,7 +26,7 @@ export interface FakeBehavior {
 export interface FakeInstance extends RuntimeInstance {
   /** The program prints a line. */
   print(text: string, stream?: 'stdout' | 'stderr'): void;
-  /** The program listens now, whatever startupDelayMs says (a slow start finishing on cue). */
+  /** The program listens now, whatever startupDelayMs says (a slow start finishing on cue); after start() only. */
   listenNow(): void;
   /** The program dies by itself (default: code 1). */
   crash(info?: Partial<ExitInfo>): void;
@@ -40,10 +40,11 @@ export interface FakeRuntimeOptions {
   clock?: Clock;
 }
 
-export type FakeRuntime = Runtime & {
+export interface FakeRuntime extends Runtime {
+  create(spec: InstanceSpec): Promise<FakeInstance>;
   /** Every instance created, by id, in creation order (exited ones stay, for inspection). */
-  instances: Map<string, FakeInstance>;
-};
+  readonly instances: Map<string, FakeInstance>;
+}
 
 /**
  * In-process driver: each instance is a node:http server on a loopback port. The default handler
@@ -154,6 +155,7 @@ class Instance implements FakeInstance {
   }
 
   listenNow(): void {
+    if (this.#state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
     if (this.#state !== 'starting' || this.#server) return;
     for (const t of this.#timers) this.#clock.clearTimeout(t);
     this.#timers = [];
