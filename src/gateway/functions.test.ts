@@ -28,7 +28,7 @@ async function setup() {
   const clock = new ManualClock();
   const store = createSqliteStore({ path: ':memory:', clock });
   const blobs = createFsBlobStore({ dir: join(dir, 'blobs') });
-  const svc = new FunctionService({ store, blobs, defaultSandbox: 'firecracker', clock, tmpDir: join(dir) });
+  const svc = new FunctionService({ store, blobs, defaultSandbox: 'firecracker', availableSandboxes: ['process', 'firecracker'], clock, tmpDir: join(dir) });
   const close = async (): Promise<void> => {
     await store.close();
     await blobs.close();
@@ -125,4 +125,19 @@ test('deleting a function tolerates a failing blob store', async (t) => {
   const svc = new FunctionService({ store: s.store, blobs, defaultSandbox: 'process' });
   await svc.remove('a');
   assert.equal(await svc.find(fn.id), undefined);
+});
+
+test('a sandbox without a driver on this platform is refused with a 400 naming it', async () => {
+  const s = await setup();
+  try {
+    const svc = new FunctionService({ store: s.store, blobs: s.blobs, defaultSandbox: 'process' });
+    await code(svc, svc.create({ name: 'vm', runtime: 'node', sandbox: 'qemu' }), 'AETHER_ERR_VALIDATION');
+    const ok = await svc.create({ name: 'proc', runtime: 'node' });
+    assert.equal(ok.sandbox, 'process');
+    await code(svc, svc.update('proc', { sandbox: 'firecracker' }), 'AETHER_ERR_VALIDATION');
+    assert.equal((await svc.get('proc')).sandbox, 'process');
+    assert.deepEqual((await svc.list()).map((f) => f.name), ['proc']);
+  } finally {
+    await s.close();
+  }
 });

@@ -30,6 +30,8 @@ export interface FunctionServiceOptions {
   blobs: BlobStore;
   /** Sandbox for functions created without one. */
   defaultSandbox: Sandbox;
+  /** Sandboxes agents can run today (default: only `process`); others are refused with a 400. */
+  availableSandboxes?: readonly Sandbox[];
   limits?: ArchiveLimits;
   clock?: Clock;
   logger?: Logger;
@@ -60,6 +62,7 @@ export class FunctionService {
   readonly #store: Store;
   readonly #blobs: BlobStore;
   readonly #defaultSandbox: Sandbox;
+  readonly #sandboxes: readonly Sandbox[];
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #tmpDir: string;
@@ -70,6 +73,7 @@ export class FunctionService {
     this.#store = opts.store;
     this.#blobs = opts.blobs;
     this.#defaultSandbox = opts.defaultSandbox;
+    this.#sandboxes = opts.availableSandboxes ?? ['process'];
     this.limits = opts.limits ?? DEFAULT_LIMITS;
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger ?? silentLogger();
@@ -80,6 +84,7 @@ export class FunctionService {
   async create(input: unknown): Promise<FunctionRecord> {
     const p = parseOrThrow(CreateFunctionSchema, input);
     checkFunctionInvariants(p);
+    this.#checkSandbox(p.sandbox);
     const now = this.#clock.now();
     const iso = new Date(now).toISOString();
     const rec: FunctionRecord = {
@@ -137,9 +142,16 @@ export class FunctionService {
   }
 
   /** Partial update: given fields replace stored ones (env_vars as a whole); may rename. */
+  /** qemu and firecracker are valid names but have no driver yet: say so instead of silently running `process`. */
+  #checkSandbox(sandbox: Sandbox | undefined): void {
+    if (sandbox === undefined || this.#sandboxes.includes(sandbox)) return;
+    throw new AetherError('AETHER_ERR_VALIDATION', `sandbox: "${sandbox}" is not available on this platform (available: ${this.#sandboxes.join(', ')})`);
+  }
+
   async update(idOrName: string, input: unknown): Promise<FunctionRecord> {
     let found = await this.#mustFind(idOrName);
     const patch = parseOrThrow(UpdateFunctionSchema, input);
+    this.#checkSandbox(patch.sandbox);
     for (let attempt = 1; ; attempt++) {
       const cur = found.rec;
       const next: FunctionRecord = { ...cur };
