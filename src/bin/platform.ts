@@ -45,6 +45,7 @@ async function adminToken(role: Role, dataDir: string, tokenFile: string | undef
 
 export async function startNode(role: Role, flags: ConfigInput & { config?: string }, env: NodeJS.ProcessEnv = process.env, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<RunningNode> {
   const cfg = loadConfig(role, flags, env);
+  if (cfg.sandbox !== 'process') throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} has no driver yet (available: process)`);
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   const clock = systemClock;
