@@ -47,7 +47,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   const leases = new LeaseKeeper({ store: o.store, ttlMs: o.leaseTtlMs, clock: o.clock, logger: o.logger });
   await leases.start();
   await Promise.all([views.start(), agents.start()]);
-  const recorder = new InvocationRecorder({ store: o.store, clock: o.clock, logger: o.logger });
+  const recorder = new InvocationRecorder({ store: o.store, clock: o.clock, logger: o.logger, exists: (fnId) => views.fn(fnId) !== undefined });
   const invoker = new Invoker({
     store: o.store,
     queue: o.queue,

@@ -17,7 +17,11 @@ export class InvocationRecorder {
   readonly #keep: number;
   readonly #intervalMs: number;
 
-  constructor(opts: { store: Store; clock: Clock; logger: Logger; keep?: number; intervalMs?: number }) {
+  /** Records of a function deleted meanwhile are dropped, so a DELETE leaves none behind. */
+  readonly #exists: (fnId: string) => boolean;
+
+  constructor(opts: { store: Store; clock: Clock; logger: Logger; keep?: number; intervalMs?: number; exists?: (fnId: string) => boolean }) {
+    this.#exists = opts.exists ?? (() => true);
     this.#store = opts.store;
     this.#clock = opts.clock;
     this.#logger = opts.logger;
@@ -40,9 +44,9 @@ export class InvocationRecorder {
 
   async flush(): Promise<void> {
     if (this.#flushing) await this.#flushing;
-    const batch = this.#buffer;
-    if (batch.length === 0) return;
+    const batch = this.#buffer.filter((r) => this.#exists(r.function_id));
     this.#buffer = [];
+    if (batch.length === 0) return;
     this.#flushing = (async () => {
       // One store transaction per chunk instead of one write per record (etcd allows 128 ops per txn).
       for (let i = 0; i < batch.length; i += 100) {
