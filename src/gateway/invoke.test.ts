@@ -1,0 +1,118 @@
+/**
+ * The invocation path in one process on first-class drivers (sqlite store, memory queue, fs blobs,
+ * fake runtime, a real agent and gateway on a loopback port): cold-start single flight, burst
+ * scaling, failure answers. No timing assertions.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { agentConfig, createAgent, type Agent } from '../agent/index.ts';
+import { DEFAULT_LIMITS } from '../archive/index.ts';
+import { zipOf } from '../archive/testing.ts';
+import { createFsBlobStore } from '../blob/fs.ts';
+import { silentLogger, systemClock } from '../core/index.ts';
+import { closeAllEndpoints } from '../proxy/index.ts';
+import { createMemoryQueue } from '../queue/memory.ts';
+import { createFakeRuntime, type FakeBehavior, type FakeRuntime } from '../runtime/index.ts';
+import { createSqliteStore } from '../store/sqlite.ts';
+import { FunctionService } from './functions.ts';
+import { startGateway, type Gateway } from './gateway.ts';
+
+let dir: string;
+let gateway: Gateway;
+let agent: Agent;
+let runtime: FakeRuntime;
+let functions: FunctionService;
+const behaviors = new Map<string, FakeBehavior>();
+const closers: (() => Promise<void>)[] = [];
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'aether-invoke-'));
+  const store = createSqliteStore({ path: ':memory:' });
+  const queue = createMemoryQueue();
+  const blob = createFsBlobStore({ dir: join(dir, 'blobs') });
+  runtime = createFakeRuntime({ behavior: (spec) => behaviors.get(spec.functionName) ?? {} });
+  const logger = silentLogger();
+  agent = createAgent({ store, queue, blob, runtime, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-t', url: 'local://', dataDir: dir, scaleIntervalMs: 60_000 }) });
+  await agent.start();
+  functions = new FunctionService({ store, blobs: blob, defaultSandbox: 'process', tmpDir: dir });
+  gateway = await startGateway({ store, queue, clock: systemClock, logger, functions, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-t', leaseTtlMs: 10_000, startTimeoutMs: 30_000, localAgent: agent });
+  closers.push(() => gateway.close(), () => agent.stop(), () => runtime.close(), () => store.close());
+});
+
+after(async () => {
+  for (const c of closers) await c().catch(() => undefined);
+  await closeAllEndpoints();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function deploy(name: string, fields: Record<string, unknown> = {}, behavior: FakeBehavior = {}): Promise<void> {
+  behaviors.set(name, behavior);
+  await functions.create({ name, runtime: 'node', ...fields });
+  await functions.uploadCode(name, await zipOf({ 'handler.js': '// the fake runtime serves it' }));
+}
+
+const instancesOf = (name: string): number => [...runtime.instances.values()].filter((i) => i.spec.functionName === name).length;
+
+async function call(name: string, path = '/'): Promise<{ status: number; body: string; cold: string | null }> {
+  const r = await fetch(`${gateway.url}/functions/${name}${path}`);
+  return { status: r.status, body: await r.text(), cold: r.headers.get('x-aether-cold-start') };
+}
+
+describe('invoker', () => {
+  test('concurrent first requests share one cold start', async () => {
+    await deploy('single', { concurrency_target: 20 }, { startupDelayMs: 200 });
+    const rs = await Promise.all(Array.from({ length: 10 }, () => call('single', '/x')));
+    assert.deepEqual(rs.map((r) => r.status), Array(10).fill(200));
+    assert.ok(rs.every((r) => r.cold === 'true'));
+    assert.equal(instancesOf('single'), 1);
+    const warm = await call('single');
+    assert.equal(warm.cold, 'false');
+    assert.equal(instancesOf('single'), 1);
+  });
+
+  test('a burst scales out within max_instances and every request is served', async () => {
+    let open = 0;
+    await deploy('burst', { concurrency_target: 1, max_instances: 4 }, {
+      startupDelayMs: 50,
+      handler: (_req, res) => {
+        open++;
+        setTimeout(() => {
+          open--;
+          res.end('done');
+        }, 150);
+      },
+    });
+    const rs = await Promise.all(Array.from({ length: 16 }, () => call('burst')));
+    assert.deepEqual(rs.map((r) => r.status), Array(16).fill(200));
+    assert.equal(open, 0);
+    const n = instancesOf('burst');
+    assert.ok(n > 1 && n <= 4, `scaled to ${n} instances`);
+  });
+
+  test('a start that fails answers 503 with the program output', async () => {
+    await deploy('broken', {}, { failStart: 'cannot find module ./missing' });
+    const r = await call('broken');
+    assert.equal(r.status, 503);
+    const err = (JSON.parse(r.body) as { error: { code: string; message: string } }).error;
+    assert.equal(err.code, 'AETHER_ERR_COLD_START_FAILED');
+    assert.match(err.message, /cannot find module \.\/missing/);
+  });
+
+  test('a function that does not answer within timeout_ms gets 504', async () => {
+    await deploy('silent', { timeout_ms: 300 }, { handler: () => undefined });
+    const r = await call('silent');
+    assert.equal(r.status, 504);
+    assert.equal((JSON.parse(r.body) as { error: { code: string } }).error.code, 'AETHER_ERR_TIMEOUT');
+  });
+
+  test('unknown function 404, function without code 400', async () => {
+    assert.equal((await call('nobody')).status, 404);
+    await functions.create({ name: 'empty', runtime: 'node' });
+    const r = await call('empty');
+    assert.equal(r.status, 400);
+    assert.equal((JSON.parse(r.body) as { error: { code: string } }).error.code, 'AETHER_ERR_NO_CODE');
+  });
+});
