@@ -148,6 +148,11 @@ if (skip) {
         const recs = await api<{ status: string; status_code: number }[]>(gw(1), 'GET', '/api/functions/hello/invocations');
         return recs.body.filter((x) => x.status === 'success' && x.status_code === 200).length >= 4;
       });
+      // Logs live on the agents; any gateway gathers them.
+      const logs = await fetch(`${gw(1).url}/api/functions/hello/logs?tail=50`, { headers: { authorization: `Bearer ${TOKEN}` } });
+      assert.equal(logs.status, 200);
+      const lines = (await logs.text()).trim().split('\n').map((l) => JSON.parse(l) as { text: string; instance_id: string });
+      assert.ok(lines.some((l) => /ready/.test(l.text)), `instance lines gathered from the agents: ${JSON.stringify(lines.slice(0, 3))}`);
     });
 
     it('concurrent first requests through both gateways start exactly one instance', async () => {
