@@ -61,7 +61,7 @@ async function call(name: string, path = '/'): Promise<{ status: number; body: s
   return { status: r.status, body: await r.text(), cold: r.headers.get('x-aether-cold-start') };
 }
 
-describe('invoker', () => {
+describe('invoker', { timeout: 60_000 }, () => {
   test('concurrent first requests share one cold start', async () => {
     await deploy('single', { concurrency_target: 20 }, { startupDelayMs: 200 });
     const rs = await Promise.all(Array.from({ length: 10 }, () => call('single', '/x')));
@@ -114,5 +114,49 @@ describe('invoker', () => {
     const r = await call('empty');
     assert.equal(r.status, 400);
     assert.equal((JSON.parse(r.body) as { error: { code: string } }).error.code, 'AETHER_ERR_NO_CODE');
+  });
+});
+
+describe('invoker: an update racing a cold start', { timeout: 60_000 }, () => {
+  // An agent with one slot, held by another function: the cold-start job waits in the queue while
+  // the function changes; the agent then drops that job as outdated.
+  let dir2: string;
+  let gw2: Gateway;
+  let fns2: FunctionService;
+  const stops: (() => Promise<void>)[] = [];
+
+  before(async () => {
+    dir2 = await mkdtemp(join(tmpdir(), 'aether-invoke-race-'));
+    const store = createSqliteStore({ path: ':memory:' });
+    const queue = createMemoryQueue();
+    const blob = createFsBlobStore({ dir: join(dir2, 'blobs') });
+    const rt = createFakeRuntime();
+    const logger = silentLogger();
+    const a = createAgent({ store, queue, blob, runtime: rt, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-race', url: 'local://', dataDir: dir2, scaleIntervalMs: 60_000, capacity: { instances: 1, memoryMb: 4096, vcpu: 8 } }) });
+    await a.start();
+    fns2 = new FunctionService({ store, blobs: blob, defaultSandbox: 'process', tmpDir: dir2 });
+    gw2 = await startGateway({ store, queue, clock: systemClock, logger, functions: fns2, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-race', leaseTtlMs: 10_000, startTimeoutMs: 30_000, localAgent: a });
+    stops.push(() => gw2.close(), () => a.stop(), () => rt.close(), () => store.close());
+  });
+
+  after(async () => {
+    for (const s of stops) await s().catch(() => undefined);
+    await rm(dir2, { recursive: true, force: true });
+  });
+
+  test('the waiting request is served by the new version instead of timing out', async () => {
+    const zip = await zipOf({ 'handler.js': '// fake' });
+    for (const name of ['blocker', 'late']) {
+      await fns2.create({ name, runtime: 'node', timeout_ms: 10_000, env_vars: { V: '1' } });
+      await fns2.uploadCode(name, zip);
+    }
+    assert.equal((await fetch(`${gw2.url}/functions/blocker/`)).status, 200); // takes the only slot
+    const pending = fetch(`${gw2.url}/functions/late/`).then(async (r) => ({ status: r.status, body: await r.text() }));
+    await new Promise((r) => setTimeout(r, 200)); // its job is queued; the agent is full
+    await fns2.update('late', { env_vars: { V: '2' } });
+    await fns2.remove('blocker'); // frees the slot: the outdated job is dropped, the new one runs
+    const r = await pending;
+    assert.equal(r.status, 200, r.body);
+    assert.equal((JSON.parse(r.body) as { env: Record<string, string> }).env['V'], '2');
   });
 });

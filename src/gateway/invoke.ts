@@ -45,7 +45,7 @@ interface FnState {
   /** Requests of this function inside this gateway, waiting ones included (the scaler's demand). */
   inflight: number;
   /** Provision requests on the way: requestId -> time asked. Includes another gateway's claimed cold start. */
-  starting: Map<string, number>;
+  starting: Map<string, { at: number; configKey: string }>;
   waiters: Set<Waiter>;
   /** Request ids whose cold-start claim we hold. */
   claims: Set<string>;
@@ -77,7 +77,7 @@ export class Invoker {
       if (r) this.#onResult(r);
     });
     deps.views.functions.onChange((key, fn) => {
-      if (fn) return;
+      if (fn) return this.#onFunctionChanged(fn);
       // Deleted: fail waiters at once, later requests get 404.
       const st = this.#fns.get(key.slice(KEYS.functions.length));
       if (st) this.#failWaiters(st, new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', 'function was deleted'));
@@ -323,6 +323,26 @@ export class Invoker {
     });
   }
 
+  /**
+   * Agents drop provision jobs queued for an older config (a code upload or PUT raced a cold
+   * start), without a result: forget those starts and ask again for the current config, so waiting
+   * requests are not left until their timeout.
+   */
+  #onFunctionChanged(fn: FunctionRecord): void {
+    const st = this.#fns.get(fn.id);
+    if (!st || st.starting.size === 0) return;
+    const key = instanceConfigKey(fn);
+    for (const [id, s] of st.starting) {
+      if (s.configKey === key) continue;
+      st.starting.delete(id);
+      if (st.claims.delete(id)) void this.#d.store.delete(KEYS.coldStart(fn.id)).catch(() => undefined);
+    }
+    if (st.waiters.size === 0 || st.starting.size > 0 || this.#candidates(fn).current.length > 0) return;
+    void this.#ensureColdStart(fn, st).catch((err: unknown) => {
+      this.#failWaiters(st, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UNAVAILABLE', `cold start could not be requested: ${String(err)}`));
+    });
+  }
+
   #wake(fnId: string): void {
     const st = this.#fns.get(fnId);
     if (!st || st.waiters.size === 0) return;
@@ -341,7 +361,7 @@ export class Invoker {
 
   #gcStarting(st: FnState): void {
     const cutoff = this.#d.clock.now() - this.#d.startTimeoutMs;
-    for (const [id, at] of st.starting) if (at < cutoff) st.starting.delete(id);
+    for (const [id, s] of st.starting) if (s.at < cutoff) st.starting.delete(id);
   }
 
   /** One cold start per function across gateways: a claim key under this gateway's lease. */
@@ -349,21 +369,22 @@ export class Invoker {
     this.#gcStarting(st);
     if (st.starting.size > 0) return;
     const requestId = newId('req', this.#d.clock.now());
-    st.starting.set(requestId, this.#d.clock.now());
+    const configKey = instanceConfigKey(fn);
+    st.starting.set(requestId, { at: this.#d.clock.now(), configKey });
     const lease = this.#d.leaseId();
     const claimKey = KEYS.coldStart(fn.id);
-    const claim = await this.#d.store.cas(claimKey, 0, JSON.stringify({ gateway_id: this.#d.gatewayId, request_id: requestId, at: this.#d.clock.now() }), lease ? { lease } : {});
+    const claim = await this.#d.store.cas(claimKey, 0, JSON.stringify({ gateway_id: this.#d.gatewayId, request_id: requestId, config_key: configKey, at: this.#d.clock.now() }), lease ? { lease } : {});
     if (!claim.succeeded) {
       st.starting.delete(requestId);
       const held = await this.#d.store.get(claimKey);
       if (held) {
-        const h = JSON.parse(held.value) as { request_id: string; at: number };
-        if (this.#d.clock.now() - h.at > this.#d.startTimeoutMs) {
-          // A claim nobody finished (its gateway hung): take it over.
+        const h = JSON.parse(held.value) as { request_id: string; at: number; config_key?: string };
+        if (this.#d.clock.now() - h.at > this.#d.startTimeoutMs || (h.config_key !== undefined && h.config_key !== configKey)) {
+          // A claim nobody finished (its gateway hung), or one for an older version: take it over.
           await this.#d.store.txn([{ key: claimKey, modRevision: held.modRevision }], [{ type: 'delete', key: claimKey }]);
           return this.#ensureColdStart(fn, st);
         }
-        st.starting.set(h.request_id, this.#d.clock.now());
+        st.starting.set(h.request_id, { at: this.#d.clock.now(), configKey: h.config_key ?? configKey });
         return;
       }
       return this.#ensureColdStart(fn, st);
@@ -390,7 +411,7 @@ export class Invoker {
     const n = planScaleUp(fn, { ready, starting: st.starting.size, demand: st.inflight });
     for (let i = 0; i < n; i++) {
       const requestId = newId('req', this.#d.clock.now());
-      st.starting.set(requestId, this.#d.clock.now());
+      st.starting.set(requestId, { at: this.#d.clock.now(), configKey: instanceConfigKey(fn) });
       metrics.scaleEvents.inc({ function_id: fn.id, direction: 'up' });
       this.#enqueue(fn, requestId, 'scale').catch((err: unknown) => this.#d.logger.warn({ err: String(err) }, 'scale-up request failed'));
     }
@@ -416,7 +437,7 @@ export class Invoker {
       const n = floor - current.length - st.starting.size;
       for (let i = 0; i < n; i++) {
         const requestId = newId('req', this.#d.clock.now());
-        st.starting.set(requestId, this.#d.clock.now());
+        st.starting.set(requestId, { at: this.#d.clock.now(), configKey: instanceConfigKey(fn) });
         this.#enqueue(fn, requestId, stale.length > 0 ? 'replace' : 'min').catch((err: unknown) => this.#d.logger.warn({ err: String(err) }, 'provision request failed'));
       }
     }
@@ -448,15 +469,15 @@ export class Invoker {
       const depth = await this.#d.queue.depth(PROVISION_TOPIC).catch(() => -1);
       if (depth !== 0) continue;
       const fn = this.#d.views.fn(fnId);
-      const oldest = Math.min(...st.starting.values());
+      const oldest = Math.min(...[...st.starting.values()].map((s) => s.at));
       if (!fn || this.#d.clock.now() - oldest < 3000) continue;
       for (const id of st.claims) {
         st.starting.delete(id);
         const requestId = newId('req', this.#d.clock.now());
         st.claims.delete(id);
         st.claims.add(requestId);
-        st.starting.set(requestId, this.#d.clock.now());
-        await this.#d.store.put(KEYS.coldStart(fnId), JSON.stringify({ gateway_id: this.#d.gatewayId, request_id: requestId, at: this.#d.clock.now() }), this.#d.leaseId() ? { lease: this.#d.leaseId() as string } : {}).catch(() => undefined);
+        st.starting.set(requestId, { at: this.#d.clock.now(), configKey: instanceConfigKey(fn) });
+        await this.#d.store.put(KEYS.coldStart(fnId), JSON.stringify({ gateway_id: this.#d.gatewayId, request_id: requestId, config_key: instanceConfigKey(fn), at: this.#d.clock.now() }), this.#d.leaseId() ? { lease: this.#d.leaseId() as string } : {}).catch(() => undefined);
         await this.#enqueue(fn, requestId, 'cold').catch(() => undefined);
         this.#d.logger.warn({ function_id: fnId }, 'provision job seems lost (queue empty, no result); queued again');
       }
