@@ -16,7 +16,9 @@ import { silentLogger, systemClock } from '../core/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { createMemoryQueue } from '../queue/memory.ts';
 import { createFakeRuntime, type FakeBehavior, type FakeRuntime } from '../runtime/index.ts';
+import type { Store } from '../store/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
+import { KEYS } from '../spec/index.ts';
 import { FunctionService } from './functions.ts';
 import { startGateway, type Gateway } from './gateway.ts';
 
@@ -25,12 +27,13 @@ let gateway: Gateway;
 let agent: Agent;
 let runtime: FakeRuntime;
 let functions: FunctionService;
+let store: Store;
 const behaviors = new Map<string, FakeBehavior>();
 const closers: (() => Promise<void>)[] = [];
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'aether-invoke-'));
-  const store = createSqliteStore({ path: ':memory:' });
+  store = createSqliteStore({ path: ':memory:' });
   const queue = createMemoryQueue();
   const blob = createFsBlobStore({ dir: join(dir, 'blobs') });
   runtime = createFakeRuntime({ behavior: (spec) => behaviors.get(spec.functionName) ?? {} });
@@ -90,6 +93,20 @@ describe('invoker', { timeout: 60_000 }, () => {
     assert.equal(open, 0);
     const n = instancesOf('burst');
     assert.ok(n > 1 && n <= 4, `scaled to ${n} instances`);
+  });
+
+  test('scale-up counts the demand other gateways report', async () => {
+    await deploy('shared', { concurrency_target: 5, max_instances: 10 }, { startupDelayMs: 20 });
+    const fnId = (await functions.get('shared')).id;
+    // Another gateway behind the same load balancer has 20 requests of this function in flight.
+    await store.put(KEYS.demand(fnId, 'gw-other'), JSON.stringify({ inflight: 20, starting: 0 }));
+    await new Promise((r) => setTimeout(r, 50)); // the watch delivers it
+    assert.equal((await call('shared')).status, 200);
+    // 21 in flight at a target of 5 -> 5 instances, not the 1 this gateway's own request needs.
+    // (4 is possible: the first instance can count as ready and still starting for a moment.)
+    for (let i = 0; i < 100 && instancesOf('shared') < 4; i++) await new Promise((r) => setTimeout(r, 20));
+    const n = instancesOf('shared');
+    assert.ok(n >= 4 && n <= 5, `scaled to ${n}`);
   });
 
   test('a start that fails answers 503 with the program output', async () => {

@@ -50,6 +50,8 @@ interface FnState {
   /** Request ids whose cold-start claim we hold. */
   claims: Set<string>;
   lastError: string | undefined;
+  /** What this gateway last wrote to KEYS.demand for the function ("" = nothing). */
+  reported: string;
 }
 
 const PREFIX = '/functions/';
@@ -232,7 +234,7 @@ export class Invoker {
   #state(fnId: string): FnState {
     let st = this.#fns.get(fnId);
     if (!st) {
-      st = { inflight: 0, starting: new Map(), waiters: new Set(), claims: new Set(), lastError: undefined };
+      st = { inflight: 0, starting: new Map(), waiters: new Set(), claims: new Set(), lastError: undefined, reported: '' };
       this.#fns.set(fnId, st);
     }
     return st;
@@ -408,7 +410,18 @@ export class Invoker {
   #maybeScaleUp(fn: FunctionRecord, st: FnState): void {
     this.#gcStarting(st);
     const ready = this.#candidates(fn).current.length;
-    const n = planScaleUp(fn, { ready, starting: st.starting.size, demand: st.inflight });
+    // Behind a load balancer each gateway sees a share of the demand: add what the others report.
+    let demand = st.inflight;
+    let starting = st.starting.size;
+    const others = this.#d.views.demandByFunction.get(fn.id);
+    if (others) {
+      for (const [gw, d] of others) {
+        if (gw === this.#d.gatewayId) continue;
+        demand += d.inflight;
+        starting += d.starting;
+      }
+    }
+    const n = planScaleUp(fn, { ready, starting, demand });
     for (let i = 0; i < n; i++) {
       const requestId = newId('req', this.#d.clock.now());
       st.starting.set(requestId, { at: this.#d.clock.now(), configKey: instanceConfigKey(fn) });
@@ -424,7 +437,27 @@ export class Invoker {
       this.#gcStarting(st);
       if (st.waiters.size > 0) this.#wake(fnId);
     }
+    await this.#reportDemand();
     await this.#requeueLost();
+  }
+
+  /** Publish this gateway's load per function (only changes; removed when idle) for the other gateways' scale-up. */
+  async #reportDemand(): Promise<void> {
+    const lease = this.#d.leaseId();
+    if (!lease) return;
+    for (const [fnId, st] of this.#fns) {
+      const idle = st.inflight === 0 && st.starting.size === 0;
+      const value = idle ? '' : JSON.stringify({ inflight: st.inflight, starting: st.starting.size });
+      if (value === st.reported) continue;
+      const key = KEYS.demand(fnId, this.#d.gatewayId);
+      try {
+        if (idle) await this.#d.store.delete(key);
+        else await this.#d.store.put(key, value, { lease });
+        st.reported = value;
+      } catch {
+        // store briefly down: try again next round
+      }
+    }
   }
 
   reconcile(): void {

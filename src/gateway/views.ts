@@ -82,10 +82,19 @@ export class PrefixView<T> {
   }
 }
 
+/** What each gateway reports of a function's load (see KEYS.demand). */
+export interface GatewayDemand {
+  inflight: number;
+  starting: number;
+}
+
 export class ClusterViews {
   readonly functions: PrefixView<FunctionRecord>;
   readonly instances: PrefixView<InstanceRecord>;
   readonly results: PrefixView<ProvisionResult>;
+  readonly demand: PrefixView<GatewayDemand>;
+  /** fnId -> gatewayId -> reported demand. */
+  readonly demandByFunction = new Map<string, Map<string, GatewayDemand>>();
   /** fnId -> instances, maintained from the instances view. */
   readonly byFunction = new Map<string, Map<string, InstanceRecord>>();
   readonly #names = new Map<string, string>();
@@ -94,6 +103,18 @@ export class ClusterViews {
     this.functions = new PrefixView(store, KEYS.functions, logger);
     this.instances = new PrefixView(store, KEYS.instances, logger);
     this.results = new PrefixView(store, KEYS.provisionResults, logger);
+    this.demand = new PrefixView(store, KEYS.demands, logger);
+    this.demand.onChange((key, d) => {
+      const [fnId = '', gwId = ''] = key.slice(KEYS.demands.length).split('/');
+      let m = this.demandByFunction.get(fnId);
+      if (d) {
+        if (!m) this.demandByFunction.set(fnId, (m = new Map()));
+        m.set(gwId, d);
+      } else if (m) {
+        m.delete(gwId);
+        if (m.size === 0) this.demandByFunction.delete(fnId);
+      }
+    });
     this.functions.onChange((key, fn) => {
       const id = key.slice(KEYS.functions.length);
       for (const [name, fid] of this.#names) if (fid === id) this.#names.delete(name);
@@ -116,7 +137,7 @@ export class ClusterViews {
   }
 
   async start(): Promise<void> {
-    await Promise.all([this.functions.start(), this.instances.start(), this.results.start()]);
+    await Promise.all([this.functions.start(), this.instances.start(), this.results.start(), this.demand.start()]);
   }
 
   fn(idOrName: string): FunctionRecord | undefined {
@@ -130,5 +151,6 @@ export class ClusterViews {
     this.functions.close();
     this.instances.close();
     this.results.close();
+    this.demand.close();
   }
 }

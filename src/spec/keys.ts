@@ -9,6 +9,7 @@
  *   /aether/invocations/<fnId>/<invId>       InvocationRecord JSON (invIds sort by time)
  *   /aether/leader/<role>                    leader claim for singleton loops, leased
  *   /aether/provision-results/<requestId>    outcome of a provision job (failure text + last log lines), short lease
+ *   /aether/demand/<fnId>/<gatewayId>        a gateway's in-flight and starting counts (scale-up sees all gateways), leased
  */
 export const KEYS = {
   functions: '/aether/functions/',
@@ -24,6 +25,8 @@ export const KEYS = {
   invocation: (fnId: string, invId: string): string => `/aether/invocations/${fnId}/${invId}`,
   leader: (role: string): string => `/aether/leader/${role}`,
   provisionResults: '/aether/provision-results/',
+  demands: '/aether/demand/',
+  demand: (fnId: string, gatewayId: string): string => `/aether/demand/${fnId}/${gatewayId}`,
   provisionResult: (requestId: string): string => `/aether/provision-results/${requestId}`,
 } as const;
 
