@@ -80,9 +80,13 @@ export class Invoker {
     });
     deps.views.functions.onChange((key, fn) => {
       if (fn) return this.#onFunctionChanged(fn);
-      // Deleted: fail waiters at once, later requests get 404.
-      const st = this.#fns.get(key.slice(KEYS.functions.length));
-      if (st) this.#failWaiters(st, new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', 'function was deleted'));
+      // Deleted: fail waiters at once, later requests get 404; forget its state and published demand.
+      const fnId = key.slice(KEYS.functions.length);
+      const st = this.#fns.get(fnId);
+      if (!st) return;
+      this.#failWaiters(st, new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', 'function was deleted'));
+      if (st.inflight === 0) this.#fns.delete(fnId);
+      if (st.reported) void this.#d.store.delete(KEYS.demand(fnId, this.#d.gatewayId)).catch(() => undefined);
     });
   }
 
