@@ -89,9 +89,8 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       if (lease) {
         const key = KEYS.leader('reconciler');
         const held = await o.store.get(key);
-        if (!held) await o.store.cas(key, 0, o.gatewayId, { lease });
-        const now = held?.value ?? (await o.store.get(key))?.value;
-        if (now === o.gatewayId) invoker.reconcile();
+        const leader = held ? held.value === o.gatewayId : (await o.store.cas(key, 0, o.gatewayId, { lease })).succeeded;
+        if (leader) invoker.reconcile();
       }
       await invoker.housekeeping();
     } catch (err) {

@@ -104,36 +104,13 @@ export class ClusterViews {
     this.instances = new PrefixView(store, KEYS.instances, logger);
     this.results = new PrefixView(store, KEYS.provisionResults, logger);
     this.demand = new PrefixView(store, KEYS.demands, logger);
-    this.demand.onChange((key, d) => {
-      const [fnId = '', gwId = ''] = key.slice(KEYS.demands.length).split('/');
-      let m = this.demandByFunction.get(fnId);
-      if (d) {
-        if (!m) this.demandByFunction.set(fnId, (m = new Map()));
-        m.set(gwId, d);
-      } else if (m) {
-        m.delete(gwId);
-        if (m.size === 0) this.demandByFunction.delete(fnId);
-      }
-    });
+    groupByFunction(this.demand, KEYS.demands, this.demandByFunction);
     this.functions.onChange((key, fn) => {
       const id = key.slice(KEYS.functions.length);
       for (const [name, fid] of this.#names) if (fid === id) this.#names.delete(name);
       if (fn) this.#names.set(fn.name, fn.id);
     });
-    this.instances.onChange((key, rec) => {
-      const rest = key.slice(KEYS.instances.length);
-      const slash = rest.indexOf('/');
-      const fnId = rest.slice(0, slash);
-      const instId = rest.slice(slash + 1);
-      let m = this.byFunction.get(fnId);
-      if (rec) {
-        if (!m) this.byFunction.set(fnId, (m = new Map()));
-        m.set(instId, rec);
-      } else if (m) {
-        m.delete(instId);
-        if (m.size === 0) this.byFunction.delete(fnId);
-      }
-    });
+    groupByFunction(this.instances, KEYS.instances, this.byFunction);
   }
 
   async start(): Promise<void> {
@@ -153,4 +130,22 @@ export class ClusterViews {
     this.results.close();
     this.demand.close();
   }
+}
+
+/** Keep `into` (fnId -> second key segment -> value) in step with a view of `<prefix><fnId>/<id>` keys. */
+function groupByFunction<T>(view: PrefixView<T>, prefix: string, into: Map<string, Map<string, T>>): void {
+  view.onChange((key, value) => {
+    const rest = key.slice(prefix.length);
+    const slash = rest.indexOf('/');
+    const fnId = rest.slice(0, slash);
+    const id = rest.slice(slash + 1);
+    let m = into.get(fnId);
+    if (value !== undefined) {
+      if (!m) into.set(fnId, (m = new Map()));
+      m.set(id, value);
+    } else if (m) {
+      m.delete(id);
+      if (m.size === 0) into.delete(fnId);
+    }
+  });
 }
