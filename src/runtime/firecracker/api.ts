@@ -147,10 +147,10 @@ export class FirecrackerClient {
   putBootSource(body: BootSource): Promise<void> {
     return this.#put('PUT', '/boot-source', body);
   }
-  putDrive(body: Drive): Promise<void> {
+  async putDrive(body: Drive): Promise<void> {
     return this.#put('PUT', `/drives/${id(body.drive_id)}`, body);
   }
-  putNetworkInterface(body: NetworkInterface): Promise<void> {
+  async putNetworkInterface(body: NetworkInterface): Promise<void> {
     return this.#put('PUT', `/network-interfaces/${id(body.iface_id)}`, body);
   }
   putVsock(body: Vsock): Promise<void> {
