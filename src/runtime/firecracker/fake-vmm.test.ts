@@ -250,7 +250,7 @@ describe('fake Firecracker as a process', () => {
       await until(() => existsSync(sock), 'the API socket');
       const c = new FirecrackerClient(sock);
       let info: { app_name: string } | undefined;
-      for (let i = 0; i < 100 && !info; i++) info = await c.describe().catch(() => new Promise<undefined>((r) => setTimeout(r, 20)));
+      for (let i = 0; i < 100 && !info; i++) info = await c.describe().catch(() => new Promise<undefined>((r) => setTimeout(() => r(undefined), 20)));
       assert.equal(info?.app_name, 'Firecracker');
       await c.close();
       const second = spawn(process.execPath, [FAKE, '--api-sock', sock], { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -14,7 +14,7 @@
  * client's types.
  *
  * It also plays the guest enough for a driver: after InstanceStart (or a snapshot load + resume) a
- * simulated aether-init reads `aether.token` from boot_args, waits for MMDS v2 data at
+ * simulated aether-init reads `aether.token` from boot_args, prints `AETHER-INIT READY`, waits for MMDS v2 data at
  * /aether/config, checks the token (a mismatch prints `AETHER-INIT: config rejected` and "powers
  * off": the process exits), then "runs the program": an HTTP server on --guest-http (a unix socket
  * path, relative to the API socket's directory unless absolute) answering with what the guest saw.
@@ -171,6 +171,8 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
       }
     }
     guest = 'waiting';
+    // aether-init's mark that it now polls MMDS for its config (where templates are snapshotted)
+    if (!fromSnapshot) serial('AETHER-INIT READY');
     guestTimer ??= setInterval(guestTick, 5);
   }
   function guestTick(): void {
