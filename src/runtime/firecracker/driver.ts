@@ -118,12 +118,7 @@ export function createFirecrackerRuntime(opts: FirecrackerRuntimeOptions): Firec
       const keepIds = new Set(keep.map(vmIdOf));
       const dir = join(tplDir, vmIdOf(ownerId));
       for (const [key] of building) if (key.startsWith(`${ownerId}/`) && !keep.includes(key.slice(ownerId.length + 1))) building.delete(key);
-      let versions: string[] = [];
-      try {
-        versions = readdirSync(dir);
-      } catch {
-        return;
-      }
+      const versions = safeList(dir);
       // restored VMs map the memory file privately: unlinking it does not disturb them
       for (const v of versions) if (!keepIds.has(v)) await rm(join(dir, v), { recursive: true, force: true });
     },
@@ -155,7 +150,8 @@ export function createFirecrackerRuntime(opts: FirecrackerRuntimeOptions): Firec
       return inst;
     },
     async cleanupLeftovers(): Promise<void> {
-      for (const id of safeList(vmsDir)) {
+      const ids = safeList(vmsDir);
+      for (const id of ids) {
         const dir = join(vmsDir, id);
         try {
           const pid = Number(readFileSync(join(dir, 'vmm.pid'), 'utf8'));
@@ -168,7 +164,7 @@ export function createFirecrackerRuntime(opts: FirecrackerRuntimeOptions): Firec
       }
       for (const owner of safeList(tplDir))
         for (const v of safeList(join(tplDir, owner))) if (!existsSync(join(tplDir, owner, v, 'meta.json'))) rmSync(join(tplDir, owner, v), { recursive: true, force: true });
-      await network.cleanupLeftovers();
+      await network.cleanupLeftovers(ids);
     },
     async close(): Promise<void> {
       await Promise.all([...live].map((i) => i.stop(2000)));

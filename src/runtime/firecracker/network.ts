@@ -6,7 +6,7 @@
  * socket on the host filesystem once the guest port accepts.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { AetherError } from '../../core/index.ts';
 import type { Endpoint } from '../types.ts';
@@ -34,8 +34,8 @@ export interface Exposed {
 
 export interface VmNetwork {
   attach(vmId: string, vmDir: string): Promise<VmLink>;
-  /** Remove what an earlier run (a killed agent) left behind. */
-  cleanupLeftovers(): Promise<void>;
+  /** Remove what an earlier run (a killed agent) left for these VMs (only ours: other agents may share the host). */
+  cleanupLeftovers(vmIds: readonly string[]): Promise<void>;
 }
 
 const GUEST = '10.0.2.15';
@@ -100,14 +100,8 @@ export function netnsNetwork(opts: { ip?: string; node?: string } = {}): VmNetwo
         },
       };
     },
-    async cleanupLeftovers(): Promise<void> {
-      let names: string[] = [];
-      try {
-        names = readdirSync('/run/netns').filter((n) => n.startsWith(NETNS_PREFIX));
-      } catch {
-        return;
-      }
-      for (const n of names) await run(ip, ['netns', 'del', n]).catch(() => undefined);
+    async cleanupLeftovers(vmIds: readonly string[]): Promise<void> {
+      for (const id of vmIds) await run(ip, ['netns', 'del', `${NETNS_PREFIX}${id}`.slice(0, 60)]).catch(() => undefined);
     },
   };
 }
