@@ -8,12 +8,13 @@
  * is paused and snapshotted; later instances load it, get their own config in MMDS (with the
  * template's token), and resume. Stop: SendCtrlAltDel, then SIGTERM, then SIGKILL.
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AetherError, systemClock, type Clock } from '../../core/index.ts';
+import { makeExt4 } from '../../image/index.ts';
 import { LineSplitter, LogHub } from '../logs.ts';
 import { entryCommand, programEnv, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance, type SnapshotCapability } from '../index.ts';
 import { FirecrackerClient, type JsonObject } from './api.ts';
@@ -29,7 +30,7 @@ export interface FirecrackerRuntimeOptions {
   initrd?: string;
   /** Root filesystem image for a workload (shared read-only; the guest keeps writes in tmpfs). */
   rootImage(spec: InstanceSpec): Promise<string>;
-  /** Build a read-only ext4 image of a code dir at `out`; default `mke2fs -d`. */
+  /** Build a read-only ext4 image of a code dir at `out`; default src/image's makeExt4 (`mke2fs -d`, no mounts). */
   codeImage?(dir: string, out: string): Promise<void>;
   network?: VmNetwork;
   /** Firecracker binary; default `firecracker` on PATH. */
@@ -60,27 +61,6 @@ export function bootArgs(token: string): string {
 function vmIdOf(s: string): string {
   const clean = s.replace(/[^A-Za-z0-9]/g, '');
   return (clean || randomBytes(6).toString('hex')).slice(0, 40);
-}
-
-function execp(cmd: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) =>
-    execFile(cmd, args, { timeout: 120_000 }, (err, _o, stderr) => (err ? reject(new AetherError('AETHER_ERR_VMM', `${cmd}: ${stderr.trim() || err.message}`)) : resolve())),
-  );
-}
-
-/** `mke2fs -d`: an ext4 image of a directory without mounting anything. */
-export async function mke2fsImage(dir: string, out: string): Promise<void> {
-  let bytes = 0;
-  const walk = (d: string): void => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else bytes += statSync(p).size + 4096;
-    }
-  };
-  walk(dir);
-  const mb = Math.max(8, Math.ceil((bytes * 1.3) / 1024 / 1024) + 4);
-  await execp('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'aether-code', '-d', dir, out, `${mb}M`]);
 }
 
 interface Template {
@@ -302,7 +282,7 @@ async function touch(p: string): Promise<string> {
 }
 
 /** The guest's config (contract: MMDS v2 at /aether/config). */
-function guestConfig(spec: InstanceSpec, token: string, link: VmLink, bins: { node: string; python: string }): JsonObject {
+function guestConfig(spec: InstanceSpec, token: string, link: VmLink, bins: { node: string; python: string }, now: number): JsonObject {
   const a = spec.artifact;
   const cmd = spec.command ?? (a.kind === 'code' ? entryCommand(a.runtime, a.entrypoint, bins) : []);
   return {
@@ -313,6 +293,8 @@ function guestConfig(spec: InstanceSpec, token: string, link: VmLink, bins: { no
     ...(spec.cwd ?? a.kind === 'code' ? { cwd: spec.cwd ?? GUEST_CODE_DIR } : {}),
     env: programEnv(spec, spec.listen.port),
     seed: randomBytes(64).toString('base64'),
+    // a restored guest's clock is the template's: set it
+    time_ms: now,
     net: link.net,
     port: spec.listen.port,
   };
@@ -322,7 +304,7 @@ async function drivesFor(ctx: Ctx, spec: InstanceSpec, dir: string): Promise<str
   const root = spec.artifact.kind === 'image' ? spec.artifact.path : await ctx.opts.rootImage(spec);
   if (spec.artifact.kind !== 'code') return [root];
   const code = join(dir, 'code.ext4');
-  await (ctx.opts.codeImage ?? mke2fsImage)(spec.artifact.dir, code);
+  await (ctx.opts.codeImage ?? ((d, o) => makeExt4(d, o, { label: 'aether-code', freeMb: 1 })))(spec.artifact.dir, code);
   return [root, code];
 }
 
@@ -431,13 +413,13 @@ class FcInstance implements RuntimeInstance {
           resume_vm: false,
         });
         // MMDS data is not in the snapshot: this instance's own identity, the template's token
-        await vmm.client.putMmds({ aether: { config: guestConfig(this.spec, tpl.token, this.#link, bins) } });
+        await vmm.client.putMmds({ aether: { config: guestConfig(this.spec, tpl.token, this.#link, bins, this.#ctx.clock.now()) } });
         await vmm.client.resume();
         this.#logs.emit('system', `restored from snapshot ${this.spec.owner.id}@${this.spec.version ?? ''}`);
       } else {
         const token = randomBytes(16).toString('hex');
         await vmm.configure(this.spec, token, await drivesFor(this.#ctx, this.spec, this.#dir), opts.kernel, opts.initrd);
-        await vmm.client.putMmds({ aether: { config: guestConfig(this.spec, token, this.#link, bins) } });
+        await vmm.client.putMmds({ aether: { config: guestConfig(this.spec, token, this.#link, bins, this.#ctx.clock.now()) } });
         await vmm.client.action('InstanceStart');
       }
       this.#exposed = await this.#link.expose(this.spec.listen.port, (t) => this.#logs.emit('system', t));
