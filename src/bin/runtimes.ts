@@ -3,6 +3,7 @@ import type { Config } from '../config/index.ts';
 import type { Clock, Logger } from '../core/index.ts';
 import { probeSandboxes, type HostReport, type Runtime, type SandboxProbe } from '../runtime/index.ts';
 import { createProcessRuntime } from '../runtime/process/index.ts';
+import { createQemuRuntime } from '../runtime/qemu/index.ts';
 import type { SandboxKind } from '../spec/index.ts';
 
 export interface RuntimeChoice {
@@ -29,6 +30,13 @@ export function openRuntimes(cfg: Config, host: HostReport, agentId: string, clo
       case 'process':
         runtimes.process = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger, hidePaths: [cfg.dataDir] });
         if (runtimes.process.isolation === 'none') notes.push('WARNING: process sandboxes are plain child processes (no namespaces/cgroups): run as root for isolation; see `aether doctor`');
+        break;
+      case 'qemu':
+        try {
+          runtimes.qemu = createQemuRuntime({ dataDir: join(cfg.dataDir, 'runtime-qemu'), agentId, clock, logger, onProgress: (m) => logger.info(m) });
+        } catch (err) {
+          notes.push(`WARNING: sandbox qemu not offered: ${(err as Error).message}`);
+        }
         break;
       default:
         notes.push(`WARNING: sandbox ${kind}: no driver in this build; not offered`);
