@@ -45,8 +45,8 @@ function setup(extra: Partial<FirecrackerRuntimeOptions> & { fakeArgs?: string[]
   const { fakeArgs, ...rest } = extra;
   const runtime = createFirecrackerRuntime({
     stateDir,
-    kernel,
-    rootImage: async () => rootImage,
+    guest: async () => ({ kernel }),
+    baseImage: async () => rootImage,
     network: socketNetwork(),
     templateBootTimeoutMs: 20_000,
     vmmCommand: [process.execPath, FAKE, '--guest-http', 'guest.sock', '--record', record, ...(fakeArgs ?? [])],
@@ -195,7 +195,7 @@ describe('firecracker driver against the spec-checking fake', () => {
     const stateDir = join(dir, 'state-bad');
     // a kernel path that does not exist: Firecracker refuses the boot source
     const gone = join(dir, 'no-kernel');
-    const rt = createFirecrackerRuntime({ stateDir, kernel: gone, rootImage: async () => rootImage, network: socketNetwork(), vmmCommand: [process.execPath, FAKE] });
+    const rt = createFirecrackerRuntime({ stateDir, guest: async () => ({ kernel: gone }), baseImage: async () => rootImage, network: socketNetwork(), vmmCommand: [process.execPath, FAKE] });
     const bad = await rt.create(spec('i-bad2'));
     await assert.rejects(bad.start(), (err: Error & { code?: string }) => {
       assert.equal(err.code, 'AETHER_ERR_VMM');

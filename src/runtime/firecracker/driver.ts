@@ -24,12 +24,13 @@ import { netnsNetwork, type Exposed, type VmLink, type VmNetwork } from './netwo
 export interface FirecrackerRuntimeOptions {
   /** VM dirs (`vms/`) and snapshot templates (`templates/`); owned by this runtime. */
   stateDir: string;
-  /** Guest kernel: an uncompressed ELF vmlinux (Firecracker does not boot bzImage on x86). */
-  kernel: string;
-  /** The initramfs holding aether-init as /init (src/image). */
-  initrd?: string;
-  /** Root filesystem image for a workload (shared read-only; the guest keeps writes in tmpfs). */
-  rootImage(spec: InstanceSpec): Promise<string>;
+  /**
+   * Guest kernel — an uncompressed ELF vmlinux: Firecracker v1.16 does not boot a bzImage on x86 —
+   * and the initramfs holding aether-init as /init (src/image); resolved on first use.
+   */
+  guest(): Promise<{ kernel: string; initrd?: string }>;
+  /** Base root image for a code artifact's language runtime (shared read-only; the guest keeps writes in tmpfs). */
+  baseImage(runtime: 'node' | 'python'): Promise<string>;
   /** Build a read-only ext4 image of a code dir at `out`; default src/image's makeExt4 (`mke2fs -d`, no mounts). */
   codeImage?(dir: string, out: string): Promise<void>;
   network?: VmNetwork;
@@ -251,7 +252,8 @@ class Vmm {
   }
 
   /** The boot-path configuration (everything before InstanceStart). */
-  async configure(spec: InstanceSpec, token: string, drives: string[], kernel: string, initrd: string | undefined): Promise<void> {
+  async configure(spec: InstanceSpec, token: string, drives: string[], guest: { kernel: string; initrd?: string }): Promise<void> {
+    const { kernel, initrd } = guest;
     const c = this.client;
     await c.putMachineConfig({ vcpu_count: Math.max(1, Math.min(32, Math.round(spec.resources.vcpu))), mem_size_mib: Math.max(64, spec.resources.memoryMb), smt: false });
     await c.putBootSource({ kernel_image_path: await this.path(kernel), ...(initrd ? { initrd_path: await this.path(initrd) } : {}), boot_args: bootArgs(token) });
@@ -300,11 +302,18 @@ function guestConfig(spec: InstanceSpec, token: string, link: VmLink, bins: { no
   };
 }
 
+/** vda = root image (read-only), vdb = the code image (read-only) for code artifacts. */
 async function drivesFor(ctx: Ctx, spec: InstanceSpec, dir: string): Promise<string[]> {
-  const root = spec.artifact.kind === 'image' ? spec.artifact.path : await ctx.opts.rootImage(spec);
-  if (spec.artifact.kind !== 'code') return [root];
+  const a = spec.artifact;
+  const ext4 = ctx.opts.codeImage ?? ((d: string, o: string) => makeExt4(d, o, { label: 'aether-code', freeMb: 1 }));
+  if (a.kind === 'image') return [a.path];
+  if (a.kind === 'rootfs') {
+    const root = join(dir, 'root.ext4');
+    await ext4(a.dir, root);
+    return [root];
+  }
   const code = join(dir, 'code.ext4');
-  await (ctx.opts.codeImage ?? ((d, o) => makeExt4(d, o, { label: 'aether-code', freeMb: 1 })))(spec.artifact.dir, code);
+  const [root] = await Promise.all([ctx.opts.baseImage(a.runtime), ext4(a.dir, code)]);
   return [root, code];
 }
 
@@ -328,7 +337,7 @@ async function buildTemplate(ctx: Ctx, spec: InstanceSpec, dir: string): Promise
     const drives = await drivesFor(ctx, spec, dir);
     vmm = await Vmm.launch(ctx, vmDir, id, link, () => undefined);
     const ready = new Promise<void>((resolve) => vmm?.onLine((t) => t.includes(READY_LINE) && resolve()));
-    await vmm.configure(spec, token, drives, ctx.opts.kernel, ctx.opts.initrd);
+    await vmm.configure(spec, token, drives, await ctx.opts.guest());
     await vmm.client.action('InstanceStart');
     const timeout = ctx.opts.templateBootTimeoutMs ?? 120_000;
     const ok = await Promise.race([ready.then(() => true), vmm.exited.then(() => false), ctx.clock.sleep(timeout).then(() => false)]);
@@ -377,8 +386,9 @@ class FcInstance implements RuntimeInstance {
   }
 
   get endpoint(): Endpoint {
-    if (!this.#exposed) throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} has no endpoint before start()`);
-    return this.#exposed.endpoint;
+    if (!this.#exposed || !this.#link) throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} has no endpoint before start()`);
+    // the host side is the forwarder's socket; the program itself listens on the guest's address
+    return { ...this.#exposed.endpoint, guest: { address: this.#link.net.address.split('/')[0] as string, port: this.spec.listen.port } };
   }
 
   onLog(listener: (line: LogLine) => void): void {
@@ -418,7 +428,8 @@ class FcInstance implements RuntimeInstance {
         this.#logs.emit('system', `restored from snapshot ${this.spec.owner.id}@${this.spec.version ?? ''}`);
       } else {
         const token = randomBytes(16).toString('hex');
-        await vmm.configure(this.spec, token, await drivesFor(this.#ctx, this.spec, this.#dir), opts.kernel, opts.initrd);
+        const [drives, guest] = await Promise.all([drivesFor(this.#ctx, this.spec, this.#dir), opts.guest()]);
+        await vmm.configure(this.spec, token, drives, guest);
         await vmm.client.putMmds({ aether: { config: guestConfig(this.spec, token, this.#link, bins, this.#ctx.clock.now()) } });
         await vmm.client.action('InstanceStart');
       }
