@@ -12,6 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { AetherError, systemClock, type Clock } from '../../core/index.ts';
 import { makeExt4 } from '../../image/index.ts';
@@ -374,6 +375,9 @@ class FcInstance implements RuntimeInstance {
   #dir: string;
   #stopping: Promise<void> | undefined;
   #exiting = false;
+  /** How the program ended, as aether-init reported it on the console. */
+  #program: ExitInfo | undefined;
+  #reason: string | undefined;
 
   constructor(ctx: Ctx, spec: InstanceSpec, template: (() => Promise<Template>) | undefined) {
     this.#ctx = ctx;
@@ -411,9 +415,9 @@ class FcInstance implements RuntimeInstance {
       this.#link = await this.#ctx.network.attach(vmId, this.#dir);
       const vmm = await Vmm.launch(this.#ctx, this.#dir, vmId, this.#link, (t) => this.#logs.emit('system', t));
       this.#vmm = vmm;
-      // the serial console (ttyS0) is the program's output; kernel messages are quiet
-      vmm.onLine((t) => this.#logs.emit('stdout', t));
-      void vmm.exited.then((info) => this.#onExit(info));
+      // the serial console (ttyS0) is the program's output (kernel messages are quiet); aether-init's own lines are notes
+      vmm.onLine((t) => this.#console(t));
+      void vmm.exited.then((info) => this.#onExit(this.#program ? { ...this.#program } : { ...info, ...(this.#reason ? { reason: this.#reason } : {}) }));
       const bins = opts.guestBins ?? { node: 'node', python: 'python3' };
       if (tpl) {
         await vmm.client.loadSnapshot({
@@ -444,13 +448,26 @@ class FcInstance implements RuntimeInstance {
     }
   }
 
+  #console(text: string): void {
+    const m = /^AETHER-INIT: (.*)$/.exec(text);
+    if (!m) return this.#logs.emit('stdout', text);
+    this.#logs.emit('system', text);
+    const said = m[1] as string;
+    const exit = /^program exited with (status|signal) (\d+)/.exec(said);
+    if (exit) {
+      const n = Number(exit[2]);
+      const sig = exit[1] === 'signal' ? Object.entries(osConstants.signals).find(([, v]) => v === n)?.[0] : undefined;
+      this.#program = exit[1] === 'status' ? { code: n, signal: null } : { code: null, signal: sig ?? `signal ${n}` };
+    } else if (/config rejected|cannot start|fatal/i.test(said)) this.#reason = `guest: ${said}`;
+  }
+
   async waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void> {
     const deadline = this.#ctx.clock.now() + timeoutMs;
     for (;;) {
-      if (this.#exit) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `the VM exited before its port accepted (${this.#exit.reason ?? `code ${this.#exit.code}`})${this.#logs.tail(5) ? `: ${this.#logs.tail(5)}` : ''}`);
+      if (this.#exit) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `the VM exited before its port accepted (${this.#exit.reason ?? (this.#exit.signal ? `signal ${this.#exit.signal}` : `code ${this.#exit.code}`)})${this.#logs.tail(5) ? `: ${this.#logs.tail(5)}` : ''}`);
       if (this.#exposed?.ready()) return;
-      if (signal?.aborted) throw new AetherError('AETHER_ERR_COLD_START_FAILED', 'waiting for the VM was aborted');
-      if (this.#ctx.clock.now() >= deadline) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `the VM's port ${this.spec.listen.port} did not accept within ${timeoutMs} ms`);
+      if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new AetherError('AETHER_ERR_COLD_START_FAILED', 'waiting for the VM was aborted');
+      if (this.#ctx.clock.now() >= deadline) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `the program did not listen on port ${this.spec.listen.port} within ${timeoutMs} ms`);
       await this.#ctx.clock.sleep(10, signal).catch(() => undefined);
     }
   }

@@ -2,7 +2,7 @@
  * A spec-checking fake Firecracker, for tests (no KVM needed). Run as a process:
  *
  *   node fake-vmm.ts --api-sock <path> [--id <id>] [--spec <yaml>] [--record <file.ndjson>]
- *                    [--guest-http <path>] [--ignore-ctrl-alt-del]
+ *                    [--guest-http <path>] [--ignore-ctrl-alt-del] [--run-programs]
  *
  * It serves the API socket the way Firecracker v1.16.1 does and refuses (400 + fault_message) every
  * request the pinned OpenAPI document does not allow: unknown path or method, a body that fails the
@@ -23,7 +23,10 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
-import { accessSync, appendFileSync, constants, openSync, closeSync, ftruncateSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, appendFileSync, constants, openSync, closeSync, ftruncateSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { constants as osConstants, tmpdir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Ajv, type ValidateFunction } from 'ajv';
@@ -127,6 +130,12 @@ export interface FakeVmmOptions {
   record?: string;
   guestHttp?: string;
   ignoreCtrlAltDel?: boolean;
+  /**
+   * Run the config's program for real (on this host: the code drive /dev/vdb is unpacked with
+   * debugfs, `node` is this Node, PORT is a free loopback port since the fake has no guest network)
+   * and publish it on guestHttp once it accepts; without it a built-in echo server stands in.
+   */
+  runPrograms?: boolean;
   /** Called when the fake "exits" (tests running it in-process); default: process.exit. */
   exit?: (code: number) => void;
   /** Serial console (the guest's ttyS0); default process.stdout. */
@@ -154,6 +163,7 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
   function powerOff(code: number): void {
     if (ended) return;
     ended = true;
+    program?.kill('SIGKILL');
     guest = 'down';
     if (guestTimer) clearInterval(guestTimer);
     for (const c of closers) c();
@@ -188,6 +198,13 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
     }
     guest = 'running';
     serial(`AETHER-INIT: exec ${JSON.stringify(conf.cmd)}`);
+    if (opts.runPrograms) {
+      void runProgram(conf).catch((err: Error) => {
+        serial(`AETHER-INIT: cannot start: ${err.message}`);
+        powerOff(0);
+      });
+      return;
+    }
     if (opts.guestHttp) {
       const path = isAbsolute(opts.guestHttp) ? opts.guestHttp : join(dirname(opts.apiSock), opts.guestHttp);
       const program = createServer((req, res) => {
@@ -204,6 +221,72 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
       program.listen(path, () => serial(`program listening on ${conf.port}`));
       closers.push(() => program.close());
     }
+  }
+
+  let program: ChildProcess | undefined;
+  function guestSockPath(): string | undefined {
+    if (!opts.guestHttp) return undefined;
+    return isAbsolute(opts.guestHttp) ? opts.guestHttp : join(dirname(opts.apiSock), opts.guestHttp);
+  }
+  /** aether-init's part: unpack vdb at /run/aether/code, exec cmd with exactly the config's env. */
+  async function runProgram(conf: Obj): Promise<void> {
+    const root = await mkdtemp(join(tmpdir(), 'fake-guest-'));
+    closers.push(() => rmSync(root, { recursive: true, force: true }));
+    const vdb = Object.values(cfg.drives)[1];
+    const codeDir = join(root, 'code');
+    mkdirSync(codeDir);
+    if (vdb?.path_on_host !== undefined) {
+      await new Promise<void>((resolve, reject) =>
+        execFile('debugfs', ['-R', `rdump / ${codeDir}`, String(vdb.path_on_host)], (err) => (err ? reject(new Error(`debugfs: ${err.message}`)) : resolve())),
+      );
+    }
+    const port = await freePort();
+    const argv = (conf.cmd as string[]).map((a, i) => (i === 0 && a === 'node' ? process.execPath : a));
+    const cwd = String(conf.cwd ?? '/').replace(/^\/run\/aether\/code/, codeDir);
+    const env = { ...(conf.env as Record<string, string>), PORT: String(port) };
+    const child = spawn(argv[0] as string, argv.slice(1), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    program = child;
+    for (const stream of [child.stdout, child.stderr]) {
+      let buf = '';
+      stream.setEncoding('utf8').on('data', (d: string) => {
+        buf += d;
+        let i: number;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          serial(buf.slice(0, i));
+          buf = buf.slice(i + 1);
+        }
+      });
+    }
+    child.once('error', (err) => serial(`AETHER-INIT: exec failed: ${err.message}`));
+    child.once('exit', (code, signal) => {
+      program = undefined;
+      serial(`AETHER-INIT: program exited with ${signal ? `signal ${osConstants.signals[signal]}` : `status ${code}`}`);
+      setTimeout(() => powerOff(0), 5);
+    });
+    const sock = guestSockPath();
+    if (!sock) return;
+    // publish the guest port once the program accepts (what the driver's forwarder does for a real guest)
+    const probe = (): void => {
+      if (ended || !program) return;
+      const c = net.connect({ host: '127.0.0.1', port });
+      c.once('connect', () => {
+        c.destroy();
+        const fwd = net.createServer((client) => {
+          const up = net.connect({ host: '127.0.0.1', port });
+          up.on('error', () => client.destroy());
+          client.on('error', () => up.destroy());
+          client.pipe(up).pipe(client);
+        });
+        rmSync(sock, { force: true });
+        fwd.listen(sock);
+        closers.push(() => fwd.close());
+      });
+      c.once('error', () => {
+        c.destroy();
+        setTimeout(probe, 10);
+      });
+    };
+    probe();
   }
 
   // --- request handling ------------------------------------------------------------------------
@@ -342,7 +425,9 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
           guestBoot(false);
         } else if (b.action_type === 'FlushMetrics') flushMetrics();
         else if (b.action_type === 'SendCtrlAltDel') {
-          if (!opts.ignoreCtrlAltDel) {
+          // aether-init turns Ctrl+Alt+Del into SIGINT for the program, powering off when it ends
+          if (!opts.ignoreCtrlAltDel && program) program.kill('SIGINT');
+          else if (!opts.ignoreCtrlAltDel) {
             serial('reboot: Restarting system');
             setTimeout(() => powerOff(0), 20);
           }
@@ -449,11 +534,23 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
   return {
     close: async () => {
       ended = true;
+      program?.kill('SIGKILL');
       if (guestTimer) clearInterval(guestTimer);
       for (const c of closers) c();
       await new Promise<void>((r) => server.close(() => r()));
     },
   };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
 }
 
 /** RFC 7396 JSON merge patch, as PATCH /mmds applies it. */
@@ -476,6 +573,7 @@ if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
       record: { type: 'string' },
       'guest-http': { type: 'string' },
       'ignore-ctrl-alt-del': { type: 'boolean', default: false },
+      'run-programs': { type: 'boolean', default: false },
       // flags the driver may pass to the real binary; accepted and ignored
       'log-path': { type: 'string' },
       level: { type: 'string' },
@@ -497,6 +595,7 @@ if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
     ...(values.record !== undefined ? { record: values.record } : {}),
     ...(values['guest-http'] !== undefined ? { guestHttp: values['guest-http'] } : {}),
     ignoreCtrlAltDel: values['ignore-ctrl-alt-del'],
+    runPrograms: values['run-programs'],
   }).then(
     (f) => {
       fake = f;
