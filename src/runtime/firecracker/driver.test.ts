@@ -156,6 +156,37 @@ describe('firecracker driver against the spec-checking fake', () => {
     assert.deepEqual(readdirSync(join(stateDir, 'vms')), []);
   });
 
+  it('a guest that halts after its program exits is ended by the driver', async () => {
+    const { runtime, stateDir } = setup({ fakeArgs: ['--halt-on-poweroff'] });
+    const inst = await runtime.create(spec('i-halts'));
+    const lines: string[] = [];
+    inst.onLog((l) => lines.push(l.text));
+    await inst.start();
+    await inst.waitReady(20_000);
+    await requestEndpoint(inst.endpoint, { path: '/__exit' });
+    const exit = await inst.exited;
+    assert.deepEqual({ code: exit.code, signal: exit.signal }, { code: 0, signal: null }, 'the program status, not the killed VMM');
+    assert.ok(lines.includes('reboot: System halted'));
+    assert.deepEqual(readdirSync(join(stateDir, 'vms')), []);
+  });
+
+  it('without a template (the guest never says READY) instances cold boot', async () => {
+    const { runtime, calls } = setup({ fakeArgs: ['--no-ready-line'], templateBootTimeoutMs: 300 });
+    const inst = await runtime.create(spec('i-notpl', { version: 'v9' }));
+    const lines: string[] = [];
+    inst.onLog((l) => lines.push(l.text));
+    await inst.start();
+    await inst.waitReady(20_000);
+    const guest = JSON.parse((await requestEndpoint(inst.endpoint)).body) as GuestView;
+    assert.equal(guest.config.instance_id, 'i-notpl');
+    assert.ok(lines.some((l) => /no snapshot template .*cold boot/.test(l)), lines.join('\n'));
+    const rec = calls();
+    assert.equal(rec.filter((r) => r.path === '/snapshot/create' || r.path === '/snapshot/load').length, 0);
+    assert.equal(rec.filter((r) => r.body?.action_type === 'InstanceStart').length, 2, 'the template attempt and the cold boot');
+    assert.deepEqual(runtime.snapshots?.templates(), []);
+    await inst.stop(5000);
+  });
+
   it('snapshots: a template per version, restored instances get their own identity with the template token', async () => {
     const { runtime, calls } = setup();
     assert.ok(runtime.snapshots);

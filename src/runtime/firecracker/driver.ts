@@ -54,6 +54,8 @@ export const GUEST_CODE_DIR = '/run/aether/code';
 /** Kernel flags besides the token: console, quiet, reboot=k (a guest reboot ends Firecracker), keyboard for Ctrl+Alt+Del. */
 export const BASE_BOOT_ARGS = 'console=ttyS0 quiet loglevel=0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd';
 const READY_LINE = 'AETHER-INIT READY';
+/** After aether-init reports the program's exit, the VM should be gone this soon. */
+const HALT_GRACE_MS = 3000;
 
 export function bootArgs(token: string): string {
   return `${BASE_BOOT_ARGS} aether.token=${token} aether.config=mmds`;
@@ -89,8 +91,9 @@ export function createFirecrackerRuntime(opts: FirecrackerRuntimeOptions): Firec
     let p = building.get(key);
     if (!p) {
       p = buildTemplate(ctx, spec, join(tplDir, vmIdOf(spec.owner.id), vmIdOf(spec.version ?? '')));
+      // a failed template stays failed for this version (instances cold boot) until removeTemplates
       building.set(key, p);
-      p.catch(() => building.delete(key));
+      p.catch(() => undefined);
     }
     return p;
   }
@@ -409,7 +412,14 @@ class FcInstance implements RuntimeInstance {
     const { opts } = this.#ctx;
     const vmId = vmIdOf(this.spec.instanceId);
     try {
-      const tpl = this.#template ? await this.#template() : undefined;
+      let tpl: Template | undefined;
+      if (this.#template) {
+        try {
+          tpl = await this.#template();
+        } catch (err) {
+          this.#logs.emit('system', `no snapshot template (${(err as Error).message}): cold boot`);
+        }
+      }
       await rm(this.#dir, { recursive: true, force: true });
       await mkdir(this.#dir, { recursive: true, mode: 0o700 });
       this.#link = await this.#ctx.network.attach(vmId, this.#dir);
@@ -458,6 +468,9 @@ class FcInstance implements RuntimeInstance {
       const n = Number(exit[2]);
       const sig = exit[1] === 'signal' ? Object.entries(osConstants.signals).find(([, v]) => v === n)?.[0] : undefined;
       this.#program = exit[1] === 'status' ? { code: n, signal: null } : { code: null, signal: sig ?? `signal ${n}` };
+      // a guest that halts instead of rebooting leaves Firecracker running: end it ourselves
+      const vmm = this.#vmm;
+      this.#ctx.clock.setTimeout(() => vmm?.child.kill('SIGKILL'), HALT_GRACE_MS);
     } else if (/config rejected|cannot start|fatal/i.test(said)) this.#reason = `guest: ${said}`;
   }
 

@@ -3,6 +3,7 @@
  *
  *   node fake-vmm.ts --api-sock <path> [--id <id>] [--spec <yaml>] [--record <file.ndjson>]
  *                    [--guest-http <path>] [--ignore-ctrl-alt-del] [--run-programs]
+ *                    [--halt-on-poweroff] [--no-ready-line]
  *
  * It serves the API socket the way Firecracker v1.16.1 does and refuses (400 + fault_message) every
  * request the pinned OpenAPI document does not allow: unknown path or method, a body that fails the
@@ -136,6 +137,10 @@ export interface FakeVmmOptions {
    * and publish it on guestHttp once it accepts; without it a built-in echo server stands in.
    */
   runPrograms?: boolean;
+  /** The guest halts instead of rebooting when its program ends: Firecracker keeps running. */
+  haltOnPowerOff?: boolean;
+  /** The guest never prints `AETHER-INIT READY` (an aether-init that does not announce itself). */
+  noReadyLine?: boolean;
   /** Called when the fake "exits" (tests running it in-process); default: process.exit. */
   exit?: (code: number) => void;
   /** Serial console (the guest's ttyS0); default process.stdout. */
@@ -170,6 +175,15 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
     server.close();
     exit(code);
   }
+  /** The guest ends: with reboot=k Firecracker exits; a halted guest leaves it running. */
+  function guestPowerOff(): void {
+    if (opts.haltOnPowerOff) {
+      serial('reboot: System halted');
+      guest = 'down';
+      return;
+    }
+    powerOff(0);
+  }
   function guestBoot(fromSnapshot: boolean): void {
     if (!fromSnapshot) {
       cmdline = String(cfg.bootSource?.boot_args ?? '');
@@ -182,7 +196,7 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
     }
     guest = 'waiting';
     // aether-init's mark that it now polls MMDS for its config (where templates are snapshotted)
-    if (!fromSnapshot) serial('AETHER-INIT READY');
+    if (!fromSnapshot && !opts.noReadyLine) serial('AETHER-INIT READY');
     guestTimer ??= setInterval(guestTick, 5);
   }
   function guestTick(): void {
@@ -210,8 +224,8 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
       const program = createServer((req, res) => {
         if (req.url === '/__exit') {
           res.end('bye\n');
-          serial('program exited with code 0');
-          setTimeout(() => powerOff(0), 5);
+          serial('AETHER-INIT: program exited with status 0');
+          setTimeout(() => guestPowerOff(), 5);
           return;
         }
         res.setHeader('content-type', 'application/json');
@@ -261,7 +275,7 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
     child.once('exit', (code, signal) => {
       program = undefined;
       serial(`AETHER-INIT: program exited with ${signal ? `signal ${osConstants.signals[signal]}` : `status ${code}`}`);
-      setTimeout(() => powerOff(0), 5);
+      setTimeout(() => guestPowerOff(), 5);
     });
     const sock = guestSockPath();
     if (!sock) return;
@@ -574,6 +588,8 @@ if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
       'guest-http': { type: 'string' },
       'ignore-ctrl-alt-del': { type: 'boolean', default: false },
       'run-programs': { type: 'boolean', default: false },
+      'halt-on-poweroff': { type: 'boolean', default: false },
+      'no-ready-line': { type: 'boolean', default: false },
       // flags the driver may pass to the real binary; accepted and ignored
       'log-path': { type: 'string' },
       level: { type: 'string' },
@@ -596,6 +612,8 @@ if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
     ...(values['guest-http'] !== undefined ? { guestHttp: values['guest-http'] } : {}),
     ignoreCtrlAltDel: values['ignore-ctrl-alt-del'],
     runPrograms: values['run-programs'],
+    haltOnPowerOff: values['halt-on-poweroff'],
+    noReadyLine: values['no-ready-line'],
   }).then(
     (f) => {
       fake = f;
