@@ -294,6 +294,22 @@ describe('firecracker network namespace (root + iproute2)', () => {
     }
     assert.doesNotMatch(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), new RegExp(ns));
   });
+
+  it('cleanupLeftovers removes the namespaces of the named VMs only', async (t) => {
+    if (!root) return t.skip('needs root to create network namespaces');
+    const net = netnsNetwork();
+    const mine = await net.attach('nettestleft', join(dir, 'left'));
+    const other = await net.attach('nettestother', join(dir, 'other'));
+    try {
+      await net.cleanupLeftovers(['nettestleft']);
+      const list = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+      assert.doesNotMatch(list, new RegExp(mine.netns as string));
+      assert.match(list, new RegExp(other.netns as string), "another agent's VM keeps its namespace");
+    } finally {
+      await mine.detach();
+      await other.detach();
+    }
+  });
 });
 
 describe('real Firecracker', () => {
