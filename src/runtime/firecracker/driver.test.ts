@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { requestEndpoint, type InstanceSpec } from '../index.ts';
 import { BASE_BOOT_ARGS, createFirecrackerRuntime, type FirecrackerRuntimeOptions } from './driver.ts';
-import { jailerArgv } from './jailer.ts';
+import { jailerArgv, stageIntoJail } from './jailer.ts';
 import { netnsNetwork, socketNetwork } from './network.ts';
 
 const FAKE = new URL('./fake-vmm.ts', import.meta.url).pathname;
@@ -257,6 +257,16 @@ describe('firecracker jailer', () => {
     assert.equal(j.apiSock, '/srv/jailer/firecracker/abc/root/run/firecracker.socket');
     assert.deepEqual(j.argv.slice(j.argv.indexOf('--netns'), j.argv.indexOf('--netns') + 2), ['--netns', '/var/run/netns/aefc_abc']);
     assert.deepEqual(j.argv.slice(-3), ['--', '--api-sock', '/run/firecracker.socket']);
+  });
+
+  it('stages files into the jail root (hard link, owned by the jail user) and returns jail-relative paths', async () => {
+    const jailRoot = join(dir, 'jail', 'root');
+    const uid = process.getuid?.() ?? 0;
+    const gid = process.getgid?.() ?? 0;
+    const inJail = await stageIntoJail(jailRoot, kernel, { bin: 'jailer', uid, gid });
+    assert.equal(inJail, '/vmlinux');
+    assert.equal(statSync(join(jailRoot, 'vmlinux')).ino, statSync(kernel).ino, 'a hard link, not a copy');
+    assert.equal(await stageIntoJail(jailRoot, kernel, { bin: 'jailer', uid, gid }), '/vmlinux', 'staging twice is fine');
   });
 });
 

@@ -219,6 +219,7 @@ class Vmm {
       sock = j.apiSock;
       path = (p) => stageIntoJail(j.root, p, opts.jailer as JailerOptions);
       jailDir = j.jailDir;
+      rmSync(j.jailDir, { recursive: true, force: true }); // a jail left by a crashed run
     } else {
       sock = join(dir, 'api.sock');
       const vmm = opts.vmmCommand ?? [opts.firecracker ?? 'firecracker'];
