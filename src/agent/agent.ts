@@ -516,6 +516,7 @@ class AgentImpl implements Agent {
         agent_url: config.url,
         endpoint: rt.endpoint,
         config_key: l.configKey,
+        sandbox: l.sandbox,
         status: 'ready',
         started_at: new Date(now).toISOString(),
       };
