@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { createServer as createNetServer } from 'node:net';
+import { connect, createServer as createNetServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -55,6 +55,8 @@ interface BootOptions {
   mode: 'vport' | 'mmds';
   netdev: string;
   append?: string;
+  /** Once the log matches, press the ACPI power button (QEMU system_powerdown). */
+  powerdownOn?: RegExp;
 }
 
 function listen(server: Server, path: string): Promise<void> {
@@ -72,9 +74,17 @@ async function boot(dir: string, o: BootOptions): Promise<Boot> {
       if (out.ctl.endsWith('AETHER-INIT READY\n')) s.write(`${JSON.stringify(o.config)}\n`);
     });
   });
+  let pressed = false;
   const log = createNetServer((s) => {
     sockets.push(s);
-    s.on('data', (d: Buffer) => (out.log += d.toString()));
+    s.on('data', (d: Buffer) => {
+      out.log += d.toString();
+      if (o.powerdownOn?.test(out.log) === true && !pressed) {
+        pressed = true;
+        const mon = connect(join(dir, 'mon.sock'), () => mon.end('system_powerdown\n'));
+        mon.on('error', () => undefined);
+      }
+    });
   });
   const serial =
     o.mode === 'vport'
@@ -93,6 +103,7 @@ async function boot(dir: string, o: BootOptions): Promise<Boot> {
     '-M', 'microvm', '-accel', 'tcg', '-cpu', 'max', '-m', '256', '-smp', '1', '-nographic', '-nodefaults', '-no-user-config',
     '-serial', 'stdio', '-no-reboot', '-kernel', o.kernel, '-initrd', o.initrd, '-append', append,
     ...drives, '-netdev', o.netdev, '-device', 'virtio-net-device,netdev=n0', ...serial,
+    '-monitor', `unix:${join(dir, 'mon.sock')},server=on,wait=off`,
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   q.stdout.on('data', (d: Buffer) => (out.console += d.toString()));
   q.stderr.on('data', (d: Buffer) => (out.console += d.toString()));
@@ -182,7 +193,7 @@ function busyboxLayers(): LayerEntry[][] {
     [
       { name: 'bin/', type: 'directory' },
       { name: 'bin/busybox', data: bb, mode: 0o755 },
-      ...['sh', 'echo', 'cat', 'ls', 'id', 'test', 'uname'].map((a): LayerEntry => ({ name: `bin/${a}`, type: 'symlink', linkname: 'busybox' })),
+      ...['sh', 'echo', 'cat', 'ls', 'id', 'test', 'uname', 'sleep'].map((a): LayerEntry => ({ name: `bin/${a}`, type: 'symlink', linkname: 'busybox' })),
       { name: 'etc/', type: 'directory' },
       { name: 'etc/passwd', data: 'root:x:0:0::/root:/bin/sh\nweb:x:33:33::/var/www:/bin/sh\n' },
       { name: 'etc/group', data: 'root:x:0:\nweb:x:33:\n' },
@@ -204,7 +215,7 @@ const OCI_CONFIG = {
   WorkingDir: '/var/www',
   Env: ['PATH=/bin', 'GREETING=hello-from-image'],
   Entrypoint: ['/bin/sh', '-c'],
-  Cmd: ['echo "oci-ok marker=$(cat /etc/marker) greeting=$GREETING uid=$(id -u) cwd=$(pwd) www=$(ls /var/www) gone=$(test -e /etc/gone && echo present || echo absent) kernel=$(uname -r)"'],
+  Cmd: ['echo "oci-ok marker=$(cat /etc/marker) greeting=$GREETING uid=$(id -u) cwd=$(pwd) www=$(ls /var/www) gone=$(test -e /etc/gone && echo present || echo absent) kernel=$(uname -r)"; trap "echo got-sigterm; exit 7" TERM; while true; do sleep 1; done'],
 };
 
 test('a docker-save archive built elsewhere becomes a bootable root filesystem', { skip }, async () => {
@@ -215,8 +226,13 @@ test('a docker-save archive built elsewhere becomes a bootable root filesystem',
   await buildImage({ source: archive, output: img });
   const token = randomBytes(8).toString('hex');
   // No cmd in the config: the image's entrypoint + cmd from runtime.json run.
-  const b = await boot(join(p.work, 'docker'), { kernel: p.kernel, initrd: p.initrd, root: img, token, mode: 'vport', netdev: 'user,id=n0,restrict=on', config: { token, net: null } });
+  // The program then waits for SIGTERM: the ACPI power button (how QEMU stops a VM) must deliver it.
+  const b = await boot(join(p.work, 'docker'), {
+    kernel: p.kernel, initrd: p.initrd, root: img, token, mode: 'vport', netdev: 'user,id=n0,restrict=on', config: { token, net: null }, powerdownOn: /oci-ok/,
+  });
   assert.match(b.log, /oci-ok marker=layer-two greeting=hello-from-image uid=33 cwd=\/var\/www www=index.html gone=absent kernel=\S+/, describe(b));
+  assert.match(b.log, /got-sigterm/, describe(b));
+  assert.match(b.ctl, /AETHER-INIT EXIT 7\n$/);
   assert.equal(b.exit, 0);
 });
 
