@@ -157,6 +157,13 @@ static int cmdline_get(const char *key, char *out, size_t cap) {
   return -1;
 }
 
+static void read_cmdline(void) {
+  char *cl = read_file("/proc/cmdline", sizeof cmdline - 1, NULL);
+  if (cl) { snprintf(cmdline, sizeof cmdline, "%s", cl); free(cl); }
+  char v[8];
+  debug = cmdline_get("aether.debug", v, sizeof v) == 0 && v[0] == '1';
+}
+
 /* ---------- mounts and modules ---------- */
 
 static void mkdirs(const char *path, mode_t mode) {
@@ -211,7 +218,9 @@ static void load_modules(const char *dir) {
     snprintf(path, sizeof path, "%s/%s", dir, names[i]);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
+      double t = now_s();
       if (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST) say("module %s: %s", names[i], strerror(errno));
+      dbg("module %s: %.0f ms", names[i], (now_s() - t) * 1000);
       close(fd);
     }
     free(names[i]);
@@ -231,6 +240,7 @@ static void stage1(void) {
   ensure_stdio();
   do_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   do_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  read_cmdline();
   load_modules("/lib/modules/aether");
   t_modules = now_s();
 
@@ -1040,10 +1050,7 @@ int main(int argc, char **argv) {
   umask(022);
   if (access("/etc/aether-initramfs", F_OK) == 0) stage1();
   stage2_mounts();
-  char *cl = read_file("/proc/cmdline", sizeof cmdline - 1, NULL);
-  if (cl) { snprintf(cmdline, sizeof cmdline, "%s", cl); free(cl); }
-  char v[8];
-  debug = cmdline_get("aether.debug", v, sizeof v) == 0 && v[0] == '1';
+  read_cmdline();
 
   /* Signals: all handled through a signalfd in supervise(); CAD → SIGINT to us. */
   sigset_t mask, oldmask;
