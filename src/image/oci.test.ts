@@ -151,6 +151,49 @@ test('docker-save and OCI layout archives read the same image', async () => {
   }
 });
 
+test('docker save archives whose repeated layer is a link to its first copy', async () => {
+  const dir = await tmp();
+  try {
+    const layer = await makeTar([{ name: 'f', data: 'x' }]);
+    const manifest = JSON.stringify([{ Config: 'c.json', Layers: ['a/layer.tar', 'b/layer.tar'] }]);
+    const archive = join(dir, 'ds.tar');
+    await writeFile(archive, await makeTar([
+      { name: 'a/layer.tar', data: layer },
+      { name: 'b/layer.tar', type: 'symlink', linkname: '../a/layer.tar' },
+      { name: 'c.json', data: '{"config":{}}' },
+      { name: 'manifest.json', data: manifest },
+    ]));
+    const u = join(dir, 'u');
+    await mkdir(u);
+    await unpackArchive(archive, u);
+    const layout = await readImageLayout(u);
+    const root = join(dir, 'root');
+    await mkdir(root);
+    for (const l of layout.layers) await applyLayer(root, l.path);
+    assert.equal(await readFile(join(root, 'f'), 'utf8'), 'x');
+    const evil = join(dir, 'evil.tar');
+    await writeFile(evil, await makeTar([{ name: 'x/layer.tar', type: 'symlink', linkname: '../../../etc/passwd' }]));
+    const u2 = join(dir, 'u2');
+    await mkdir(u2);
+    await expectInvalid(unpackArchive(evil, u2), /points outside/);
+    // Lexically inside, physically outside (through a link to '.'): caught when the layout is read.
+    const sneaky = join(dir, 'sneaky.tar');
+    await writeFile(sneaky, await makeTar([
+      { name: 'd', type: 'symlink', linkname: '.' },
+      { name: 'd/x', type: 'symlink', linkname: '..' },
+      { name: 'manifest.json', data: JSON.stringify([{ Config: 'c.json', Layers: ['x/outside.tar'] }]) },
+      { name: 'c.json', data: '{}' },
+    ]));
+    await writeFile(join(dir, 'outside.tar'), layer);
+    const u3 = join(dir, 'u3');
+    await mkdir(u3);
+    await unpackArchive(sneaky, u3);
+    await expectInvalid(readImageLayout(u3), /points outside the archive/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('a tampered OCI blob or a missing manifest is rejected', async () => {
   const dir = await tmp();
   try {
