@@ -125,10 +125,10 @@ function prepare(): Promise<{ kernel: string; initrd: string; node: string; code
     const work = await mkdtemp(join(tmpdir(), 'aether-vm-guest-'));
     const init = await ensureInitramfs({ cacheDir: CACHE });
     const node = await ensureBaseImage('node', { cacheDir: CACHE });
-    // Images for older aether-init builds pile up (~140 MB each): drop those unused for an hour.
+    // Images for older aether-init builds pile up (~140 MB each): drop those built over 6 hours ago.
     for (const f of await readdir(CACHE)) {
       const path = join(CACHE, f);
-      if (path !== node && path !== init.path && Date.now() - (await stat(path)).atimeMs > 3_600_000) await rm(path, { recursive: true, force: true });
+      if (path !== node && path !== init.path && Date.now() - (await stat(path)).mtimeMs > 6 * 3_600_000) await rm(path, { recursive: true, force: true });
     }
     const codeDir = join(work, 'code');
     await mkdir(codeDir);
