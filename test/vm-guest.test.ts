@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { connect, createServer as createNetServer } from 'node:net';
@@ -125,6 +125,11 @@ function prepare(): Promise<{ kernel: string; initrd: string; node: string; code
     const work = await mkdtemp(join(tmpdir(), 'aether-vm-guest-'));
     const init = await ensureInitramfs({ cacheDir: CACHE });
     const node = await ensureBaseImage('node', { cacheDir: CACHE });
+    // Images for older aether-init builds pile up (~140 MB each): drop those built over 6 hours ago.
+    for (const f of await readdir(CACHE)) {
+      const path = join(CACHE, f);
+      if (path !== node && path !== init.path && Date.now() - (await stat(path)).mtimeMs > 6 * 3_600_000) await rm(path, { recursive: true, force: true });
+    }
     const codeDir = join(work, 'code');
     await mkdir(codeDir);
     await writeFile(join(codeDir, 'index.js'), [
