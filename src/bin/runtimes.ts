@@ -43,7 +43,7 @@ export function openRuntimes(cfg: Config, host: HostReport, agentId: string, clo
       case 'firecracker': {
         // env: AETHER_FIRECRACKER, AETHER_FC_KERNEL (ELF vmlinux), AETHER_FC_JAILER + AETHER_FC_UID/GID (docs/firecracker.md)
         const env = process.env;
-        const kernel = env['AETHER_FC_KERNEL'] ?? env['AETHER_VM_KERNEL'] ?? '';
+        const kernel = env['AETHER_FC_KERNEL'] ?? env['AETHER_GUEST_KERNEL'] ?? '';
         const jailer = env['AETHER_FC_JAILER'];
         const cacheOpts = { onProgress: (m: string) => logger.info(m) };
         runtimes.firecracker = createFirecrackerRuntime({

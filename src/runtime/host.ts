@@ -91,11 +91,11 @@ export interface SandboxProbe {
 }
 
 /**
- * The guest kernel for microVMs: `AETHER_VM_KERNEL`, else the newest Debian cloud kernel in /boot
+ * The guest kernel for microVMs: `AETHER_GUEST_KERNEL`, else the newest Debian cloud kernel in /boot
  * (package linux-image-cloud-amd64).
  */
 export function findGuestKernel(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const set = env['AETHER_VM_KERNEL'];
+  const set = env['AETHER_GUEST_KERNEL'];
   if (set) return existsSync(set) ? set : undefined;
   try {
     const found = readdirSync('/boot')
@@ -114,9 +114,10 @@ export function probeSandboxes(h: Pick<HostReport, 'isolation' | 'kvm'> & { root
   const kernel = findGuestKernel(env);
   const qemuBin = env['AETHER_QEMU'] ?? findBin(process.arch === 'arm64' ? 'qemu-system-aarch64' : 'qemu-system-x86_64');
   if (!qemuBin) out.push({ kind: 'qemu', ok: false, detail: 'qemu-system-x86_64 not found (apt install qemu-system-x86)' });
-  else if (!kernel) out.push({ kind: 'qemu', ok: false, detail: 'no guest kernel: set AETHER_VM_KERNEL or apt install linux-image-cloud-amd64' });
+  else if (!kernel) out.push({ kind: 'qemu', ok: false, detail: 'no guest kernel: set AETHER_GUEST_KERNEL or apt install linux-image-cloud-amd64' });
   else if (!findBin('mke2fs')) out.push({ kind: 'qemu', ok: false, detail: 'mke2fs not found (apt install e2fsprogs)' });
-  else out.push({ kind: 'qemu', ok: true, detail: h.kvm ? `microvm, KVM (${kernel})` : `microvm, TCG without KVM: slow boots (~12 s), use snapshots (${kernel})` });
+  else if (!env['AETHER_MUSL_GCC'] && !findBin('musl-gcc')) out.push({ kind: 'qemu', ok: false, detail: 'musl-gcc not found: aether-init cannot be built (apt install musl-tools)' });
+  else out.push({ kind: 'qemu', ok: true, detail: h.kvm ? `microvm, KVM (${kernel})` : `microvm, TCG without KVM: slow cold boots (10-30 s; snapshot restores are faster) (${kernel})` });
   out.push(probeFirecracker(h, env));
   return out;
 }
@@ -140,7 +141,7 @@ function isElf(path: string): boolean {
 /**
  * Firecracker needs a usable /dev/kvm, its binary (`AETHER_FIRECRACKER`, else PATH), root (a
  * network namespace and a TAP per VM) and an uncompressed ELF guest kernel (`AETHER_FC_KERNEL`,
- * else `AETHER_VM_KERNEL`): v1.16 does not boot the bzImage Debian installs in /boot.
+ * else `AETHER_GUEST_KERNEL`): v1.16 does not boot the bzImage Debian installs in /boot.
  */
 export function probeFirecracker(h: Pick<HostReport, 'kvm'> & { root?: boolean }, env: NodeJS.ProcessEnv = process.env): SandboxProbe {
   const no = (detail: string): SandboxProbe => ({ kind: 'firecracker', ok: false, detail });
@@ -148,8 +149,10 @@ export function probeFirecracker(h: Pick<HostReport, 'kvm'> & { root?: boolean }
   const bin = env['AETHER_FIRECRACKER'] ?? findBin('firecracker', [...PATHS, ...(env['PATH'] ?? '').split(':').filter(Boolean)]);
   if (!bin) return no('firecracker binary not found on PATH (or AETHER_FIRECRACKER)');
   if (h.root === false) return no('needs root (a network namespace and a TAP per VM)');
-  const kernel = env['AETHER_FC_KERNEL'] ?? env['AETHER_VM_KERNEL'];
+  const kernel = env['AETHER_FC_KERNEL'] ?? env['AETHER_GUEST_KERNEL'];
   if (!kernel) return no('no guest kernel: set AETHER_FC_KERNEL to an uncompressed ELF vmlinux (scripts/extract-vmlinux of the cloud kernel)');
   if (!isElf(kernel)) return no(`guest kernel ${kernel} is not an ELF vmlinux (Firecracker v1.16 does not boot bzImage): set AETHER_FC_KERNEL`);
+  if (!findBin('mke2fs')) return no('mke2fs not found (apt install e2fsprogs)');
+  if (!env['AETHER_MUSL_GCC'] && !findBin('musl-gcc')) return no('musl-gcc not found: aether-init cannot be built (apt install musl-tools)');
   return { kind: 'firecracker', ok: true, detail: `KVM, ${bin}, kernel ${kernel}` };
 }

@@ -341,7 +341,7 @@ describe('real Firecracker', () => {
     const runtime = createFirecrackerRuntime({
       stateDir: join(dir, 'real-state'),
       firecracker: process.env.AETHER_FIRECRACKER ?? 'firecracker',
-      guest: async () => ({ kernel: (process.env.AETHER_FC_KERNEL ?? process.env.AETHER_VM_KERNEL) as string, initrd: (await ensureInitramfs()).path }),
+      guest: async () => ({ kernel: (process.env.AETHER_FC_KERNEL ?? process.env.AETHER_GUEST_KERNEL) as string, initrd: (await ensureInitramfs()).path }),
       baseImage: (k) => ensureBaseImage(k),
       snapshots: false,
     });

@@ -15,11 +15,11 @@ test('the firecracker probe wants KVM, the binary, root and an ELF kernel, and s
     await writeFile(elf, Buffer.concat([Buffer.from([0x7f, 0x45, 0x4c, 0x46]), Buffer.alloc(60)]));
     const bz = join(dir, 'vmlinuz');
     await writeFile(bz, Buffer.from('MZ\0\0 bzImage'));
-    const env = { AETHER_FIRECRACKER: bin, AETHER_FC_KERNEL: elf };
+    const env = { AETHER_FIRECRACKER: bin, AETHER_FC_KERNEL: elf, AETHER_MUSL_GCC: '/bin/true' };
     assert.deepEqual(probeFirecracker({ kvm: false, root: true }, env), { kind: 'firecracker', ok: false, detail: 'no usable /dev/kvm' });
     assert.match(probeFirecracker({ kvm: true, root: false }, env).detail, /needs root/);
     assert.match(probeFirecracker({ kvm: true, root: true }, { AETHER_FIRECRACKER: bin }).detail, /set AETHER_FC_KERNEL/);
-    assert.match(probeFirecracker({ kvm: true, root: true }, { AETHER_FIRECRACKER: bin, AETHER_VM_KERNEL: bz }).detail, /not an ELF vmlinux/);
+    assert.match(probeFirecracker({ kvm: true, root: true }, { AETHER_FIRECRACKER: bin, AETHER_GUEST_KERNEL: bz }).detail, /not an ELF vmlinux/);
     const ok = probeFirecracker({ kvm: true, root: true }, env);
     assert.equal(ok.ok, true);
     assert.match(ok.detail, /vmlinux/);
