@@ -107,6 +107,10 @@ class MemoryQueue implements Queue {
     return this.#topics.get(topic)?.entries.size ?? 0;
   }
 
+  async contains(topic: string, jobId: string): Promise<boolean> {
+    return this.#topics.get(topic)?.entries.has(jobId) ?? false;
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     for (const t of this.#topics.values()) {
