@@ -108,6 +108,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       stopped = true;
       o.clock.clearTimeout(timer);
       await app.close();
+      await invoker.settled();
       await recorder.close();
       views.close();
       agents.close();

@@ -6,6 +6,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { agentConfig, createAgent, type Agent } from '../agent/index.ts';
@@ -18,7 +20,8 @@ import { createMemoryQueue } from '../queue/memory.ts';
 import { createFakeRuntime, type FakeBehavior, type FakeRuntime } from '../runtime/index.ts';
 import type { Store } from '../store/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
-import { KEYS } from '../spec/index.ts';
+import { KEYS, PROVISION_TOPIC, type ProvisionJob } from '../spec/index.ts';
+import type { Queue } from '../queue/index.ts';
 import { FunctionService } from './functions.ts';
 import { startGateway, type Gateway } from './gateway.ts';
 
@@ -175,5 +178,107 @@ describe('invoker: an update racing a cold start', { timeout: 60_000 }, () => {
     const r = await pending;
     assert.equal(r.status, 200, r.body);
     assert.equal((JSON.parse(r.body) as { env: Record<string, string> }).env['V'], '2');
+  });
+});
+
+describe('invoker: lost cold-start jobs and claims', { timeout: 60_000 }, () => {
+  // No agent at first: the cold start's job sits in the queue until the test "loses" it (as when
+  // Redis comes back empty) or starts an agent.
+  let dir3: string;
+  let gw3: Gateway;
+  let fns3: FunctionService;
+  let store3: Store;
+  let queue3: ReturnType<typeof createMemoryQueue>;
+  const enqueued: ProvisionJob[] = [];
+  const stops: (() => Promise<void>)[] = [];
+  const blob3 = () => createFsBlobStore({ dir: join(dir3, 'blobs') });
+
+  before(async () => {
+    dir3 = await mkdtemp(join(tmpdir(), 'aether-invoke-lost-'));
+    store3 = createSqliteStore({ path: ':memory:' });
+    queue3 = createMemoryQueue();
+    const counting: Queue = {
+      enqueue: async (topic, payload) => {
+        enqueued.push(payload as ProvisionJob);
+        return queue3.enqueue(topic, payload);
+      },
+      take: (topic, consumer, opts) => queue3.take(topic, consumer, opts),
+      ack: (job) => queue3.ack(job),
+      release: (job) => queue3.release(job),
+      extend: (job, ms) => queue3.extend(job, ms),
+      depth: (topic) => queue3.depth(topic),
+      contains: (topic, id) => queue3.contains(topic, id),
+      close: () => queue3.close(),
+    };
+    fns3 = new FunctionService({ store: store3, blobs: blob3(), defaultSandbox: 'process', tmpDir: dir3 });
+    gw3 = await startGateway({ store: store3, queue: counting, clock: systemClock, logger: silentLogger(), functions: fns3, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-lost', leaseTtlMs: 10_000, startTimeoutMs: 30_000, reconcileMs: 100 });
+    stops.push(() => gw3.close());
+  });
+
+  after(async () => {
+    for (const s of stops.reverse()) await s().catch(() => undefined);
+    await store3.close();
+    await rm(dir3, { recursive: true, force: true });
+  });
+
+  const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+  async function until<T>(f: () => T | undefined | false | Promise<T | undefined | false>, what: string, ms = 10_000): Promise<T> {
+    const end = Date.now() + ms;
+    for (;;) {
+      const v = await f();
+      if (v) return v;
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await sleep(20);
+    }
+  }
+
+  test('a cold-start claim is deleted only by its owner', async () => {
+    const zip = await zipOf({ 'handler.js': '// fake' });
+    await fns3.create({ name: 'claimed', runtime: 'node', timeout_ms: 5000 });
+    await fns3.uploadCode('claimed', zip);
+    const fn = await fns3.get('claimed');
+    // No agent yet: the job waits; another gateway takes the claim over meanwhile.
+    const pending = fetch(`${gw3.url}/functions/claimed/`).then(async (r) => ({ status: r.status, body: await r.text() }));
+    const ours = await until(async () => (await store3.get(KEYS.coldStart(fn.id)))?.value, 'our claim');
+    const ourRequest = (JSON.parse(ours) as { request_id: string }).request_id;
+    const theirs = JSON.stringify({ gateway_id: 'gw-other', request_id: 'req-theirs', config_key: 'x', at: Date.now() });
+    await store3.put(KEYS.coldStart(fn.id), theirs);
+    // Our start ends (failed): we must not delete the claim that is no longer ours.
+    await store3.put(KEYS.provisionResult(ourRequest), JSON.stringify({ request_id: ourRequest, function_id: fn.id, ok: false, instance_id: null, error: 'boom' }));
+    const r = await pending;
+    assert.equal(r.status, 503, r.body);
+    await sleep(300);
+    assert.equal((await store3.get(KEYS.coldStart(fn.id)))?.value, theirs, "another gateway's claim survives");
+  });
+
+  test('a lost job is queued again once (not in a loop); the waiting request is served', async () => {
+    const zip = await zipOf({ 'handler.js': '// fake' });
+    await fns3.create({ name: 'lost', runtime: 'node', timeout_ms: 30_000 });
+    const fn = await fns3.uploadCode('lost', zip).then(() => fns3.get('lost'));
+    const jobsOf = (): ProvisionJob[] => enqueued.filter((j) => j.function_id === fn.id);
+    const pending = fetch(`${gw3.url}/functions/lost/`).then(async (r) => ({ status: r.status, body: await r.text() }));
+    await until(() => jobsOf().length === 1, 'the cold-start job');
+    // The queue loses every job (Redis restarted empty): gone, no result.
+    for (let job; (job = await queue3.take(PROVISION_TOPIC, 'thief', { waitMs: 0, visibilityMs: 60_000 })); ) await queue3.ack(job);
+    await until(() => jobsOf().length >= 2, 'the job queued again', 15_000);
+    await sleep(2000); // many housekeeping rounds (every 100 ms)
+    assert.equal(jobsOf().length, 2, `queued again exactly once, saw ${jobsOf().length}`);
+    assert.equal(jobsOf()[1]?.request_id, jobsOf()[0]?.request_id, 'same request: the claim still matches');
+    // An agent appears (with its HTTP server: this gateway forwards over HTTP) and takes the re-queued job.
+    const rt = createFakeRuntime();
+    let a: Agent | undefined;
+    const server = createServer((req, res) => a?.handleHttp(req, res));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    a = createAgent({ store: store3, queue: queue3, blob: blob3(), runtime: rt, clock: systemClock, logger: silentLogger(), archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-lost', url, dataDir: join(dir3, 'agent'), scaleIntervalMs: 60_000 }) });
+    await a.start();
+    const started = a;
+    stops.push(() => started.stop(), () => rt.close(), () => new Promise<void>((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    }));
+    const r = await pending;
+    assert.equal(r.status, 200, r.body);
+    assert.equal(jobsOf().length, 2);
   });
 });
