@@ -266,13 +266,13 @@ describe('invoker: lost cold-start jobs and claims', { timeout: 60_000 }, () => 
     assert.equal(jobsOf()[1]?.request_id, jobsOf()[0]?.request_id, 'same request: the claim still matches');
     // An agent appears (with its HTTP server: this gateway forwards over HTTP) and takes the re-queued job.
     const rt = createFakeRuntime();
-    let a: Agent | undefined;
-    const server = createServer((req, res) => a?.handleHttp(req, res));
+    const holder: { agent?: Agent } = {};
+    const server = createServer((req, res) => holder.agent?.handleHttp(req, res));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    a = createAgent({ store: store3, queue: queue3, blob: blob3(), runtime: rt, clock: systemClock, logger: silentLogger(), archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-lost', url, dataDir: join(dir3, 'agent'), scaleIntervalMs: 60_000 }) });
-    await a.start();
-    const started = a;
+    const started = createAgent({ store: store3, queue: queue3, blob: blob3(), runtime: rt, clock: systemClock, logger: silentLogger(), archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-lost', url, dataDir: join(dir3, 'agent'), scaleIntervalMs: 60_000 }) });
+    holder.agent = started;
+    await started.start();
     stops.push(() => started.stop(), () => rt.close(), () => new Promise<void>((r) => {
       server.closeAllConnections();
       server.close(() => r());
