@@ -42,6 +42,8 @@ export interface AgentConfig {
   resultTtlMs: number;
   /** When set, GET /internal/logs requires `Authorization: Bearer <adminToken>`. */
   adminToken?: string;
+  /** An instance idle (no request in flight) at least this long may be evicted to place another function's cold start. */
+  evictIdleMs: number;
 }
 
 /** Capacity from the host: 80 % of RAM, 8 vCPU shares per core (functions mostly wait on I/O). */
@@ -61,6 +63,7 @@ export const DEFAULT_AGENT_CONFIG = {
   stopGraceMs: 5_000,
   codeCacheBytes: 2 * 1024 * 1024 * 1024,
   resultTtlMs: 60_000,
+  evictIdleMs: 1_000,
 } as const satisfies Partial<AgentConfig>;
 
 /** Fill the defaults around the fields only the caller can know. */

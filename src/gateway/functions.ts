@@ -14,6 +14,8 @@ import {
   codeBlobKey,
   defaultEntrypoint,
   parseOrThrow,
+  placement,
+  type AgentRecord,
   type FunctionRecord,
   type InvocationRecord,
   type InstanceRecord,
@@ -85,6 +87,7 @@ export class FunctionService {
     const p = parseOrThrow(CreateFunctionSchema, input);
     checkFunctionInvariants(p);
     this.#checkSandbox(p.sandbox);
+    await this.#checkCapacity(p);
     const now = this.#clock.now();
     const iso = new Date(now).toISOString();
     const rec: FunctionRecord = {
@@ -148,10 +151,26 @@ export class FunctionService {
     throw new AetherError('AETHER_ERR_VALIDATION', `sandbox: "${sandbox}" is not available on this platform (available: ${this.#sandboxes.join(', ')})`);
   }
 
+  /** Refuse a size no registered agent can ever hold (with no agent registered yet there is nothing to judge). */
+  async #checkCapacity(need: { memory_mb: number; vcpu: number }): Promise<void> {
+    const agents = (await this.#s(this.#store.list(KEYS.agents))).kvs.flatMap((kv) => {
+      try {
+        return [JSON.parse(kv.value) as AgentRecord];
+      } catch {
+        return [];
+      }
+    });
+    if (placement(agents, need).ever || agents.length === 0) return;
+    const mem = Math.max(...agents.map((a) => a.capacity.memory_mb));
+    const vcpu = Math.max(...agents.map((a) => a.capacity.vcpu));
+    throw new AetherError('AETHER_ERR_EXCEEDS_CAPACITY', `memory_mb ${need.memory_mb} and vcpu ${need.vcpu}: no agent can hold that (largest agent: ${mem} MB, ${vcpu} vCPU)`);
+  }
+
   async update(idOrName: string, input: unknown): Promise<FunctionRecord> {
     let found = await this.#mustFind(idOrName);
     const patch = parseOrThrow(UpdateFunctionSchema, input);
     this.#checkSandbox(patch.sandbox);
+    if (patch.memory_mb !== undefined || patch.vcpu !== undefined) await this.#checkCapacity({ memory_mb: patch.memory_mb ?? found.rec.memory_mb, vcpu: patch.vcpu ?? found.rec.vcpu });
     for (let attempt = 1; ; attempt++) {
       const cur = found.rec;
       const next: FunctionRecord = { ...cur };

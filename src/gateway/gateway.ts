@@ -3,14 +3,14 @@ import type { AddressInfo } from 'node:net';
 import type { Clock, Logger } from '../core/index.ts';
 import type { Queue } from '../queue/index.ts';
 import { LeaseKeeper, type Store } from '../store/index.ts';
-import { KEYS, type AgentRecord } from '../spec/index.ts';
+import { KEYS } from '../spec/index.ts';
 import type { ArchiveLimits } from '../archive/index.ts';
 import { buildApi } from './api.ts';
 import type { FunctionService } from './functions.ts';
 import { Invoker, type LocalAgent } from './invoke.ts';
 import { localLogSource, remoteLogSource, type LocalLogs } from './logs.ts';
 import { InvocationRecorder } from './records.ts';
-import { ClusterViews, PrefixView } from './views.ts';
+import { ClusterViews } from './views.ts';
 
 export interface GatewayOptions {
   store: Store;
@@ -43,10 +43,9 @@ const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
 export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   const views = new ClusterViews(o.store, o.logger);
-  const agents = new PrefixView<AgentRecord>(o.store, KEYS.agents, o.logger);
   const leases = new LeaseKeeper({ store: o.store, ttlMs: o.leaseTtlMs, clock: o.clock, logger: o.logger });
   await leases.start();
-  await Promise.all([views.start(), agents.start()]);
+  await views.start();
   const recorder = new InvocationRecorder({ store: o.store, clock: o.clock, logger: o.logger, exists: (fnId) => views.fn(fnId) !== undefined });
   const invoker = new Invoker({
     store: o.store,
@@ -60,7 +59,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     startTimeoutMs: o.startTimeoutMs,
     ...(o.localAgent ? { localAgent: o.localAgent } : {}),
   });
-  const logs = o.localAgent ? localLogSource(o.localAgent) : remoteLogSource({ agents: () => [...agents.items.values()], token: o.adminToken, logger: o.logger });
+  const logs = o.localAgent ? localLogSource(o.localAgent) : remoteLogSource({ agents: () => [...views.agents.items.values()], token: o.adminToken, logger: o.logger });
 
   let server: Server | undefined;
   const app = buildApi(
@@ -111,7 +110,6 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       await invoker.settled();
       await recorder.close();
       views.close();
-      agents.close();
       await leases.stop({ revoke: true }).catch(() => undefined);
     },
   };

@@ -282,3 +282,83 @@ describe('invoker: lost cold-start jobs and claims', { timeout: 60_000 }, () => 
     assert.equal(jobsOf().length, 2);
   });
 });
+
+describe('invoker: a full node', { timeout: 60_000 }, () => {
+  // One agent with room for two 128 MB instances.
+  let dir4: string;
+  let gw4: Gateway;
+  let fns4: FunctionService;
+  let store4: Store;
+  const held: (() => void)[] = [];
+  const behaviors4 = new Map<string, FakeBehavior>();
+  const stops: (() => Promise<void>)[] = [];
+
+  before(async () => {
+    dir4 = await mkdtemp(join(tmpdir(), 'aether-invoke-full-'));
+    store4 = createSqliteStore({ path: ':memory:' });
+    const queue = createMemoryQueue();
+    const blob = createFsBlobStore({ dir: join(dir4, 'blobs') });
+    const rt = createFakeRuntime({ behavior: (spec) => behaviors4.get(spec.functionName) ?? {} });
+    const logger = silentLogger();
+    const a = createAgent({ store: store4, queue, blob, runtime: rt, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-full', url: 'local://', dataDir: dir4, scaleIntervalMs: 200, capacity: { instances: 2, memoryMb: 256, vcpu: 4 } }) });
+    await a.start();
+    fns4 = new FunctionService({ store: store4, blobs: blob, defaultSandbox: 'process', tmpDir: dir4 });
+    gw4 = await startGateway({ store: store4, queue, clock: systemClock, logger, functions: fns4, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-full', leaseTtlMs: 10_000, startTimeoutMs: 30_000, localAgent: a });
+    stops.push(() => gw4.close(), () => a.stop(), () => rt.close(), () => store4.close());
+  });
+
+  after(async () => {
+    for (const h of held.splice(0)) h();
+    for (const s of stops) await s().catch(() => undefined);
+    await rm(dir4, { recursive: true, force: true });
+  });
+
+  async function deploy4(name: string, fields: Record<string, unknown> = {}, behavior: FakeBehavior = {}): Promise<void> {
+    behaviors4.set(name, behavior);
+    await fns4.create({ name, runtime: 'node', timeout_ms: 20_000, ...fields });
+    await fns4.uploadCode(name, await zipOf({ 'handler.js': '// fake' }));
+  }
+  const call4 = async (name: string): Promise<{ status: number; code: string | undefined; body: string }> => {
+    const r = await fetch(`${gw4.url}/functions/${name}/`);
+    const body = await r.text();
+    let code: string | undefined;
+    try {
+      code = (JSON.parse(body) as { error?: { code: string } }).error?.code;
+    } catch {
+      // a function's own body
+    }
+    return { status: r.status, code, body };
+  };
+
+  test('a function larger than any agent is refused at create time (400) and at invocation (503 at once)', async () => {
+    await assert.rejects(fns4.create({ name: 'huge', runtime: 'node', memory_mb: 512 }), (err: Error & { code?: string }) => err.code === 'AETHER_ERR_EXCEEDS_CAPACITY');
+    await deploy4('grows');
+    await assert.rejects(fns4.update('grows', { vcpu: 8 }), (err: Error & { code?: string }) => err.code === 'AETHER_ERR_EXCEEDS_CAPACITY');
+    // A record written around the check (e.g. before the agents shrank) is answered at once, not after timeout_ms.
+    const fn = await fns4.get('grows');
+    await store4.put(KEYS.function(fn.id), JSON.stringify({ ...fn, vcpu: 8 }));
+    await new Promise((r) => setTimeout(r, 100));
+    const r = await call4('grows');
+    assert.deepEqual([r.status, r.code], [503, 'AETHER_ERR_NO_CAPACITY'], r.body);
+  });
+
+  test('a busy instance fills the node: another function gets 503 NO_CAPACITY at once; once it is idle it is evicted', async () => {
+    const hold = { handler: (_req: unknown, res: { end(s: string): void }) => held.push(() => res.end('held')) } as FakeBehavior;
+    await deploy4('busy', { memory_mb: 256, max_instances: 1 }, hold);
+    await deploy4('other');
+    const busy = [call4('busy')];
+    for (let i = 0; i < 200 && held.length < 1; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(held.length, 1, '"busy" holds a request');
+    const r = await call4('other'); // 20 s timeout_ms: a 504 would take that long
+    assert.deepEqual([r.status, r.code], [503, 'AETHER_ERR_NO_CAPACITY'], r.body);
+    for (const h of held.splice(0)) h();
+    for (const b of await Promise.all(busy)) assert.equal(b.status, 200);
+    // Idle now: the next cold start evicts the least recently used one.
+    let ok: { status: number; body: string } | undefined;
+    for (let i = 0; i < 50 && ok?.status !== 200; i++) {
+      ok = await call4('other');
+      if (ok.status !== 200) await new Promise((res) => setTimeout(res, 100));
+    }
+    assert.equal(ok?.status, 200, ok?.body);
+  });
+});

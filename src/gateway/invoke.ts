@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import { AetherError, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
 import { forward, ProxyError } from '../proxy/index.ts';
 import { planScaleUp } from '../scaler/index.ts';
-import { instanceConfigKey, KEYS, PROVISION_TOPIC, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
+import { instanceConfigKey, KEYS, placement, PROVISION_TOPIC, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Store } from '../store/index.ts';
 import type { ClusterViews } from './views.ts';
@@ -337,6 +337,8 @@ export class Invoker {
       signal.addEventListener('abort', onAbort, { once: true });
       st.waiters.add(waiter);
       if (this.#candidates(fn).current.length > 0 || st.starting.size > 0) return; // capacity is on its way
+      const tooLarge = this.#neverFits(fn);
+      if (tooLarge) return waiter.reject(tooLarge);
       void this.#ensureColdStart(fn, st).catch((err: unknown) => {
         this.#failWaiters(st, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UNAVAILABLE', `cold start could not be requested: ${String(err)}`));
       });
@@ -361,6 +363,13 @@ export class Invoker {
     void this.#ensureColdStart(fn, st).catch((err: unknown) => {
       this.#failWaiters(st, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UNAVAILABLE', `cold start could not be requested: ${String(err)}`));
     });
+  }
+
+  /** No registered agent could ever hold an instance (none at all: wait, one may be starting). */
+  #neverFits(fn: FunctionRecord): AetherError | undefined {
+    const p = placement(this.#d.views.agents.items.values(), fn);
+    if (p.agents === 0 || p.ever) return undefined;
+    return new AetherError('AETHER_ERR_NO_CAPACITY', `"${fn.name}" needs ${fn.memory_mb} MB and ${fn.vcpu} vCPU per instance; no agent has that much capacity`);
   }
 
   #wake(fnId: string): void {
@@ -539,7 +548,10 @@ export class Invoker {
     st.lastError = r.error ?? 'instance failed to start';
     const fn = this.#d.views.fn(r.function_id);
     if (st.starting.size === 0 && (!fn || !this.#pick(fn))) {
-      this.#failWaiters(st, new AetherError('AETHER_ERR_COLD_START_FAILED', `cold start of "${fn?.name ?? r.function_id}" failed: ${st.lastError}`));
+      const err = r.error_code === 'AETHER_ERR_NO_CAPACITY'
+        ? new AetherError('AETHER_ERR_NO_CAPACITY', st.lastError)
+        : new AetherError('AETHER_ERR_COLD_START_FAILED', `cold start of "${fn?.name ?? r.function_id}" failed: ${st.lastError}`);
+      this.#failWaiters(st, err);
     }
   }
 

@@ -1,7 +1,7 @@
 import type { Logger } from '../core/index.ts';
 import type { KeyValue, Store, WatchEvent } from '../store/index.ts';
 import { listAndWatch } from '../store/index.ts';
-import { KEYS, type FunctionRecord, type InstanceRecord, type ProvisionResult } from '../spec/index.ts';
+import { KEYS, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionResult } from '../spec/index.ts';
 
 /**
  * Watch-fed, in-memory views of the Store for the warm path: functions (by id and name), ready
@@ -93,6 +93,8 @@ export class ClusterViews {
   readonly instances: PrefixView<InstanceRecord>;
   readonly results: PrefixView<ProvisionResult>;
   readonly demand: PrefixView<GatewayDemand>;
+  /** Registered agents (capacity, used, evictable): placement checks and log gathering. */
+  readonly agents: PrefixView<AgentRecord>;
   /** fnId -> gatewayId -> reported demand. */
   readonly demandByFunction = new Map<string, Map<string, GatewayDemand>>();
   /** fnId -> instances, maintained from the instances view. */
@@ -104,6 +106,7 @@ export class ClusterViews {
     this.instances = new PrefixView(store, KEYS.instances, logger);
     this.results = new PrefixView(store, KEYS.provisionResults, logger);
     this.demand = new PrefixView(store, KEYS.demands, logger);
+    this.agents = new PrefixView(store, KEYS.agents, logger);
     groupByFunction(this.demand, KEYS.demands, this.demandByFunction);
     this.functions.onChange((key, fn) => {
       const id = key.slice(KEYS.functions.length);
@@ -114,7 +117,7 @@ export class ClusterViews {
   }
 
   async start(): Promise<void> {
-    await Promise.all([this.functions.start(), this.instances.start(), this.results.start(), this.demand.start()]);
+    await Promise.all([this.functions.start(), this.instances.start(), this.results.start(), this.demand.start(), this.agents.start()]);
   }
 
   fn(idOrName: string): FunctionRecord | undefined {
@@ -129,6 +132,7 @@ export class ClusterViews {
     this.instances.close();
     this.results.close();
     this.demand.close();
+    this.agents.close();
   }
 }
 

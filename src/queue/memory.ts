@@ -89,6 +89,8 @@ class MemoryQueue implements Queue {
     if (!t || !entry?.inflight || entry.deliveries !== job.deliveries) return;
     this.#clock.clearTimeout(entry.inflight.timer);
     delete entry.inflight;
+    // To the tail, as the Redis driver does: a job given back (no capacity) must not block the others.
+    entry.seq = this.#seq++;
     this.#makeReady(t, entry);
   }
 
