@@ -44,7 +44,7 @@ async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSp
   // The fake runs on the test's clock too: its startup timeouts fire as the agent's would.
   const runtime = createFakeRuntime({ clock, ...(o.behavior ? { behavior: o.behavior } : {}) });
   const dataDir = await mkdtemp(join(tmpdir(), 'aether-agent-'));
-  const config = agentConfig({ agentId: 'agent-1', url: 'http://agent-1.test:8081', dataDir, capacity: o.capacity ?? { instances: 10, memoryMb: 4096, vcpu: 16 }, ...o.config });
+  const config = agentConfig({ clusterToken: 'ct', agentId: 'agent-1', url: 'http://agent-1.test:8081', dataDir, capacity: o.capacity ?? { instances: 10, memoryMb: 4096, vcpu: 16 }, ...o.config });
   const agent = createAgent({ store, queue, blob, runtime, clock, logger: silentLogger(), config, archiveLimits: DEFAULT_LIMITS });
 
   const zip = await buildZip({ 'handler.js': 'require("node:http").createServer().listen(process.env.PORT);\n' });
@@ -439,23 +439,27 @@ test('the agent HTTP server: healthz, unknown routes, forwarding errors, followe
     server.close(() => r());
   }));
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const get = async (path: string) => {
-    const r = await fetch(base + path);
+  const get = async (path: string, headers: Record<string, string> = { 'x-aether-cluster-token': 'ct' }) => {
+    const r = await fetch(base + path, { headers });
     return { status: r.status, body: await r.text() };
   };
   assert.deepEqual(await get('/healthz'), { status: 200, body: JSON.stringify({ ok: true, agent_id: 'agent-1' }) });
   assert.equal((await get('/nope')).status, 404);
   const fwd = await get(`/internal/forward/${id}/x?y=1`);
   assert.equal(fwd.status, 200);
-  const echo = JSON.parse(fwd.body) as { url: string; env: Record<string, string> };
+  const echo = JSON.parse(fwd.body) as { url: string; env: Record<string, string>; headers: Record<string, string> };
   assert.deepEqual([echo.url, echo.env.AETHER_INSTANCE_ID], ['/x?y=1', id], 'reached that instance with the path');
+  assert.equal(echo.headers['x-aether-cluster-token'], undefined, 'the cluster token never reaches a function');
+  assert.equal((await get(`/internal/forward/${id}/x`, {})).status, 401);
+  assert.equal((await get('/internal/logs/fn-1', {})).status, 401);
+  assert.equal((await get('/internal/logs/fn-1', { authorization: 'bearer ct' })).status, 200);
   const bad = await get('/internal/forward/inst-unknown/');
   assert.equal(bad.status, 502);
   assert.match(bad.body, /AETHER_ERR_UPSTREAM/);
 
   h.runtime.instances.get(id)?.print('first');
   const ac = new AbortController();
-  const res = await fetch(`${base}/internal/logs/fn-1?tail=1&follow=1`, { signal: ac.signal });
+  const res = await fetch(`${base}/internal/logs/fn-1?tail=1&follow=1`, { signal: ac.signal, headers: { authorization: 'Bearer ct' } });
   assert.equal(res.headers.get('content-type'), 'application/x-ndjson');
   const reader = res.body!.getReader();
   let text = '';

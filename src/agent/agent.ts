@@ -865,7 +865,7 @@ class AgentImpl implements Agent {
   }
 
   handleHttp(req: IncomingMessage, res: ServerResponse): void {
-    handleAgentHttp(this, this.#d.config.adminToken, this.#httpFollowers, req, res);
+    handleAgentHttp(this, this.#d.config.clusterToken, this.#httpFollowers, req, res);
   }
 
   // ---------------------------------------------------------------- logs + introspection

@@ -19,6 +19,8 @@ export interface GatewayOptions {
   logger: Logger;
   functions: FunctionService;
   adminToken: string;
+  /** Sent to agents (forwarding hop, logs); never the admin token. */
+  clusterToken: string;
   limits: ArchiveLimits;
   host: string;
   port: number;
@@ -57,9 +59,10 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     gatewayId: o.gatewayId,
     leaseId: () => leases.leaseId,
     startTimeoutMs: o.startTimeoutMs,
+    clusterToken: o.clusterToken,
     ...(o.localAgent ? { localAgent: o.localAgent } : {}),
   });
-  const logs = o.localAgent ? localLogSource(o.localAgent) : remoteLogSource({ agents: () => [...views.agents.items.values()], token: o.adminToken, logger: o.logger });
+  const logs = o.localAgent ? localLogSource(o.localAgent) : remoteLogSource({ agents: () => [...views.agents.items.values()], token: o.clusterToken, logger: o.logger });
 
   let server: Server | undefined;
   const app = buildApi(

@@ -20,7 +20,7 @@ import { createMemoryQueue } from '../queue/memory.ts';
 import { createFakeRuntime, type FakeBehavior, type FakeRuntime } from '../runtime/index.ts';
 import type { Store } from '../store/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
-import { KEYS, PROVISION_TOPIC, type ProvisionJob } from '../spec/index.ts';
+import { instanceConfigKey, KEYS, PROVISION_TOPIC, type ProvisionJob } from '../spec/index.ts';
 import type { Queue } from '../queue/index.ts';
 import { FunctionService } from './functions.ts';
 import { startGateway, type Gateway } from './gateway.ts';
@@ -41,10 +41,10 @@ before(async () => {
   const blob = createFsBlobStore({ dir: join(dir, 'blobs') });
   runtime = createFakeRuntime({ behavior: (spec) => behaviors.get(spec.functionName) ?? {} });
   const logger = silentLogger();
-  agent = createAgent({ store, queue, blob, runtime, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-t', url: 'local://', dataDir: dir, scaleIntervalMs: 60_000 }) });
+  agent = createAgent({ store, queue, blob, runtime, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ clusterToken: 'ct', agentId: 'agent-t', url: 'local://', dataDir: dir, scaleIntervalMs: 60_000 }) });
   await agent.start();
   functions = new FunctionService({ store, blobs: blob, defaultSandbox: 'process', tmpDir: dir });
-  gateway = await startGateway({ store, queue, clock: systemClock, logger, functions, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-t', leaseTtlMs: 10_000, startTimeoutMs: 30_000, localAgent: agent });
+  gateway = await startGateway({ store, queue, clock: systemClock, logger, functions, adminToken: 't', clusterToken: 'ct', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-t', leaseTtlMs: 10_000, startTimeoutMs: 30_000, localAgent: agent });
   closers.push(() => gateway.close(), () => agent.stop(), () => runtime.close(), () => store.close());
 });
 
@@ -152,10 +152,10 @@ describe('invoker: an update racing a cold start', { timeout: 60_000 }, () => {
     const blob = createFsBlobStore({ dir: join(dir2, 'blobs') });
     const rt = createFakeRuntime();
     const logger = silentLogger();
-    const a = createAgent({ store, queue, blob, runtime: rt, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-race', url: 'local://', dataDir: dir2, scaleIntervalMs: 60_000, capacity: { instances: 1, memoryMb: 4096, vcpu: 8 } }) });
+    const a = createAgent({ store, queue, blob, runtime: rt, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ clusterToken: 'ct', agentId: 'agent-race', url: 'local://', dataDir: dir2, scaleIntervalMs: 60_000, capacity: { instances: 1, memoryMb: 4096, vcpu: 8 } }) });
     await a.start();
     fns2 = new FunctionService({ store, blobs: blob, defaultSandbox: 'process', tmpDir: dir2 });
-    gw2 = await startGateway({ store, queue, clock: systemClock, logger, functions: fns2, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-race', leaseTtlMs: 10_000, startTimeoutMs: 30_000, localAgent: a });
+    gw2 = await startGateway({ store, queue, clock: systemClock, logger, functions: fns2, adminToken: 't', clusterToken: 'ct', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-race', leaseTtlMs: 10_000, startTimeoutMs: 30_000, localAgent: a });
     stops.push(() => gw2.close(), () => a.stop(), () => rt.close(), () => store.close());
   });
 
@@ -211,7 +211,7 @@ describe('invoker: lost cold-start jobs and claims', { timeout: 60_000 }, () => 
       close: () => queue3.close(),
     };
     fns3 = new FunctionService({ store: store3, blobs: blob3(), defaultSandbox: 'process', tmpDir: dir3 });
-    gw3 = await startGateway({ store: store3, queue: counting, clock: systemClock, logger: silentLogger(), functions: fns3, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-lost', leaseTtlMs: 10_000, startTimeoutMs: 30_000, reconcileMs: 100 });
+    gw3 = await startGateway({ store: store3, queue: counting, clock: systemClock, logger: silentLogger(), functions: fns3, adminToken: 't', clusterToken: 'ct', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-lost', leaseTtlMs: 10_000, startTimeoutMs: 30_000, reconcileMs: 100 });
     stops.push(() => gw3.close());
   });
 
@@ -270,7 +270,7 @@ describe('invoker: lost cold-start jobs and claims', { timeout: 60_000 }, () => 
     const server = createServer((req, res) => holder.agent?.handleHttp(req, res));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    const started = createAgent({ store: store3, queue: queue3, blob: blob3(), runtime: rt, clock: systemClock, logger: silentLogger(), archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-lost', url, dataDir: join(dir3, 'agent'), scaleIntervalMs: 60_000 }) });
+    const started = createAgent({ store: store3, queue: queue3, blob: blob3(), runtime: rt, clock: systemClock, logger: silentLogger(), archiveLimits: DEFAULT_LIMITS, config: agentConfig({ clusterToken: 'ct', agentId: 'agent-lost', url, dataDir: join(dir3, 'agent'), scaleIntervalMs: 60_000 }) });
     holder.agent = started;
     await started.start();
     stops.push(() => started.stop(), () => rt.close(), () => new Promise<void>((r) => {
@@ -300,10 +300,10 @@ describe('invoker: a full node', { timeout: 60_000 }, () => {
     const blob = createFsBlobStore({ dir: join(dir4, 'blobs') });
     const rt = createFakeRuntime({ behavior: (spec) => behaviors4.get(spec.functionName) ?? {} });
     const logger = silentLogger();
-    const a = createAgent({ store: store4, queue, blob, runtime: rt, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-full', url: 'local://', dataDir: dir4, scaleIntervalMs: 200, capacity: { instances: 2, memoryMb: 256, vcpu: 4 } }) });
+    const a = createAgent({ store: store4, queue, blob, runtime: rt, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ clusterToken: 'ct', agentId: 'agent-full', url: 'local://', dataDir: dir4, scaleIntervalMs: 200, capacity: { instances: 2, memoryMb: 256, vcpu: 4 } }) });
     await a.start();
     fns4 = new FunctionService({ store: store4, blobs: blob, defaultSandbox: 'process', tmpDir: dir4 });
-    gw4 = await startGateway({ store: store4, queue, clock: systemClock, logger, functions: fns4, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-full', leaseTtlMs: 10_000, startTimeoutMs: 30_000, localAgent: a });
+    gw4 = await startGateway({ store: store4, queue, clock: systemClock, logger, functions: fns4, adminToken: 't', clusterToken: 'ct', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-full', leaseTtlMs: 10_000, startTimeoutMs: 30_000, localAgent: a });
     stops.push(() => gw4.close(), () => a.stop(), () => rt.close(), () => store4.close());
   });
 
@@ -360,5 +360,58 @@ describe('invoker: a full node', { timeout: 60_000 }, () => {
       if (ok.status !== 200) await new Promise((res) => setTimeout(res, 100));
     }
     assert.equal(ok?.status, 200, ok?.body);
+  });
+});
+
+describe('gateway -> agent credential', { timeout: 30_000 }, () => {
+  test('agents found in the store get the cluster token, never the admin token (forwarding and logs)', async () => {
+    const ADMIN = 'admin-secret-0123456789abcdef';
+    const CLUSTER = 'cluster-secret-0123456789abcdef';
+    const dir5 = await mkdtemp(join(tmpdir(), 'aether-invoke-cred-'));
+    const store5 = createSqliteStore({ path: ':memory:' });
+    // A fake agent that anyone able to write to the store could register: it records what it gets.
+    const seen: { url: string; headers: Record<string, unknown> }[] = [];
+    const fake = createServer((req, res) => {
+      seen.push({ url: req.url ?? '', headers: { ...req.headers } });
+      res.writeHead(200, { 'content-type': req.url?.startsWith('/internal/logs/') ? 'application/x-ndjson' : 'text/plain' }).end(req.url?.startsWith('/internal/logs/') ? '' : 'from the fake agent');
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', () => r()));
+    const fakeUrl = `http://127.0.0.1:${(fake.address() as AddressInfo).port}`;
+    const fns5 = new FunctionService({ store: store5, blobs: createFsBlobStore({ dir: join(dir5, 'blobs') }), defaultSandbox: 'process', tmpDir: dir5 });
+    const gw5 = await startGateway({ store: store5, queue: createMemoryQueue(), clock: systemClock, logger: silentLogger(), functions: fns5, adminToken: ADMIN, clusterToken: CLUSTER, limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-cred', leaseTtlMs: 10_000, startTimeoutMs: 30_000 });
+    try {
+      await fns5.create({ name: 'cred', runtime: 'node' });
+      await fns5.uploadCode('cred', await zipOf({ 'handler.js': '// fake' }));
+      const fn = await fns5.get('cred');
+      await store5.put(KEYS.agent('agent-fake'), JSON.stringify({ agent_id: 'agent-fake', url: fakeUrl, hostname: 'x', capacity: { instances: 1, memory_mb: 1024, vcpu: 4 }, used: { instances: 1, memory_mb: 128, vcpu: 1 }, isolation: 'none', started_at: new Date().toISOString() }));
+      await store5.put(KEYS.instance(fn.id, 'inst-fake'), JSON.stringify({ instance_id: 'inst-fake', function_id: fn.id, agent_id: 'agent-fake', agent_url: fakeUrl, endpoint: { kind: 'tcp', host: '127.0.0.1', port: 1 }, config_key: instanceConfigKey(fn), status: 'ready', started_at: new Date().toISOString() }));
+      await new Promise((r) => setTimeout(r, 100)); // the watch delivers them
+      // The caller sends its own Authorization (for the function) and tries to smuggle a cluster token.
+      const r = await fetch(`${gw5.url}/functions/cred/x`, { headers: { authorization: `Bearer ${ADMIN}`, 'x-aether-cluster-token': 'forged' } });
+      assert.equal(r.status, 200);
+      assert.equal(await r.text(), 'from the fake agent');
+      const logs = await fetch(`${gw5.url}/api/functions/cred/logs?tail=5`, { headers: { authorization: `Bearer ${ADMIN}` } });
+      assert.equal(logs.status, 200);
+      await logs.text();
+      const fwd = seen.find((s) => s.url.startsWith('/internal/forward/inst-fake/x'));
+      const logReq = seen.find((s) => s.url.startsWith('/internal/logs/'));
+      assert.ok(fwd && logReq, JSON.stringify(seen));
+      assert.equal(fwd.headers['x-aether-cluster-token'], CLUSTER);
+      assert.equal(logReq.headers['authorization'], `Bearer ${CLUSTER}`);
+      // What the caller itself put in Authorization is the caller's business; the gateway adds no admin token anywhere else.
+      for (const s of seen) {
+        const { authorization, ...rest } = s.headers;
+        assert.ok(!JSON.stringify(rest).includes(ADMIN), `admin token sent to ${s.url}: ${JSON.stringify(rest)}`);
+        if (s === logReq) assert.ok(!String(authorization).includes(ADMIN));
+      }
+    } finally {
+      await gw5.close();
+      await store5.close();
+      await new Promise<void>((r) => {
+        fake.closeAllConnections();
+        fake.close(() => r());
+      });
+      await rm(dir5, { recursive: true, force: true });
+    }
   });
 });

@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { AetherError, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
+import { AetherError, CLUSTER_TOKEN_HEADER, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
 import { forward, ProxyError } from '../proxy/index.ts';
 import { planScaleUp } from '../scaler/index.ts';
 import { instanceConfigKey, KEYS, placement, PROVISION_TOPIC, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
@@ -34,6 +34,8 @@ export interface InvokerDeps {
   localAgent?: LocalAgent;
   /** A provision request without an answer after this long no longer counts as starting. */
   startTimeoutMs: number;
+  /** Proves this gateway to agents on the forwarding hop (never the admin token). */
+  clusterToken: string;
 }
 
 interface Waiter {
@@ -131,6 +133,7 @@ export class Invoker {
     if (!fn) return this.#fail(res, new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', `function "${ref}" not found`));
     if (!fn.code_sha256) return this.#fail(res, new AetherError('AETHER_ERR_NO_CODE', `function "${fn.name}" has no code; upload it first`));
 
+    delete req.headers[CLUSTER_TOKEN_HEADER]; // a caller's copy never reaches an agent or a function
     const invId = newId('inv', startedAt);
     const st = this.#state(fn.id);
     st.inflight++;
@@ -215,7 +218,8 @@ export class Invoker {
     if (local && inst.agent_id === local.id) {
       return local.forward(inst.instance_id, req, res, { path, headers }, { signal, responseHeaders });
     }
-    return forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers }, { signal, responseHeaders, retryable: true });
+    const hop = { ...headers, [CLUSTER_TOKEN_HEADER]: this.#d.clusterToken };
+    return forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers: hop }, { signal, responseHeaders, retryable: true });
   }
 
   #classify(err: unknown, signal: AbortSignal, fn: FunctionRecord): AetherError {
