@@ -10,7 +10,7 @@ import type { FunctionService } from './functions.ts';
 import { Invoker, type LocalAgent } from './invoke.ts';
 import { localLogSource, remoteLogSource, type LocalLogs } from './logs.ts';
 import { InvocationRecorder } from './records.ts';
-import { ClusterViews } from './views.ts';
+import { ClusterViews, type GatewayRecord } from './views.ts';
 
 export interface GatewayOptions {
   store: Store;
@@ -45,7 +45,16 @@ const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
 export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   const views = new ClusterViews(o.store, o.logger);
-  const leases = new LeaseKeeper({ store: o.store, ttlMs: o.leaseTtlMs, clock: o.clock, logger: o.logger });
+  const leases = new LeaseKeeper({
+    store: o.store,
+    ttlMs: o.leaseTtlMs,
+    clock: o.clock,
+    logger: o.logger,
+    onLease: async (lease) => {
+      const rec: GatewayRecord = { gateway_id: o.gatewayId, lease, started_at: new Date(o.clock.now()).toISOString() };
+      await o.store.put(KEYS.gateway(o.gatewayId), JSON.stringify(rec), { lease });
+    },
+  });
   await leases.start();
   await views.start();
   const recorder = new InvocationRecorder({ store: o.store, clock: o.clock, logger: o.logger, exists: (fnId) => views.fn(fnId) !== undefined });
@@ -109,6 +118,8 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     async close() {
       stopped = true;
       o.clock.clearTimeout(timer);
+      // Deregister first: other gateways stop counting our demand at once.
+      await o.store.delete(KEYS.gateway(o.gatewayId)).catch(() => undefined);
       await app.close();
       await invoker.settled();
       await recorder.close();

@@ -102,7 +102,9 @@ describe('invoker', { timeout: 60_000 }, () => {
     await deploy('shared', { concurrency_target: 5, max_instances: 10 }, { startupDelayMs: 20 });
     const fnId = (await functions.get('shared')).id;
     // Another gateway behind the same load balancer has 20 requests of this function in flight.
-    await store.put(KEYS.demand(fnId, 'gw-other'), JSON.stringify({ inflight: 20, starting: 0 }));
+    const lease = await store.grantLease(60_000);
+    await store.put(KEYS.gateway('gw-other'), JSON.stringify({ gateway_id: 'gw-other', lease, started_at: '' }), { lease });
+    await store.put(KEYS.demand(fnId, 'gw-other'), JSON.stringify({ inflight: 20, starting: 0, lease }), { lease });
     await new Promise((r) => setTimeout(r, 50)); // the watch delivers it
     assert.equal((await call('shared')).status, 200);
     // 21 in flight at a target of 5 -> 5 instances, not the 1 this gateway's own request needs.

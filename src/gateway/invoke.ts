@@ -457,17 +457,8 @@ export class Invoker {
     this.#gcStarting(st);
     const ready = this.#candidates(fn).current.length;
     // Behind a load balancer each gateway sees a share of the demand: add what the others report.
-    let demand = st.inflight;
-    let starting = st.starting.size;
-    const others = this.#d.views.demandByFunction.get(fn.id);
-    if (others) {
-      for (const [gw, d] of others) {
-        if (gw === this.#d.gatewayId) continue;
-        demand += d.inflight;
-        starting += d.starting;
-      }
-    }
-    const n = planScaleUp(fn, { ready, starting, demand });
+    const others = this.#d.views.otherDemand(fn.id, this.#d.gatewayId);
+    const n = planScaleUp(fn, { ready, starting: st.starting.size + others.starting, demand: st.inflight + others.inflight });
     for (let i = 0; i < n; i++) {
       const requestId = newId('req', this.#d.clock.now());
       st.starting.set(requestId, { at: this.#d.clock.now(), configKey: instanceConfigKey(fn) });
@@ -510,7 +501,8 @@ export class Invoker {
     if (!lease) return;
     for (const [fnId, st] of this.#fns) {
       const idle = st.inflight === 0 && st.starting.size === 0;
-      const value = idle ? '' : JSON.stringify({ inflight: st.inflight, starting: st.starting.size });
+      // The lease is part of the value: after a new lease (the old one expired with its keys) it is written again.
+      const value = idle ? '' : JSON.stringify({ inflight: st.inflight, starting: st.starting.size, lease });
       if (value === st.reported) continue;
       const key = KEYS.demand(fnId, this.#d.gatewayId);
       try {
