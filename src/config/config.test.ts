@@ -42,3 +42,10 @@ test('gateways and agents refuse to start without a cluster token; up derives on
   assert.notEqual(up, 'admin-token-0123456789');
   assert.equal(up, clusterTokenFor('up', { env: {}, file: undefined, adminToken: 'admin-token-0123456789' }));
 });
+
+test('--sandboxes: auto by default, else a list of known kinds', () => {
+  assert.equal(loadConfig('up', {}, {}).sandboxes, 'auto');
+  assert.deepEqual(loadConfig('up', { sandboxes: 'process,qemu,qemu' }, {}).sandboxes, ['process', 'qemu']);
+  assert.deepEqual(loadConfig('up', {}, { AETHER_SANDBOXES: 'firecracker' }).sandboxes, ['firecracker']);
+  assert.throws(() => loadConfig('up', { sandboxes: 'process,docker' }, {}), /sandboxes/);
+});

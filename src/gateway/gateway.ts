@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { Clock, Logger } from '../core/index.ts';
 import type { Queue } from '../queue/index.ts';
 import { LeaseKeeper, type Store } from '../store/index.ts';
-import { KEYS } from '../spec/index.ts';
+import { KEYS, type SandboxKind } from '../spec/index.ts';
 import type { ArchiveLimits } from '../archive/index.ts';
 import { buildApi } from './api.ts';
 import type { FunctionService } from './functions.ts';
@@ -57,6 +57,13 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   });
   await leases.start();
   await views.start();
+  /** Sandbox kinds live agents offer (records of older agents carry none: process). */
+  const offered = (): Set<SandboxKind> => {
+    const kinds = new Set<SandboxKind>();
+    for (const a of views.agents.items.values()) for (const k of a.sandboxes ?? ['process']) kinds.add(k);
+    return kinds;
+  };
+  o.functions.setSandboxSource(() => [...offered()]);
   const recorder = new InvocationRecorder({ store: o.store, clock: o.clock, logger: o.logger, exists: (fnId) => views.fn(fnId) !== undefined });
   const invoker = new Invoker({
     store: o.store,
@@ -69,6 +76,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     leaseId: () => leases.leaseId,
     startTimeoutMs: o.startTimeoutMs,
     clusterToken: o.clusterToken,
+    sandboxOffered: (kind) => offered().has(kind),
     ...(o.localAgent ? { localAgent: o.localAgent } : {}),
   });
   const logs = o.localAgent ? localLogSource(o.localAgent) : remoteLogSource({ agents: () => [...views.agents.items.values()], token: o.clusterToken, logger: o.logger });

@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import { AetherError, CLUSTER_TOKEN_HEADER, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
 import { forward, ProxyError } from '../proxy/index.ts';
 import { planScaleUp } from '../scaler/index.ts';
-import { instanceConfigKey, KEYS, placement, PROVISION_TOPIC, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
+import { instanceConfigKey, KEYS, placement, provisionTopic, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult, type SandboxKind } from '../spec/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Store } from '../store/index.ts';
 import type { ClusterViews } from './views.ts';
@@ -36,6 +36,8 @@ export interface InvokerDeps {
   startTimeoutMs: number;
   /** Proves this gateway to agents on the forwarding hop (never the admin token). */
   clusterToken: string;
+  /** Whether some live agent runs this sandbox kind (default: always); if none does, a cold start fails at once. */
+  sandboxOffered?: (kind: SandboxKind) => boolean;
 }
 
 interface Waiter {
@@ -156,6 +158,9 @@ export class Invoker {
         let inst = this.#reserve(fn, st);
         if (!inst) {
           coldStart ||= this.#candidates(fn).current.length === 0;
+          if (coldStart && !this.#offered(fn)) {
+            throw new AetherError('AETHER_ERR_SANDBOX_UNAVAILABLE', `function "${fn.name}" needs sandbox "${fn.sandbox}", which no live agent offers (start an agent with --sandboxes ${fn.sandbox})`);
+          }
           inst = await this.#waitForInstance(fn, st, ac.signal);
         }
         this.#maybeScaleUp(fn, st);
@@ -427,10 +432,14 @@ export class Invoker {
     metrics.scaleEvents.inc({ function_id: fn.id, direction: 'up' });
   }
 
+  #offered(fn: FunctionRecord): boolean {
+    return this.#d.sandboxOffered?.(fn.sandbox) ?? true;
+  }
+
   async #enqueue(fn: FunctionRecord, requestId: string, reason: ProvisionJob['reason']): Promise<void> {
-    const job: ProvisionJob = { function_id: fn.id, config_key: instanceConfigKey(fn), reason, requested_at: this.#d.clock.now(), request_id: requestId };
+    const job: ProvisionJob = { function_id: fn.id, config_key: instanceConfigKey(fn), reason, requested_at: this.#d.clock.now(), request_id: requestId, sandbox: fn.sandbox };
     try {
-      const jobId = await this.#d.queue.enqueue(PROVISION_TOPIC, job);
+      const jobId = await this.#d.queue.enqueue(provisionTopic(fn.sandbox), job);
       const s = this.#state(fn.id).starting.get(requestId);
       if (s) s.jobId = jobId;
     } catch (err) {
@@ -458,7 +467,7 @@ export class Invoker {
     const ready = this.#candidates(fn).current.length;
     // Behind a load balancer each gateway sees a share of the demand: add what the others report.
     const others = this.#d.views.otherDemand(fn.id, this.#d.gatewayId);
-    const n = planScaleUp(fn, { ready, starting: st.starting.size + others.starting, demand: st.inflight + others.inflight });
+    const n = this.#offered(fn) ? planScaleUp(fn, { ready, starting: st.starting.size + others.starting, demand: st.inflight + others.inflight }) : 0;
     for (let i = 0; i < n; i++) {
       const requestId = newId('req', this.#d.clock.now());
       st.starting.set(requestId, { at: this.#d.clock.now(), configKey: instanceConfigKey(fn) });
@@ -517,7 +526,7 @@ export class Invoker {
 
   reconcile(): void {
     for (const fn of this.#d.views.functions.items.values()) {
-      if (!fn.code_sha256) continue;
+      if (!fn.code_sha256 || !this.#offered(fn)) continue;
       const st = this.#state(fn.id);
       const { current, stale } = this.#candidates(fn);
       this.#gcStarting(st);
@@ -568,7 +577,7 @@ export class Invoker {
         if (this.#d.views.results.items.has(KEYS.provisionResult(requestId))) continue;
         let present: boolean;
         try {
-          present = await this.#d.queue.contains(PROVISION_TOPIC, s.jobId);
+          present = await this.#d.queue.contains(provisionTopic(fn.sandbox), s.jobId);
         } catch {
           continue; // queue down: nothing to decide now
         }
@@ -581,9 +590,9 @@ export class Invoker {
           continue;
         }
         s.requeued = true;
-        const job: ProvisionJob = { function_id: fnId, config_key: s.configKey, reason: 'cold', requested_at: this.#d.clock.now(), request_id: requestId };
+        const job: ProvisionJob = { function_id: fnId, config_key: s.configKey, reason: 'cold', requested_at: this.#d.clock.now(), request_id: requestId, sandbox: fn.sandbox };
         try {
-          s.jobId = await this.#d.queue.enqueue(PROVISION_TOPIC, job);
+          s.jobId = await this.#d.queue.enqueue(provisionTopic(fn.sandbox), job);
           s.at = this.#d.clock.now();
           delete s.missingSince;
           metrics.lostJobsRequeued.inc();

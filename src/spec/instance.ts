@@ -1,4 +1,7 @@
-import type { Endpoint } from '../runtime/types.ts';
+import type { Endpoint } from './endpoint.ts';
+import type { SANDBOXES } from './function.ts';
+
+export type SandboxKind = (typeof SANDBOXES)[number];
 
 /** What an agent registers for each ready instance (under its lease). */
 export interface InstanceRecord {
@@ -30,17 +33,21 @@ export interface AgentRecord {
   used: Resources;
   /** What the agent could free by evicting idle instances of other functions (refreshed each second). */
   evictable?: Resources;
+  /** Isolation of its process sandbox ("namespaces+cgroups" or "none"). */
   isolation: string;
+  /** Sandbox kinds it runs (absent in records of older agents: process only). */
+  sandboxes?: SandboxKind[];
   started_at: string;
 }
 
 /** Where a function's instance could go given the agents' records (gateway and agent use the same rule). */
-export function placement(agents: Iterable<AgentRecord>, need: { memory_mb: number; vcpu: number }, exceptAgent?: string): { agents: number; ever: boolean; now: boolean } {
+export function placement(agents: Iterable<AgentRecord>, need: { memory_mb: number; vcpu: number; sandbox?: SandboxKind }, exceptAgent?: string): { agents: number; ever: boolean; now: boolean } {
   let n = 0;
   let ever = false;
   let now = false;
   for (const a of agents) {
     if (a.agent_id === exceptAgent) continue;
+    if (need.sandbox !== undefined && !(a.sandboxes ?? ['process']).includes(need.sandbox)) continue;
     n++;
     if (a.capacity.memory_mb < need.memory_mb || a.capacity.vcpu < need.vcpu || a.capacity.instances < 1) continue;
     ever = true;
@@ -57,6 +64,8 @@ export interface ProvisionJob {
   /** config_key the requester wants; an agent skips (acks) jobs for an outdated config. */
   config_key: string;
   reason: 'cold' | 'scale' | 'min' | 'replace';
+  /** The function's sandbox (also in the topic); absent in jobs of older gateways: process. */
+  sandbox?: SandboxKind;
   requested_at: number;
   /** Id of the cold-start waiter group, so the gateway can match the result. */
   request_id: string;
