@@ -487,7 +487,7 @@ export class Invoker {
       if (st.waiters.size === 0) continue;
       this.#wake(fnId);
       const fn = this.#d.views.fn(fnId);
-      if (fn && st.waiters.size > 0 && st.starting.size === 0 && this.#candidates(fn).current.length === 0) {
+      if (fn && st.waiters.size > 0 && st.starting.size === 0 && this.#offered(fn) && this.#candidates(fn).current.length === 0) {
         this.#ensureColdStart(fn, st).catch((err: unknown) => {
           this.#failWaiters(st, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UNAVAILABLE', `cold start could not be requested: ${String(err)}`));
         });
