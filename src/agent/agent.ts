@@ -11,6 +11,7 @@ import {
   KEYS,
   PROVISION_TOPIC,
   defaultEntrypoint,
+  failureReason,
   instanceConfigKey,
   type AgentRecord,
   type FunctionRecord,
@@ -523,13 +524,14 @@ class AgentImpl implements Agent {
         await queue.release(job).catch(() => undefined);
         return;
       }
-      const reason = err instanceof Error ? err.message : String(err);
+      // The reason alone (exit code, signal, OOM, timeout): anonymous invokers see it. The output
+      // travels separately, once, to invocation records and the authenticated API.
+      const reason = failureReason(err);
       this.#system(l, `start failed: ${reason}`);
       metrics.vmSpawns.inc({ function_id: fn.id, agent_id: this.id, status: 'error' });
       const tail = l.recent.filter((s) => !s.startsWith('[system] start failed:'));
-      const error = tail.length > 0 ? `${reason}\n--- last output ---\n${tail.join('\n')}` : reason;
       logger.warn({ fnId: fn.id, instance: l.id, reason }, 'instance failed to start');
-      await this.#writeResult(req, { ok: false, instance_id: null, error });
+      await this.#writeResult(req, { ok: false, instance_id: null, error: reason, output: tail.length > 0 ? tail.join('\n') : null });
       await queue.ack(job).catch((err2: unknown) => logger.warn({ err: err2, job: job.id }, 'could not ack a provision job'));
     } finally {
       if (extendTimer) clock.clearTimeout(extendTimer);
@@ -548,7 +550,7 @@ class AgentImpl implements Agent {
     this.#forget(l);
   }
 
-  async #writeResult(job: ProvisionJob, r: Pick<ProvisionResult, 'ok' | 'instance_id' | 'error'>): Promise<void> {
+  async #writeResult(job: ProvisionJob, r: Pick<ProvisionResult, 'ok' | 'instance_id' | 'error' | 'output'>): Promise<void> {
     const { store, clock, logger, config } = this.#d;
     const result: ProvisionResult = { request_id: job.request_id, function_id: job.function_id, ...r };
     const key = KEYS.provisionResult(job.request_id);
@@ -748,7 +750,7 @@ class AgentImpl implements Agent {
   }
 
   handleHttp(req: IncomingMessage, res: ServerResponse): void {
-    handleAgentHttp(this, this.#d.config.adminToken, this.#httpFollowers, req, res);
+    handleAgentHttp(this, this.#d.config.adminToken, this.#httpFollowers, req, res, this.#d.logger);
   }
 
   // ---------------------------------------------------------------- logs + introspection

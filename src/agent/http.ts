@@ -1,6 +1,6 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { AetherError, errorBody } from '../core/index.ts';
+import { AetherError, answerUnexpected, clip, closeAfterEarlyResponse, decodePathPart, errorBody, isAetherError, silentLogger, type Logger } from '../core/index.ts';
 import { RETRYABLE_HEADER, ProxyError } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
@@ -18,10 +18,21 @@ export function handleAgentHttp(
   followers: Set<ServerResponse>,
   req: IncomingMessage,
   res: ServerResponse,
+  log: Logger = silentLogger(),
 ): void {
+  // One request's error never ends the process: it is answered (500 at worst) and logged.
+  try {
+    route(agent, adminToken, followers, req, res, log);
+  } catch (err) {
+    if (isAetherError(err) && err.status < 500) sendError(res, err);
+    else answerUnexpected(log, 'agent', req, res, err);
+  }
+}
+
+function route(agent: Agent, adminToken: string | undefined, followers: Set<ServerResponse>, req: IncomingMessage, res: ServerResponse, log: Logger): void {
   const url = req.url ?? '/';
   if (url.startsWith(FORWARD_PREFIX)) {
-    forwardRoute(agent, url.slice(FORWARD_PREFIX.length), req, res);
+    forwardRoute(agent, url.slice(FORWARD_PREFIX.length), req, res, log);
     return;
   }
   const q = url.indexOf('?');
@@ -36,16 +47,16 @@ export function handleAgentHttp(
     if (adminToken !== undefined && !tokenOk(req.headers.authorization, adminToken)) {
       return sendError(res, new AetherError('AETHER_ERR_UNAUTHORIZED'));
     }
-    const fnId = decodeURIComponent(path.slice(LOGS_PREFIX.length));
+    const fnId = decodePathPart(path.slice(LOGS_PREFIX.length), 'function id');
     const params = new URLSearchParams(q < 0 ? '' : url.slice(q + 1));
     logsRoute(agent, followers, fnId, params, req, res);
     return;
   }
-  sendError(res, new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no route ${req.method ?? 'GET'} ${path}`));
+  sendError(res, new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no route ${clip(req.method ?? 'GET', 20)} ${clip(path)}`));
 }
 
 /** `<instanceId>/<path...>[?query]`: the gateway already set X-Forwarded-*; headers pass through. */
-function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: ServerResponse): void {
+function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: ServerResponse, log: Logger): void {
   let cut = rest.length;
   for (const c of ['/', '?']) {
     const i = rest.indexOf(c);
@@ -66,10 +77,11 @@ function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: Ser
     }
     if (err instanceof ProxyError) {
       // 'connect': nothing reached the instance, so the gateway may retry on another one.
-      sendError(res, new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId}: ${err.message} (${err.phase})`), err.phase === 'connect');
+      sendError(res, new AetherError('AETHER_ERR_UPSTREAM', `instance ${clip(instanceId)}: ${err.message} (${err.phase})`), err.phase === 'connect');
       return;
     }
-    sendError(res, err, err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM');
+    if (!(err instanceof AetherError)) return answerUnexpected(log, 'agent forward', req, res, err);
+    sendError(res, err, err.code === 'AETHER_ERR_UPSTREAM');
   });
 }
 
@@ -105,12 +117,18 @@ function tokenOk(header: string | undefined, token: string): boolean {
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  closeAfterEarlyResponse(res.req, res);
   const s = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(s) });
   res.end(s);
 }
 
 function sendError(res: ServerResponse, err: unknown, nothingSent = false): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  closeAfterEarlyResponse(res.req, res);
   const { status, body } = errorBody(err);
   res.writeHead(status, {
     'content-type': 'application/json',

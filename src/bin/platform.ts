@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, createLogger, newId, systemClock, type Logger } from '../core/index.ts';
+import { AetherError, createLogger, installRejectionSafetyNet, newId, systemClock, type Logger } from '../core/index.ts';
 import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
@@ -47,6 +47,8 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   const cfg = loadConfig(role, flags, env);
   if (cfg.sandbox !== 'process') throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} has no driver yet (available: process)`);
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
+  // Safety net only: a rejection nobody handled is logged (and is a bug to fix), it does not end the platform.
+  const dropSafetyNet = installRejectionSafetyNet(logger);
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   const clock = systemClock;
   const token = await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
@@ -148,6 +150,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
         await blob.close().catch(() => undefined);
         await store.close().catch(() => undefined);
         logger.flush();
+        dropSafetyNet();
       })();
       return closing;
     },

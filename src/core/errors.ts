@@ -32,11 +32,17 @@ export type ErrorCode = keyof typeof ERROR_CODES;
 export class AetherError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
-  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown }) {
-    super(message ?? ERROR_CODES[code].text, options);
+  /**
+   * Details for logs, invocation records and the authenticated API only (e.g. a program's last
+   * output): never part of the HTTP body, which anonymous invokers may see.
+   */
+  readonly detail: string | undefined;
+  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown; detail?: string }) {
+    super(message ?? ERROR_CODES[code].text, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'AetherError';
     this.code = code;
     this.status = ERROR_CODES[code].status;
+    this.detail = options?.detail;
   }
 
   toJSON(): { error: { code: ErrorCode; message: string } } {

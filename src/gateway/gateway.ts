@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Clock, Logger } from '../core/index.ts';
+import { guardHandler, type Clock, type Logger } from '../core/index.ts';
 import type { Queue } from '../queue/index.ts';
 import { LeaseKeeper, type Store } from '../store/index.ts';
 import { KEYS, type AgentRecord } from '../spec/index.ts';
@@ -68,7 +68,8 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     {
       // Invocation traffic skips fastify entirely: the warm path is a raw handler.
       serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => {
-        server = createServer((req, res) => (Invoker.matches(req.url) ? invoker.handle(req, res) : handler(req, res)));
+        // Guarded: an error in one request answers 500 and never ends the process.
+        server = createServer(guardHandler(o.logger, 'gateway', (req, res) => (Invoker.matches(req.url) ? invoker.handle(req, res) : handler(req, res))));
         server.keepAliveTimeout = 65_000;
         return server;
       },
