@@ -1,5 +1,6 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { AetherError, errorBody } from './errors.ts';
 import { newId } from './ids.ts';
 import type { Logger } from './log.ts';
@@ -110,4 +111,27 @@ export function installRejectionSafetyNet(log: Logger): () => void {
   };
   process.on('unhandledRejection', onRejection);
   return () => process.off('unhandledRejection', onRejection);
+}
+
+/**
+ * For a server's 'clientError' event (a request node's parser refused: unknown method, bad
+ * syntax, oversized headers, header timeout): our JSON error shape instead of a bare 400.
+ */
+export function clientErrorHandler(err: Error & { code?: string }, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  let e: AetherError;
+  if (err.code === 'HPE_INVALID_METHOD') e = new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED', 'unknown HTTP method');
+  else if (err.code === 'HPE_HEADER_OVERFLOW') e = new AetherError('AETHER_ERR_HEADERS_TOO_LARGE');
+  else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') e = new AetherError('AETHER_ERR_REQUEST_TIMEOUT');
+  else e = new AetherError('AETHER_ERR_VALIDATION', 'malformed HTTP request');
+  const body = JSON.stringify(e.toJSON());
+  if (socket.writable) {
+    socket.end(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status] ?? ''}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  }
+  // Closing at once would reset a client still sending before it reads the answer: a short linger.
+  const t = setTimeout(() => socket.destroy(), 1000);
+  t.unref();
+  socket.once('close', () => clearTimeout(t));
+  socket.once('end', () => socket.destroy());
+  socket.resume();
 }
