@@ -90,9 +90,9 @@ function logsRoute(agent: Agent, followers: Set<ServerResponse>, fnId: string, p
   const n = tailParam === null ? 100 : Number(tailParam);
   if (!Number.isInteger(n) || n < 0) return sendError(res, new AetherError('AETHER_ERR_VALIDATION', 'tail: must be a non-negative integer'));
   const follow = params.get('follow') === '1' || params.get('follow') === 'true';
-  res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
   let buf = '';
   for (const e of agent.tailLogs(fnId, Math.min(n, MAX_TAIL))) buf += `${JSON.stringify(e)}\n`;
+  res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
   if (!follow) {
     res.end(buf);
     return;

@@ -105,12 +105,12 @@ export function decodePathPart(s: string, what = 'path'): string {
 }
 
 /** Log unhandled promise rejections instead of ending the process (each cause is still a bug to fix). */
-export function installRejectionSafetyNet(log: Logger): () => void {
+export function installRejectionSafetyNet(log: Logger, proc: Pick<NodeJS.EventEmitter, 'on' | 'off'> = process): () => void {
   const onRejection = (reason: unknown): void => {
     log.error({ err: reason }, 'unhandled promise rejection (a bug); the process goes on');
   };
-  process.on('unhandledRejection', onRejection);
-  return () => process.off('unhandledRejection', onRejection);
+  proc.on('unhandledRejection', onRejection);
+  return () => proc.off('unhandledRejection', onRejection);
 }
 
 /**
