@@ -55,6 +55,9 @@ const HOP_BY_HOP = new Set([
 
 const pools = new Map<string, Pool>();
 
+/** How long a response head may wait for its first body bytes before it is sent alone. */
+const HEAD_HOLD_MS = 5;
+
 function keyOf(u: Upstream): string {
   switch (u.kind) {
     case 'tcp':
@@ -137,6 +140,20 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
       else resolve({ status });
     };
     const onDrain = (): void => controller?.resume();
+    // The response head is held until the first body bytes, the end, or a short while, whichever
+    // comes first: a response that breaks right after its head (a malformed chunk: undici fails
+    // the request when the socket has closed, a loop phase later) is then still answered 502 by
+    // the caller instead of an empty reply. Streaming answers get their head within HEAD_HOLD_MS.
+    let head: { status: number; headers: Record<string, string | string[]> } | undefined;
+    let headTimer: NodeJS.Timeout | undefined;
+    const flushHead = (): void => {
+      if (headTimer) clearTimeout(headTimer);
+      headTimer = undefined;
+      if (!head || res.headersSent || res.destroyed) return;
+      const h = head;
+      head = undefined;
+      res.writeHead(h.status, h.headers);
+    };
     const handler: Dispatcher.DispatchHandler = {
       onRequestStart(c) {
         controller = c;
@@ -147,20 +164,29 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
           c.abort(new ProxyError('instance unavailable at its agent', 'connect', false));
           return;
         }
-        status = statusCode;
         const out: Record<string, string | string[]> = {};
         for (const k in headers) {
           const v = headers[k];
           if (v === undefined || HOP_BY_HOP.has(k)) continue;
           out[k] = v;
         }
+        if (statusCode < 200) {
+          // 1xx: relayed as informational answers, never as the final one.
+          relayInformational(res, statusCode, out);
+          return;
+        }
+        status = statusCode;
         if (opts.responseHeaders) Object.assign(out, opts.responseHeaders);
-        res.writeHead(statusCode, out);
-        // Head, body and end usually arrive in one tick: send them in one write.
-        res.cork();
-        process.nextTick(uncork, res);
+        head = { status: statusCode, headers: out };
+        headTimer = setTimeout(flushHead, HEAD_HOLD_MS);
       },
       onResponseData(c, chunk) {
+        if (head) {
+          // Head, body and end usually arrive in one tick: send them in one write.
+          res.cork();
+          flushHead();
+          process.nextTick(uncork, res);
+        }
         // Backpressure: a slow client pauses the upstream instead of buffering in memory.
         if (!res.write(chunk)) {
           c.pause();
@@ -168,10 +194,14 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
         }
       },
       onResponseEnd() {
+        flushHead();
         res.end();
         done();
       },
       onResponseError(_c, err) {
+        if (headTimer) clearTimeout(headTimer);
+        headTimer = undefined;
+        head = undefined; // never sent: the caller answers 502 instead
         if (err instanceof ProxyError) return done(err);
         const e = err as { code?: string; message?: string };
         if (signal?.aborted) return done(new ProxyError('request aborted', 'aborted', res.headersSent, err));
@@ -190,6 +220,13 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
       handler,
     );
   });
+}
+
+/** 103 Early Hints and 102 Processing go to the client as such; other 1xx have no Node API and are dropped. */
+function relayInformational(res: ServerResponse, status: number, headers: Record<string, string | string[]>): void {
+  if (res.headersSent || res.destroyed) return;
+  if (status === 103 && headers['link'] !== undefined) res.writeEarlyHints(headers);
+  else if (status === 102) res.writeProcessing();
 }
 
 function uncork(res: ServerResponse): void {
