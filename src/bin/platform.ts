@@ -1,13 +1,14 @@
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, createLogger, installRejectionSafetyNet, newId, systemClock, type Logger } from '../core/index.ts';
+import { AetherError, clientErrorHandler, createLogger, installRejectionSafetyNet, refuseConnect, newId, systemClock, type Logger } from '../core/index.ts';
 import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
-import { closeAllEndpoints } from '../proxy/index.ts';
+import { acceptUpgrade, closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost } from '../runtime/index.ts';
 import { createProcessRuntime } from '../runtime/process.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
@@ -69,12 +70,17 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     let server: ReturnType<typeof createServer> | undefined;
     if (role === 'agent') {
       // Listen first (the advertised URL carries the bound port), hand requests to the agent once built.
-      server = createServer((req, res) => {
+      const serve = (req: IncomingMessage, res: ServerResponse): void => {
         if (agent) agent.handleHttp(req, res);
         else {
           res.writeHead(503).end();
         }
-      });
+      };
+      // WebSocket upgrades arrive on the forwarding route only; they are tunnelled to the instance.
+      server = createServer({ shouldUpgradeCallback: (req) => req.url?.startsWith('/internal/forward/') ?? false }, serve);
+      server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => serve(req, acceptUpgrade(req, socket, head)));
+      server.on('clientError', clientErrorHandler);
+      server.on('connect', refuseConnect);
       await new Promise<void>((resolve, reject) => {
         server?.once('error', reject);
         server?.listen(cfg.port, cfg.host, () => resolve());

@@ -124,6 +124,17 @@ export function clientErrorHandler(err: Error & { code?: string }, socket: Duple
   else if (err.code === 'HPE_HEADER_OVERFLOW') e = new AetherError('AETHER_ERR_HEADERS_TOO_LARGE');
   else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') e = new AetherError('AETHER_ERR_REQUEST_TIMEOUT');
   else e = new AetherError('AETHER_ERR_VALIDATION', 'malformed HTTP request');
+  answerOnSocket(socket, e);
+}
+
+/** For a server's 'connect' event: we are not a forward proxy (node would just drop the socket). */
+export function refuseConnect(_req: IncomingMessage, socket: Duplex): void {
+  socket.on('error', () => undefined);
+  answerOnSocket(socket, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED', 'CONNECT is not supported'));
+}
+
+/** A complete error answer written straight to a socket that has no ServerResponse, then a short linger. */
+export function answerOnSocket(socket: Duplex, e: AetherError): void {
   const body = JSON.stringify(e.toJSON());
   if (socket.writable) {
     socket.end(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status] ?? ''}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);

@@ -1,4 +1,6 @@
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { ServerResponse, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
 import type { Endpoint } from '../runtime/index.ts';
 
@@ -116,6 +118,37 @@ function connectionListed(h: IncomingHttpHeaders): Set<string> | undefined {
   return new Set(c.split(',').map((s) => s.trim().toLowerCase()));
 }
 
+/** Upgrade requests (WebSocket) taken over from a server's 'upgrade' event: their socket and early bytes. */
+const upgrades = new WeakMap<IncomingMessage, { socket: Duplex; head: Buffer; upgraded: boolean }>();
+
+/**
+ * Turn an 'upgrade' event into a request/response pair the normal handlers take: errors are
+ * answered on the returned response (then the connection closes), and forward() tunnels the
+ * connection once the upstream switches protocols.
+ */
+export function acceptUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): ServerResponse {
+  // node leaves upgraded sockets without an error listener: one reset would end the process.
+  socket.on('error', () => socket.destroy());
+  const res = new ServerResponse(req);
+  res.assignSocket(socket as Socket);
+  res.shouldKeepAlive = false;
+  const state = { socket, head, upgraded: false };
+  upgrades.set(req, state);
+  res.on('finish', () => {
+    if (state.upgraded) return;
+    socket.end();
+    const t = setTimeout(() => socket.destroy(), 5000);
+    t.unref();
+    socket.once('close', () => clearTimeout(t));
+  });
+  return res;
+}
+
+/** True for a request that arrived through acceptUpgrade (a WebSocket handshake, say). */
+export function isUpgradeRequest(req: IncomingMessage): boolean {
+  return upgrades.has(req);
+}
+
 function hasBody(req: IncomingMessage): boolean {
   return req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
 }
@@ -154,10 +187,43 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
       head = undefined;
       res.writeHead(h.status, h.headers);
     };
+    const upgrade = upgrades.get(req);
     const handler: Dispatcher.DispatchHandler = {
       onRequestStart(c) {
         controller = c;
         if (signal?.aborted) c.abort(signal.reason);
+      },
+      onRequestUpgrade(_c, statusCode, headers, upSocket) {
+        // The instance switched protocols: relay its 101 and splice the two connections. The
+        // tunnel counts as one request in flight until either side closes it; the caller's
+        // timeout bounded the handshake only.
+        if (!upgrade || res.headersSent || res.destroyed) {
+          upSocket.destroy();
+          return done(new ProxyError('client went away before the upgrade', 'aborted', res.headersSent));
+        }
+        status = statusCode;
+        upgrade.upgraded = true;
+        signal?.removeEventListener('abort', onAbort);
+        const client = upgrade.socket;
+        res.detachSocket(client as Socket);
+        let text = `HTTP/1.1 ${statusCode} Switching Protocols\r\n`;
+        const all: Record<string, string | string[] | undefined> = { ...headers, ...opts.responseHeaders };
+        for (const [k, v] of Object.entries(all)) {
+          if (v === undefined) continue;
+          for (const one of Array.isArray(v) ? v : [v]) text += `${k}: ${one}\r\n`;
+        }
+        client.write(`${text}\r\n`);
+        if (upgrade.head.length > 0) upSocket.write(upgrade.head);
+        upSocket.on('error', () => undefined);
+        const close = (): void => {
+          client.destroy();
+          upSocket.destroy();
+        };
+        client.once('close', close);
+        upSocket.once('close', close);
+        client.once('close', () => done());
+        client.pipe(upSocket);
+        upSocket.pipe(client);
       },
       onResponseStart(c, statusCode, headers) {
         if (opts.retryable && headers[RETRYABLE_HEADER] !== undefined) {
@@ -210,12 +276,14 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
       },
     };
     signal?.addEventListener('abort', onAbort, { once: true });
+    const upgradeTo = upgrade ? req.headers.upgrade : undefined;
     pool.dispatch(
       {
         path: target.path,
         method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
         headers: requestHeaders(req, target.headers),
-        body: hasBody(req) ? req : null,
+        body: upgradeTo === undefined && hasBody(req) ? req : null,
+        ...(upgradeTo === undefined ? {} : { upgrade: upgradeTo }),
       },
       handler,
     );
