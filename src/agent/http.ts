@@ -1,12 +1,26 @@
 import { timingSafeEqual } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import { AetherError, answerUnexpected, clip, closeAfterEarlyResponse, decodePathPart, errorBody, isAetherError, silentLogger, type Logger } from '../core/index.ts';
-import { RETRYABLE_HEADER, ProxyError } from '../proxy/index.ts';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { AetherError, answerUnexpected, clientErrorHandler, clip, closeAfterEarlyResponse, decodePathPart, errorBody, isAetherError, refuseConnect, silentLogger, type Logger } from '../core/index.ts';
+import { RETRYABLE_HEADER, ProxyError, acceptUpgrade } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
 const FORWARD_PREFIX = '/internal/forward/';
 const LOGS_PREFIX = '/internal/logs/';
 const MAX_TAIL = 1000;
+
+/**
+ * The agent's HTTP server around `serve` (normally agent.handleHttp): WebSocket upgrades on the
+ * forwarding route are handed over as request/response pairs (then tunnelled to the instance),
+ * parser errors and CONNECT get our JSON error shape.
+ */
+export function createAgentServer(serve: (req: IncomingMessage, res: ServerResponse) => void): Server {
+  const server = createServer({ shouldUpgradeCallback: (req) => req.url?.startsWith(FORWARD_PREFIX) ?? false }, serve);
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => serve(req, acceptUpgrade(req, socket, head)));
+  server.on('clientError', clientErrorHandler);
+  server.on('connect', refuseConnect);
+  return server;
+}
 
 /**
  * The agent's own HTTP surface: health, the gateway -> agent forwarding hop, and logs. Plain

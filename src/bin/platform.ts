@@ -1,14 +1,13 @@
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, clientErrorHandler, createLogger, installRejectionSafetyNet, refuseConnect, newId, systemClock, type Logger } from '../core/index.ts';
-import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
+import { AetherError, createLogger, installRejectionSafetyNet, newId, systemClock, type Logger } from '../core/index.ts';
+import { createAgent, createAgentServer, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
-import { acceptUpgrade, closeAllEndpoints } from '../proxy/index.ts';
+import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost } from '../runtime/index.ts';
 import { createProcessRuntime } from '../runtime/process.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
@@ -67,7 +66,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     const runtime = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger, hidePaths: [cfg.dataDir] });
     if (runtime.isolation === 'none') out('WARNING: sandboxes are plain child processes (no namespaces/cgroups): run as root for isolation; see `aether doctor`');
     let url = 'local://in-process';
-    let server: ReturnType<typeof createServer> | undefined;
+    let server: Server | undefined;
     if (role === 'agent') {
       // Listen first (the advertised URL carries the bound port), hand requests to the agent once built.
       const serve = (req: IncomingMessage, res: ServerResponse): void => {
@@ -76,11 +75,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
           res.writeHead(503).end();
         }
       };
-      // WebSocket upgrades arrive on the forwarding route only; they are tunnelled to the instance.
-      server = createServer({ shouldUpgradeCallback: (req) => req.url?.startsWith('/internal/forward/') ?? false }, serve);
-      server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => serve(req, acceptUpgrade(req, socket, head)));
-      server.on('clientError', clientErrorHandler);
-      server.on('connect', refuseConnect);
+      server = createAgentServer(serve);
       await new Promise<void>((resolve, reject) => {
         server?.once('error', reject);
         server?.listen(cfg.port, cfg.host, () => resolve());
