@@ -38,7 +38,23 @@ before(async () => {
   const store = createSqliteStore({ path: ':memory:' });
   const queue = createMemoryQueue();
   const blob = createFsBlobStore({ dir: join(dir, 'blobs') });
-  const runtime = createFakeRuntime();
+  const runtime = createFakeRuntime({
+    behavior: (spec) => {
+      if (spec.functionName === 'hints') {
+        return {
+          handler: (_req, res) => {
+            res.writeEarlyHints({ link: '</app.css>; rel=preload; as=style' });
+            res.end('page');
+          },
+        };
+      }
+      if (spec.functionName === 'broken') {
+        // A head, then a chunk whose size line is not hex.
+        return { handler: (_req, res) => res.socket?.end('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nnope\r\n') };
+      }
+      return {};
+    },
+  });
   const logger = silentLogger();
   const agent = createAgent({ store, queue, blob, runtime, clock: systemClock, logger, archiveLimits: LIMITS, config: agentConfig({ agentId: 'agent-h', url: 'local://', dataDir: dir, scaleIntervalMs: 60_000 }) });
   await agent.start();
@@ -51,6 +67,10 @@ before(async () => {
   await functions.create({ name: 'hello', runtime: 'node' });
   await functions.uploadCode('hello', await zipOf({ 'handler.js': '// served by the fake runtime' }));
   await functions.create({ name: 'victim', runtime: 'node' });
+  for (const name of ['hints', 'broken']) {
+    await functions.create({ name, runtime: 'node' });
+    await functions.uploadCode(name, await zipOf({ 'handler.js': '// served by the fake runtime' }));
+  }
 });
 
 after(async () => {
@@ -151,6 +171,30 @@ describe('gateway hardening', { timeout: 120_000 }, () => {
     const garbage = await raw(`GET /healthz HTTP/1.1\r\nbad header\r\n\r\n`);
     assert.match(garbage, /^HTTP\/1\.1 400 /);
     assert.match(garbage, /"code":"AETHER_ERR_VALIDATION"/);
+    await alive();
+  });
+
+  test('a function sending 103 Early Hints: the client gets the hints, then the answer', async () => {
+    const r = await new Promise<{ hints: unknown[]; status: number; body: string }>((resolve, reject) => {
+      const hints: unknown[] = [];
+      const req = request({ host, port, path: '/functions/hints/', agent: false }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve({ hints, status: res.statusCode ?? 0, body }));
+      });
+      req.on('information', (i) => hints.push([i.statusCode, i.headers['link']]));
+      req.on('error', reject);
+      req.end();
+    });
+    assert.deepEqual(r.hints, [[103, '</app.css>; rel=preload; as=style']]);
+    assert.equal(r.status, 200);
+    assert.equal(r.body, 'page');
+  });
+
+  test('a function sending a broken chunk right after its head: 502 AETHER_ERR_UPSTREAM, not an empty reply', async () => {
+    const r = await send('GET', '/functions/broken/');
+    assert.equal(r.status, 502, r.body);
+    assert.equal(errorCode(r), 'AETHER_ERR_UPSTREAM');
     await alive();
   });
 
