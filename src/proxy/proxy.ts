@@ -185,7 +185,12 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
       if (!head || res.headersSent || res.destroyed) return;
       const h = head;
       head = undefined;
-      res.writeHead(h.status, h.headers);
+      try {
+        res.writeHead(h.status, h.headers);
+      } catch (err) {
+        // A head node refuses to write (may run from a timer: it must not escape as an exception).
+        controller?.abort(new ProxyError('the instance sent a response head that cannot be relayed', 'upstream', false, err));
+      }
     };
     const upgrade = upgrades.get(req);
     const handler: Dispatcher.DispatchHandler = {
@@ -293,8 +298,12 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
 /** 103 Early Hints and 102 Processing go to the client as such; other 1xx have no Node API and are dropped. */
 function relayInformational(res: ServerResponse, status: number, headers: Record<string, string | string[]>): void {
   if (res.headersSent || res.destroyed) return;
-  if (status === 103 && headers['link'] !== undefined) res.writeEarlyHints(headers);
-  else if (status === 102) res.writeProcessing();
+  try {
+    if (status === 103 && headers['link'] !== undefined) res.writeEarlyHints(headers);
+    else if (status === 102) res.writeProcessing();
+  } catch {
+    // hints node refuses to write are dropped: they are optional by definition
+  }
 }
 
 function uncork(res: ServerResponse): void {
