@@ -44,12 +44,12 @@ before(async () => {
   });
   const logger = silentLogger();
   // The agent's HTTP server listens first: its URL goes into the agent's records.
-  let handle: ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
-  const agentServer = createAgentServer((req, res) => (handle ? handle(req, res) : res.writeHead(503).end()));
+  const to: { handle?: (req: IncomingMessage, res: ServerResponse) => void } = {};
+  const agentServer = createAgentServer((req, res) => (to.handle ? to.handle(req, res) : res.writeHead(503).end()));
   await new Promise<void>((r) => agentServer.listen(0, '127.0.0.1', () => r()));
   const agentUrl = `http://127.0.0.1:${(agentServer.address() as AddressInfo).port}`;
   const agent = createAgent({ store, queue, blob, runtime, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-ws', url: agentUrl, dataDir: dir, scaleIntervalMs: 60_000 }) });
-  handle = (req, res) => agent.handleHttp(req, res);
+  to.handle = (req, res) => agent.handleHttp(req, res);
   await agent.start();
   functions = new FunctionService({ store, blobs: blob, defaultSandbox: 'process', tmpDir: dir });
   const common = { store, queue, clock: systemClock, logger, functions, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, leaseTtlMs: 10_000, startTimeoutMs: 30_000 };
