@@ -18,7 +18,7 @@ import { createFsBlobStore } from '../blob/fs.ts';
 import { silentLogger, systemClock } from '../core/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { createMemoryQueue } from '../queue/memory.ts';
-import { createFakeRuntime } from '../runtime/index.ts';
+import { createFakeRuntime } from '../runtime/fake/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
 import { FunctionService } from './functions.ts';
 import { startGateway, type Gateway } from './gateway.ts';
@@ -40,7 +40,7 @@ before(async () => {
   const blob = createFsBlobStore({ dir: join(dir, 'blobs') });
   const runtime = createFakeRuntime({
     behavior: (spec) => {
-      if (spec.functionName === 'hints') {
+      if (spec.owner.name === 'hints') {
         return {
           handler: (_req, res) => {
             res.writeEarlyHints({ link: '</app.css>; rel=preload; as=style' });
@@ -48,7 +48,7 @@ before(async () => {
           },
         };
       }
-      if (spec.functionName === 'broken') {
+      if (spec.owner.name === 'broken') {
         // A head, then a chunk whose size line is not hex.
         return { handler: (_req, res) => res.socket?.end('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nnope\r\n') };
       }

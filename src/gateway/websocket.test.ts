@@ -18,7 +18,7 @@ import { createFsBlobStore } from '../blob/fs.ts';
 import { silentLogger, systemClock } from '../core/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { createMemoryQueue } from '../queue/memory.ts';
-import { createFakeRuntime } from '../runtime/index.ts';
+import { createFakeRuntime } from '../runtime/fake/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
 import { FunctionService } from './functions.ts';
 import { startGateway, type Gateway } from './gateway.ts';
@@ -40,7 +40,7 @@ before(async () => {
     ws.on('message', (m, binary) => ws.send(binary ? m : `echo:${String(m)}`));
   });
   const runtime = createFakeRuntime({
-    behavior: (spec) => (spec.functionName === 'chat' ? { onUpgrade: (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req)) } : {}),
+    behavior: (spec) => (spec.owner.name === 'chat' ? { onUpgrade: (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req)) } : {}),
   });
   const logger = silentLogger();
   // The agent's HTTP server listens first: its URL goes into the agent's records.

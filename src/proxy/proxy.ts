@@ -2,7 +2,7 @@ import { ServerResponse, type IncomingHttpHeaders, type IncomingMessage } from '
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
-import type { Endpoint } from '../runtime/index.ts';
+import type { Endpoint } from '../spec/index.ts';
 
 /**
  * The forwarding primitive of the warm path (gateway -> instance, gateway -> agent -> instance).
