@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerFactory } from 'fastify';
 import multipart from '@fastify/multipart';
-import { AetherError, clientErrorHandler, clip, closeAfterEarlyResponse, isAetherError, registry, silentLogger, type Logger } from '../core/index.ts';
+import { AetherError, clientErrorHandler, clip, closeAfterEarlyResponse, isAetherError, newId, registry, silentLogger, type Logger } from '../core/index.ts';
 import type { Store } from '../store/index.ts';
 import type { ArchiveLimits } from '../archive/index.ts';
 import { MAX_INVOCATIONS_LIMIT, type FunctionService } from './functions.ts';
@@ -79,6 +79,8 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
     },
     // Requests node's parser refuses (unknown method, bad syntax) get our error shape too.
     clientErrorHandler,
+    // Unique across gateways and restarts: a 500's x-aether-request-id finds its log line.
+    genReqId: () => newId('req'),
   }) as unknown as FastifyInstance;
 
   const publicRoutes = new Set(['/healthz', '/api/openapi.json']);
@@ -97,7 +99,10 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
 
   app.setErrorHandler((err, req, reply) => {
     const e = toAetherError(err);
-    if (e.status >= 500) log.error({ err, request_id: req.id, url: clip(req.url, 200), method: req.method }, 'api request failed');
+    if (e.status >= 500) {
+      log.error({ err, request_id: req.id, url: clip(req.url, 200), method: req.method }, 'api request failed');
+      reply.header('x-aether-request-id', req.id);
+    }
     return sendError(reply, e);
   });
 
