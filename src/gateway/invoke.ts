@@ -168,7 +168,7 @@ export class Invoker {
         }
       }
     } catch (err) {
-      error = this.#classify(err, ac.signal, fn);
+      error = this.#classify(err, ac.signal, fn, invId);
       status = error.status;
       if (!res.headersSent) this.#fail(res, error.detail === undefined ? error : new AetherError(error.code, `${error.message} (invocation ${invId}; the output is in the function's logs)`), { 'x-aether-invocation-id': invId });
       else res.destroy();
@@ -213,14 +213,14 @@ export class Invoker {
     return forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers }, { signal, responseHeaders, retryable: true });
   }
 
-  #classify(err: unknown, signal: AbortSignal, fn: FunctionRecord): AetherError {
+  #classify(err: unknown, signal: AbortSignal, fn: FunctionRecord, invId: string): AetherError {
     if (signal.aborted && signal.reason instanceof AetherError) return signal.reason;
     if (err instanceof AetherError) return err;
     if (err instanceof ProxyError) {
       if (err.phase === 'aborted') return new AetherError('AETHER_ERR_UPSTREAM', 'client closed the connection');
       return new AetherError('AETHER_ERR_UPSTREAM', `instance of "${fn.name}" failed while answering: ${err.message}`);
     }
-    this.#d.logger.error({ err }, 'invocation failed');
+    this.#d.logger.error({ err, invocation_id: invId }, 'invocation failed'); // the answer carries the same id
     return new AetherError('AETHER_ERR_INTERNAL');
   }
 
