@@ -6,6 +6,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
 
@@ -140,14 +141,65 @@ describe('invocation', () => {
     assert.equal(recs[0]?.status, 'timeout');
   });
 
-  test('a function that crashes at start answers 503 at once with its output', async () => {
-    await deploy('broken', { 'handler.js': "console.error('boom: missing config'); process.exit(2);" }, { timeout_ms: 20_000 });
+  test('a function that crashes at start answers 503 at once with the reason only; its output goes to the record, once', async () => {
+    await deploy('broken', { 'handler.js': "console.log('DATABASE_URL=postgres://admin:hunter2@db'); console.error('boom: missing config'); process.exit(2);" }, { timeout_ms: 20_000 });
     const t0 = Date.now();
     const r = await invoke('broken');
     assert.equal(r.status, 503, r.text);
     assert.equal((r.json['error'] as { code: string }).code, 'AETHER_ERR_COLD_START_FAILED');
-    assert.match(String((r.json['error'] as { message: string }).message), /boom: missing config/);
+    const message = String((r.json['error'] as { message: string }).message);
+    assert.match(message, /code 2/, 'the exit code');
+    assert.ok(r.inv && message.includes(r.inv), 'the invocation id');
+    assert.doesNotMatch(r.text, /hunter2|boom|at Object|node:internal/, 'nothing the program printed');
     assert.ok(Date.now() - t0 < 15_000, 'answered before timeout_ms');
+    const recs = await eventually(async () => {
+      const x = await api<{ id: string; error: string | null }[]>(p, 'GET', '/api/functions/broken/invocations');
+      return x.body.find((i) => i.id === r.inv) ? x.body : undefined;
+    });
+    const rec = recs.find((i) => i.id === r.inv);
+    assert.match(rec?.error ?? '', /boom: missing config/);
+    assert.equal((rec?.error ?? '').split('hunter2').length, 2, 'the output appears once');
+  });
+
+  test('a malformed escape in the function name is a 400 and aether up goes on', async () => {
+    for (const bad of ['%E0%A4%A', '%', '%zz']) {
+      const r = await fetch(`${p.url}/functions/${bad}`);
+      assert.equal(r.status, 400, await r.text());
+    }
+    assert.equal((await fetch(`${p.url}/healthz`)).status, 200);
+    assert.equal((await invoke('echo')).status, 200, 'instances still serve');
+  });
+
+  test('an Upgrade (WebSocket-style) request is tunnelled to the program in its sandbox', async () => {
+    const TUNNEL = `
+require('http').createServer((req, res) => res.end('plain')).on('upgrade', (req, sock, head) => {
+  sock.write('HTTP/1.1 101 Switching Protocols\\r\\nConnection: Upgrade\\r\\nUpgrade: x-echo\\r\\n\\r\\n');
+  sock.write('hello ' + req.url + ';');
+  if (head.length) sock.write(head);
+  sock.pipe(sock);
+}).listen(Number(process.env.PORT));
+`;
+    await deploy('tunnel', { 'handler.js': TUNNEL });
+    const u = new URL(p.url);
+    const got = await new Promise<string>((resolve, reject) => {
+      const req = request({ host: u.hostname, port: u.port, path: '/functions/tunnel/t?x=1', headers: { connection: 'Upgrade', upgrade: 'x-echo' } });
+      req.on('upgrade', (res, socket, head) => {
+        assert.equal(res.statusCode, 101);
+        let text = head.toString(); // bytes that came with the 101
+        socket.on('data', (c: Buffer) => {
+          text += c.toString();
+          if (text.endsWith('ping')) {
+            socket.end();
+            resolve(text);
+          }
+        });
+        socket.write('ping');
+      });
+      req.on('response', (res) => reject(new Error(`no protocol switch: ${res.statusCode}`)));
+      req.on('error', reject);
+      req.end();
+    });
+    assert.equal(got, 'hello /t?x=1;ping');
   });
 
   test('an instance dying mid-request gives 502, the next request starts a new one', async () => {

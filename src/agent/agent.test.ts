@@ -149,14 +149,17 @@ test('a job produces a registered instance under the agent lease, an ok result, 
   await until(async () => (await h.store.get(KEYS.provisionResult(reqId))) === undefined, 'result cleanup');
 });
 
-test('a failing start produces an error result with the program output, is acked and leaves nothing', async () => {
+test('a failing start produces an error result (reason) with the program output apart, is acked and leaves nothing', async () => {
   const h = await setup({ behavior: () => ({ output: ['loading config'], failStart: 'Error: cannot find module express' }) });
   const before = await counterValue(metrics.vmSpawns, { function_id: 'fn-1', status: 'error' });
   const r = await h.result(await h.enqueue());
   assert.equal(r.ok, false);
   assert.equal(r.instance_id, null);
   assert.match(r.error ?? '', /exited \(code 1, signal null\) before listening/);
-  assert.match(r.error ?? '', /loading config\nError: cannot find module express/);
+  // The reason is what invokers may see: the output travels apart, once.
+  assert.doesNotMatch(r.error ?? '', /loading config|express/);
+  assert.match(r.output ?? '', /loading config\nError: cannot find module express/);
+  assert.equal((r.output ?? '').split('cannot find module express').length, 2, 'the output appears once');
   await until(async () => (await h.queue.depth(PROVISION_TOPIC)) === 0, 'ack');
   assert.deepEqual((await h.store.list(KEYS.instances)).kvs, []);
   await until(() => h.agent.localInstances().length === 0, 'local instance forgotten');

@@ -10,6 +10,7 @@ import { planScaleDown, type InstanceLoad, type ScalePolicy } from '../scaler/in
 import {
   KEYS,
   defaultEntrypoint,
+  failureReason,
   provisionTopic,
   instanceConfigKey,
   type AgentRecord,
@@ -660,13 +661,14 @@ class AgentImpl implements Agent {
         await queue.release(job).catch(() => undefined);
         return;
       }
-      const reason = err instanceof Error ? err.message : String(err);
+      // The reason alone (exit code, signal, OOM, timeout): anonymous invokers see it. The output
+      // travels separately, once, to invocation records and the authenticated API.
+      const reason = failureReason(err);
       this.#system(l, `start failed: ${reason}`);
       metrics.vmSpawns.inc({ function_id: fn.id, agent_id: this.id, status: 'error' });
       const tail = l.recent.filter((s) => !s.startsWith('[system] start failed:'));
-      const error = tail.length > 0 ? `${reason}\n--- last output ---\n${tail.join('\n')}` : reason;
       logger.warn({ fnId: fn.id, instance: l.id, reason }, 'instance failed to start');
-      await this.#writeResult(req, { ok: false, instance_id: null, error });
+      await this.#writeResult(req, { ok: false, instance_id: null, error: reason, output: tail.length > 0 ? tail.join('\n') : null });
       await queue.ack(job).catch((err2: unknown) => logger.warn({ err: err2, job: job.id }, 'could not ack a provision job'));
     } finally {
       if (extendTimer) clock.clearTimeout(extendTimer);
@@ -685,7 +687,7 @@ class AgentImpl implements Agent {
     this.#forget(l);
   }
 
-  async #writeResult(job: ProvisionJob, r: Pick<ProvisionResult, 'ok' | 'instance_id' | 'error' | 'error_code'>): Promise<void> {
+  async #writeResult(job: ProvisionJob, r: Pick<ProvisionResult, 'ok' | 'instance_id' | 'error' | 'error_code' | 'output'>): Promise<void> {
     const { store, clock, logger, config } = this.#d;
     const result: ProvisionResult = { request_id: job.request_id, function_id: job.function_id, ...r };
     const key = KEYS.provisionResult(job.request_id);
@@ -890,7 +892,7 @@ class AgentImpl implements Agent {
   }
 
   handleHttp(req: IncomingMessage, res: ServerResponse): void {
-    handleAgentHttp(this, this.#d.config.clusterToken, this.#httpFollowers, req, res);
+    handleAgentHttp(this, this.#d.config.clusterToken, this.#httpFollowers, req, res, this.#d.logger);
   }
 
   // ---------------------------------------------------------------- logs + introspection

@@ -1,11 +1,25 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import { AetherError, bearerToken, CLUSTER_TOKEN_HEADER, errorBody, sameSecret } from '../core/index.ts';
-import { RETRYABLE_HEADER, ProxyError } from '../proxy/index.ts';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { AetherError, answerUnexpected, bearerToken, CLUSTER_TOKEN_HEADER, clientErrorHandler, clip, closeAfterEarlyResponse, decodePathPart, errorBody, isAetherError, refuseConnect, sameSecret, silentLogger, type Logger } from '../core/index.ts';
+import { RETRYABLE_HEADER, ProxyError, acceptUpgrade } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
 const FORWARD_PREFIX = '/internal/forward/';
 const LOGS_PREFIX = '/internal/logs/';
 const MAX_TAIL = 1000;
+
+/**
+ * The agent's HTTP server around `serve` (normally agent.handleHttp): WebSocket upgrades on the
+ * forwarding route are handed over as request/response pairs (then tunnelled to the instance),
+ * parser errors and CONNECT get our JSON error shape.
+ */
+export function createAgentServer(serve: (req: IncomingMessage, res: ServerResponse) => void): Server {
+  const server = createServer({ shouldUpgradeCallback: (req) => req.url?.startsWith(FORWARD_PREFIX) ?? false }, serve);
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => serve(req, acceptUpgrade(req, socket, head)));
+  server.on('clientError', clientErrorHandler);
+  server.on('connect', refuseConnect);
+  return server;
+}
 
 /**
  * The agent's own HTTP surface: health, the gateway -> agent forwarding hop, and logs. Plain
@@ -19,7 +33,18 @@ export function handleAgentHttp(
   followers: Set<ServerResponse>,
   req: IncomingMessage,
   res: ServerResponse,
+  log: Logger = silentLogger(),
 ): void {
+  // One request's error never ends the process: it is answered (500 at worst) and logged.
+  try {
+    route(agent, clusterToken, followers, req, res, log);
+  } catch (err) {
+    if (isAetherError(err) && err.status < 500) sendError(res, err);
+    else answerUnexpected(log, 'agent', req, res, err);
+  }
+}
+
+function route(agent: Agent, clusterToken: string, followers: Set<ServerResponse>, req: IncomingMessage, res: ServerResponse, log: Logger): void {
   const url = req.url ?? '/';
   if (url.startsWith('/internal/')) {
     const given = header(req, CLUSTER_TOKEN_HEADER) ?? (url.startsWith(FORWARD_PREFIX) ? undefined : bearerToken(req.headers.authorization));
@@ -27,7 +52,7 @@ export function handleAgentHttp(
     delete req.headers[CLUSTER_TOKEN_HEADER]; // never passed on to a function
   }
   if (url.startsWith(FORWARD_PREFIX)) {
-    forwardRoute(agent, url.slice(FORWARD_PREFIX.length), req, res);
+    forwardRoute(agent, url.slice(FORWARD_PREFIX.length), req, res, log);
     return;
   }
   const q = url.indexOf('?');
@@ -39,16 +64,16 @@ export function handleAgentHttp(
   }
   if (path.startsWith(LOGS_PREFIX)) {
     if (req.method !== 'GET') return sendError(res, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED'));
-    const fnId = decodeURIComponent(path.slice(LOGS_PREFIX.length));
+    const fnId = decodePathPart(path.slice(LOGS_PREFIX.length), 'function id');
     const params = new URLSearchParams(q < 0 ? '' : url.slice(q + 1));
     logsRoute(agent, followers, fnId, params, req, res);
     return;
   }
-  sendError(res, new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no route ${req.method ?? 'GET'} ${path}`));
+  sendError(res, new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no route ${clip(req.method ?? 'GET', 20)} ${clip(path)}`));
 }
 
 /** `<instanceId>/<path...>[?query]`: the gateway already set X-Forwarded-*; headers pass through. */
-function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: ServerResponse): void {
+function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: ServerResponse, log: Logger): void {
   let cut = rest.length;
   for (const c of ['/', '?']) {
     const i = rest.indexOf(c);
@@ -69,10 +94,11 @@ function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: Ser
     }
     if (err instanceof ProxyError) {
       // 'connect': nothing reached the instance, so the gateway may retry on another one.
-      sendError(res, new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId}: ${err.message} (${err.phase})`), err.phase === 'connect');
+      sendError(res, new AetherError('AETHER_ERR_UPSTREAM', `instance ${clip(instanceId)}: ${err.message} (${err.phase})`), err.phase === 'connect');
       return;
     }
-    sendError(res, err, err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM');
+    if (!(err instanceof AetherError)) return answerUnexpected(log, 'agent forward', req, res, err);
+    sendError(res, err, err.code === 'AETHER_ERR_UPSTREAM');
   });
 }
 
@@ -81,9 +107,9 @@ function logsRoute(agent: Agent, followers: Set<ServerResponse>, fnId: string, p
   const n = tailParam === null ? 100 : Number(tailParam);
   if (!Number.isInteger(n) || n < 0) return sendError(res, new AetherError('AETHER_ERR_VALIDATION', 'tail: must be a non-negative integer'));
   const follow = params.get('follow') === '1' || params.get('follow') === 'true';
-  res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
   let buf = '';
   for (const e of agent.tailLogs(fnId, Math.min(n, MAX_TAIL))) buf += `${JSON.stringify(e)}\n`;
+  res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
   if (!follow) {
     res.end(buf);
     return;
@@ -106,12 +132,18 @@ function header(req: IncomingMessage, name: string): string | undefined {
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  closeAfterEarlyResponse(res.req, res);
   const s = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(s) });
   res.end(s);
 }
 
 function sendError(res: ServerResponse, err: unknown, nothingSent = false): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  closeAfterEarlyResponse(res.req, res);
   const { status, body } = errorBody(err);
   res.writeHead(status, {
     'content-type': 'application/json',

@@ -1,11 +1,11 @@
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
-import { createServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { clusterTokenFor, loadConfig, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, createLogger, newId, systemClock, type Logger } from '../core/index.ts';
-import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
+import { AetherError, createLogger, installRejectionSafetyNet, newId, systemClock, type Logger } from '../core/index.ts';
+import { createAgent, createAgentServer, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost } from '../runtime/index.ts';
@@ -46,6 +46,8 @@ async function adminToken(role: Role, dataDir: string, tokenFile: string | undef
 export async function startNode(role: Role, flags: ConfigInput & { config?: string }, env: NodeJS.ProcessEnv = process.env, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<RunningNode> {
   const cfg = loadConfig(role, flags, env);
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
+  // Safety net only: a rejection nobody handled is logged (and is a bug to fix), it does not end the platform.
+  const dropSafetyNet = installRejectionSafetyNet(logger);
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   const clock = systemClock;
   // Agents never read the admin token: they know only the cluster token, checked before anything starts.
@@ -74,15 +76,16 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} is the default for new functions, but this node does not offer it (offered: ${Object.keys(runtimes).join(', ')}; see \`aether doctor\`)`);
     }
     let url = 'local://in-process';
-    let server: ReturnType<typeof createServer> | undefined;
+    let server: Server | undefined;
     if (role === 'agent') {
       // Listen first (the advertised URL carries the bound port), hand requests to the agent once built.
-      server = createServer((req, res) => {
+      const serve = (req: IncomingMessage, res: ServerResponse): void => {
         if (agent) agent.handleHttp(req, res);
         else {
           res.writeHead(503).end();
         }
-      });
+      };
+      server = createAgentServer(serve);
       await new Promise<void>((resolve, reject) => {
         server?.once('error', reject);
         server?.listen(cfg.port, cfg.host, () => resolve());
@@ -160,6 +163,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
         await blob.close().catch(() => undefined);
         await store.close().catch(() => undefined);
         logger.flush();
+        dropSafetyNet();
       })();
       return closing;
     },

@@ -10,10 +10,12 @@ export const ERROR_CODES = {
   AETHER_ERR_ROUTE_NOT_FOUND: { status: 404, text: 'no such route' },
   AETHER_ERR_FUNCTION_NOT_FOUND: { status: 404, text: 'no such function' },
   AETHER_ERR_METHOD_NOT_ALLOWED: { status: 405, text: 'method not allowed on this route' },
+  AETHER_ERR_REQUEST_TIMEOUT: { status: 408, text: 'the request was not received in time' },
   AETHER_ERR_NAME_TAKEN: { status: 409, text: 'a function with this name already exists' },
   AETHER_ERR_CONFLICT: { status: 409, text: 'the resource changed concurrently; retry' },
   AETHER_ERR_PAYLOAD_TOO_LARGE: { status: 413, text: 'request body exceeds the limit' },
   AETHER_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, text: 'content type not accepted here' },
+  AETHER_ERR_HEADERS_TOO_LARGE: { status: 431, text: 'request headers are too large' },
   AETHER_ERR_ARCHIVE_INVALID: { status: 400, text: 'archive is not a readable zip or tar.gz' },
   AETHER_ERR_ARCHIVE_UNSAFE: { status: 400, text: 'archive has an absolute path, a .. component, a link out or a device file' },
   AETHER_ERR_ARCHIVE_TOO_LARGE: { status: 400, text: 'archive unpacks to more than the size or entry limit' },
@@ -37,11 +39,17 @@ export type ErrorCode = keyof typeof ERROR_CODES;
 export class AetherError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
-  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown }) {
-    super(message ?? ERROR_CODES[code].text, options);
+  /**
+   * Details for logs, invocation records and the authenticated API only (e.g. a program's last
+   * output): never part of the HTTP body, which anonymous invokers may see.
+   */
+  readonly detail: string | undefined;
+  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown; detail?: string }) {
+    super(message ?? ERROR_CODES[code].text, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'AetherError';
     this.code = code;
     this.status = ERROR_CODES[code].status;
+    this.detail = options?.detail;
   }
 
   toJSON(): { error: { code: ErrorCode; message: string } } {

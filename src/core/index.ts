@@ -4,3 +4,4 @@ export * from './ids.ts';
 export * from './log.ts';
 export * from './metrics.ts';
 export * from './secrets.ts';
+export * from './http.ts';

@@ -587,6 +587,8 @@ test('an unexpected failure is a 500 without details', async (t) => {
   const e = errorOf(res);
   assert.deepEqual([e.status, e.code, e.message], [500, 'AETHER_ERR_INTERNAL', 'internal error']);
   assert.doesNotMatch(res.body, /secret/);
+  // The id the server log files the details under.
+  assert.match(String(res.headers['x-aether-request-id']), /^req-[0-9a-v]{20}$/);
 });
 
 test('a store outage is a 503', async (t) => {

@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerFactory } from 'fastify';
 import multipart from '@fastify/multipart';
-import { AetherError, isAetherError, registry, silentLogger, type Logger } from '../core/index.ts';
+import { AetherError, clientErrorHandler, clip, closeAfterEarlyResponse, isAetherError, newId, registry, silentLogger, type Logger } from '../core/index.ts';
 import type { Store } from '../store/index.ts';
 import type { ArchiveLimits } from '../archive/index.ts';
 import { MAX_INVOCATIONS_LIMIT, type FunctionService } from './functions.ts';
@@ -71,10 +71,16 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
     logger: opts.logger ?? false,
     ...(opts.serverFactory ? { serverFactory: opts.serverFactory } : {}),
     bodyLimit: deps.jsonBodyLimit ?? 1024 * 1024,
-    routerOptions: { ignoreTrailingSlash: true },
-    frameworkErrors: (err, _req, reply) => {
+    // Long ids still reach the routes (and get a 404 that does not echo them), not the 405 fallback.
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 2048 },
+    frameworkErrors: (err, req, reply) => {
+      closeAfterEarlyResponse(req.raw, reply.raw);
       void sendError(reply, toAetherError(err));
     },
+    // Requests node's parser refuses (unknown method, bad syntax) get our error shape too.
+    clientErrorHandler,
+    // Unique across gateways and restarts: a 500's x-aether-request-id finds its log line.
+    genReqId: () => newId('req'),
   }) as unknown as FastifyInstance;
 
   const publicRoutes = new Set(['/healthz', '/api/openapi.json']);
@@ -93,10 +99,19 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
 
   app.setErrorHandler((err, req, reply) => {
     const e = toAetherError(err);
-    if (e.status >= 500) log.error({ err, url: req.url, method: req.method }, 'api request failed');
-    // An unread request body (e.g. an oversized upload) would otherwise be drained without limit.
-    if (!req.raw.complete) reply.header('connection', 'close');
+    if (e.status >= 500) {
+      log.error({ err, request_id: req.id, url: clip(req.url, 200), method: req.method }, 'api request failed');
+      reply.header('x-aether-request-id', req.id);
+    }
     return sendError(reply, e);
+  });
+
+  // Any answer sent before its request body was read (an oversized upload, a GET /healthz with a
+  // body, an early 401/404): close the connection afterwards, gracefully and bounded, instead of
+  // draining the body without limit or resetting a client that is still sending.
+  app.addHook('onSend', async (req, reply, payload) => {
+    closeAfterEarlyResponse(req.raw, reply.raw);
+    return payload;
   });
 
   app.setNotFoundHandler((req, reply) => {
@@ -104,9 +119,9 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
     const known = ROUTE_METHODS.find(([re]) => re.test(path));
     if (known) {
       reply.header('allow', known[1].join(', '));
-      return sendError(reply, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${path}; use ${known[1].join(', ')}`));
+      return sendError(reply, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${clip(path)}; use ${known[1].join(', ')}`));
     }
-    return sendError(reply, new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no route ${req.method} ${path}`));
+    return sendError(reply, new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no route ${req.method} ${clip(path)}`));
   });
 
   // Bodies of other types are left unread; JSON routes answer 415 for them (see requireJson).
@@ -179,7 +194,7 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
         if (!part) throw new AetherError('AETHER_ERR_VALIDATION', 'file: is required (multipart field "file" with the archive)');
         if (part.fieldname !== 'file') {
           part.file.resume();
-          throw new AetherError('AETHER_ERR_VALIDATION', `file: is required (got multipart field "${part.fieldname}")`);
+          throw new AetherError('AETHER_ERR_VALIDATION', `file: is required (got multipart field "${clip(part.fieldname)}")`);
         }
         const result = await deps.functions.uploadCode(req.params.id, part.file);
         if (part.file.truncated) throw new AetherError('AETHER_ERR_PAYLOAD_TOO_LARGE', `archive exceeds the limit of ${deps.limits.maxArchiveBytes} bytes`);
@@ -235,10 +250,12 @@ export function toAetherError(err: unknown): AetherError {
   const mapped = fe?.code ? FASTIFY_CODES[fe.code] : undefined;
   // Library messages about JSON mention internals; ours says what to fix.
   if (mapped === 'AETHER_ERR_INVALID_JSON') return new AetherError(mapped, fe?.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' ? 'request body is empty; send a JSON object' : 'request body is not valid JSON');
-  if (mapped) return new AetherError(mapped, fe?.message);
+  // The library's message for a bad URL quotes the whole URL back.
+  if (fe?.code === 'FST_ERR_BAD_URL') return new AetherError('AETHER_ERR_VALIDATION', 'malformed URL (bad percent-escape?)');
+  if (mapped) return new AetherError(mapped, fe?.message === undefined ? undefined : clip(fe.message, 200));
   const status = fe?.statusCode;
   if (typeof status === 'number' && status >= 400 && status < 500) {
-    return new AetherError(BY_STATUS[status] ?? 'AETHER_ERR_VALIDATION', fe?.message);
+    return new AetherError(BY_STATUS[status] ?? 'AETHER_ERR_VALIDATION', fe?.message === undefined ? undefined : clip(fe.message, 200));
   }
   return new AetherError('AETHER_ERR_INTERNAL');
 }

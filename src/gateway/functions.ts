@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { AetherError, isAetherError, newId, silentLogger, systemClock, type Clock, type Logger } from '../core/index.ts';
+import { AetherError, clip, isAetherError, newId, silentLogger, systemClock, type Clock, type Logger } from '../core/index.ts';
 import {
   CreateFunctionSchema,
   KEYS,
@@ -397,7 +397,7 @@ export class FunctionService {
 }
 
 function notFound(idOrName: string): AetherError {
-  return new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', `function not found: ${idOrName.slice(0, 100)}`);
+  return new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', `function not found: ${clip(idOrName)}`);
 }
 
 function nameTaken(name: string): AetherError {

@@ -1,6 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Clock, Logger } from '../core/index.ts';
+import type { Duplex } from 'node:stream';
+import { guardHandler, refuseConnect, type Clock, type Logger } from '../core/index.ts';
+import { acceptUpgrade } from '../proxy/index.ts';
 import type { Queue } from '../queue/index.ts';
 import { LeaseKeeper, type Store } from '../store/index.ts';
 import { KEYS, type SandboxKind } from '../spec/index.ts';
@@ -87,8 +89,14 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     {
       // Invocation traffic skips fastify entirely: the warm path is a raw handler.
       serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => {
-        server = createServer((req, res) => (Invoker.matches(req.url) ? invoker.handle(req, res) : handler(req, res)));
+        // Guarded: an error in one request answers 500 and never ends the process.
+        const guarded = guardHandler(o.logger, 'gateway', (req, res) => (Invoker.matches(req.url) ? invoker.handle(req, res) : handler(req, res)));
+        // Upgrades (WebSocket) are taken on /functions/* only, and tunnelled to the instance;
+        // elsewhere the request is served as a plain one.
+        server = createServer({ shouldUpgradeCallback: (req) => Invoker.matches(req.url) }, guarded);
+        server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => guarded(req, acceptUpgrade(req, socket, head)));
         server.keepAliveTimeout = 65_000;
+        server.on('connect', refuseConnect);
         return server;
       },
     },

@@ -20,7 +20,7 @@ import { createMemoryQueue } from '../queue/memory.ts';
 import { createFakeRuntime, type FakeBehavior, type FakeRuntime } from '../runtime/fake/index.ts';
 import type { Store } from '../store/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
-import { instanceConfigKey, KEYS, PROVISION_TOPIC, type ProvisionJob } from '../spec/index.ts';
+import { instanceConfigKey, KEYS, PROVISION_TOPIC, type InvocationRecord, type ProvisionJob } from '../spec/index.ts';
 import type { Queue } from '../queue/index.ts';
 import { FunctionService } from './functions.ts';
 import { startGateway, type Gateway } from './gateway.ts';
@@ -114,13 +114,28 @@ describe('invoker', { timeout: 60_000 }, () => {
     assert.ok(n >= 4 && n <= 5, `scaled to ${n}`);
   });
 
-  test('a start that fails answers 503 with the program output', async () => {
-    await deploy('broken', {}, { failStart: 'cannot find module ./missing' });
-    const r = await call('broken');
+  test('a start that fails answers 503 with the reason and an invocation id; the output goes only to the record', async () => {
+    await deploy('broken', {}, { output: ['DATABASE_URL=postgres://admin:hunter2@db'], failStart: 'cannot find module ./missing' });
+    const r = await fetch(`${gateway.url}/functions/broken/`);
+    const body = await r.text();
     assert.equal(r.status, 503);
-    const err = (JSON.parse(r.body) as { error: { code: string; message: string } }).error;
+    const err = (JSON.parse(body) as { error: { code: string; message: string } }).error;
     assert.equal(err.code, 'AETHER_ERR_COLD_START_FAILED');
-    assert.match(err.message, /cannot find module \.\/missing/);
+    assert.match(err.message, /exited \(code 1, signal null\)/, 'the reason');
+    assert.doesNotMatch(body, /hunter2|missing|last output/, 'nothing the program printed');
+    const invId = r.headers.get('x-aether-invocation-id');
+    assert.ok(invId?.startsWith('inv-'));
+    assert.ok(err.message.includes(invId ?? 'none'));
+    // The authenticated side has the output, once.
+    const fnId = (await functions.get('broken')).id;
+    let rec: InvocationRecord | undefined;
+    for (let i = 0; i < 100 && !rec; i++) {
+      await new Promise((res) => setTimeout(res, 50));
+      rec = (await functions.invocations(fnId)).find((x) => x.id === invId);
+    }
+    assert.ok(rec, 'invocation recorded');
+    assert.equal(rec.error?.split('hunter2').length, 2, rec.error ?? '');
+    assert.match(rec.error ?? '', /cannot find module \.\/missing/);
   });
 
   test('a function that does not answer within timeout_ms gets 504', async () => {

@@ -1,9 +1,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { AetherError, CLUSTER_TOKEN_HEADER, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
+import { AetherError, answerUnexpected, clip, closeAfterEarlyResponse, CLUSTER_TOKEN_HEADER, decodePathPart, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
 import { forward, ProxyError } from '../proxy/index.ts';
 import { planScaleUp } from '../scaler/index.ts';
-import { instanceConfigKey, KEYS, placement, provisionTopic, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult, type SandboxKind } from '../spec/index.ts';
+import { failureReason, instanceConfigKey, KEYS, placement, provisionTopic, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult, type SandboxKind } from '../spec/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Store } from '../store/index.ts';
 import type { ClusterViews } from './views.ts';
@@ -71,6 +71,8 @@ interface FnState {
 }
 
 const PREFIX = '/functions/';
+/** Function ids and names (see FunctionService): anything else is a 404 without a store lookup. */
+const ID_OR_NAME = /^[a-z0-9][a-z0-9-]{0,79}$/;
 
 /**
  * The invocation route: `ANY /functions/{id|name}[/*]`. Warm path: in-memory views -> least-loaded
@@ -112,8 +114,9 @@ export class Invoker {
     return url !== undefined && url.startsWith(PREFIX);
   }
 
+  /** Never throws or rejects: whatever goes wrong in one request is answered (500 at worst) and logged. */
   handle(req: IncomingMessage, res: ServerResponse): void {
-    void this.#handle(req, res);
+    this.#handle(req, res).catch((err: unknown) => answerUnexpected(this.#d.logger, 'invocation', req, res, err));
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -122,17 +125,18 @@ export class Invoker {
     const url = req.url ?? '/';
     const rest = url.slice(PREFIX.length);
     const cut = rest.search(/[/?]/);
-    const ref = decodeURIComponent(cut === -1 ? rest : rest.slice(0, cut));
     let path = cut === -1 ? '/' : rest.slice(cut);
     if (path.startsWith('?')) path = '/' + path;
 
     let fn: FunctionRecord | undefined;
+    let ref: string;
     try {
+      ref = decodePathPart(cut === -1 ? rest : rest.slice(0, cut), 'function name');
       fn = this.#d.views.fn(ref) ?? (await this.#lookup(ref));
     } catch (err) {
       return this.#fail(res, err);
     }
-    if (!fn) return this.#fail(res, new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', `function "${ref}" not found`));
+    if (!fn) return this.#fail(res, new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', `function "${clip(ref)}" not found`));
     if (!fn.code_sha256) return this.#fail(res, new AetherError('AETHER_ERR_NO_CODE', `function "${fn.name}" has no code; upload it first`));
 
     delete req.headers[CLUSTER_TOKEN_HEADER]; // a caller's copy never reaches an agent or a function
@@ -181,9 +185,9 @@ export class Invoker {
         }
       }
     } catch (err) {
-      error = this.#classify(err, ac.signal, fn);
+      error = this.#classify(err, ac.signal, fn, invId);
       status = error.status;
-      if (!res.headersSent) this.#fail(res, error);
+      if (!res.headersSent) this.#fail(res, error.detail === undefined ? error : new AetherError(error.code, `${error.message} (invocation ${invId}; the output is in the function's logs)`), { 'x-aether-invocation-id': invId });
       else res.destroy();
     } finally {
       this.#d.clock.clearTimeout(timer);
@@ -206,7 +210,7 @@ export class Invoker {
       cold_start: coldStart,
       instance_id: instanceId,
       started_at: new Date(startedAt).toISOString(),
-      error: error ? `${error.code}: ${error.message}` : status >= 500 ? `function answered ${status}` : null,
+      error: error ? `${error.code}: ${error.message}${error.detail === undefined ? '' : `\n--- last output ---\n${error.detail}`}` : status >= 500 ? `function answered ${status}` : null,
     });
   }
 
@@ -227,28 +231,30 @@ export class Invoker {
     return forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers: hop }, { signal, responseHeaders, retryable: true });
   }
 
-  #classify(err: unknown, signal: AbortSignal, fn: FunctionRecord): AetherError {
+  #classify(err: unknown, signal: AbortSignal, fn: FunctionRecord, invId: string): AetherError {
     if (signal.aborted && signal.reason instanceof AetherError) return signal.reason;
     if (err instanceof AetherError) return err;
     if (err instanceof ProxyError) {
       if (err.phase === 'aborted') return new AetherError('AETHER_ERR_UPSTREAM', 'client closed the connection');
       return new AetherError('AETHER_ERR_UPSTREAM', `instance of "${fn.name}" failed while answering: ${err.message}`);
     }
-    this.#d.logger.error({ err }, 'invocation failed');
+    this.#d.logger.error({ err, invocation_id: invId }, 'invocation failed'); // the answer carries the same id
     return new AetherError('AETHER_ERR_INTERNAL');
   }
 
-  #fail(res: ServerResponse, err: unknown): void {
+  #fail(res: ServerResponse, err: unknown, extraHeaders: Record<string, string> = {}): void {
     const { status, body } = errorBody(err);
     if (res.headersSent) {
       res.destroy();
       return;
     }
-    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    closeAfterEarlyResponse(res.req, res);
+    res.writeHead(status, { ...extraHeaders, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);
   }
 
   async #lookup(ref: string): Promise<FunctionRecord | undefined> {
+    if (!ID_OR_NAME.test(ref)) return undefined; // cannot be a function: no store round trip
     // Cold path only: the view may lag a create made through another gateway by a few ms.
     let kv = await this.#d.store.get(KEYS.function(ref));
     if (!kv) {
@@ -550,12 +556,15 @@ export class Invoker {
       return;
     }
     this.#wake(r.function_id); // others may be ready: with nothing else starting they take the waiters
-    st.lastError = r.error ?? 'instance failed to start';
+    // Only the reason reaches the invoker; the program's output (connection strings, stack
+    // traces…) goes to the invocation record as the error's detail.
+    st.lastError = failureReason(r.error ?? 'instance failed to start');
+    const output = r.output ?? (r.error?.includes('\n') ? r.error : undefined);
     const fn = this.#d.views.fn(r.function_id);
     if (st.starting.size === 0 && (!fn || !this.#pick(fn))) {
       const err = r.error_code === 'AETHER_ERR_NO_CAPACITY'
         ? new AetherError('AETHER_ERR_NO_CAPACITY', st.lastError)
-        : new AetherError('AETHER_ERR_COLD_START_FAILED', `cold start of "${fn?.name ?? r.function_id}" failed: ${st.lastError}`);
+        : new AetherError('AETHER_ERR_COLD_START_FAILED', `cold start of "${fn?.name ?? r.function_id}" failed: ${st.lastError}`, output ? { detail: output } : {});
       this.#failWaiters(st, err);
     }
   }

@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from 'node:net';
 import { closeAllEndpoints, forward, ProxyError, RETRYABLE_HEADER, type ForwardTarget } from './index.ts';
 
 let upstream: Server;
@@ -163,5 +163,77 @@ describe('forward', () => {
     assert.equal(r.status, 599);
     assert.ok(lastProxyError instanceof ProxyError);
     assert.equal(lastProxyError.phase, 'connect');
+  });
+});
+
+describe('forward: informational and broken upstream answers', () => {
+  // A raw upstream that answers each request with exactly the bytes a test chose.
+  let rawUp: NetServer;
+  let answer = '';
+  before(async () => {
+    rawUp = createNetServer((s) => {
+      s.on('error', () => undefined);
+      s.once('data', () => {
+        s.write(answer);
+        if (answer.includes('Connection: close')) s.end();
+      });
+    });
+    await new Promise<void>((r) => rawUp.listen(0, '127.0.0.1', () => r()));
+  });
+  after(() => {
+    rawUp.close();
+  });
+
+  async function through(bytes: string): Promise<{ info: { status: number; headers: Record<string, unknown> }[]; status: number; body: string; error?: string }> {
+    answer = bytes;
+    const saved = route;
+    route = () => ({ endpoint: { kind: 'tcp', host: '127.0.0.1', port: (rawUp.address() as AddressInfo).port }, path: '/' });
+    try {
+      return await new Promise((resolve) => {
+        const info: { status: number; headers: Record<string, unknown> }[] = [];
+        const r = httpRequest({ host: '127.0.0.1', port: gwPort, path: '/raw', agent: false }, (res) => {
+          let body = '';
+          res.on('data', (c: Buffer) => (body += c.toString()));
+          res.on('end', () => resolve({ info, status: res.statusCode ?? 0, body }));
+          res.on('error', (err) => resolve({ info, status: res.statusCode ?? 0, body, error: err.message }));
+        });
+        r.on('information', (i) => info.push({ status: i.statusCode, headers: i.headers }));
+        r.on('error', (err) => resolve({ info, status: 0, body: '', error: err.message }));
+        r.end();
+      });
+    } finally {
+      route = saved;
+      await closeAllEndpoints();
+    }
+  }
+
+  test('103 Early Hints reach the client as early hints, then the real answer', async () => {
+    const r = await through('HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    assert.equal(r.error, undefined);
+    assert.deepEqual(r.info.map((i) => [i.status, i.headers['link']]), [[103, '</style.css>; rel=preload; as=style']]);
+    assert.equal(r.status, 200);
+    assert.equal(r.body, 'ok');
+  });
+
+  test('102 Processing is relayed, then the real answer', async () => {
+    const r = await through('HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone');
+    assert.deepEqual(r.info.map((i) => i.status), [102]);
+    assert.equal(r.status, 201);
+    assert.equal(r.body, 'done');
+  });
+
+  test('a malformed chunk right after the head is an upstream failure the caller answers (not an empty reply)', async () => {
+    const r = await through('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nbroken\r\n');
+    assert.equal(r.status, 599, r.error);
+    assert.ok(lastProxyError instanceof ProxyError);
+    assert.equal(lastProxyError.phase, 'upstream');
+    assert.equal(lastProxyError.headersSent, false);
+  });
+
+  test('a body cut short of its content-length fails the same way', async () => {
+    const r = await through('HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nshort');
+    // Either nothing had been sent yet (the caller answers) or the client sees a truncated body:
+    // never a complete-looking 200.
+    assert.ok(r.status === 599 || r.error !== undefined, JSON.stringify(r));
   });
 });

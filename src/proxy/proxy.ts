@@ -1,4 +1,6 @@
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { ServerResponse, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
 import type { Endpoint } from '../spec/index.ts';
 
@@ -54,6 +56,9 @@ const HOP_BY_HOP = new Set([
 ]);
 
 const pools = new Map<string, Pool>();
+
+/** How long a response head may wait for its first body bytes before it is sent alone. */
+const HEAD_HOLD_MS = 5;
 
 function keyOf(u: Upstream): string {
   switch (u.kind) {
@@ -113,6 +118,37 @@ function connectionListed(h: IncomingHttpHeaders): Set<string> | undefined {
   return new Set(c.split(',').map((s) => s.trim().toLowerCase()));
 }
 
+/** Upgrade requests (WebSocket) taken over from a server's 'upgrade' event: their socket and early bytes. */
+const upgrades = new WeakMap<IncomingMessage, { socket: Duplex; head: Buffer; upgraded: boolean }>();
+
+/**
+ * Turn an 'upgrade' event into a request/response pair the normal handlers take: errors are
+ * answered on the returned response (then the connection closes), and forward() tunnels the
+ * connection once the upstream switches protocols.
+ */
+export function acceptUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): ServerResponse {
+  // node leaves upgraded sockets without an error listener: one reset would end the process.
+  socket.on('error', () => socket.destroy());
+  const res = new ServerResponse(req);
+  res.assignSocket(socket as Socket);
+  res.shouldKeepAlive = false;
+  const state = { socket, head, upgraded: false };
+  upgrades.set(req, state);
+  res.on('finish', () => {
+    if (state.upgraded) return;
+    socket.end();
+    const t = setTimeout(() => socket.destroy(), 5000);
+    t.unref();
+    socket.once('close', () => clearTimeout(t));
+  });
+  return res;
+}
+
+/** True for a request that arrived through acceptUpgrade (a WebSocket handshake, say). */
+export function isUpgradeRequest(req: IncomingMessage): boolean {
+  return upgrades.has(req);
+}
+
 function hasBody(req: IncomingMessage): boolean {
   return req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
 }
@@ -137,30 +173,91 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
       else resolve({ status });
     };
     const onDrain = (): void => controller?.resume();
+    // The response head is held until the first body bytes, the end, or a short while, whichever
+    // comes first: a response that breaks right after its head (a malformed chunk: undici fails
+    // the request when the socket has closed, a loop phase later) is then still answered 502 by
+    // the caller instead of an empty reply. Streaming answers get their head within HEAD_HOLD_MS.
+    let head: { status: number; headers: Record<string, string | string[]> } | undefined;
+    let headTimer: NodeJS.Timeout | undefined;
+    const flushHead = (): void => {
+      if (headTimer) clearTimeout(headTimer);
+      headTimer = undefined;
+      if (!head || res.headersSent || res.destroyed) return;
+      const h = head;
+      head = undefined;
+      try {
+        res.writeHead(h.status, h.headers);
+      } catch (err) {
+        // A head node refuses to write (may run from a timer: it must not escape as an exception).
+        controller?.abort(new ProxyError('the instance sent a response head that cannot be relayed', 'upstream', false, err));
+      }
+    };
+    const upgrade = upgrades.get(req);
     const handler: Dispatcher.DispatchHandler = {
       onRequestStart(c) {
         controller = c;
         if (signal?.aborted) c.abort(signal.reason);
+      },
+      onRequestUpgrade(_c, statusCode, headers, upSocket) {
+        // The instance switched protocols: relay its 101 and splice the two connections. The
+        // tunnel counts as one request in flight until either side closes it; the caller's
+        // timeout bounded the handshake only.
+        if (!upgrade || res.headersSent || res.destroyed) {
+          upSocket.destroy();
+          return done(new ProxyError('client went away before the upgrade', 'aborted', res.headersSent));
+        }
+        status = statusCode;
+        upgrade.upgraded = true;
+        signal?.removeEventListener('abort', onAbort);
+        const client = upgrade.socket;
+        res.detachSocket(client as Socket);
+        let text = `HTTP/1.1 ${statusCode} Switching Protocols\r\n`;
+        const all: Record<string, string | string[] | undefined> = { ...headers, ...opts.responseHeaders };
+        for (const [k, v] of Object.entries(all)) {
+          if (v === undefined) continue;
+          for (const one of Array.isArray(v) ? v : [v]) text += `${k}: ${one}\r\n`;
+        }
+        client.write(`${text}\r\n`);
+        if (upgrade.head.length > 0) upSocket.write(upgrade.head);
+        upSocket.on('error', () => undefined);
+        const close = (): void => {
+          client.destroy();
+          upSocket.destroy();
+        };
+        client.once('close', close);
+        upSocket.once('close', close);
+        client.once('close', () => done());
+        client.pipe(upSocket);
+        upSocket.pipe(client);
       },
       onResponseStart(c, statusCode, headers) {
         if (opts.retryable && headers[RETRYABLE_HEADER] !== undefined) {
           c.abort(new ProxyError('instance unavailable at its agent', 'connect', false));
           return;
         }
-        status = statusCode;
         const out: Record<string, string | string[]> = {};
         for (const k in headers) {
           const v = headers[k];
           if (v === undefined || HOP_BY_HOP.has(k)) continue;
           out[k] = v;
         }
+        if (statusCode < 200) {
+          // 1xx: relayed as informational answers, never as the final one.
+          relayInformational(res, statusCode, out);
+          return;
+        }
+        status = statusCode;
         if (opts.responseHeaders) Object.assign(out, opts.responseHeaders);
-        res.writeHead(statusCode, out);
-        // Head, body and end usually arrive in one tick: send them in one write.
-        res.cork();
-        process.nextTick(uncork, res);
+        head = { status: statusCode, headers: out };
+        headTimer = setTimeout(flushHead, HEAD_HOLD_MS);
       },
       onResponseData(c, chunk) {
+        if (head) {
+          // Head, body and end usually arrive in one tick: send them in one write.
+          res.cork();
+          flushHead();
+          process.nextTick(uncork, res);
+        }
         // Backpressure: a slow client pauses the upstream instead of buffering in memory.
         if (!res.write(chunk)) {
           c.pause();
@@ -168,10 +265,14 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
         }
       },
       onResponseEnd() {
+        flushHead();
         res.end();
         done();
       },
       onResponseError(_c, err) {
+        if (headTimer) clearTimeout(headTimer);
+        headTimer = undefined;
+        head = undefined; // never sent: the caller answers 502 instead
         if (err instanceof ProxyError) return done(err);
         const e = err as { code?: string; message?: string };
         if (signal?.aborted) return done(new ProxyError('request aborted', 'aborted', res.headersSent, err));
@@ -180,16 +281,29 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
       },
     };
     signal?.addEventListener('abort', onAbort, { once: true });
+    const upgradeTo = upgrade ? req.headers.upgrade : undefined;
     pool.dispatch(
       {
         path: target.path,
         method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
         headers: requestHeaders(req, target.headers),
-        body: hasBody(req) ? req : null,
+        body: upgradeTo === undefined && hasBody(req) ? req : null,
+        ...(upgradeTo === undefined ? {} : { upgrade: upgradeTo }),
       },
       handler,
     );
   });
+}
+
+/** 103 Early Hints and 102 Processing go to the client as such; other 1xx have no Node API and are dropped. */
+function relayInformational(res: ServerResponse, status: number, headers: Record<string, string | string[]>): void {
+  if (res.headersSent || res.destroyed) return;
+  try {
+    if (status === 103 && headers['link'] !== undefined) res.writeEarlyHints(headers);
+    else if (status === 102) res.writeProcessing();
+  } catch {
+    // hints node refuses to write are dropped: they are optional by definition
+  }
 }
 
 function uncork(res: ServerResponse): void {

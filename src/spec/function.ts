@@ -9,13 +9,27 @@ export const RUNTIMES = ['node', 'python'] as const;
 export const SANDBOXES = ['process', 'qemu', 'firecracker'] as const;
 
 const name = z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, 'must be 1-63 chars of a-z, 0-9 and -, starting with a letter');
+// A NUL cannot pass through exec or the environment: refuse it instead of launching something else.
+const noNul = (s: string): boolean => !s.includes('\0');
 const entrypoint = z
   .string()
   .min(1)
   .max(255)
+  .refine(noNul, 'must not contain a NUL character')
   .refine((s) => !s.startsWith('/') && !s.split(/[\\/]/).includes('..'), 'must be a relative path inside the code');
-const envVars = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'env var names are [A-Za-z_][A-Za-z0-9_]*'), z.string());
-const int = (min: number, max: number): z.ZodNumber => z.number().int().min(min).max(max);
+const envVars = z.record(
+  z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'env var names are [A-Za-z_][A-Za-z0-9_]*'),
+  z.string().refine(noNul, 'env var values must not contain a NUL character'),
+);
+/** One message for every way a number can miss (not an integer, out of range, 1e308…). */
+const int = (min: number, max: number): z.ZodNumber => {
+  const msg = `must be an integer from ${min} to ${max}`;
+  return z.number({ error: (iss) => (iss.input === undefined ? 'is required' : `${msg} (got ${typeName(iss.input)})`) }).int(msg).min(min, msg).max(max, msg);
+};
+
+function typeName(v: unknown): string {
+  return v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v;
+}
 
 /** Settable fields with their ranges (no defaults: PUT uses them as a partial). */
 const settable = {
@@ -76,7 +90,9 @@ export function defaultEntrypoint(runtime: (typeof RUNTIMES)[number]): string {
 
 /** Parse with a schema; the error names the first offending field. */
 export function parseOrThrow<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
-  const r = schema.safeParse(input);
+  // The input goes into issues so a wrong type ("expected string, received number") is told
+  // apart from a missing field.
+  const r = schema.safeParse(input, { reportInput: true, error: typeError });
   if (r.success) return r.data;
   throw new AetherError('AETHER_ERR_VALIDATION', describeZodError(r.error));
 }
@@ -86,8 +102,14 @@ export function describeZodError(err: z.ZodError): string {
   if (!issue) return 'invalid input';
   if (issue.code === 'unrecognized_keys') return `unknown field: ${issue.keys.join(', ')}`;
   const path = issue.path.join('.');
-  if (issue.code === 'invalid_type' && issue.input === undefined) return `${path}: is required`;
   return path ? `${path}: ${issue.message}` : issue.message;
+}
+
+/** Default message for type errors: "is required" only when the field is really missing. */
+function typeError(iss: z.core.$ZodRawIssue): string | undefined {
+  if (iss.code !== 'invalid_type') return undefined;
+  if (iss.input === undefined) return 'is required';
+  return `expected ${iss.expected}, got ${typeName(iss.input)}`;
 }
 
 /** Cross-field rules that a plain field schema cannot express. */

@@ -91,8 +91,21 @@ export interface ProvisionResult {
   function_id: string;
   ok: boolean;
   instance_id: string | null;
-  /** Failure reason plus the last lines the instance printed. */
+  /** Failure reason only (exit code, signal, OOM, timeout): shown to invokers. */
   error: string | null;
   /** Set when the failure has a specific code (AETHER_ERR_NO_CAPACITY: no agent could place it). */
   error_code?: string;
+  /** The last lines the instance printed: invocation records and the authenticated API only. */
+  output?: string | null;
+}
+
+/**
+ * The reason of a failed start without the program's output (runtimes append it after
+ * "; last output:"), on one line: what anonymous invokers may see.
+ */
+export function failureReason(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  const cut = msg.indexOf('; last output:');
+  const head = cut >= 0 ? msg.slice(0, cut) : msg;
+  return (head.split('\n')[0] ?? '').trim() || 'instance failed to start';
 }

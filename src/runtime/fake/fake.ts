@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import net from 'node:net';
+import type { Duplex } from 'node:stream';
 import { AetherError, systemClock, type Clock, type TimerHandle } from '../../core/index.ts';
 import { LogHub } from '../logs.ts';
 import { describeWorkload, programEnv, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance } from '../types.ts';
@@ -20,6 +21,8 @@ export interface FakeBehavior {
   teardown?: Promise<unknown>;
   /** Replaces the default echo handler. */
   handler?: (req: IncomingMessage, res: ServerResponse) => void;
+  /** Takes upgrade requests (e.g. a WebSocket server's handleUpgrade); without it they are plain requests. */
+  onUpgrade?: (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
 }
 
 /** A fake instance, with the program's side under the test's control. */
@@ -191,6 +194,8 @@ class Instance implements FakeInstance {
         });
       });
     const server = createServer(handler);
+    const onUpgrade = this.#behavior.onUpgrade;
+    if (onUpgrade) server.on('upgrade', onUpgrade);
     this.#server = server;
     server.on('error', (err) => {
       this.#logs.emit('stderr', `listen failed: ${err.message}`);
