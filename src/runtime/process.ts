@@ -10,6 +10,7 @@ import { AetherError, createLogger, systemClock, type Clock, type Logger } from 
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, v1Usable, type Controller } from './cgroup.ts';
 import { findBin } from './host.ts';
 import { LineSplitter, LogHub } from './logs.ts';
+import { seccompFilter } from './seccomp.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './types.ts';
 
 export interface ProcessRuntimeOptions {
@@ -98,6 +99,8 @@ interface Ctx {
   pool: SparePool | undefined;
   /** Dirs hidden from every instance (dataDir + hidePaths, the ones safe to hide). */
   hide: string[];
+  /** The seccomp filter launch.pl installs before exec (hex of its BPF instructions). */
+  seccomp: string;
 }
 
 export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
@@ -132,6 +135,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     nextUid: 0,
     pool: undefined,
     hide: [],
+    seccomp: mode === 'namespaces' ? seccompFilter(process.arch).toString('hex') : '',
   };
   for (const d of [dataDir, ...(opts.hidePaths ?? []).map((p) => resolve(p))]) {
     if (safeToHide(ctx, d)) ctx.hide.push(d);
@@ -570,7 +574,7 @@ class ProcessInstance implements RuntimeInstance {
     const tmpMb = Math.max(16, Math.floor(spec.memoryMb));
     // launch.pl's assignment (see its header), then the program's env; all on stdin, never on a command line
     const assignment = [
-      ...cg.joinFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string,
+      ...cg.joinFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string, ctx.seccomp,
       String(hide.length), ...hide, String(argv.length), ...argv,
     ];
     this.#endpoint = { kind: 'unix', path: this.#sockPath };
