@@ -569,6 +569,7 @@ class AgentImpl implements Agent {
   // ---------------------------------------------------------------- instance lifecycle
 
   #onLine(l: Local, line: LogLine): void {
+    if (line.dropped) metrics.logLinesDropped.inc({ function_id: l.fnId }, line.dropped);
     const entry: LogEntry = { time: line.time, instance_id: l.id, stream: line.stream, text: line.text };
     this.#logs.append(l.fnId, entry);
     l.recent.push(line.stream === 'system' ? `[system] ${line.text}` : line.text);

@@ -7,6 +7,7 @@ import type { Agent } from './types.ts';
 const FORWARD_PREFIX = '/internal/forward/';
 const LOGS_PREFIX = '/internal/logs/';
 const MAX_TAIL = 1000;
+const MAX_FOLLOW_BUFFER = 4 * 1024 * 1024;
 
 /**
  * The agent's own HTTP surface: health, the gateway -> agent forwarding hop, and logs. Plain
@@ -88,7 +89,11 @@ function logsRoute(agent: Agent, followers: Set<ServerResponse>, fnId: string, p
   if (buf) res.write(buf);
   res.flushHeaders();
   followers.add(res);
-  const unsubscribe = agent.followLogs(fnId, (e) => res.write(`${JSON.stringify(e)}\n`));
+  const unsubscribe = agent.followLogs(fnId, (e) => {
+    // a follower that does not read is cut off rather than buffered without bound
+    if (res.writableLength > MAX_FOLLOW_BUFFER) res.destroy();
+    else res.write(`${JSON.stringify(e)}\n`);
+  });
   const done = (): void => {
     unsubscribe();
     followers.delete(res);

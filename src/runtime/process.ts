@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../core/index.ts';
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, v1Usable, type Controller } from './cgroup.ts';
 import { findBin } from './host.ts';
-import { LineSplitter, LogHub } from './logs.ts';
+import { DEFAULT_LOG_LIMITS, LineSplitter, LogHub, LogPump, type LogLimits } from './logs.ts';
 import { seccompFilter } from './seccomp.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './types.ts';
 
@@ -30,6 +30,8 @@ export interface ProcessRuntimeOptions {
    * dataDir is inside it. The parent of each instance's code dir (the code cache) is always hidden.
    */
   hidePaths?: string[];
+  /** Per-instance limits on reading the program's output (defaults: DEFAULT_LOG_LIMITS). */
+  logLimits?: Partial<LogLimits>;
 }
 
 const SANDBOX_DIR = join(dirname(fileURLToPath(import.meta.url)), 'sandbox');
@@ -101,6 +103,7 @@ interface Ctx {
   hide: string[];
   /** The seccomp filter launch.pl installs before exec (hex of its BPF instructions). */
   seccomp: string;
+  logLimits: LogLimits;
 }
 
 export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
@@ -136,6 +139,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     pool: undefined,
     hide: [],
     seccomp: mode === 'namespaces' ? seccompFilter(process.arch).toString('hex') : '',
+    logLimits: { ...DEFAULT_LOG_LIMITS, ...opts.logLimits },
   };
   for (const d of [dataDir, ...(opts.hidePaths ?? []).map((p) => resolve(p))]) {
     if (safeToHide(ctx, d)) ctx.hide.push(d);
@@ -599,22 +603,15 @@ class ProcessInstance implements RuntimeInstance {
   #attach(child: ChildProcess): void {
     this.#child = child;
     this.#logs.emit('system', `starting ${this.spec.entrypoint} (${this.#ctx.mode === 'namespaces' ? 'namespaces+cgroups' : 'no isolation'})`);
-    const open = new Set<string>();
-    const ended = new Promise<void>((res) => {
-      for (const name of ['stdout', 'stderr'] as const) {
-        const stream = child[name];
-        if (!stream) continue;
-        open.add(name);
-        const split = new LineSplitter((t) => this.#logs.emit(name, t));
-        stream.on('data', (b: Buffer) => split.write(b));
-        stream.on('close', () => {
-          split.end();
-          open.delete(name);
-          if (open.size === 0) res();
-        });
-      }
-      if (open.size === 0) res();
-    });
+    const pump = new LogPump(
+      this.#ctx.clock,
+      this.#ctx.logLimits,
+      (name, text) => this.#logs.emit(name, text),
+      (text, dropped) => this.#logs.emit('system', text, dropped),
+    );
+    pump.add('stdout', child.stdout);
+    pump.add('stderr', child.stderr);
+    pump.sealed();
     let done = false;
     const finish = (code: number | null, signal: string | null, reason?: string): void => {
       if (done) return;
@@ -622,7 +619,11 @@ class ProcessInstance implements RuntimeInstance {
       this.#exitStarted = true;
       this.#wake?.();
       // wait for the last output (it explains most failures), but not for a grandchild holding the pipe
-      void Promise.race([ended, delay(250)]).then(() => this.#finalize(code, signal, reason));
+      pump.drain();
+      void Promise.race([pump.ended, delay(250)]).then(() => {
+        pump.close();
+        return this.#finalize(code, signal, reason);
+      });
     };
     child.on('error', (err) => finish(null, null, `could not start: ${err.message}`));
     child.on('exit', (code, signal) => finish(code, signal));

@@ -29,6 +29,8 @@ export interface LogLine {
   time: number;
   stream: 'stdout' | 'stderr' | 'system';
   text: string;
+  /** On the notice line of the log rate limit: how many lines were dropped. */
+  dropped?: number;
 }
 
 export interface ExitInfo {
