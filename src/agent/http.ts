@@ -1,7 +1,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { AetherError, errorBody } from '../core/index.ts';
-import { RETRYABLE_HEADER, ProxyError } from '../proxy/index.ts';
+import { AGENT_ERROR_HEADER } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
 const FORWARD_PREFIX = '/internal/forward/';
@@ -65,12 +65,9 @@ function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: Ser
       res.destroy();
       return;
     }
-    if (err instanceof ProxyError) {
-      // 'connect': nothing reached the instance, so the gateway may retry on another one.
-      sendError(res, new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId}: ${err.message} (${err.phase})`), err.phase === 'connect');
-      return;
-    }
-    sendError(res, err, err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM');
+    // AETHER_ERR_UPSTREAM_UNREACHED (nothing reached the program) goes back coded: the gateway
+    // sends the request to another instance.
+    sendError(res, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId}: ${(err as Error).message}`));
   });
 }
 
@@ -115,13 +112,13 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
   res.end(s);
 }
 
-function sendError(res: ServerResponse, err: unknown, nothingSent = false): void {
+function sendError(res: ServerResponse, err: unknown): void {
   const { status, body } = errorBody(err);
   res.writeHead(status, {
     'content-type': 'application/json',
     'content-length': Buffer.byteLength(body),
-    // The gateway retries on another instance only when the request never reached this one.
-    ...(nothingSent ? { [RETRYABLE_HEADER]: '1' } : {}),
+    // The agent's own answer, coded (a function's x-aether-* headers never get through the agent).
+    [AGENT_ERROR_HEADER]: err instanceof AetherError ? err.code : 'AETHER_ERR_INTERNAL',
   });
   res.end(body);
 }

@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { closeAllEndpoints, forward, ProxyError, RETRYABLE_HEADER, type ForwardTarget } from './index.ts';
+import { AGENT_ERROR_HEADER, closeAllEndpoints, forward, ProxyError, UNREACHED_CODE, type ForwardTarget } from './index.ts';
 
 let upstream: Server;
 let upPort = 0;
@@ -20,8 +20,9 @@ async function listen(s: Server): Promise<number> {
 before(async () => {
   upstream = createServer((req, res) => {
     if (req.url === '/headers') return res.end(JSON.stringify(req.headers));
-    if (req.url === '/retryable') {
-      res.writeHead(502, { [RETRYABLE_HEADER]: '1' });
+    if (req.url?.startsWith('/unreached')) {
+      // what an agent answers when the instance could not be reached (or a function faking it)
+      res.writeHead(503, { [AGENT_ERROR_HEADER]: UNREACHED_CODE, 'x-aether-retryable': '1', 'x-aether-cold-start': 'forged', 'x-other': 'kept' });
       return res.end('{}');
     }
     if (req.url === '/hop') {
@@ -52,8 +53,8 @@ before(async () => {
   upPort = await listen(upstream);
   route = (req, _res) => ({ endpoint: { kind: 'tcp', host: '127.0.0.1', port: upPort }, path: req.url ?? '/', headers: { 'x-forwarded-host': 'gw' } });
   gateway = createServer((req, res) => {
-    const retryable = req.url === '/retryable';
-    forward(req, res, route(req, res), { responseHeaders: { 'x-aether-invocation-id': 'inv-1' }, retryable }).catch((err: unknown) => {
+    const fromAgent = req.url === '/unreached?from=agent';
+    forward(req, res, route(req, res), { responseHeaders: { 'x-aether-invocation-id': 'inv-1' }, fromAgent }).catch((err: unknown) => {
       lastProxyError = err;
       if (!res.headersSent) res.writeHead(599).end();
       else res.destroy();
@@ -158,10 +159,22 @@ describe('forward', () => {
     }
   });
 
-  test('an agent answer marked retryable becomes a connect failure instead of being relayed', async () => {
-    const r = await call('/retryable');
+  test("an agent's coded 'unreached' answer becomes a connect failure instead of being relayed", async () => {
+    const r = await call('/unreached?from=agent');
     assert.equal(r.status, 599);
     assert.ok(lastProxyError instanceof ProxyError);
     assert.equal(lastProxyError.phase, 'connect');
+  });
+
+  test("a function's x-aether-* response headers are dropped: it cannot fake the platform's signals", async () => {
+    lastProxyError = undefined;
+    const r = await call('/unreached');
+    assert.equal(r.status, 503, 'relayed as the function answered');
+    assert.equal(lastProxyError, undefined);
+    assert.equal(r.headers[AGENT_ERROR_HEADER], undefined);
+    assert.equal(r.headers['x-aether-retryable'], undefined);
+    assert.equal(r.headers['x-aether-cold-start'], undefined);
+    assert.equal(r.headers['x-aether-invocation-id'], 'inv-1', 'ours are added after');
+    assert.equal(r.headers['x-other'], 'kept');
   });
 });

@@ -474,6 +474,8 @@ class ProcessInstance implements RuntimeInstance {
   #resolveExit!: (e: ExitInfo) => void;
   #logs: LogHub;
   #exitStarted = false;
+  #gone = false;
+  #goneListeners: (() => void)[] = [];
   #stopRequested = false;
   #forwarderLost = false;
   /** Wakes a waitReady poll early (the forwarder reported ready). */
@@ -497,6 +499,24 @@ class ProcessInstance implements RuntimeInstance {
     this.#logs.on(listener);
   }
 
+  onGone(listener: () => void): void {
+    if (this.#gone) queueMicrotask(listener);
+    else this.#goneListeners.push(listener);
+  }
+
+  /** The program is gone or unreachable: tell the agent before anything else (cleanup comes later). */
+  #markGone(): void {
+    if (this.#gone) return;
+    this.#gone = true;
+    for (const l of this.#goneListeners.splice(0)) {
+      try {
+        l();
+      } catch {
+        // a failing listener must not stop the teardown
+      }
+    }
+  }
+
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
     return { state: this.#state, pid: this.#child?.pid, exit: this.#exit };
   }
@@ -516,6 +536,7 @@ class ProcessInstance implements RuntimeInstance {
       if (this.#ctx.mode === 'namespaces') await this.#startSandboxed(codeDir, argv);
       else await this.#startPlain(codeDir, argv);
     } catch (err) {
+      this.#markGone();
       this.#spare?.kill();
       this.#cg?.remove();
       this.#exit = { code: null, signal: null, reason: `could not start: ${(err as Error).message}` };
@@ -565,6 +586,7 @@ class ProcessInstance implements RuntimeInstance {
     fwd.child.once('exit', (code, signal) => {
       if (this.#exitStarted) return;
       // without its forwarder the instance is unreachable: end it
+      this.#markGone();
       this.#logs.emit('system', `forwarder exited (code ${code}, signal ${signal})`);
       this.#forwarderLost = true;
       this.#signal('SIGKILL');
@@ -581,7 +603,7 @@ class ProcessInstance implements RuntimeInstance {
       ...cg.joinFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string, ctx.seccomp,
       String(hide.length), ...hide, String(argv.length), ...argv,
     ];
-    this.#endpoint = { kind: 'unix', path: this.#sockPath };
+    this.#endpoint = { kind: 'unix', path: this.#sockPath, preamble: true };
     child.ref();
     for (const st of [child.stdin, child.stdout, child.stderr]) (st as unknown as { ref?: () => void } | null)?.ref?.();
     this.#attach(child);
@@ -617,6 +639,7 @@ class ProcessInstance implements RuntimeInstance {
       if (done) return;
       done = true;
       this.#exitStarted = true;
+      this.#markGone();
       this.#wake?.();
       // wait for the last output (it explains most failures), but not for a grandchild holding the pipe
       pump.drain();
@@ -727,6 +750,7 @@ class ProcessInstance implements RuntimeInstance {
   async stop(graceMs = 5000): Promise<void> {
     if (this.#state === 'exited') return;
     if (this.#state === 'created') {
+      this.#markGone();
       this.#exit = { code: null, signal: null, reason: 'never started' };
       this.#state = 'exited';
       this.#resolveExit(this.#exit);

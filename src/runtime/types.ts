@@ -22,7 +22,15 @@ export interface InstanceSpec {
 }
 
 /** How the agent reaches the instance's HTTP server. */
-export type Endpoint = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
+export type Endpoint =
+  | { kind: 'tcp'; host: string; port: number }
+  /**
+   * `preamble`: a sandbox forwarder listens there. It answers each new connection with one byte
+   * (PREAMBLE_OK) once it has reached the program, before any byte of the program, and closes it
+   * without that byte when it could not: a request sent on such a connection never reached the
+   * program (see ./endpoint.ts).
+   */
+  | { kind: 'unix'; path: string; preamble?: boolean };
 
 export interface LogLine {
   /** ms since epoch */
@@ -59,6 +67,11 @@ export interface RuntimeInstance {
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined };
   /** Every stdout/stderr line (and driver notes as 'system'). */
   onLog(listener: (line: LogLine) => void): void;
+  /**
+   * Called once, the moment the driver knows the program is gone or unreachable (before its last
+   * output is read and the sandbox cleaned up, so before `exited` settles): stop routing to it.
+   */
+  onGone(listener: () => void): void;
   /** Settles once, when the program has exited (for any reason). */
   readonly exited: Promise<ExitInfo>;
 }

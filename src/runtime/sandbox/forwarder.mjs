@@ -6,7 +6,10 @@
 //   stdin, one line when assigned: "<socket path> <port>"
 // After assignment it probes the program's port on the namespace's loopback (a TCP connect every
 // 2 ms: reading /proc/net/tcp costs ~10 ms per read on a big host), then renames its socket to the
-// public path and prints "ready". Each connection to the socket is piped to the program's port.
+// public path and prints "ready". Each connection to the socket is piped to the program's port,
+// after one byte (0x01) that says the program accepted the connection: a connection closed without
+// it never reached the program (the agent may send the request elsewhere). The byte comes before
+// any byte of the program, so the program cannot forge it.
 import net from 'node:net';
 import { renameSync, unlinkSync } from 'node:fs';
 
@@ -16,6 +19,7 @@ if (!tmpPath) {
   process.exit(2);
 }
 const HOSTS = ['127.0.0.1', '::1'];
+const PREAMBLE = Buffer.from([0x01]);
 let port = 0;
 let sockPath = '';
 // the address the program answered on (it may listen on ::1 only)
@@ -43,6 +47,7 @@ const server = net.createServer({ pauseOnConnect: true }, (client) => {
   const upstream = net.connect({ host, port });
   upstream.once('error', () => client.destroy());
   upstream.once('connect', () => {
+    client.write(PREAMBLE);
     upstream.setNoDelay(true);
     upstream.on('error', () => client.destroy());
     client.on('close', () => upstream.destroy());
