@@ -98,4 +98,46 @@ require('http').createServer((q, s) => {
     assert.equal((await api(p, 'DELETE', '/api/functions/flood')).status, 204);
     await eventually(async () => (await metric('aether_instances_active', fl.id)) === 0, 20_000, 250);
   });
+
+  // /die: SIGKILL at once (that request reached the program and fails); /oom: allocate until the
+  // memory limit kills it. Either way the program is dead once that request has been answered.
+  const MORTAL = `
+const http = require('http');
+http.createServer((req, res) => {
+  if (req.url === '/die') process.kill(process.pid, 'SIGKILL');
+  if (req.url === '/oom') { const keep = []; for (;;) keep.push(Buffer.alloc(1 << 20, 1)); }
+  res.end(process.env.AETHER_INSTANCE_ID);
+}).listen(Number(process.env.PORT));
+`;
+
+  for (const how of ['die', 'oom'] as const) {
+    test(`requests right after an instance is killed (${how === 'die' ? 'SIGKILL' : 'OOM'}) are all served`, async () => {
+      const name = `mortal-${how}`;
+      await deploy(name, { 'handler.js': MORTAL }, { memory_mb: 64 });
+      const first = await fetch(`${p.url}/functions/${name}/`).then(async (r) => ({ status: r.status, id: await r.text() }));
+      assert.equal(first.status, 200);
+      let victim = first.id;
+      for (let round = 0; round < 3; round++) {
+        const killed = await fetch(`${p.url}/functions/${name}/${how}`);
+        await killed.text();
+        assert.notEqual(killed.status, 200, 'the killing request itself reached the program');
+        // at once: one request, then a burst, then more one by one
+        const statuses: number[] = [];
+        const ids = new Set<string>();
+        const one = async (): Promise<void> => {
+          const r = await fetch(`${p.url}/functions/${name}/`);
+          const body = await r.text();
+          statuses.push(r.status);
+          if (r.status === 200) ids.add(body);
+          else process.stderr.write(`after ${how}: ${r.status} ${body}\n`);
+        };
+        await one();
+        await Promise.all(Array.from({ length: 8 }, one));
+        for (let i = 0; i < 5; i++) await one();
+        assert.deepEqual(statuses.filter((x) => x !== 200), [], `round ${round}: every request after the kill was served`);
+        assert.ok(ids.size > 0 && !ids.has(victim), 'by another instance');
+        victim = [...ids][0] as string;
+      }
+    });
+  }
 });

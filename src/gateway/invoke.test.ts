@@ -196,17 +196,17 @@ describe('invoker: through the agent HTTP hop (distributed mode)', { timeout: 60
     const blob = createFsBlobStore({ dir: join(dir3, 'blobs') });
     rt3 = createFakeRuntime({ behavior: (spec) => behaviors3.get(spec.functionName) ?? {} });
     const logger = silentLogger();
-    let a: Agent | undefined;
-    agentServer = createServer((req, res) => a?.handleHttp(req, res));
+    const holder: { agent?: Agent } = {};
+    agentServer = createServer((req, res) => holder.agent?.handleHttp(req, res));
     await new Promise<void>((r) => agentServer.listen(0, '127.0.0.1', () => r()));
     const url = `http://127.0.0.1:${(agentServer.address() as AddressInfo).port}`;
-    a = createAgent({ store: store3, queue, blob, runtime: rt3, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-hop', url, dataDir: dir3, scaleIntervalMs: 60_000 }) });
+    const a = createAgent({ store: store3, queue, blob, runtime: rt3, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-hop', url, dataDir: dir3, scaleIntervalMs: 60_000 }) });
+    holder.agent = a;
     await a.start();
-    const agentRef = a;
     fns3 = new FunctionService({ store: store3, blobs: blob, defaultSandbox: 'process', tmpDir: dir3 });
     // no localAgent: every request goes over HTTP to the agent's /internal/forward
     gw3 = await startGateway({ store: store3, queue, clock: systemClock, logger, functions: fns3, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-hop', leaseTtlMs: 10_000, startTimeoutMs: 30_000 });
-    stops.push(() => gw3.close(), () => agentRef.stop(), async () => void agentServer.close(), () => rt3.close(), () => store3.close());
+    stops.push(() => gw3.close(), () => a.stop(), async () => void agentServer.close(), () => rt3.close(), () => store3.close());
   });
 
   after(async () => {
