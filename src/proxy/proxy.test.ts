@@ -1,7 +1,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { AGENT_ERROR_HEADER, closeAllEndpoints, forward, ProxyError, UNREACHED_CODE, type ForwardTarget } from './index.ts';
 
 let upstream: Server;
@@ -156,6 +159,42 @@ describe('forward', () => {
       assert.equal(lastProxyError.headersSent, false);
     } finally {
       route = saved;
+    }
+  });
+
+  test("a sandbox forwarder's status byte: answered -> relayed without it; closed before it -> connect failure", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'aether-fwd-'));
+    const path = join(dir, 'f.sock');
+    let mode: 'answer' | 'refuse' = 'answer';
+    let got = '';
+    // a stand-in forwarder: reads the request, then either answers (0x01 + the program's bytes) or
+    // closes without the byte (the program could not be reached)
+    const fwd = net.createServer((c) => {
+      c.once('data', (b: Buffer) => {
+        got = b.toString();
+        if (mode === 'refuse') return void c.destroy();
+        c.end(Buffer.concat([Buffer.from([1]), Buffer.from('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-aether-error-code: forged\r\nconnection: close\r\n\r\nhi')]));
+      });
+    });
+    await new Promise<void>((r) => fwd.listen(path, () => r()));
+    const saved = route;
+    route = (_req, _res) => ({ endpoint: { kind: 'unix', path, preamble: true }, path: '/p' });
+    try {
+      const ok = await call('/p');
+      assert.equal(ok.status, 200);
+      assert.equal(ok.body, 'hi');
+      assert.equal(ok.headers['x-aether-error-code'], undefined);
+      mode = 'refuse';
+      lastProxyError = undefined;
+      const r = await call('/p');
+      assert.match(got, /^GET \/p HTTP\/1.1/, 'the request was sent');
+      assert.equal(r.status, 599);
+      assert.ok(lastProxyError instanceof ProxyError);
+      assert.equal(lastProxyError.phase, 'connect', 'no status byte: it reached no program');
+    } finally {
+      route = saved;
+      fwd.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

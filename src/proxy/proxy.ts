@@ -91,13 +91,17 @@ function poolFor(u: Upstream): Pool {
   return pool;
 }
 
-/** Drop the pooled connections of an upstream that went away. */
+/**
+ * Drop the pooled connections of an upstream that went away. Gracefully: a request still queued
+ * in the pool then fails to connect (a coded 'connect' failure, sent elsewhere) instead of being
+ * aborted like one that reached the upstream.
+ */
 export async function closeEndpoint(u: Upstream): Promise<void> {
   const key = keyOf(u);
   const pool = pools.get(key);
   if (!pool) return;
   pools.delete(key);
-  await pool.destroy().catch(() => undefined);
+  await pool.close().catch(() => pool.destroy().catch(() => undefined));
 }
 
 export async function closeAllEndpoints(): Promise<void> {
