@@ -167,8 +167,8 @@ test('a request through the agent server /internal/forward reaches the function 
     assert.equal(denied.status, 401, JSON.stringify(headers));
   }
   const missing = await httpCall(`${agentUrl}/internal/forward/inst-nope/x`, { headers: cluster });
-  assert.equal(missing.status, 502);
-  assert.equal((JSON.parse(missing.body) as { error: { code: string } }).error.code, 'AETHER_ERR_UPSTREAM');
+  assert.equal(missing.status, 503);
+  assert.equal((JSON.parse(missing.body) as { error: { code: string } }).error.code, 'AETHER_ERR_UPSTREAM_UNREACHED');
 });
 
 test('logs over HTTP need the cluster token (bearer scheme in any case)', async () => {

@@ -1,12 +1,13 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { AetherError, answerUnexpected, bearerToken, CLUSTER_TOKEN_HEADER, clientErrorHandler, clip, closeAfterEarlyResponse, decodePathPart, errorBody, isAetherError, refuseConnect, sameSecret, silentLogger, type Logger } from '../core/index.ts';
-import { RETRYABLE_HEADER, ProxyError, acceptUpgrade } from '../proxy/index.ts';
+import { AGENT_ERROR_HEADER, ProxyError, acceptUpgrade } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
 const FORWARD_PREFIX = '/internal/forward/';
 const LOGS_PREFIX = '/internal/logs/';
 const MAX_TAIL = 1000;
+const MAX_FOLLOW_BUFFER = 4 * 1024 * 1024;
 
 /**
  * The agent's HTTP server around `serve` (normally agent.handleHttp): WebSocket upgrades on the
@@ -92,13 +93,10 @@ function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: Ser
       res.destroy();
       return;
     }
-    if (err instanceof ProxyError) {
-      // 'connect': nothing reached the instance, so the gateway may retry on another one.
-      sendError(res, new AetherError('AETHER_ERR_UPSTREAM', `instance ${clip(instanceId)}: ${err.message} (${err.phase})`), err.phase === 'connect');
-      return;
-    }
-    if (!(err instanceof AetherError)) return answerUnexpected(log, 'agent forward', req, res, err);
-    sendError(res, err, err.code === 'AETHER_ERR_UPSTREAM');
+    if (!(err instanceof AetherError) && !(err instanceof ProxyError)) return answerUnexpected(log, 'agent forward', req, res, err);
+    // AETHER_ERR_UPSTREAM_UNREACHED (nothing reached the program) goes back coded: the gateway
+    // sends the request to another instance.
+    sendError(res, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UPSTREAM', `instance ${clip(instanceId)}: ${err.message}`));
   });
 }
 
@@ -117,7 +115,11 @@ function logsRoute(agent: Agent, followers: Set<ServerResponse>, fnId: string, p
   if (buf) res.write(buf);
   res.flushHeaders();
   followers.add(res);
-  const unsubscribe = agent.followLogs(fnId, (e) => res.write(`${JSON.stringify(e)}\n`));
+  const unsubscribe = agent.followLogs(fnId, (e) => {
+    // a follower that does not read is cut off rather than buffered without bound
+    if (res.writableLength > MAX_FOLLOW_BUFFER) res.destroy();
+    else res.write(`${JSON.stringify(e)}\n`);
+  });
   const done = (): void => {
     unsubscribe();
     followers.delete(res);
@@ -138,7 +140,7 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
   res.end(s);
 }
 
-function sendError(res: ServerResponse, err: unknown, nothingSent = false): void {
+function sendError(res: ServerResponse, err: unknown): void {
   if (res.headersSent) {
     res.destroy();
     return;
@@ -148,8 +150,8 @@ function sendError(res: ServerResponse, err: unknown, nothingSent = false): void
   res.writeHead(status, {
     'content-type': 'application/json',
     'content-length': Buffer.byteLength(body),
-    // The gateway retries on another instance only when the request never reached this one.
-    ...(nothingSent ? { [RETRYABLE_HEADER]: '1' } : {}),
+    // The agent's own answer, coded (a function's x-aether-* headers never get through the agent).
+    [AGENT_ERROR_HEADER]: err instanceof AetherError ? err.code : 'AETHER_ERR_INTERNAL',
   });
   res.end(body);
 }

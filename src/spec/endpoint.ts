@@ -5,7 +5,12 @@
  */
 export type Endpoint =
   | { kind: 'tcp'; host: string; port: number; guest?: GuestAddress }
-  | { kind: 'unix'; path: string; guest?: GuestAddress };
+  /**
+   * `preamble`: a sandbox forwarder listens there. The first byte it sends on a connection is
+   * PREAMBLE_OK, right before the program's first byte; a connection that ends without it reached
+   * no program (see src/runtime/endpoint.ts).
+   */
+  | { kind: 'unix'; path: string; guest?: GuestAddress; preamble?: boolean };
 
 export interface GuestAddress {
   /** The sandbox's own IP address, e.g. 10.0.2.15 (QEMU user networking) or 172.16.0.2 (a TAP). */

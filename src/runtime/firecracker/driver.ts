@@ -373,6 +373,8 @@ class FcInstance implements RuntimeInstance {
   #state: InstanceState = 'created';
   #exit: ExitInfo | undefined;
   #resolveExit!: (e: ExitInfo) => void;
+  #gone = false;
+  #goneListeners: (() => void)[] = [];
   #vmm: Vmm | undefined;
   #link: VmLink | undefined;
   #exposed: Exposed | undefined;
@@ -401,6 +403,18 @@ class FcInstance implements RuntimeInstance {
 
   onLog(listener: (line: LogLine) => void): void {
     this.#logs.on(listener);
+  }
+
+  onGone(listener: () => void): void {
+    if (this.#gone) queueMicrotask(listener);
+    else this.#goneListeners.push(listener);
+  }
+
+  /** The program exited (the guest said so) or the VM is gone: stop routing to it before the teardown. */
+  #markGone(): void {
+    if (this.#gone) return;
+    this.#gone = true;
+    for (const l of this.#goneListeners.splice(0)) l();
   }
 
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
@@ -469,6 +483,7 @@ class FcInstance implements RuntimeInstance {
       const n = Number(exit[2]);
       const sig = exit[1] === 'signal' ? Object.entries(osConstants.signals).find(([, v]) => v === n)?.[0] : undefined;
       this.#program = exit[1] === 'status' ? { code: n, signal: null } : { code: null, signal: sig ?? `signal ${n}` };
+      this.#markGone();
       // a guest that halts instead of rebooting leaves Firecracker running: end it ourselves
       const vmm = this.#vmm;
       this.#ctx.clock.setTimeout(() => vmm?.child.kill('SIGKILL'), HALT_GRACE_MS);
@@ -499,6 +514,7 @@ class FcInstance implements RuntimeInstance {
   #onExit(info: ExitInfo): void {
     if (this.#exiting) return;
     this.#exiting = true;
+    this.#markGone();
     void (async () => {
       // whatever way the VM ended, nothing of it stays: forwarder, TAP + netns, jail, VM dir
       await this.#exposed?.close();
