@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 import type { ConfigInput, Role } from '../config/index.ts';
+import { systemClock } from '../core/index.ts';
+import { launcherChain, watchLauncher } from './launcher.ts';
 
 export type StartNode = (role: Role, flags: ConfigInput & { config?: string }) => Promise<{ url: string; close(): Promise<void> }>;
 
@@ -9,7 +11,8 @@ const int = (v: string): number => {
   return n;
 };
 
-/** `aether up | gateway | agent`: long-running processes; SIGINT/SIGTERM stop them within 10 s. */
+/** `aether up | gateway | agent`: long-running processes; SIGINT/SIGTERM, or the end of the npm/npx
+ * process or wrapper that launched them, stop them within 10 s. */
 export function registerServeCommands(program: Command, start: StartNode): void {
   const common = (cmd: Command): Command =>
     cmd
@@ -44,11 +47,18 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       const key = map[k];
       if (key && v !== undefined) (flags as Record<string, unknown>)[key] = v;
     }
+    // Taken before starting: the launcher may already be gone by the time we listen.
+    const chain = launcherChain(process.ppid, process.env);
+    delete process.env['AETHER_LAUNCHER_PID'];
+    // A process manager may close our output when it stops the launcher: shutting down must go on.
+    for (const s of [process.stdout, process.stderr]) s.on('error', () => undefined);
     const node = await start(role, flags);
     let stopping = false;
+    let unwatch = (): void => undefined;
     const stop = (signal: string): void => {
       if (stopping) return;
       stopping = true;
+      unwatch();
       process.stdout.write(`${signal}: shutting down\n`);
       const force = setTimeout(() => {
         process.stderr.write('shutdown took longer than 10 s; exiting\n');
@@ -62,6 +72,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     };
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
+    unwatch = watchLauncher({ chain, clock: systemClock, onGone: (pid) => stop(`launcher (pid ${pid}) exited`) });
   };
 
   agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)'))).action(run('up'));
