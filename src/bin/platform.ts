@@ -1,14 +1,17 @@
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, createLogger, newId, systemClock, type Logger } from '../core/index.ts';
+import { loadConfig, type Config, type ConfigInput, type Role } from '../config/index.ts';
+import { AetherError, createLogger, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
+import type { BlobStore } from '../blob/index.ts';
+import type { Queue } from '../queue/index.ts';
+import type { Store } from '../store/index.ts';
 import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
-import { probeHost } from '../runtime/index.ts';
+import { probeHost, type Runtime } from '../runtime/index.ts';
 import { createProcessRuntime } from '../runtime/process.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
 
@@ -32,7 +35,8 @@ function stableAgentId(dataDir: string, explicit: string | undefined): string {
 async function adminToken(role: Role, dataDir: string, tokenFile: string | undefined, env: NodeJS.ProcessEnv, say: (s: string) => void): Promise<string | undefined> {
   if (role === 'up') {
     const t = await loadAdminToken({ dataDir, env, ...(tokenFile ? { tokenFile } : {}) });
-    if (t.source === 'generated') say(`admin token (generated, shown once): ${t.token}\n  saved to ${t.path ?? join(dataDir, 'admin.token')} (mode 0600)`);
+    // Only where it is: output ends up in logs that others can read.
+    if (t.source === 'generated') say(`admin token: generated into ${t.path ?? join(dataDir, 'admin.token')} (mode 0600)`);
     else say(`admin token: from ${t.source === 'env' ? 'AETHER_ADMIN_TOKEN' : (t.path ?? 'file')}`);
     return t.token;
   }
@@ -43,44 +47,96 @@ async function adminToken(role: Role, dataDir: string, tokenFile: string | undef
   return undefined;
 }
 
+/** Fails with a clear message when host:port cannot be bound; before anything starts. */
+async function assertPortFree(host: string, port: number): Promise<void> {
+  if (port === 0) return;
+  const probe = createNetServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      const why = err.code === 'EADDRINUSE' ? 'is already in use (another `aether up`?)' : err.code === 'EACCES' ? 'needs privileges' : `cannot be bound (${err.code ?? err.message})`;
+      reject(new AetherError('AETHER_ERR_VALIDATION', `config: port ${port} on ${host} ${why}; choose another with --port`));
+    });
+    probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolve()));
+  });
+}
+
 export async function startNode(role: Role, flags: ConfigInput & { config?: string }, env: NodeJS.ProcessEnv = process.env, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<RunningNode> {
   const cfg = loadConfig(role, flags, env);
   if (cfg.sandbox !== 'process') throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} has no driver yet (available: process)`);
+  await assertPortFree(cfg.host, cfg.port);
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
+  // It holds the admin token and every function's code: 0700 whatever the umask or earlier mode.
+  chmodSync(cfg.dataDir, 0o700);
   const clock = systemClock;
   const token = await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
   const store = openStore(cfg, logger);
   const queue = openQueue(cfg, logger);
   const blob = openBlob(cfg);
   const closers: (() => Promise<void>)[] = [];
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      for (const c of closers) await c().catch((err: unknown) => logger.error({ err: String(err) }, 'shutdown step failed'));
+      await closeAllEndpoints();
+      await queue.close().catch(() => undefined);
+      await blob.close().catch(() => undefined);
+      await store.close().catch(() => undefined);
+      logger.flush();
+    })();
+    return closing;
+  };
+  try {
+    const url = await startParts(role, cfg, { logger, clock, token, store, queue, blob, closers, out });
+    return { url, close };
+  } catch (err) {
+    // A failed start (say the port was taken meanwhile) leaves no sandbox, socket or server behind.
+    await close();
+    throw err;
+  }
+}
 
+async function startParts(
+  role: Role,
+  cfg: Config,
+  p: { logger: Logger; clock: Clock; token: string | undefined; store: Store; queue: Queue; blob: BlobStore; closers: (() => Promise<void>)[]; out: (s: string) => void },
+): Promise<string> {
+  const { logger, clock, token, store, queue, blob, closers, out } = p;
   let agent: Agent | undefined;
   let agentServerUrl: string | undefined;
   if (role === 'up' || role === 'agent') {
-    const host = await probeHost();
-    out(`host: ${JSON.stringify({ root: host.root, namespaces: host.namespaces, cgroups: host.cgroups, kvm: host.kvm, qemu: host.qemu, firecracker: host.firecracker, isolation: host.isolation })}`);
-    const agentId = stableAgentId(cfg.dataDir, cfg.agentId);
-    const runtime = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger, hidePaths: [cfg.dataDir] });
-    if (runtime.isolation === 'none') out('WARNING: sandboxes are plain child processes (no namespaces/cgroups): run as root for isolation; see `aether doctor`');
     let url = 'local://in-process';
     let server: ReturnType<typeof createServer> | undefined;
+    const started: { runtime?: Runtime } = {};
+    // One step for the node's own parts, whichever of them got started.
+    closers.push(async () => {
+      await agent?.stop();
+      await started.runtime?.close();
+      if (server) await new Promise<void>((r) => server?.close(() => r()));
+    });
     if (role === 'agent') {
       // Listen first (the advertised URL carries the bound port), hand requests to the agent once built.
-      server = createServer((req, res) => {
+      const srv = createServer((req, res) => {
         if (agent) agent.handleHttp(req, res);
         else {
           res.writeHead(503).end();
         }
       });
+      server = srv;
       await new Promise<void>((resolve, reject) => {
-        server?.once('error', reject);
-        server?.listen(cfg.port, cfg.host, () => resolve());
+        srv.once('error', reject);
+        srv.listen(cfg.port, cfg.host, () => resolve());
       });
-      const port = (server.address() as AddressInfo).port;
+      const port = (srv.address() as AddressInfo).port;
       url = `http://${cfg.advertise ?? (cfg.host === '0.0.0.0' || cfg.host === '::' ? '127.0.0.1' : cfg.host)}:${port}`;
       agentServerUrl = url;
     }
+    const host = await probeHost();
+    out(`host: ${JSON.stringify({ root: host.root, namespaces: host.namespaces, cgroups: host.cgroups, kvm: host.kvm, qemu: host.qemu, firecracker: host.firecracker, isolation: host.isolation })}`);
+    const agentId = stableAgentId(cfg.dataDir, cfg.agentId);
+    const runtime = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger, hidePaths: [cfg.dataDir] });
+    started.runtime = runtime;
+    if (runtime.isolation === 'none') out('WARNING: sandboxes are plain child processes (no namespaces/cgroups): run as root for isolation; see `aether doctor`');
     agent = createAgent({
       store,
       queue,
@@ -101,12 +157,6 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       }),
     });
     await agent.start();
-    const a = agent;
-    closers.push(async () => {
-      await a.stop();
-      await runtime.close();
-      if (server) await new Promise<void>((r) => server?.close(() => r()));
-    });
     if (role === 'agent') out(`agent ${agentId} serving at ${url}`);
   }
 
@@ -137,19 +187,5 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     out(`try: curl -H "Authorization: Bearer $(cat ${join(cfg.dataDir, 'admin.token')} 2>/dev/null || echo $AETHER_ADMIN_TOKEN)" ${gateway.url}/api/functions`);
   }
 
-  let closing: Promise<void> | undefined;
-  return {
-    url: gateway?.url ?? agentServerUrl ?? '',
-    close() {
-      closing ??= (async () => {
-        for (const c of closers) await c().catch((err: unknown) => logger.error({ err: String(err) }, 'shutdown step failed'));
-        await closeAllEndpoints();
-        await queue.close().catch(() => undefined);
-        await blob.close().catch(() => undefined);
-        await store.close().catch(() => undefined);
-        logger.flush();
-      })();
-      return closing;
-    },
-  };
+  return gateway?.url ?? agentServerUrl ?? '';
 }

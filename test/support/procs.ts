@@ -34,7 +34,11 @@ export function descendants(pid: number): Proc[] {
   const todo = [pid];
   while (todo.length > 0) {
     const p = todo.pop() as number;
-    for (const c of procs) if (c.ppid === p) (out.push(c), todo.push(c.pid));
+    for (const c of procs) {
+      if (c.ppid !== p) continue;
+      out.push(c);
+      todo.push(c.pid);
+    }
   }
   return out;
 }

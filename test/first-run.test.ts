@@ -1,0 +1,90 @@
+/**
+ * What a new user meets on a first `aether up`: the help, the admin token (never printed), the data
+ * dir's permissions whatever the umask, and a busy port reported before anything starts.
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AETHER_BIN, eventually } from './support/platform.ts';
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+const tempDir = (): string => {
+  const d = mkdtempSync(join(tmpdir(), 'aether-e2e-'));
+  dirs.push(d);
+  return d;
+};
+
+function cleanEnv(): Record<string, string> {
+  const env: Record<string, string> = { ...(process.env as Record<string, string>), AETHER_LOG_LEVEL: 'warn' };
+  delete env['AETHER_ADMIN_TOKEN'];
+  delete env['NODE_EXTRA_CA_CERTS'];
+  return env;
+}
+
+function run(args: string[], env = cleanEnv()): Promise<{ code: number; out: string; err: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [AETHER_BIN, ...args], { env, timeout: 60_000 }, (err, out, errOut) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, out, err: errOut }));
+  });
+}
+
+const mode = (p: string): string => (statSync(p).mode & 0o777).toString(8);
+
+test('aether up --help shows --data-dir and the defaults', async () => {
+  const r = await run(['up', '--help']);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /--data-dir <dir>/);
+  assert.match(r.out, /default\s+\.\/\.aether/);
+  assert.match(r.out, /default\s+8080/);
+  assert.match(r.out, /default\s+127\.0\.0\.1/);
+  assert.match(r.out, /default\s+sqlite:\/\/<data-dir>\/store\.db/);
+});
+
+test('first start under umask 000: token generated but never printed; data dir 0700, store.db and token 0600', { timeout: 120_000 }, async () => {
+  const dataDir = join(tempDir(), 'data');
+  mkdirSync(dataDir);
+  chmodSync(dataDir, 0o777); // an existing, wide-open dir is narrowed too
+  const proc = spawn('sh', ['-c', 'umask 000; exec "$0" "$@"', process.execPath, AETHER_BIN, 'up', '--port', '0', '--data-dir', dataDir], { env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise((r) => proc.once('exit', r));
+  try {
+    await eventually(async () => /is up at http/.test(out) || (proc.exitCode !== null && assert.fail(out)), 60_000);
+    const token = readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
+    assert.match(token, /^[0-9a-f]{64}$/);
+    assert.ok(!out.includes(token), `the token was printed:\n${out}`);
+    assert.ok(out.includes(join(dataDir, 'admin.token')), `where the token is was not said:\n${out}`);
+    assert.equal(mode(dataDir), '700');
+    assert.equal(mode(join(dataDir, 'admin.token')), '600');
+    assert.equal(mode(join(dataDir, 'store.db')), '600');
+    for (const f of ['store.db-wal', 'store.db-shm']) if (existsSync(join(dataDir, f))) assert.equal(mode(join(dataDir, f)), '600', f);
+  } finally {
+    proc.kill('SIGTERM');
+    await exited;
+  }
+});
+
+test('a busy port is reported before anything starts, and nothing is left behind', { timeout: 120_000 }, async () => {
+  const busy = createServer();
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  try {
+    const port = (busy.address() as AddressInfo).port;
+    const dataDir = join(tempDir(), 'data');
+    const r = await run(['up', '--port', String(port), '--data-dir', dataDir]);
+    assert.equal(r.code, 1);
+    assert.match(r.err, new RegExp(`port ${port} on 127\\.0\\.0\\.1 is already in use.*--port`));
+    assert.doesNotMatch(r.out, /host:|agent started/, 'nothing started');
+    // Not even the data dir (so no token, store or sandbox sockets).
+    assert.equal(existsSync(dataDir), false);
+  } finally {
+    await new Promise((r) => busy.close(r));
+  }
+});
