@@ -248,6 +248,10 @@ class Extraction {
       throw unsafe(`link ${rel} points outside the code root (${rawTarget})`);
     }
     if (target === undefined) throw unsafe(`link ${rel} points at the code root`);
+    // As tar extracts: only to a file (or hard link) already seen, so self-links, cycles and
+    // forward chains are refused here, and finish() copies every link from an existing file.
+    const k = this.#names.get(target);
+    if (k !== 'file' && k !== 'hardlink') throw unsafe(`hard link ${rel} does not point at a file earlier in the archive (${target})`);
     this.#register(rel, 'hardlink');
     this.#hardlinks.push({ rel, target });
   }
@@ -269,7 +273,9 @@ class Extraction {
       await mkdir(dirname(dst), { recursive: true, mode: 0o755 });
       this.addBytes((await lstat(src)).size);
       await copyFile(src, dst, fsc.COPYFILE_EXCL);
-      await chmod(dst, this.#execs.has(target) ? 0o755 : 0o644);
+      const exec = this.#execs.has(target);
+      if (exec) this.#execs.add(rel); // a later link to this link keeps the mode
+      await chmod(dst, exec ? 0o755 : 0o644);
     }
     for (const { rel, target } of this.#symlinks) {
       const abs = join(this.staging, rel);
