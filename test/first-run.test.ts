@@ -5,12 +5,13 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AETHER_BIN, eventually } from './support/platform.ts';
+import { request } from 'node:http';
+import { AETHER_BIN, api, eventually, startAether } from './support/platform.ts';
 
 const dirs: string[] = [];
 after(() => {
@@ -86,5 +87,45 @@ test('a busy port is reported before anything starts, and nothing is left behind
     assert.equal(existsSync(dataDir), false);
   } finally {
     await new Promise((r) => busy.close(r));
+  }
+});
+
+test('the upload spool of a platform killed mid-upload is removed when it starts again', { timeout: 180_000 }, async () => {
+  const dataDir = join(tempDir(), 'data');
+  const first = await startAether({ dataDir });
+  const spoolRoot = join(dataDir, 'tmp');
+  let req: ReturnType<typeof request> | undefined;
+  try {
+    assert.equal((await api(first, 'POST', '/api/functions', { name: 'big', runtime: 'node' })).status, 201);
+    // Announce 8 MiB, send 1 MiB and stall: the gateway is spooling when it dies.
+    const u = new URL(`${first.url}/api/functions/big/code`);
+    req = request({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { authorization: `Bearer ${first.token}`, 'content-type': 'application/octet-stream', 'content-length': String(8 << 20) } });
+    req.on('error', () => undefined);
+    req.write(Buffer.alloc(1 << 20, 0x1f));
+    const spooled = await eventually(async () => {
+      for (const pidDir of readdirSync(spoolRoot)) {
+        for (const up of readdirSync(join(spoolRoot, pidDir))) {
+          const f = join(spoolRoot, pidDir, up, 'archive');
+          if (existsSync(f) && statSync(f).size > 0) return f;
+        }
+      }
+      return undefined;
+    }, 30_000);
+    await first.kill();
+    assert.ok(existsSync(spooled), 'the spool outlived the killed platform');
+
+    const second = await startAether({ dataDir, token: first.token });
+    try {
+      assert.equal(existsSync(spooled), false, 'left over from the killed platform');
+      assert.deepEqual(readdirSync(spoolRoot), [String(second.proc.pid)]);
+      assert.deepEqual(readdirSync(join(spoolRoot, String(second.proc.pid))), []);
+    } finally {
+      await second.stop();
+    }
+    // A clean stop removes its own spool too.
+    assert.deepEqual(readdirSync(spoolRoot), []);
+  } finally {
+    req?.destroy();
+    await first.kill();
   }
 });

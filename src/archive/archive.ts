@@ -92,9 +92,12 @@ export async function extractArchive(
   }
 }
 
-/** The same checks as extractArchive, unpacking into a temporary directory that is removed. */
-export async function validateArchive(archive: Buffer | string, limits: ArchiveLimits, entrypoint: string): Promise<ExtractResult> {
-  const tmp = await mkdtemp(join(tmpdir(), 'aether-validate-'));
+/**
+ * The same checks as extractArchive, unpacking into a temporary directory that is removed; under
+ * `tmpDir` when given (the gateway's upload spool, which it cleans after a crash).
+ */
+export async function validateArchive(archive: Buffer | string, limits: ArchiveLimits, entrypoint: string, tmpDir: string = tmpdir()): Promise<ExtractResult> {
+  const tmp = await mkdtemp(join(tmpDir, 'aether-validate-'));
   try {
     return await extractArchive(archive, join(tmp, 'code'), limits, { entrypoint });
   } finally {

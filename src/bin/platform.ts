@@ -1,4 +1,4 @@
-import { chmodSync, mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
@@ -45,6 +45,32 @@ async function adminToken(role: Role, dataDir: string, tokenFile: string | undef
   if (tokenFile) return readFileSync(tokenFile, 'utf8').trim();
   if (role === 'gateway') throw new AetherError('AETHER_ERR_VALIDATION', 'config: `aether gateway` needs AETHER_ADMIN_TOKEN or --admin-token-file (the same for every gateway)');
   return undefined;
+}
+
+/**
+ * This process's upload spool, `<root>/<pid>`. Spools of processes that are gone (a gateway killed
+ * mid-upload) are removed first; a live one's (another gateway on the same data dir) stays.
+ */
+export function uploadSpool(root: string, logger: Logger): string {
+  mkdirSync(root, { recursive: true, mode: 0o700 });
+  for (const name of readdirSync(root)) {
+    const pid = /^\d+$/.test(name) ? Number(name) : undefined;
+    if (pid !== undefined && pid !== process.pid && pidAlive(pid)) continue;
+    rmSync(join(root, name), { recursive: true, force: true });
+    logger.info({ spool: join(root, name) }, 'removed the upload spool of a process that is gone');
+  }
+  const dir = join(root, String(process.pid));
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  return dir;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Fails with a clear message when host:port cannot be bound; before anything starts. */
@@ -162,8 +188,9 @@ async function startParts(
 
   let gateway: Gateway | undefined;
   if (role === 'up' || role === 'gateway') {
-    mkdirSync(join(cfg.dataDir, 'tmp'), { recursive: true });
-    const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: join(cfg.dataDir, 'tmp') });
+    const spool = uploadSpool(join(cfg.dataDir, 'tmp'), logger);
+    closers.push(async () => rmSync(spool, { recursive: true, force: true }));
+    const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: spool });
     gateway = await startGateway({
       store,
       queue,

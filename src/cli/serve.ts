@@ -57,27 +57,33 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     delete process.env['AETHER_LAUNCHER_PID'];
     // A process manager may close our output when it stops the launcher: shutting down must go on.
     for (const s of [process.stdout, process.stderr]) s.on('error', () => undefined);
-    const node = await start(role, flags);
-    let stopping = false;
-    let unwatch = (): void => undefined;
-    const stop = (signal: string): void => {
-      if (stopping) return;
-      stopping = true;
-      unwatch();
-      process.stdout.write(`${signal}: shutting down\n`);
+    // Signals count from the first moment: one during startup stops the node once it is up
+    // (so whatever it started is cleaned up), not half-way with sandboxes left behind.
+    const up: { node?: { close(): Promise<void> } } = {};
+    let stopping: string | undefined;
+    const shutdown = (n: { close(): Promise<void> }): void => {
+      process.stdout.write(`${stopping}: shutting down\n`);
       const force = setTimeout(() => {
         process.stderr.write('shutdown took longer than 10 s; exiting\n');
         process.exit(1);
       }, 10_000);
       force.unref();
-      node.close().then(
+      n.close().then(
         () => process.exit(0),
         () => process.exit(1),
       );
     };
+    const stop = (why: string): void => {
+      if (stopping) return;
+      stopping = why;
+      unwatch();
+      if (up.node) shutdown(up.node);
+    };
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
-    unwatch = watchLauncher({ chain, clock: systemClock, onGone: (pid) => stop(`launcher (pid ${pid}) exited`) });
+    const unwatch = watchLauncher({ chain, clock: systemClock, onGone: (pid) => stop(`launcher (pid ${pid}) exited`) });
+    up.node = await start(role, flags);
+    if (stopping) shutdown(up.node);
   };
 
   agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)'), 'up')).action(run('up'));
