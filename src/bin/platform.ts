@@ -12,8 +12,8 @@ import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost, type Runtime } from '../runtime/index.ts';
-import { createProcessRuntime } from '../runtime/process.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
+import { openRuntimes } from './runtimes.ts';
 
 export interface RunningNode {
   /** Gateway URL (up, gateway) or agent URL (agent). */
@@ -88,7 +88,6 @@ async function assertPortFree(host: string, port: number): Promise<void> {
 
 export async function startNode(role: Role, flags: ConfigInput & { config?: string }, env: NodeJS.ProcessEnv = process.env, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<RunningNode> {
   const cfg = loadConfig(role, flags, env);
-  if (cfg.sandbox !== 'process') throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} has no driver yet (available: process)`);
   await assertPortFree(cfg.host, cfg.port);
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
@@ -133,11 +132,11 @@ async function startParts(
   if (role === 'up' || role === 'agent') {
     let url = 'local://in-process';
     let server: ReturnType<typeof createServer> | undefined;
-    const started: { runtime?: Runtime } = {};
+    const started: { runtimes: Runtime[] } = { runtimes: [] };
     // One step for the node's own parts, whichever of them got started.
     closers.push(async () => {
       await agent?.stop();
-      await started.runtime?.close();
+      await Promise.all(started.runtimes.map((rt) => rt.close()));
       if (server) await new Promise<void>((r) => server?.close(() => r()));
     });
     if (role === 'agent') {
@@ -160,14 +159,18 @@ async function startParts(
     const host = await probeHost();
     out(`host: ${JSON.stringify({ root: host.root, namespaces: host.namespaces, cgroups: host.cgroups, kvm: host.kvm, qemu: host.qemu, firecracker: host.firecracker, isolation: host.isolation })}`);
     const agentId = stableAgentId(cfg.dataDir, cfg.agentId);
-    const runtime = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger, hidePaths: [cfg.dataDir] });
-    started.runtime = runtime;
-    if (runtime.isolation === 'none') out('WARNING: sandboxes are plain child processes (no namespaces/cgroups): run as root for isolation; see `aether doctor`');
+    const { runtimes, notes } = openRuntimes(cfg, host, agentId, clock, logger);
+    started.runtimes = Object.values(runtimes);
+    for (const n of notes) out(n);
+    if (started.runtimes.length === 0) throw new AetherError('AETHER_ERR_VALIDATION', 'config: this node offers no sandbox (see --sandboxes and `aether doctor`)');
+    if (role === 'up' && !runtimes[cfg.sandbox]) {
+      throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} is the default for new functions, but this node does not offer it (offered: ${Object.keys(runtimes).join(', ')}; see \`aether doctor\`)`);
+    }
     agent = createAgent({
       store,
       queue,
       blob,
-      runtime,
+      runtimes,
       clock,
       logger,
       archiveLimits: cfg.limits,

@@ -31,7 +31,8 @@ export function registerServeCommands(program: Command, start: StartNode): void 
   };
   const agentOpts = (cmd: Command): Command =>
     cmd
-      .option('--sandbox <kind>', 'default sandbox for new functions: process (env AETHER_SANDBOX; default process)')
+      .option('--sandbox <kind>', 'default sandbox for new functions: process | qemu | firecracker (env AETHER_SANDBOX; default process)')
+      .option('--sandboxes <kinds>', 'sandbox kinds this node runs: auto (what `aether doctor` finds) or a list like process,qemu (env AETHER_SANDBOXES; default auto)')
       .option('--isolation <level>', 'auto | namespaces | none (env AETHER_ISOLATION; default auto: namespaces when root)')
       .option('--advertise <host>', 'address gateways use to reach this agent (env AETHER_ADVERTISE; default the --host, 127.0.0.1 for 0.0.0.0)')
       .option('--agent-id <id>', 'stable agent id (default: kept in the data dir)')
@@ -45,7 +46,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     const flags: ConfigInput & { config?: string } = {};
     const map: Record<string, keyof ConfigInput | 'config'> = {
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
-      adminTokenFile: 'admin_token_file', logLevel: 'log_level', sandbox: 'sandbox', isolation: 'isolation', advertise: 'advertise',
+      adminTokenFile: 'admin_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', advertise: 'advertise',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
     };
     for (const [k, v] of Object.entries(opts)) {
