@@ -11,7 +11,8 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'node:http';
-import { AETHER_BIN, api, eventually, startAether } from './support/platform.ts';
+import { findV1Mounts, v1Usable } from '../src/runtime/cgroup.ts';
+import { AETHER_BIN, api, eventually, startAether, zipFiles } from './support/platform.ts';
 
 const dirs: string[] = [];
 after(() => {
@@ -127,5 +128,40 @@ test('the upload spool of a platform killed mid-upload is removed when it starts
   } finally {
     req?.destroy();
     await first.kill();
+  }
+});
+
+const mounts = findV1Mounts();
+const cgroups = process.getuid?.() === 0 && v1Usable(mounts) ? mounts : undefined;
+
+test('an agent removes the empty cgroups of an agent killed with SIGKILL, never a live one', { skip: cgroups ? false : 'needs root and cgroup v1', timeout: 180_000 }, async () => {
+  const cg = cgroups as Record<'memory' | 'cpu' | 'pids', string>;
+  const first = await startAether();
+  const second = await startAether();
+  let third: Awaited<ReturnType<typeof startAether>> | undefined;
+  try {
+    const agentDirs = (p: { dataDir: string }): string[] => {
+      const id = readFileSync(join(p.dataDir, 'agent-id'), 'utf8').trim();
+      return Object.values(cg).map((m) => join(m, 'aether', id));
+    };
+    for (const p of [first, second]) {
+      assert.equal((await api(p, 'POST', '/api/functions', { name: 'cg', runtime: 'node' })).status, 201);
+      const code = await zipFiles({ 'handler.js': "require('http').createServer((q, s) => s.end('ok')).listen(process.env.PORT);" });
+      assert.equal((await api(p, 'POST', '/api/functions/cg/code', code)).status, 200);
+      assert.equal((await fetch(`${p.url}/functions/cg/`)).status, 200);
+      for (const d of agentDirs(p)) assert.ok(readdirSync(d).some((n) => n.startsWith('.owner-')), `${d} has its owner marker`);
+    }
+    await first.kill();
+    // Its sandboxes die with it (parent-death signal); the empty cgroup dirs stay behind…
+    for (const d of agentDirs(first)) assert.ok(existsSync(d), d);
+    // …until another agent starts, which removes them, and leaves the live agent's alone.
+    third = await startAether();
+    await eventually(async () => agentDirs(first).every((d) => !existsSync(d)), 30_000);
+    for (const d of agentDirs(second)) assert.ok(existsSync(d), `live agent's ${d} kept`);
+    assert.equal((await fetch(`${second.url}/functions/cg/`)).status, 200);
+  } finally {
+    await first.kill();
+    await second.stop();
+    await third?.stop();
   }
 });
