@@ -6,9 +6,9 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { ESLint } from 'eslint';
 import { ROOT, eventually } from './support/platform.ts';
 
@@ -77,4 +77,21 @@ test('lint covers the project files only: a stray file in the checkout cannot fa
   const eslint = new ESLint({ cwd: ROOT });
   for (const stray of ['hello/handler.js', 'hello.js', 'scratch/x.ts', '.aether/x.js', 'bench/results/x.js']) assert.equal(await eslint.isPathIgnored(join(ROOT, stray)), true, stray);
   for (const own of ['src/bin/aether.ts', 'test/tour.test.ts', 'bin/aether.mjs', 'bench/run.ts', 'eslint.config.js']) assert.equal(await eslint.isPathIgnored(join(ROOT, own)), false, own);
+});
+
+test('docs cite only files of the repository, and those exist', () => {
+  const docs = ['README.md', 'bench/README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+  const problems: string[] = [];
+  for (const doc of docs) {
+    const text = readFileSync(join(ROOT, doc), 'utf8');
+    // Absolute paths of the machine the docs were written on.
+    for (const m of text.matchAll(/(?<![\w.])\/(?:work|home|root|mnt|opt\/shared)\/[\w./-]+/g)) problems.push(`${doc}: ${m[0]}`);
+    for (const m of text.matchAll(/\]\(([^)#\s]+)(?:#[^)]*)?\)/g)) {
+      const target = m[1] as string;
+      if (/^[a-z]+:/.test(target)) continue; // a URL
+      const abs = resolve(dirname(join(ROOT, doc)), target);
+      if (relative(ROOT, abs).startsWith('..') || !existsSync(abs)) problems.push(`${doc}: link to ${target}`);
+    }
+  }
+  assert.deepEqual(problems, []);
 });
