@@ -128,6 +128,7 @@ async function startParts(
 ): Promise<string> {
   const { logger, clock, token, store, queue, blob, closers, out } = p;
   let agent: Agent | undefined;
+  const startupFloors: number[] = [];
   let agentServerUrl: string | undefined;
   if (role === 'up' || role === 'agent') {
     let url = 'local://in-process';
@@ -161,6 +162,7 @@ async function startParts(
     const agentId = stableAgentId(cfg.dataDir, cfg.agentId);
     const { runtimes, notes } = openRuntimes(cfg, host, agentId, clock, logger);
     started.runtimes = Object.values(runtimes);
+    for (const rt of started.runtimes) if (rt.minStartupMs) startupFloors.push(rt.minStartupMs);
     for (const n of notes) out(n);
     if (started.runtimes.length === 0) throw new AetherError('AETHER_ERR_VALIDATION', 'config: this node offers no sandbox (see --sandboxes and `aether doctor`)');
     if (role === 'up' && !runtimes[cfg.sandbox]) {
@@ -206,7 +208,8 @@ async function startParts(
       port: cfg.port,
       gatewayId: newId('gw'),
       leaseTtlMs: cfg.leaseTtlMs,
-      startTimeoutMs: cfg.startupTimeoutMs + 15_000,
+      // A start counts as pending as long as the slowest local runtime may take (a VM boot without KVM).
+      startTimeoutMs: Math.max(cfg.startupTimeoutMs, ...startupFloors) + 15_000,
       ...(agent ? { localAgent: agent } : {}),
     });
     const g = gateway;
