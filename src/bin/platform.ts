@@ -3,7 +3,7 @@ import { createServer } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, type Config, type ConfigInput, type Role } from '../config/index.ts';
+import { clusterTokenFor, loadConfig, type Config, type ConfigInput, type Role } from '../config/index.ts';
 import { AetherError, createLogger, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
 import type { BlobStore } from '../blob/index.ts';
 import type { Queue } from '../queue/index.ts';
@@ -94,7 +94,9 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   // It holds the admin token and every function's code: 0700 whatever the umask or earlier mode.
   chmodSync(cfg.dataDir, 0o700);
   const clock = systemClock;
-  const token = await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
+  // Agents never read the admin token: they know only the cluster token, checked before anything starts.
+  const token = role === 'agent' ? undefined : await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
+  const clusterToken = clusterTokenFor(role, { env, file: cfg.clusterTokenFile, adminToken: token });
   const store = openStore(cfg, logger);
   const queue = openQueue(cfg, logger);
   const blob = openBlob(cfg);
@@ -112,7 +114,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     return closing;
   };
   try {
-    const url = await startParts(role, cfg, { logger, clock, token, store, queue, blob, closers, out });
+    const url = await startParts(role, cfg, { logger, clock, token, clusterToken, store, queue, blob, closers, out });
     return { url, close };
   } catch (err) {
     // A failed start (say the port was taken meanwhile) leaves no sandbox, socket or server behind.
@@ -124,9 +126,9 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
 async function startParts(
   role: Role,
   cfg: Config,
-  p: { logger: Logger; clock: Clock; token: string | undefined; store: Store; queue: Queue; blob: BlobStore; closers: (() => Promise<void>)[]; out: (s: string) => void },
+  p: { logger: Logger; clock: Clock; token: string | undefined; clusterToken: ReturnType<typeof clusterTokenFor>; store: Store; queue: Queue; blob: BlobStore; closers: (() => Promise<void>)[]; out: (s: string) => void },
 ): Promise<string> {
-  const { logger, clock, token, store, queue, blob, closers, out } = p;
+  const { logger, clock, token, clusterToken, store, queue, blob, closers, out } = p;
   let agent: Agent | undefined;
   const startupFloors: number[] = [];
   let agentServerUrl: string | undefined;
@@ -184,7 +186,7 @@ async function startParts(
         leaseTtlMs: cfg.leaseTtlMs,
         startupTimeoutMs: cfg.startupTimeoutMs,
         pidsMax: cfg.pidsMax,
-        ...(token ? { adminToken: token } : {}),
+        clusterToken,
       }),
     });
     await agent.start();
@@ -203,6 +205,7 @@ async function startParts(
       logger,
       functions,
       adminToken: token as string,
+      clusterToken,
       limits: cfg.limits,
       host: cfg.host,
       port: cfg.port,
