@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { AetherError } from '../core/index.ts';
-import { makeTarGz, makeZip } from './testing.ts';
+import { makeTarGz, makeZip, type TarItem } from './testing.ts';
 import { DEFAULT_LIMITS, detectArchive, extractArchive, resolvesInside, validateArchive, type ArchiveLimits } from './index.ts';
 
 const small: ArchiveLimits = { maxArchiveBytes: 1024 * 1024, maxUnpackedBytes: 64 * 1024, maxEntries: 20 };
@@ -183,6 +183,35 @@ test('links that leave the root are rejected', async () => {
   await extractFails(await makeTarGz([{ name: 'handler.js', data: '' }, { name: 'pw', type: 'link', linkname: '../../etc/passwd' }]), 'AETHER_ERR_ARCHIVE_UNSAFE');
   // hard link to something that is not a file of the archive
   await extractFails(await makeTarGz([{ name: 'handler.js', data: '' }, { name: 'pw', type: 'link', linkname: 'nothere' }]), 'AETHER_ERR_ARCHIVE_UNSAFE');
+  // hard-link chains pointing forward, self-links and cycles: refused (400), never an internal error
+  const h = { name: 'handler.js', data: 'x' };
+  const chains: TarItem[][] = [
+    [h, { name: 'a', type: 'link', linkname: 'b' }, { name: 'b', type: 'link', linkname: 'handler.js' }],
+    [h, { name: 'a', type: 'link', linkname: 'a' }],
+    [h, { name: 'a', type: 'link', linkname: 'b' }, { name: 'b', type: 'link', linkname: 'a' }],
+    [h, { name: 'a', type: 'link', linkname: './a' }],
+  ];
+  for (const items of chains) {
+    const err = await extractFails(await makeTarGz(items), 'AETHER_ERR_ARCHIVE_UNSAFE');
+    assert.equal(err.status, 400);
+    await expectCode(validateArchive(await makeTarGz(items), small, 'handler.js'), 'AETHER_ERR_ARCHIVE_UNSAFE');
+  }
+});
+
+test('a hard link to an earlier hard link is copied from the file', async () => {
+  const dir = await tmp();
+  try {
+    const archive = await makeTarGz([
+      { name: 'handler.js', data: 'code', mode: 0o755 },
+      { name: 'b', type: 'link', linkname: 'handler.js' },
+      { name: 'a', type: 'link', linkname: 'b' },
+    ]);
+    await extractArchive(archive, join(dir, 'out'), small, { entrypoint: 'handler.js' });
+    assert.equal(await readFile(join(dir, 'out', 'a'), 'utf8'), 'code');
+    assert.equal(((await stat(join(dir, 'out', 'a'))).mode & 0o777).toString(8), '755');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('resolvesInside follows archive links lexically with a floor', () => {

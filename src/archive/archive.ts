@@ -92,9 +92,12 @@ export async function extractArchive(
   }
 }
 
-/** The same checks as extractArchive, unpacking into a temporary directory that is removed. */
-export async function validateArchive(archive: Buffer | string, limits: ArchiveLimits, entrypoint: string): Promise<ExtractResult> {
-  const tmp = await mkdtemp(join(tmpdir(), 'aether-validate-'));
+/**
+ * The same checks as extractArchive, unpacking into a temporary directory that is removed; under
+ * `tmpDir` when given (the gateway's upload spool, which it cleans after a crash).
+ */
+export async function validateArchive(archive: Buffer | string, limits: ArchiveLimits, entrypoint: string, tmpDir: string = tmpdir()): Promise<ExtractResult> {
+  const tmp = await mkdtemp(join(tmpDir, 'aether-validate-'));
   try {
     return await extractArchive(archive, join(tmp, 'code'), limits, { entrypoint });
   } finally {
@@ -248,6 +251,10 @@ class Extraction {
       throw unsafe(`link ${rel} points outside the code root (${rawTarget})`);
     }
     if (target === undefined) throw unsafe(`link ${rel} points at the code root`);
+    // As tar extracts: only to a file (or hard link) already seen, so self-links, cycles and
+    // forward chains are refused here, and finish() copies every link from an existing file.
+    const k = this.#names.get(target);
+    if (k !== 'file' && k !== 'hardlink') throw unsafe(`hard link ${rel} does not point at a file earlier in the archive (${target})`);
     this.#register(rel, 'hardlink');
     this.#hardlinks.push({ rel, target });
   }
@@ -269,7 +276,9 @@ class Extraction {
       await mkdir(dirname(dst), { recursive: true, mode: 0o755 });
       this.addBytes((await lstat(src)).size);
       await copyFile(src, dst, fsc.COPYFILE_EXCL);
-      await chmod(dst, this.#execs.has(target) ? 0o755 : 0o644);
+      const exec = this.#execs.has(target);
+      if (exec) this.#execs.add(rel); // a later link to this link keeps the mode
+      await chmod(dst, exec ? 0o755 : 0o644);
     }
     for (const { rel, target } of this.#symlinks) {
       const abs = join(this.staging, rel);

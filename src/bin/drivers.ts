@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { scheme, type Config } from '../config/index.ts';
@@ -18,6 +18,9 @@ export function openStore(cfg: Config, logger: Logger): Store {
   if (scheme(cfg.store) === 'sqlite:') {
     const path = decodeURIComponent(new URL(cfg.store).pathname);
     mkdirSync(dirname(path), { recursive: true });
+    // 0600 whatever the umask; SQLite gives its -wal/-shm files the database file's mode.
+    closeSync(openSync(path, 'a', 0o600));
+    chmodSync(path, 0o600);
     return createSqliteStore({ path });
   }
   return createEtcdStore({ endpoints: endpointsFromUrl(cfg.store), logger });

@@ -1,14 +1,16 @@
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
-import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { clusterTokenFor, loadConfig, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, createLogger, installRejectionSafetyNet, newId, systemClock, type Logger } from '../core/index.ts';
+import { clusterTokenFor, loadConfig, type Config, type ConfigInput, type Role } from '../config/index.ts';
+import { AetherError, createLogger, installRejectionSafetyNet, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
+import type { BlobStore } from '../blob/index.ts';
+import type { Queue } from '../queue/index.ts';
+import type { Store } from '../store/index.ts';
 import { createAgent, createAgentServer, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
-import { probeHost } from '../runtime/index.ts';
+import { probeHost, type Runtime } from '../runtime/index.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
 import { openRuntimes } from './runtimes.ts';
 
@@ -32,7 +34,8 @@ function stableAgentId(dataDir: string, explicit: string | undefined): string {
 async function adminToken(role: Role, dataDir: string, tokenFile: string | undefined, env: NodeJS.ProcessEnv, say: (s: string) => void): Promise<string | undefined> {
   if (role === 'up') {
     const t = await loadAdminToken({ dataDir, env, ...(tokenFile ? { tokenFile } : {}) });
-    if (t.source === 'generated') say(`admin token (generated, shown once): ${t.token}\n  saved to ${t.path ?? join(dataDir, 'admin.token')} (mode 0600)`);
+    // Only where it is: output ends up in logs that others can read.
+    if (t.source === 'generated') say(`admin token: generated into ${t.path ?? join(dataDir, 'admin.token')} (mode 0600)`);
     else say(`admin token: from ${t.source === 'env' ? 'AETHER_ADMIN_TOKEN' : (t.path ?? 'file')}`);
     return t.token;
   }
@@ -43,12 +46,54 @@ async function adminToken(role: Role, dataDir: string, tokenFile: string | undef
   return undefined;
 }
 
+/**
+ * This process's upload spool, `<root>/<pid>`. Spools of processes that are gone (a gateway killed
+ * mid-upload) are removed first; a live one's (another gateway on the same data dir) stays.
+ */
+export function uploadSpool(root: string, logger: Logger): string {
+  mkdirSync(root, { recursive: true, mode: 0o700 });
+  for (const name of readdirSync(root)) {
+    const pid = /^\d+$/.test(name) ? Number(name) : undefined;
+    if (pid !== undefined && pid !== process.pid && pidAlive(pid)) continue;
+    rmSync(join(root, name), { recursive: true, force: true });
+    logger.info({ spool: join(root, name) }, 'removed the upload spool of a process that is gone');
+  }
+  const dir = join(root, String(process.pid));
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  return dir;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Fails with a clear message when host:port cannot be bound; before anything starts. */
+async function assertPortFree(host: string, port: number): Promise<void> {
+  if (port === 0) return;
+  const probe = createNetServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      const why = err.code === 'EADDRINUSE' ? 'is already in use (another `aether up`?)' : err.code === 'EACCES' ? 'needs privileges' : `cannot be bound (${err.code ?? err.message})`;
+      reject(new AetherError('AETHER_ERR_VALIDATION', `config: port ${port} on ${host} ${why}; choose another with --port`));
+    });
+    probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolve()));
+  });
+}
+
 export async function startNode(role: Role, flags: ConfigInput & { config?: string }, env: NodeJS.ProcessEnv = process.env, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<RunningNode> {
   const cfg = loadConfig(role, flags, env);
+  await assertPortFree(cfg.host, cfg.port);
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
-  // Safety net only: a rejection nobody handled is logged (and is a bug to fix), it does not end the platform.
+  // One request's or one task's unexpected rejection is logged; it never ends the process.
   const dropSafetyNet = installRejectionSafetyNet(logger);
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
+  // It holds the admin token and every function's code: 0700 whatever the umask or earlier mode.
+  chmodSync(cfg.dataDir, 0o700);
   const clock = systemClock;
   // Agents never read the admin token: they know only the cluster token, checked before anything starts.
   const token = role === 'agent' ? undefined : await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
@@ -57,42 +102,75 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   const queue = openQueue(cfg, logger);
   const blob = openBlob(cfg);
   const closers: (() => Promise<void>)[] = [];
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      for (const c of closers) await c().catch((err: unknown) => logger.error({ err: String(err) }, 'shutdown step failed'));
+      await closeAllEndpoints();
+      await queue.close().catch(() => undefined);
+      await blob.close().catch(() => undefined);
+      await store.close().catch(() => undefined);
+      logger.flush();
+      dropSafetyNet();
+    })();
+    return closing;
+  };
+  try {
+    const url = await startParts(role, cfg, { logger, clock, token, clusterToken, store, queue, blob, closers, out });
+    return { url, close };
+  } catch (err) {
+    // A failed start (say the port was taken meanwhile) leaves no sandbox, socket or server behind.
+    await close();
+    throw err;
+  }
+}
 
+async function startParts(
+  role: Role,
+  cfg: Config,
+  p: { logger: Logger; clock: Clock; token: string | undefined; clusterToken: ReturnType<typeof clusterTokenFor>; store: Store; queue: Queue; blob: BlobStore; closers: (() => Promise<void>)[]; out: (s: string) => void },
+): Promise<string> {
+  const { logger, clock, token, clusterToken, store, queue, blob, closers, out } = p;
   let agent: Agent | undefined;
   const startupFloors: number[] = [];
   let agentServerUrl: string | undefined;
   if (role === 'up' || role === 'agent') {
-    const host = await probeHost();
-    out(`host: ${JSON.stringify({ root: host.root, namespaces: host.namespaces, cgroups: host.cgroups, kvm: host.kvm, qemu: host.qemu, firecracker: host.firecracker, isolation: host.isolation })}`);
-    const agentId = stableAgentId(cfg.dataDir, cfg.agentId);
-    const { runtimes, notes } = openRuntimes(cfg, host, agentId, clock, logger);
-    for (const n of notes) out(n);
-    const all = Object.values(runtimes);
-    for (const rt of all) if (rt.minStartupMs) startupFloors.push(rt.minStartupMs);
-    const closeRuntimes = (): Promise<unknown> => Promise.all(all.map((rt) => rt.close()));
-    if (all.length === 0) throw new AetherError('AETHER_ERR_VALIDATION', 'config: this node offers no sandbox (see --sandboxes and `aether doctor`)');
-    if (role === 'up' && !runtimes[cfg.sandbox]) {
-      await closeRuntimes();
-      throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} is the default for new functions, but this node does not offer it (offered: ${Object.keys(runtimes).join(', ')}; see \`aether doctor\`)`);
-    }
     let url = 'local://in-process';
-    let server: Server | undefined;
+    let server: ReturnType<typeof createAgentServer> | undefined;
+    const started: { runtimes: Runtime[] } = { runtimes: [] };
+    // One step for the node's own parts, whichever of them got started.
+    closers.push(async () => {
+      await agent?.stop();
+      await Promise.all(started.runtimes.map((rt) => rt.close()));
+      if (server) await new Promise<void>((r) => server?.close(() => r()));
+    });
     if (role === 'agent') {
       // Listen first (the advertised URL carries the bound port), hand requests to the agent once built.
-      const serve = (req: IncomingMessage, res: ServerResponse): void => {
+      const srv = createAgentServer((req, res) => {
         if (agent) agent.handleHttp(req, res);
         else {
           res.writeHead(503).end();
         }
-      };
-      server = createAgentServer(serve);
-      await new Promise<void>((resolve, reject) => {
-        server?.once('error', reject);
-        server?.listen(cfg.port, cfg.host, () => resolve());
       });
-      const port = (server.address() as AddressInfo).port;
+      server = srv;
+      await new Promise<void>((resolve, reject) => {
+        srv.once('error', reject);
+        srv.listen(cfg.port, cfg.host, () => resolve());
+      });
+      const port = (srv.address() as AddressInfo).port;
       url = `http://${cfg.advertise ?? (cfg.host === '0.0.0.0' || cfg.host === '::' ? '127.0.0.1' : cfg.host)}:${port}`;
       agentServerUrl = url;
+    }
+    const host = await probeHost();
+    out(`host: ${JSON.stringify({ root: host.root, namespaces: host.namespaces, cgroups: host.cgroups, kvm: host.kvm, qemu: host.qemu, firecracker: host.firecracker, isolation: host.isolation })}`);
+    const agentId = stableAgentId(cfg.dataDir, cfg.agentId);
+    const { runtimes, notes } = openRuntimes(cfg, host, agentId, clock, logger);
+    started.runtimes = Object.values(runtimes);
+    for (const rt of started.runtimes) if (rt.minStartupMs) startupFloors.push(rt.minStartupMs);
+    for (const n of notes) out(n);
+    if (started.runtimes.length === 0) throw new AetherError('AETHER_ERR_VALIDATION', 'config: this node offers no sandbox (see --sandboxes and `aether doctor`)');
+    if (role === 'up' && !runtimes[cfg.sandbox]) {
+      throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} is the default for new functions, but this node does not offer it (offered: ${Object.keys(runtimes).join(', ')}; see \`aether doctor\`)`);
     }
     agent = createAgent({
       store,
@@ -114,19 +192,14 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       }),
     });
     await agent.start();
-    const a = agent;
-    closers.push(async () => {
-      await a.stop();
-      await closeRuntimes();
-      if (server) await new Promise<void>((r) => server?.close(() => r()));
-    });
     if (role === 'agent') out(`agent ${agentId} serving at ${url}`);
   }
 
   let gateway: Gateway | undefined;
   if (role === 'up' || role === 'gateway') {
-    mkdirSync(join(cfg.dataDir, 'tmp'), { recursive: true });
-    const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: join(cfg.dataDir, 'tmp') });
+    const spool = uploadSpool(join(cfg.dataDir, 'tmp'), logger);
+    closers.push(async () => rmSync(spool, { recursive: true, force: true }));
+    const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: spool });
     gateway = await startGateway({
       store,
       queue,
@@ -152,20 +225,5 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     out(`try: curl -H "Authorization: Bearer $(cat ${join(cfg.dataDir, 'admin.token')} 2>/dev/null || echo $AETHER_ADMIN_TOKEN)" ${gateway.url}/api/functions`);
   }
 
-  let closing: Promise<void> | undefined;
-  return {
-    url: gateway?.url ?? agentServerUrl ?? '',
-    close() {
-      closing ??= (async () => {
-        for (const c of closers) await c().catch((err: unknown) => logger.error({ err: String(err) }, 'shutdown step failed'));
-        await closeAllEndpoints();
-        await queue.close().catch(() => undefined);
-        await blob.close().catch(() => undefined);
-        await store.close().catch(() => undefined);
-        logger.flush();
-        dropSafetyNet();
-      })();
-      return closing;
-    },
-  };
+  return gateway?.url ?? agentServerUrl ?? '';
 }

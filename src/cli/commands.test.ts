@@ -66,6 +66,8 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     return;
   }
   if (parts[3] === 'code') {
+    // The real server checks the archive against the function's entrypoint.
+    if (String(f.name).startsWith('reject-')) return json(res, 400, { error: { code: 'AETHER_ERR_VALIDATION', message: 'code: the archive has no entrypoint "handler.js"' } });
     f.code_size = body.length;
     return json(res, 200, { message: 'ok', code_path: 'x', code_sha256: 'ab'.repeat(32), code_size: body.length });
   }
@@ -179,6 +181,36 @@ test('deploy creates the missing function from the directory name and uploads a 
     assert.equal(out.created, false);
     assert.equal(out.files, 1);
     assert.deepEqual(requests.slice(before).map((q) => q.method), ['GET', 'PUT', 'POST']);
+  } finally {
+    await rm(parent, { recursive: true, force: true });
+  }
+});
+
+test('deploy without an entrypoint creates nothing and hints at --entrypoint', async () => {
+  const parent = await mkdtemp(join(tmpdir(), 'aether-deploy-'));
+  try {
+    const dir = join(parent, 'no-entry');
+    await mkdir(dir);
+    await writeFile(join(dir, 'app.js'), 'console.log(1)');
+    const before = requests.length;
+    const r = await cli(['fn', 'deploy', dir]);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /^error: AETHER_ERR_VALIDATION: .*no handler\.js to run.*--entrypoint <path>/);
+    assert.ok(!requests.slice(before).some((q) => q.method === 'POST'), 'nothing created');
+    assert.equal(find('no-entry'), undefined);
+    // With the hint followed, it deploys.
+    const ok = await cli(['fn', 'deploy', dir, '--entrypoint', './app.js']);
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal(find('no-entry')?.entrypoint, './app.js');
+
+    // The server refusing the code of a function the deploy just created: that function is removed.
+    const refused = join(parent, 'reject-me');
+    await mkdir(refused);
+    await writeFile(join(refused, 'handler.js'), 'x');
+    const r2 = await cli(['fn', 'deploy', refused]);
+    assert.equal(r2.code, 1);
+    assert.match(r2.err, /no entrypoint "handler\.js" \(name the file to run with --entrypoint <path>\)/);
+    assert.equal(find('reject-me'), undefined, 'the new function was deleted');
   } finally {
     await rm(parent, { recursive: true, force: true });
   }

@@ -1,5 +1,8 @@
+import { posix } from 'node:path';
 import type { Command } from 'commander';
-import { isClientError } from '../client/index.ts';
+import { ClientError, isClientError } from '../client/index.ts';
+import { AetherError } from '../core/index.ts';
+import { defaultEntrypoint } from '../spec/index.ts';
 import type { FunctionRecord, UpdateFunctionInput } from '../spec/index.ts';
 import { runtimeArg } from './flags.ts';
 import { formatBytes, printJson, runAction, withClient } from './output.ts';
@@ -10,6 +13,14 @@ interface DeployFlags {
   name?: string;
   runtime?: 'node' | 'python';
   entrypoint?: string;
+}
+
+/** The server refuses code without the function's entrypoint: say how to name another one. */
+function hintEntrypoint(err: unknown): unknown {
+  if (isClientError(err) && err.code === 'AETHER_ERR_VALIDATION' && /entrypoint/i.test(err.message) && !/--entrypoint/.test(err.message)) {
+    return new ClientError(err.status, err.code, `${err.message} (name the file to run with --entrypoint <path>)`, { cause: err });
+  }
+  return err;
 }
 
 export function registerFnDeploy(fn: Command, deps: CliDeps): void {
@@ -36,6 +47,11 @@ export function registerFnDeploy(fn: Command, deps: CliDeps): void {
           if (!fnRec) {
             const runtime = opts.runtime ?? (await guessRuntime(dir, opts.entrypoint));
             const entrypoint = opts.entrypoint ?? (await guessEntrypoint(dir, runtime));
+            // A new function whose code cannot run is refused before it exists.
+            const runs = posix.normalize(entrypoint ?? defaultEntrypoint(runtime));
+            if (!packed.files.includes(runs)) {
+              throw new AetherError('AETHER_ERR_VALIDATION', `${dir} has no ${runs} to run (${runtime}); name the file with --entrypoint <path>, relative to ${dir}`);
+            }
             fnRec = await c.createFunction({ name, runtime, ...(entrypoint ? { entrypoint } : {}) });
             created = true;
           } else {
@@ -45,7 +61,14 @@ export function registerFnDeploy(fn: Command, deps: CliDeps): void {
             if (opts.entrypoint && opts.entrypoint !== fnRec.entrypoint) patch.entrypoint = opts.entrypoint;
             if (Object.keys(patch).length > 0) fnRec = await c.updateFunction(fnRec.id, patch);
           }
-          const upload = await c.uploadCode(fnRec.id, packed.archive);
+          let upload;
+          try {
+            upload = await c.uploadCode(fnRec.id, packed.archive);
+          } catch (err) {
+            // A failed deploy of a new function leaves nothing behind.
+            if (created) await c.deleteFunction(fnRec.id).catch(() => undefined);
+            throw hintEntrypoint(err);
+          }
           return { created, fn: fnRec, upload, invokeUrl: `${c.url}/functions/${encodeURIComponent(fnRec.name)}/` };
         });
         if (g.json) {

@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 import type { ConfigInput, Role } from '../config/index.ts';
+import { systemClock } from '../core/index.ts';
+import { launcherChain, watchLauncher } from './launcher.ts';
 
 export type StartNode = (role: Role, flags: ConfigInput & { config?: string }) => Promise<{ url: string; close(): Promise<void> }>;
 
@@ -9,31 +11,37 @@ const int = (v: string): number => {
   return n;
 };
 
-/** `aether up | gateway | agent`: long-running processes; SIGINT/SIGTERM stop them within 10 s. */
+/** `aether up | gateway | agent`: long-running processes; SIGINT/SIGTERM, or the end of the npm/npx
+ * process or wrapper that launched them, stop them within 10 s. */
 export function registerServeCommands(program: Command, start: StartNode): void {
-  const common = (cmd: Command): Command =>
-    cmd
-      .option('--port <port>', 'port to listen on (env AETHER_PORT)', int)
-      .option('--host <host>', 'address to bind (env AETHER_HOST)')
+  // Each role's defaults in its --help (src/config applies them; flags here stay unset so env and
+  // the YAML file still count).
+  const common = (cmd: Command, role: Role): Command => {
+    const up = role === 'up';
+    return cmd
+      .option('--data-dir <dir>', `data directory: admin token, ${up ? 'store, code, ' : ''}runtime state (env AETHER_DATA_DIR; default ./.aether)`)
+      .option('--port <port>', `port to listen on (env AETHER_PORT; default ${role === 'agent' ? '0: any free port' : '8080'})`, int)
+      .option('--host <host>', `address to bind (env AETHER_HOST; default ${role === 'agent' ? '0.0.0.0' : '127.0.0.1'})`)
       .option('--config <file>', 'YAML file with any of these options (env AETHER_CONFIG)')
-      .option('--store <url>', 'sqlite:///path | etcd://host:2379[,host:2379] (env AETHER_STORE)')
-      .option('--queue <url>', 'memory:// | redis://host:6379 (env AETHER_QUEUE)')
-      .option('--blob <url>', 'file:///path | s3://bucket?endpoint=http://host:port&region=r (env AETHER_BLOB)')
-      .option('--admin-token-file <file>', 'file holding the admin token (else AETHER_ADMIN_TOKEN)')
-      .option('--cluster-token-file <file>', 'file holding the gateway<->agent token (else AETHER_CLUSTER_TOKEN; `up` derives one)')
-      .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL)');
+      .option('--store <url>', `sqlite:///path | etcd://host:2379[,host:2379] (env AETHER_STORE; ${up ? 'default sqlite://<data-dir>/store.db' : 'required, etcd'})`)
+      .option('--queue <url>', `memory:// | redis://host:6379 (env AETHER_QUEUE; ${up ? 'default memory://' : 'required, redis'})`)
+      .option('--blob <url>', `file:///path | s3://bucket?endpoint=http://host:port&region=r (env AETHER_BLOB; ${up ? 'default file://<data-dir>/blobs' : 'required'})`)
+      .option('--admin-token-file <file>', `file holding the admin token (else AETHER_ADMIN_TOKEN${up ? '; default <data-dir>/admin.token, generated on first start' : ''})`)
+      .option('--cluster-token-file <file>', `file holding the gateway<->agent token (else AETHER_CLUSTER_TOKEN${up ? '; default derived from the admin token' : ''})`)
+      .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL; default info)');
+  };
   const agentOpts = (cmd: Command): Command =>
     cmd
-      .option('--sandbox <kind>', 'default sandbox for new functions: process | qemu | firecracker (env AETHER_SANDBOX)')
-      .option('--sandboxes <kinds>', 'sandbox kinds this node runs: auto (what `aether doctor` finds) or a list like process,qemu (env AETHER_SANDBOXES)')
-      .option('--isolation <level>', 'auto | namespaces | none (env AETHER_ISOLATION)')
-      .option('--advertise <host>', 'address gateways use to reach this agent (env AETHER_ADVERTISE)')
+      .option('--sandbox <kind>', 'default sandbox for new functions: process | qemu | firecracker (env AETHER_SANDBOX; default process)')
+      .option('--sandboxes <kinds>', 'sandbox kinds this node runs: auto (what `aether doctor` finds) or a list like process,qemu (env AETHER_SANDBOXES; default auto)')
+      .option('--isolation <level>', 'auto | namespaces | none (env AETHER_ISOLATION; default auto: namespaces when root)')
+      .option('--advertise <host>', 'address gateways use to reach this agent (env AETHER_ADVERTISE; default the --host, 127.0.0.1 for 0.0.0.0)')
       .option('--agent-id <id>', 'stable agent id (default: kept in the data dir)')
-      .option('--capacity-instances <n>', 'max instances on this node', int)
-      .option('--capacity-memory-mb <n>', 'memory for instances on this node', int)
-      .option('--startup-timeout-ms <n>', 'how long an instance may take to listen', int);
+      .option('--capacity-instances <n>', 'max instances on this node (default 64)', int)
+      .option('--capacity-memory-mb <n>', 'memory for instances on this node (default 75% of RAM)', int)
+      .option('--startup-timeout-ms <n>', 'how long an instance may take to listen (default 30000)', int);
 
-  // --data-dir is a global option (the client commands read it too).
+  // --data-dir is also a global option (the client commands read it): either place works.
   const run = (role: Role) => async (_opts: Record<string, unknown>, cmd: Command) => {
     const opts = cmd.optsWithGlobals<Record<string, unknown>>();
     const flags: ConfigInput & { config?: string } = {};
@@ -46,27 +54,41 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       const key = map[k];
       if (key && v !== undefined) (flags as Record<string, unknown>)[key] = v;
     }
-    const node = await start(role, flags);
-    let stopping = false;
-    const stop = (signal: string): void => {
-      if (stopping) return;
-      stopping = true;
-      process.stdout.write(`${signal}: shutting down\n`);
+    // Taken before starting: the launcher may already be gone by the time we listen.
+    const chain = launcherChain(process.ppid, process.env);
+    delete process.env['AETHER_LAUNCHER_PID'];
+    // A process manager may close our output when it stops the launcher: shutting down must go on.
+    for (const s of [process.stdout, process.stderr]) s.on('error', () => undefined);
+    // Signals count from the first moment: one during startup stops the node once it is up
+    // (so whatever it started is cleaned up), not half-way with sandboxes left behind.
+    const up: { node?: { close(): Promise<void> } } = {};
+    let stopping: string | undefined;
+    const shutdown = (n: { close(): Promise<void> }): void => {
+      process.stdout.write(`${stopping}: shutting down\n`);
       const force = setTimeout(() => {
         process.stderr.write('shutdown took longer than 10 s; exiting\n');
         process.exit(1);
       }, 10_000);
       force.unref();
-      node.close().then(
+      n.close().then(
         () => process.exit(0),
         () => process.exit(1),
       );
     };
+    const stop = (why: string): void => {
+      if (stopping) return;
+      stopping = why;
+      unwatch();
+      if (up.node) shutdown(up.node);
+    };
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
+    const unwatch = watchLauncher({ chain, clock: systemClock, onGone: (pid) => stop(`launcher (pid ${pid}) exited`) });
+    up.node = await start(role, flags);
+    if (stopping) shutdown(up.node);
   };
 
-  agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)'))).action(run('up'));
-  common(program.command('gateway').description('run a gateway (API + invocation routing) on etcd + Redis + S3')).action(run('gateway'));
-  agentOpts(common(program.command('agent').description('run an agent (sandboxes) on etcd + Redis + S3'))).action(run('agent'));
+  agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)'), 'up')).action(run('up'));
+  common(program.command('gateway').description('run a gateway (API + invocation routing) on etcd + Redis + S3'), 'gateway').action(run('gateway'));
+  agentOpts(common(program.command('agent').description('run an agent (sandboxes) on etcd + Redis + S3'), 'agent')).action(run('agent'));
 }

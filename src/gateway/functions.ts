@@ -268,7 +268,7 @@ export class FunctionService {
         throw new AetherError('AETHER_ERR_ARCHIVE_INVALID', 'empty upload: send the archive as the request body or as multipart field "file"');
       }
       let validatedFor = first.rec.entrypoint;
-      await validateArchive(file, this.limits, validatedFor);
+      await validateArchive(file, this.limits, validatedFor, dir);
       const key = codeBlobKey(first.rec.id, sha256);
       try {
         await this.#blobs.put(key, createReadStream(file));
@@ -284,7 +284,7 @@ export class FunctionService {
           if (cur.entrypoint !== validatedFor) {
             // The entrypoint changed while we worked: the archive must contain the new one.
             validatedFor = cur.entrypoint;
-            await validateArchive(file, this.limits, validatedFor);
+            await validateArchive(file, this.limits, validatedFor, dir);
           }
           const next: FunctionRecord = { ...cur, code_path: key, code_sha256: sha256, code_size: size, updated_at: this.#stamp(cur.updated_at) };
           const r = await this.#s(this.#store.cas(KEYS.function(cur.id), found.kv.modRevision, JSON.stringify(next)));

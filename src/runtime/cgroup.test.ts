@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { findV1Mounts, v1Usable } from './cgroup.ts';
+import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, ownerMarker, removeAgentCgroups, sweepDeadAgents, v1Usable } from './cgroup.ts';
 
 describe('cgroup v1 discovery', () => {
   it('finds each controller in /proc/mounts, including co-mounted hierarchies', () => {
@@ -28,5 +29,55 @@ describe('sandbox launcher', () => {
   it('compiles under strict and warnings (it runs without them for speed)', { skip: existsSync('/usr/bin/perl') ? false : 'no perl' }, () => {
     const out = execFileSync('/usr/bin/perl', ['-Mstrict', '-Mwarnings', '-c', launcher], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
     assert.equal(out, '');
+  });
+});
+
+describe('owner markers and the sweep of dead agents', () => {
+  const startOf = (pid: number): string => {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] as string;
+  };
+  it('removes only the empty dirs of agents whose owners are all gone', { skip: process.platform !== 'linux' }, () => {
+    const base = mkdtempSync(join(tmpdir(), 'aether-cg-test-'));
+    try {
+      const mounts = { memory: join(base, 'memory'), cpu: join(base, 'cpu'), pids: join(base, 'pids') };
+      const live = `.owner-${process.ppid}-${startOf(process.ppid)}`;
+      const dead = '.owner-999999999-1';
+      const reused = `.owner-${process.ppid}-1`; // the pid lives on, but it is another process now
+      const layout: Record<string, string[]> = {
+        'agent-dead': [dead, 'inst-1', 'inst-2'],
+        'agent-reused': [reused],
+        'agent-live': [live, dead, 'inst-3'],
+        'agent-unmarked': ['inst-4'],
+        'agent-busy': [dead, 'inst-5'],
+        'agent-me': [dead, 'inst-6'],
+      };
+      for (const m of Object.values(mounts)) for (const [a, subs] of Object.entries(layout)) for (const s of subs) mkdirSync(join(m, 'aether', a, s), { recursive: true });
+      // a busy cgroup: rmdir fails (here: not empty)
+      for (const m of Object.values(mounts)) writeFileSync(join(m, 'aether', 'agent-busy', 'inst-5', 'tasks'), '1');
+
+      assert.deepEqual(sweepDeadAgents(mounts, 'agent-me').sort(), ['agent-dead', 'agent-reused']);
+      for (const m of Object.values(mounts)) {
+        const root = join(m, 'aether');
+        assert.deepEqual(readdirSync(root).sort(), ['agent-busy', 'agent-live', 'agent-me', 'agent-unmarked']);
+        assert.deepEqual(readdirSync(join(root, 'agent-live')).sort(), [dead, live, 'inst-3'].sort(), 'a live owner: untouched');
+        assert.deepEqual(readdirSync(join(root, 'agent-unmarked')), ['inst-4'], 'no marker: untouched');
+        assert.deepEqual(readdirSync(join(root, 'agent-busy')), ['inst-5'], 'the busy instance stays');
+        assert.deepEqual(readdirSync(join(root, 'agent-me')), ['inst-6'], 'our own id: only dead markers go');
+      }
+      assert.deepEqual(leftoverInstanceIds(mounts, 'agent-live'), ['inst-3']);
+
+      // Our own dirs: the marker stays while an instance dir does, then all goes.
+      const cg = new InstanceCgroups(mounts, 'agent-own', 'inst-7');
+      for (const d of Object.values(cg.dirs)) mkdirSync(d, { recursive: true });
+      for (const m of Object.values(mounts)) mkdirSync(join(m, 'aether', 'agent-own', ownerMarker()));
+      removeAgentCgroups(mounts, 'agent-own');
+      assert.deepEqual(readdirSync(join(mounts.memory, 'aether', 'agent-own')).sort(), [ownerMarker(), 'inst-7'].sort());
+      assert.equal(cg.remove(), true);
+      removeAgentCgroups(mounts, 'agent-own');
+      assert.equal(existsSync(join(mounts.memory, 'aether', 'agent-own')), false);
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
   });
 });

@@ -1,5 +1,5 @@
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 /** The cgroup v1 controllers an instance is limited by. */
 export const CONTROLLERS = ['memory', 'cpu', 'pids'] as const;
@@ -75,7 +75,10 @@ export class InstanceCgroups {
   }
 
   create(limits: Limits): { memswLimited: boolean } {
-    for (const c of CONTROLLERS) mkdirSync(this.dirs[c], { recursive: true });
+    for (const c of CONTROLLERS) {
+      mkdirSync(join(dirname(this.dirs[c]), ownerMarker()), { recursive: true });
+      mkdirSync(this.dirs[c], { recursive: true });
+    }
     const mem = this.dirs.memory;
     const bytes = String(Math.max(4, Math.floor(limits.memoryMb)) * 1024 * 1024);
     writeFileSync(join(mem, 'memory.limit_in_bytes'), bytes);
@@ -185,10 +188,93 @@ export function leftoverInstanceIds(mounts: Record<Controller, string>, agentId:
   const ids = new Set<string>();
   for (const c of CONTROLLERS) {
     try {
-      for (const e of readdirSync(join(mounts[c], 'aether', agentId), { withFileTypes: true })) if (e.isDirectory()) ids.add(e.name);
+      for (const e of readdirSync(join(mounts[c], 'aether', agentId), { withFileTypes: true })) if (e.isDirectory() && !e.name.startsWith('.')) ids.add(e.name);
     } catch {
       // no such agent dir
     }
   }
   return [...ids];
+}
+
+/*
+ * Which process owns `aether/<agentId>`: cgroupfs holds no files of ours, so an agent marks its dir
+ * with an empty child cgroup `.owner-<pid>-<start time>`. Dirs whose owners are all gone (an agent
+ * killed with SIGKILL on a data dir nobody reuses, as tests do) can then be removed by any other
+ * agent; dirs without a marker (or with a live owner) are never touched.
+ */
+const OWNER = /^\.owner-(\d+)-(\d+)$/;
+let ownMarker: string | undefined;
+
+function procStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+export function ownerMarker(): string {
+  ownMarker ??= `.owner-${process.pid}-${procStart(process.pid) ?? 0}`;
+  return ownMarker;
+}
+
+function ownerAlive(name: string): boolean {
+  const m = OWNER.exec(name);
+  return m !== null && procStart(Number(m[1])) === m[2];
+}
+
+function subdirs(dir: string): string[] {
+  try {
+    return readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .map((e) => e.name);
+  } catch {
+    return [];
+  }
+}
+
+function rmdirQuiet(dir: string): boolean {
+  try {
+    rmdirSync(dir);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT';
+  }
+}
+
+/** rmdir our `aether/<agentId>` dirs (and the owner markers) once no instance dir is left in them. */
+export function removeAgentCgroups(mounts: Record<Controller, string>, agentId: string): void {
+  for (const c of CONTROLLERS) {
+    const dir = join(mounts[c], 'aether', agentId);
+    const subs = subdirs(dir);
+    if (subs.some((n) => !OWNER.test(n))) continue; // instances left: keep the marker too
+    for (const n of subs) rmdirQuiet(join(dir, n));
+    rmdirQuiet(dir);
+  }
+}
+
+/**
+ * Remove the empty cgroup dirs of agents whose owner processes are all gone; returns their ids.
+ * Busy cgroups (a process still in them) stay: rmdir refuses them.
+ */
+export function sweepDeadAgents(mounts: Record<Controller, string>, ownAgentId?: string): string[] {
+  const swept = new Set<string>();
+  for (const c of CONTROLLERS) {
+    const root = join(mounts[c], 'aether');
+    for (const agentId of subdirs(root)) {
+      const dir = join(root, agentId);
+      const subs = subdirs(dir);
+      const markers = subs.filter((n) => OWNER.test(n));
+      if (agentId === ownAgentId) {
+        // Our id from an earlier life of this data dir: only its dead owners' markers go.
+        for (const n of markers) if (n !== ownerMarker() && !ownerAlive(n)) rmdirQuiet(join(dir, n));
+        continue;
+      }
+      if (markers.length === 0 || markers.some(ownerAlive)) continue;
+      for (const n of subs) rmdirQuiet(join(dir, n));
+      if (rmdirQuiet(dir)) swept.add(agentId);
+    }
+  }
+  return [...swept];
 }

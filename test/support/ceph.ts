@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { freePort } from './redis.ts';
 
 /**
- * A single-node Ceph (mon + memstore OSD + radosgw, no mgr) on loopback, following
- * /work/shared/reference/host-notes.md section 3. About 15-20 s to start: once per test file.
+ * A single-node Ceph (mon + memstore OSD + radosgw, no mgr, `auth none`) on loopback. About 15-20 s
+ * to start: once per test file.
  */
 export interface Radosgw {
   endpoint: string;

@@ -1,9 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { zipOf } from '../../src/archive/testing.ts';
+import { findV1Mounts, sweepDeadAgents, v1Usable } from '../../src/runtime/cgroup.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const AETHER_BIN = join(ROOT, 'bin/aether.mjs');
@@ -12,9 +13,22 @@ export const AETHER_BIN = join(ROOT, 'bin/aether.mjs');
 export const CLUSTER_TOKEN = randomBytes(24).toString('hex');
 
 const children = new Set<ChildProcess>();
+/** Data dirs startAether made itself: removed when the test file's process ends. */
+const tempDirs = new Set<string>();
 process.once('exit', () => {
   for (const c of children) c.kill('SIGKILL');
+  // Exit hooks are synchronous: give the killed ones (and their sandboxes) a moment to go.
+  const sleep = (ms: number): void => void Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+  for (let i = 0; i < 50 && [...children].some((c) => c.pid !== undefined && existsSync(`/proc/${c.pid}`)); i++) sleep(50);
+  for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
+  sweepTestCgroups();
 });
+
+/** Remove the empty cgroup dirs of agents that are gone (a SIGKILLed agent on a temp data dir). */
+export function sweepTestCgroups(): string[] {
+  const mounts = findV1Mounts();
+  return v1Usable(mounts) ? sweepDeadAgents(mounts) : [];
+}
 
 export interface RunningPlatform {
   url: string;
@@ -30,6 +44,7 @@ export interface RunningPlatform {
 /** Start the real `aether <role>` as a child process and wait for its "at http://…" line. */
 export async function startAether(opts: { args?: string[]; env?: Record<string, string>; dataDir?: string; role?: 'up' | 'gateway' | 'agent'; token?: string } = {}): Promise<RunningPlatform> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'aether-e2e-'));
+  if (!opts.dataDir) tempDirs.add(dataDir);
   const token = opts.token ?? randomBytes(16).toString('hex');
   const role = opts.role ?? 'up';
   const args = [AETHER_BIN, '--data-dir', dataDir, role, ...(role === 'agent' ? [] : ['--port', '0']), ...(opts.args ?? [])];

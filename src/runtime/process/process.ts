@@ -1,13 +1,13 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readlinkSync, realpathSync, rmdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readlinkSync, realpathSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../../core/index.ts';
-import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, v1Usable, type Controller } from '../cgroup.ts';
+import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, removeAgentCgroups, sweepDeadAgents, v1Usable, type Controller } from '../cgroup.ts';
 import { findBin } from '../host.ts';
 import { DEFAULT_LOG_LIMITS, LineSplitter, LogHub, LogPump, type LogLimits } from '../logs.ts';
 import { seccompFilter } from './seccomp.ts';
@@ -183,6 +183,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
         // no sockets dir
       }
       if (live.size === 0) removeAgentDirs(ctx);
+      for (const id of sweepDeadAgents(ctx.mounts, agentId)) logger.info({ agent: id }, 'removed the empty cgroups of an agent that is gone');
     },
     async close(): Promise<void> {
       ctx.pool?.close();
@@ -217,13 +218,7 @@ function outermost(dirs: string[]): string[] {
 /** rmdir the (empty) `aether/<agentId>` cgroup dirs; busy ones stay. */
 function removeAgentDirs(ctx: Ctx): void {
   if (ctx.mode !== 'namespaces') return;
-  for (const dir of Object.values(ctx.mounts)) {
-    try {
-      rmdirSync(join(dir, 'aether', ctx.agentId));
-    } catch {
-      // busy or absent
-    }
-  }
+  removeAgentCgroups(ctx.mounts, ctx.agentId);
 }
 
 /**

@@ -1,0 +1,52 @@
+import { readdirSync, readFileSync } from 'node:fs';
+
+/** A process as /proc shows it; `start` (clock ticks since boot) tells a reused pid apart. */
+export interface Proc {
+  pid: number;
+  ppid: number;
+  state: string;
+  start: string;
+  cmdline: string;
+}
+
+function read(pid: number): Proc | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim();
+    return { pid, ppid: Number(f[1]), state: f[0] ?? '', start: f[19] ?? '', cmdline };
+  } catch {
+    return undefined;
+  }
+}
+
+export function allProcs(): Proc[] {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .map((d) => read(Number(d)))
+    .filter((p): p is Proc => p !== undefined);
+}
+
+/** pid and everything below it, now. */
+export function descendants(pid: number): Proc[] {
+  const procs = allProcs();
+  const out: Proc[] = [];
+  const todo = [pid];
+  while (todo.length > 0) {
+    const p = todo.pop() as number;
+    for (const c of procs) {
+      if (c.ppid !== p) continue;
+      out.push(c);
+      todo.push(c.pid);
+    }
+  }
+  return out;
+}
+
+/** Those of `procs` still running (same pid and start time, not a zombie). */
+export function stillAlive(procs: Proc[]): Proc[] {
+  return procs.filter((p) => {
+    const now = read(p.pid);
+    return now !== undefined && now.start === p.start && now.state !== 'Z';
+  });
+}
