@@ -241,7 +241,7 @@ test('a docker-save archive built elsewhere becomes a bootable root filesystem',
   assert.equal(b.exit, 0);
 });
 
-test('an OCI layout archive boots too, with its config fetched over MMDS v2', { skip }, async () => {
+test('an OCI layout archive boots too, with its config fetched over MMDS v2 after READY and a wait', { skip }, async () => {
   const p = await prepare();
   const archive = join(p.work, 'oci.tar');
   await writeFile(archive, await makeOciLayout(busyboxLayers(), OCI_CONFIG));
@@ -250,9 +250,14 @@ test('an OCI layout archive boots too, with its config fetched over MMDS v2', { 
   const token = randomBytes(8).toString('hex');
   const sessions = new Set<string>();
   const seen: string[] = [];
+  // No config for the first 6 s of polling (longer than aether-init used to wait): a template
+  // waiting for its restore sees exactly this.
+  let firstGet = 0;
   // A fake MMDS v2: session token first, then the config only with that token and Accept: JSON.
   const mmds = createServer((req, res) => {
     seen.push(`${req.method} ${req.url}`);
+    if (req.method === 'GET' && firstGet === 0) firstGet = Date.now();
+    if (req.method === 'GET' && Date.now() - firstGet < 6000) return void res.writeHead(404, { 'content-length': 0 }).end();
     if (req.method === 'PUT' && req.url === '/latest/api/token' && req.headers['x-metadata-token-ttl-seconds'] !== undefined) {
       const t = randomBytes(16).toString('hex');
       sessions.add(t);
@@ -270,9 +275,11 @@ test('an OCI layout archive boots too, with its config fetched over MMDS v2', { 
     // slirp on 169.254/16: the guest's link-local source reaches the host alias 169.254.0.2 → 127.0.0.1.
     const b = await boot(join(p.work, 'oci'), {
       kernel: p.kernel, initrd: p.initrd, root: img, token, mode: 'mmds',
-      netdev: 'user,id=n0,net=169.254.0.0/16,host=169.254.0.2', append: `aether.mmds=169.254.0.2:${port}`,
+      // aether.vmm=firecracker: it ends the VM with a reboot, which -no-reboot turns into QEMU's exit too
+      netdev: 'user,id=n0,net=169.254.0.0/16,host=169.254.0.2', append: `aether.mmds=169.254.0.2:${port} aether.vmm=firecracker`,
     });
-    assert.match(b.console, /mmds-ok hello-from-image yes/, describe(b));
+    assert.match(b.console, /AETHER-INIT READY\r?\n[^]*mmds-ok hello-from-image yes/, describe(b));
+    assert.ok(seen.filter((r) => r.startsWith('GET')).length > 1, 'it kept polling while MMDS had no config');
     assert.deepEqual(seen.slice(-2), ['PUT /latest/api/token', 'GET /aether/config']);
     assert.equal(b.exit, 0);
   } finally {

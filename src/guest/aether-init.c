@@ -51,10 +51,15 @@ struct input_event { struct timeval time; unsigned short type, code; int value; 
 #define MAX_CONFIG (1 << 20)
 #define STOP_GRACE_MS 10000
 #define MMDS_LINK_ADDR "169.254.0.15"
+/* How long the guest polls MMDS for its config (a template waits there until it is snapshotted). */
+#define MMDS_WAIT_MS (10 * 60 * 1000)
+#define MMDS_POLL_MAX_MS 20
 
 extern char **environ;
 
 static int debug;
+/* aether.vmm=firecracker: power off by rebooting (see power_off). */
+static int vmm_firecracker;
 static double t_start, t_modules, t_switched;
 
 static double now_s(void) {
@@ -116,6 +121,9 @@ static char *read_file(const char *path, size_t max, size_t *len_out) {
 
 static void power_off(void) {
   sync();
+  /* Firecracker (x86) has no power-off device: RB_POWER_OFF only halts the guest and the VMM keeps
+   * running, while a reboot with reboot=k on the command line makes Firecracker exit. */
+  if (vmm_firecracker) reboot(RB_AUTOBOOT);
   reboot(RB_POWER_OFF);
   /* microvm without ACPI power-off still exits under `-no-reboot` with reboot=t. */
   reboot(RB_AUTOBOOT);
@@ -157,11 +165,17 @@ static int cmdline_get(const char *key, char *out, size_t cap) {
   return -1;
 }
 
+static void cmdline_flags(void) {
+  char v[8];
+  debug = cmdline_get("aether.debug", v, sizeof v) == 0 && v[0] == '1';
+  char vmm[16];
+  vmm_firecracker = cmdline_get("aether.vmm", vmm, sizeof vmm) == 0 && strcmp(vmm, "firecracker") == 0;
+}
+
 static void read_cmdline(void) {
   char *cl = read_file("/proc/cmdline", sizeof cmdline - 1, NULL);
   if (cl) { snprintf(cmdline, sizeof cmdline, "%s", cl); free(cl); }
-  char v[8];
-  debug = cmdline_get("aether.debug", v, sizeof v) == 0 && v[0] == '1';
+  cmdline_flags();
 }
 
 /* ---------- mounts and modules ---------- */
@@ -745,13 +759,14 @@ static char *http_request(in_addr_t ip, int port, const char *req, int *status, 
   char *buf = NULL;
   if (connect(s, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS) goto out;
   struct pollfd pf = { s, POLLOUT, 0 };
-  if (poll(&pf, 1, 2000) != 1) goto out;
+  if (poll(&pf, 1, 1000) != 1) goto out;
   int soerr = 0;
   socklen_t sl = sizeof soerr;
   if (getsockopt(s, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr != 0) goto out;
   int fl = fcntl(s, F_GETFL);
   fcntl(s, F_SETFL, fl & ~O_NONBLOCK);
-  struct timeval tv = { 5, 0 };
+  /* MMDS is in the VMM: it answers at once. A request cut by a snapshot must not stall a restore long. */
+  struct timeval tv = { 2, 0 };
   setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   if (write_all(s, req, strlen(req)) != 0) goto out;
@@ -787,6 +802,46 @@ out:
   return buf;
 }
 
+/* Prints `AETHER-INIT READY`, then polls MMDS v2 (a fresh session token each time: a restored
+ * snapshot runs in a new VMM that knows none of the old ones) until /aether/config answers 200.
+ * Backoff from 1 ms up to MMDS_POLL_MAX_MS, so a restore finds its config within that. The budget
+ * counts time slept plus each attempt's time capped at 3 s, not the clock: a template paused for
+ * days (or a guest clock that jumps on restore) still gets its config after the restore. */
+static char *mmds_poll(in_addr_t ip, int port, const char *host, long wait_ms, size_t *len) {
+  static const char ready[] = "AETHER-INIT READY\n";
+  (void)!write(2, ready, sizeof ready - 1);
+  char req[512], token[256];
+  int status = 0, delay_ms = 1;
+  size_t blen = 0;
+  char *body = NULL;
+  long waited_ms = 0;
+  for (unsigned attempt = 0;; attempt++) {
+    double t0 = now_s();
+    snprintf(req, sizeof req,
+             "PUT /latest/api/token HTTP/1.1\r\nHost: %s\r\nX-metadata-token-ttl-seconds: 300\r\n\r\n", host);
+    char *t = http_request(ip, port, req, &status, &blen);
+    if (t && status == 200 && blen > 0 && blen < sizeof token) {
+      memcpy(token, t, blen);
+      token[blen] = 0;
+      token[strcspn(token, "\r\n")] = 0;
+      snprintf(req, sizeof req,
+               "GET /aether/config HTTP/1.1\r\nHost: %s\r\nAccept: application/json\r\nX-metadata-token: %s\r\n\r\n", host, token);
+      body = http_request(ip, port, req, &status, &blen);
+      if (body && status != 200) { dbg("MMDS GET: HTTP %d", status); free(body); body = NULL; }
+    }
+    free(t);
+    memset(token, 0, sizeof token);
+    if (body) { *len = blen; return body; }
+    double spent = (now_s() - t0) * 1000;
+    waited_ms += spent < 0 ? 0 : spent > 3000 ? 3000 : (long)spent;
+    if (waited_ms >= wait_ms) { cfg_err = "no config in MMDS"; return NULL; }
+    if (attempt == 200) dbg("still waiting for config in MMDS");
+    usleep((useconds_t)delay_ms * 1000);
+    waited_ms += delay_ms;
+    if (delay_ms < MMDS_POLL_MAX_MS) delay_ms = delay_ms * 2 > MMDS_POLL_MAX_MS ? MMDS_POLL_MAX_MS : delay_ms * 2;
+  }
+}
+
 static char *config_over_mmds(size_t *len) {
   char spec[64] = "169.254.169.254:80";
   cmdline_get("aether.mmds", spec, sizeof spec); /* test hook: another address:port */
@@ -801,28 +856,8 @@ static char *config_over_mmds(size_t *len) {
   inet_pton(AF_INET, MMDS_LINK_ADDR, &ll);
   if_flags("eth0", 1);
   if (if_addr("eth0", ll.s_addr, 16) != 0) say("eth0 link-local address: %s", strerror(errno));
-  char req[512], token[256];
-  int status = 0;
-  size_t blen = 0;
-  char *body = NULL;
-  for (int attempt = 0; attempt < 50 && !body; attempt++) {
-    if (attempt) usleep(100000);
-    snprintf(req, sizeof req,
-             "PUT /latest/api/token HTTP/1.1\r\nHost: %s\r\nX-metadata-token-ttl-seconds: 300\r\n\r\n", spec);
-    char *t = http_request(ip.s_addr, port, req, &status, &blen);
-    if (!t || status != 200 || blen == 0 || blen >= sizeof token) { free(t); continue; }
-    memcpy(token, t, blen);
-    token[blen] = 0;
-    free(t);
-    token[strcspn(token, "\r\n")] = 0;
-    snprintf(req, sizeof req,
-             "GET /aether/config HTTP/1.1\r\nHost: %s\r\nAccept: application/json\r\nX-metadata-token: %s\r\n\r\n", spec, token);
-    body = http_request(ip.s_addr, port, req, &status, &blen);
-    if (body && status != 200) { dbg("MMDS GET: HTTP %d", status); free(body); body = NULL; }
-  }
+  char *body = mmds_poll(ip.s_addr, port, spec, MMDS_WAIT_MS, len);
   if_addr("eth0", 0, 0);
-  if (!body) { cfg_err = "MMDS unreachable"; return NULL; }
-  *len = blen;
   return body;
 }
 
@@ -1040,7 +1075,29 @@ static int selftest(int argc, char **argv) {
     if (c->hostname) printf("hostname=%s\n", c->hostname);
     return 0;
   }
-  fprintf(stderr, "aether-init: runs as PID 1 in an Aether microVM (self-test: --json | --plan TOKEN [runtime.json])\n");
+  if (argc >= 3 && strcmp(argv[1], "--power") == 0) {
+    /* --power 'kernel command line': how this guest would end its VM. */
+    snprintf(cmdline, sizeof cmdline, "%s", argv[2]);
+    cmdline_flags();
+    printf("%s\n", vmm_firecracker ? "reboot" : "poweroff");
+    return 0;
+  }
+  if (argc >= 3 && strcmp(argv[1], "--mmds") == 0) {
+    /* --mmds IP:PORT [WAIT_MS]: the MMDS client against a test server; prints the config body. */
+    char spec[64];
+    snprintf(spec, sizeof spec, "%s", argv[2]);
+    char *colon = strchr(spec, ':');
+    struct in_addr ip;
+    if (!colon) return 64;
+    *colon = 0;
+    if (inet_pton(AF_INET, spec, &ip) != 1) return 64;
+    char *body = mmds_poll(ip.s_addr, atoi(colon + 1), spec, argc >= 4 ? atol(argv[3]) : MMDS_WAIT_MS, &len);
+    if (!body) { printf("FAIL %s\n", cfg_err); return 2; }
+    fflush(stdout);
+    write_all(1, body, len);
+    return 0;
+  }
+  fprintf(stderr, "aether-init: runs as PID 1 in an Aether microVM (self-test: --json | --plan TOKEN [runtime.json] | --power CMDLINE | --mmds IP:PORT [WAIT_MS])\n");
   return 64;
 }
 

@@ -2,7 +2,9 @@
 // (outside PID 1 it only parses: `--json` and `--plan TOKEN [runtime.json]`).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -159,5 +161,102 @@ test('plan: runtime.json gives defaults, the config overrides, PORT from port', 
     assert.match(none.out, /^NOPLAN no command/);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('power: reboot under Firecracker (aether.vmm=firecracker), power off elsewhere', { skip }, async () => {
+  await init();
+  const how = (cmdline: string): string => run(['--power', cmdline], '').out.trim();
+  // Firecracker on x86 only exits on a guest reboot (reboot=k); a power-off merely halts the guest
+  assert.equal(how('console=ttyS0 reboot=k aether.token=ab aether.config=mmds aether.vmm=firecracker'), 'reboot');
+  assert.equal(how('aether.vmm=firecracker'), 'reboot');
+  for (const other of ['console=ttyS0 reboot=t aether.config=vport', 'aether.config=mmds', 'aether.vmm=qemu', 'aether.vmm=firecracker2', 'xaether.vmm=firecracker', '']) {
+    assert.equal(how(other), 'poweroff', other);
+  }
+});
+
+/** A stand-in MMDS v2: session tokens from PUT /latest/api/token, config at /aether/config once `config` is set. */
+async function fakeMmds(): Promise<{ port: number; seen: string[]; setConfig(c: string | undefined): void; rotate(): void; close(): Promise<void> }> {
+  let config: string | undefined;
+  let tokens = new Set<string>();
+  let n = 0;
+  const seen: string[] = [];
+  // Firecracker's MMDS always sends Content-Length (never chunked)
+  const send = (res: ServerResponse, status: number, body = ''): void => {
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body);
+  };
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    seen.push(`${req.method} ${req.url}`);
+    if (req.method === 'PUT' && req.url === '/latest/api/token' && req.headers['x-metadata-token-ttl-seconds'] === '300') {
+      const t = `tok${++n}`;
+      tokens.add(t);
+      return send(res, 200, t);
+    }
+    if (req.method === 'GET' && req.url === '/aether/config') {
+      if (!tokens.has(String(req.headers['x-metadata-token']))) return send(res, 401);
+      if (config === undefined) return send(res, 404, '{"error":"not found"}');
+      return send(res, 200, config);
+    }
+    send(res, 400);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    seen,
+    setConfig: (c) => (config = c),
+    // a restored snapshot runs in a new VMM: tokens issued before are unknown to it
+    rotate: () => (tokens = new Set()),
+    close: () => new Promise((r) => server.close(() => r())),
+  };
+}
+
+function runAsync(args: string[]): { done: Promise<{ code: number; out: string; err: string }>; err: () => string } {
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  return { done: new Promise((r) => child.on('close', (code) => r({ code: code ?? -1, out, err }))), err: () => err };
+}
+
+test('MMDS: READY first, then polls past 5 s without config (a template waiting for its restore), fresh token each try', { skip }, async () => {
+  await init();
+  const mmds = await fakeMmds();
+  try {
+    const doc = JSON.stringify({ token: 'ab12', cmd: ['x'] });
+    const guest = runAsync(['--mmds', `127.0.0.1:${mmds.port}`]);
+    while (!guest.err().includes('AETHER-INIT READY')) await new Promise((r) => setTimeout(r, 10));
+    // the host pauses + snapshots here; much later a restore puts this instance's config in
+    await new Promise((r) => setTimeout(r, 6000));
+    const before = mmds.seen.length;
+    assert.ok(before >= 4, `polled while waiting (${before} requests)`);
+    mmds.rotate();
+    mmds.setConfig(doc);
+    const r = await guest.done;
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.equal(r.out, doc);
+    assert.equal(r.err, 'AETHER-INIT READY\n', 'one exact READY line on the console');
+    assert.deepEqual(mmds.seen.slice(0, 2), ['PUT /latest/api/token', 'GET /aether/config']);
+    assert.deepEqual(mmds.seen.slice(-2), ['PUT /latest/api/token', 'GET /aether/config']);
+  } finally {
+    await mmds.close();
+  }
+});
+
+test('MMDS: gives up after its wait budget with a reason; a config that arrives at once is taken at once', { skip }, async () => {
+  await init();
+  const mmds = await fakeMmds();
+  try {
+    const r = await runAsync(['--mmds', `127.0.0.1:${mmds.port}`, '300']).done;
+    assert.equal(r.code, 2);
+    assert.equal(r.out, 'FAIL no config in MMDS\n');
+    assert.ok(mmds.seen.length >= 4, 'it retried before giving up');
+    mmds.seen.length = 0;
+    mmds.setConfig('"{\\"token\\":\\"ab\\"}"');
+    const ok = await runAsync(['--mmds', `127.0.0.1:${mmds.port}`, '300']).done;
+    assert.equal(ok.code, 0);
+    assert.deepEqual(mmds.seen, ['PUT /latest/api/token', 'GET /aether/config']);
+  } finally {
+    await mmds.close();
   }
 });

@@ -84,7 +84,7 @@ interface GuestView {
 /** Every boot_args word is one of the allowed kernel flags: no env, no config. */
 function assertCleanBootArgs(bootArgs: string, env: Record<string, string>): void {
   for (const word of bootArgs.split(/\s+/)) {
-    const ok = BASE_BOOT_ARGS.split(' ').includes(word) || /^aether\.token=[0-9a-f]{32}$/.test(word) || word === 'aether.config=mmds';
+    const ok = BASE_BOOT_ARGS.split(' ').includes(word) || /^aether\.token=[0-9a-f]{32}$/.test(word) || word === 'aether.config=mmds' || word === 'aether.vmm=firecracker';
     assert.ok(ok, `unexpected boot arg ${word}`);
   }
   for (const [k, v] of Object.entries(env)) {
@@ -98,7 +98,8 @@ describe('firecracker driver against the spec-checking fake', () => {
     const s = spec('i-cold-1');
     const inst = await runtime.create(s);
     const lines: string[] = [];
-    inst.onLog((l) => lines.push(l.text));
+    const stdout: string[] = [];
+    inst.onLog((l) => (lines.push(l.text), l.stream === 'stdout' && stdout.push(l.text)));
     await inst.start();
     await inst.waitReady(20_000);
     const res = await requestEndpoint(inst.endpoint, { path: '/hello' });
@@ -127,12 +128,16 @@ describe('firecracker driver against the spec-checking fake', () => {
     ]);
     const boot = rec.find((r) => r.path === '/boot-source')?.body as { boot_args: string };
     assertCleanBootArgs(boot.boot_args, s.env);
+    // aether-init then ends the VM by a reboot, which Firecracker exits on (a power-off only halts it)
+    assert.match(boot.boot_args, /(^| )aether\.vmm=firecracker( |$)/);
     assert.deepEqual(rec.filter((r) => r.path === '/actions').map((r) => r.body?.action_type), ['InstanceStart', 'SendCtrlAltDel']);
     const code = rec.find((r) => r.path === '/drives/code')?.body as { is_read_only: boolean; path_on_host: string };
     assert.equal(code.is_read_only, true);
     const mmds = rec.find((r) => r.path === '/mmds/config')?.body as { version: string };
     assert.equal(mmds.version, 'V2');
     assert.ok(lines.some((l) => l.includes('AETHER-INIT: exec')), 'serial console reaches the logs');
+    // checked after stop: console lines may still be in flight when waitReady returns
+    assert.ok(lines.includes('AETHER-INIT READY') && !stdout.includes('AETHER-INIT READY'), 'READY is a system note, not program output');
     assert.deepEqual(readdirSync(join(stateDir, 'vms')), [], 'the VM dir is gone');
   });
 
@@ -150,11 +155,14 @@ describe('firecracker driver against the spec-checking fake', () => {
   it('the program exiting ends the instance and cleans up', async () => {
     const { runtime, stateDir } = setup();
     const inst = await runtime.create(spec('i-exits'));
+    const lines: string[] = [];
+    inst.onLog((l) => lines.push(l.text));
     await inst.start();
     await inst.waitReady(20_000);
     await requestEndpoint(inst.endpoint, { path: '/__exit' });
     await inst.exited;
     assert.equal(inst.inspect().state, 'exited');
+    assert.ok(lines.includes('VM exited (code 0, signal null)') && !lines.includes('reboot: System halted'), `the guest rebooted and Firecracker exited by itself: ${lines.join('\n')}`);
     assert.deepEqual(readdirSync(join(stateDir, 'vms')), []);
   });
 

@@ -3,7 +3,7 @@
  * its API socket (./api.ts). Boot: logger → metrics → machine-config → boot-source → drives (root
  * image ro, code image ro) → network-interfaces (a TAP in the VM's own netns) → mmds/config (V2) →
  * MMDS data → InstanceStart. The program's config (env included) reaches the guest only through
- * MMDS; boot_args carry console/quiet flags, the per-boot token and `aether.config=mmds`.
+ * MMDS; boot_args carry console/quiet flags, the per-boot token, `aether.config=mmds` and `aether.vmm=firecracker`.
  * Snapshots: a template VM per (owner, version) boots to `AETHER-INIT READY` (waiting for config),
  * is paused and snapshotted; later instances load it, get their own config in MMDS (with the
  * template's token), and resume. Stop: SendCtrlAltDel, then SIGTERM, then SIGKILL.
@@ -57,8 +57,9 @@ const READY_LINE = 'AETHER-INIT READY';
 /** After aether-init reports the program's exit, the VM should be gone this soon. */
 const HALT_GRACE_MS = 3000;
 
+/** `aether.vmm=firecracker`: aether-init ends the VM by rebooting (Firecracker exits), not by a power-off that only halts it. */
 export function bootArgs(token: string): string {
-  return `${BASE_BOOT_ARGS} aether.token=${token} aether.config=mmds`;
+  return `${BASE_BOOT_ARGS} aether.token=${token} aether.config=mmds aether.vmm=firecracker`;
 }
 
 /** Firecracker ids: --id allows [A-Za-z0-9-], API path ids [A-Za-z0-9_]; use the intersection. */
@@ -474,6 +475,8 @@ class FcInstance implements RuntimeInstance {
   }
 
   #console(text: string): void {
+    // READY (printed on every boot; only template builds wait for it) is aether-init's, not the program's
+    if (text === READY_LINE) return this.#logs.emit('system', text);
     const m = /^AETHER-INIT: (.*)$/.exec(text);
     if (!m) return this.#logs.emit('stdout', text);
     this.#logs.emit('system', text);

@@ -194,7 +194,7 @@ describe('fake Firecracker: every call the client makes is allowed', () => {
   it('a wrong token in MMDS makes the guest reject its config and power off', async () => {
     const f = await fake({ guestHttp: 'guest-2.sock' });
     try {
-      await f.client.putBootSource({ kernel_image_path: kernel, boot_args: 'quiet aether.token=right aether.config=mmds' });
+      await f.client.putBootSource({ kernel_image_path: kernel, boot_args: 'quiet aether.token=right aether.config=mmds aether.vmm=firecracker' });
       await f.client.putNetworkInterface({ iface_id: 'eth0', host_dev_name: 'tap0' });
       await f.client.putMmdsConfig({ version: 'V2', network_interfaces: ['eth0'] });
       await f.client.action('InstanceStart');
@@ -202,6 +202,23 @@ describe('fake Firecracker: every call the client makes is allowed', () => {
       await until(() => f.exits.length === 1, 'power off');
       assert.ok(f.serial.includes('AETHER-INIT: config rejected'));
       assert.equal(existsSync(join(dir, 'guest-2.sock')), false);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it('without aether.vmm=firecracker the guest powers off, which halts it: Firecracker keeps running', async () => {
+    const f = await fake();
+    try {
+      await f.client.putBootSource({ kernel_image_path: kernel, boot_args: 'quiet aether.token=right aether.config=mmds' });
+      await f.client.putNetworkInterface({ iface_id: 'eth0', host_dev_name: 'tap0' });
+      await f.client.putMmdsConfig({ version: 'V2', network_interfaces: ['eth0'] });
+      await f.client.action('InstanceStart');
+      await f.client.putMmds({ aether: { config: { token: 'wrong', cmd: ['x'] } } });
+      await until(() => f.serial.includes('reboot: System halted'), 'halt');
+      assert.ok(f.serial.includes('AETHER-INIT: config rejected'));
+      assert.deepEqual(f.exits, []);
+      assert.equal((await f.req('GET', '/', undefined)).status, 200, 'the API still answers');
     } finally {
       await f.close();
     }

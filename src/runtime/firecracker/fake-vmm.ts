@@ -17,7 +17,8 @@
  * It also plays the guest enough for a driver: after InstanceStart (or a snapshot load + resume) a
  * simulated aether-init reads `aether.token` from boot_args, prints `AETHER-INIT READY`, waits for MMDS v2 data at
  * /aether/config, checks the token (a mismatch prints `AETHER-INIT: config rejected` and "powers
- * off": the process exits), then "runs the program": an HTTP server on --guest-http (a unix socket
+ * off": the process exits when boot_args carry `aether.vmm=firecracker`, else the guest halts and the
+ * process stays, as a real x86 Firecracker does), then "runs the program": an HTTP server on --guest-http (a unix socket
  * path, relative to the API socket's directory unless absolute) answering with what the guest saw.
  * Ctrl+Alt+Del makes the guest reboot, which ends Firecracker (reboot=k), as on x86.
  * --record appends one JSON line per request: {method, path, body, status, fault}.
@@ -175,9 +176,13 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
     server.close();
     exit(code);
   }
-  /** The guest ends: with reboot=k Firecracker exits; a halted guest leaves it running. */
+  /**
+   * The guest ends. aether-init reboots only when boot_args say `aether.vmm=firecracker` (and with
+   * reboot=k Firecracker exits); otherwise it powers off, which on x86 Firecracker merely halts the
+   * guest and leaves Firecracker running.
+   */
   function guestPowerOff(): void {
-    if (opts.haltOnPowerOff) {
+    if (opts.haltOnPowerOff || !/(?:^|\s)aether\.vmm=firecracker(?:\s|$)/.test(cmdline)) {
       serial('reboot: System halted');
       guest = 'down';
       return;
@@ -208,14 +213,14 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
     if (!conf) return;
     if (typeof conf.token !== 'string' || conf.token !== bootToken || !bootToken) {
       serial('AETHER-INIT: config rejected');
-      return powerOff(0);
+      return guestPowerOff();
     }
     guest = 'running';
     serial(`AETHER-INIT: exec ${JSON.stringify(conf.cmd)}`);
     if (opts.runPrograms) {
       void runProgram(conf).catch((err: Error) => {
         serial(`AETHER-INIT: cannot start: ${err.message}`);
-        powerOff(0);
+        guestPowerOff();
       });
       return;
     }
