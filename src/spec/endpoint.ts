@@ -5,7 +5,13 @@
  */
 export type Endpoint =
   | { kind: 'tcp'; host: string; port: number; guest?: GuestAddress }
-  | { kind: 'unix'; path: string; guest?: GuestAddress };
+  /**
+   * `preamble`: a sandbox forwarder listens there. It answers each new connection with one byte
+   * (PREAMBLE_OK) once it has reached the program, before any byte of the program, and closes it
+   * without that byte when it could not: a request sent on such a connection never reached the
+   * program (see src/runtime/endpoint.ts).
+   */
+  | { kind: 'unix'; path: string; preamble?: boolean; guest?: GuestAddress };
 
 export interface GuestAddress {
   /** The sandbox's own IP address, e.g. 10.0.2.15 (QEMU user networking) or 172.16.0.2 (a TAP). */

@@ -329,6 +329,11 @@ class QemuInstance implements RuntimeInstance {
     return this.#restored;
   }
 
+  /** The VM driver learns of a program's end only with the VM's: gone and exited come together. */
+  onGone(listener: () => void): void {
+    void this.exited.then(listener);
+  }
+
   onLog(listener: (line: LogLine) => void): void {
     this.#logs.on(listener);
   }
