@@ -6,12 +6,11 @@
 export type Endpoint =
   | { kind: 'tcp'; host: string; port: number; guest?: GuestAddress }
   /**
-   * `preamble`: a sandbox forwarder listens there. It answers each new connection with one byte
-   * (PREAMBLE_OK) once it has reached the program, before any byte of the program, and closes it
-   * without that byte when it could not: a request sent on such a connection never reached the
-   * program (see src/runtime/endpoint.ts).
+   * `preamble`: a sandbox forwarder listens there. The first byte it sends on a connection is
+   * PREAMBLE_OK, right before the program's first byte; a connection that ends without it reached
+   * no program (see src/runtime/endpoint.ts).
    */
-  | { kind: 'unix'; path: string; preamble?: boolean; guest?: GuestAddress };
+  | { kind: 'unix'; path: string; guest?: GuestAddress; preamble?: boolean };
 
 export interface GuestAddress {
   /** The sandbox's own IP address, e.g. 10.0.2.15 (QEMU user networking) or 172.16.0.2 (a TAP). */

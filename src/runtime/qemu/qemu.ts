@@ -298,6 +298,8 @@ class QemuInstance implements RuntimeInstance {
   #logs: LogHub;
   #exit: ExitInfo | undefined;
   #resolveExit!: (e: ExitInfo) => void;
+  #gone = false;
+  #goneListeners: (() => void)[] = [];
   #hostPort = 0;
   #guestExit: number | undefined;
   #reason: string | undefined;
@@ -329,13 +331,20 @@ class QemuInstance implements RuntimeInstance {
     return this.#restored;
   }
 
-  /** The VM driver learns of a program's end only with the VM's: gone and exited come together. */
-  onGone(listener: () => void): void {
-    void this.exited.then(listener);
-  }
-
   onLog(listener: (line: LogLine) => void): void {
     this.#logs.on(listener);
+  }
+
+  onGone(listener: () => void): void {
+    if (this.#gone) queueMicrotask(listener);
+    else this.#goneListeners.push(listener);
+  }
+
+  /** The program exited (the guest said so) or the VM is gone: stop routing to it before the teardown. */
+  #markGone(): void {
+    if (this.#gone) return;
+    this.#gone = true;
+    for (const l of this.#goneListeners.splice(0)) l();
   }
 
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
@@ -583,7 +592,10 @@ class QemuInstance implements RuntimeInstance {
       for (const w of this.#startedWaiters) w();
     } else if (line.startsWith('AETHER-INIT EXIT')) {
       const n = Number(line.split(' ')[2]);
-      if (Number.isInteger(n)) this.#guestExit = n;
+      if (Number.isInteger(n)) {
+        this.#guestExit = n;
+        this.#markGone();
+      }
     }
   }
 
@@ -657,6 +669,7 @@ class QemuInstance implements RuntimeInstance {
 
   #finalize(code: number | null, signal: string | null, reason?: string): void {
     if (this.#exit) return;
+    this.#markGone();
     this.#qmp?.close();
     for (const s of this.#servers) s.close();
     this.#ctlConn?.destroy();
