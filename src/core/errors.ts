@@ -19,6 +19,7 @@ export const ERROR_CODES = {
   AETHER_ERR_ARCHIVE_TOO_LARGE: { status: 400, text: 'archive unpacks to more than the size or entry limit' },
   AETHER_ERR_ENTRYPOINT_MISSING: { status: 400, text: "archive does not contain the function's entrypoint" },
   AETHER_ERR_NO_CODE: { status: 400, text: 'no code uploaded for this function' },
+  AETHER_ERR_EXCEEDS_CAPACITY: { status: 400, text: 'memory_mb or vcpu larger than any agent can hold' },
   AETHER_ERR_COLD_START_FAILED: { status: 503, text: 'the function could not be started' },
   AETHER_ERR_NO_CAPACITY: { status: 503, text: 'no agent has capacity for this instance' },
   AETHER_ERR_SANDBOX_UNAVAILABLE: { status: 503, text: "no live agent offers the function's sandbox" },
