@@ -57,6 +57,8 @@ const PROBE = [
   '$B cp /www/index.html /tmp/www/',
   '$B ls / > /tmp/www/root.txt',
   'if [ -e /work ]; then echo present; else echo absent; fi > /tmp/www/work.txt',
+  '$B grep -E "^(Seccomp|NoNewPrivs|CapEff|CapBnd):" /proc/self/status > /tmp/www/status.txt',
+  'echo $$ > /tmp/www/pid.txt',
   'echo overlay-write > /www-new.txt 2>/dev/null; echo written > /tmp/written.txt',
   'exec $B httpd -f -p "$PORT" -h /tmp/www',
 ].join('\n');
@@ -118,6 +120,10 @@ describe('process runtime: image and rootfs artifacts as containers', { skip }, 
     const root = (await get('/root.txt')).split('\n');
     for (const d of ['bin', 'www', 'etc', 'srv']) assert.ok(root.includes(d), `/${d} in ${root.join(' ')}`);
     assert.equal(await get('/work.txt'), 'absent\n');
+    // the same confinement as a function: seccomp filter, no_new_privs, no capabilities, own pid namespace
+    const status = Object.fromEntries((await get('/status.txt')).trim().split('\n').map((l) => l.split(/:\s*/)));
+    assert.deepEqual(status, { NoNewPrivs: '1', Seccomp: '2', CapEff: '0000000000000000', CapBnd: '0000000000000000' });
+    assert.equal(await get('/pid.txt'), '2\n', 'the shell is PID 2, after the launcher');
     assert.ok(loopsOf(image).includes(image), 'a loop device backs the running instance');
     await inst.stop();
     await eventually('no loop device left on the image', () => loopsOf(image) === '');
