@@ -620,11 +620,6 @@ export class Invoker {
   }
 }
 
-/** The request reached no program, so it may go to another instance (the one signal #send gives for it). */
-function isUnreached(err: unknown): boolean {
-  return err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM_UNREACHED';
-}
-
 /** A cold start's job is considered lost only after this long without a result. */
 const LOST_JOB_AFTER_MS = 3000;
 
@@ -634,6 +629,11 @@ function claimRequestId(value: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The request reached no program, so it may go to another instance (the one signal #send gives for it). */
+function isUnreached(err: unknown): boolean {
+  return err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM_UNREACHED';
 }
 
 function forwardedHeaders(req: IncomingMessage): Record<string, string> {
