@@ -58,6 +58,15 @@ test('containerPlan: command from the spec, else cmd, else /sbin/init; spec env 
   }
 });
 
+test('containerPlan: a NUL byte in the command is refused (the launcher protocol is NUL-separated)', async () => {
+  const dir = rootfs(undefined);
+  try {
+    await assert.rejects(containerPlan(spec(dir, { command: ['/bin/sh', 'a\0b'] })), (e: unknown) => isAetherError(e) && e.code === 'AETHER_ERR_VALIDATION');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('containerPlan: a bad runtime.json or an unknown user fails the start, coded', async () => {
   for (const rt of ['{not json', { cmd: 'not-an-array' }, { user: 'ghost' }]) {
     const dir = rootfs(rt);

@@ -123,6 +123,9 @@ export async function containerPlan(spec: InstanceSpec): Promise<ContainerPlan> 
   const imageEnv: Record<string, string> = { HOME: ident?.home ?? (root ? '/root' : '/'), ...rt.env };
   const workdir = posix.resolve('/', spec.cwd ?? rt.workdir ?? '/');
   const argv = spec.command?.length ? spec.command : rt.cmd?.length ? rt.cmd : ['/sbin/init'];
+  const writable = (rt.writable_paths ?? []).map((p) => posix.resolve('/', p));
+  // the launcher's assignment is NUL-separated
+  if ([...argv, workdir, ...writable].some((x) => x.includes('\0'))) throw new AetherError('AETHER_ERR_VALIDATION', 'a command, workdir or writable path contains a NUL byte');
   return {
     kind,
     source,
@@ -131,7 +134,7 @@ export async function containerPlan(spec: InstanceSpec): Promise<ContainerPlan> 
     uid: own?.uid,
     gid: own?.gid,
     env: programEnv({ ...spec, env: { ...imageEnv, ...spec.env } }, spec.listen.port),
-    writable: (rt.writable_paths ?? []).map((p) => posix.resolve('/', p)),
+    writable,
   };
 }
 
