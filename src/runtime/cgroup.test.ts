@@ -25,11 +25,13 @@ describe('cgroup v1 discovery', () => {
 });
 
 describe('sandbox launcher', () => {
-  const launcher = join(dirname(fileURLToPath(import.meta.url)), 'process', 'sandbox', 'launch.pl');
-  it('compiles under strict and warnings (it runs without them for speed)', { skip: existsSync('/usr/bin/perl') ? false : 'no perl' }, () => {
-    const out = execFileSync('/usr/bin/perl', ['-Mstrict', '-Mwarnings', '-c', launcher], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    assert.equal(out, '');
-  });
+  for (const name of ['launch.pl', 'container.pl']) {
+    const launcher = join(dirname(fileURLToPath(import.meta.url)), 'process', 'sandbox', name);
+    it(`${name} compiles under strict and warnings (it runs without them for speed)`, { skip: existsSync('/usr/bin/perl') ? false : 'no perl' }, () => {
+      const out = execFileSync('/usr/bin/perl', ['-Mstrict', '-Mwarnings', '-c', launcher], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      assert.equal(out, '');
+    });
+  }
 });
 
 describe('owner markers and the sweep of dead agents', () => {

@@ -1,13 +1,15 @@
 import { AetherError } from '../../core/index.ts';
-import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from '../types.ts';
+import { describeWorkload, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance } from '../types.ts';
+import { containerPlan } from './container.ts';
 import type { InstanceSpec as ProcessSpec, RuntimeInstance as ProcessInstance } from './legacy.ts';
 import { createProcessRuntime as createFlat, type ProcessRuntimeOptions } from './process.ts';
 
 export type { ProcessRuntimeOptions };
 
 /**
- * The process sandbox (namespaces + cgroups when root, a plain child process otherwise). It runs
- * code artifacts only: the program is the host's node or python on the entrypoint.
+ * The process sandbox (namespaces + cgroups when root, a plain child process otherwise). Code
+ * artifacts: the program is the host's node or python on the entrypoint. Image and rootfs
+ * artifacts (services) run as containers, in the artifact's own root (container.ts); root only.
  */
 export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
   const inner = createFlat(opts);
@@ -15,6 +17,11 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     kind: 'process',
     isolation: inner.isolation,
     async create(spec: InstanceSpec): Promise<RuntimeInstance> {
+      if (spec.artifact.kind !== 'code') {
+        if (inner.isolation === 'none') throw new AetherError('AETHER_ERR_CONTAINER_UNAVAILABLE', `the process sandbox runs ${spec.artifact.kind} artifacts only with namespaces (as root); this agent runs without isolation`);
+        const plan = await containerPlan(spec);
+        return new Adapted(spec, await inner.create({ ...flat(spec), runtime: 'node', entrypoint: describeWorkload(spec), codeDir: plan.source, container: plan }));
+      }
       return new Adapted(spec, await inner.create(toProcessSpec(spec)));
     },
     cleanupLeftovers: () => inner.cleanupLeftovers(),
@@ -24,15 +31,16 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
 
 function toProcessSpec(spec: InstanceSpec): ProcessSpec {
   const a = spec.artifact;
-  if (a.kind !== 'code') throw new AetherError('AETHER_ERR_VALIDATION', `the process sandbox runs code directories, not ${a.kind} artifacts`);
+  if (a.kind !== 'code') throw new AetherError('AETHER_ERR_INTERNAL', `toProcessSpec of a ${a.kind} artifact`);
   if (spec.command) throw new AetherError('AETHER_ERR_VALIDATION', 'the process sandbox runs the entrypoint with its runtime; a command is not supported');
+  return { ...flat(spec), runtime: a.runtime, entrypoint: a.entrypoint, codeDir: a.dir };
+}
+
+function flat(spec: InstanceSpec): Omit<ProcessSpec, 'runtime' | 'entrypoint' | 'codeDir'> {
   return {
     instanceId: spec.instanceId,
     functionId: spec.owner.id,
     functionName: spec.owner.name,
-    runtime: a.runtime,
-    entrypoint: a.entrypoint,
-    codeDir: a.dir,
     env: spec.env,
     port: spec.listen.port,
     memoryMb: spec.resources.memoryMb,

@@ -1,3 +1,4 @@
+import type { ContainerPlan } from './container.ts';
 import type { Endpoint, ExitInfo, InstanceState, LogLine, Runtime as WorkloadRuntime, RuntimeInstance as WorkloadInstance } from '../types.ts';
 
 /**
@@ -17,6 +18,8 @@ export interface InstanceSpec {
   memoryMb: number;
   vcpu: number;
   pidsMax: number;
+  /** An image or rootfs artifact: run as a container (container.ts); codeDir/entrypoint/runtime are then unused. */
+  container?: ContainerPlan;
 }
 
 export type { Endpoint, ExitInfo, InstanceState, LogLine };

@@ -11,6 +11,7 @@ import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, removeAgentCgroups,
 import { findBin } from '../host.ts';
 import { DEFAULT_LOG_LIMITS, LineSplitter, LogHub, LogPump, type LogLimits } from '../logs.ts';
 import { seccompFilter } from './seccomp.ts';
+import { releaseContainer, releaseLeftoverContainers, writeContainerRecord, type ContainerPlan } from './container.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './legacy.ts';
 
 export interface ProcessRuntimeOptions {
@@ -37,6 +38,7 @@ export interface ProcessRuntimeOptions {
 const SANDBOX_DIR = join(dirname(fileURLToPath(import.meta.url)), 'sandbox');
 const LAUNCHER = join(SANDBOX_DIR, 'launch.pl');
 const FORWARDER = join(SANDBOX_DIR, 'forwarder.mjs');
+const CONTAINER_LAUNCHER = join(SANDBOX_DIR, 'container.pl');
 const TOOL_PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 const USER_PATH = '/usr/local/bin:/usr/bin:/bin';
 /**
@@ -57,6 +59,8 @@ const PS_PAD = ' '.repeat(512);
 const SANDBOX_CODE = '/run/aether/code';
 /** mount, setgroups, setresgid, setresuid, prctl: the syscalls launch.pl makes, by architecture. */
 const SYSCALLS: Record<string, string> = { x64: '165,116,119,117,157', arm64: '40,159,149,147,167' };
+/** container.pl's: the same, then pivot_root, umount2, mknodat. */
+const CONTAINER_SYSCALLS: Record<string, string> = { x64: '165,116,119,117,157,155,166,259', arm64: '40,159,149,147,167,41,39,33' };
 
 let warnedNone = false;
 
@@ -92,6 +96,8 @@ interface Ctx {
   dataDir: string;
   agentId: string;
   socketsDir: string;
+  /** Records of container instances' loop devices (container.ts). */
+  containersDir: string;
   tools: Tools;
   mounts: Record<Controller, string>;
   nodeBin: string;
@@ -130,6 +136,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     dataDir,
     agentId,
     socketsDir,
+    containersDir: join(dataDir, 'containers'),
     tools,
     mounts: mounts as Record<Controller, string>,
     nodeBin: opts.nodeBin ?? process.execPath,
@@ -182,6 +189,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       } catch {
         // no sockets dir
       }
+      for (const id of await releaseLeftoverContainers(ctx.containersDir, (i) => live.has(i))) logger.info({ instanceId: id }, 'released a leftover container');
       if (live.size === 0) removeAgentDirs(ctx);
       for (const id of sweepDeadAgents(ctx.mounts, agentId)) logger.info({ agent: id }, 'removed the empty cgroups of an agent that is gone');
     },
@@ -319,12 +327,12 @@ class Spare {
   #child: ChildProcess | undefined;
   #dead = false;
 
-  constructor(ctx: Ctx, fwd: Forwarder) {
+  constructor(ctx: Ctx, fwd: Forwarder, launcher = LAUNCHER) {
     this.fwd = fwd;
     this.launcher = fwd.netnsReady().then((ok) => {
       if (!ok || this.#dead) return undefined;
       const t = ctx.tools as SandboxTools;
-      const args = ['--pdeathsig', 'KILL', '--', t.nsenter, `--net=/proc/${fwd.child.pid}/ns/net`, '--', t.unshare, ...NS_FLAGS, '--', t.perl, LAUNCHER, PS_PAD];
+      const args = ['--pdeathsig', 'KILL', '--', t.nsenter, `--net=/proc/${fwd.child.pid}/ns/net`, '--', t.unshare, ...NS_FLAGS, '--', t.perl, launcher, PS_PAD];
       // root tools run with a bare environment; the assignment (and the program's env) goes through stdin
       const child = spawn(t.setpriv, args, { env: { PATH: TOOL_PATH }, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
       this.#child = child;
@@ -520,6 +528,7 @@ class ProcessInstance implements RuntimeInstance {
     if (this.#state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
     const spec = this.spec;
     if (!/^[A-Za-z0-9._-]+$/.test(spec.instanceId)) throw new AetherError('AETHER_ERR_VALIDATION', `bad instance id ${JSON.stringify(spec.instanceId)}`);
+    if (spec.container) return this.#startContainer(spec.container);
     const codeDir = resolve(spec.codeDir);
     const entry = resolve(codeDir, spec.entrypoint);
     const rel = relative(codeDir, entry);
@@ -541,6 +550,23 @@ class ProcessInstance implements RuntimeInstance {
     }
   }
 
+  async #startContainer(plan: ContainerPlan): Promise<void> {
+    if (this.#ctx.mode !== 'namespaces') throw new AetherError('AETHER_ERR_CONTAINER_UNAVAILABLE', `instance ${this.id}: ${plan.kind} artifacts need the namespaces sandbox (root)`);
+    this.#state = 'starting';
+    try {
+      await this.#startSandboxed(plan.source, plan.argv, plan);
+    } catch (err) {
+      this.#markGone();
+      this.#spare?.kill();
+      this.#cg?.remove();
+      await releaseContainer(this.#ctx.containersDir, this.id);
+      this.#exit = { code: null, signal: null, reason: `could not start: ${(err as Error).message}` };
+      this.#state = 'exited';
+      this.#resolveExit(this.#exit);
+      throw err;
+    }
+  }
+
   #programEnv(port: number): Record<string, string> {
     return {
       PATH: USER_PATH,
@@ -554,7 +580,7 @@ class ProcessInstance implements RuntimeInstance {
     };
   }
 
-  async #startSandboxed(codeDir: string, argv: string[]): Promise<void> {
+  async #startSandboxed(codeDir: string, argv: string[], plan?: ContainerPlan): Promise<void> {
     const ctx = this.#ctx;
     const spec = this.spec;
     this.#port = spec.port;
@@ -570,7 +596,10 @@ class ProcessInstance implements RuntimeInstance {
     } catch {
       // no stale socket
     }
-    const spare = (ctx.pool as SparePool).take();
+    // a container gets a chain of its own (container.pl), started now: services start rarely
+    const spare = plan
+      ? new Spare(ctx, new Forwarder(ctx, join(ctx.socketsDir, `.fwd-${process.pid}-${spec.instanceId}.tmp`)), CONTAINER_LAUNCHER)
+      : (ctx.pool as SparePool).take();
     this.#spare = spare;
     const fwd = spare.fwd;
     this.#forwarder = fwd;
@@ -590,6 +619,16 @@ class ProcessInstance implements RuntimeInstance {
     if (!child || !spare.alive) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the sandbox could not start`);
     if (this.#stopRequested) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} was stopped while starting`);
     const uid = ctx.uidBase + (ctx.nextUid++ % 10_000);
+    if (plan) {
+      const record = writeContainerRecord(ctx.containersDir, spec.instanceId, plan.source);
+      // container.pl's assignment (see its header), then the program's env
+      const assignment = [
+        ...cg.joinFiles(), plan.kind, plan.source, record, String(plan.uid ?? uid), String(plan.gid ?? uid), String(Math.max(16, Math.floor(spec.memoryMb))),
+        CONTAINER_SYSCALLS[process.arch] as string, ctx.seccomp, plan.workdir, String(plan.writable.length), ...plan.writable, String(argv.length), ...argv,
+      ];
+      this.#launch(child, `${assignment.join('\0')}\0${envRecords(plan.env)}`, fwd);
+      return;
+    }
     // "over any other function's code": the code dir's parent is the code cache
     const hide = outermost([...ctx.hide, ...[dirname(codeDir)].filter((d) => safeToHide(ctx, d))]);
     const tmpMb = Math.max(16, Math.floor(spec.memoryMb));
@@ -598,12 +637,17 @@ class ProcessInstance implements RuntimeInstance {
       ...cg.joinFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string, ctx.seccomp,
       String(hide.length), ...hide, String(argv.length), ...argv,
     ];
+    this.#launch(child, `${assignment.join('\0')}\0${envRecords(this.#programEnv(spec.port))}`, fwd);
+  }
+
+  /** Hand the waiting launcher its assignment and the forwarder its socket. */
+  #launch(child: ChildProcess, input: string, fwd: Forwarder): void {
     this.#endpoint = { kind: 'unix', path: this.#sockPath, preamble: true };
     child.ref();
     for (const st of [child.stdin, child.stdout, child.stderr]) (st as unknown as { ref?: () => void } | null)?.ref?.();
     this.#attach(child);
-    child.stdin?.end(`${assignment.join('\0')}\0${envRecords(this.#programEnv(spec.port))}`);
-    fwd.assign(this.#sockPath, spec.port);
+    child.stdin?.end(input);
+    fwd.assign(this.#sockPath, this.spec.port);
   }
 
   async #startPlain(codeDir: string, argv: string[]): Promise<void> {
@@ -675,6 +719,7 @@ class ProcessInstance implements RuntimeInstance {
       } catch {
         // never published
       }
+      if (this.spec.container) await releaseContainer(ctx.containersDir, this.id);
     }
     if (this.#forwarderLost && !info.reason) info.reason = 'its forwarder exited';
     if (spawnError) info.reason = spawnError;
