@@ -161,8 +161,8 @@ test('a request through the agent server /internal/forward reaches the function 
   assert.equal(r.status, 200);
   assert.deepEqual(JSON.parse(r.body), { method: 'PUT', url: '/a/b?q=2', body: 'data', fwd: '198.51.100.7', fn: 'hello-it', greeting: 'hi' });
   const missing = await httpCall(`${agentUrl}/internal/forward/inst-nope/x`);
-  assert.equal(missing.status, 502);
-  assert.equal((JSON.parse(missing.body) as { error: { code: string } }).error.code, 'AETHER_ERR_UPSTREAM');
+  assert.equal(missing.status, 503);
+  assert.equal((JSON.parse(missing.body) as { error: { code: string } }).error.code, 'AETHER_ERR_UPSTREAM_UNREACHED');
 });
 
 test('logs over HTTP need the admin token', async () => {

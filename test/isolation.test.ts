@@ -111,12 +111,12 @@ describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
     return dir;
   }
 
-  function spec(dir: string, entrypoint: string, over: { env?: Record<string, string>; memoryMb?: number; pidsMax?: number } = {}): InstanceSpec {
+  function spec(dir: string, entrypoint: string, over: { env?: Record<string, string>; memoryMb?: number; pidsMax?: number; runtime?: 'node' | 'python' } = {}): InstanceSpec {
     const id = `i${n++}`;
     return contractSpec({
       instanceId: id,
       owner: { kind: 'function', id: `f-${id}`, name: 'iso' },
-      artifact: { kind: 'code', dir, runtime: 'node', entrypoint },
+      artifact: { kind: 'code', dir, runtime: over.runtime ?? 'node', entrypoint },
       env: over.env ?? {},
       resources: { memoryMb: over.memoryMb ?? 128, vcpu: 1, pidsMax: over.pidsMax ?? 32 },
     });
@@ -212,6 +212,80 @@ describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
     } finally {
       await rm(cache, { recursive: true, force: true });
     }
+  });
+
+  it('refuses what the seccomp filter denies (user namespaces, AF_VSOCK, keyctl, bpf, ...); normal programs still work', async () => {
+    const x64 = process.arch === 'x64';
+    // syscall numbers for the probe (x86_64 / arm64)
+    const nr = x64
+      ? { keyctl: 250, add_key: 248, bpf: 321, perf_event_open: 298, userfaultfd: 323, io_uring_setup: 425, unshare: 272, mount: 165 }
+      : { keyctl: 219, add_key: 217, bpf: 280, perf_event_open: 241, userfaultfd: 282, io_uring_setup: 425, unshare: 97, mount: 40 };
+    const py = `
+import ctypes, json, os, socket, subprocess, threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+NR = json.loads(os.environ['NR'])
+libc = ctypes.CDLL(None, use_errno=True)
+def sc(name, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(NR[name], *[ctypes.c_long(a) for a in args])
+    return 'ok' if r >= 0 else os.strerror(ctypes.get_errno())
+def run(*cmd):
+    p = subprocess.run(list(cmd), capture_output=True, text=True)
+    return {'code': p.returncode, 'out': p.stdout.strip(), 'err': p.stderr.strip()[-300:]}
+def sock(family, kind=socket.SOCK_STREAM):
+    try:
+        socket.socket(family, kind).close()
+        return 'ok'
+    except OSError as e:
+        return os.strerror(e.errno)
+def thread():
+    box = []
+    t = threading.Thread(target=lambda: box.append(1)); t.start(); t.join()
+    return 'ok' if box == [1] else 'no'
+def probe():
+    return {
+        'unshareU': run('unshare', '-U', 'true'),
+        'unshareUr': run('unshare', '-Ur', 'id', '-u'),
+        'unshareNet': run('unshare', '-n', 'true'),
+        'vsock': sock(socket.AF_VSOCK),
+        'keyctl': sc('keyctl', 0, -3, 0),  # KEYCTL_GET_KEYRING_ID of the session keyring
+        'add_key': sc('add_key', 0, 0, 0, 0, 0),
+        'bpf': sc('bpf', 9999, 0, 0),  # an unknown command: EINVAL without the filter
+        'perf_event_open': sc('perf_event_open', 0, 0, -1, -1, 0),
+        'userfaultfd': sc('userfaultfd', 1),  # UFFD_USER_MODE_ONLY: allowed to anyone without the filter
+        'io_uring_setup': sc('io_uring_setup', 1, 0),
+        'mount': sc('mount', 0, 0, 0, 0, 0),
+        # positive controls: what ordinary programs do
+        'inet': sock(socket.AF_INET), 'inet6': sock(socket.AF_INET6), 'unix': sock(socket.AF_UNIX),
+        'netlink': sock(socket.AF_NETLINK, socket.SOCK_RAW),
+        'thread': thread(),
+        'sh': run('/bin/sh', '-c', 'echo hi from sh'),
+        'node': run(os.environ['NODE_BIN'], '-e', "new (require('worker_threads').Worker)('1', { eval: true }).on('exit', (c) => console.log('worker', c))"),
+    }
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps(probe()).encode()
+        self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)
+HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
+`;
+    const dir = codeDir('seccomp', { 'probe.py': py });
+    const inst = await runtime.create(spec(dir, 'probe.py', { runtime: 'python', env: { NR: JSON.stringify(nr), NODE_BIN: process.execPath } }));
+    await inst.start();
+    await inst.waitReady(20_000);
+    const res = await requestEndpoint(inst.endpoint);
+    assert.equal(res.status, 200, res.body);
+    const r = JSON.parse(res.body) as Record<string, string | { code: number; out: string; err: string }>;
+    const eperm = 'Operation not permitted';
+    for (const k of ['unshareU', 'unshareUr', 'unshareNet'] as const) {
+      const u = r[k] as { code: number; err: string };
+      assert.notEqual(u.code, 0, `${k} must fail: ${JSON.stringify(u)}`);
+      assert.match(u.err, /Operation not permitted/, `${k}: ${JSON.stringify(u)}`);
+    }
+    for (const k of ['vsock', 'keyctl', 'add_key', 'bpf', 'perf_event_open', 'userfaultfd', 'io_uring_setup', 'mount']) assert.equal(r[k], eperm, `${k}: ${JSON.stringify(r[k])}`);
+    for (const k of ['inet', 'inet6', 'unix', 'netlink', 'thread']) assert.equal(r[k], 'ok', `${k}: ${JSON.stringify(r[k])}`);
+    assert.deepEqual(r['sh'], { code: 0, out: 'hi from sh', err: '' });
+    assert.equal((r['node'] as { out: string }).out, 'worker 0', JSON.stringify(r['node']));
+    await inst.stop();
   });
 
   it('kills a memory hog with reason oom', async () => {

@@ -247,8 +247,13 @@ test('an instance that exits is deregistered at once and its logs survive', asyn
   inst.print('handling things');
   const deaths = await counterValue(metrics.vmDeaths, { function_id: 'fn-1' });
   inst.crash({ code: 137, reason: 'killed by the memory limit (oom)' });
+  // the same tick: no request goes to it any more, and the refusal says nothing reached it
+  await assert.rejects(
+    h.agent.forward(id, {} as IncomingMessage, {} as ServerResponse, { path: '/' }),
+    (err: { code?: string }) => err.code === 'AETHER_ERR_UPSTREAM_UNREACHED',
+  );
   await until(async () => (await h.record(id)) === undefined, 'key deleted');
-  assert.equal(h.agent.localInstances()[0]?.state, 'stopping');
+  await until(() => (h.agent.localInstances()[0]?.state === 'stopping' ? true : undefined), 'stopping');
   teardown();
   await until(() => h.agent.localInstances().length === 0, 'forgotten');
   const texts = h.agent.tailLogs('fn-1', 100).map((e) => `${e.stream}:${e.text}`);
@@ -257,7 +262,7 @@ test('an instance that exits is deregistered at once and its logs survive', asyn
   assert.equal(await counterValue(metrics.vmDeaths, { function_id: 'fn-1', reason: 'oom' }), deaths + 1);
   await assert.rejects(
     h.agent.forward(id, {} as IncomingMessage, {} as ServerResponse, { path: '/' }),
-    (err: { code?: string }) => err.code === 'AETHER_ERR_UPSTREAM',
+    (err: { code?: string }) => err.code === 'AETHER_ERR_UPSTREAM_UNREACHED',
   );
 });
 
@@ -380,9 +385,10 @@ test('the agent HTTP server: healthz, unknown routes, forwarding errors, followe
   assert.equal(fwd.status, 200);
   const echo = JSON.parse(fwd.body) as { url: string; env: Record<string, string> };
   assert.deepEqual([echo.url, echo.env.AETHER_INSTANCE_ID], ['/x?y=1', id], 'reached that instance with the path');
-  const bad = await get('/internal/forward/inst-unknown/');
-  assert.equal(bad.status, 502);
-  assert.match(bad.body, /AETHER_ERR_UPSTREAM/);
+  const badRes = await fetch(`${base}/internal/forward/inst-unknown/`);
+  assert.equal(badRes.status, 503);
+  assert.equal(badRes.headers.get('x-aether-error-code'), 'AETHER_ERR_UPSTREAM_UNREACHED', 'coded for the gateway: retry elsewhere');
+  assert.match(await badRes.text(), /AETHER_ERR_UPSTREAM_UNREACHED/);
 
   h.runtime.instances.get(id)?.print('first');
   const ac = new AbortController();

@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { AetherError, metrics, newId, type TimerHandle } from '../core/index.ts';
-import { closeEndpoint, forward as proxyForward } from '../proxy/index.ts';
+import { closeEndpoint, forward as proxyForward, ProxyError } from '../proxy/index.ts';
 import type { Job } from '../queue/index.ts';
 import type { ExitInfo, InstanceSpec, LogLine, Runtime, RuntimeInstance } from '../runtime/index.ts';
 import { planScaleDown, type InstanceLoad, type ScalePolicy } from '../scaler/index.ts';
@@ -53,6 +53,8 @@ interface Local {
   /** Last lines it printed, quoted when its start fails. */
   recent: string[];
   exit: ExitInfo | undefined;
+  /** Its program exited or became unreachable (the runtime said so at once): no request goes to it. */
+  gone: boolean;
   /** Key writes for this instance, applied in order (a late put must never resurrect a deleted key). */
   keyChain: Promise<void>;
   idleWaiters: (() => void)[];
@@ -449,6 +451,7 @@ class AgentImpl implements Agent {
       record: undefined,
       recent: [],
       exit: undefined,
+      gone: false,
       keyChain: Promise.resolve(),
       idleWaiters: [],
       counted: false,
@@ -501,11 +504,13 @@ class AgentImpl implements Agent {
       const rt = await runtime.create(spec);
       l.rt = rt;
       rt.onLog((line) => this.#onLine(l, line));
+      rt.onGone(() => this.#onGone(l));
       void rt.exited.then((info) => this.#onExit(l, info));
       await rt.start();
       l.launched = true;
       await rt.waitReady(Math.max(config.startupTimeoutMs, runtime.minStartupMs ?? 0), this.#stopAc.signal);
       if (l.exit) throw new AetherError('AETHER_ERR_COLD_START_FAILED', describeExit(l.exit));
+      if (l.gone) throw new AetherError('AETHER_ERR_COLD_START_FAILED', 'the instance exited right after it started listening');
       if (this.#stopAc.signal.aborted) throw this.#stopAc.signal.reason;
 
       const now = clock.now();
@@ -594,6 +599,7 @@ class AgentImpl implements Agent {
   // ---------------------------------------------------------------- instance lifecycle
 
   #onLine(l: Local, line: LogLine): void {
+    if (line.dropped) metrics.logLinesDropped.inc({ function_id: l.fnId }, line.dropped);
     const entry: LogEntry = { time: line.time, instance_id: l.id, stream: line.stream, text: line.text };
     this.#logs.append(l.fnId, entry);
     l.recent.push(line.stream === 'system' ? `[system] ${line.text}` : line.text);
@@ -603,6 +609,16 @@ class AgentImpl implements Agent {
   /** A line from the agent itself about an instance. */
   #system(l: Local, text: string): void {
     this.#onLine(l, { time: this.#d.clock.now(), stream: 'system', text });
+  }
+
+  /**
+   * The program just exited (its sandbox is still being cleaned up): before anything else, stop
+   * routing to it here (forward refuses it) and in every gateway (its key goes).
+   */
+  #onGone(l: Local): void {
+    l.gone = true;
+    if (l.state !== 'ready' && l.state !== 'draining') return;
+    this.#deleteRecord(l).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not delete the key of a dead instance'));
   }
 
   #onExit(l: Local, info: ExitInfo): void {
@@ -758,13 +774,17 @@ class AgentImpl implements Agent {
   ): Promise<{ status: number }> {
     const l = this.#locals.get(instanceId);
     // Draining instances still serve what reaches them (a gateway's view may lag by a moment).
-    if (!l || (l.state !== 'ready' && l.state !== 'draining') || !l.rt) {
-      throw new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId} is not running on agent ${this.id}`);
+    if (!l || l.gone || (l.state !== 'ready' && l.state !== 'draining') || !l.rt) {
+      throw new AetherError('AETHER_ERR_UPSTREAM_UNREACHED', `instance ${instanceId} is not running on agent ${this.id}`);
     }
     l.inflight++;
     try {
       const t = target.headers ? { endpoint: l.rt.endpoint, path: target.path, headers: target.headers } : { endpoint: l.rt.endpoint, path: target.path };
       return await proxyForward(req, res, t, opts);
+    } catch (err) {
+      // Nothing reached the program (it is not listening any more): one coded signal for the caller.
+      if (err instanceof ProxyError && err.phase === 'connect') throw new AetherError('AETHER_ERR_UPSTREAM_UNREACHED', `instance ${instanceId}: ${err.message}`, { cause: err });
+      throw err;
     } finally {
       l.inflight--;
       l.lastActiveAt = this.#d.clock.now();

@@ -1,12 +1,13 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { AetherError, errorBody } from '../core/index.ts';
-import { RETRYABLE_HEADER, ProxyError } from '../proxy/index.ts';
+import { AGENT_ERROR_HEADER } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
 const FORWARD_PREFIX = '/internal/forward/';
 const LOGS_PREFIX = '/internal/logs/';
 const MAX_TAIL = 1000;
+const MAX_FOLLOW_BUFFER = 4 * 1024 * 1024;
 
 /**
  * The agent's own HTTP surface: health, the gateway -> agent forwarding hop, and logs. Plain
@@ -64,12 +65,9 @@ function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: Ser
       res.destroy();
       return;
     }
-    if (err instanceof ProxyError) {
-      // 'connect': nothing reached the instance, so the gateway may retry on another one.
-      sendError(res, new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId}: ${err.message} (${err.phase})`), err.phase === 'connect');
-      return;
-    }
-    sendError(res, err, err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM');
+    // AETHER_ERR_UPSTREAM_UNREACHED (nothing reached the program) goes back coded: the gateway
+    // sends the request to another instance.
+    sendError(res, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UPSTREAM', `instance ${instanceId}: ${(err as Error).message}`));
   });
 }
 
@@ -88,7 +86,11 @@ function logsRoute(agent: Agent, followers: Set<ServerResponse>, fnId: string, p
   if (buf) res.write(buf);
   res.flushHeaders();
   followers.add(res);
-  const unsubscribe = agent.followLogs(fnId, (e) => res.write(`${JSON.stringify(e)}\n`));
+  const unsubscribe = agent.followLogs(fnId, (e) => {
+    // a follower that does not read is cut off rather than buffered without bound
+    if (res.writableLength > MAX_FOLLOW_BUFFER) res.destroy();
+    else res.write(`${JSON.stringify(e)}\n`);
+  });
   const done = (): void => {
     unsubscribe();
     followers.delete(res);
@@ -110,13 +112,13 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
   res.end(s);
 }
 
-function sendError(res: ServerResponse, err: unknown, nothingSent = false): void {
+function sendError(res: ServerResponse, err: unknown): void {
   const { status, body } = errorBody(err);
   res.writeHead(status, {
     'content-type': 'application/json',
     'content-length': Buffer.byteLength(body),
-    // The gateway retries on another instance only when the request never reached this one.
-    ...(nothingSent ? { [RETRYABLE_HEADER]: '1' } : {}),
+    // The agent's own answer, coded (a function's x-aether-* headers never get through the agent).
+    [AGENT_ERROR_HEADER]: err instanceof AetherError ? err.code : 'AETHER_ERR_INTERNAL',
   });
   res.end(body);
 }

@@ -27,6 +27,7 @@ export const ERROR_CODES = {
   AETHER_ERR_UPSTREAM: { status: 502, text: 'the instance failed while answering' },
   AETHER_ERR_IMAGE_INVALID: { status: 400, text: 'the image source is not a readable directory, docker-save or OCI layout archive' },
   AETHER_ERR_GUEST_BUILD: { status: 500, text: 'a VM guest part (aether-init, initramfs, root image) could not be built' },
+  AETHER_ERR_UPSTREAM_UNREACHED: { status: 503, text: 'no instance could be reached; the request was not delivered' },
   AETHER_ERR_INTERNAL: { status: 500, text: 'internal error' },
 } as const satisfies Record<string, { status: number; text: string }>;
 

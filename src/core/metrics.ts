@@ -21,5 +21,6 @@ export const metrics = {
   codeCacheHits: new client.Counter({ name: 'aether_code_cache_hits_total', help: 'Code cache hits', ...opts }),
   codeCacheMisses: new client.Counter({ name: 'aether_code_cache_misses_total', help: 'Code cache misses (downloads)', ...opts }),
   scaleEvents: new client.Counter({ name: 'aether_scale_events_total', help: 'Scale decisions taken', labelNames: ['function_id', 'direction'] as const, ...opts }),
+  logLinesDropped: new client.Counter({ name: 'aether_log_lines_dropped_total', help: 'Output lines of instances dropped by the per-instance log rate limit', labelNames: ['function_id'] as const, ...opts }),
   queuePublishErrors: new client.Counter({ name: 'aether_queue_publish_errors_total', help: 'Failed provision job publishes', ...opts }),
 };

@@ -7,6 +7,8 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { agentConfig, createAgent, type Agent } from '../agent/index.ts';
 import { DEFAULT_LIMITS } from '../archive/index.ts';
@@ -192,5 +194,74 @@ describe('invoker: an update racing a cold start', { timeout: 60_000 }, () => {
     const r = await pending;
     assert.equal(r.status, 200, r.body);
     assert.equal((JSON.parse(r.body) as { env: Record<string, string> }).env['V'], '2');
+  });
+});
+
+describe('invoker: through the agent HTTP hop (distributed mode)', { timeout: 60_000 }, () => {
+  let dir3: string;
+  let gw3: Gateway;
+  let fns3: FunctionService;
+  let rt3: FakeRuntime;
+  let agentServer: Server;
+  const behaviors3 = new Map<string, FakeBehavior>();
+  const stops: (() => Promise<void>)[] = [];
+
+  before(async () => {
+    dir3 = await mkdtemp(join(tmpdir(), 'aether-invoke-hop-'));
+    const store3 = createSqliteStore({ path: ':memory:' });
+    const queue = createMemoryQueue();
+    const blob = createFsBlobStore({ dir: join(dir3, 'blobs') });
+    rt3 = createFakeRuntime({ behavior: (spec) => behaviors3.get(spec.owner.name) ?? {} });
+    const logger = silentLogger();
+    const holder: { agent?: Agent } = {};
+    agentServer = createServer((req, res) => holder.agent?.handleHttp(req, res));
+    await new Promise<void>((r) => agentServer.listen(0, '127.0.0.1', () => r()));
+    const url = `http://127.0.0.1:${(agentServer.address() as AddressInfo).port}`;
+    const a = createAgent({ store: store3, queue, blob, runtime: rt3, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-hop', url, dataDir: dir3, scaleIntervalMs: 60_000 }) });
+    holder.agent = a;
+    await a.start();
+    fns3 = new FunctionService({ store: store3, blobs: blob, defaultSandbox: 'process', tmpDir: dir3 });
+    // no localAgent: every request goes over HTTP to the agent's /internal/forward
+    gw3 = await startGateway({ store: store3, queue, clock: systemClock, logger, functions: fns3, adminToken: 't', limits: DEFAULT_LIMITS, host: '127.0.0.1', port: 0, gatewayId: 'gw-hop', leaseTtlMs: 10_000, startTimeoutMs: 30_000 });
+    stops.push(() => gw3.close(), () => a.stop(), async () => void agentServer.close(), () => rt3.close(), () => store3.close());
+  });
+
+  after(async () => {
+    for (const s of stops) await s().catch(() => undefined);
+    await rm(dir3, { recursive: true, force: true });
+  });
+
+  async function deploy3(name: string, behavior: FakeBehavior, fields: Record<string, unknown> = {}): Promise<void> {
+    behaviors3.set(name, behavior);
+    await fns3.create({ name, runtime: 'node', ...fields });
+    await fns3.uploadCode(name, await zipOf({ 'handler.js': '// fake' }));
+  }
+
+  test("a function cannot make the gateway replay its requests with x-aether-* headers", async () => {
+    let seen = 0;
+    await deploy3('forger', {
+      handler: (_req, res) => {
+        seen++;
+        res.writeHead(503, { 'x-aether-retryable': '1', 'x-aether-error-code': 'AETHER_ERR_UPSTREAM_UNREACHED', 'x-aether-cold-start': 'forged' });
+        res.end('function says no');
+      },
+    });
+    const r = await fetch(`${gw3.url}/functions/forger/`);
+    assert.equal(r.status, 503);
+    assert.equal(await r.text(), 'function says no', "the function's own answer, relayed once");
+    assert.equal(seen, 1, 'not replayed');
+    assert.equal(r.headers.get('x-aether-retryable'), null);
+    assert.equal(r.headers.get('x-aether-error-code'), null);
+    assert.equal(r.headers.get('x-aether-cold-start'), 'true', "the gateway's own header, not the forged one");
+  });
+
+  test('requests right after an instance dies are served by another instance', async () => {
+    await deploy3('mortal', {});
+    assert.equal((await fetch(`${gw3.url}/functions/mortal/`)).status, 200);
+    const first = [...rt3.instances.values()].find((i) => i.spec.owner.name === 'mortal' && i.inspect().state === 'running');
+    assert.ok(first);
+    first.crash({ signal: 'SIGKILL', code: null });
+    const rs = await Promise.all(Array.from({ length: 5 }, () => fetch(`${gw3.url}/functions/mortal/`).then((x) => x.status)));
+    assert.deepEqual(rs, [200, 200, 200, 200, 200]);
   });
 });

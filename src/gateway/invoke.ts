@@ -154,8 +154,8 @@ export class Invoker {
           status = r.status;
           break;
         } catch (err) {
-          // Raced with scale-down / a dying instance before anything was sent: try another one.
-          const retryable = !req.readableDidRead && !res.headersSent && attempt < 4 && !ac.signal.aborted && isConnectFailure(err);
+          // Raced with scale-down / a dying instance before anything reached it: try another one.
+          const retryable = !req.readableDidRead && !res.headersSent && attempt < 4 && !ac.signal.aborted && isUnreached(err);
           if (!retryable) throw err;
           this.#bad.set(inst.instance_id, this.#d.clock.now() + 5000);
         } finally {
@@ -193,7 +193,8 @@ export class Invoker {
     });
   }
 
-  #send(
+  /** Rejects with AETHER_ERR_UPSTREAM_UNREACHED when nothing of the request reached a program. */
+  async #send(
     inst: InstanceRecord,
     req: IncomingMessage,
     res: ServerResponse,
@@ -206,7 +207,14 @@ export class Invoker {
     if (local && inst.agent_id === local.id) {
       return local.forward(inst.instance_id, req, res, { path, headers }, { signal, responseHeaders });
     }
-    return forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers }, { signal, responseHeaders, retryable: true });
+    try {
+      return await forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers }, { signal, responseHeaders, fromAgent: true });
+    } catch (err) {
+      // 'connect': the agent could not be reached, or answered that the instance could not be
+      // (its coded answer, which no function response can carry).
+      if (err instanceof ProxyError && err.phase === 'connect') throw new AetherError('AETHER_ERR_UPSTREAM_UNREACHED', `instance ${inst.instance_id}: ${err.message}`, { cause: err });
+      throw err;
+    }
   }
 
   #classify(err: unknown, signal: AbortSignal, fn: FunctionRecord): AetherError {
@@ -539,9 +547,9 @@ export class Invoker {
   }
 }
 
-function isConnectFailure(err: unknown): boolean {
-  if (err instanceof ProxyError) return err.phase === 'connect';
-  return err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM' && /not (found|running)|unknown instance|draining|stopped/i.test(err.message);
+/** The request reached no program, so it may go to another instance (the one signal #send gives for it). */
+function isUnreached(err: unknown): boolean {
+  return err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM_UNREACHED';
 }
 
 function forwardedHeaders(req: IncomingMessage): Record<string, string> {

@@ -1,8 +1,11 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { closeAllEndpoints, forward, ProxyError, RETRYABLE_HEADER, type ForwardTarget } from './index.ts';
+import net, { type AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AGENT_ERROR_HEADER, closeAllEndpoints, forward, ProxyError, UNREACHED_CODE, type ForwardTarget } from './index.ts';
 
 let upstream: Server;
 let upPort = 0;
@@ -20,8 +23,9 @@ async function listen(s: Server): Promise<number> {
 before(async () => {
   upstream = createServer((req, res) => {
     if (req.url === '/headers') return res.end(JSON.stringify(req.headers));
-    if (req.url === '/retryable') {
-      res.writeHead(502, { [RETRYABLE_HEADER]: '1' });
+    if (req.url?.startsWith('/unreached')) {
+      // what an agent answers when the instance could not be reached (or a function faking it)
+      res.writeHead(503, { [AGENT_ERROR_HEADER]: UNREACHED_CODE, 'x-aether-retryable': '1', 'x-aether-cold-start': 'forged', 'x-other': 'kept' });
       return res.end('{}');
     }
     if (req.url === '/hop') {
@@ -52,8 +56,8 @@ before(async () => {
   upPort = await listen(upstream);
   route = (req, _res) => ({ endpoint: { kind: 'tcp', host: '127.0.0.1', port: upPort }, path: req.url ?? '/', headers: { 'x-forwarded-host': 'gw' } });
   gateway = createServer((req, res) => {
-    const retryable = req.url === '/retryable';
-    forward(req, res, route(req, res), { responseHeaders: { 'x-aether-invocation-id': 'inv-1' }, retryable }).catch((err: unknown) => {
+    const fromAgent = req.url === '/unreached?from=agent';
+    forward(req, res, route(req, res), { responseHeaders: { 'x-aether-invocation-id': 'inv-1' }, fromAgent }).catch((err: unknown) => {
       lastProxyError = err;
       if (!res.headersSent) res.writeHead(599).end();
       else res.destroy();
@@ -158,10 +162,58 @@ describe('forward', () => {
     }
   });
 
-  test('an agent answer marked retryable becomes a connect failure instead of being relayed', async () => {
-    const r = await call('/retryable');
+  test("a sandbox forwarder's status byte: answered -> relayed without it; closed before it -> connect failure", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'aether-fwd-'));
+    const path = join(dir, 'f.sock');
+    let mode: 'answer' | 'refuse' = 'answer';
+    let got = '';
+    // a stand-in forwarder: reads the request, then either answers (0x01 + the program's bytes) or
+    // closes without the byte (the program could not be reached)
+    const fwd = net.createServer((c) => {
+      c.once('data', (b: Buffer) => {
+        got = b.toString();
+        if (mode === 'refuse') return void c.destroy();
+        c.end(Buffer.concat([Buffer.from([1]), Buffer.from('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-aether-error-code: forged\r\nconnection: close\r\n\r\nhi')]));
+      });
+    });
+    await new Promise<void>((r) => fwd.listen(path, () => r()));
+    const saved = route;
+    route = (_req, _res) => ({ endpoint: { kind: 'unix', path, preamble: true }, path: '/p' });
+    try {
+      const ok = await call('/p');
+      assert.equal(ok.status, 200);
+      assert.equal(ok.body, 'hi');
+      assert.equal(ok.headers['x-aether-error-code'], undefined);
+      mode = 'refuse';
+      lastProxyError = undefined;
+      const r = await call('/p');
+      assert.match(got, /^GET \/p HTTP\/1.1/, 'the request was sent');
+      assert.equal(r.status, 599);
+      assert.ok(lastProxyError instanceof ProxyError);
+      assert.equal(lastProxyError.phase, 'connect', 'no status byte: it reached no program');
+    } finally {
+      route = saved;
+      fwd.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("an agent's coded 'unreached' answer becomes a connect failure instead of being relayed", async () => {
+    const r = await call('/unreached?from=agent');
     assert.equal(r.status, 599);
     assert.ok(lastProxyError instanceof ProxyError);
     assert.equal(lastProxyError.phase, 'connect');
+  });
+
+  test("a function's x-aether-* response headers are dropped: it cannot fake the platform's signals", async () => {
+    lastProxyError = undefined;
+    const r = await call('/unreached');
+    assert.equal(r.status, 503, 'relayed as the function answered');
+    assert.equal(lastProxyError, undefined);
+    assert.equal(r.headers[AGENT_ERROR_HEADER], undefined);
+    assert.equal(r.headers['x-aether-retryable'], undefined);
+    assert.equal(r.headers['x-aether-cold-start'], undefined);
+    assert.equal(r.headers['x-aether-invocation-id'], 'inv-1', 'ours are added after');
+    assert.equal(r.headers['x-other'], 'kept');
   });
 });

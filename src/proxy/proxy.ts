@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import type { Endpoint } from '../spec/index.ts';
+import { preambleConnector } from '../runtime/index.ts';
 
 /**
  * The forwarding primitive of the warm path (gateway -> instance, gateway -> agent -> instance).
@@ -17,12 +18,21 @@ export interface ForwardTarget {
   headers?: Record<string, string>;
 }
 
-/** Set by an agent on an error answer when the request never reached an instance (safe to retry). */
-export const RETRYABLE_HEADER = 'x-aether-retryable';
+/**
+ * On an agent's own error answers: its error code. Trustworthy only from an agent: every `x-aether-*`
+ * header of an upstream response is dropped here, so a function's answer relayed by an agent never
+ * carries one.
+ */
+export const AGENT_ERROR_HEADER = 'x-aether-error-code';
+/** The agent's code for "the request never reached the program": safe to send elsewhere. */
+export const UNREACHED_CODE = 'AETHER_ERR_UPSTREAM_UNREACHED';
 
 export interface ForwardOptions {
-  /** Treat an upstream answer carrying RETRYABLE_HEADER as a connect failure instead of relaying it. */
-  retryable?: boolean;
+  /**
+   * The upstream is an agent: its answer with AGENT_ERROR_HEADER = UNREACHED_CODE rejects as a
+   * connect failure (phase 'connect') instead of being relayed.
+   */
+  fromAgent?: boolean;
   signal?: AbortSignal;
   /** Extra response headers (e.g. x-aether-invocation-id). */
   responseHeaders?: Record<string, string>;
@@ -73,7 +83,8 @@ function poolFor(u: Upstream): Pool {
     // Body/headers timeouts are off: the caller's signal carries the function's timeout_ms.
     // keepAliveTimeout stays under Node's 5 s server default so we never reuse a closing socket.
     const common = { headersTimeout: 0, bodyTimeout: 0, keepAliveTimeout: 4000, keepAliveMaxTimeout: 4000, connectTimeout: 5000 };
-    if (u.kind === 'unix') pool = new Pool('http://localhost', { ...common, socketPath: u.path });
+    if (u.kind === 'unix' && u.preamble) pool = new Pool('http://localhost', { ...common, connect: preambleConnector(u.path, common.connectTimeout) });
+    else if (u.kind === 'unix') pool = new Pool('http://localhost', { ...common, socketPath: u.path });
     else if (u.kind === 'tcp') pool = new Pool(`http://${u.host.includes(':') ? `[${u.host}]` : u.host}:${u.port}`, common);
     else pool = new Pool(u.origin, common);
     pools.set(key, pool);
@@ -81,13 +92,17 @@ function poolFor(u: Upstream): Pool {
   return pool;
 }
 
-/** Drop the pooled connections of an upstream that went away. */
+/**
+ * Drop the pooled connections of an upstream that went away. Gracefully: a request still queued
+ * in the pool then fails to connect (a coded 'connect' failure, sent elsewhere) instead of being
+ * aborted like one that reached the upstream.
+ */
 export async function closeEndpoint(u: Upstream): Promise<void> {
   const key = keyOf(u);
   const pool = pools.get(key);
   if (!pool) return;
   pools.delete(key);
-  await pool.destroy().catch(() => undefined);
+  await pool.close().catch(() => pool.destroy().catch(() => undefined));
 }
 
 export async function closeAllEndpoints(): Promise<void> {
@@ -127,6 +142,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
     let status = 0;
     let controller: Dispatcher.DispatchController | undefined;
     let settled = false;
+    let responded = false;
     const signal = opts.signal;
     const onAbort = (): void => controller?.abort(signal?.reason ?? new Error('aborted'));
     const done = (err?: ProxyError): void => {
@@ -143,15 +159,17 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
         if (signal?.aborted) c.abort(signal.reason);
       },
       onResponseStart(c, statusCode, headers) {
-        if (opts.retryable && headers[RETRYABLE_HEADER] !== undefined) {
-          c.abort(new ProxyError('instance unavailable at its agent', 'connect', false));
+        responded = true;
+        if (opts.fromAgent && headers[AGENT_ERROR_HEADER] === UNREACHED_CODE) {
+          c.abort(new ProxyError('the instance could not be reached at its agent', 'connect', false));
           return;
         }
         status = statusCode;
         const out: Record<string, string | string[]> = {};
         for (const k in headers) {
           const v = headers[k];
-          if (v === undefined || HOP_BY_HOP.has(k)) continue;
+          // x-aether-* are the platform's: a function cannot set them (nor fake an agent's signal)
+          if (v === undefined || HOP_BY_HOP.has(k) || k.startsWith('x-aether-')) continue;
           out[k] = v;
         }
         if (opts.responseHeaders) Object.assign(out, opts.responseHeaders);
@@ -175,7 +193,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
         if (err instanceof ProxyError) return done(err);
         const e = err as { code?: string; message?: string };
         if (signal?.aborted) return done(new ProxyError('request aborted', 'aborted', res.headersSent, err));
-        const connect = !res.headersSent && isConnectError(e.code);
+        const connect = !res.headersSent && (isConnectError(e.code) || (unreadByForwarder(target.endpoint, e.code) && !responded));
         done(new ProxyError(e.message ?? 'upstream failed', connect ? 'connect' : 'upstream', res.headersSent, err));
       },
     };
@@ -198,4 +216,14 @@ function uncork(res: ServerResponse): void {
 
 function isConnectError(code: string | undefined): boolean {
   return code === 'ECONNREFUSED' || code === 'ENOENT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'EHOSTUNREACH' || code === 'ECONNRESET_BEFORE';
+}
+
+/**
+ * A sandbox forwarder closed our connection without reading what we wrote (EPIPE: it was closed
+ * before the write; ECONNRESET on a unix socket: closed with our bytes unread, which it does when
+ * its program's side went away). Those bytes never reached the program. Only for forwarder sockets,
+ * whose peer is ours and never half-reads a request.
+ */
+function unreadByForwarder(u: Upstream, code: string | undefined): boolean {
+  return u.kind === 'unix' && u.preamble === true && (code === 'EPIPE' || code === 'ECONNRESET');
 }

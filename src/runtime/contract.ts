@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client } from 'undici';
+import { preambleConnector } from './endpoint.ts';
 import type { FakeBehavior } from './fake/index.ts';
 import type { Endpoint, InstanceSpec, LogLine, Runtime, RuntimeInstance } from './types.ts';
 
@@ -27,7 +28,7 @@ export async function requestEndpoint(
 ): Promise<EndpointResponse> {
   const client =
     endpoint.kind === 'unix'
-      ? new Client('http://localhost', { socketPath: endpoint.path })
+      ? new Client('http://localhost', endpoint.preamble ? { connect: preambleConnector(endpoint.path) } : { socketPath: endpoint.path })
       : new Client(`http://${endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host}:${endpoint.port}`);
   try {
     const res = await client.request({
@@ -208,6 +209,19 @@ export function runtimeContract(name: string, make: () => Promise<RuntimeHarness
       } finally {
         delete process.env['AETHER_CONTRACT_SECRET'];
       }
+    });
+
+    it('onGone fires when the program exits, before exited settles', OPTS, async () => {
+      const { inst } = await launch('crash.js', CRASH_JS);
+      const order: string[] = [];
+      inst.onGone(() => order.push('gone'));
+      void inst.exited.then(() => order.push('exited'));
+      await inst.exited;
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(order, ['gone', 'exited']);
+      // a late listener still hears it
+      const late = await new Promise<boolean>((r) => inst.onGone(() => r(true)));
+      assert.equal(late, true);
     });
 
     it('a program that exits at once makes waitReady reject with its last output', OPTS, async () => {

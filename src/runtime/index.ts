@@ -3,3 +3,4 @@
 export * from './types.ts';
 export { runtimeContract, requestEndpoint, contractFakeBehavior, contractSpec, CRASH_LINE, type RuntimeHarness, type EndpointResponse } from './contract.ts';
 export { probeHost, probeSandboxes, type HostReport, type SandboxProbe } from './host.ts';
+export { preambleConnector, PREAMBLE_OK } from './endpoint.ts';

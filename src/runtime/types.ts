@@ -60,6 +60,8 @@ export interface LogLine {
   time: number;
   stream: 'stdout' | 'stderr' | 'system';
   text: string;
+  /** On the notice line of the log rate limit: how many lines were dropped. */
+  dropped?: number;
 }
 
 export interface ExitInfo {
@@ -88,6 +90,11 @@ export interface RuntimeInstance {
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined };
   /** Every stdout/stderr line (and driver notes as 'system'). */
   onLog(listener: (line: LogLine) => void): void;
+  /**
+   * Called once, the moment the driver knows the program is gone or unreachable (before its last
+   * output is read and the sandbox cleaned up, so before `exited` settles): stop routing to it.
+   */
+  onGone(listener: () => void): void;
   /** Settles once, when the program has exited (for any reason). */
   readonly exited: Promise<ExitInfo>;
 }

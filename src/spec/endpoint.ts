@@ -5,7 +5,8 @@
  */
 export type Endpoint =
   | { kind: 'tcp'; host: string; port: number; guest?: GuestAddress }
-  | { kind: 'unix'; path: string; guest?: GuestAddress };
+  /** `preamble`: a sandbox forwarder listens there and sends one status byte first (see src/runtime/endpoint.ts). */
+  | { kind: 'unix'; path: string; guest?: GuestAddress; preamble?: boolean };
 
 export interface GuestAddress {
   /** The sandbox's own IP address, e.g. 10.0.2.15 (QEMU user networking) or 172.16.0.2 (a TAP). */

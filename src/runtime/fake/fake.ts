@@ -100,6 +100,7 @@ class Instance implements FakeInstance {
   #pid: number | undefined;
   #exit: ExitInfo | undefined;
   #resolveExit!: (e: ExitInfo) => void;
+  #goneListeners: (() => void)[] = [];
   #server: Server | undefined;
   #listening = false;
   #timers: TimerHandle[] = [];
@@ -121,6 +122,11 @@ class Instance implements FakeInstance {
 
   onLog(listener: (line: LogLine) => void): void {
     this.#logs.on(listener);
+  }
+
+  onGone(listener: () => void): void {
+    if (this.#exit) queueMicrotask(listener);
+    else this.#goneListeners.push(listener);
   }
 
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
@@ -210,6 +216,7 @@ class Instance implements FakeInstance {
     if (this.#exit) return;
     for (const t of this.#timers) this.#clock.clearTimeout(t);
     this.#exit = info;
+    for (const l of this.#goneListeners.splice(0)) l();
     this.#state = 'exited';
     this.#listening = false;
     const server = this.#server;

@@ -72,4 +72,7 @@ class Adapted implements RuntimeInstance {
   onLog(listener: (line: LogLine) => void): void {
     this.#i.onLog(listener);
   }
+  onGone(listener: () => void): void {
+    this.#i.onGone(listener);
+  }
 }

@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../../core/index.ts';
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, v1Usable, type Controller } from '../cgroup.ts';
 import { findBin } from '../host.ts';
-import { LineSplitter, LogHub } from '../logs.ts';
+import { DEFAULT_LOG_LIMITS, LineSplitter, LogHub, LogPump, type LogLimits } from '../logs.ts';
+import { seccompFilter } from '../seccomp.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './legacy.ts';
 
 export interface ProcessRuntimeOptions {
@@ -29,6 +30,8 @@ export interface ProcessRuntimeOptions {
    * dataDir is inside it. The parent of each instance's code dir (the code cache) is always hidden.
    */
   hidePaths?: string[];
+  /** Per-instance limits on reading the program's output (defaults: DEFAULT_LOG_LIMITS). */
+  logLimits?: Partial<LogLimits>;
 }
 
 const SANDBOX_DIR = join(dirname(fileURLToPath(import.meta.url)), 'sandbox');
@@ -98,6 +101,9 @@ interface Ctx {
   pool: SparePool | undefined;
   /** Dirs hidden from every instance (dataDir + hidePaths, the ones safe to hide). */
   hide: string[];
+  /** The seccomp filter launch.pl installs before exec (hex of its BPF instructions). */
+  seccomp: string;
+  logLimits: LogLimits;
 }
 
 export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
@@ -132,6 +138,8 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     nextUid: 0,
     pool: undefined,
     hide: [],
+    seccomp: mode === 'namespaces' ? seccompFilter(process.arch).toString('hex') : '',
+    logLimits: { ...DEFAULT_LOG_LIMITS, ...opts.logLimits },
   };
   for (const d of [dataDir, ...(opts.hidePaths ?? []).map((p) => resolve(p))]) {
     if (safeToHide(ctx, d)) ctx.hide.push(d);
@@ -466,6 +474,8 @@ class ProcessInstance implements RuntimeInstance {
   #resolveExit!: (e: ExitInfo) => void;
   #logs: LogHub;
   #exitStarted = false;
+  #gone = false;
+  #goneListeners: (() => void)[] = [];
   #stopRequested = false;
   #forwarderLost = false;
   /** Wakes a waitReady poll early (the forwarder reported ready). */
@@ -489,6 +499,24 @@ class ProcessInstance implements RuntimeInstance {
     this.#logs.on(listener);
   }
 
+  onGone(listener: () => void): void {
+    if (this.#gone) queueMicrotask(listener);
+    else this.#goneListeners.push(listener);
+  }
+
+  /** The program is gone or unreachable: tell the agent before anything else (cleanup comes later). */
+  #markGone(): void {
+    if (this.#gone) return;
+    this.#gone = true;
+    for (const l of this.#goneListeners.splice(0)) {
+      try {
+        l();
+      } catch {
+        // a failing listener must not stop the teardown
+      }
+    }
+  }
+
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
     return { state: this.#state, pid: this.#child?.pid, exit: this.#exit };
   }
@@ -508,6 +536,7 @@ class ProcessInstance implements RuntimeInstance {
       if (this.#ctx.mode === 'namespaces') await this.#startSandboxed(codeDir, argv);
       else await this.#startPlain(codeDir, argv);
     } catch (err) {
+      this.#markGone();
       this.#spare?.kill();
       this.#cg?.remove();
       this.#exit = { code: null, signal: null, reason: `could not start: ${(err as Error).message}` };
@@ -557,6 +586,7 @@ class ProcessInstance implements RuntimeInstance {
     fwd.child.once('exit', (code, signal) => {
       if (this.#exitStarted) return;
       // without its forwarder the instance is unreachable: end it
+      this.#markGone();
       this.#logs.emit('system', `forwarder exited (code ${code}, signal ${signal})`);
       this.#forwarderLost = true;
       this.#signal('SIGKILL');
@@ -570,10 +600,10 @@ class ProcessInstance implements RuntimeInstance {
     const tmpMb = Math.max(16, Math.floor(spec.memoryMb));
     // launch.pl's assignment (see its header), then the program's env; all on stdin, never on a command line
     const assignment = [
-      ...cg.joinFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string,
+      ...cg.joinFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string, ctx.seccomp,
       String(hide.length), ...hide, String(argv.length), ...argv,
     ];
-    this.#endpoint = { kind: 'unix', path: this.#sockPath };
+    this.#endpoint = { kind: 'unix', path: this.#sockPath, preamble: true };
     child.ref();
     for (const st of [child.stdin, child.stdout, child.stderr]) (st as unknown as { ref?: () => void } | null)?.ref?.();
     this.#attach(child);
@@ -595,30 +625,28 @@ class ProcessInstance implements RuntimeInstance {
   #attach(child: ChildProcess): void {
     this.#child = child;
     this.#logs.emit('system', `starting ${this.spec.entrypoint} (${this.#ctx.mode === 'namespaces' ? 'namespaces+cgroups' : 'no isolation'})`);
-    const open = new Set<string>();
-    const ended = new Promise<void>((res) => {
-      for (const name of ['stdout', 'stderr'] as const) {
-        const stream = child[name];
-        if (!stream) continue;
-        open.add(name);
-        const split = new LineSplitter((t) => this.#logs.emit(name, t));
-        stream.on('data', (b: Buffer) => split.write(b));
-        stream.on('close', () => {
-          split.end();
-          open.delete(name);
-          if (open.size === 0) res();
-        });
-      }
-      if (open.size === 0) res();
-    });
+    const pump = new LogPump(
+      this.#ctx.clock,
+      this.#ctx.logLimits,
+      (name, text) => this.#logs.emit(name, text),
+      (text, dropped) => this.#logs.emit('system', text, dropped),
+    );
+    pump.add('stdout', child.stdout);
+    pump.add('stderr', child.stderr);
+    pump.sealed();
     let done = false;
     const finish = (code: number | null, signal: string | null, reason?: string): void => {
       if (done) return;
       done = true;
       this.#exitStarted = true;
+      this.#markGone();
       this.#wake?.();
       // wait for the last output (it explains most failures), but not for a grandchild holding the pipe
-      void Promise.race([ended, delay(250)]).then(() => this.#finalize(code, signal, reason));
+      pump.drain();
+      void Promise.race([pump.ended, delay(250)]).then(() => {
+        pump.close();
+        return this.#finalize(code, signal, reason);
+      });
     };
     child.on('error', (err) => finish(null, null, `could not start: ${err.message}`));
     child.on('exit', (code, signal) => finish(code, signal));
@@ -722,6 +750,7 @@ class ProcessInstance implements RuntimeInstance {
   async stop(graceMs = 5000): Promise<void> {
     if (this.#state === 'exited') return;
     if (this.#state === 'created') {
+      this.#markGone();
       this.#exit = { code: null, signal: null, reason: 'never started' };
       this.#state = 'exited';
       this.#resolveExit(this.#exit);

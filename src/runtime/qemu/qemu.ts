@@ -298,6 +298,7 @@ class QemuInstance implements RuntimeInstance {
   #logs: LogHub;
   #exit: ExitInfo | undefined;
   #resolveExit!: (e: ExitInfo) => void;
+  #goneListeners: (() => void)[] = [];
   #hostPort = 0;
   #guestExit: number | undefined;
   #reason: string | undefined;
@@ -331,6 +332,11 @@ class QemuInstance implements RuntimeInstance {
 
   onLog(listener: (line: LogLine) => void): void {
     this.#logs.on(listener);
+  }
+
+  onGone(listener: () => void): void {
+    if (this.#exit) queueMicrotask(listener);
+    else this.#goneListeners.push(listener);
   }
 
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
@@ -661,6 +667,7 @@ class QemuInstance implements RuntimeInstance {
     else if (this.#guestExit === undefined && !this.#stopRequested) info.reason = 'the VM stopped before its program exited';
     this.#exit = info;
     this.#state = 'exited';
+    for (const l of this.#goneListeners.splice(0)) l();
     for (const w of this.#startedWaiters) w();
     this.#logs.emit('system', `exited (code ${info.code}, signal ${info.signal}${info.reason ? `, ${info.reason}` : ''})`);
     // Nothing of the instance stays on disk; the version's code drive and template are shared.

@@ -7,6 +7,12 @@
 // After assignment it probes the program's port on the namespace's loopback (a TCP connect every
 // 2 ms: reading /proc/net/tcp costs ~10 ms per read on a big host), then renames its socket to the
 // public path and prints "ready". Each connection to the socket is piped to the program's port.
+// The first byte the forwarder sends on a connection is 0x01, right before the program's first byte
+// (or before passing on the program's clean close, FIN: it had read what it got). A connection
+// closed without that byte never reached the program: connecting failed, or the program's side was
+// reset (RST: closed with our bytes unread, e.g. still in the accept queue of a program being
+// killed), so the agent may send the request elsewhere. The byte comes before anything of the
+// program, which therefore cannot forge the signal. See src/runtime/endpoint.ts.
 import net from 'node:net';
 import { renameSync, unlinkSync } from 'node:fs';
 
@@ -16,6 +22,7 @@ if (!tmpPath) {
   process.exit(2);
 }
 const HOSTS = ['127.0.0.1', '::1'];
+const PREAMBLE = Buffer.from([0x01]);
 let port = 0;
 let sockPath = '';
 // the address the program answered on (it may listen on ::1 only)
@@ -44,11 +51,31 @@ const server = net.createServer({ pauseOnConnect: true }, (client) => {
   upstream.once('error', () => client.destroy());
   upstream.once('connect', () => {
     upstream.setNoDelay(true);
+    let answered = false;
+    const answer = () => {
+      if (answered) return;
+      answered = true;
+      client.write(PREAMBLE);
+    };
+    upstream.on('data', (chunk) => {
+      answer();
+      if (!client.write(chunk)) {
+        upstream.pause();
+        client.once('drain', () => upstream.resume());
+      }
+    });
+    // FIN: the program closed after reading (it had the request): say so, then close
+    upstream.on('end', () => {
+      answer();
+      client.end();
+    });
+    // RST before any answer: nothing was read: close without the byte
     upstream.on('error', () => client.destroy());
+    upstream.on('close', () => {
+      if (!client.writableEnded) client.destroy();
+    });
     client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
     client.pipe(upstream);
-    upstream.pipe(client);
     client.resume();
   });
 });

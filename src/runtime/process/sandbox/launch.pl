@@ -12,11 +12,13 @@
 #  4. bind the code dir read-only at /run/aether/code, a neutral path (nothing of the host's layout
 #     above it, e.g. no package.json changing how node loads .js), through an fd since 3 may hide it;
 #  5. bring loopback up when asked; 6. start the program as an unprivileged uid with no
-#     capabilities and no_new_privs, cwd = the code; 7. stay PID 1, reap, exit with its status
+#     capabilities and no_new_privs, under the seccomp filter (seccomp.ts), cwd = the code;
+#  7. stay PID 1, reap, exit with its status
 #     (128+n when it died of signal n): PID 1 ignores SIGTERM, and the namespace dies with it.
 # Args: ignored (blank padding: see $0 below). stdin, NUL-separated until EOF: the `tasks` files of the 3 cgroups, code dir, uid,
-#   tmpfs MiB, lo-up (0|1), syscall numbers "mount,setgroups,setresgid,setresuid,prctl", N, N dirs
-#   to hide, argc, argc program args, then the program's environment as K=V records.
+#   tmpfs MiB, lo-up (0|1), syscall numbers "mount,setgroups,setresgid,setresuid,prctl", the seccomp
+#   filter (hex of its struct sock_filter array), N, N dirs to hide, argc, argc program args, then
+#   the program's environment as K=V records.
 # No `use strict; use warnings;` here: loading them costs ~4 ms per start. The unit test checks the
 # file with both (perl -Mstrict -Mwarnings -c).
 
@@ -29,8 +31,8 @@ my @in;
   @in = split /\0/, $raw;
 }
 open(STDIN, '<', '/dev/null') or fail('stdin');
-fail('no assignment') unless @in >= 10;
-my ($cg1, $cg2, $cg3, $code, $uid, $tmp_mb, $lo, $nrs, $nhide) = splice(@in, 0, 9);
+fail('no assignment') unless @in >= 11;
+my ($cg1, $cg2, $cg3, $code, $uid, $tmp_mb, $lo, $nrs, $filter, $nhide) = splice(@in, 0, 10);
 my @hide = splice(@in, 0, $nhide);
 my $argc = shift(@in) // 0;
 my @argv = splice(@in, 0, $argc);
@@ -40,7 +42,11 @@ $0 = "$0 $code";
 my ($SYS_mount, $SYS_setgroups, $SYS_setresgid, $SYS_setresuid, $SYS_prctl) = map { $_ + 0 } split /,/, $nrs;
 $uid += 0;
 my ($MS_RDONLY, $MS_NOSUID, $MS_NODEV, $MS_REMOUNT, $MS_BIND) = (1, 2, 4, 32, 4096);
-my ($PR_CAPBSET_DROP, $PR_SET_NO_NEW_PRIVS) = (24, 38);
+my ($PR_SET_SECCOMP, $SECCOMP_MODE_FILTER, $PR_CAPBSET_DROP, $PR_SET_NO_NEW_PRIVS) = (22, 2, 24, 38);
+# struct sock_fprog { unsigned short len; struct sock_filter *filter; } (8 bytes per instruction)
+my $insns = pack('H*', $filter);
+fail('bad seccomp filter') unless length($insns) && length($insns) % 8 == 0;
+my $fprog = pack('S x![P] P', length($insns) / 8, $insns);
 my %env;
 for my $kv (@in) {
   my ($k, $v) = split /=/, $kv, 2;
@@ -115,6 +121,8 @@ if ($pid == 0) {
   syscall($SYS_setresgid, $uid, $uid, $uid) == 0 or fail('setresgid');
   syscall($SYS_setresuid, $uid, $uid, $uid) == 0 or fail('setresuid');
   syscall($SYS_prctl, $PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 or fail('no_new_privs');
+  # last: from here on the refused syscalls answer EPERM (exec and the env are not among them)
+  syscall($SYS_prctl, $PR_SET_SECCOMP, $SECCOMP_MODE_FILTER, $fprog, 0, 0) == 0 or fail('seccomp');
   %ENV = %env;
   exec { $argv[0] } @argv or fail("exec $argv[0]");
 }
