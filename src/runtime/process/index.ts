@@ -1,5 +1,5 @@
 import { AetherError } from '../../core/index.ts';
-import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from '../types.ts';
+import type { AdoptableInstance, Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from '../types.ts';
 import type { InstanceSpec as ProcessSpec, RuntimeInstance as ProcessInstance } from './legacy.ts';
 import { createProcessRuntime as createFlat, type ProcessRuntimeOptions } from './process.ts';
 
@@ -16,6 +16,17 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     isolation: inner.isolation,
     async create(spec: InstanceSpec): Promise<RuntimeInstance> {
       return new Adapted(spec, await inner.create(toProcessSpec(spec)));
+    },
+    adoption: {
+      async list(): Promise<AdoptableInstance[]> {
+        const found = await inner.adoption.list();
+        return found.flatMap((r) => (r.spec.workload ? [{ spec: r.spec.workload, endpoint: r.endpoint, startedAt: r.startedAt }] : []));
+      },
+      async adopt(instanceId: string): Promise<RuntimeInstance> {
+        const i = await inner.adoption.adopt(instanceId);
+        if (!i.spec.workload) throw new AetherError('AETHER_ERR_INTERNAL', `instance ${instanceId} has no workload spec`);
+        return new Adapted(i.spec.workload, i);
+      },
     },
     cleanupLeftovers: () => inner.cleanupLeftovers(),
     close: () => inner.close(),
@@ -38,6 +49,7 @@ function toProcessSpec(spec: InstanceSpec): ProcessSpec {
     memoryMb: spec.resources.memoryMb,
     vcpu: spec.resources.vcpu,
     pidsMax: spec.resources.pidsMax,
+    workload: spec,
   };
 }
 

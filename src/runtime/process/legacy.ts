@@ -1,4 +1,4 @@
-import type { Endpoint, ExitInfo, InstanceState, LogLine, Runtime as WorkloadRuntime, RuntimeInstance as WorkloadInstance } from '../types.ts';
+import type { Endpoint, ExitInfo, InstanceSpec as WorkloadSpec, InstanceState, LogLine, Runtime as WorkloadRuntime, RuntimeInstance as WorkloadInstance } from '../types.ts';
 
 /**
  * The flat, function-shaped spec process.ts was written against. ./index.ts maps a workload
@@ -17,6 +17,8 @@ export interface InstanceSpec {
   memoryMb: number;
   vcpu: number;
   pidsMax: number;
+  /** The workload spec this was mapped from: kept in the adoption record. */
+  workload?: WorkloadSpec;
 }
 
 export type { Endpoint, ExitInfo, InstanceState, LogLine };
@@ -25,6 +27,10 @@ export interface RuntimeInstance extends Omit<WorkloadInstance, 'spec'> {
   readonly spec: InstanceSpec;
 }
 
-export interface Runtime extends Omit<WorkloadRuntime, 'create' | 'snapshots'> {
+export interface Runtime extends Omit<WorkloadRuntime, 'create' | 'snapshots' | 'adoption'> {
   create(spec: InstanceSpec): Promise<RuntimeInstance>;
+  adoption: {
+    list(): Promise<{ spec: InstanceSpec; endpoint: Endpoint; startedAt: number }[]>;
+    adopt(instanceId: string): Promise<RuntimeInstance>;
+  };
 }
