@@ -101,6 +101,11 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     // Warm the second function, then kill -9 and delete it while no platform runs.
     const orphan = (await call(second, 'orphan', '/x')).instance;
     assert.ok(hostPids(orphan).length > 0);
+    // its forwarder runs outside the cgroup and has no AETHER_ env: find it through the record
+    const agentDir = readdirSync(join(first.dataDir, 'runtime', 'instances'))[0] ?? '';
+    const record = JSON.parse(readFileSync(join(first.dataDir, 'runtime', 'instances', agentDir, orphan, 'record.json'), 'utf8')) as { forwarder: { pid: number } };
+    const forwarderAlive = (): boolean => existsSync(`/proc/${record.forwarder.pid}`) && readFileSync(`/proc/${record.forwarder.pid}/cmdline`, 'utf8').includes('forwarder.mjs');
+    assert.ok(forwarderAlive());
     await second.kill();
     const store = createSqliteStore({ path: join(first.dataDir, 'store.db') });
     try {
@@ -116,6 +121,7 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     platforms.push(third);
     // the orphan was stopped at start, before anything was served
     assert.deepEqual(leftovers(first.dataDir, orphan), [], 'nothing of the orphan is left');
+    assert.equal(forwarderAlive(), false, 'its forwarder was stopped too');
     const kept = await call(third, 'kept', '/d');
     assert.deepEqual([kept.instance, kept.cold, kept.n], [id, 'false', 4], 'the kept one was adopted a second time');
 

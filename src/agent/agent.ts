@@ -211,6 +211,14 @@ class AgentImpl implements Agent {
       }
       for (const a of found) {
         const fn = a.spec.owner.kind === 'function' ? this.#functions.get(a.spec.owner.id) : undefined;
+        // Its key under our old lease is still there only if we came back before that lease
+        // expired: past that the cluster has written the instance off (others took its load), and
+        // whatever comes back on this node stops it.
+        const rec = fn ? this.#records.get(KEYS.instance(fn.id, a.spec.instanceId)) : undefined;
+        if (!rec || rec.agent_id !== this.id || rec.status !== 'ready') {
+          logger.info({ instance: a.spec.instanceId, owner: a.spec.owner }, 'not adopting a leftover instance: its registration expired');
+          continue;
+        }
         if (!fn || instanceConfigKey(fn) !== a.spec.version || fn.sandbox !== sandbox || a.spec.artifact.kind !== 'code' || !this.#fits(fn)) {
           logger.info({ instance: a.spec.instanceId, owner: a.spec.owner }, 'not adopting a leftover instance: its function is gone or changed');
           continue;

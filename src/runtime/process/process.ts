@@ -245,6 +245,8 @@ export interface AdoptionRecord {
   /** The launcher chain (unshare; its child launch.pl is the namespace's PID 1) and the forwarder. */
   launcher: ProcRef;
   forwarder: ProcRef;
+  /** The program's uid: not handed to another instance while this one lives. */
+  uid: number;
   /** ms since epoch */
   startedAt: number;
 }
@@ -691,6 +693,8 @@ class ProcessInstance implements RuntimeInstance {
     this.#port = rec.spec.port;
     this.#cg = new InstanceCgroups(this.#ctx.mounts, this.#ctx.agentId, this.id);
     this.#state = 'running';
+    const n = rec.uid - this.#ctx.uidBase;
+    if (n >= 0 && n < 10_000 && n >= this.#ctx.nextUid) this.#ctx.nextUid = n + 1;
     this.#logs.emit('system', `adopted (launcher pid ${rec.launcher.pid})`);
     const finish = this.#pump(fifoReader(join(this.#dir, 'out')), fifoReader(join(this.#dir, 'err')));
     // Not our child: no exit event. Poll both processes (a real timer: OS state, not time).
@@ -800,7 +804,7 @@ class ProcessInstance implements RuntimeInstance {
     if (!launcher || !forwarder) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the sandbox exited before its assignment`);
     // what a restarted agent needs to adopt it (written before the program runs: a crash of the
     // agent from here on leaves an instance that is adopted or stopped, never forgotten)
-    const rec: AdoptionRecord = { v: 1, spec, endpoint: this.#endpoint, launcher, forwarder, startedAt: ctx.clock.now() };
+    const rec: AdoptionRecord = { v: 1, spec, endpoint: this.#endpoint, launcher, forwarder, uid, startedAt: ctx.clock.now() };
     writeFileSync(join(this.#dir, 'record.json.tmp'), JSON.stringify(rec), { mode: 0o600 });
     renameSync(join(this.#dir, 'record.json.tmp'), join(this.#dir, 'record.json'));
     child.ref();
