@@ -68,8 +68,10 @@ async function logsOf(p: RunningPlatform, name: string): Promise<string> {
 
 test('kill -9 of aether up: the instance lives on, is adopted warm by the restart, and stopped once not wanted', { skip: !root && 'needs root', timeout: 180_000 }, async () => {
   const platforms: RunningPlatform[] = [];
+  // A restart adopts only while the old lease lives: make it outlast a slow restart on a busy host.
+  const env = { AETHER_LEASE_TTL_MS: '120000' };
   try {
-    const first = await startAether();
+    const first = await startAether({ env });
     platforms.push(first);
     for (const name of ['kept', 'orphan']) {
       assert.equal((await api(first, 'POST', '/api/functions', { name, runtime: 'node', memory_mb: 128, scale_down_after_s: 3600, scale_to_zero_after_s: 3600 })).status, 201);
@@ -89,7 +91,7 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual(hostPids(id), pids, 'the instance outlives its agent');
 
-    const second = await startAether({ dataDir: first.dataDir, token: first.token });
+    const second = await startAether({ dataDir: first.dataDir, token: first.token, env });
     platforms.push(second);
     const again = await call(second, 'kept', '/c');
     assert.equal(again.instance, id, 'the same instance serves');
@@ -117,7 +119,7 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
       await store.close();
     }
 
-    const third = await startAether({ dataDir: first.dataDir, token: first.token });
+    const third = await startAether({ dataDir: first.dataDir, token: first.token, env });
     platforms.push(third);
     // the orphan was stopped at start, before anything was served
     assert.deepEqual(leftovers(first.dataDir, orphan), [], 'nothing of the orphan is left');
