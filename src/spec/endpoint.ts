@@ -5,7 +5,11 @@
  */
 export type Endpoint =
   | { kind: 'tcp'; host: string; port: number; guest?: GuestAddress }
-  /** `preamble`: a sandbox forwarder listens there and sends one status byte first (see src/runtime/endpoint.ts). */
+  /**
+   * `preamble`: a sandbox forwarder listens there. The first byte it sends on a connection is
+   * PREAMBLE_OK, right before the program's first byte; a connection that ends without it reached
+   * no program (see src/runtime/endpoint.ts).
+   */
   | { kind: 'unix'; path: string; guest?: GuestAddress; preamble?: boolean };
 
 export interface GuestAddress {

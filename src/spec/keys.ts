@@ -10,6 +10,7 @@
  *   /aether/leader/<role>                    leader claim for singleton loops, leased
  *   /aether/provision-results/<requestId>    outcome of a provision job (failure text + last log lines), short lease
  *   /aether/demand/<fnId>/<gatewayId>        a gateway's in-flight and starting counts (scale-up sees all gateways), leased
+ *   /aether/gateways/<gatewayId>             a live gateway and its lease; demand counts only while it is there, leased
  */
 export const KEYS = {
   functions: '/aether/functions/',
@@ -28,6 +29,8 @@ export const KEYS = {
   demands: '/aether/demand/',
   demand: (fnId: string, gatewayId: string): string => `/aether/demand/${fnId}/${gatewayId}`,
   provisionResult: (requestId: string): string => `/aether/provision-results/${requestId}`,
+  gateways: '/aether/gateways/',
+  gateway: (id: string): string => `/aether/gateways/${id}`,
 } as const;
 
 /** Blob key of a function's archive. */

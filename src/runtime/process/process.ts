@@ -11,7 +11,7 @@ import { AetherError, createLogger, systemClock, type Clock, type Logger } from 
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, v1Usable, type Controller } from '../cgroup.ts';
 import { findBin } from '../host.ts';
 import { DEFAULT_LOG_LIMITS, LineSplitter, LogHub, LogPump, type LogLimits } from '../logs.ts';
-import { seccompFilter } from '../seccomp.ts';
+import { seccompFilter } from './seccomp.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './legacy.ts';
 
 export interface ProcessRuntimeOptions {

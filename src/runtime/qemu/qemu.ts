@@ -298,6 +298,7 @@ class QemuInstance implements RuntimeInstance {
   #logs: LogHub;
   #exit: ExitInfo | undefined;
   #resolveExit!: (e: ExitInfo) => void;
+  #gone = false;
   #goneListeners: (() => void)[] = [];
   #hostPort = 0;
   #guestExit: number | undefined;
@@ -335,8 +336,15 @@ class QemuInstance implements RuntimeInstance {
   }
 
   onGone(listener: () => void): void {
-    if (this.#exit) queueMicrotask(listener);
+    if (this.#gone) queueMicrotask(listener);
     else this.#goneListeners.push(listener);
+  }
+
+  /** The program exited (the guest said so) or the VM is gone: stop routing to it before the teardown. */
+  #markGone(): void {
+    if (this.#gone) return;
+    this.#gone = true;
+    for (const l of this.#goneListeners.splice(0)) l();
   }
 
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
@@ -584,7 +592,10 @@ class QemuInstance implements RuntimeInstance {
       for (const w of this.#startedWaiters) w();
     } else if (line.startsWith('AETHER-INIT EXIT')) {
       const n = Number(line.split(' ')[2]);
-      if (Number.isInteger(n)) this.#guestExit = n;
+      if (Number.isInteger(n)) {
+        this.#guestExit = n;
+        this.#markGone();
+      }
     }
   }
 
@@ -658,6 +669,7 @@ class QemuInstance implements RuntimeInstance {
 
   #finalize(code: number | null, signal: string | null, reason?: string): void {
     if (this.#exit) return;
+    this.#markGone();
     this.#qmp?.close();
     for (const s of this.#servers) s.close();
     this.#ctlConn?.destroy();
@@ -667,7 +679,6 @@ class QemuInstance implements RuntimeInstance {
     else if (this.#guestExit === undefined && !this.#stopRequested) info.reason = 'the VM stopped before its program exited';
     this.#exit = info;
     this.#state = 'exited';
-    for (const l of this.#goneListeners.splice(0)) l();
     for (const w of this.#startedWaiters) w();
     this.#logs.emit('system', `exited (code ${info.code}, signal ${info.signal}${info.reason ? `, ${info.reason}` : ''})`);
     // Nothing of the instance stays on disk; the version's code drive and template are shared.
