@@ -479,7 +479,13 @@ class Spare {
       // adopts it or stops it (cleanupLeftovers). `--kill-child` still ties launch.pl to unshare.
       // An unassigned spare ends by itself when its stdin closes (launch.pl: no assignment).
       const args = [`--net=/proc/${fwd.child.pid}/ns/net`, '--', t.unshare, ...NS_FLAGS, '--', t.perl, LAUNCHER, PS_PAD];
-      const [out, err] = makeFifos(dir);
+      let out: number, err: number;
+      try {
+        [out, err] = makeFifos(dir);
+      } catch (e) {
+        ctx.logger.warn({ err: e, dir }, 'process runtime: a spare could not be made');
+        return undefined;
+      }
       // root tools run with a bare environment; the assignment (and the program's env) goes through stdin
       let child: ChildProcess;
       try {
