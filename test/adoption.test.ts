@@ -87,7 +87,7 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     assert.ok(pids.length > 0, 'the program runs on the host');
 
     // kill -9 of the whole platform (gateway and agent in one process)
-    await first.kill();
+    await first.kill({ keepSandboxes: true });
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual(hostPids(id), pids, 'the instance outlives its agent');
 
@@ -108,7 +108,7 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     const record = JSON.parse(readFileSync(join(first.dataDir, 'runtime', 'instances', agentDir, orphan, 'record.json'), 'utf8')) as { forwarder: { pid: number } };
     const forwarderAlive = (): boolean => existsSync(`/proc/${record.forwarder.pid}`) && readFileSync(`/proc/${record.forwarder.pid}/cmdline`, 'utf8').includes('forwarder.mjs');
     assert.ok(forwarderAlive());
-    await second.kill();
+    await second.kill({ keepSandboxes: true });
     const store = createSqliteStore({ path: join(first.dataDir, 'store.db') });
     try {
       const fns = await store.list(KEYS.functions);

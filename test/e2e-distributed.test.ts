@@ -189,7 +189,7 @@ if (skip) {
       const load = Promise.all([client(gw(0)), client(gw(1))]);
       await sleep(2000);
       killedAt = Date.now();
-      await victim.kill();
+      await victim.kill({ keepSandboxes: true });
       agents.delete(victimId);
       await load;
 

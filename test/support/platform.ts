@@ -1,9 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { zipOf } from '../../src/archive/testing.ts';
+import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, v1Usable } from '../../src/runtime/cgroup.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const AETHER_BIN = join(ROOT, 'bin/aether.mjs');
@@ -11,10 +12,50 @@ export const AETHER_BIN = join(ROOT, 'bin/aether.mjs');
 /** Shared by every gateway and agent this test process starts (`up` derives its own). */
 export const CLUSTER_TOKEN = randomBytes(24).toString('hex');
 
-const children = new Set<ChildProcess>();
+const children = new Map<ChildProcess, string>();
 process.once('exit', () => {
-  for (const c of children) c.kill('SIGKILL');
+  for (const [c, dataDir] of children) {
+    c.kill('SIGKILL');
+    reapSandboxes(dataDir);
+  }
 });
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/**
+ * Stop the sandboxes a SIGKILLed platform left on this data dir, as an agent coming back there
+ * would: instances outlive a killed agent (they wait to be adopted), tests must not leak them.
+ * Synchronous, so it also runs when the test process exits.
+ */
+export function reapSandboxes(dataDir: string): void {
+  let agentId: string;
+  try {
+    agentId = readFileSync(join(dataDir, 'agent-id'), 'utf8').trim().replace(/[^A-Za-z0-9._-]/g, '_');
+  } catch {
+    return;
+  }
+  const dir = join(dataDir, 'runtime', 'instances', agentId);
+  for (const name of existsSync(dir) ? readdirSync(dir) : []) {
+    try {
+      const rec = JSON.parse(readFileSync(join(dir, name, 'record.json'), 'utf8')) as { launcher: { pid: number; start: string }; forwarder: { pid: number; start: string } };
+      for (const p of [rec.forwarder, rec.launcher]) {
+        const stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8');
+        if (stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] === p.start) process.kill(p.pid, 'SIGKILL');
+      }
+    } catch {
+      // no record, or already gone
+    }
+  }
+  const mounts = findV1Mounts();
+  if (process.getuid?.() !== 0 || !v1Usable(mounts)) return;
+  for (const id of leftoverInstanceIds(mounts, agentId)) {
+    const cg = new InstanceCgroups(mounts, agentId, id);
+    for (let i = 0; i < 100 && !cg.killAll(); i++) sleepSync(20);
+    for (let i = 0; i < 50 && !cg.remove(); i++) sleepSync(20);
+  }
+}
 
 export interface RunningPlatform {
   url: string;
@@ -24,7 +65,8 @@ export interface RunningPlatform {
   output: () => string;
   /** SIGTERM and wait for exit; resolves with the exit code. */
   stop(): Promise<number | null>;
-  kill(): Promise<void>;
+  /** SIGKILL and wait for exit; then stop the sandboxes it left, unless a test wants them adopted. */
+  kill(opts?: { keepSandboxes?: boolean }): Promise<void>;
 }
 
 /** Start the real `aether <role>` as a child process and wait for its "at http://…" line. */
@@ -48,7 +90,7 @@ export async function startAether(opts: { args?: string[]; env?: Record<string, 
   proc.unref();
   (proc.stdout as unknown as { unref(): void }).unref();
   (proc.stderr as unknown as { unref(): void }).unref();
-  children.add(proc);
+  children.set(proc, dataDir);
   proc.once('exit', () => children.delete(proc));
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
@@ -79,9 +121,10 @@ export async function startAether(opts: { args?: string[]; env?: Record<string, 
       if (proc.exitCode === null) proc.kill('SIGTERM');
       return exited;
     },
-    async kill() {
+    async kill(o = {}) {
       if (proc.exitCode === null) proc.kill('SIGKILL');
       await exited;
+      if (!o.keepSandboxes) reapSandboxes(dataDir);
     },
   };
 }
