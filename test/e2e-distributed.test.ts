@@ -165,7 +165,7 @@ if (skip) {
       assert.equal(insts.length, 1, `one cold start across gateways, saw ${JSON.stringify(insts)}`);
     });
 
-    it('kill -9 of an agent with warm instances: load keeps going, served by another agent', { timeout: 90_000 }, async (t) => {
+    it('kill -9 of an agent with warm instances: load keeps going, served by another agent; an agent back after its lease expired stops its instances', { timeout: 90_000 }, async (t) => {
       const insts = await instances('hello');
       const victimId = insts[0]?.agent_id;
       assert.ok(victimId && agents.has(victimId), `owning agent of ${JSON.stringify(insts)} is one of ours`);
@@ -189,7 +189,7 @@ if (skip) {
       const load = Promise.all([client(gw(0)), client(gw(1))]);
       await sleep(2000);
       killedAt = Date.now();
-      await victim.kill();
+      await victim.kill({ keepSandboxes: true });
       agents.delete(victimId);
       await load;
 
@@ -201,11 +201,19 @@ if (skip) {
       const late = results.filter((r) => r.start > killedAt + LEASE_TTL_MS + 3000);
       assert.ok(late.length >= 4, `load kept going after the lease TTL (${late.length} requests)`);
       assert.ok(late.every((r) => r.status === 200));
-      // The killed agent's instances leave the registry (lease expiry) and their sandboxes died with it.
+      // The killed agent's instances leave the registry (lease expiry); their sandboxes outlive it
+      // (a quick restart would adopt them) until an agent comes back on that node after the lease
+      // expired: it stops them instead of adopting them.
       await eventually(async () => (await instances('hello')).every((i) => i.agent_id !== victimId), LEASE_TTL_MS + 10_000);
       const survivors = await instances('hello');
       assert.ok(survivors.length >= 1 && survivors.every((i) => agents.has(i.agent_id)));
-      for (const id of orphanCandidates) assert.deepEqual(sandboxPids(id), [], `sandbox of ${id} outlived its agent`);
+      for (const id of orphanCandidates) assert.ok(sandboxPids(id).length > 0, `sandbox of ${id} outlives its killed agent`);
+      const revenant = await startAether({ role: 'agent', token: TOKEN, dataDir: victim.dataDir, args: [...flags, '--port', '0', '--advertise', '127.0.0.1'], env });
+      if (revenant.proc.pid) pids.add(revenant.proc.pid);
+      assert.match(revenant.output(), new RegExp(`agent ${victimId} serving at`), 'the same agent id came back');
+      for (const id of orphanCandidates) assert.deepEqual(sandboxPids(id), [], `sandbox of ${id} stopped by the agent that came back after its lease expired`);
+      assert.ok((await instances('hello')).every((i) => i.agent_id !== victimId), 'nothing adopted');
+      assert.equal(await revenant.stop(), 0, revenant.output().slice(-2000));
     });
 
     it('kill -9 of the only agent during a cold start: the request completes on a new agent, never hangs', { timeout: 120_000 }, async (t) => {

@@ -333,8 +333,8 @@ HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
     assert.equal(ok, 0);
   });
 
-  it('an instance dies with its agent (SIGKILL), and cleanupLeftovers removes what is left', async () => {
-    const dir = codeDir('orphan', { 'handler.js': "require('http').createServer((q, s) => s.end('ok')).listen(process.env.PORT);\n" });
+  it('an instance outlives its agent (SIGKILL); a new runtime adopts it (requests, logs, stop) and cleanupLeftovers stops the rest', async () => {
+    const dir = codeDir('orphan', { 'handler.js': "require('http').createServer((q, s) => { console.log('hit ' + q.url); s.end('ok'); }).listen(process.env.PORT);\n" });
     const childAgent = `iso-child-${process.pid}`;
     const child = spawn(process.execPath, [join(FIXTURES, 'agent-child.ts'), dataDir, childAgent, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
     const line = await new Promise<string>((res, rej) => {
@@ -348,22 +348,43 @@ HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
     const { pids } = JSON.parse(line) as { pids: number[] };
     assert.ok(pids.length >= 3, `instance processes and forwarder found: ${pids.join(',')}`);
     assert.ok(pids.every(alive));
+    const procs = join(CG, 'pids', 'aether', childAgent, 'orphan-1', 'cgroup.procs');
+    const inCgroup = readFileSync(procs, 'utf8').split('\n').filter(Boolean).map(Number);
+    assert.ok(inCgroup.length >= 2, 'launcher and program');
     child.kill('SIGKILL');
-    assert.ok(await until(() => pids.every((p) => !alive(p)), 5000), `still alive: ${pids.filter(alive).map((p) => `${p} ${describeProc(p)}`).join(', ')}`);
+    await new Promise((r) => child.once('exit', r));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(inCgroup.every(alive), 'the instance outlives its agent');
 
-    // its cgroups stay behind (nobody removed them); a new agent with the same id cleans up,
-    // including processes still inside (simulated with a sleep placed in a leftover cgroup)
-    const leftover = join(CG, 'pids', 'aether', childAgent, 'orphan-1');
-    assert.ok(existsSync(leftover));
+    const rt2 = createProcessRuntime({ dataDir, agentId: childAgent, isolation: 'namespaces', logger: silentLogger() });
+    assert.ok(rt2.adoption);
+    const found = await rt2.adoption.list();
+    assert.deepEqual(found.map((f) => f.spec.instanceId), ['orphan-1']);
+    const inst = await rt2.adoption.adopt('orphan-1');
+    const lines: string[] = [];
+    inst.onLog((l) => lines.push(`${l.stream}: ${l.text}`));
+    assert.equal(inst.inspect().state, 'running');
+    const res = await requestEndpoint(inst.endpoint, { path: '/after-adoption' });
+    assert.equal(res.body, 'ok');
+    assert.ok(await until(() => lines.includes('stdout: hit /after-adoption'), 5000), `logs flow after adoption: ${lines.join(' | ')}`);
+
+    // What nobody adopted is stopped (simulated with a sleep placed in a leftover cgroup); the adopted one stays.
     const extra = ['memory', 'cpu', 'pids'].map((c) => join(CG, c, 'aether', childAgent, 'stray-1'));
     for (const d of extra) mkdirSync(d, { recursive: true });
     const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
     for (const d of extra) writeFileSync(join(d, 'cgroup.procs'), String(sleeper.pid));
-    const rt2 = createProcessRuntime({ dataDir, agentId: childAgent, isolation: 'namespaces', logger: silentLogger() });
     await rt2.cleanupLeftovers();
     assert.ok(await until(() => !alive(sleeper.pid as number), 2000), 'the stray process was killed');
-    for (const c of ['memory', 'cpu', 'pids']) assert.equal(existsSync(join(CG, c, 'aether', childAgent)), false, `${c} cgroups removed`);
-    assert.equal(existsSync(join(dataDir, 'sockets', 'orphan-1.sock')), false, 'stale socket removed');
+    for (const d of extra) assert.equal(existsSync(d), false);
+    assert.ok(inCgroup.every(alive), 'the adopted instance was left alone');
+
+    await inst.stop(2000);
+    assert.ok(await until(() => inCgroup.every((p) => !alive(p)), 5000), 'stop ends the adopted instance');
+    assert.ok(await until(() => pids.every((p) => !alive(p)), 5000), `still alive: ${pids.filter(alive).map((p) => `${p} ${describeProc(p)}`).join(', ')}`);
+    assert.match(lines.join('\n'), /exited/);
+    for (const c of ['memory', 'cpu', 'pids']) assert.equal(existsSync(join(CG, c, 'aether', childAgent, 'orphan-1')), false, `${c} cgroup removed`);
+    assert.equal(existsSync(join(dataDir, 'sockets', 'orphan-1.sock')), false, 'socket removed');
+    assert.equal(existsSync(join(dataDir, 'instances', childAgent, 'orphan-1')), false, 'instance dir removed');
     await rt2.close();
   });
 });

@@ -117,7 +117,6 @@ class AgentImpl implements Agent {
     this.#started = true;
     const { store, clock, logger, config } = this.#d;
     await mkdir(config.dataDir, { recursive: true });
-    for (const [, rt] of this.#runtimes) await rt.cleanupLeftovers();
     this.#cache = await createCodeCache({
       dir: join(config.dataDir, 'code'),
       blob: this.#d.blob,
@@ -153,6 +152,11 @@ class AgentImpl implements Agent {
     );
     this.#watchers.push(fns, insts);
     await Promise.all([fns.ready, insts.ready]);
+
+    // Instances an earlier run of this agent left running (a crash, kill -9, an upgrade): adopt
+    // the ones still wanted, then stop everything else it left. Before any job is taken.
+    await this.#adoptLeftovers();
+    for (const [, rt] of this.#runtimes) await rt.cleanupLeftovers();
 
     // Records this agent id left under an earlier (dead) lease route to nothing: drop them now
     // instead of waiting for that lease to expire.
@@ -195,6 +199,99 @@ class AgentImpl implements Agent {
     await store.delete(KEYS.agent(this.id)).catch(() => undefined);
     await this.#keeper?.stop({ revoke: true }).catch((err: unknown) => logger.warn({ err }, 'could not revoke the agent lease'));
     logger.info({ agent: this.id }, 'agent stopped');
+  }
+
+  /**
+   * Adopt what the runtimes found of an earlier run: instances of functions that still exist at
+   * the same config key (and sandbox) come back as ready under the new lease, serving on without a
+   * cold start; the rest are left to cleanupLeftovers(), which stops them.
+   */
+  async #adoptLeftovers(): Promise<void> {
+    const { logger, clock, config } = this.#d;
+    for (const [sandbox, runtime] of this.#runtimes) {
+      if (!runtime.adoption) continue;
+      let found;
+      try {
+        found = await runtime.adoption.list();
+      } catch (err) {
+        logger.warn({ err, sandbox }, 'could not list instances to adopt');
+        continue;
+      }
+      for (const a of found) {
+        const fn = a.spec.owner.kind === 'function' ? this.#functions.get(a.spec.owner.id) : undefined;
+        // Its key under our old lease is still there only if we came back before that lease
+        // expired: past that the cluster has written the instance off (others took its load), and
+        // whatever comes back on this node stops it.
+        const rec = fn ? this.#records.get(KEYS.instance(fn.id, a.spec.instanceId)) : undefined;
+        if (!rec || rec.agent_id !== this.id || rec.status !== 'ready') {
+          logger.info({ instance: a.spec.instanceId, owner: a.spec.owner }, 'not adopting a leftover instance: its registration expired');
+          continue;
+        }
+        if (!fn || instanceConfigKey(fn) !== a.spec.version || fn.sandbox !== sandbox || a.spec.artifact.kind !== 'code' || !this.#fits(fn)) {
+          logger.info({ instance: a.spec.instanceId, owner: a.spec.owner }, 'not adopting a leftover instance: its function is gone or changed');
+          continue;
+        }
+        const configKey = instanceConfigKey(fn);
+        const now = clock.now();
+        const l: Local = {
+          id: a.spec.instanceId,
+          sandbox,
+          fnId: fn.id,
+          fnName: fn.name,
+          configKey,
+          memoryMb: fn.memory_mb,
+          vcpu: fn.vcpu,
+          state: 'starting',
+          inflight: 0,
+          lastActiveAt: now,
+          startedAt: a.startedAt,
+          rt: undefined,
+          launched: true,
+          code: undefined,
+          record: undefined,
+          recent: [],
+          exit: undefined,
+          gone: false,
+          keyChain: Promise.resolve(),
+          idleWaiters: [],
+          counted: false,
+          stopped: undefined,
+        };
+        try {
+          // pin its code in the cache (it is there: the instance runs from it)
+          l.code = await this.#cache?.acquire({ code_path: fn.code_path, code_sha256: fn.code_sha256, entrypoint: a.spec.artifact.entrypoint });
+          const rt = await runtime.adoption.adopt(l.id);
+          l.rt = rt;
+          this.#locals.set(l.id, l);
+          rt.onLog((line) => this.#onLine(l, line));
+          rt.onGone(() => this.#onGone(l));
+          void rt.exited.then((info) => this.#onExit(l, info));
+          const rec: InstanceRecord = {
+            instance_id: l.id,
+            function_id: fn.id,
+            agent_id: this.id,
+            agent_url: config.url,
+            endpoint: rt.endpoint,
+            config_key: configKey,
+            sandbox,
+            status: 'ready',
+            started_at: new Date(a.startedAt).toISOString(),
+          };
+          l.record = rec;
+          l.state = 'ready';
+          await this.#putRecord(l, rec);
+          l.counted = true;
+          metrics.instancesActive.inc({ function_id: fn.id, agent_id: this.id });
+          this.#system(l, 'adopted by the restarted agent');
+          logger.info({ fnId: fn.id, instance: l.id }, 'adopted an instance');
+        } catch (err) {
+          logger.warn({ err, instance: l.id }, 'could not adopt an instance; stopping it');
+          l.state = 'stopping';
+          await this.#cleanupFailed(l);
+        }
+      }
+    }
+    this.#publishAgent();
   }
 
   // ---------------------------------------------------------------- lease + registration

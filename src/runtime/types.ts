@@ -111,6 +111,27 @@ export interface SnapshotCapability {
   templates(): { ownerId: string; version: string; bytes: number }[];
 }
 
+/** An instance an earlier run of this agent left running, found by `adoption.list()`. */
+export interface AdoptableInstance {
+  /** The spec it was created with (owner, version = the config key it runs). */
+  spec: InstanceSpec;
+  endpoint: Endpoint;
+  /** ms since epoch */
+  startedAt: number;
+}
+
+/**
+ * Optional capability: instances outlive the agent process (no parent-death tie) and a restarted
+ * agent re-attaches to them: control, exit, logs (from where the pipe buffer stands). At start the
+ * agent lists them, adopts what it still wants, then calls cleanupLeftovers(), which stops the rest.
+ */
+export interface AdoptionCapability {
+  /** Live instances of this agent id that no RuntimeInstance of this process holds. */
+  list(): Promise<AdoptableInstance[]>;
+  /** Re-attach to one listed instance; it is 'running' (ready) from the start. */
+  adopt(instanceId: string): Promise<RuntimeInstance>;
+}
+
 export interface Runtime {
   /** The sandbox kind it runs ('process', 'qemu', 'firecracker'; 'fake' in tests). */
   readonly kind: string;
@@ -121,7 +142,12 @@ export interface Runtime {
   /** The shortest start wait that makes sense on this host (a VM booting without KVM); the agent waits at least this long. */
   readonly minStartupMs?: number;
   create(spec: InstanceSpec): Promise<RuntimeInstance>;
-  /** Remove sandboxes left by an earlier run of this agent (killed agent); called at agent start. */
+  /** Present when instances survive an agent restart and can be adopted. */
+  readonly adoption?: AdoptionCapability;
+  /**
+   * Remove sandboxes left by an earlier run of this agent (killed agent) that were not adopted;
+   * called at agent start, after adoption.
+   */
   cleanupLeftovers(): Promise<void>;
   close(): Promise<void>;
 }

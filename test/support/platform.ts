@@ -1,10 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { zipOf } from '../../src/archive/testing.ts';
-import { findV1Mounts, sweepDeadAgents, v1Usable } from '../../src/runtime/cgroup.ts';
+import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, sweepDeadAgents, v1Usable } from '../../src/runtime/cgroup.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const AETHER_BIN = join(ROOT, 'bin/aether.mjs');
@@ -12,14 +12,16 @@ export const AETHER_BIN = join(ROOT, 'bin/aether.mjs');
 /** Shared by every gateway and agent this test process starts (`up` derives its own). */
 export const CLUSTER_TOKEN = randomBytes(24).toString('hex');
 
-const children = new Set<ChildProcess>();
+const children = new Map<ChildProcess, string>();
 /** Data dirs startAether made itself: removed when the test file's process ends. */
 const tempDirs = new Set<string>();
 process.once('exit', () => {
-  for (const c of children) c.kill('SIGKILL');
+  for (const [c, dataDir] of children) {
+    c.kill('SIGKILL');
+    reapSandboxes(dataDir);
+  }
   // Exit hooks are synchronous: give the killed ones (and their sandboxes) a moment to go.
-  const sleep = (ms: number): void => void Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-  for (let i = 0; i < 50 && [...children].some((c) => c.pid !== undefined && existsSync(`/proc/${c.pid}`)); i++) sleep(50);
+  for (let i = 0; i < 50 && [...children.keys()].some((c) => c.pid !== undefined && existsSync(`/proc/${c.pid}`)); i++) sleepSync(50);
   for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
   sweepTestCgroups();
 });
@@ -30,6 +32,43 @@ export function sweepTestCgroups(): string[] {
   return v1Usable(mounts) ? sweepDeadAgents(mounts) : [];
 }
 
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+/**
+ * Stop the sandboxes a SIGKILLed platform left on this data dir, as an agent coming back there
+ * would: instances outlive a killed agent (they wait to be adopted), tests must not leak them.
+ * Synchronous, so it also runs when the test process exits.
+ */
+export function reapSandboxes(dataDir: string): void {
+  let agentId: string;
+  try {
+    agentId = readFileSync(join(dataDir, 'agent-id'), 'utf8').trim().replace(/[^A-Za-z0-9._-]/g, '_');
+  } catch {
+    return;
+  }
+  const dir = join(dataDir, 'runtime', 'instances', agentId);
+  for (const name of existsSync(dir) ? readdirSync(dir) : []) {
+    try {
+      const rec = JSON.parse(readFileSync(join(dir, name, 'record.json'), 'utf8')) as { launcher: { pid: number; start: string }; forwarder: { pid: number; start: string } };
+      for (const p of [rec.forwarder, rec.launcher]) {
+        const stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8');
+        if (stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] === p.start) process.kill(p.pid, 'SIGKILL');
+      }
+    } catch {
+      // no record, or already gone
+    }
+  }
+  const mounts = findV1Mounts();
+  if (process.getuid?.() !== 0 || !v1Usable(mounts)) return;
+  for (const id of leftoverInstanceIds(mounts, agentId)) {
+    const cg = new InstanceCgroups(mounts, agentId, id);
+    for (let i = 0; i < 100 && !cg.killAll(); i++) sleepSync(20);
+    for (let i = 0; i < 50 && !cg.remove(); i++) sleepSync(20);
+  }
+}
+
 export interface RunningPlatform {
   url: string;
   token: string;
@@ -38,7 +77,8 @@ export interface RunningPlatform {
   output: () => string;
   /** SIGTERM and wait for exit; resolves with the exit code. */
   stop(): Promise<number | null>;
-  kill(): Promise<void>;
+  /** SIGKILL and wait for exit; then stop the sandboxes it left, unless a test wants them adopted. */
+  kill(opts?: { keepSandboxes?: boolean }): Promise<void>;
 }
 
 /** Start the real `aether <role>` as a child process and wait for its "at http://…" line. */
@@ -63,7 +103,7 @@ export async function startAether(opts: { args?: string[]; env?: Record<string, 
   proc.unref();
   (proc.stdout as unknown as { unref(): void }).unref();
   (proc.stderr as unknown as { unref(): void }).unref();
-  children.add(proc);
+  children.set(proc, dataDir);
   proc.once('exit', () => children.delete(proc));
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
@@ -94,9 +134,10 @@ export async function startAether(opts: { args?: string[]; env?: Record<string, 
       if (proc.exitCode === null) proc.kill('SIGTERM');
       return exited;
     },
-    async kill() {
+    async kill(o = {}) {
       if (proc.exitCode === null) proc.kill('SIGKILL');
       await exited;
+      if (!o.keepSandboxes) reapSandboxes(dataDir);
     },
   };
 }

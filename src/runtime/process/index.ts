@@ -1,5 +1,5 @@
 import { AetherError } from '../../core/index.ts';
-import { describeWorkload, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance } from '../types.ts';
+import { describeWorkload, type AdoptableInstance, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance } from '../types.ts';
 import { containerPlan } from './container.ts';
 import type { InstanceSpec as ProcessSpec, RuntimeInstance as ProcessInstance } from './legacy.ts';
 import { createProcessRuntime as createFlat, type ProcessRuntimeOptions } from './process.ts';
@@ -24,6 +24,17 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       }
       return new Adapted(spec, await inner.create(toProcessSpec(spec)));
     },
+    adoption: {
+      async list(): Promise<AdoptableInstance[]> {
+        const found = await inner.adoption.list();
+        return found.flatMap((r) => (r.spec.workload ? [{ spec: r.spec.workload, endpoint: r.endpoint, startedAt: r.startedAt }] : []));
+      },
+      async adopt(instanceId: string): Promise<RuntimeInstance> {
+        const i = await inner.adoption.adopt(instanceId);
+        if (!i.spec.workload) throw new AetherError('AETHER_ERR_INTERNAL', `instance ${instanceId} has no workload spec`);
+        return new Adapted(i.spec.workload, i);
+      },
+    },
     cleanupLeftovers: () => inner.cleanupLeftovers(),
     close: () => inner.close(),
   };
@@ -46,6 +57,7 @@ function flat(spec: InstanceSpec): Omit<ProcessSpec, 'runtime' | 'entrypoint' | 
     memoryMb: spec.resources.memoryMb,
     vcpu: spec.resources.vcpu,
     pidsMax: spec.resources.pidsMax,
+    workload: spec,
   };
 }
 

@@ -1,5 +1,5 @@
 import type { ContainerPlan } from './container.ts';
-import type { Endpoint, ExitInfo, InstanceState, LogLine, Runtime as WorkloadRuntime, RuntimeInstance as WorkloadInstance } from '../types.ts';
+import type { Endpoint, ExitInfo, InstanceSpec as WorkloadSpec, InstanceState, LogLine, Runtime as WorkloadRuntime, RuntimeInstance as WorkloadInstance } from '../types.ts';
 
 /**
  * The flat, function-shaped spec process.ts was written against. ./index.ts maps a workload
@@ -20,6 +20,8 @@ export interface InstanceSpec {
   pidsMax: number;
   /** An image or rootfs artifact: run as a container (container.ts); codeDir/entrypoint/runtime are then unused. */
   container?: ContainerPlan;
+  /** The workload spec this was mapped from: kept in the adoption record. */
+  workload?: WorkloadSpec;
 }
 
 export type { Endpoint, ExitInfo, InstanceState, LogLine };
@@ -28,6 +30,10 @@ export interface RuntimeInstance extends Omit<WorkloadInstance, 'spec'> {
   readonly spec: InstanceSpec;
 }
 
-export interface Runtime extends Omit<WorkloadRuntime, 'create' | 'snapshots'> {
+export interface Runtime extends Omit<WorkloadRuntime, 'create' | 'snapshots' | 'adoption'> {
   create(spec: InstanceSpec): Promise<RuntimeInstance>;
+  adoption: {
+    list(): Promise<{ spec: InstanceSpec; endpoint: Endpoint; startedAt: number }[]>;
+    adopt(instanceId: string): Promise<RuntimeInstance>;
+  };
 }

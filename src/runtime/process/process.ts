@@ -1,7 +1,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readlinkSync, realpathSync, unlinkSync } from 'node:fs';
+import { chmodSync, closeSync, constants as fsConstants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import type { Readable } from 'node:stream';
 import { constants as osConstants } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -53,6 +54,8 @@ const POOL_SIZE = 1;
 /** How long after a program is ready the pool is refilled (see SparePool.refillSoon). */
 const REFILL_DELAY_MS = 100;
 const UID_BASE = 200_000;
+/** How often an adopted instance's processes are checked (it is not our child: no exit event). */
+const ADOPT_POLL_MS = 100;
 /** Room in the launcher's command line for the code dir it names once assigned (perl's $0 cannot grow it). */
 const PS_PAD = ' '.repeat(512);
 /** Where launch.pl mounts the code inside the sandbox. */
@@ -110,6 +113,8 @@ interface Ctx {
   /** The seccomp filter launch.pl installs before exec (hex of its BPF instructions). */
   seccomp: string;
   logLimits: LogLimits;
+  /** `<dataDir>/instances/<agentId>`: one dir per instance (adoption record, log FIFOs); spares' dirs start with a dot. */
+  instancesDir: string;
 }
 
 export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
@@ -147,6 +152,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     hide: [],
     seccomp: mode === 'namespaces' ? seccompFilter(process.arch).toString('hex') : '',
     logLimits: { ...DEFAULT_LOG_LIMITS, ...opts.logLimits },
+    instancesDir: join(dataDir, 'instances', agentId),
   };
   for (const d of [dataDir, ...(opts.hidePaths ?? []).map((p) => resolve(p))]) {
     if (safeToHide(ctx, d)) ctx.hide.push(d);
@@ -156,22 +162,55 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     // root-owned 0700: only the agent (root) may connect to instances' sockets
     mkdirSync(socketsDir, { recursive: true, mode: 0o700 });
     chmodSync(socketsDir, 0o700);
+    mkdirSync(ctx.instancesDir, { recursive: true, mode: 0o700 });
     ctx.pool = new SparePool(ctx, POOL_SIZE);
     ctx.pool.fill();
   }
   const live = new Map<string, ProcessInstance>();
+  const track = (inst: ProcessInstance): ProcessInstance => {
+    live.set(inst.id, inst);
+    void inst.exited.then(() => live.delete(inst.id));
+    return inst;
+  };
   return {
     kind: 'process',
     isolation: mode === 'namespaces' ? 'namespaces+cgroups' : 'none',
     async create(spec: InstanceSpec): Promise<RuntimeInstance> {
       if (live.has(spec.instanceId)) throw new AetherError('AETHER_ERR_CONFLICT', `instance ${spec.instanceId} exists`);
-      const inst = new ProcessInstance(ctx, spec);
-      live.set(spec.instanceId, inst);
-      void inst.exited.then(() => live.delete(spec.instanceId));
-      return inst;
+      return track(new ProcessInstance(ctx, spec));
+    },
+    adoption: {
+      async list(): Promise<AdoptionRecord[]> {
+        // an AdoptionRecord has spec, endpoint and startedAt, as the interface asks
+        if (mode !== 'namespaces') return [];
+        return readRecords(ctx).filter((r) => !live.has(r.spec.instanceId) && recordAlive(r));
+      },
+      async adopt(instanceId: string): Promise<RuntimeInstance> {
+        if (live.has(instanceId)) throw new AetherError('AETHER_ERR_CONFLICT', `instance ${instanceId} exists`);
+        const rec = mode === 'namespaces' ? readRecords(ctx).find((r) => r.spec.instanceId === instanceId) : undefined;
+        if (!rec || !recordAlive(rec)) throw new AetherError('AETHER_ERR_INTERNAL', `no live instance ${instanceId} to adopt`);
+        const inst = track(new ProcessInstance(ctx, rec.spec));
+        inst.adopt(rec);
+        return inst;
+      },
     },
     async cleanupLeftovers(): Promise<void> {
       if (mode !== 'namespaces') return;
+      // Instances of an earlier run that nobody adopted: their forwarders live outside the cgroups.
+      for (const rec of readRecords(ctx)) {
+        if (live.has(rec.spec.instanceId)) continue;
+        for (const p of [rec.forwarder, rec.launcher]) if (sameProcess(p)) signalPid(p.pid, 'SIGKILL');
+        logger.info({ instanceId: rec.spec.instanceId }, 'stopped an instance nobody adopted');
+      }
+      try {
+        for (const name of readdirSync(ctx.instancesDir)) {
+          // our own spares and live instances keep their dirs
+          if (name.startsWith(`.spare-${process.pid}-`) || live.has(name)) continue;
+          rmSync(join(ctx.instancesDir, name), { recursive: true, force: true });
+        }
+      } catch {
+        // no instances dir
+      }
       for (const id of leftoverInstanceIds(ctx.mounts, agentId)) {
         if (live.has(id)) continue;
         const cg = new InstanceCgroups(ctx.mounts, agentId, id);
@@ -199,6 +238,107 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       removeAgentDirs(ctx);
     },
   };
+}
+
+/** A process, named by pid and start time (field 22 of /proc/<pid>/stat) so a reused pid is not mistaken for it. */
+interface ProcRef {
+  pid: number;
+  start: string;
+}
+
+/** What an instance persists in its dir (record.json) so a restarted agent can adopt it. */
+export interface AdoptionRecord {
+  v: 1;
+  spec: InstanceSpec;
+  endpoint: Endpoint;
+  /** The launcher chain (unshare; its child launch.pl is the namespace's PID 1) and the forwarder. */
+  launcher: ProcRef;
+  forwarder: ProcRef;
+  /** The program's uid: not handed to another instance while this one lives. */
+  uid: number;
+  /** ms since epoch */
+  startedAt: number;
+}
+
+function procStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // the command name (field 2) may hold spaces and parens: count fields after the last ')'
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function procRef(pid: number | undefined): ProcRef | undefined {
+  const start = pid === undefined ? undefined : procStart(pid);
+  return pid !== undefined && start !== undefined ? { pid, start } : undefined;
+}
+
+/** Still the same process (not exited, not a zombie, pid not reused). */
+function sameProcess(p: ProcRef): boolean {
+  try {
+    const stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[0] !== 'Z' && fields[19] === p.start;
+  } catch {
+    return false;
+  }
+}
+
+function signalPid(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // gone
+  }
+}
+
+function recordAlive(r: AdoptionRecord): boolean {
+  return sameProcess(r.launcher) && sameProcess(r.forwarder);
+}
+
+function readRecords(ctx: Ctx): AdoptionRecord[] {
+  const out: AdoptionRecord[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(ctx.instancesDir);
+  } catch {
+    return out;
+  }
+  for (const name of names) {
+    if (name.startsWith('.')) continue;
+    try {
+      const r = JSON.parse(readFileSync(join(ctx.instancesDir, name, 'record.json'), 'utf8')) as AdoptionRecord;
+      if (r.v === 1 && r.spec.instanceId === name && r.launcher?.pid > 0 && r.forwarder?.pid > 0) out.push(r);
+    } catch {
+      // not (yet) a complete record: cleanupLeftovers removes it
+    }
+  }
+  return out;
+}
+
+/**
+ * An instance's stdout and stderr are FIFOs in its dir, not pipes to the agent, so its output
+ * outlives a restarting agent: the sandbox holds them open read-write (writes never fail for want
+ * of a reader; with nobody reading, the program blocks once the pipe buffer is full) and each
+ * agent that owns the instance reads them.
+ */
+function makeFifos(dir: string): [number, number] {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const r = spawnSync('mkfifo', ['-m', '0600', join(dir, 'out'), join(dir, 'err')], { env: { PATH: TOOL_PATH }, stdio: 'ignore' });
+  if (r.status !== 0) throw new AetherError('AETHER_ERR_INTERNAL', `cannot make the log FIFOs in ${dir}`);
+  return [openSync(join(dir, 'out'), fsConstants.O_RDWR), openSync(join(dir, 'err'), fsConstants.O_RDWR)];
+}
+
+/** A non-blocking reader of a FIFO (EOF once every writer, i.e. the whole sandbox, is gone). */
+function fifoReader(path: string): net.Socket | undefined {
+  try {
+    const fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+    return new net.Socket({ fd, readable: true, writable: false });
+  } catch {
+    return undefined;
+  }
 }
 
 /** OS dirs, and dirs holding the interpreters: a tmpfs over them would break every program. */
@@ -248,9 +388,12 @@ class Forwarder {
   constructor(ctx: Ctx, tmpPath: string) {
     this.tmpPath = tmpPath;
     const t = ctx.tools as SandboxTools;
-    this.child = spawn(t.setpriv, ['--pdeathsig', 'KILL', '--', t.unshare, '--net', '--', process.execPath, FORWARDER, tmpPath], {
+    // Its own session, no parent-death signal: an assigned forwarder outlives a restarting agent
+    // (an unassigned one exits when its stdin closes).
+    this.child = spawn(t.unshare, ['--net', '--', process.execPath, FORWARDER, tmpPath], {
       env: { PATH: TOOL_PATH },
       cwd: '/',
+      detached: true,
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     // an idle forwarder must not keep the agent's event loop alive
@@ -324,17 +467,36 @@ class Spare {
   readonly fwd: Forwarder;
   /** The launcher chain; undefined if the forwarder died before its namespace was ready. */
   readonly launcher: Promise<ChildProcess | undefined>;
+  /** Its dir (log FIFOs); the instance that takes it renames it to its own. */
+  readonly dir: string;
   #child: ChildProcess | undefined;
   #dead = false;
 
-  constructor(ctx: Ctx, fwd: Forwarder, launcher = LAUNCHER) {
+  constructor(ctx: Ctx, fwd: Forwarder, dir: string, launcher = LAUNCHER) {
     this.fwd = fwd;
+    this.dir = dir;
     this.launcher = fwd.netnsReady().then((ok) => {
       if (!ok || this.#dead) return undefined;
       const t = ctx.tools as SandboxTools;
-      const args = ['--pdeathsig', 'KILL', '--', t.nsenter, `--net=/proc/${fwd.child.pid}/ns/net`, '--', t.unshare, ...NS_FLAGS, '--', t.perl, launcher, PS_PAD];
+      // No parent-death signal and its own session: an instance outlives a restarting agent, which
+      // adopts it or stops it (cleanupLeftovers). `--kill-child` still ties launch.pl to unshare.
+      // An unassigned spare ends by itself when its stdin closes (launch.pl: no assignment).
+      const args = [`--net=/proc/${fwd.child.pid}/ns/net`, '--', t.unshare, ...NS_FLAGS, '--', t.perl, launcher, PS_PAD];
+      let out: number, err: number;
+      try {
+        [out, err] = makeFifos(dir);
+      } catch (e) {
+        ctx.logger.warn({ err: e, dir }, 'process runtime: a spare could not be made');
+        return undefined;
+      }
       // root tools run with a bare environment; the assignment (and the program's env) goes through stdin
-      const child = spawn(t.setpriv, args, { env: { PATH: TOOL_PATH }, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
+      let child: ChildProcess;
+      try {
+        child = spawn(t.nsenter, args, { env: { PATH: TOOL_PATH }, cwd: '/', detached: true, stdio: ['pipe', out, err] });
+      } finally {
+        closeSync(out);
+        closeSync(err);
+      }
       this.#child = child;
       // an idle spare must not keep the agent's event loop alive (the instance refs it)
       child.unref();
@@ -354,6 +516,7 @@ class Spare {
   kill(): void {
     this.#dead = true;
     this.fwd.kill();
+    if (this.dir.includes('/.spare-')) rmSync(this.dir, { recursive: true, force: true });
     // the chain execs down to `unshare --kill-child`: killing it kills the launcher (PID 1) and the namespace
     const c = this.#child;
     if (c && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
@@ -372,8 +535,9 @@ class SparePool {
     this.#size = size;
   }
   #spawn(): Spare {
-    const fwd = new Forwarder(this.#ctx, join(this.#ctx.socketsDir, `.fwd-${process.pid}-${this.#n++}.tmp`));
-    const spare = new Spare(this.#ctx, fwd);
+    const n = this.#n++;
+    const fwd = new Forwarder(this.#ctx, join(this.#ctx.socketsDir, `.fwd-${process.pid}-${n}.tmp`));
+    const spare = new Spare(this.#ctx, fwd, join(this.#ctx.instancesDir, `.spare-${process.pid}-${n}`));
     const drop = (): void => {
       if (!this.#idle.includes(spare)) return; // taken: the instance handles it
       this.#idle = this.#idle.filter((x) => x !== spare);
@@ -483,6 +647,9 @@ class ProcessInstance implements RuntimeInstance {
   #forwarderLost = false;
   /** Wakes a waitReady poll early (the forwarder reported ready). */
   #wake: (() => void) | undefined;
+  /** Set when this instance was adopted from an earlier run: not our child, watched by polling. */
+  #adopted: AdoptionRecord | undefined;
+  #adoptPoll: NodeJS.Timeout | undefined;
 
   constructor(ctx: Ctx, spec: InstanceSpec) {
     this.#ctx = ctx;
@@ -521,7 +688,38 @@ class ProcessInstance implements RuntimeInstance {
   }
 
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
-    return { state: this.#state, pid: this.#child?.pid, exit: this.#exit };
+    return { state: this.#state, pid: this.#child?.pid ?? this.#adopted?.launcher.pid, exit: this.#exit };
+  }
+
+  get #dir(): string {
+    return join(this.#ctx.instancesDir, this.id);
+  }
+
+  /** Re-attach to a sandbox an earlier run of this agent left (see AdoptionRecord). */
+  adopt(rec: AdoptionRecord): void {
+    this.#adopted = rec;
+    this.#endpoint = rec.endpoint;
+    this.#port = rec.spec.port;
+    this.#cg = new InstanceCgroups(this.#ctx.mounts, this.#ctx.agentId, this.id);
+    this.#state = 'running';
+    const n = rec.uid - this.#ctx.uidBase;
+    if (n >= 0 && n < 10_000 && n >= this.#ctx.nextUid) this.#ctx.nextUid = n + 1;
+    this.#logs.emit('system', `adopted (launcher pid ${rec.launcher.pid})`);
+    const finish = this.#pump(fifoReader(join(this.#dir, 'out')), fifoReader(join(this.#dir, 'err')));
+    // Not our child: no exit event. Poll both processes (a real timer: OS state, not time).
+    this.#adoptPoll = setInterval(() => {
+      if (!sameProcess(rec.forwarder) && !this.#exitStarted && !this.#forwarderLost) {
+        this.#markGone();
+        this.#logs.emit('system', 'forwarder exited');
+        this.#forwarderLost = true;
+        this.#signal('SIGKILL');
+      }
+      if (!sameProcess(rec.launcher)) {
+        clearInterval(this.#adoptPoll);
+        // its exit status went to the agent that started it
+        finish(null, null, this.#stopRequested || this.#forwarderLost ? undefined : 'exited (status unknown: adopted instance)');
+      }
+    }, ADOPT_POLL_MS);
   }
 
   async start(): Promise<void> {
@@ -543,6 +741,7 @@ class ProcessInstance implements RuntimeInstance {
       this.#markGone();
       this.#spare?.kill();
       this.#cg?.remove();
+      if (this.#ctx.mode === 'namespaces') rmSync(this.#dir, { recursive: true, force: true });
       this.#exit = { code: null, signal: null, reason: `could not start: ${(err as Error).message}` };
       this.#state = 'exited';
       this.#resolveExit(this.#exit);
@@ -598,7 +797,7 @@ class ProcessInstance implements RuntimeInstance {
     }
     // a container gets a chain of its own (container.pl), started now: services start rarely
     const spare = plan
-      ? new Spare(ctx, new Forwarder(ctx, join(ctx.socketsDir, `.fwd-${process.pid}-${spec.instanceId}.tmp`)), CONTAINER_LAUNCHER)
+      ? new Spare(ctx, new Forwarder(ctx, join(ctx.socketsDir, `.fwd-${process.pid}-${spec.instanceId}.tmp`)), join(ctx.instancesDir, `.spare-${process.pid}-${spec.instanceId}`), CONTAINER_LAUNCHER)
       : (ctx.pool as SparePool).take();
     this.#spare = spare;
     const fwd = spare.fwd;
@@ -626,7 +825,7 @@ class ProcessInstance implements RuntimeInstance {
         ...cg.joinFiles(), plan.kind, plan.source, record, String(plan.uid ?? uid), String(plan.gid ?? uid), String(Math.max(16, Math.floor(spec.memoryMb))),
         CONTAINER_SYSCALLS[process.arch] as string, ctx.seccomp, plan.workdir, String(plan.writable.length), ...plan.writable, String(argv.length), ...argv,
       ];
-      this.#launch(child, `${assignment.join('\0')}\0${envRecords(plan.env)}`, fwd);
+      this.#launch(child, `${assignment.join('\0')}\0${envRecords(plan.env)}`, spare, uid);
       return;
     }
     // "over any other function's code": the code dir's parent is the code cache
@@ -637,12 +836,25 @@ class ProcessInstance implements RuntimeInstance {
       ...cg.joinFiles(), codeDir, String(uid), String(tmpMb), '1', SYSCALLS[process.arch] as string, ctx.seccomp,
       String(hide.length), ...hide, String(argv.length), ...argv,
     ];
-    this.#launch(child, `${assignment.join('\0')}\0${envRecords(this.#programEnv(spec.port))}`, fwd);
+    this.#launch(child, `${assignment.join('\0')}\0${envRecords(this.#programEnv(spec.port))}`, spare, uid);
   }
 
-  /** Hand the waiting launcher its assignment and the forwarder its socket. */
-  #launch(child: ChildProcess, input: string, fwd: Forwarder): void {
+  /** Hand the waiting launcher its assignment and the forwarder its socket; record what adoption needs. */
+  #launch(child: ChildProcess, input: string, spare: Spare, uid: number): void {
+    const ctx = this.#ctx;
+    const spec = this.spec;
+    const fwd = spare.fwd;
     this.#endpoint = { kind: 'unix', path: this.#sockPath, preamble: true };
+    rmSync(this.#dir, { recursive: true, force: true });
+    renameSync(spare.dir, this.#dir);
+    const launcher = procRef(child.pid);
+    const forwarder = procRef(fwd.child.pid);
+    if (!launcher || !forwarder) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the sandbox exited before its assignment`);
+    // what a restarted agent needs to adopt it (written before the program runs: a crash of the
+    // agent from here on leaves an instance that is adopted or stopped, never forgotten)
+    const rec: AdoptionRecord = { v: 1, spec, endpoint: this.#endpoint, launcher, forwarder, uid, startedAt: ctx.clock.now() };
+    writeFileSync(join(this.#dir, 'record.json.tmp'), JSON.stringify(rec), { mode: 0o600 });
+    renameSync(join(this.#dir, 'record.json.tmp'), join(this.#dir, 'record.json'));
     child.ref();
     for (const st of [child.stdin, child.stdout, child.stderr]) (st as unknown as { ref?: () => void } | null)?.ref?.();
     this.#attach(child);
@@ -664,14 +876,23 @@ class ProcessInstance implements RuntimeInstance {
   #attach(child: ChildProcess): void {
     this.#child = child;
     this.#logs.emit('system', `starting ${this.spec.entrypoint} (${this.#ctx.mode === 'namespaces' ? 'namespaces+cgroups' : 'no isolation'})`);
+    // namespaces: the output goes to the instance's FIFOs (see makeFifos), else to pipes
+    const sandboxed = this.#ctx.mode === 'namespaces';
+    const finish = this.#pump(sandboxed ? fifoReader(join(this.#dir, 'out')) : child.stdout, sandboxed ? fifoReader(join(this.#dir, 'err')) : child.stderr);
+    child.on('error', (err) => finish(null, null, `could not start: ${err.message}`));
+    child.on('exit', (code, signal) => finish(code, signal));
+  }
+
+  /** Read the program's output; returns what to call once it has exited. */
+  #pump(stdout: Readable | null | undefined, stderr: Readable | null | undefined): (code: number | null, signal: string | null, reason?: string) => void {
     const pump = new LogPump(
       this.#ctx.clock,
       this.#ctx.logLimits,
       (name, text) => this.#logs.emit(name, text),
       (text, dropped) => this.#logs.emit('system', text, dropped),
     );
-    pump.add('stdout', child.stdout);
-    pump.add('stderr', child.stderr);
+    pump.add('stdout', stdout);
+    pump.add('stderr', stderr);
     pump.sealed();
     let done = false;
     const finish = (code: number | null, signal: string | null, reason?: string): void => {
@@ -687,14 +908,15 @@ class ProcessInstance implements RuntimeInstance {
         return this.#finalize(code, signal, reason);
       });
     };
-    child.on('error', (err) => finish(null, null, `could not start: ${err.message}`));
-    child.on('exit', (code, signal) => finish(code, signal));
+    return finish;
   }
 
   async #finalize(code: number | null, signal: string | null, spawnError?: string): Promise<void> {
     const ctx = this.#ctx;
     const info: ExitInfo = { code, signal };
     this.#spare?.kill();
+    if (this.#adoptPoll) clearInterval(this.#adoptPoll);
+    if (this.#adopted && sameProcess(this.#adopted.forwarder)) signalPid(this.#adopted.forwarder.pid, 'SIGKILL');
     ctx.pool?.fill();
     if (ctx.mode === 'namespaces') {
       // the launcher (the namespace's PID 1) exits with 128+n when the program died of signal n
@@ -720,6 +942,7 @@ class ProcessInstance implements RuntimeInstance {
         // never published
       }
       if (this.spec.container) await releaseContainer(ctx.containersDir, this.id);
+      rmSync(this.#dir, { recursive: true, force: true });
     }
     if (this.#forwarderLost && !info.reason) info.reason = 'its forwarder exited';
     if (spawnError) info.reason = spawnError;
@@ -805,6 +1028,16 @@ class ProcessInstance implements RuntimeInstance {
   }
 
   #signal(sig: 'SIGTERM' | 'SIGKILL'): void {
+    const adopted = this.#adopted;
+    if (adopted && !this.#exit) {
+      // as below, with pids instead of a child: the forwarder is not in the cgroup
+      const pids = this.#cg?.pids() ?? [];
+      for (const p of pids) signalPid(p, sig);
+      if (sig === 'SIGKILL' || pids.length === 0) {
+        for (const p of [adopted.launcher, adopted.forwarder]) if (sameProcess(p)) signalPid(p.pid, 'SIGKILL');
+      }
+      return;
+    }
     const child = this.#child;
     if (!child?.pid || this.#exit) return;
     if (this.#ctx.mode === 'namespaces') {

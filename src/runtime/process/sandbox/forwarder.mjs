@@ -110,6 +110,12 @@ process.stdin.on('data', (chunk) => {
   port = Number(p);
   if (bound) probe();
 });
-// the agent closing our stdin (or dying: pdeathsig) ends us
-process.stdin.on('end', () => process.exit(0));
+// Before an assignment, the agent closing our stdin (or dying) ends us: an unused spare. After it we
+// serve on, so an instance outlives a restarting agent (which adopts it); whoever no longer wants
+// the instance kills us. A dead agent's pipes must not crash us either.
+process.stdin.on('end', () => {
+  if (!port) process.exit(0);
+});
+process.stdout.on('error', () => {});
+process.stderr.on('error', () => {});
 process.on('SIGTERM', () => process.exit(0));

@@ -2,6 +2,9 @@
 # uts, ipc (and usually net) namespaces, started by `unshare --fork --kill-child`. Perl (perl-base
 # is always there on Debian) because it does every step with plain syscalls in one ~2 ms process;
 # the same steps as `mount`/`ip`/`setpriv` commands cost ~25 ms of cold start.
+# Nothing ties it to the agent (no parent-death signal, its own session): an instance outlives a
+# restarting agent, which adopts it or stops it. Its stdout/stderr (and so the program's) are the
+# instance's log FIFOs, held open read-write, so a write never fails for want of a reader.
 # It is usually started ahead of need (a warm spare, see process.ts) and blocks on stdin until the
 # runtime assigns it an instance, so everything before that read is off the cold-start path.
 #  1. read the whole assignment from stdin (below), so root never runs with the user's variables
