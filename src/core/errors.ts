@@ -23,6 +23,7 @@ export const ERROR_CODES = {
   AETHER_ERR_NO_CAPACITY: { status: 503, text: 'no agent has capacity for this instance' },
   AETHER_ERR_UNAVAILABLE: { status: 503, text: 'a backing service is unavailable; retry later' },
   AETHER_ERR_TIMEOUT: { status: 504, text: "the function did not answer within its timeout_ms" },
+  AETHER_ERR_REQUEST_TIMEOUT: { status: 408, text: 'the client did not send its request in time' },
   AETHER_ERR_UPSTREAM: { status: 502, text: 'the instance failed while answering' },
   AETHER_ERR_INTERNAL: { status: 500, text: 'internal error' },
 } as const satisfies Record<string, { status: number; text: string }>;
