@@ -40,6 +40,8 @@ interface Local {
   vcpu: number;
   state: LocalInstanceState;
   inflight: number;
+  /** Requests a native data plane carries straight to the instance (from its stats). */
+  external: number;
   /** End of the last request (idle time counts from there), or the ready time. */
   lastActiveAt: number;
   startedAt: number;
@@ -414,6 +416,7 @@ class AgentImpl implements Agent {
       vcpu: fn.vcpu,
       state: 'starting',
       inflight: 0,
+      external: 0,
       lastActiveAt: clock.now(),
       startedAt: clock.now(),
       rt: undefined,
@@ -608,7 +611,7 @@ class AgentImpl implements Agent {
       this.#putRecord(l, rec).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not mark an instance draining'));
     }
     l.stopped = (async () => {
-      if (l.inflight > 0 && timeoutMs > 0) {
+      if (l.inflight + l.external > 0 && timeoutMs > 0) {
         const idle = new Promise<void>((resolve) => l.idleWaiters.push(resolve));
         const ac = new AbortController();
         await Promise.race([idle, this.#d.clock.sleep(timeoutMs, ac.signal).catch(() => undefined)]);
@@ -707,7 +710,7 @@ class AgentImpl implements Agent {
           totalReady = ready.filter((r) => r.configKey === current).length;
         }
         if (candidates.length === 0) continue;
-        const loads: InstanceLoad[] = candidates.map((l) => ({ id: l.id, inflight: l.inflight, lastActiveAt: l.lastActiveAt }));
+        const loads: InstanceLoad[] = candidates.map((l) => ({ id: l.id, inflight: l.inflight + l.external, lastActiveAt: l.lastActiveAt }));
         for (const id of planScaleDown(policyOf(fn), { now, instances: loads, totalReady })) {
           const l = this.#locals.get(id);
           if (!l) continue;
@@ -743,8 +746,16 @@ class AgentImpl implements Agent {
     } finally {
       l.inflight--;
       l.lastActiveAt = this.#d.clock.now();
-      if (l.inflight === 0) for (const w of l.idleWaiters.splice(0)) w();
+      if (l.inflight + l.external === 0) for (const w of l.idleWaiters.splice(0)) w();
     }
+  }
+
+  noteExternalLoad(instanceId: string, inflight: number, active: boolean): void {
+    const l = this.#locals.get(instanceId);
+    if (!l) return;
+    l.external = inflight;
+    if (active || inflight > 0) l.lastActiveAt = this.#d.clock.now();
+    if (l.inflight + l.external === 0) for (const w of l.idleWaiters.splice(0)) w();
   }
 
   handleHttp(req: IncomingMessage, res: ServerResponse): void {

@@ -5,6 +5,7 @@ import { RETRYABLE_HEADER, ProxyError } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
 const FORWARD_PREFIX = '/internal/forward/';
+const INSTANCE_HEADER = 'x-aether-instance';
 const LOGS_PREFIX = '/internal/logs/';
 const MAX_TAIL = 1000;
 
@@ -20,6 +21,12 @@ export function handleAgentHttp(
   res: ServerResponse,
 ): void {
   const url = req.url ?? '/';
+  // A gateway's HAProxy cannot rewrite the path per server: it names the instance in a header.
+  const named = req.headers[INSTANCE_HEADER];
+  if (typeof named === 'string' && named !== '') {
+    forwardRoute(agent, `${named}${url.startsWith('/') ? '' : '/'}${url}`, req, res);
+    return;
+  }
   if (url.startsWith(FORWARD_PREFIX)) {
     forwardRoute(agent, url.slice(FORWARD_PREFIX.length), req, res);
     return;

@@ -112,9 +112,15 @@ export interface Agent {
   forward(instanceId: string, req: IncomingMessage, res: ServerResponse, target: AgentForwardTarget, opts?: AgentForwardOptions): Promise<{ status: number }>;
   /**
    * node:http handler of the agent's own server: GET /healthz; ANY /internal/forward/<instanceId>/<path>;
+   * ANY <path> with `x-aether-instance: <instanceId>` (a gateway's HAProxy names the instance so);
    * GET /internal/logs/<fnId>?tail=&follow= (NDJSON).
    */
   handleHttp(req: IncomingMessage, res: ServerResponse): void;
+  /**
+   * Load a native data plane carries straight to a local instance (its stats): counts like
+   * forwarded requests for scale-down and draining. `active`: it served something since last time.
+   */
+  noteExternalLoad(instanceId: string, inflight: number, active: boolean): void;
   tailLogs(fnId: string, n: number): LogEntry[];
   /** Returns the unsubscribe function. */
   followLogs(fnId: string, onEntry: (e: LogEntry) => void): () => void;

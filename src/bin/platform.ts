@@ -4,12 +4,14 @@ import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, createLogger, newId, systemClock, type Logger } from '../core/index.ts';
+import { AetherError, createLogger, metrics, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
 import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost } from '../runtime/index.ts';
 import { createProcessRuntime } from '../runtime/process.ts';
+import { nodeDataPlane, resolveDataPlane, type DataPlane, type RouteSource } from '../dataplane/index.ts';
+import { startHaproxyDataPlane } from '../dataplane/haproxy/driver.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
 
 export interface RunningNode {
@@ -107,39 +109,68 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       await runtime.close();
       if (server) await new Promise<void>((r) => server?.close(() => r()));
     });
-    if (role === 'agent') out(`agent ${agentId} serving at ${url}`);
+    if (role === 'agent') {
+      // The agent's hop stays Node (a gateway's HAProxy reaches it with x-aether-instance); see docs/dataplane.md.
+      if (cfg.dataPlane !== 'node') out(`data plane: node (agents forward through their own Node server; --data-plane ${cfg.dataPlane} applies to gateways)`);
+      out(`agent ${agentId} serving at ${url}`);
+    }
   }
 
-  let gateway: Gateway | undefined;
+  let dataPlane: DataPlane | undefined;
   if (role === 'up' || role === 'gateway') {
     mkdirSync(join(cfg.dataDir, 'tmp'), { recursive: true });
+    const dp = resolveDataPlane(cfg.dataPlane, env);
+    if (cfg.dataPlane === 'haproxy' && !dp.binary) throw new AetherError('AETHER_ERR_VALIDATION', 'config: --data-plane haproxy, but no haproxy binary was found (install haproxy, or use --data-plane auto|node)');
     const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: join(cfg.dataDir, 'tmp') });
-    gateway = await startGateway({
-      store,
-      queue,
-      clock,
-      logger,
-      functions,
-      adminToken: token as string,
-      limits: cfg.limits,
-      host: cfg.host,
-      port: cfg.port,
-      gatewayId: newId('gw'),
-      leaseTtlMs: cfg.leaseTtlMs,
-      startTimeoutMs: cfg.startupTimeoutMs + 15_000,
-      ...(agent ? { localAgent: agent } : {}),
-    });
-    const g = gateway;
-    closers.unshift(() => g.close());
-    if (role === 'up') writeFileSync(join(cfg.dataDir, 'url'), gateway.url + '\n');
-    out(`Aether ${role === 'up' ? 'is up' : 'gateway'} at ${gateway.url}`);
+    const openGateway = (native: boolean): Promise<Gateway> =>
+      startGateway({
+        store,
+        queue,
+        clock,
+        logger,
+        functions,
+        adminToken: token as string,
+        limits: cfg.limits,
+        // With HAProxy in front, the Node gateway is the activator on a private loopback port.
+        host: native ? '127.0.0.1' : cfg.host,
+        port: native ? 0 : cfg.port,
+        publicHost: cfg.host,
+        gatewayId: newId('gw'),
+        leaseTtlMs: cfg.leaseTtlMs,
+        startTimeoutMs: cfg.startupTimeoutMs + 15_000,
+        ...(agent ? { localAgent: agent } : {}),
+      });
+    let g = await openGateway(dp.kind === 'haproxy');
+    dataPlane = nodeDataPlane(g.url);
+    if (dp.kind === 'haproxy') {
+      try {
+        dataPlane = await startHaproxy(g, agent, join(cfg.dataDir, 'haproxy'), cfg.host, cfg.port, dp.binary, clock, logger);
+      } catch (err) {
+        if (cfg.dataPlane === 'haproxy') {
+          await g.close();
+          throw err;
+        }
+        // auto: a host where HAProxy cannot start still works, through the Node path.
+        out(`WARNING: haproxy did not start (${String(err).slice(0, 300)}); using the node data plane`);
+        await g.close();
+        g = await openGateway(false);
+        dataPlane = nodeDataPlane(g.url);
+      }
+    }
+    const gw = g;
+    const d = dataPlane;
+    closers.unshift(() => gw.close());
+    closers.unshift(() => d.close());
+    out(`data plane: ${dataPlane.kind} (${dataPlane.kind === dp.kind ? dp.reason : 'haproxy failed to start'})`);
+    if (role === 'up') writeFileSync(join(cfg.dataDir, 'url'), dataPlane.url + '\n');
+    out(`Aether ${role === 'up' ? 'is up' : 'gateway'} at ${dataPlane.url}`);
     out(`data dir: ${cfg.dataDir}`);
-    out(`try: curl -H "Authorization: Bearer $(cat ${join(cfg.dataDir, 'admin.token')} 2>/dev/null || echo $AETHER_ADMIN_TOKEN)" ${gateway.url}/api/functions`);
+    out(`try: curl -H "Authorization: Bearer $(cat ${join(cfg.dataDir, 'admin.token')} 2>/dev/null || echo $AETHER_ADMIN_TOKEN)" ${dataPlane.url}/api/functions`);
   }
 
   let closing: Promise<void> | undefined;
   return {
-    url: gateway?.url ?? agentServerUrl ?? '',
+    url: dataPlane?.url ?? agentServerUrl ?? '',
     close() {
       closing ??= (async () => {
         for (const c of closers) await c().catch((err: unknown) => logger.error({ err: String(err) }, 'shutdown step failed'));
@@ -152,4 +183,43 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       return closing;
     },
   };
+}
+
+/** The gateway's watch-fed views as the data plane's route source. */
+function viewsSource(v: Gateway['views']): RouteSource {
+  return {
+    functions: () => v.functions.items.values(),
+    instancesOf: (fnId) => v.byFunction.get(fnId)?.values() ?? [],
+    onChange(listener) {
+      const a = v.functions.onChange(() => listener());
+      const b = v.instances.onChange(() => listener());
+      return () => {
+        a();
+        b();
+      };
+    },
+  };
+}
+
+function startHaproxy(g: Gateway, agent: Agent | undefined, dir: string, host: string, port: number, binary: string | undefined, clock: Clock, logger: Logger): Promise<DataPlane> {
+  return startHaproxyDataPlane({
+    dir,
+    host,
+    port,
+    activator: { host: '127.0.0.1', port: Number(new URL(g.url).port), server: g.server },
+    source: viewsSource(g.views),
+    sinks: {
+      record: (rec) => g.recorder.record(rec),
+      observed: (rec) => {
+        metrics.invocations.inc({ function_id: rec.function_id, status: rec.status });
+        metrics.invocationDuration.observe({ function_id: rec.function_id }, rec.duration_ms / 1000);
+      },
+      functionLoad: (fnId, n) => g.invoker.setExternalLoad(fnId, n),
+      ...(agent ? { instanceLoad: (id: string, n: number, active: boolean) => agent.noteExternalLoad(id, n, active) } : {}),
+    },
+    localAgentId: agent?.id,
+    clock,
+    logger,
+    ...(binary ? { binary } : {}),
+  });
 }

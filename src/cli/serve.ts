@@ -20,7 +20,8 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--queue <url>', 'memory:// | redis://host:6379 (env AETHER_QUEUE)')
       .option('--blob <url>', 'file:///path | s3://bucket?endpoint=http://host:port&region=r (env AETHER_BLOB)')
       .option('--admin-token-file <file>', 'file holding the admin token (else AETHER_ADMIN_TOKEN)')
-      .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL)');
+      .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL)')
+      .option('--data-plane <kind>', 'auto | haproxy | node: who carries warm invocations (env AETHER_DATA_PLANE)');
   const agentOpts = (cmd: Command): Command =>
     cmd
       .option('--sandbox <kind>', 'default sandbox for new functions: process (env AETHER_SANDBOX)')
@@ -37,7 +38,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     const flags: ConfigInput & { config?: string } = {};
     const map: Record<string, keyof ConfigInput | 'config'> = {
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
-      adminTokenFile: 'admin_token_file', logLevel: 'log_level', sandbox: 'sandbox', isolation: 'isolation', advertise: 'advertise',
+      adminTokenFile: 'admin_token_file', logLevel: 'log_level', sandbox: 'sandbox', isolation: 'isolation', advertise: 'advertise', dataPlane: 'data_plane',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
     };
     for (const [k, v] of Object.entries(opts)) {

@@ -26,6 +26,7 @@ const FileSchema = z.strictObject({
   blob: z.string().min(1),
   sandbox: z.enum(['process', 'qemu', 'firecracker']),
   isolation: z.enum(['auto', 'namespaces', 'none']),
+  data_plane: z.enum(['auto', 'haproxy', 'node']),
   advertise: z.string().min(1),
   admin_token_file: z.string().min(1),
   agent_id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/),
@@ -54,6 +55,8 @@ export interface Config {
   blob: string;
   sandbox: 'process' | 'qemu' | 'firecracker';
   isolation: 'auto' | 'namespaces' | 'none';
+  /** Who carries warm invocation traffic: auto = haproxy when its binary is found, else node. */
+  dataPlane: 'auto' | 'haproxy' | 'node';
   advertise: string | undefined;
   adminTokenFile: string | undefined;
   agentId: string | undefined;
@@ -74,6 +77,7 @@ const ENV: Record<keyof ConfigInput, string> = {
   blob: 'AETHER_BLOB',
   sandbox: 'AETHER_SANDBOX',
   isolation: 'AETHER_ISOLATION',
+  data_plane: 'AETHER_DATA_PLANE',
   advertise: 'AETHER_ADVERTISE',
   admin_token_file: 'AETHER_ADMIN_TOKEN_FILE',
   agent_id: 'AETHER_AGENT_ID',
@@ -142,6 +146,7 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     blob: blobUrl,
     sandbox: c.sandbox ?? 'process',
     isolation: c.isolation ?? 'auto',
+    dataPlane: c.data_plane ?? 'auto',
     advertise: c.advertise,
     adminTokenFile: c.admin_token_file,
     agentId: c.agent_id,

@@ -30,12 +30,17 @@ export interface GatewayOptions {
   localAgent?: LocalAgent & LocalLogs;
   /** Period of the reconcile loop (min_instances, replacing stale instances, lost jobs). */
   reconcileMs?: number;
+  /** Address clients reach (a native data plane in front listens there; `host` is then loopback). */
+  publicHost?: string;
 }
 
 export interface Gateway {
   readonly url: string;
   readonly server: Server;
   readonly invoker: Invoker;
+  /** Watch-fed views and the records writer, shared with a native data plane. */
+  readonly views: ClusterViews;
+  readonly recorder: InvocationRecorder;
   close(): Promise<void>;
 }
 
@@ -64,7 +69,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
 
   let server: Server | undefined;
   const app = buildApi(
-    { functions: o.functions, store: o.store, adminToken: o.adminToken, logs, metricsOpen: LOOPBACK.has(o.host), limits: o.limits },
+    { functions: o.functions, store: o.store, adminToken: o.adminToken, logs, metricsOpen: LOOPBACK.has(o.publicHost ?? o.host), limits: o.limits },
     {
       // Invocation traffic skips fastify entirely: the warm path is a raw handler.
       serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => {
@@ -104,6 +109,8 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     url,
     server,
     invoker,
+    views,
+    recorder,
     async close() {
       stopped = true;
       o.clock.clearTimeout(timer);

@@ -52,6 +52,8 @@ interface FnState {
   lastError: string | undefined;
   /** What this gateway last wrote to KEYS.demand for the function ("" = nothing). */
   reported: string;
+  /** Requests a native data plane (HAProxy) carries for the function, from its stats. */
+  external: number;
 }
 
 const PREFIX = '/functions/';
@@ -238,7 +240,7 @@ export class Invoker {
   #state(fnId: string): FnState {
     let st = this.#fns.get(fnId);
     if (!st) {
-      st = { inflight: 0, starting: new Map(), waiters: new Set(), claims: new Set(), lastError: undefined, reported: '' };
+      st = { inflight: 0, starting: new Map(), waiters: new Set(), claims: new Set(), lastError: undefined, reported: '', external: 0 };
       this.#fns.set(fnId, st);
     }
     return st;
@@ -415,7 +417,7 @@ export class Invoker {
     this.#gcStarting(st);
     const ready = this.#candidates(fn).current.length;
     // Behind a load balancer each gateway sees a share of the demand: add what the others report.
-    let demand = st.inflight;
+    let demand = st.inflight + st.external;
     let starting = st.starting.size;
     const others = this.#d.views.demandByFunction.get(fn.id);
     if (others) {
@@ -450,8 +452,8 @@ export class Invoker {
     const lease = this.#d.leaseId();
     if (!lease) return;
     for (const [fnId, st] of this.#fns) {
-      const idle = st.inflight === 0 && st.starting.size === 0;
-      const value = idle ? '' : JSON.stringify({ inflight: st.inflight, starting: st.starting.size });
+      const idle = st.inflight + st.external === 0 && st.starting.size === 0;
+      const value = idle ? '' : JSON.stringify({ inflight: st.inflight + st.external, starting: st.starting.size });
       if (value === st.reported) continue;
       const key = KEYS.demand(fnId, this.#d.gatewayId);
       try {
@@ -519,6 +521,18 @@ export class Invoker {
         this.#d.logger.warn({ function_id: fnId }, 'provision job seems lost (queue empty, no result); queued again');
       }
     }
+  }
+
+  /**
+   * Load a native data plane reports for a function (in flight + queued at the proxy): it counts
+   * as this gateway's demand, and may scale up, as requests through the Node path do.
+   */
+  setExternalLoad(fnId: string, inflight: number): void {
+    const fn = this.#d.views.fn(fnId);
+    if (!fn) return;
+    const st = this.#state(fnId);
+    st.external = inflight;
+    if (inflight > 0) this.#maybeScaleUp(fn, st);
   }
 
   /** Demand per function in this gateway (tests, metrics). */

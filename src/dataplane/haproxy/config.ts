@@ -16,6 +16,8 @@ export interface HaproxyConfigInput {
   activator: { host: string; port: number };
   slots: number;
   threads?: number;
+  /** Connections the process accepts (bounded by its descriptor limit). */
+  maxConn?: number;
 }
 
 export const LOG_TAG = 'AETHER';
@@ -84,7 +86,7 @@ export function renderConfig(c: HaproxyConfigInput): string {
     '  stats timeout 10s',
     '  log stdout format raw daemon',
     ...(c.threads ? [`  nbthread ${c.threads}`] : []),
-    '  maxconn 20000',
+    `  maxconn ${c.maxConn ?? 20_000}`,
     '  hard-stop-after 30s',
     '',
     'defaults',
