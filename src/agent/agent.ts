@@ -42,6 +42,8 @@ interface Local {
   inflight: number;
   /** Requests a native data plane carries straight to the instance (from its stats). */
   external: number;
+  /** The native data plane still sends it new requests: a drain waits until it stops. */
+  externalRouted: boolean;
   /** End of the last request (idle time counts from there), or the ready time. */
   lastActiveAt: number;
   startedAt: number;
@@ -417,6 +419,7 @@ class AgentImpl implements Agent {
       state: 'starting',
       inflight: 0,
       external: 0,
+      externalRouted: false,
       lastActiveAt: clock.now(),
       startedAt: clock.now(),
       rt: undefined,
@@ -611,7 +614,7 @@ class AgentImpl implements Agent {
       this.#putRecord(l, rec).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not mark an instance draining'));
     }
     l.stopped = (async () => {
-      if (l.inflight + l.external > 0 && timeoutMs > 0) {
+      if ((l.inflight + l.external > 0 || l.externalRouted) && timeoutMs > 0) {
         const idle = new Promise<void>((resolve) => l.idleWaiters.push(resolve));
         const ac = new AbortController();
         await Promise.race([idle, this.#d.clock.sleep(timeoutMs, ac.signal).catch(() => undefined)]);
@@ -746,16 +749,17 @@ class AgentImpl implements Agent {
     } finally {
       l.inflight--;
       l.lastActiveAt = this.#d.clock.now();
-      if (l.inflight + l.external === 0) for (const w of l.idleWaiters.splice(0)) w();
+      if (l.inflight + l.external === 0 && !l.externalRouted) for (const w of l.idleWaiters.splice(0)) w();
     }
   }
 
-  noteExternalLoad(instanceId: string, inflight: number, active: boolean): void {
+  noteExternalLoad(instanceId: string, inflight: number, active: boolean, routed: boolean): void {
     const l = this.#locals.get(instanceId);
     if (!l) return;
     l.external = inflight;
+    l.externalRouted = routed;
     if (active || inflight > 0) l.lastActiveAt = this.#d.clock.now();
-    if (l.inflight + l.external === 0) for (const w of l.idleWaiters.splice(0)) w();
+    if (l.inflight + l.external === 0 && !routed) for (const w of l.idleWaiters.splice(0)) w();
   }
 
   handleHttp(req: IncomingMessage, res: ServerResponse): void {

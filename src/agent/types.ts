@@ -118,9 +118,10 @@ export interface Agent {
   handleHttp(req: IncomingMessage, res: ServerResponse): void;
   /**
    * Load a native data plane carries straight to a local instance (its stats): counts like
-   * forwarded requests for scale-down and draining. `active`: it served something since last time.
+   * forwarded requests for scale-down and draining. `active`: it served something since last time;
+   * `routed`: the proxy still sends it new requests (a drain waits until it does not).
    */
-  noteExternalLoad(instanceId: string, inflight: number, active: boolean): void;
+  noteExternalLoad(instanceId: string, inflight: number, active: boolean, routed: boolean): void;
   tailLogs(fnId: string, n: number): LogEntry[];
   /** Returns the unsubscribe function. */
   followLogs(fnId: string, onEntry: (e: LogEntry) => void): () => void;

@@ -122,6 +122,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     const dp = resolveDataPlane(cfg.dataPlane, env);
     if (cfg.dataPlane === 'haproxy' && !dp.binary) throw new AetherError('AETHER_ERR_VALIDATION', 'config: --data-plane haproxy, but no haproxy binary was found (install haproxy, or use --data-plane auto|node)');
     const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: join(cfg.dataDir, 'tmp') });
+    const writeBarrier: { wait?: () => Promise<void> } = {};
     const openGateway = (native: boolean): Promise<Gateway> =>
       startGateway({
         store,
@@ -135,6 +136,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
         host: native ? '127.0.0.1' : cfg.host,
         port: native ? 0 : cfg.port,
         publicHost: cfg.host,
+        writeBarrier,
         gatewayId: newId('gw'),
         leaseTtlMs: cfg.leaseTtlMs,
         startTimeoutMs: cfg.startupTimeoutMs + 15_000,
@@ -159,6 +161,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     }
     const gw = g;
     const d = dataPlane;
+    writeBarrier.wait = () => d.sync();
     closers.unshift(() => gw.close());
     closers.unshift(() => d.close());
     out(`data plane: ${dataPlane.kind} (${dataPlane.kind === dp.kind ? dp.reason : 'haproxy failed to start'})`);
@@ -215,7 +218,7 @@ function startHaproxy(g: Gateway, agent: Agent | undefined, dir: string, host: s
         metrics.invocationDuration.observe({ function_id: rec.function_id }, rec.duration_ms / 1000);
       },
       functionLoad: (fnId, n) => g.invoker.setExternalLoad(fnId, n),
-      ...(agent ? { instanceLoad: (id: string, n: number, active: boolean) => agent.noteExternalLoad(id, n, active) } : {}),
+      ...(agent ? { instanceLoad: (id: string, n: number, active: boolean, routed: boolean) => agent.noteExternalLoad(id, n, active, routed) } : {}),
     },
     localAgentId: agent?.id,
     clock,

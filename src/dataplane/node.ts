@@ -8,6 +8,7 @@ export function nodeDataPlane(url: string): DataPlane {
   return {
     kind: 'node',
     url,
+    sync: async () => undefined,
     status: () => ({ kind: 'node', proxy: 'none', restarts: 0, routes: 0 }),
     close: async () => undefined,
   };

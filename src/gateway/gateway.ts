@@ -32,6 +32,11 @@ export interface GatewayOptions {
   reconcileMs?: number;
   /** Address clients reach (a native data plane in front listens there; `host` is then loopback). */
   publicHost?: string;
+  /**
+   * Awaited before answering a write to the API (set once a native data plane runs): a DELETE or
+   * rename is already in the proxy's routes when the client gets its answer, as on the Node path.
+   */
+  writeBarrier?: { wait?: () => Promise<void> };
 }
 
 export interface Gateway {
@@ -79,6 +84,13 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       },
     },
   );
+  const barrier = o.writeBarrier;
+  if (barrier) {
+    app.addHook('onSend', async (req, _reply, payload) => {
+      if (req.method !== 'GET' && req.method !== 'HEAD' && barrier.wait) await barrier.wait();
+      return payload;
+    });
+  }
   await app.listen({ host: o.host, port: o.port });
   if (!server) throw new Error('server factory was not called');
   const addr = server.address() as AddressInfo;

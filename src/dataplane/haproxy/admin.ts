@@ -22,9 +22,10 @@ export function adminCommand(socketPath: string, command: string, timeoutMs = 50
 
 /** Answers of commands that worked ("" or a known success line); anything else is an error. */
 export function commandFailed(command: string, answer: string): boolean {
-  const a = answer.trim();
-  if (a === '') return false;
-  if (/^(New server registered|Server deleted)/.test(a)) return false;
   if (command.startsWith('show ')) return false;
-  return true;
+  // Several commands (";"-separated) answer one block each.
+  return answer
+    .split('\n')
+    .map((l) => l.trim())
+    .some((l) => l !== '' && !/^(New server registered|Server deleted)/.test(l));
 }

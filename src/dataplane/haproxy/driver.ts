@@ -1,7 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import type { Server as HttpServer } from 'node:http';
-import { createServer, type Server, type AddressInfo } from 'node:net';
+import { appendFileSync, chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Clock, Logger } from '../../core/index.ts';
@@ -68,6 +68,10 @@ export class HaproxyDataPlane implements DataPlane {
   readonly #map = new Map<string, string>();
   #child: ChildProcess | undefined;
   #fallback: Server | undefined;
+  readonly #fallbackSockets = new Set<Socket>();
+  /** Sockets the fallback accepted, closed after their current answer once HAProxy is back. */
+  readonly #handBack = new Set<Socket>();
+  #handBackHooked = false;
   #port = 0;
   #closing = false;
   #running = false;
@@ -95,6 +99,14 @@ export class HaproxyDataPlane implements DataPlane {
     return { kind: 'haproxy', proxy: this.#running ? 'running' : 'restarting', restarts: this.#restarts, routes: this.#map.size };
   }
 
+  async sync(): Promise<void> {
+    // Watch events arrive in microtasks / I/O callbacks: let the ones already due land first.
+    await new Promise((r) => setImmediate(r));
+    if (!this.#running) return;
+    this.#dirty = true;
+    await this.#apply();
+  }
+
   async start(): Promise<void> {
     mkdirSync(this.#o.dir, { recursive: true, mode: 0o700 });
     chmodSync(this.#o.dir, 0o700);
@@ -103,7 +115,7 @@ export class HaproxyDataPlane implements DataPlane {
     writeFileSync(this.#p.base32, base32Map());
     for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(this.#p.errors, `${s}.http`), errorPage(Number(s)));
     // Hold the public port first (it also resolves port 0), then let HAProxy join it.
-    await this.#openFallback(this.#o.port);
+    await this.#openFallback(await this.#claimPort(this.#o.port));
     const h = this.#o.host;
     const urlHost = h === '0.0.0.0' || h === '::' ? '127.0.0.1' : h.includes(':') ? `[${h}]` : h;
     this.#url = `http://${urlHost}:${this.#port}`;
@@ -176,7 +188,7 @@ export class HaproxyDataPlane implements DataPlane {
     this.#resetState();
     this.#running = true;
     await this.#apply();
-    await this.#closeFallback();
+    this.#closeFallback();
   }
 
   async #recover(): Promise<void> {
@@ -197,9 +209,35 @@ export class HaproxyDataPlane implements DataPlane {
     }
   }
 
+  /** Refuse a port another process holds, as a plain listen would (SO_REUSEPORT would share it). */
+  async #claimPort(port: number): Promise<number> {
+    const probe = createServer();
+    await new Promise<void>((resolve, reject) => {
+      probe.once('error', reject);
+      probe.listen({ host: this.#o.host, port }, () => resolve());
+    });
+    const bound = (probe.address() as AddressInfo).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    return bound;
+  }
+
   async #openFallback(port: number): Promise<void> {
     if (this.#fallback) return;
-    const srv = createServer((sock) => this.#o.activator.server.emit('connection', sock));
+    if (!this.#handBackHooked) {
+      this.#handBackHooked = true;
+      // A keep-alive client of the fallback would stay on the Node path for good: its next answer closes the connection.
+      this.#o.activator.server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
+        if (this.#handBack.has(req.socket)) res.shouldKeepAlive = false;
+      });
+    }
+    const srv = createServer((sock) => {
+      this.#fallbackSockets.add(sock);
+      sock.once('close', () => {
+        this.#fallbackSockets.delete(sock);
+        this.#handBack.delete(sock);
+      });
+      this.#o.activator.server.emit('connection', sock);
+    });
     await new Promise<void>((resolve, reject) => {
       srv.once('error', reject);
       srv.listen({ host: this.#o.host, port, reusePort: true }, () => resolve());
@@ -208,12 +246,16 @@ export class HaproxyDataPlane implements DataPlane {
     this.#port = (srv.address() as AddressInfo).port;
   }
 
-  async #closeFallback(): Promise<void> {
+  #closeFallback(): void {
     const srv = this.#fallback;
     if (!srv) return;
     this.#fallback = undefined;
-    // Stops accepting; connections it already accepted finish on the Node path.
-    await new Promise<void>((r) => srv.close(() => r()));
+    // Stops accepting; what it accepted finishes on the Node path, then its clients reconnect to HAProxy.
+    // (Not awaited: close() resolves only once those connections end.)
+    srv.close();
+    for (const sock of this.#fallbackSockets) this.#handBack.add(sock);
+    this.#fallbackSockets.clear();
+    this.#o.activator.server.closeIdleConnections();
   }
 
   // ---------------------------------------------------------------- programming
@@ -260,6 +302,7 @@ export class HaproxyDataPlane implements DataPlane {
   }
 
   async #cmd(command: string): Promise<void> {
+    if (process.env['AETHER_DEBUG_HAPROXY_LOG']) appendFileSync(process.env['AETHER_DEBUG_HAPROXY_LOG'], `${Date.now()} CMD ${command}\n`);
     const answer = await adminCommand(this.#p.admin, command);
     if (commandFailed(command, answer)) throw new Error(`haproxy: "${command}": ${answer.trim()}`);
   }
@@ -304,17 +347,21 @@ export class HaproxyDataPlane implements DataPlane {
       const be = slotName(i);
       const fr = slot.fnId !== undefined ? t.functions.get(slot.fnId) : undefined;
       const wanted = new Map((fr?.instances ?? []).map((x) => [x.id, x]));
-      for (const [id, inst] of wanted) {
+      const maxConn = fr?.maxConn ?? 1;
+      // Capacity first, then drains: a rolling update never leaves the backend without a ready server.
+      const order = [...wanted.values()].sort((x, y) => (x.state === y.state ? 0 : x.state === 'ready' ? -1 : 1));
+      for (const inst of order) {
+        const id = inst.id;
         const addr = formatAddress(inst.address);
-        const maxConn = fr?.maxConn ?? 1;
         const cur = slot.servers.get(id);
         if (!cur) {
           if (slot.deleting.has(id)) {
             slot.deleting.delete(id); // came back before its deletion: keep it
+            await this.#cmd(`set server ${be}/${id} state ${inst.state}`);
           } else {
-            await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn}`);
+            // New servers start in maintenance: add and enable in one round trip.
+            await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn}; set server ${be}/${id} state ${inst.state}`);
           }
-          await this.#cmd(`set server ${be}/${id} state ${inst.state}`);
           slot.servers.set(id, { addr, state: inst.state, maxConn });
           continue;
         }
@@ -359,6 +406,7 @@ export class HaproxyDataPlane implements DataPlane {
   // ---------------------------------------------------------------- off the request path: logs and stats
 
   #onLog(line: string): void {
+    if (process.env['AETHER_DEBUG_HAPROXY_LOG']) appendFileSync(process.env['AETHER_DEBUG_HAPROXY_LOG'], line + '\n');
     const r = parseLogLine(line);
     if (!r) return;
     this.#o.sinks.record(r.record);
@@ -373,6 +421,7 @@ export class HaproxyDataPlane implements DataPlane {
         try {
           const rows = parseShowStat(await adminCommand(this.#p.admin, 'show stat', 2000));
           const fnLoad = new Map<string, number>();
+          const seen = new Set<string>();
           for (const r of rows) {
             if (!/^f\d+$/.test(r.backend)) continue;
             const i = Number(r.backend.slice(1));
@@ -382,11 +431,13 @@ export class HaproxyDataPlane implements DataPlane {
               if (slot.fnId !== undefined) fnLoad.set(slot.fnId, r.scur + r.qcur);
               continue;
             }
+            seen.add(r.server);
             const prev = this.#stot.get(r.server) ?? r.stot;
             this.#stot.set(r.server, r.stot);
-            this.#o.sinks.instanceLoad?.(r.server, r.scur, r.stot !== prev || r.scur > 0);
+            this.#o.sinks.instanceLoad?.(r.server, r.scur, r.stot !== prev || r.scur > 0, slot.servers.get(r.server)?.state === 'ready');
             if (slot.deleting.has(r.server) && r.scur === 0) await this.#reap(i);
           }
+          for (const id of this.#stot.keys()) if (!seen.has(id)) this.#stot.delete(id);
           // Report changes only; a function that went idle is reported once as 0.
           for (const [fnId, n] of fnLoad) {
             if ((this.#reported.get(fnId) ?? 0) === n) continue;
@@ -423,7 +474,7 @@ export class HaproxyDataPlane implements DataPlane {
       clearTimeout(t);
     }
     this.#running = false;
-    await this.#closeFallback();
+    this.#closeFallback();
   }
 }
 
