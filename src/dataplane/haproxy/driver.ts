@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { appendFileSync, chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -302,7 +302,6 @@ export class HaproxyDataPlane implements DataPlane {
   }
 
   async #cmd(command: string): Promise<void> {
-    if (process.env['AETHER_DEBUG_HAPROXY_LOG']) appendFileSync(process.env['AETHER_DEBUG_HAPROXY_LOG'], `${Date.now()} CMD ${command}\n`);
     const answer = await adminCommand(this.#p.admin, command);
     if (commandFailed(command, answer)) throw new Error(`haproxy: "${command}": ${answer.trim()}`);
   }
@@ -406,7 +405,6 @@ export class HaproxyDataPlane implements DataPlane {
   // ---------------------------------------------------------------- off the request path: logs and stats
 
   #onLog(line: string): void {
-    if (process.env['AETHER_DEBUG_HAPROXY_LOG']) appendFileSync(process.env['AETHER_DEBUG_HAPROXY_LOG'], line + '\n');
     const r = parseLogLine(line);
     if (!r) return;
     this.#o.sinks.record(r.record);
