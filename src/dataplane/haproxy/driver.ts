@@ -473,6 +473,8 @@ export class HaproxyDataPlane implements DataPlane {
     }
     this.#running = false;
     this.#closeFallback();
+    // Nothing routes to the instances any more: their drains need not wait for us.
+    for (const slot of this.#slots) for (const id of [...slot.servers.keys(), ...slot.deleting]) this.#o.sinks.instanceLoad?.(id, 0, false, false);
   }
 }
 
