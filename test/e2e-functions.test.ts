@@ -296,7 +296,7 @@ http.createServer(async (req, res) => {
       assert.equal((await invoke('survivor')).status, 200);
       const viaProxy = await eventually(async () => {
         const r = await invoke('survivor');
-        return (r.json['headers'] as Record<string, string>)['x-aether-instance'] ? r : undefined;
+        return /aether-haproxy/.test((r.json['headers'] as Record<string, string>)['via'] ?? '') ? r : undefined;
       });
       assert.equal(viaProxy.cold, 'false');
       const pidFile = join(p.dataDir, 'haproxy', 'haproxy.pid');
@@ -328,7 +328,7 @@ http.createServer(async (req, res) => {
           const now = Number(readFileSync(pidFile, 'utf8').trim());
           if (now === pid) return undefined;
           const r = await invoke('survivor');
-          return (r.json['headers'] as Record<string, string>)['x-aether-instance'] ? r : undefined;
+          return /aether-haproxy/.test((r.json['headers'] as Record<string, string>)['via'] ?? '') ? r : undefined;
         }, 10_000, 50);
         at = ok;
         await new Promise((r) => setTimeout(r, 300));

@@ -10,9 +10,9 @@ import { createFsBlobStore } from '../blob/fs.ts';
 import { ManualClock, metrics, silentLogger } from '../core/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { createMemoryQueue } from '../queue/memory.ts';
-import { createFakeRuntime, type FakeBehavior } from '../runtime/fake.ts';
+import { createFakeRuntime, type FakeBehavior, type FakeRuntime } from '../runtime/fake/index.ts';
 import type { InstanceSpec } from '../runtime/index.ts';
-import { KEYS, PROVISION_TOPIC, codeBlobKey, sampleFunction, instanceConfigKey, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
+import { KEYS, PROVISION_TOPIC, provisionTopic, codeBlobKey, sampleFunction, instanceConfigKey, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
 import { createAgent } from './agent.ts';
 import { buildZip, countingBlob, sha256 } from './test-support.ts';
@@ -35,7 +35,7 @@ async function until<T>(f: () => Promise<T | undefined | false> | T | undefined 
   }
 }
 
-async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSpec) => FakeBehavior; fn?: Partial<FunctionRecord>; config?: Partial<AgentConfig> } = {}) {
+async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSpec) => FakeBehavior; fn?: Partial<FunctionRecord>; config?: Partial<AgentConfig>; qemu?: FakeRuntime } = {}) {
   const clock = new ManualClock();
   const store = createSqliteStore({ path: ':memory:', clock });
   const queue = createMemoryQueue({ clock });
@@ -44,8 +44,8 @@ async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSp
   // The fake runs on the test's clock too: its startup timeouts fire as the agent's would.
   const runtime = createFakeRuntime({ clock, ...(o.behavior ? { behavior: o.behavior } : {}) });
   const dataDir = await mkdtemp(join(tmpdir(), 'aether-agent-'));
-  const config = agentConfig({ agentId: 'agent-1', url: 'http://agent-1.test:8081', dataDir, capacity: o.capacity ?? { instances: 10, memoryMb: 4096, vcpu: 16 }, ...o.config });
-  const agent = createAgent({ store, queue, blob, runtime, clock, logger: silentLogger(), config, archiveLimits: DEFAULT_LIMITS });
+  const config = agentConfig({ clusterToken: 'ct', agentId: 'agent-1', url: 'http://agent-1.test:8081', dataDir, capacity: o.capacity ?? { instances: 10, memoryMb: 4096, vcpu: 16 }, ...o.config });
+  const agent = createAgent({ store, queue, blob, runtimes: { process: runtime, ...(o.qemu ? { qemu: o.qemu } : {}) }, clock, logger: silentLogger(), config, archiveLimits: DEFAULT_LIMITS });
 
   const zip = await buildZip({ 'handler.js': 'require("node:http").createServer().listen(process.env.PORT);\n' });
   const sha = sha256(zip);
@@ -77,7 +77,7 @@ async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSp
   const enqueue = async (over: Partial<ProvisionJob> = {}, f: FunctionRecord = fn): Promise<string> => {
     const request_id = `req-${++n}`;
     const job: ProvisionJob = { function_id: f.id, config_key: instanceConfigKey(f), reason: 'cold', requested_at: clock.now(), request_id, ...over };
-    await queue.enqueue(PROVISION_TOPIC, job);
+    await queue.enqueue(provisionTopic(job.sandbox ?? 'process'), job);
     return request_id;
   };
   const result = (requestId: string): Promise<ProvisionResult> =>
@@ -126,6 +126,7 @@ test('a job produces a registered instance under the agent lease, an ok result, 
     agent_url: 'http://agent-1.test:8081',
     endpoint: undefined,
     config_key: instanceConfigKey(h.fn),
+    sandbox: 'process',
     status: 'ready',
     started_at: new Date(h.clock.now()).toISOString(),
   });
@@ -133,9 +134,10 @@ test('a job produces a registered instance under the agent lease, an ok result, 
   assert.equal((await h.store.get(KEYS.provisionResult(reqId)))?.lease, agentKv.lease);
   assert.equal(await h.queue.depth(PROVISION_TOPIC), 0, 'acked');
   const spec = h.created()[0];
-  assert.equal(spec?.functionId, 'fn-1');
-  assert.equal(spec?.entrypoint, 'handler.js');
-  assert.equal(spec?.pidsMax, 256);
+  assert.deepEqual(spec?.owner, { kind: 'function', id: 'fn-1', name: spec?.owner.name });
+  assert.equal(spec?.artifact.kind === 'code' && spec.artifact.entrypoint, 'handler.js');
+  assert.equal(spec?.resources.pidsMax, 256);
+  assert.equal(spec?.version, instanceConfigKey(h.fn));
   const agentRec = await until(async () => {
     const a = JSON.parse((await h.store.get(KEYS.agent('agent-1')))?.value ?? '{}') as AgentRecord;
     return a.used?.instances === 1 ? a : undefined;
@@ -214,24 +216,95 @@ test('an outdated job is dropped; a job for a deleted function answers "function
   assert.equal(h.runtime.instances.size, 0);
 });
 
-test('without capacity for the function the job is given back for another agent', async () => {
+/** The setup's function under another id and name (same code), stored. */
+async function otherFunction(h: Awaited<ReturnType<typeof setup>>, id: string, over: Partial<FunctionRecord> = {}): Promise<FunctionRecord> {
+  const f: FunctionRecord = { ...h.fn, id, name: id, ...over };
+  await h.store.put(KEYS.function(f.id), JSON.stringify(f));
+  return f;
+}
+
+const roomyAgent = (id: string): AgentRecord => ({
+  agent_id: id,
+  url: `http://${id}.test`,
+  hostname: id,
+  capacity: { instances: 10, memory_mb: 4096, vcpu: 16 },
+  used: { instances: 0, memory_mb: 0, vcpu: 0 },
+  isolation: 'none',
+  started_at: new Date(0).toISOString(),
+});
+
+test('a job that does not fit is given back while another agent has room, else answered "no capacity" at once', async () => {
   const h = await setup({ capacity: { instances: 10, memoryMb: 100, vcpu: 16 } });
+  await h.store.put(KEYS.agent('agent-2'), JSON.stringify(roomyAgent('agent-2')));
   await h.enqueue();
-  // The agent takes it, finds 128 MB > 100 MB and releases it: another consumer gets a redelivery.
+  // 128 MB > 100 MB here, but agent-2's record has room: released for it.
   const job = await until(() => h.queue.take<ProvisionJob>(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 60_000 }), 'released job');
   assert.equal(job.deliveries, 2);
   assert.equal(job.payload.function_id, 'fn-1');
+  await h.queue.ack(job);
+  // Nobody else has room: the waiting requests get an answer now, not a timeout.
+  await h.store.delete(KEYS.agent('agent-2'));
+  const req = await h.enqueue();
+  await h.clock.advance(1000); // the agent's back-off after giving a job back
+  const r = await h.result(req);
+  assert.equal(r.ok, false);
+  assert.equal(r.error_code, 'AETHER_ERR_NO_CAPACITY');
+  assert.match(r.error ?? '', /no agent has room/);
+  assert.equal(await h.queue.depth(PROVISION_TOPIC), 0, 'acked');
   assert.equal(h.runtime.instances.size, 0);
 });
 
-test('with every instance slot used the agent does not take jobs', async () => {
-  const h = await setup({ capacity: { instances: 1, memoryMb: 4096, vcpu: 16 } });
-  await h.startOne();
-  await h.enqueue();
+test('a job that cannot be placed does not hold up the jobs behind it', async () => {
+  const h = await setup({ capacity: { instances: 10, memoryMb: 1024, vcpu: 16 } });
+  const big = await otherFunction(h, 'fn-big', { memory_mb: 4096 });
+  const bigReq = await h.enqueue({}, big);
+  const smallReq = await h.enqueue();
+  const [rb, rs] = await Promise.all([h.result(bigReq), h.result(smallReq)]);
+  assert.equal(rb.error_code, 'AETHER_ERR_NO_CAPACITY');
+  assert.equal(rs.ok, true, rs.error ?? '');
+});
+
+test('a full node evicts the least recently used idle instance of another function to place a cold start', async () => {
+  const h = await setup({ capacity: { instances: 2, memoryMb: 4096, vcpu: 16 } });
+  const f2 = await otherFunction(h, 'fn-2');
+  const f3 = await otherFunction(h, 'fn-3');
+  const old = await h.startOne();
   await h.clock.advance(1000);
-  const job = await h.queue.take<ProvisionJob>(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 60_000 });
-  assert.ok(job);
-  assert.equal(job.deliveries, 1, 'never taken by the full agent');
+  const recent = await h.startOne(f2);
+  await h.clock.advance(DEFAULT_AGENT_CONFIG.evictIdleMs);
+  const r = await h.result(await h.enqueue({}, f3));
+  assert.equal(r.ok, true, r.error ?? '');
+  assert.ok(r.instance_id);
+  assert.equal(await h.record(old), undefined, 'the least recently used instance was evicted');
+  assert.ok(await h.record(recent, f2), 'the more recent one kept');
+  assert.ok(await h.record(r.instance_id, f3));
+  assert.deepEqual(h.agent.localInstances().map((i) => i.functionId).sort(), ['fn-2', 'fn-3']);
+});
+
+test('nothing to evict (min_instances, own function): "no capacity" at once', async () => {
+  const h = await setup({ capacity: { instances: 1, memoryMb: 4096, vcpu: 16 }, fn: { min_instances: 1 } });
+  const f2 = await otherFunction(h, 'fn-2', { min_instances: 0 });
+  await h.startOne();
+  await h.clock.advance(DEFAULT_AGENT_CONFIG.evictIdleMs * 10);
+  const r = await h.result(await h.enqueue({}, f2));
+  assert.equal(r.error_code, 'AETHER_ERR_NO_CAPACITY');
+  // Its own function's next instance does not evict the first one either.
+  const r2 = await h.result(await h.enqueue());
+  assert.equal(r2.error_code, 'AETHER_ERR_NO_CAPACITY');
+  assert.equal(h.agent.localInstances().length, 1);
+});
+
+test('an idle instance within its grace is not evicted yet: the job waits for it, then evicts', async () => {
+  const h = await setup({ capacity: { instances: 1, memoryMb: 4096, vcpu: 16 } });
+  const f2 = await otherFunction(h, 'fn-2');
+  const first = await h.startOne();
+  const req = await h.enqueue({}, f2);
+  await h.clock.advance(DEFAULT_AGENT_CONFIG.evictIdleMs);
+  // Released and taken again until the first instance is idle long enough.
+  for (let i = 0; i < 20 && !(await h.store.get(KEYS.provisionResult(req))); i++) await h.clock.advance(200);
+  const r = await h.result(req);
+  assert.equal(r.ok, true, r.error ?? '');
+  assert.equal(await h.record(first), undefined);
 });
 
 test('an instance that exits is deregistered at once and its logs survive', async () => {
@@ -368,23 +441,27 @@ test('the agent HTTP server: healthz, unknown routes, forwarding errors, followe
     server.close(() => r());
   }));
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const get = async (path: string) => {
-    const r = await fetch(base + path);
+  const get = async (path: string, headers: Record<string, string> = { 'x-aether-cluster-token': 'ct' }) => {
+    const r = await fetch(base + path, { headers });
     return { status: r.status, body: await r.text() };
   };
   assert.deepEqual(await get('/healthz'), { status: 200, body: JSON.stringify({ ok: true, agent_id: 'agent-1' }) });
   assert.equal((await get('/nope')).status, 404);
   const fwd = await get(`/internal/forward/${id}/x?y=1`);
   assert.equal(fwd.status, 200);
-  const echo = JSON.parse(fwd.body) as { url: string; env: Record<string, string> };
+  const echo = JSON.parse(fwd.body) as { url: string; env: Record<string, string>; headers: Record<string, string> };
   assert.deepEqual([echo.url, echo.env.AETHER_INSTANCE_ID], ['/x?y=1', id], 'reached that instance with the path');
+  assert.equal(echo.headers['x-aether-cluster-token'], undefined, 'the cluster token never reaches a function');
+  assert.equal((await get(`/internal/forward/${id}/x`, {})).status, 401);
+  assert.equal((await get('/internal/logs/fn-1', {})).status, 401);
+  assert.equal((await get('/internal/logs/fn-1', { authorization: 'bearer ct' })).status, 200);
   const bad = await get('/internal/forward/inst-unknown/');
   assert.equal(bad.status, 502);
   assert.match(bad.body, /AETHER_ERR_UPSTREAM/);
 
   h.runtime.instances.get(id)?.print('first');
   const ac = new AbortController();
-  const res = await fetch(`${base}/internal/logs/fn-1?tail=1&follow=1`, { signal: ac.signal });
+  const res = await fetch(`${base}/internal/logs/fn-1?tail=1&follow=1`, { signal: ac.signal, headers: { authorization: 'Bearer ct' } });
   assert.equal(res.headers.get('content-type'), 'application/x-ndjson');
   const reader = res.body!.getReader();
   let text = '';
@@ -401,4 +478,48 @@ test('the agent HTTP server: healthz, unknown routes, forwarding errors, followe
   const lines = text.trim().split('\n').map((l) => JSON.parse(l) as { stream: string; text: string; instance_id: string });
   assert.deepEqual(lines.map((l) => [l.stream, l.text, l.instance_id]), [['stdout', 'first', id], ['stderr', 'second', id]]);
   ac.abort();
+});
+
+test('an agent advertises its sandbox kinds and takes each kind\'s jobs into that kind\'s runtime', async () => {
+  const qemu = createFakeRuntime();
+  cleanups.push(() => qemu.close());
+  const h = await setup({ qemu });
+  const rec = await until(async () => JSON.parse((await h.store.get(KEYS.agent('agent-1')))?.value ?? 'null') as AgentRecord | null ?? undefined, 'agent record');
+  assert.deepEqual(rec.sandboxes, ['process', 'qemu']);
+  const vmFn: FunctionRecord = { ...h.fn, id: 'fn-vm', name: 'vm', sandbox: 'qemu' };
+  await h.store.put(KEYS.function(vmFn.id), JSON.stringify(vmFn));
+  const r = await h.result(await h.enqueue({ sandbox: 'qemu' }, vmFn));
+  assert.equal(r.ok, true, r.error ?? '');
+  assert.equal(qemu.instances.size, 1, 'started by the qemu runtime');
+  assert.equal(h.runtime.instances.size, 0, 'not by the process runtime');
+  assert.equal([...qemu.instances.values()][0]?.spec.version, instanceConfigKey(vmFn));
+});
+
+test('an agent without a sandbox kind leaves that kind\'s jobs to others', async () => {
+  const h = await setup();
+  const rec = await until(async () => JSON.parse((await h.store.get(KEYS.agent('agent-1')))?.value ?? 'null') as AgentRecord | null ?? undefined, 'agent record');
+  assert.deepEqual(rec.sandboxes, ['process']);
+  const vmFn: FunctionRecord = { ...h.fn, id: 'fn-vm', name: 'vm', sandbox: 'qemu' };
+  await h.store.put(KEYS.function(vmFn.id), JSON.stringify(vmFn));
+  await h.enqueue({ sandbox: 'qemu' }, vmFn);
+  // a process job queued after it is served: the agent is taking jobs, just not the qemu one
+  await h.startOne();
+  assert.equal(await h.queue.depth(provisionTopic('qemu')), 1, 'the qemu job is still waiting');
+  assert.equal(h.runtime.instances.size, 1);
+});
+
+test('a deleted or updated function\'s snapshot templates are removed (all of them, or all but the new version)', async () => {
+  const removed: [string, readonly string[] | undefined][] = [];
+  const qemu: FakeRuntime = Object.assign(createFakeRuntime(), {
+    snapshots: { removeTemplates: async (owner: string, keep?: readonly string[]) => void removed.push([owner, keep]), templates: () => [] },
+  });
+  cleanups.push(() => qemu.close());
+  const h = await setup({ qemu });
+  const updated = { ...h.fn, memory_mb: h.fn.memory_mb * 2 };
+  await h.store.put(KEYS.function(h.fn.id), JSON.stringify(updated));
+  await until(() => removed.length === 1, 'templates of the old version removed');
+  assert.deepEqual(removed[0], [h.fn.id, [instanceConfigKey(updated)]]);
+  await h.store.delete(KEYS.function(h.fn.id));
+  await until(() => removed.length === 2, 'templates removed with the function');
+  assert.deepEqual(removed[1], [h.fn.id, []]);
 });

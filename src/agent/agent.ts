@@ -5,18 +5,21 @@ import { join } from 'node:path';
 import { AetherError, metrics, newId, type TimerHandle } from '../core/index.ts';
 import { closeEndpoint, forward as proxyForward } from '../proxy/index.ts';
 import type { Job } from '../queue/index.ts';
-import type { ExitInfo, InstanceSpec, LogLine, RuntimeInstance } from '../runtime/index.ts';
+import type { ExitInfo, InstanceSpec, LogLine, Runtime, RuntimeInstance } from '../runtime/index.ts';
 import { planScaleDown, type InstanceLoad, type ScalePolicy } from '../scaler/index.ts';
 import {
   KEYS,
-  PROVISION_TOPIC,
   defaultEntrypoint,
+  provisionTopic,
   instanceConfigKey,
   type AgentRecord,
   type FunctionRecord,
   type InstanceRecord,
   type ProvisionJob,
   type ProvisionResult,
+  type Resources,
+  placement,
+  type SandboxKind,
 } from '../spec/index.ts';
 import type { KeyValue, WatchEvent } from '../store/index.ts';
 import { listAndWatch } from '../store/informer.ts';
@@ -30,9 +33,13 @@ import type { Agent, AgentDeps, AgentForwardOptions, AgentForwardTarget, LocalIn
 const FAILURE_TAIL_LINES = 20;
 /** Back-off after giving a job back for lack of capacity, so another agent can take it. */
 const NO_CAPACITY_BACKOFF_MS = 200;
+/** A job no agent could place after this many deliveries is answered "no capacity" instead of bouncing on. */
+const MAX_CAPACITY_BOUNCES = 5;
+const NO_RESOURCES: Resources = { instances: 0, memory_mb: 0, vcpu: 0 };
 
 interface Local {
   id: string;
+  sandbox: SandboxKind;
   fnId: string;
   fnName: string;
   configKey: string;
@@ -84,15 +91,23 @@ class AgentImpl implements Agent {
   #scaleTimer: TimerHandle | undefined;
   #scaleTicking = false;
   readonly #resultTimers = new Set<TimerHandle>();
-  #wake: (() => void) | undefined;
+  /** Wakes the take loops (one per sandbox kind) paused for capacity. */
+  readonly #wakers = new Set<() => void>();
   #agentWrite: Promise<void> | undefined;
   #agentDirty = false;
   readonly #startedAt: string;
   readonly #httpFollowers = new Set<ServerResponse>();
+  /** What the agent record last said could be evicted (JSON), to publish only changes. */
+  #evictablePublished = JSON.stringify(NO_RESOURCES);
+  /** The runtime of each sandbox kind offered, in a stable order. */
+  readonly #runtimes: [SandboxKind, Runtime][];
 
   constructor(deps: AgentDeps) {
     this.#d = deps;
     this.id = deps.config.agentId;
+    const byKind: Partial<Record<SandboxKind, Runtime>> = { ...(deps.runtime ? { process: deps.runtime } : {}), ...deps.runtimes };
+    this.#runtimes = (['process', 'qemu', 'firecracker'] as const).flatMap((k) => (byKind[k] ? [[k, byKind[k]] as [SandboxKind, Runtime]] : []));
+    if (this.#runtimes.length === 0) throw new AetherError('AETHER_ERR_INTERNAL', 'an agent needs at least one runtime');
     this.#startedAt = new Date(deps.clock.now()).toISOString();
   }
 
@@ -101,9 +116,9 @@ class AgentImpl implements Agent {
   async start(): Promise<void> {
     if (this.#started) throw new AetherError('AETHER_ERR_INTERNAL', 'agent already started');
     this.#started = true;
-    const { store, runtime, clock, logger, config } = this.#d;
+    const { store, clock, logger, config } = this.#d;
     await mkdir(config.dataDir, { recursive: true });
-    await runtime.cleanupLeftovers();
+    for (const [, rt] of this.#runtimes) await rt.cleanupLeftovers();
     this.#cache = await createCodeCache({
       dir: join(config.dataDir, 'code'),
       blob: this.#d.blob,
@@ -149,9 +164,11 @@ class AgentImpl implements Agent {
     }
 
     this.#running = true;
-    void this.#runTakeLoop().catch((err: unknown) => logger.error({ err }, 'provision loop crashed'));
+    // One take loop per sandbox kind (a topic each): a slow VM start never holds up process jobs.
+    for (const [kind] of this.#runtimes) void this.#runTakeLoop(kind).catch((err: unknown) => logger.error({ err, sandbox: kind }, 'provision loop crashed'));
     this.#scheduleScale();
-    logger.info({ agent: this.id, url: config.url, isolation: runtime.isolation, capacity: config.capacity }, 'agent started');
+    const sandboxes = Object.fromEntries(this.#runtimes.map(([k, rt]) => [k, rt.isolation]));
+    logger.info({ agent: this.id, url: config.url, sandboxes, capacity: config.capacity }, 'agent started');
   }
 
   stop(): Promise<void> {
@@ -164,7 +181,7 @@ class AgentImpl implements Agent {
     const { store, logger, config } = this.#d;
     this.#running = false;
     this.#stopAc.abort(new AetherError('AETHER_ERR_UNAVAILABLE', 'agent is stopping'));
-    this.#wake?.();
+    this.#poke();
     if (this.#scaleTimer) this.#d.clock.clearTimeout(this.#scaleTimer);
     // A take blocked in the queue is not awaited: if it returns a job later, the loop gives it back.
     await Promise.allSettled([...this.#starts]);
@@ -198,7 +215,7 @@ class AgentImpl implements Agent {
   }
 
   #agentRecord(): AgentRecord {
-    const { config, runtime } = this.#d;
+    const { config } = this.#d;
     const used = this.#used();
     return {
       agent_id: this.id,
@@ -206,7 +223,9 @@ class AgentImpl implements Agent {
       hostname: hostname(),
       capacity: { instances: config.capacity.instances, memory_mb: config.capacity.memoryMb, vcpu: config.capacity.vcpu },
       used: { instances: used.instances, memory_mb: used.memoryMb, vcpu: used.vcpu },
-      isolation: runtime.isolation,
+      evictable: JSON.parse(this.#evictablePublished) as Resources,
+      isolation: (this.#runtimes.find(([k]) => k === 'process') ?? this.#runtimes[0])?.[1].isolation ?? 'none',
+      sandboxes: this.#runtimes.map(([k]) => k),
       started_at: this.#startedAt,
     };
   }
@@ -272,12 +291,23 @@ class AgentImpl implements Agent {
   #functionEvent(ev: WatchEvent): void {
     if (ev.type === 'put') {
       const fn = parse<FunctionRecord>(ev.kv.value);
-      if (fn) this.#functions.set(ev.kv.key.slice(KEYS.functions.length), fn);
+      if (!fn) return;
+      const id = ev.kv.key.slice(KEYS.functions.length);
+      const prev = this.#functions.get(id);
+      this.#functions.set(id, fn);
+      if (prev && instanceConfigKey(prev) !== instanceConfigKey(fn)) this.#dropTemplates(id, [instanceConfigKey(fn)]);
       return;
     }
     const fnId = ev.key.slice(KEYS.functions.length);
     this.#functions.delete(fnId);
     this.#stopFunction(fnId);
+  }
+
+  /** Snapshot templates of a function's older versions (or all of them) go with it. */
+  #dropTemplates(fnId: string, keep: string[]): void {
+    for (const [, rt] of this.#runtimes) {
+      rt.snapshots?.removeTemplates(fnId, keep).catch((err: unknown) => this.#d.logger.warn({ err, fnId }, 'could not remove snapshot templates'));
+    }
   }
 
   #recordPut(kv: KeyValue): void {
@@ -306,6 +336,7 @@ class AgentImpl implements Agent {
     }
     if (any) this.#d.logger.info({ fnId }, 'function deleted: stopping its instances');
     this.#logs.drop(fnId);
+    this.#dropTemplates(fnId, []);
   }
 
   // ---------------------------------------------------------------- provisioning
@@ -329,25 +360,28 @@ class AgentImpl implements Agent {
 
   /** Wait `ms` of clock time, or less when capacity frees up or the agent stops. */
   async #pause(ms: number): Promise<void> {
-    const woken = new Promise<void>((resolve) => (this.#wake = resolve));
+    let wake!: () => void;
+    const woken = new Promise<void>((resolve) => this.#wakers.add((wake = resolve)));
     await Promise.race([this.#d.clock.sleep(ms, this.#stopAc.signal).catch(() => undefined), woken]);
-    this.#wake = undefined;
+    this.#wakers.delete(wake);
   }
 
   #poke(): void {
-    this.#wake?.();
+    for (const w of this.#wakers) w();
   }
 
-  async #runTakeLoop(): Promise<void> {
+  async #runTakeLoop(sandbox: SandboxKind): Promise<void> {
     const { queue, logger, config } = this.#d;
+    const topic = provisionTopic(sandbox);
     while (this.#running) {
-      if (this.#starts.size >= config.maxConcurrentStarts || this.#used().instances >= config.capacity.instances) {
+      // A full agent still takes jobs: it evicts idle instances, hands the job on, or answers "no capacity".
+      if (this.#starts.size >= config.maxConcurrentStarts) {
         await this.#pause(NO_CAPACITY_BACKOFF_MS);
         continue;
       }
       let job: Job<ProvisionJob> | undefined;
       try {
-        job = await queue.take<ProvisionJob>(PROVISION_TOPIC, this.id, { waitMs: 1000, visibilityMs: config.jobVisibilityMs });
+        job = await queue.take<ProvisionJob>(topic, this.id, { waitMs: 1000, visibilityMs: config.jobVisibilityMs });
       } catch (err) {
         if (!this.#running) break;
         logger.warn({ err }, 'provision queue take failed');
@@ -361,7 +395,7 @@ class AgentImpl implements Agent {
       }
       let verdict: 'started' | 'done' | 'retry';
       try {
-        verdict = await this.#admit(job);
+        verdict = await this.#admit(job, sandbox);
       } catch (err) {
         logger.error({ err, job: job.id }, 'could not handle a provision job; given back');
         await queue.release(job).catch(() => undefined);
@@ -375,7 +409,7 @@ class AgentImpl implements Agent {
    * Decide on a job (sequentially, so capacity is reserved before the next take) and start the
    * instance in the background.
    */
-  async #admit(job: Job<ProvisionJob>): Promise<'started' | 'done' | 'retry'> {
+  async #admit(job: Job<ProvisionJob>, sandbox: SandboxKind): Promise<'started' | 'done' | 'retry'> {
     const { queue, store, logger, clock } = this.#d;
     const takenAt = clock.now();
     const p = job.payload;
@@ -399,18 +433,27 @@ class AgentImpl implements Agent {
       return 'done';
     }
     const configKey = instanceConfigKey(fn);
-    if (p.config_key !== configKey) {
+    // The sandbox is part of the config key: a job from this topic for another sandbox is outdated too.
+    if (p.config_key !== configKey || fn.sandbox !== sandbox) {
       // The function changed after the job was queued; whoever wants the new version asks again.
       logger.debug({ fnId: fn.id, job: job.id }, 'dropping a provision job for an outdated config');
       await queue.ack(job).catch(() => undefined);
       return 'done';
     }
+    const evicting: Promise<void>[] = [];
     if (!this.#fits(fn)) {
-      await queue.release(job).catch(() => undefined);
-      return 'retry';
+      const victims = this.#evictionPlan(fn);
+      if (!victims) return this.#noRoom(job, fn);
+      for (const v of victims) {
+        metrics.evictions.inc({ function_id: v.fnId });
+        metrics.scaleEvents.inc({ function_id: v.fnId, direction: 'down' });
+        evicting.push(this.#drain(v, `evicted (idle) to make room for ${fn.name}`, this.#d.config.drainTimeoutMs));
+      }
+      logger.info({ fnId: fn.id, evicted: victims.map((v) => v.id) }, 'evicting idle instances to place a cold start');
     }
     const l: Local = {
       id: newId('inst', clock.now()),
+      sandbox,
       fnId: fn.id,
       fnName: fn.name,
       configKey,
@@ -435,7 +478,7 @@ class AgentImpl implements Agent {
     };
     this.#locals.set(l.id, l);
     this.#publishAgent();
-    const task = this.#provision(job, fn, l, takenAt).finally(() => {
+    const task = this.#provision(job, fn, l, takenAt, evicting).finally(() => {
       this.#starts.delete(task);
       this.#poke();
     });
@@ -443,8 +486,104 @@ class AgentImpl implements Agent {
     return 'started';
   }
 
-  async #provision(job: Job<ProvisionJob>, fn: FunctionRecord, l: Local, takenAt: number): Promise<void> {
-    const { queue, runtime, clock, logger, config } = this.#d;
+  /**
+   * Idle instances of other functions (least recently used first, idle at least evictIdleMs, not
+   * below their function's min_instances) whose capacity, with what is free, places `fn`;
+   * undefined when that is not enough. `idleMs` 0: what could be freed once the grace has passed.
+   */
+  #evictionPlan(fn: FunctionRecord, idleMs = this.#d.config.evictIdleMs): Local[] | undefined {
+    const { clock, config } = this.#d;
+    const c = config.capacity;
+    const u = this.#used();
+    const need = { memoryMb: fn.memory_mb, vcpu: fn.vcpu };
+    const free = { instances: c.instances - u.instances, memoryMb: c.memoryMb - u.memoryMb, vcpu: c.vcpu - u.vcpu };
+    const enough = (): boolean => free.instances >= 1 && free.memoryMb >= need.memoryMb && free.vcpu >= need.vcpu;
+    if (need.memoryMb > c.memoryMb || need.vcpu > c.vcpu) return undefined;
+    const now = clock.now();
+    const ready = this.#readyCounts();
+    const victims: Local[] = [];
+    const idle = [...this.#locals.values()]
+      .filter((l) => l.state === 'ready' && l.inflight === 0 && l.fnId !== fn.id && now - l.lastActiveAt >= idleMs)
+      .sort((a, b) => a.lastActiveAt - b.lastActiveAt);
+    for (const l of idle) {
+      if (enough()) break;
+      const min = this.#functions.get(l.fnId)?.min_instances ?? 0;
+      const left = ready.get(l.fnId) ?? 0;
+      if (left <= min) continue;
+      ready.set(l.fnId, left - 1);
+      victims.push(l);
+      free.instances++;
+      free.memoryMb += l.memoryMb;
+      free.vcpu += l.vcpu;
+    }
+    return enough() ? victims : undefined;
+  }
+
+  /** Ready instances per function across the cluster (ours from local state). */
+  #readyCounts(): Map<string, number> {
+    const m = new Map<string, number>();
+    for (const l of this.#locals.values()) if (l.state === 'ready') m.set(l.fnId, (m.get(l.fnId) ?? 0) + 1);
+    for (const rec of this.#records.values()) {
+      if (rec.agent_id !== this.id && rec.status === 'ready') m.set(rec.function_id, (m.get(rec.function_id) ?? 0) + 1);
+    }
+    return m;
+  }
+
+  /** What idle instances could be evicted to free (published in the agent record for placement decisions). */
+  #evictable(): Resources {
+    const { clock, config } = this.#d;
+    const now = clock.now();
+    const ready = this.#readyCounts();
+    const r = { ...NO_RESOURCES };
+    for (const l of this.#locals.values()) {
+      if (l.state !== 'ready' || l.inflight > 0 || now - l.lastActiveAt < config.evictIdleMs) continue;
+      const left = ready.get(l.fnId) ?? 0;
+      if (left <= (this.#functions.get(l.fnId)?.min_instances ?? 0)) continue;
+      ready.set(l.fnId, left - 1);
+      r.instances++;
+      r.memory_mb += l.memoryMb;
+      r.vcpu += l.vcpu;
+    }
+    return r;
+  }
+
+  /**
+   * A job this agent cannot place even by evicting: give it back (to the tail of the queue) while
+   * instances here become evictable in a moment or another agent's record says it has room
+   * (bounded by deliveries), else answer "no capacity" at once so the waiting requests get a 503
+   * instead of a timeout, and the queue moves on to other functions' jobs.
+   */
+  async #noRoom(job: Job<ProvisionJob>, fn: FunctionRecord): Promise<'retry' | 'done'> {
+    const { queue, store, logger, config } = this.#d;
+    if (job.deliveries < MAX_CAPACITY_BOUNCES) {
+      // Room here in a moment (idle instances within their grace), or on another agent by its record.
+      let retry = this.#evictionPlan(fn, 0) !== undefined;
+      if (!retry) {
+        try {
+          const agents = (await store.list(KEYS.agents)).kvs.map((kv) => parse<AgentRecord>(kv.value)).filter((a): a is AgentRecord => a !== undefined);
+          retry = placement(agents, fn, this.id).now;
+        } catch {
+          retry = true; // store down: give it back, the delivery bound ends the bouncing
+        }
+      }
+      if (retry) {
+        await queue.release(job).catch(() => undefined);
+        return 'retry';
+      }
+    }
+    const c = config.capacity;
+    const u = this.#used();
+    const error = `no agent has room for an instance of "${fn.name}" (${fn.memory_mb} MB, ${fn.vcpu} vCPU) right now; this agent uses ${u.instances}/${c.instances} instances, ${u.memoryMb}/${c.memoryMb} MB, ${u.vcpu}/${c.vcpu} vCPU and nothing idle can be evicted`;
+    metrics.noCapacity.inc({ function_id: fn.id });
+    logger.warn({ fnId: fn.id, job: job.id }, 'no capacity for a provision job');
+    await this.#writeResult(job.payload, { ok: false, instance_id: null, error, error_code: 'AETHER_ERR_NO_CAPACITY' });
+    await queue.ack(job).catch(() => undefined);
+    return 'done';
+  }
+
+  async #provision(job: Job<ProvisionJob>, fn: FunctionRecord, l: Local, takenAt: number, evicting: Promise<void>[] = []): Promise<void> {
+    const { queue, clock, logger, config } = this.#d;
+    const runtime = this.#runtimes.find(([k]) => k === l.sandbox)?.[1];
     const req = job.payload;
     // Keep the job invisible to other agents while this start is in progress.
     let extendTimer: TimerHandle | undefined;
@@ -458,8 +597,9 @@ class AgentImpl implements Agent {
     extend();
     let registered = false;
     try {
+      await Promise.all(evicting); // their capacity is ours once they are gone
       const cache = this.#cache;
-      if (!cache) throw new AetherError('AETHER_ERR_INTERNAL', 'agent not started');
+      if (!cache || !runtime) throw new AetherError('AETHER_ERR_INTERNAL', 'agent not started');
       const entrypoint = fn.entrypoint || defaultEntrypoint(fn.runtime);
       l.code = await cache.acquire({ code_path: fn.code_path, code_sha256: fn.code_sha256, entrypoint });
       try {
@@ -469,16 +609,12 @@ class AgentImpl implements Agent {
       }
       const spec: InstanceSpec = {
         instanceId: l.id,
-        functionId: fn.id,
-        functionName: fn.name,
-        runtime: fn.runtime,
-        entrypoint,
-        codeDir: l.code.dir,
+        owner: { kind: 'function', id: fn.id, name: fn.name },
+        artifact: { kind: 'code', dir: l.code.dir, runtime: fn.runtime, entrypoint },
         env: { ...fn.env_vars },
-        port: fn.port,
-        memoryMb: fn.memory_mb,
-        vcpu: fn.vcpu,
-        pidsMax: config.pidsMax,
+        resources: { memoryMb: fn.memory_mb, vcpu: fn.vcpu, pidsMax: config.pidsMax },
+        listen: { port: fn.port },
+        version: l.configKey,
       };
       const rt = await runtime.create(spec);
       l.rt = rt;
@@ -486,7 +622,7 @@ class AgentImpl implements Agent {
       void rt.exited.then((info) => this.#onExit(l, info));
       await rt.start();
       l.launched = true;
-      await rt.waitReady(config.startupTimeoutMs, this.#stopAc.signal);
+      await rt.waitReady(Math.max(config.startupTimeoutMs, runtime.minStartupMs ?? 0), this.#stopAc.signal);
       if (l.exit) throw new AetherError('AETHER_ERR_COLD_START_FAILED', describeExit(l.exit));
       if (this.#stopAc.signal.aborted) throw this.#stopAc.signal.reason;
 
@@ -498,6 +634,7 @@ class AgentImpl implements Agent {
         agent_url: config.url,
         endpoint: rt.endpoint,
         config_key: l.configKey,
+        sandbox: l.sandbox,
         status: 'ready',
         started_at: new Date(now).toISOString(),
       };
@@ -554,7 +691,7 @@ class AgentImpl implements Agent {
     this.#forget(l);
   }
 
-  async #writeResult(job: ProvisionJob, r: Pick<ProvisionResult, 'ok' | 'instance_id' | 'error'>): Promise<void> {
+  async #writeResult(job: ProvisionJob, r: Pick<ProvisionResult, 'ok' | 'instance_id' | 'error' | 'error_code'>): Promise<void> {
     const { store, clock, logger, config } = this.#d;
     const result: ProvisionResult = { request_id: job.request_id, function_id: job.function_id, ...r };
     const key = KEYS.provisionResult(job.request_id);
@@ -721,6 +858,11 @@ class AgentImpl implements Agent {
           void this.#drain(l, `idle for ${Math.round((now - l.lastActiveAt) / 1000)} s`, config.drainTimeoutMs);
         }
       }
+      const evictable = JSON.stringify(this.#evictable());
+      if (evictable !== this.#evictablePublished) {
+        this.#evictablePublished = evictable;
+        this.#publishAgent();
+      }
     } catch (err) {
       this.#d.logger.error({ err }, 'scale-down pass failed');
     } finally {
@@ -763,7 +905,7 @@ class AgentImpl implements Agent {
   }
 
   handleHttp(req: IncomingMessage, res: ServerResponse): void {
-    handleAgentHttp(this, this.#d.config.adminToken, this.#httpFollowers, req, res);
+    handleAgentHttp(this, this.#d.config.clusterToken, this.#httpFollowers, req, res);
   }
 
   // ---------------------------------------------------------------- logs + introspection

@@ -5,6 +5,7 @@ import type { BlobStore } from '../blob/index.ts';
 import type { Clock, Logger } from '../core/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Runtime } from '../runtime/index.ts';
+import type { SandboxKind } from '../spec/index.ts';
 import type { Store } from '../store/index.ts';
 import type { LogEntry } from './logs.ts';
 
@@ -40,8 +41,10 @@ export interface AgentConfig {
   codeCacheBytes: number;
   /** How long a provision result stays in the store (a waiting gateway reads it at once). */
   resultTtlMs: number;
-  /** When set, GET /internal/logs requires `Authorization: Bearer <adminToken>`. */
-  adminToken?: string;
+  /** Every /internal/ route requires it (x-aether-cluster-token header, or a bearer token off the forwarding hop). Not the admin token. */
+  clusterToken: string;
+  /** An instance idle (no request in flight) at least this long may be evicted to place another function's cold start. */
+  evictIdleMs: number;
 }
 
 /** Capacity from the host: 80 % of RAM, 8 vCPU shares per core (functions mostly wait on I/O). */
@@ -61,10 +64,11 @@ export const DEFAULT_AGENT_CONFIG = {
   stopGraceMs: 5_000,
   codeCacheBytes: 2 * 1024 * 1024 * 1024,
   resultTtlMs: 60_000,
+  evictIdleMs: 1_000,
 } as const satisfies Partial<AgentConfig>;
 
 /** Fill the defaults around the fields only the caller can know. */
-export function agentConfig(c: Pick<AgentConfig, 'agentId' | 'url' | 'dataDir'> & Partial<AgentConfig>): AgentConfig {
+export function agentConfig(c: Pick<AgentConfig, 'agentId' | 'url' | 'dataDir' | 'clusterToken'> & Partial<AgentConfig>): AgentConfig {
   return { ...DEFAULT_AGENT_CONFIG, capacity: defaultCapacity(), ...c };
 }
 
@@ -72,7 +76,13 @@ export interface AgentDeps {
   store: Store;
   queue: Queue;
   blob: BlobStore;
-  runtime: Runtime;
+  /**
+   * One runtime per sandbox kind this agent offers; it advertises the kinds in its record and takes
+   * provision jobs of those kinds only.
+   */
+  runtimes?: Partial<Record<SandboxKind, Runtime>>;
+  /** Shorthand for `runtimes: { process: runtime }`. */
+  runtime?: Runtime;
   clock: Clock;
   logger: Logger;
   config: AgentConfig;
@@ -112,8 +122,7 @@ export interface Agent {
   forward(instanceId: string, req: IncomingMessage, res: ServerResponse, target: AgentForwardTarget, opts?: AgentForwardOptions): Promise<{ status: number }>;
   /**
    * node:http handler of the agent's own server: GET /healthz; ANY /internal/forward/<instanceId>/<path>;
-   * ANY <path> with `x-aether-instance: <instanceId>` (a gateway's HAProxy names the instance so);
-   * GET /internal/logs/<fnId>?tail=&follow= (NDJSON).
+   * GET /internal/logs/<fnId>?tail=&follow= (NDJSON). /internal/ routes need the cluster token.
    */
   handleHttp(req: IncomingMessage, res: ServerResponse): void;
   /**

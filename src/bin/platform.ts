@@ -3,16 +3,16 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, type ConfigInput, type Role } from '../config/index.ts';
+import { clusterTokenFor, loadConfig, type ConfigInput, type Role } from '../config/index.ts';
 import { AetherError, createLogger, metrics, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
 import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost } from '../runtime/index.ts';
-import { createProcessRuntime } from '../runtime/process.ts';
 import { nodeDataPlane, resolveDataPlane, type DataPlane, type RouteSource } from '../dataplane/index.ts';
 import { startHaproxyDataPlane } from '../dataplane/haproxy/driver.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
+import { openRuntimes } from './runtimes.ts';
 
 export interface RunningNode {
   /** Gateway URL (up, gateway) or agent URL (agent). */
@@ -47,24 +47,34 @@ async function adminToken(role: Role, dataDir: string, tokenFile: string | undef
 
 export async function startNode(role: Role, flags: ConfigInput & { config?: string }, env: NodeJS.ProcessEnv = process.env, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<RunningNode> {
   const cfg = loadConfig(role, flags, env);
-  if (cfg.sandbox !== 'process') throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} has no driver yet (available: process)`);
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   const clock = systemClock;
-  const token = await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
+  // Agents never read the admin token: they know only the cluster token, checked before anything starts.
+  const token = role === 'agent' ? undefined : await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
+  const clusterToken = clusterTokenFor(role, { env, file: cfg.clusterTokenFile, adminToken: token });
   const store = openStore(cfg, logger);
   const queue = openQueue(cfg, logger);
   const blob = openBlob(cfg);
   const closers: (() => Promise<void>)[] = [];
 
   let agent: Agent | undefined;
+  const startupFloors: number[] = [];
   let agentServerUrl: string | undefined;
   if (role === 'up' || role === 'agent') {
     const host = await probeHost();
     out(`host: ${JSON.stringify({ root: host.root, namespaces: host.namespaces, cgroups: host.cgroups, kvm: host.kvm, qemu: host.qemu, firecracker: host.firecracker, isolation: host.isolation })}`);
     const agentId = stableAgentId(cfg.dataDir, cfg.agentId);
-    const runtime = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger, hidePaths: [cfg.dataDir] });
-    if (runtime.isolation === 'none') out('WARNING: sandboxes are plain child processes (no namespaces/cgroups): run as root for isolation; see `aether doctor`');
+    const { runtimes, notes } = openRuntimes(cfg, host, agentId, clock, logger);
+    for (const n of notes) out(n);
+    const all = Object.values(runtimes);
+    for (const rt of all) if (rt.minStartupMs) startupFloors.push(rt.minStartupMs);
+    const closeRuntimes = (): Promise<unknown> => Promise.all(all.map((rt) => rt.close()));
+    if (all.length === 0) throw new AetherError('AETHER_ERR_VALIDATION', 'config: this node offers no sandbox (see --sandboxes and `aether doctor`)');
+    if (role === 'up' && !runtimes[cfg.sandbox]) {
+      await closeRuntimes();
+      throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} is the default for new functions, but this node does not offer it (offered: ${Object.keys(runtimes).join(', ')}; see \`aether doctor\`)`);
+    }
     let url = 'local://in-process';
     let server: ReturnType<typeof createServer> | undefined;
     if (role === 'agent') {
@@ -87,7 +97,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       store,
       queue,
       blob,
-      runtime,
+      runtimes,
       clock,
       logger,
       archiveLimits: cfg.limits,
@@ -99,18 +109,18 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
         leaseTtlMs: cfg.leaseTtlMs,
         startupTimeoutMs: cfg.startupTimeoutMs,
         pidsMax: cfg.pidsMax,
-        ...(token ? { adminToken: token } : {}),
+        clusterToken,
       }),
     });
     await agent.start();
     const a = agent;
     closers.push(async () => {
       await a.stop();
-      await runtime.close();
+      await closeRuntimes();
       if (server) await new Promise<void>((r) => server?.close(() => r()));
     });
     if (role === 'agent') {
-      // The agent's hop stays Node (a gateway's HAProxy reaches it with x-aether-instance); see docs/dataplane.md.
+      // The agent's hop stays Node; see docs/dataplane.md.
       if (cfg.dataPlane !== 'node') out(`data plane: node (agents forward through their own Node server; --data-plane ${cfg.dataPlane} applies to gateways)`);
       out(`agent ${agentId} serving at ${url}`);
     }
@@ -131,6 +141,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
         logger,
         functions,
         adminToken: token as string,
+        clusterToken,
         limits: cfg.limits,
         // With HAProxy in front, the Node gateway is the activator on a private loopback port.
         host: native ? '127.0.0.1' : cfg.host,
@@ -139,7 +150,8 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
         writeBarrier,
         gatewayId: newId('gw'),
         leaseTtlMs: cfg.leaseTtlMs,
-        startTimeoutMs: cfg.startupTimeoutMs + 15_000,
+        // A start counts as pending as long as the slowest local runtime may take (a VM boot without KVM).
+        startTimeoutMs: Math.max(cfg.startupTimeoutMs, ...startupFloors) + 15_000,
         ...(agent ? { localAgent: agent } : {}),
       });
     let g = await openGateway(dp.kind === 'haproxy');

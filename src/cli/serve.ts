@@ -20,11 +20,13 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--queue <url>', 'memory:// | redis://host:6379 (env AETHER_QUEUE)')
       .option('--blob <url>', 'file:///path | s3://bucket?endpoint=http://host:port&region=r (env AETHER_BLOB)')
       .option('--admin-token-file <file>', 'file holding the admin token (else AETHER_ADMIN_TOKEN)')
+      .option('--cluster-token-file <file>', 'file holding the gateway<->agent token (else AETHER_CLUSTER_TOKEN; `up` derives one)')
       .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL)')
       .option('--data-plane <kind>', 'auto | haproxy | node: who carries warm invocations (env AETHER_DATA_PLANE)');
   const agentOpts = (cmd: Command): Command =>
     cmd
-      .option('--sandbox <kind>', 'default sandbox for new functions: process (env AETHER_SANDBOX)')
+      .option('--sandbox <kind>', 'default sandbox for new functions: process | qemu | firecracker (env AETHER_SANDBOX)')
+      .option('--sandboxes <kinds>', 'sandbox kinds this node runs: auto (what `aether doctor` finds) or a list like process,qemu (env AETHER_SANDBOXES)')
       .option('--isolation <level>', 'auto | namespaces | none (env AETHER_ISOLATION)')
       .option('--advertise <host>', 'address gateways use to reach this agent (env AETHER_ADVERTISE)')
       .option('--agent-id <id>', 'stable agent id (default: kept in the data dir)')
@@ -38,7 +40,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     const flags: ConfigInput & { config?: string } = {};
     const map: Record<string, keyof ConfigInput | 'config'> = {
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
-      adminTokenFile: 'admin_token_file', logLevel: 'log_level', sandbox: 'sandbox', isolation: 'isolation', advertise: 'advertise', dataPlane: 'data_plane',
+      adminTokenFile: 'admin_token_file', clusterTokenFile: 'cluster_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', advertise: 'advertise', dataPlane: 'data_plane',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
     };
     for (const [k, v] of Object.entries(opts)) {

@@ -3,7 +3,7 @@ import { cpus, totalmem } from 'node:os';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { AetherError } from '../core/index.ts';
+import { AetherError, deriveClusterToken, sameSecret } from '../core/index.ts';
 import { describeZodError } from '../spec/index.ts';
 
 /**
@@ -25,10 +25,16 @@ const FileSchema = z.strictObject({
   queue: z.string().min(1),
   blob: z.string().min(1),
   sandbox: z.enum(['process', 'qemu', 'firecracker']),
+  /** "auto" or a comma list of process, qemu, firecracker. */
+  sandboxes: z.union([
+    z.literal('auto'),
+    z.string().regex(/^(process|qemu|firecracker)(,(process|qemu|firecracker))*$/, 'must be auto or a comma list of process, qemu, firecracker'),
+  ]),
   isolation: z.enum(['auto', 'namespaces', 'none']),
   data_plane: z.enum(['auto', 'haproxy', 'node']),
   advertise: z.string().min(1),
   admin_token_file: z.string().min(1),
+  cluster_token_file: z.string().min(1),
   agent_id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/),
   capacity_instances: z.number().int().min(1),
   capacity_memory_mb: z.number().int().min(16),
@@ -54,11 +60,14 @@ export interface Config {
   queue: string;
   blob: string;
   sandbox: 'process' | 'qemu' | 'firecracker';
+  /** Sandbox kinds an agent offers: 'auto' (what the host probe finds) or the named ones. */
+  sandboxes: 'auto' | ('process' | 'qemu' | 'firecracker')[];
   isolation: 'auto' | 'namespaces' | 'none';
   /** Who carries warm invocation traffic: auto = haproxy when its binary is found, else node. */
   dataPlane: 'auto' | 'haproxy' | 'node';
   advertise: string | undefined;
   adminTokenFile: string | undefined;
+  clusterTokenFile: string | undefined;
   agentId: string | undefined;
   capacity: { instances: number; memoryMb: number; vcpu: number };
   startupTimeoutMs: number;
@@ -76,10 +85,12 @@ const ENV: Record<keyof ConfigInput, string> = {
   queue: 'AETHER_QUEUE',
   blob: 'AETHER_BLOB',
   sandbox: 'AETHER_SANDBOX',
+  sandboxes: 'AETHER_SANDBOXES',
   isolation: 'AETHER_ISOLATION',
   data_plane: 'AETHER_DATA_PLANE',
   advertise: 'AETHER_ADVERTISE',
   admin_token_file: 'AETHER_ADMIN_TOKEN_FILE',
+  cluster_token_file: 'AETHER_CLUSTER_TOKEN_FILE',
   agent_id: 'AETHER_AGENT_ID',
   capacity_instances: 'AETHER_CAPACITY_INSTANCES',
   capacity_memory_mb: 'AETHER_CAPACITY_MEMORY_MB',
@@ -145,10 +156,12 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     queue: queueUrl,
     blob: blobUrl,
     sandbox: c.sandbox ?? 'process',
+    sandboxes: !c.sandboxes || c.sandboxes === 'auto' ? 'auto' : ([...new Set(c.sandboxes.split(','))] as ('process' | 'qemu' | 'firecracker')[]),
     isolation: c.isolation ?? 'auto',
     dataPlane: c.data_plane ?? 'auto',
     advertise: c.advertise,
     adminTokenFile: c.admin_token_file,
+    clusterTokenFile: c.cluster_token_file,
     agentId: c.agent_id,
     capacity: {
       instances: c.capacity_instances ?? 64,
@@ -166,6 +179,29 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     logLevel: c.log_level ?? 'info',
   };
   return deepFreeze(cfg);
+}
+
+/**
+ * The secret gateways and agents authenticate each other with (never the admin token, which agents
+ * do not hold). `aether up`: AETHER_CLUSTER_TOKEN or derived from the admin token. Gateways and
+ * agents: AETHER_CLUSTER_TOKEN or the file; without one they refuse to start.
+ */
+export function clusterTokenFor(role: Role, o: { env: NodeJS.ProcessEnv; file: string | undefined; adminToken: string | undefined }): string {
+  let t = o.env['AETHER_CLUSTER_TOKEN']?.trim();
+  if (!t && o.file) {
+    try {
+      t = readFileSync(o.file, 'utf8').trim();
+    } catch (err) {
+      throw invalid(`cannot read the cluster token file ${o.file}: ${(err as Error).message}`);
+    }
+  }
+  if (!t) {
+    if (role === 'up' && o.adminToken) return deriveClusterToken(o.adminToken);
+    throw invalid(`\`aether ${role}\` needs AETHER_CLUSTER_TOKEN or --cluster-token-file: the secret gateways and agents share (the same on every node, not the admin token; e.g. openssl rand -hex 32)`);
+  }
+  if (t.length < 16) throw invalid('the cluster token must be at least 16 characters');
+  if (o.adminToken && sameSecret(t, o.adminToken)) throw invalid('the cluster token must differ from the admin token (agents must never hold the admin token)');
+  return t;
 }
 
 /** "etcd://h:1" -> "etcd:" */

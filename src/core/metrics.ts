@@ -22,4 +22,7 @@ export const metrics = {
   codeCacheMisses: new client.Counter({ name: 'aether_code_cache_misses_total', help: 'Code cache misses (downloads)', ...opts }),
   scaleEvents: new client.Counter({ name: 'aether_scale_events_total', help: 'Scale decisions taken', labelNames: ['function_id', 'direction'] as const, ...opts }),
   queuePublishErrors: new client.Counter({ name: 'aether_queue_publish_errors_total', help: 'Failed provision job publishes', ...opts }),
+  lostJobsRequeued: new client.Counter({ name: 'aether_lost_jobs_requeued_total', help: 'Cold-start jobs queued again after they vanished from the queue', ...opts }),
+  evictions: new client.Counter({ name: 'aether_evictions_total', help: 'Idle instances stopped to make room for a cold start', labelNames: ['function_id'] as const, ...opts }),
+  noCapacity: new client.Counter({ name: 'aether_no_capacity_total', help: 'Provision jobs answered "no capacity"', labelNames: ['function_id'] as const, ...opts }),
 };

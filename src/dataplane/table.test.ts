@@ -76,3 +76,11 @@ test('route table: a rename routes the new name only; host routes start empty', 
   assert.equal(t.refs.get('echo2'), 'fn-a');
   assert.equal(t.hosts.size, 0);
 });
+
+test('route table: localOnly leaves other agents\' instances to the activator', () => {
+  const remoteOnly = computeRoutes({ functions: [fn], instancesOf: () => [inst('i2', { agent_id: 'agent-other' })], localAgentId: 'agent-local', localOnly: true });
+  assert.equal(remoteOnly.functions.get('fn-a'), undefined);
+  assert.equal(remoteOnly.refs.get('echo'), undefined);
+  const mixed = computeRoutes({ functions: [fn], instancesOf: () => [inst('i1'), inst('i2', { agent_id: 'agent-other' })], localAgentId: 'agent-local', localOnly: true });
+  assert.deepEqual(mixed.functions.get('fn-a')?.instances.map((i) => i.id), ['i1']);
+});

@@ -9,7 +9,7 @@ import { instanceConfigKey, type FunctionRecord, type InstanceRecord } from '../
 export type RouteAddress =
   | { kind: 'unix'; path: string }
   | { kind: 'tcp'; host: string; port: number }
-  /** Through the owning agent: the proxy names the instance in the x-aether-instance header. */
+  /** Through the owning agent's HTTP hop (another node; the haproxy driver leaves these to the activator for now). */
   | { kind: 'agent'; host: string; port: number };
 
 export interface RouteInstance {
@@ -54,6 +54,11 @@ export interface RouteInputs {
   /** Instances of this agent are reached at their own endpoint; others through their agent. */
   localAgentId?: string | undefined;
   load?: (instanceId: string) => number;
+  /**
+   * Only this agent's instances: a driver that cannot reach other agents' instances (their hop needs
+   * the cluster token, which must not reach functions) leaves those to the activator.
+   */
+  localOnly?: boolean;
 }
 
 /**
@@ -83,6 +88,7 @@ export function computeRoutes(inp: RouteInputs): RouteTable {
     const instances: RouteInstance[] = [];
     for (const [list, state] of [[ready, 'ready'], [drain, 'drain']] as const) {
       for (const rec of list) {
+        if (inp.localOnly && rec.agent_id !== inp.localAgentId) continue;
         const address = addressOf(rec, inp.localAgentId);
         if (!address) continue;
         instances.push({ id: rec.instance_id, address, state, load: inp.load?.(rec.instance_id) ?? 0 });

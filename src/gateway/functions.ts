@@ -14,6 +14,8 @@ import {
   codeBlobKey,
   defaultEntrypoint,
   parseOrThrow,
+  placement,
+  type AgentRecord,
   type FunctionRecord,
   type InvocationRecord,
   type InstanceRecord,
@@ -30,7 +32,10 @@ export interface FunctionServiceOptions {
   blobs: BlobStore;
   /** Sandbox for functions created without one. */
   defaultSandbox: Sandbox;
-  /** Sandboxes agents can run today (default: only `process`); others are refused with a 400. */
+  /**
+   * Sandboxes live agents offer (default: only `process`); others are refused with a 400. The
+   * gateway replaces it with what its agents advertise (setSandboxSource).
+   */
   availableSandboxes?: readonly Sandbox[];
   limits?: ArchiveLimits;
   clock?: Clock;
@@ -62,7 +67,7 @@ export class FunctionService {
   readonly #store: Store;
   readonly #blobs: BlobStore;
   readonly #defaultSandbox: Sandbox;
-  readonly #sandboxes: readonly Sandbox[];
+  #sandboxes: () => readonly Sandbox[];
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #tmpDir: string;
@@ -73,7 +78,8 @@ export class FunctionService {
     this.#store = opts.store;
     this.#blobs = opts.blobs;
     this.#defaultSandbox = opts.defaultSandbox;
-    this.#sandboxes = opts.availableSandboxes ?? ['process'];
+    const fixed = opts.availableSandboxes ?? ['process'];
+    this.#sandboxes = () => fixed;
     this.limits = opts.limits ?? DEFAULT_LIMITS;
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger ?? silentLogger();
@@ -85,6 +91,7 @@ export class FunctionService {
     const p = parseOrThrow(CreateFunctionSchema, input);
     checkFunctionInvariants(p);
     this.#checkSandbox(p.sandbox);
+    await this.#checkCapacity({ memory_mb: p.memory_mb, vcpu: p.vcpu, sandbox: p.sandbox ?? this.#defaultSandbox });
     const now = this.#clock.now();
     const iso = new Date(now).toISOString();
     const rec: FunctionRecord = {
@@ -142,16 +149,45 @@ export class FunctionService {
   }
 
   /** Partial update: given fields replace stored ones (env_vars as a whole); may rename. */
-  /** qemu and firecracker are valid names but have no driver yet: say so instead of silently running `process`. */
+  /**
+   * Where the accepted sandboxes come from (the gateway: the kinds its live agents advertise).
+   * `process` is always accepted, so functions can be created before any agent runs.
+   */
+  setSandboxSource(source: () => readonly Sandbox[]): void {
+    this.#sandboxes = () => [...new Set<Sandbox>(['process', ...source()])];
+  }
+
+  /** A VM sandbox no agent runs is refused, instead of a function that can never start. */
   #checkSandbox(sandbox: Sandbox | undefined): void {
-    if (sandbox === undefined || this.#sandboxes.includes(sandbox)) return;
-    throw new AetherError('AETHER_ERR_VALIDATION', `sandbox: "${sandbox}" is not available on this platform (available: ${this.#sandboxes.join(', ')})`);
+    const available = this.#sandboxes();
+    if (sandbox === undefined || available.includes(sandbox)) return;
+    throw new AetherError('AETHER_ERR_VALIDATION', `sandbox: "${sandbox}" is not available on this platform: no live agent offers it (available: ${available.join(', ')}; see \`aether doctor\`)`);
+  }
+
+  /** Refuse a size no registered agent can ever hold (with no agent registered yet there is nothing to judge). */
+  async #checkCapacity(need: { memory_mb: number; vcpu: number; sandbox: Sandbox }): Promise<void> {
+    const agents = (await this.#s(this.#store.list(KEYS.agents))).kvs.flatMap((kv) => {
+      try {
+        return [JSON.parse(kv.value) as AgentRecord];
+      } catch {
+        return [];
+      }
+    });
+    const p = placement(agents, need);
+    if (p.ever || p.agents === 0) return; // no agent of this sandbox kind yet: nothing to judge
+    const kind = agents.filter((a) => (a.sandboxes ?? ['process']).includes(need.sandbox));
+    const mem = Math.max(...kind.map((a) => a.capacity.memory_mb));
+    const vcpu = Math.max(...kind.map((a) => a.capacity.vcpu));
+    throw new AetherError('AETHER_ERR_EXCEEDS_CAPACITY', `memory_mb ${need.memory_mb} and vcpu ${need.vcpu}: no agent can hold that (largest agent: ${mem} MB, ${vcpu} vCPU)`);
   }
 
   async update(idOrName: string, input: unknown): Promise<FunctionRecord> {
     let found = await this.#mustFind(idOrName);
     const patch = parseOrThrow(UpdateFunctionSchema, input);
     this.#checkSandbox(patch.sandbox);
+    if (patch.memory_mb !== undefined || patch.vcpu !== undefined || patch.sandbox !== undefined) {
+      await this.#checkCapacity({ memory_mb: patch.memory_mb ?? found.rec.memory_mb, vcpu: patch.vcpu ?? found.rec.vcpu, sandbox: patch.sandbox ?? found.rec.sandbox });
+    }
     for (let attempt = 1; ; attempt++) {
       const cur = found.rec;
       const next: FunctionRecord = { ...cur };

@@ -1,4 +1,7 @@
-import type { Endpoint } from '../runtime/types.ts';
+import type { Endpoint } from './endpoint.ts';
+import type { SANDBOXES } from './function.ts';
+
+export type SandboxKind = (typeof SANDBOXES)[number];
 
 /** What an agent registers for each ready instance (under its lease). */
 export interface InstanceRecord {
@@ -11,18 +14,50 @@ export interface InstanceRecord {
   endpoint: Endpoint;
   /** instanceConfigKey() of the function version it runs: another value means stale. */
   config_key: string;
+  /** The sandbox kind it runs in (absent in records of older agents: process). */
+  sandbox?: SandboxKind;
   status: 'ready' | 'draining';
   started_at: string;
+}
+
+export interface Resources {
+  instances: number;
+  memory_mb: number;
+  vcpu: number;
 }
 
 export interface AgentRecord {
   agent_id: string;
   url: string;
   hostname: string;
-  capacity: { instances: number; memory_mb: number; vcpu: number };
-  used: { instances: number; memory_mb: number; vcpu: number };
+  capacity: Resources;
+  /** Instances starting, running or stopping. */
+  used: Resources;
+  /** What the agent could free by evicting idle instances of other functions (refreshed each second). */
+  evictable?: Resources;
+  /** Isolation of its process sandbox ("namespaces+cgroups" or "none"). */
   isolation: string;
+  /** Sandbox kinds it runs (absent in records of older agents: process only). */
+  sandboxes?: SandboxKind[];
   started_at: string;
+}
+
+/** Where a function's instance could go given the agents' records (gateway and agent use the same rule). */
+export function placement(agents: Iterable<AgentRecord>, need: { memory_mb: number; vcpu: number; sandbox?: SandboxKind }, exceptAgent?: string): { agents: number; ever: boolean; now: boolean } {
+  let n = 0;
+  let ever = false;
+  let now = false;
+  for (const a of agents) {
+    if (a.agent_id === exceptAgent) continue;
+    if (need.sandbox !== undefined && !(a.sandboxes ?? ['process']).includes(need.sandbox)) continue;
+    n++;
+    if (a.capacity.memory_mb < need.memory_mb || a.capacity.vcpu < need.vcpu || a.capacity.instances < 1) continue;
+    ever = true;
+    const e = a.evictable ?? { instances: 0, memory_mb: 0, vcpu: 0 };
+    const free = (k: keyof Resources): number => a.capacity[k] - a.used[k] + e[k];
+    if (free('instances') >= 1 && free('memory_mb') >= need.memory_mb && free('vcpu') >= need.vcpu) now = true;
+  }
+  return { agents: n, ever, now };
 }
 
 /** A provisioning job on the queue. The agent re-reads the function from the Store. */
@@ -31,6 +66,8 @@ export interface ProvisionJob {
   /** config_key the requester wants; an agent skips (acks) jobs for an outdated config. */
   config_key: string;
   reason: 'cold' | 'scale' | 'min' | 'replace';
+  /** The function's sandbox (also in the topic); absent in jobs of older gateways: process. */
+  sandbox?: SandboxKind;
   requested_at: number;
   /** Id of the cold-start waiter group, so the gateway can match the result. */
   request_id: string;
@@ -56,4 +93,6 @@ export interface ProvisionResult {
   instance_id: string | null;
   /** Failure reason plus the last lines the instance printed. */
   error: string | null;
+  /** Set when the failure has a specific code (AETHER_ERR_NO_CAPACITY: no agent could place it). */
+  error_code?: string;
 }

@@ -10,6 +10,7 @@
  *   /aether/leader/<role>                    leader claim for singleton loops, leased
  *   /aether/provision-results/<requestId>    outcome of a provision job (failure text + last log lines), short lease
  *   /aether/demand/<fnId>/<gatewayId>        a gateway's in-flight and starting counts (scale-up sees all gateways), leased
+ *   /aether/gateways/<gatewayId>             a live gateway and its lease; demand counts only while it is there, leased
  */
 export const KEYS = {
   functions: '/aether/functions/',
@@ -28,10 +29,17 @@ export const KEYS = {
   demands: '/aether/demand/',
   demand: (fnId: string, gatewayId: string): string => `/aether/demand/${fnId}/${gatewayId}`,
   provisionResult: (requestId: string): string => `/aether/provision-results/${requestId}`,
+  gateways: '/aether/gateways/',
+  gateway: (id: string): string => `/aether/gateways/${id}`,
 } as const;
 
 /** Blob key of a function's archive. */
 export const codeBlobKey = (fnId: string, sha256: string): string => `functions/${fnId}/${sha256}.archive`;
 
-/** Queue topic for instance provisioning. */
+/** Queue topic for provisioning `process` instances (kept as is, so queued jobs survive upgrades). */
 export const PROVISION_TOPIC = 'provision';
+
+/** One provisioning topic per sandbox kind: only agents offering the kind take from it. */
+export function provisionTopic(sandbox: string): string {
+  return sandbox === 'process' ? PROVISION_TOPIC : `${PROVISION_TOPIC}.${sandbox}`;
+}

@@ -134,8 +134,10 @@ export function renderConfig(c: HaproxyConfigInput): string {
       '  option forwardfor',
       '  http-request set-header x-forwarded-host %[req.hdr(host)]',
       '  http-request set-header x-forwarded-proto http',
-      // Remote instances are reached through their agent, which routes by this header.
-      '  http-send-name-header x-aether-instance',
+      // Standard proxy marker (RFC 9110 7.6.3): tells the instance (and tests) the native path carried it.
+      '  http-request add-header via "1.1 aether-haproxy"',
+      // Hop-by-hop, as the Node path strips it.
+      '  http-response del-header keep-alive',
       '  http-after-response set-header x-aether-invocation-id %[unique-id]',
       '  http-after-response set-header x-aether-cold-start false',
     );

@@ -286,7 +286,7 @@ export class HaproxyDataPlane implements DataPlane {
       do {
         this.#dirty = false;
         if (!this.#running) break;
-        const table = computeRoutes({ functions: this.#o.source.functions(), instancesOf: (id) => this.#o.source.instancesOf(id), localAgentId: this.#o.localAgentId });
+        const table = computeRoutes({ functions: this.#o.source.functions(), instancesOf: (id) => this.#o.source.instancesOf(id), localAgentId: this.#o.localAgentId, localOnly: true });
         try {
           await this.#program(table);
         } catch (err) {
