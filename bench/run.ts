@@ -1,12 +1,14 @@
 /**
- * `npm run bench`: side-by-side in one run, on the same function and machine:
- *   - warm requests through the gateway vs straight to the instance vs through nginx (reverse proxy
- *     to the same instance), at 1 and 64 connections: p50/p99 latency, requests/s, ratios to direct;
+ * `npm run bench`: side-by-side in one run, on the same function code and machine:
+ *   - warm requests straight to the function's own port (a bare `node handler.js`, no platform
+ *     process), nginx in front of that port, Aether with `--data-plane haproxy`, Aether with
+ *     `--data-plane node` (and, for reference, the instance's socket through its forwarder), at 1 and
+ *     64 connections: p50/p99 latency, requests/s, ratios; memory of an idle instance;
  *   - cold start (request -> first byte) over 20 starts vs a bare `node handler.js` spawn -> first response.
  * Results are printed and written to bench/results/<date>.json. Never part of `npm test`.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -66,61 +68,162 @@ async function bareSpawn(dir: string): Promise<number> {
   }
 }
 
+/** RSS (KiB) of every process in the given network namespace (the instance: launcher, program, forwarder). */
+function netnsMemory(netns: string): { total: number; forwarder: number; program: number } {
+  let total = 0;
+  let forwarder = 0;
+  let program = 0;
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (readlinkSync(`/proc/${pid}/ns/net`) !== netns) continue;
+      const rss = Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      total += rss;
+      if (cmd.includes('forwarder.mjs')) forwarder += rss;
+      if (cmd.includes('handler.js') || /node\0?$/.test(cmd.split('\0')[0] ?? '')) program = Math.max(program, rss);
+    } catch {
+      // process gone
+    }
+  }
+  return { total, forwarder, program };
+}
+
+/** The network namespace of the process whose environment names this instance. */
+function instanceNetns(instanceId: string): string | undefined {
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (readFileSync(`/proc/${pid}/environ`, 'utf8').includes(`AETHER_INSTANCE_ID=${instanceId}`)) return readlinkSync(`/proc/${pid}/ns/net`);
+    } catch {
+      // gone or not ours
+    }
+  }
+  return undefined;
+}
+
+interface Platform {
+  p: Awaited<ReturnType<typeof startAether>>;
+  endpoint: { kind: string; path?: string; host?: string; port?: number };
+  instanceId: string;
+}
+
+async function platform(dataPlane: 'haproxy' | 'node'): Promise<Platform> {
+  const p = await startAether({ args: ['--data-plane', dataPlane], env: { AETHER_LOG_LEVEL: 'error' } });
+  await api(p, 'POST', '/api/functions', { name: 'bench', runtime: 'node', max_instances: 1, min_instances: 1 });
+  await api(p, 'POST', '/api/functions/bench/code', await zipFiles({ 'handler.js': HANDLER }));
+  for (let i = 0; i < 50; i++) {
+    // Warm, and through the data plane's fast path (HAProxy takes over once the instance is ready).
+    const r = await fetch(`${p.url}/functions/bench/`);
+    await r.text();
+    if (r.headers.get('x-aether-cold-start') === 'false') break;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  await new Promise((res) => setTimeout(res, 500));
+  const inst = await api<{ instance_id: string; endpoint: Platform['endpoint'] }[]>(p, 'GET', '/api/functions/bench/instances');
+  const first = inst.body[0];
+  if (!first) throw new Error(`no instance: ${JSON.stringify(inst.body)}`);
+  return { p, endpoint: first.endpoint, instanceId: first.instance_id };
+}
+
+async function bareServer(dir: string): Promise<{ origin: string; stop(): void; pid: number }> {
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port) };
+  delete env['NODE_EXTRA_CA_CERTS'];
+  const proc = spawn(process.execPath, ['handler.js'], { cwd: dir, env, stdio: 'ignore' });
+  const pool = new Pool(`http://127.0.0.1:${port}`);
+  for (;;) {
+    try {
+      const r = await pool.request({ path: '/', method: 'GET' });
+      await r.body.text();
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+  await pool.destroy();
+  return { origin: `http://127.0.0.1:${port}`, stop: () => proc.kill('SIGKILL'), pid: proc.pid ?? 0 };
+}
+
+type Row = { p50: number; p99: number; rps: number; errors: number };
+
 async function main(): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'aether-bench-'));
-  const p = await startAether({ env: { AETHER_LOG_LEVEL: 'error' } });
   const results: Record<string, unknown> = { date: new Date().toISOString(), duration_ms: DURATION_MS, node: process.version, root: process.getuid?.() === 0 };
+  const bareDir = join(work, 'bare');
+  mkdirSync(bareDir);
+  writeFileSync(join(bareDir, 'handler.js'), HANDLER);
+  const bare = await bareServer(bareDir);
+  const nginx = await startNginx({ hostPort: bare.origin.replace('http://', '') }, join(work, 'nginx'));
+  const hap = await platform('haproxy');
+  const nod = await platform('node');
   try {
-    await api(p, 'POST', '/api/functions', { name: 'bench', runtime: 'node', max_instances: 1, min_instances: 1 });
-    await api(p, 'POST', '/api/functions/bench/code', await zipFiles({ 'handler.js': HANDLER }));
-    const warm = await fetch(`${p.url}/functions/bench/`);
-    await warm.text();
-    const inst = await api<{ instance_id: string; endpoint: { kind: string; path?: string; host?: string; port?: number } }[]>(p, 'GET', '/api/functions/bench/instances');
-    const ep = inst.body[0]?.endpoint;
-    if (!ep) throw new Error(`no instance endpoint: ${JSON.stringify(inst.body)}`);
-    const direct: Target = ep.kind === 'unix' ? { origin: 'http://localhost', socketPath: ep.path as string, path: '/' } : { origin: `http://${ep.host}:${ep.port}`, path: '/' };
-    const nginx = await startNginx(ep.kind === 'unix' ? { socketPath: ep.path as string } : { hostPort: `${ep.host}:${ep.port}` }, join(work, 'nginx'));
-    const targets: Record<string, Target> = { direct, nginx: { origin: nginx.origin, path: '/' }, gateway: { origin: p.url, path: '/functions/bench/' } };
-    const warmRes: Record<string, Record<string, unknown>> = {};
+    const ep = hap.endpoint;
+    const socket: Target = ep.kind === 'unix' ? { origin: 'http://localhost', socketPath: ep.path as string, path: '/' } : { origin: `http://${ep.host}:${ep.port}`, path: '/' };
+    const targets: Record<string, Target> = {
+      direct: { origin: bare.origin, path: '/' },
+      nginx: { origin: nginx.origin, path: '/' },
+      haproxy: { origin: hap.p.url, path: '/functions/bench/' },
+      node: { origin: nod.p.url, path: '/functions/bench/' },
+      'inst-sock': socket,
+    };
+    const warmRes: Record<string, unknown> = {};
     for (const c of [1, 64]) {
-      const row: Record<string, { p50: number; p99: number; rps: number; errors: number }> = {};
+      const row: Record<string, Row> = {};
       for (const [name, t] of Object.entries(targets)) row[name] = await load(t, c, DURATION_MS);
-      warmRes[`c${c}`] = row;
-      const d = row['direct'] as { p50: number; rps: number };
-      console.log(`\nwarm, ${c} connection(s), ${DURATION_MS} ms each (latency in µs)`);
-      console.log('path       p50     p99     req/s    p50 overhead vs direct   req/s vs direct');
+      const d = row['direct'] as Row;
+      const n = row['nginx'] as Row;
+      console.log(`\nwarm, ${c} connection(s), ${DURATION_MS} ms each (latency in µs; inst-sock = the instance's socket via its forwarder)`);
+      console.log('path        p50     p99     req/s   added p50 vs direct   req/s vs nginx');
       for (const [name, r] of Object.entries(row)) {
-        console.log(`${name.padEnd(8)} ${r.p50.toFixed(0).padStart(6)} ${r.p99.toFixed(0).padStart(7)} ${r.rps.toFixed(0).padStart(8)}    ${(r.p50 - d.p50).toFixed(0).padStart(6)} µs              ${(r.rps / d.rps).toFixed(2)}  ${r.errors ? `errors=${r.errors}` : ''}`);
+        console.log(`${name.padEnd(9)} ${r.p50.toFixed(0).padStart(6)} ${r.p99.toFixed(0).padStart(7)} ${r.rps.toFixed(0).padStart(8)}   ${(r.p50 - d.p50).toFixed(0).padStart(6)} µs            ${(r.rps / n.rps).toFixed(2)}  ${r.errors ? `errors=${r.errors}` : ''}`);
       }
-      const g = row['gateway'] as { p50: number; rps: number };
-      const n = row['nginx'] as { p50: number; rps: number };
-      const ratio = { gateway_overhead_vs_nginx_overhead: (g.p50 - d.p50) / Math.max(1, n.p50 - d.p50), gateway_rps_vs_nginx_rps: g.rps / n.rps };
-      warmRes[`c${c}`] = { ...row, ratios: ratio };
-      console.log(`gateway p50 overhead / nginx p50 overhead = ${ratio.gateway_overhead_vs_nginx_overhead.toFixed(2)} (target <= 2), gateway req/s / nginx req/s = ${ratio.gateway_rps_vs_nginx_rps.toFixed(2)} (target >= 0.7)`);
+      const added = (x: Row): number => (x.p50 - d.p50) / Math.max(1, n.p50 - d.p50);
+      const h = row['haproxy'] as Row;
+      const o = row['node'] as Row;
+      const ratios = {
+        haproxy_added_p50_vs_nginx_added: added(h),
+        node_added_p50_vs_nginx_added: added(o),
+        haproxy_rps_vs_nginx: h.rps / n.rps,
+        node_rps_vs_nginx: o.rps / n.rps,
+      };
+      warmRes[`c${c}`] = { ...row, ratios };
+      console.log(`added p50 / nginx's added p50: haproxy ${ratios.haproxy_added_p50_vs_nginx_added.toFixed(2)}, node ${ratios.node_added_p50_vs_nginx_added.toFixed(2)} (target <= 1.5 at c=1)`);
+      console.log(`req/s / nginx's: haproxy ${ratios.haproxy_rps_vs_nginx.toFixed(2)}, node ${ratios.node_rps_vs_nginx.toFixed(2)} (target >= 0.8 at c=64)`);
     }
-    nginx.stop();
     results['warm'] = warmRes;
 
-    // Cold starts: a fresh function each time (same code), request -> first byte.
+    // Memory of one idle instance: everything in its network namespace (launcher, program, forwarder).
+    const netns = instanceNetns(hap.instanceId);
+    if (netns) {
+      const m = netnsMemory(netns);
+      const bareRss = Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${bare.pid}/status`, 'utf8'))?.[1] ?? 0);
+      results['memory_kib'] = { instance_total: m.total, forwarder: m.forwarder, program: m.program, bare_program: bareRss };
+      console.log(`\nidle instance memory (RSS): ${(m.total / 1024).toFixed(1)} MiB in its sandbox, of which forwarder ${(m.forwarder / 1024).toFixed(1)} MiB; the program alone ${(m.program / 1024).toFixed(1)} MiB (bare: ${(bareRss / 1024).toFixed(1)} MiB); overhead over the program ${((m.total - m.program) / 1024).toFixed(1)} MiB (target <= 5)`);
+    } else {
+      console.log('\nidle instance memory: instance process not found (not sandboxed?)');
+    }
+  } finally {
+    nginx.stop();
+    bare.stop();
+    await held(nod.p.stop());
+  }
+  try {
+    // Cold starts (haproxy data plane): a fresh function each time (same code), request -> first byte.
     const zip = await zipFiles({ 'handler.js': HANDLER });
     const cold: number[] = [];
     for (let i = 0; i < COLD_RUNS; i++) {
       const name = `cold-${i}`;
-      cold.push(await coldStart(p, name, zip));
-      await api(p, 'DELETE', `/api/functions/${name}`);
+      cold.push(await coldStart(hap.p, name, zip));
+      await api(hap.p, 'DELETE', `/api/functions/${name}`);
     }
-    const bareDir = join(work, 'bare');
-    mkdirSync(bareDir);
-    writeFileSync(join(bareDir, 'handler.js'), HANDLER);
-    const bare: number[] = [];
-    for (let i = 0; i < COLD_RUNS; i++) bare.push(await bareSpawn(bareDir));
+    const bareCold: number[] = [];
+    for (let i = 0; i < COLD_RUNS; i++) bareCold.push(await bareSpawn(bareDir));
     cold.sort((a, b) => a - b);
-    bare.sort((a, b) => a - b);
-    const c = { aether_p50_ms: pct(cold, 50), aether_p95_ms: pct(cold, 95), bare_p50_ms: pct(bare, 50), bare_p95_ms: pct(bare, 95), ratio_p50: pct(cold, 50) / pct(bare, 50) };
+    bareCold.sort((a, b) => a - b);
+    const c = { aether_p50_ms: pct(cold, 50), aether_p95_ms: pct(cold, 95), bare_p50_ms: pct(bareCold, 50), bare_p95_ms: pct(bareCold, 95), ratio_p50: pct(cold, 50) / pct(bareCold, 50) };
     results['cold'] = c;
-    console.log(`\ncold start over ${COLD_RUNS} starts: aether p50 ${c.aether_p50_ms.toFixed(0)} ms p95 ${c.aether_p95_ms.toFixed(0)} ms | bare spawn p50 ${c.bare_p50_ms.toFixed(0)} ms p95 ${c.bare_p95_ms.toFixed(0)} ms | ratio p50 ${c.ratio_p50.toFixed(2)} (target <= 1.5)`);
+    console.log(`\ncold start over ${COLD_RUNS} starts: aether p50 ${c.aether_p50_ms.toFixed(0)} ms p95 ${c.aether_p95_ms.toFixed(0)} ms | bare spawn p50 ${c.bare_p50_ms.toFixed(0)} ms p95 ${c.bare_p95_ms.toFixed(0)} ms | ratio p50 ${c.ratio_p50.toFixed(2)}`);
   } finally {
-    await held(p.stop());
+    await held(hap.p.stop());
   }
   const file = writeResults(results);
   console.log(`\nwritten ${file}`);

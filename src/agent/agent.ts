@@ -48,6 +48,10 @@ interface Local {
   vcpu: number;
   state: LocalInstanceState;
   inflight: number;
+  /** Requests a native data plane carries straight to the instance (from its stats). */
+  external: number;
+  /** The native data plane still sends it new requests: a drain waits until it stops. */
+  externalRouted: boolean;
   /** End of the last request (idle time counts from there), or the ready time. */
   lastActiveAt: number;
   startedAt: number;
@@ -243,6 +247,8 @@ class AgentImpl implements Agent {
           vcpu: fn.vcpu,
           state: 'starting',
           inflight: 0,
+          external: 0,
+          externalRouted: false,
           lastActiveAt: now,
           startedAt: a.startedAt,
           rt: undefined,
@@ -557,6 +563,8 @@ class AgentImpl implements Agent {
       vcpu: fn.vcpu,
       state: 'starting',
       inflight: 0,
+      external: 0,
+      externalRouted: false,
       lastActiveAt: clock.now(),
       startedAt: clock.now(),
       rt: undefined,
@@ -860,7 +868,7 @@ class AgentImpl implements Agent {
       this.#putRecord(l, rec).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not mark an instance draining'));
     }
     l.stopped = (async () => {
-      if (l.inflight > 0 && timeoutMs > 0) {
+      if ((l.inflight + l.external > 0 || l.externalRouted) && timeoutMs > 0) {
         const idle = new Promise<void>((resolve) => l.idleWaiters.push(resolve));
         const ac = new AbortController();
         await Promise.race([idle, this.#d.clock.sleep(timeoutMs, ac.signal).catch(() => undefined)]);
@@ -959,7 +967,7 @@ class AgentImpl implements Agent {
           totalReady = ready.filter((r) => r.configKey === current).length;
         }
         if (candidates.length === 0) continue;
-        const loads: InstanceLoad[] = candidates.map((l) => ({ id: l.id, inflight: l.inflight, lastActiveAt: l.lastActiveAt }));
+        const loads: InstanceLoad[] = candidates.map((l) => ({ id: l.id, inflight: l.inflight + l.external, lastActiveAt: l.lastActiveAt }));
         for (const id of planScaleDown(policyOf(fn), { now, instances: loads, totalReady })) {
           const l = this.#locals.get(id);
           if (!l) continue;
@@ -1004,8 +1012,17 @@ class AgentImpl implements Agent {
     } finally {
       l.inflight--;
       l.lastActiveAt = this.#d.clock.now();
-      if (l.inflight === 0) for (const w of l.idleWaiters.splice(0)) w();
+      if (l.inflight + l.external === 0 && !l.externalRouted) for (const w of l.idleWaiters.splice(0)) w();
     }
+  }
+
+  noteExternalLoad(instanceId: string, inflight: number, active: boolean, routed: boolean): void {
+    const l = this.#locals.get(instanceId);
+    if (!l) return;
+    l.external = inflight;
+    l.externalRouted = routed;
+    if (active || inflight > 0) l.lastActiveAt = this.#d.clock.now();
+    if (l.inflight + l.external === 0 && !routed) for (const w of l.idleWaiters.splice(0)) w();
   }
 
   handleHttp(req: IncomingMessage, res: ServerResponse): void {

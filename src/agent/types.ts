@@ -125,6 +125,12 @@ export interface Agent {
    * GET /internal/logs/<fnId>?tail=&follow= (NDJSON). /internal/ routes need the cluster token.
    */
   handleHttp(req: IncomingMessage, res: ServerResponse): void;
+  /**
+   * Load a native data plane carries straight to a local instance (its stats): counts like
+   * forwarded requests for scale-down and draining. `active`: it served something since last time;
+   * `routed`: the proxy still sends it new requests (a drain waits until it does not).
+   */
+  noteExternalLoad(instanceId: string, inflight: number, active: boolean, routed: boolean): void;
   tailLogs(fnId: string, n: number): LogEntry[];
   /** Returns the unsubscribe function. */
   followLogs(fnId: string, onEntry: (e: LogEntry) => void): () => void;

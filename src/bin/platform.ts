@@ -3,7 +3,7 @@ import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { clusterTokenFor, loadConfig, type Config, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, createLogger, installRejectionSafetyNet, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
+import { AetherError, createLogger, installRejectionSafetyNet, metrics, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
 import type { BlobStore } from '../blob/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Store } from '../store/index.ts';
@@ -11,6 +11,8 @@ import { createAgent, createAgentServer, agentConfig, type Agent } from '../agen
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost, type Runtime } from '../runtime/index.ts';
+import { nodeDataPlane, resolveDataPlane, type DataPlane, type RouteSource } from '../dataplane/index.ts';
+import { startHaproxyDataPlane } from '../dataplane/haproxy/driver.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
 import { openRuntimes } from './runtimes.ts';
 
@@ -116,7 +118,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     return closing;
   };
   try {
-    const url = await startParts(role, cfg, { logger, clock, token, clusterToken, store, queue, blob, closers, out });
+    const url = await startParts(role, cfg, { logger, clock, token, clusterToken, store, queue, blob, closers, out, env });
     return { url, close };
   } catch (err) {
     // A failed start (say the port was taken meanwhile) leaves no sandbox, socket or server behind.
@@ -128,9 +130,9 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
 async function startParts(
   role: Role,
   cfg: Config,
-  p: { logger: Logger; clock: Clock; token: string | undefined; clusterToken: ReturnType<typeof clusterTokenFor>; store: Store; queue: Queue; blob: BlobStore; closers: (() => Promise<void>)[]; out: (s: string) => void },
+  p: { logger: Logger; clock: Clock; token: string | undefined; clusterToken: ReturnType<typeof clusterTokenFor>; store: Store; queue: Queue; blob: BlobStore; closers: (() => Promise<void>)[]; out: (s: string) => void; env: NodeJS.ProcessEnv },
 ): Promise<string> {
-  const { logger, clock, token, clusterToken, store, queue, blob, closers, out } = p;
+  const { logger, clock, token, clusterToken, store, queue, blob, closers, out, env } = p;
   let agent: Agent | undefined;
   const startupFloors: number[] = [];
   let agentServerUrl: string | undefined;
@@ -192,38 +194,109 @@ async function startParts(
       }),
     });
     await agent.start();
-    if (role === 'agent') out(`agent ${agentId} serving at ${url}`);
+    if (role === 'agent') {
+      // The agent's hop stays Node; see docs/dataplane.md.
+      if (cfg.dataPlane !== 'node') out(`data plane: node (agents forward through their own Node server; --data-plane ${cfg.dataPlane} applies to gateways)`);
+      out(`agent ${agentId} serving at ${url}`);
+    }
   }
 
-  let gateway: Gateway | undefined;
+  let dataPlane: DataPlane | undefined;
   if (role === 'up' || role === 'gateway') {
     const spool = uploadSpool(join(cfg.dataDir, 'tmp'), logger);
     closers.push(async () => rmSync(spool, { recursive: true, force: true }));
+    const dp = resolveDataPlane(cfg.dataPlane, env);
+    if (cfg.dataPlane === 'haproxy' && !dp.binary) throw new AetherError('AETHER_ERR_VALIDATION', 'config: --data-plane haproxy, but no haproxy binary was found (install haproxy, or use --data-plane auto|node)');
     const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: spool });
-    gateway = await startGateway({
-      store,
-      queue,
-      clock,
-      logger,
-      functions,
-      adminToken: token as string,
-      clusterToken,
-      limits: cfg.limits,
-      host: cfg.host,
-      port: cfg.port,
-      gatewayId: newId('gw'),
-      leaseTtlMs: cfg.leaseTtlMs,
-      // A start counts as pending as long as the slowest local runtime may take (a VM boot without KVM).
-      startTimeoutMs: Math.max(cfg.startupTimeoutMs, ...startupFloors) + 15_000,
-      ...(agent ? { localAgent: agent } : {}),
-    });
-    const g = gateway;
-    closers.unshift(() => g.close());
-    if (role === 'up') writeFileSync(join(cfg.dataDir, 'url'), gateway.url + '\n');
-    out(`Aether ${role === 'up' ? 'is up' : 'gateway'} at ${gateway.url}`);
+    const writeBarrier: { wait?: () => Promise<void> } = {};
+    const openGateway = (native: boolean): Promise<Gateway> =>
+      startGateway({
+        store,
+        queue,
+        clock,
+        logger,
+        functions,
+        adminToken: token as string,
+        clusterToken,
+        limits: cfg.limits,
+        // With HAProxy in front, the Node gateway is the activator on a private loopback port.
+        host: native ? '127.0.0.1' : cfg.host,
+        port: native ? 0 : cfg.port,
+        publicHost: cfg.host,
+        writeBarrier,
+        gatewayId: newId('gw'),
+        leaseTtlMs: cfg.leaseTtlMs,
+        // A start counts as pending as long as the slowest local runtime may take (a VM boot without KVM).
+        startTimeoutMs: Math.max(cfg.startupTimeoutMs, ...startupFloors) + 15_000,
+        ...(agent ? { localAgent: agent } : {}),
+      });
+    let g = await openGateway(dp.kind === 'haproxy');
+    dataPlane = nodeDataPlane(g.url);
+    if (dp.kind === 'haproxy') {
+      try {
+        dataPlane = await startHaproxy(g, agent, join(cfg.dataDir, 'haproxy'), cfg.host, cfg.port, dp.binary, clock, logger);
+      } catch (err) {
+        if (cfg.dataPlane === 'haproxy') {
+          await g.close();
+          throw err;
+        }
+        // auto: a host where HAProxy cannot start still works, through the Node path.
+        out(`WARNING: haproxy did not start (${String(err).slice(0, 300)}); using the node data plane`);
+        await g.close();
+        g = await openGateway(false);
+        dataPlane = nodeDataPlane(g.url);
+      }
+    }
+    const gw = g;
+    const d = dataPlane;
+    writeBarrier.wait = () => d.sync();
+    closers.unshift(() => gw.close());
+    closers.unshift(() => d.close());
+    out(`data plane: ${dataPlane.kind} (${dataPlane.kind === dp.kind ? dp.reason : 'haproxy failed to start'})`);
+    if (role === 'up') writeFileSync(join(cfg.dataDir, 'url'), dataPlane.url + '\n');
+    out(`Aether ${role === 'up' ? 'is up' : 'gateway'} at ${dataPlane.url}`);
     out(`data dir: ${cfg.dataDir}`);
-    out(`try: curl -H "Authorization: Bearer $(cat ${join(cfg.dataDir, 'admin.token')} 2>/dev/null || echo $AETHER_ADMIN_TOKEN)" ${gateway.url}/api/functions`);
+    out(`try: curl -H "Authorization: Bearer $(cat ${join(cfg.dataDir, 'admin.token')} 2>/dev/null || echo $AETHER_ADMIN_TOKEN)" ${dataPlane.url}/api/functions`);
   }
 
-  return gateway?.url ?? agentServerUrl ?? '';
+  return dataPlane?.url ?? agentServerUrl ?? '';
+}
+
+/** The gateway's watch-fed views as the data plane's route source. */
+function viewsSource(v: Gateway['views']): RouteSource {
+  return {
+    functions: () => v.functions.items.values(),
+    instancesOf: (fnId) => v.byFunction.get(fnId)?.values() ?? [],
+    onChange(listener) {
+      const a = v.functions.onChange(() => listener());
+      const b = v.instances.onChange(() => listener());
+      return () => {
+        a();
+        b();
+      };
+    },
+  };
+}
+
+function startHaproxy(g: Gateway, agent: Agent | undefined, dir: string, host: string, port: number, binary: string | undefined, clock: Clock, logger: Logger): Promise<DataPlane> {
+  return startHaproxyDataPlane({
+    dir,
+    host,
+    port,
+    activator: { host: '127.0.0.1', port: Number(new URL(g.url).port), server: g.server },
+    source: viewsSource(g.views),
+    sinks: {
+      record: (rec) => g.recorder.record(rec),
+      observed: (rec) => {
+        metrics.invocations.inc({ function_id: rec.function_id, status: rec.status });
+        metrics.invocationDuration.observe({ function_id: rec.function_id }, rec.duration_ms / 1000);
+      },
+      functionLoad: (fnId, n) => g.invoker.setExternalLoad(fnId, n),
+      ...(agent ? { instanceLoad: (id: string, n: number, active: boolean, routed: boolean) => agent.noteExternalLoad(id, n, active, routed) } : {}),
+    },
+    localAgentId: agent?.id,
+    clock,
+    logger,
+    ...(binary ? { binary } : {}),
+  });
 }

@@ -3,13 +3,13 @@ import type { HostReport } from '../runtime/index.ts';
 import { runAction } from './output.ts';
 import type { CliDeps, GlobalOptions } from './output.ts';
 
-/** What src/runtime's probeHost() reports about this machine. */
-export type HostProbe = HostReport;
+/** What src/runtime's probeHost() reports about this machine, plus what `--data-plane auto` picks. */
+export type HostProbe = HostReport & { data_plane?: 'haproxy' | 'node' };
 
 /** Exactly the documented keys, in order (a probe may carry more). */
 export function doctorJson(p: HostProbe): string {
-  const { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes, sandboxes } = p;
-  return JSON.stringify({ root, namespaces, cgroups, kvm, qemu, firecracker, isolation, sandboxes, notes });
+  const { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes, sandboxes, data_plane } = p;
+  return JSON.stringify({ root, namespaces, cgroups, kvm, qemu, firecracker, isolation, sandboxes, notes, data_plane });
 }
 
 export function doctorReport(p: HostProbe): string {
@@ -29,6 +29,7 @@ export function doctorReport(p: HostProbe): string {
     'sandboxes this host can run (`--sandboxes auto` offers the [ok] ones):',
     ...p.sandboxes.map((s) => `  ${mark(s.ok)} ${s.kind}: ${s.detail}`),
   ];
+  if (p.data_plane) lines.push(`data plane (--data-plane auto): ${p.data_plane}${p.data_plane === 'node' ? ' (install haproxy for the native data plane)' : ''}`);
   if (p.notes.length > 0) lines.push('', 'notes:', ...p.notes.map((n) => `  - ${n}`));
   return `${lines.join('\n')}\n`;
 }
@@ -42,7 +43,7 @@ export function registerDoctorWith(program: Command, deps: CliDeps, probe?: () =
       runAction(deps, async (_opts: unknown, cmd: Command) => {
         const g = cmd.optsWithGlobals<GlobalOptions>();
         // Loaded on demand so other commands never pay for the runtime module.
-        const p = probe ? await probe() : await (await import('../runtime/index.ts')).probeHost();
+        const p: HostProbe = probe ? await probe() : { ...(await (await import('../runtime/index.ts')).probeHost()), data_plane: (await import('../dataplane/index.ts')).resolveDataPlane('auto').kind };
         deps.io.out(g.json ? `${doctorJson(p)}\n` : doctorReport(p));
       }),
     );

@@ -28,7 +28,8 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--blob <url>', `file:///path | s3://bucket?endpoint=http://host:port&region=r (env AETHER_BLOB; ${up ? 'default file://<data-dir>/blobs' : 'required'})`)
       .option('--admin-token-file <file>', `file holding the admin token (else AETHER_ADMIN_TOKEN${up ? '; default <data-dir>/admin.token, generated on first start' : ''})`)
       .option('--cluster-token-file <file>', `file holding the gateway<->agent token (else AETHER_CLUSTER_TOKEN${up ? '; default derived from the admin token' : ''})`)
-      .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL; default info)');
+      .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL; default info)')
+      .option('--data-plane <kind>', 'auto | haproxy | node: who carries warm invocations (env AETHER_DATA_PLANE; default auto)');
   };
   const agentOpts = (cmd: Command): Command =>
     cmd
@@ -47,7 +48,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     const flags: ConfigInput & { config?: string } = {};
     const map: Record<string, keyof ConfigInput | 'config'> = {
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
-      adminTokenFile: 'admin_token_file', clusterTokenFile: 'cluster_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', advertise: 'advertise',
+      adminTokenFile: 'admin_token_file', clusterTokenFile: 'cluster_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', advertise: 'advertise', dataPlane: 'data_plane',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
     };
     for (const [k, v] of Object.entries(opts)) {

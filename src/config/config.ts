@@ -31,6 +31,7 @@ const FileSchema = z.strictObject({
     z.string().regex(/^(process|qemu|firecracker)(,(process|qemu|firecracker))*$/, 'must be auto or a comma list of process, qemu, firecracker'),
   ]),
   isolation: z.enum(['auto', 'namespaces', 'none']),
+  data_plane: z.enum(['auto', 'haproxy', 'node']),
   advertise: z.string().min(1),
   admin_token_file: z.string().min(1),
   cluster_token_file: z.string().min(1),
@@ -62,6 +63,8 @@ export interface Config {
   /** Sandbox kinds an agent offers: 'auto' (what the host probe finds) or the named ones. */
   sandboxes: 'auto' | ('process' | 'qemu' | 'firecracker')[];
   isolation: 'auto' | 'namespaces' | 'none';
+  /** Who carries warm invocation traffic: auto = haproxy when its binary is found, else node. */
+  dataPlane: 'auto' | 'haproxy' | 'node';
   advertise: string | undefined;
   adminTokenFile: string | undefined;
   clusterTokenFile: string | undefined;
@@ -84,6 +87,7 @@ const ENV: Record<keyof ConfigInput, string> = {
   sandbox: 'AETHER_SANDBOX',
   sandboxes: 'AETHER_SANDBOXES',
   isolation: 'AETHER_ISOLATION',
+  data_plane: 'AETHER_DATA_PLANE',
   advertise: 'AETHER_ADVERTISE',
   admin_token_file: 'AETHER_ADMIN_TOKEN_FILE',
   cluster_token_file: 'AETHER_CLUSTER_TOKEN_FILE',
@@ -154,6 +158,7 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     sandbox: c.sandbox ?? 'process',
     sandboxes: !c.sandboxes || c.sandboxes === 'auto' ? 'auto' : ([...new Set(c.sandboxes.split(','))] as ('process' | 'qemu' | 'firecracker')[]),
     isolation: c.isolation ?? 'auto',
+    dataPlane: c.data_plane ?? 'auto',
     advertise: c.advertise,
     adminTokenFile: c.admin_token_file,
     clusterTokenFile: c.cluster_token_file,

@@ -34,12 +34,22 @@ export interface GatewayOptions {
   localAgent?: LocalAgent & LocalLogs;
   /** Period of the reconcile loop (min_instances, replacing stale instances, lost jobs). */
   reconcileMs?: number;
+  /** Address clients reach (a native data plane in front listens there; `host` is then loopback). */
+  publicHost?: string;
+  /**
+   * Awaited before answering a write to the API (set once a native data plane runs): a DELETE or
+   * rename is already in the proxy's routes when the client gets its answer, as on the Node path.
+   */
+  writeBarrier?: { wait?: () => Promise<void> };
 }
 
 export interface Gateway {
   readonly url: string;
   readonly server: Server;
   readonly invoker: Invoker;
+  /** Watch-fed views and the records writer, shared with a native data plane. */
+  readonly views: ClusterViews;
+  readonly recorder: InvocationRecorder;
   close(): Promise<void>;
 }
 
@@ -85,7 +95,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
 
   let server: Server | undefined;
   const app = buildApi(
-    { functions: o.functions, store: o.store, adminToken: o.adminToken, logs, metricsOpen: LOOPBACK.has(o.host), limits: o.limits },
+    { functions: o.functions, store: o.store, adminToken: o.adminToken, logs, metricsOpen: LOOPBACK.has(o.publicHost ?? o.host), limits: o.limits },
     {
       // Invocation traffic skips fastify entirely: the warm path is a raw handler.
       serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => {
@@ -101,6 +111,13 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       },
     },
   );
+  const barrier = o.writeBarrier;
+  if (barrier) {
+    app.addHook('onSend', async (req, _reply, payload) => {
+      if (req.method !== 'GET' && req.method !== 'HEAD' && barrier.wait) await barrier.wait();
+      return payload;
+    });
+  }
   await app.listen({ host: o.host, port: o.port });
   if (!server) throw new Error('server factory was not called');
   const addr = server.address() as AddressInfo;
@@ -131,6 +148,8 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     url,
     server,
     invoker,
+    views,
+    recorder,
     async close() {
       stopped = true;
       o.clock.clearTimeout(timer);

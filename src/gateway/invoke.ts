@@ -68,6 +68,8 @@ interface FnState {
   lastError: string | undefined;
   /** What this gateway last wrote to KEYS.demand for the function ("" = nothing). */
   reported: string;
+  /** Requests a native data plane (HAProxy) carries for the function, from its stats. */
+  external: number;
 }
 
 const PREFIX = '/functions/';
@@ -275,7 +277,7 @@ export class Invoker {
   #state(fnId: string): FnState {
     let st = this.#fns.get(fnId);
     if (!st) {
-      st = { inflight: 0, starting: new Map(), waiters: new Set(), claims: new Set(), lastError: undefined, reported: '' };
+      st = { inflight: 0, starting: new Map(), waiters: new Set(), claims: new Set(), lastError: undefined, reported: '', external: 0 };
       this.#fns.set(fnId, st);
     }
     return st;
@@ -481,7 +483,7 @@ export class Invoker {
     const ready = this.#candidates(fn).current.length;
     // Behind a load balancer each gateway sees a share of the demand: add what the others report.
     const others = this.#d.views.otherDemand(fn.id, this.#d.gatewayId);
-    const n = this.#offered(fn) ? planScaleUp(fn, { ready, starting: st.starting.size + others.starting, demand: st.inflight + others.inflight }) : 0;
+    const n = this.#offered(fn) ? planScaleUp(fn, { ready, starting: st.starting.size + others.starting, demand: st.inflight + st.external + others.inflight }) : 0;
     for (let i = 0; i < n; i++) {
       const requestId = newId('req', this.#d.clock.now());
       st.starting.set(requestId, { at: this.#d.clock.now(), configKey: instanceConfigKey(fn) });
@@ -523,9 +525,9 @@ export class Invoker {
     const lease = this.#d.leaseId();
     if (!lease) return;
     for (const [fnId, st] of this.#fns) {
-      const idle = st.inflight === 0 && st.starting.size === 0;
+      const idle = st.inflight + st.external === 0 && st.starting.size === 0;
       // The lease is part of the value: after a new lease (the old one expired with its keys) it is written again.
-      const value = idle ? '' : JSON.stringify({ inflight: st.inflight, starting: st.starting.size, lease });
+      const value = idle ? '' : JSON.stringify({ inflight: st.inflight + st.external, starting: st.starting.size, lease });
       if (value === st.reported) continue;
       const key = KEYS.demand(fnId, this.#d.gatewayId);
       try {
@@ -619,6 +621,18 @@ export class Invoker {
         }
       }
     }
+  }
+
+  /**
+   * Load a native data plane reports for a function (in flight + queued at the proxy): it counts
+   * as this gateway's demand, and may scale up, as requests through the Node path do.
+   */
+  setExternalLoad(fnId: string, inflight: number): void {
+    const fn = this.#d.views.fn(fnId);
+    if (!fn) return;
+    const st = this.#state(fnId);
+    st.external = inflight;
+    if (inflight > 0) this.#maybeScaleUp(fn, st);
   }
 
   /** Demand per function in this gateway (tests, metrics). */

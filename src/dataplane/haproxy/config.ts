@@ -1,0 +1,146 @@
+import { join } from 'node:path';
+import { errorBody, AetherError, type ErrorCode } from '../../core/index.ts';
+
+/**
+ * The HAProxy configuration, rendered once per process start. Everything that changes at run
+ * time (servers, routes) goes through the runtime API; the config only declares a fixed pool of
+ * function backends ("slots": HAProxy cannot create backends at run time) and the activator.
+ */
+export interface HaproxyConfigInput {
+  /** Private directory (0700): admin socket, maps, error pages. */
+  dir: string;
+  /** Public listener. */
+  host: string;
+  port: number;
+  /** The Node gateway's internal loopback listener (cold path, API, everything not routed). */
+  activator: { host: string; port: number };
+  slots: number;
+  threads?: number;
+  /** Connections the process accepts (bounded by its descriptor limit). */
+  maxConn?: number;
+}
+
+export const LOG_TAG = 'AETHER';
+const ALPHABET = '0123456789abcdefghijklmnopqrstuv';
+
+export const paths = (dir: string) => ({
+  config: join(dir, 'haproxy.cfg'),
+  admin: join(dir, 'admin.sock'),
+  routes: join(dir, 'routes.map'),
+  base32: join(dir, 'base32.map'),
+  errors: join(dir, 'errors'),
+});
+
+export const slotName = (i: number): string => `f${i}`;
+
+/** HAProxy's own errors, in the platform's JSON shape. */
+export const ERROR_PAGES: Record<number, { code: ErrorCode; message: string }> = {
+  400: { code: 'AETHER_ERR_VALIDATION', message: 'malformed HTTP request' },
+  408: { code: 'AETHER_ERR_REQUEST_TIMEOUT', message: 'the client did not send its request in time' },
+  500: { code: 'AETHER_ERR_INTERNAL', message: 'internal error in the data plane' },
+  502: { code: 'AETHER_ERR_UPSTREAM', message: 'the instance failed while answering' },
+  503: { code: 'AETHER_ERR_UNAVAILABLE', message: 'no instance could take the request in time; retry later' },
+  504: { code: 'AETHER_ERR_TIMEOUT', message: 'the function did not answer within its timeout_ms' },
+};
+
+export function errorPage(status: number): string {
+  const p = ERROR_PAGES[status];
+  if (!p) throw new Error(`no error page for ${status}`);
+  const { body } = errorBody(new AetherError(p.code, p.message));
+  const reason = { 400: 'Bad Request', 408: 'Request Timeout', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }[status];
+  return `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`;
+}
+
+/** Digit -> base32 character, so the proxy mints ids in newId()'s format (time-sortable records). */
+export function base32Map(): string {
+  return [...ALPHABET].map((c, i) => `${i} ${c}`).join('\n') + '\n';
+}
+
+/** inv-<9 chars of ms><11 random chars>, the format of newId('inv'). */
+function uniqueIdFormat(b32: string): string {
+  let f = 'inv-';
+  for (let k = 8; k >= 0; k--) f += `%[date(0,ms),div(${32 ** k}),mod(32),map(${b32})]`;
+  for (let k = 0; k < 11; k++) f += `%[rand(32),map(${b32})]`;
+  return f;
+}
+
+export function bindAddress(host: string, port: number): string {
+  if (host === '::') return `:::${port} v4v6`;
+  return host.includes(':') ? `ipv6@${host}:${port}` : `${host}:${port}`;
+}
+
+/**
+ * One log line per proxied request, read by the platform off the request path:
+ * tag, invocation id, function id, backend, server (instance), status, active ms, termination
+ * state, start (s), start ms part, retries.
+ */
+export const LOG_FORMAT = `${LOG_TAG} %ID %[var(txn.fn)] %b %s %ST %Ta %tsc %Ts %ms %rc`;
+
+export function renderConfig(c: HaproxyConfigInput): string {
+  const p = paths(c.dir);
+  const errors = Object.keys(ERROR_PAGES).map((s) => `  errorfile ${s} ${join(p.errors, `${s}.http`)}`);
+  const lines = [
+    '# Written by Aether at every start; runtime state comes over the admin socket.',
+    'global',
+    `  stats socket ${p.admin} mode 600 level admin`,
+    '  stats timeout 10s',
+    '  log stdout format raw daemon',
+    ...(c.threads ? [`  nbthread ${c.threads}`] : []),
+    `  maxconn ${c.maxConn ?? 20_000}`,
+    '  hard-stop-after 30s',
+    '',
+    'defaults',
+    '  mode http',
+    '  log global',
+    `  log-format "${LOG_FORMAT}"`,
+    '  timeout connect 2s',
+    '  timeout client 65s',
+    '  timeout http-request 30s',
+    '  timeout http-keep-alive 65s',
+    '  timeout queue 30s',
+    '  timeout server 30s',
+    '  timeout tunnel 1h',
+    '  retries 3',
+    '  option redispatch 1',
+    // Retry elsewhere only when nothing reached the instance: a crash after the request was
+    // delivered must answer 502, never replay the request (empty-response would replay it).
+    '  retry-on conn-failure',
+    ...errors,
+    '',
+    'frontend aether',
+    `  bind ${bindAddress(c.host, c.port)}`,
+    `  unique-id-format ${uniqueIdFormat(p.base32)}`,
+    '  http-request set-var(txn.ref) path,field(3,/),url_dec if { path_beg /functions/ }',
+    `  http-request set-var(txn.route) var(txn.ref),map(${p.routes}) if { var(txn.ref) -m found }`,
+    '  http-request set-var(txn.fn) var(txn.route),field(2,|) if { var(txn.route) -m found }',
+    '  http-request set-var(txn.tmo) var(txn.route),field(3,|) if { var(txn.route) -m found }',
+    '  use_backend %[var(txn.route),field(1,|)] if { var(txn.route) -m found }',
+    '  default_backend activator',
+    '',
+    '# The Node gateway: cold starts, waiting, the API. It writes its own records.',
+    'backend activator',
+    '  no log',
+    '  option forwardfor',
+    '  timeout server 16m',
+    `  server node ${c.activator.host}:${c.activator.port}`,
+  ];
+  for (let i = 0; i < c.slots; i++) {
+    lines.push(
+      '',
+      `backend ${slotName(i)}`,
+      '  balance leastconn',
+      '  http-request set-timeout server var(txn.tmo)',
+      '  http-request replace-path ^/functions/[^/]*/?(.*)$ /\\1',
+      '  option forwardfor',
+      '  http-request set-header x-forwarded-host %[req.hdr(host)]',
+      '  http-request set-header x-forwarded-proto http',
+      // Standard proxy marker (RFC 9110 7.6.3): tells the instance (and tests) the native path carried it.
+      '  http-request add-header via "1.1 aether-haproxy"',
+      // Hop-by-hop, as the Node path strips it.
+      '  http-response del-header keep-alive',
+      '  http-after-response set-header x-aether-invocation-id %[unique-id]',
+      '  http-after-response set-header x-aether-cold-start false',
+    );
+  }
+  return lines.join('\n') + '\n';
+}

@@ -1,0 +1,502 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { Clock, Logger } from '../../core/index.ts';
+import { findHaproxy } from '../detect.ts';
+import { computeRoutes, type RouteAddress, type RouteTable } from '../table.ts';
+import type { DataPlane, DataPlaneSinks, RouteSource } from '../types.ts';
+import { adminCommand, commandFailed } from './admin.ts';
+import { base32Map, ERROR_PAGES, errorPage, paths, renderConfig, slotName } from './config.ts';
+import { parseLogLine, parseShowStat } from './parse.ts';
+
+export interface HaproxyOptions {
+  /** Private state directory (created 0700). */
+  dir: string;
+  /** Public listener: HAProxy binds it; the platform binds it too while HAProxy is down. */
+  host: string;
+  port: number;
+  /** The Node gateway's internal listener and server (activator; fallback for the public port). */
+  activator: { host: string; port: number; server: HttpServer };
+  source: RouteSource;
+  sinks: DataPlaneSinks;
+  /** Instances of this agent are reached at their own socket. */
+  localAgentId?: string | undefined;
+  clock: Clock;
+  logger: Logger;
+  binary?: string;
+  /** Function backends declared up front (HAProxy cannot add backends at run time). */
+  slots?: number;
+  statsIntervalMs?: number;
+}
+
+interface ServerState {
+  addr: string;
+  state: 'ready' | 'drain';
+  maxConn: number;
+}
+
+interface Slot {
+  fnId: string | undefined;
+  servers: Map<string, ServerState>;
+  /** Servers in maintenance, deleted once their last connection ends. */
+  deleting: Set<string>;
+}
+
+function formatAddress(a: RouteAddress): string {
+  if (a.kind === 'unix') return `unix@${a.path}`;
+  return a.host.includes(':') ? `ipv6@${a.host}:${a.port}` : `${a.host}:${a.port}`;
+}
+
+/**
+ * The `haproxy` data plane: an HAProxy process this platform starts, programs over its runtime API
+ * (servers added, drained and deleted, the route map updated; never a reload) and supervises.
+ * Warm requests go proxy -> instance socket; a reference without a ready instance goes to the
+ * activator (the Node gateway). While HAProxy is down the platform itself listens on the public
+ * port (SO_REUSEPORT, so both can hold it during the hand-over) and serves through the Node path.
+ */
+export class HaproxyDataPlane implements DataPlane {
+  readonly kind = 'haproxy' as const;
+  #url = '';
+  readonly #o: HaproxyOptions;
+  readonly #p: ReturnType<typeof paths>;
+  readonly #slots: Slot[];
+  readonly #slotOf = new Map<string, number>();
+  /** What the route map holds now: reference -> "slot|fnId|timeoutMs". */
+  readonly #map = new Map<string, string>();
+  #child: ChildProcess | undefined;
+  #fallback: Server | undefined;
+  readonly #fallbackSockets = new Set<Socket>();
+  /** Sockets the fallback accepted, closed after their current answer once HAProxy is back. */
+  readonly #handBack = new Set<Socket>();
+  #handBackHooked = false;
+  #port = 0;
+  #closing = false;
+  #running = false;
+  #restarts = 0;
+  #applying: Promise<void> | undefined;
+  #dirty = false;
+  #statsTimer: ReturnType<Clock['setTimeout']> | undefined;
+  #unwatch: (() => void) | undefined;
+  readonly #reported = new Map<string, number>();
+  readonly #stot = new Map<string, number>();
+  #warnedFull = false;
+  #lastExitAt = 0;
+
+  constructor(o: HaproxyOptions) {
+    this.#o = o;
+    this.#p = paths(o.dir);
+    this.#slots = Array.from({ length: o.slots ?? 128 }, () => ({ fnId: undefined, servers: new Map(), deleting: new Set() }));
+  }
+
+  get url(): string {
+    return this.#url;
+  }
+
+  status(): ReturnType<DataPlane['status']> {
+    return { kind: 'haproxy', proxy: this.#running ? 'running' : 'restarting', restarts: this.#restarts, routes: this.#map.size };
+  }
+
+  async sync(): Promise<void> {
+    // Watch events arrive in microtasks / I/O callbacks: let the ones already due land first.
+    await new Promise((r) => setImmediate(r));
+    if (!this.#running) return;
+    this.#dirty = true;
+    await this.#apply();
+  }
+
+  async start(): Promise<void> {
+    mkdirSync(this.#o.dir, { recursive: true, mode: 0o700 });
+    chmodSync(this.#o.dir, 0o700);
+    mkdirSync(this.#p.errors, { recursive: true, mode: 0o700 });
+    this.#killLeftover();
+    writeFileSync(this.#p.base32, base32Map());
+    for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(this.#p.errors, `${s}.http`), errorPage(Number(s)));
+    // Hold the public port first (it also resolves port 0), then let HAProxy join it.
+    await this.#openFallback(await this.#claimPort(this.#o.port));
+    const h = this.#o.host;
+    const urlHost = h === '0.0.0.0' || h === '::' ? '127.0.0.1' : h.includes(':') ? `[${h}]` : h;
+    this.#url = `http://${urlHost}:${this.#port}`;
+    writeFileSync(
+      this.#p.config,
+      renderConfig({ dir: this.#o.dir, host: h, port: this.#port, activator: { host: this.#o.activator.host, port: this.#o.activator.port }, slots: this.#slots.length, maxConn: maxConnForFdLimit() }),
+      { mode: 0o600 },
+    );
+    this.#unwatch = this.#o.source.onChange(() => this.#schedule());
+    await this.#spawn();
+    this.#pollStats();
+  }
+
+  // ---------------------------------------------------------------- process supervision
+
+  #killLeftover(): void {
+    // An earlier platform process killed with -9 may have left its HAProxy holding the port.
+    const pidFile = join(this.#o.dir, 'haproxy.pid');
+    if (!existsSync(pidFile)) return;
+    const pid = Number(readFileSync(pidFile, 'utf8').trim());
+    try {
+      if (pid > 0 && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(this.#p.config)) process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+
+  async #spawn(): Promise<void> {
+    const bin = this.#o.binary ?? findHaproxy() ?? 'haproxy';
+    // setpriv: HAProxy dies with us even on SIGKILL (it would otherwise keep the public port).
+    const setpriv = spawnSync('setpriv', ['--help'], { stdio: 'ignore' }).status === 0;
+    writeFileSync(this.#p.routes, ''); // programmed from scratch below
+    const args = ['-f', this.#p.config, '-db'];
+    const child = setpriv ? spawn('setpriv', ['--pdeathsig', 'KILL', bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.#child = child;
+    writeFileSync(join(this.#o.dir, 'haproxy.pid'), `${child.pid ?? ''}\n`);
+    createInterface({ input: child.stdout }).on('line', (l) => this.#onLog(l));
+    let errTail = '';
+    createInterface({ input: child.stderr }).on('line', (l) => {
+      errTail = (errTail + l + '\n').slice(-2000);
+      this.#o.logger.debug({ haproxy: l }, 'haproxy');
+    });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    child.once('exit', (code, signal) => {
+      if (this.#child !== child) return;
+      this.#child = undefined;
+      const wasRunning = this.#running;
+      this.#running = false;
+      // Exits during start are the starter's to handle (it throws, or #recover retries).
+      if (this.#closing || !wasRunning) return;
+      this.#o.logger.warn({ code, signal, stderr: errTail.slice(-500) }, 'haproxy exited; serving through the Node path until it is back');
+      void this.#recover();
+    });
+    // Ready once the admin socket answers; then program it from scratch.
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`haproxy exited at start (${child.exitCode ?? child.signalCode}): ${errTail.slice(-800)}`);
+      const ok = await adminCommand(this.#p.admin, 'show info', 1000).then(
+        (a) => a.includes('Pid:'),
+        () => false,
+      );
+      if (ok) break;
+      if (Date.now() > deadline) {
+        child.kill('SIGKILL');
+        await exited;
+        throw new Error(`haproxy did not open its admin socket: ${errTail.slice(-800)}`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    this.#resetState();
+    this.#running = true;
+    await this.#apply();
+    this.#closeFallback();
+  }
+
+  async #recover(): Promise<void> {
+    await this.#openFallback(this.#port).catch((err: unknown) => this.#o.logger.error({ err: String(err) }, 'could not take over the public port'));
+    // Restart at once; only a proxy that keeps dying waits (up to 1 s) between attempts.
+    const now = Date.now();
+    const delay = now - this.#lastExitAt < 2000 ? 1000 : 50;
+    this.#lastExitAt = now;
+    await new Promise((r) => setTimeout(r, delay));
+    if (this.#closing) return;
+    this.#restarts++;
+    try {
+      await this.#spawn();
+      this.#o.logger.warn({ restarts: this.#restarts }, 'haproxy restarted; table re-applied');
+    } catch (err) {
+      this.#o.logger.error({ err: String(err) }, 'haproxy restart failed; retrying');
+      if (!this.#closing && !this.#child) void this.#recover();
+    }
+  }
+
+  /** Refuse a port another process holds, as a plain listen would (SO_REUSEPORT would share it). */
+  async #claimPort(port: number): Promise<number> {
+    const probe = createServer();
+    await new Promise<void>((resolve, reject) => {
+      probe.once('error', reject);
+      probe.listen({ host: this.#o.host, port }, () => resolve());
+    });
+    const bound = (probe.address() as AddressInfo).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    return bound;
+  }
+
+  async #openFallback(port: number): Promise<void> {
+    if (this.#fallback) return;
+    if (!this.#handBackHooked) {
+      this.#handBackHooked = true;
+      // A keep-alive client of the fallback would stay on the Node path for good: its next answer closes the connection.
+      this.#o.activator.server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
+        if (this.#handBack.has(req.socket)) res.shouldKeepAlive = false;
+      });
+    }
+    const srv = createServer((sock) => {
+      this.#fallbackSockets.add(sock);
+      sock.once('close', () => {
+        this.#fallbackSockets.delete(sock);
+        this.#handBack.delete(sock);
+      });
+      this.#o.activator.server.emit('connection', sock);
+    });
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen({ host: this.#o.host, port, reusePort: true }, () => resolve());
+    });
+    this.#fallback = srv;
+    this.#port = (srv.address() as AddressInfo).port;
+  }
+
+  #closeFallback(): void {
+    const srv = this.#fallback;
+    if (!srv) return;
+    this.#fallback = undefined;
+    // Stops accepting; what it accepted finishes on the Node path, then its clients reconnect to HAProxy.
+    // (Not awaited: close() resolves only once those connections end.)
+    srv.close();
+    for (const sock of this.#fallbackSockets) this.#handBack.add(sock);
+    this.#fallbackSockets.clear();
+    this.#o.activator.server.closeIdleConnections();
+  }
+
+  // ---------------------------------------------------------------- programming
+
+  #resetState(): void {
+    for (const s of this.#slots) {
+      s.fnId = undefined;
+      s.servers.clear();
+      s.deleting.clear();
+    }
+    this.#slotOf.clear();
+    this.#map.clear();
+  }
+
+  #schedule(): void {
+    this.#dirty = true;
+    if (this.#applying) return;
+    // Coalesce a burst of watch events into one pass.
+    setImmediate(() => void this.#apply());
+  }
+
+  #apply(): Promise<void> {
+    if (this.#applying) {
+      this.#dirty = true;
+      return this.#applying;
+    }
+    this.#applying = (async () => {
+      do {
+        this.#dirty = false;
+        if (!this.#running) break;
+        const table = computeRoutes({ functions: this.#o.source.functions(), instancesOf: (id) => this.#o.source.instancesOf(id), localAgentId: this.#o.localAgentId, localOnly: true });
+        try {
+          await this.#program(table);
+        } catch (err) {
+          this.#o.logger.warn({ err: String(err) }, 'programming haproxy failed; retrying on the next change');
+          if (this.#running) this.#dirty = true;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      } while (this.#dirty && !this.#closing);
+    })().finally(() => {
+      this.#applying = undefined;
+    });
+    return this.#applying;
+  }
+
+  async #cmd(command: string): Promise<void> {
+    const answer = await adminCommand(this.#p.admin, command);
+    if (commandFailed(command, answer)) throw new Error(`haproxy: "${command}": ${answer.trim()}`);
+  }
+
+  async #program(t: RouteTable): Promise<void> {
+    const map = this.#p.routes;
+    const want = new Map<string, string>();
+    // Slots for routed functions; a function without a free slot stays on the Node path.
+    for (const fr of t.functions.values()) {
+      let i = this.#slotOf.get(fr.id);
+      if (i === undefined) {
+        i = this.#slots.findIndex((s) => s.fnId === undefined && s.servers.size === 0 && s.deleting.size === 0);
+        if (i < 0) {
+          if (!this.#warnedFull) this.#o.logger.warn({ slots: this.#slots.length }, 'all haproxy function backends in use; further functions go through the Node path');
+          this.#warnedFull = true;
+          continue;
+        }
+        (this.#slots[i] as Slot).fnId = fr.id;
+        this.#slotOf.set(fr.id, i);
+      }
+    }
+    for (const [ref, fnId] of t.refs) {
+      const i = this.#slotOf.get(fnId);
+      const fr = t.functions.get(fnId);
+      if (i !== undefined && fr) want.set(ref, `${slotName(i)}|${fnId}|${fr.timeoutMs}`);
+    }
+    // 1. Routes that go away or change first: scale to zero / delete / rename reach the activator at once.
+    for (const [ref, v] of this.#map) {
+      const w = want.get(ref);
+      if (w === undefined) {
+        await this.#cmd(`del map ${map} ${ref}`);
+        this.#map.delete(ref);
+      } else if (w !== v) {
+        await this.#cmd(`set map ${map} ${ref} ${w}`);
+        this.#map.set(ref, w);
+      }
+    }
+    // 2. Servers.
+    for (let i = 0; i < this.#slots.length; i++) {
+      const slot = this.#slots[i] as Slot;
+      if (slot.fnId === undefined && slot.servers.size === 0) continue;
+      const be = slotName(i);
+      const fr = slot.fnId !== undefined ? t.functions.get(slot.fnId) : undefined;
+      const wanted = new Map((fr?.instances ?? []).map((x) => [x.id, x]));
+      const maxConn = fr?.maxConn ?? 1;
+      // Capacity first, then drains: a rolling update never leaves the backend without a ready server.
+      const order = [...wanted.values()].sort((x, y) => (x.state === y.state ? 0 : x.state === 'ready' ? -1 : 1));
+      for (const inst of order) {
+        const id = inst.id;
+        const addr = formatAddress(inst.address);
+        const cur = slot.servers.get(id);
+        if (!cur) {
+          if (slot.deleting.has(id)) {
+            slot.deleting.delete(id); // came back before its deletion: keep it
+            await this.#cmd(`set server ${be}/${id} state ${inst.state}`);
+          } else {
+            // New servers start in maintenance: add and enable in one round trip.
+            await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn}; set server ${be}/${id} state ${inst.state}`);
+          }
+          slot.servers.set(id, { addr, state: inst.state, maxConn });
+          continue;
+        }
+        if (cur.state !== inst.state) {
+          await this.#cmd(`set server ${be}/${id} state ${inst.state}`);
+          cur.state = inst.state;
+        }
+        if (cur.maxConn !== maxConn) {
+          await this.#cmd(`set maxconn server ${be}/${id} ${maxConn}`);
+          cur.maxConn = maxConn;
+        }
+      }
+      for (const id of [...slot.servers.keys()]) {
+        if (wanted.has(id)) continue;
+        await this.#cmd(`set server ${be}/${id} state maint`);
+        slot.servers.delete(id);
+        slot.deleting.add(id);
+      }
+      if (!fr && slot.fnId !== undefined) {
+        this.#slotOf.delete(slot.fnId);
+        slot.fnId = undefined;
+      }
+      await this.#reap(i);
+    }
+    // 3. New routes last: their servers exist by now.
+    for (const [ref, w] of want) {
+      if (this.#map.has(ref)) continue;
+      await this.#cmd(`add map ${map} ${ref} ${w}`);
+      this.#map.set(ref, w);
+    }
+  }
+
+  /** Delete servers in maintenance whose last connection ended (HAProxy refuses otherwise). */
+  async #reap(i: number): Promise<void> {
+    const slot = this.#slots[i] as Slot;
+    for (const id of [...slot.deleting]) {
+      const a = await adminCommand(this.#p.admin, `del server ${slotName(i)}/${id}`);
+      if (!commandFailed('del server', a) || /No such server/i.test(a)) slot.deleting.delete(id);
+    }
+  }
+
+  // ---------------------------------------------------------------- off the request path: logs and stats
+
+  #onLog(line: string): void {
+    const r = parseLogLine(line);
+    if (!r) return;
+    this.#o.sinks.record(r.record);
+    this.#o.sinks.observed?.(r.record);
+  }
+
+  #pollStats(): void {
+    const every = this.#o.statsIntervalMs ?? 200;
+    const tick = async (): Promise<void> => {
+      if (this.#closing) return;
+      if (this.#running && !this.#applying) {
+        try {
+          const rows = parseShowStat(await adminCommand(this.#p.admin, 'show stat', 2000));
+          const fnLoad = new Map<string, number>();
+          const seen = new Set<string>();
+          for (const r of rows) {
+            if (!/^f\d+$/.test(r.backend)) continue;
+            const i = Number(r.backend.slice(1));
+            const slot = this.#slots[i];
+            if (!slot) continue;
+            if (r.server === 'BACKEND') {
+              if (slot.fnId !== undefined) fnLoad.set(slot.fnId, r.scur + r.qcur);
+              continue;
+            }
+            seen.add(r.server);
+            const prev = this.#stot.get(r.server) ?? r.stot;
+            this.#stot.set(r.server, r.stot);
+            this.#o.sinks.instanceLoad?.(r.server, r.scur, r.stot !== prev || r.scur > 0, slot.servers.get(r.server)?.state === 'ready');
+            if (slot.deleting.has(r.server) && r.scur === 0) await this.#reap(i);
+          }
+          for (const id of this.#stot.keys()) if (!seen.has(id)) this.#stot.delete(id);
+          // Report changes only; a function that went idle is reported once as 0.
+          for (const [fnId, n] of fnLoad) {
+            if ((this.#reported.get(fnId) ?? 0) === n) continue;
+            this.#o.sinks.functionLoad(fnId, n);
+            if (n === 0) this.#reported.delete(fnId);
+            else this.#reported.set(fnId, n);
+          }
+          for (const fnId of [...this.#reported.keys()]) {
+            if (fnLoad.has(fnId)) continue;
+            this.#o.sinks.functionLoad(fnId, 0);
+            this.#reported.delete(fnId);
+          }
+        } catch (err) {
+          this.#o.logger.debug({ err: String(err) }, 'haproxy stats poll failed');
+        }
+      }
+      if (!this.#closing) this.#statsTimer = this.#o.clock.setTimeout(() => void tick(), every);
+    };
+    this.#statsTimer = this.#o.clock.setTimeout(() => void tick(), every);
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true;
+    this.#unwatch?.();
+    if (this.#statsTimer) this.#o.clock.clearTimeout(this.#statsTimer);
+    await this.#applying?.catch(() => undefined);
+    const child = this.#child;
+    if (child && child.exitCode === null && child.signalCode === null) {
+      // SIGUSR1: soft stop (finish in-flight requests, bounded by hard-stop-after).
+      const gone = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGUSR1');
+      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await gone;
+      clearTimeout(t);
+    }
+    this.#running = false;
+    this.#closeFallback();
+    // Nothing routes to the instances any more: their drains need not wait for us.
+    for (const slot of this.#slots) for (const id of [...slot.servers.keys(), ...slot.deleting]) this.#o.sinks.instanceLoad?.(id, 0, false, false);
+  }
+}
+
+/** HAProxy needs two descriptors per proxied connection and refuses to start above the hard limit. */
+function maxConnForFdLimit(): number {
+  try {
+    const m = /^Max open files\s+\S+\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    const hard = m?.[1] === 'unlimited' ? Infinity : Number(m?.[1]);
+    if (Number.isFinite(hard) && hard > 0) return Math.max(256, Math.min(20_000, Math.floor((hard - 200 - 4 * 128) / 2)));
+  } catch {
+    // not Linux: keep the default
+  }
+  return 20_000;
+}
+
+export async function startHaproxyDataPlane(o: HaproxyOptions): Promise<HaproxyDataPlane> {
+  const dp = new HaproxyDataPlane(o);
+  try {
+    await dp.start();
+  } catch (err) {
+    await dp.close().catch(() => undefined);
+    throw err;
+  }
+  return dp;
+}
