@@ -4,3 +4,4 @@ export * from './enrich.ts';
 export * from './nodeconfig.ts';
 export * from './plan.ts';
 export * from './source.ts';
+export * from './deployer.ts';

@@ -23,6 +23,10 @@ export interface AgentRecord {
   used: { instances: number; memory_mb: number; vcpu: number };
   isolation: string;
   started_at: string;
+  /** firework's node_type label (services are placed only on matching nodes); null/absent: any. */
+  node_type?: string | null;
+  /** The agent's edge router (host-based routes to services), when it runs one. */
+  router_url?: string | null;
 }
 
 /** A provisioning job on the queue. The agent re-reads the function from the Store. */
