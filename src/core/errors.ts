@@ -24,6 +24,9 @@ export const ERROR_CODES = {
   AETHER_ERR_UNAVAILABLE: { status: 503, text: 'a backing service is unavailable; retry later' },
   AETHER_ERR_TIMEOUT: { status: 504, text: "the function did not answer within its timeout_ms" },
   AETHER_ERR_UPSTREAM: { status: 502, text: 'the instance failed while answering' },
+  AETHER_ERR_SERVICE_NOT_FOUND: { status: 404, text: 'no such service' },
+  AETHER_ERR_WEBHOOK_SIGNATURE: { status: 401, text: 'missing or wrong X-Hub-Signature-256' },
+  AETHER_ERR_WEBHOOK_DISABLED: { status: 404, text: 'the deploy webhook is not configured (set AETHER_WEBHOOK_SECRET)' },
   AETHER_ERR_INTERNAL: { status: 500, text: 'internal error' },
 } as const satisfies Record<string, { status: number; text: string }>;
 

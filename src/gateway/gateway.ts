@@ -11,6 +11,7 @@ import { Invoker, type LocalAgent } from './invoke.ts';
 import { localLogSource, remoteLogSource, type LocalLogs } from './logs.ts';
 import { InvocationRecorder } from './records.ts';
 import { ClusterViews, PrefixView } from './views.ts';
+import { ServiceCatalog } from './services.ts';
 
 export interface GatewayOptions {
   store: Store;
@@ -30,6 +31,8 @@ export interface GatewayOptions {
   localAgent?: LocalAgent & LocalLogs;
   /** Period of the reconcile loop (min_instances, replacing stale instances, lost jobs). */
   reconcileMs?: number;
+  /** AETHER_WEBHOOK_SECRET for POST /api/deploy/webhook (absent: the webhook answers 404). */
+  webhookSecret?: string;
 }
 
 export interface Gateway {
@@ -64,7 +67,15 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
 
   let server: Server | undefined;
   const app = buildApi(
-    { functions: o.functions, store: o.store, adminToken: o.adminToken, logs, metricsOpen: LOOPBACK.has(o.host), limits: o.limits },
+    {
+      functions: o.functions,
+      store: o.store,
+      adminToken: o.adminToken,
+      logs,
+      metricsOpen: LOOPBACK.has(o.host),
+      limits: o.limits,
+      services: { catalog: new ServiceCatalog(o.store, o.clock), store: o.store, clock: o.clock, webhookSecret: o.webhookSecret },
+    },
     {
       // Invocation traffic skips fastify entirely: the warm path is a raw handler.
       serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => {

@@ -12,6 +12,7 @@
  *   /aether/demand/<fnId>/<gatewayId>        a gateway's in-flight and starting counts (scale-up sees all gateways), leased
  *   /aether/assignments/<nodeId>             services assigned to a node (ServiceAssignment JSON), written by the deployer
  *   /aether/deploy/status                    the deployer's last outcome (revision, errors, unplaced, changes)
+ *   /aether/deploy/trigger                   a verified webhook delivery (ref); the deployer watches it and runs
  *   /aether/service-status/<nodeId>/<svc>    what an agent reports about a service it runs, leased
  *   /aether/service-restarts/<svc>           a restart request (nonce); agents running the service restart it once per nonce
  */
@@ -35,6 +36,7 @@ export const KEYS = {
   assignments: '/aether/assignments/',
   assignment: (nodeId: string): string => `/aether/assignments/${nodeId}`,
   deployStatus: '/aether/deploy/status',
+  deployTrigger: '/aether/deploy/trigger',
   serviceStatuses: '/aether/service-status/',
   serviceStatus: (nodeId: string, svc: string): string => `/aether/service-status/${nodeId}/${svc}`,
   serviceRestarts: '/aether/service-restarts/',
