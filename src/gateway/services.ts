@@ -141,6 +141,15 @@ export interface ServiceRoutesDeps {
 
 const MAX_WEBHOOK_BODY = 5 * 1024 * 1024;
 
+function pushRef(body: Buffer): string | null {
+  try {
+    const parsed = JSON.parse(body.toString('utf8')) as { ref?: unknown } | null;
+    return typeof parsed?.ref === 'string' ? parsed.ref : null;
+  } catch {
+    throw new AetherError('AETHER_ERR_INVALID_JSON', 'webhook body is not JSON (set the webhook content type to application/json)');
+  }
+}
+
 /** /api/services, /api/nodes, /api/deploy and the webhook (which authenticates by signature, not token). */
 export function registerServiceRoutes(app: FastifyInstance, d: ServiceRoutesDeps): void {
   app.get('/api/services', async () => d.catalog.list());
@@ -160,13 +169,7 @@ export function registerServiceRoutes(app: FastifyInstance, d: ServiceRoutesDeps
       const event = String(req.headers['x-github-event'] ?? 'push');
       if (event === 'ping') return { status: 'pong' };
       if (event !== 'push') return reply.code(202).send({ status: 'ignored', reason: `event ${event}` });
-      let ref: string | null = null;
-      try {
-        const parsed = JSON.parse(body.toString('utf8')) as { ref?: unknown };
-        ref = typeof parsed.ref === 'string' ? parsed.ref : null;
-      } catch {
-        throw new AetherError('AETHER_ERR_INVALID_JSON', 'webhook body is not JSON (set the webhook content type to application/json)');
-      }
+      const ref = pushRef(body);
       const delivery = String(req.headers['x-github-delivery'] ?? randomUUID());
       await d.store.put(KEYS.deployTrigger, JSON.stringify({ delivery, ref, at: new Date(d.clock.now()).toISOString() }));
       return reply.code(202).send({ status: 'accepted', delivery, ref });
