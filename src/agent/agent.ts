@@ -204,6 +204,7 @@ class AgentImpl implements Agent {
       used: { instances: used.instances, memory_mb: used.memoryMb, vcpu: used.vcpu },
       isolation: runtime.isolation,
       started_at: this.#startedAt,
+      node_type: config.nodeType ?? null,
     };
   }
 

@@ -42,6 +42,8 @@ export interface AgentConfig {
   resultTtlMs: number;
   /** When set, GET /internal/logs requires `Authorization: Bearer <adminToken>`. */
   adminToken?: string;
+  /** firework's node_type label: the deployer places only matching services here (absent: any). */
+  nodeType?: string;
 }
 
 /** Capacity from the host: 80 % of RAM, 8 vCPU shares per core (functions mostly wait on I/O). */

@@ -11,6 +11,7 @@ import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost } from '../runtime/index.ts';
 import { createProcessRuntime } from '../runtime/process.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
+import { Deployer, specSource } from '../deploy/index.ts';
 
 export interface RunningNode {
   /** Gateway URL (up, gateway) or agent URL (agent). */
@@ -98,6 +99,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
         startupTimeoutMs: cfg.startupTimeoutMs,
         pidsMax: cfg.pidsMax,
         ...(token ? { adminToken: token } : {}),
+        ...(cfg.nodeType ? { nodeType: cfg.nodeType } : {}),
       }),
     });
     await agent.start();
@@ -127,6 +129,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       gatewayId: newId('gw'),
       leaseTtlMs: cfg.leaseTtlMs,
       startTimeoutMs: cfg.startupTimeoutMs + 15_000,
+      ...(cfg.webhookSecret ? { webhookSecret: cfg.webhookSecret } : {}),
       ...(agent ? { localAgent: agent } : {}),
     });
     const g = gateway;
@@ -135,6 +138,23 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     out(`Aether ${role === 'up' ? 'is up' : 'gateway'} at ${gateway.url}`);
     out(`data dir: ${cfg.dataDir}`);
     out(`try: curl -H "Authorization: Bearer $(cat ${join(cfg.dataDir, 'admin.token')} 2>/dev/null || echo $AETHER_ADMIN_TOKEN)" ${gateway.url}/api/functions`);
+  }
+
+  // Services: the deployer reads the specs, places them and writes node assignments.
+  if (cfg.source && (role === 'up' || role === 'deployer')) {
+    const deployer = new Deployer({
+      store,
+      source: specSource(cfg.source),
+      deployerId: newId('dep'),
+      clock,
+      logger,
+      pollMs: cfg.pollMs,
+      leaseTtlMs: cfg.leaseTtlMs,
+      ...(cfg.exportDir ? { exportDir: cfg.exportDir } : {}),
+    });
+    deployer.start();
+    closers.unshift(() => deployer.stop());
+    out(`deployer: ${specSource(cfg.source).describe}, every ${cfg.pollMs} ms${cfg.webhookSecret ? ' and on POST /api/deploy/webhook' : ''}`);
   }
 
   let closing: Promise<void> | undefined;

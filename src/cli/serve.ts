@@ -29,7 +29,13 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--agent-id <id>', 'stable agent id (default: kept in the data dir)')
       .option('--capacity-instances <n>', 'max instances on this node', int)
       .option('--capacity-memory-mb <n>', 'memory for instances on this node', int)
-      .option('--startup-timeout-ms <n>', 'how long an instance may take to listen', int);
+      .option('--startup-timeout-ms <n>', 'how long an instance may take to listen', int)
+      .option('--node-type <type>', "firework's node_type of this node: only matching services are placed here (default: any) (env AETHER_NODE_TYPE)");
+  const deployOpts = (cmd: Command): Command =>
+    cmd
+      .option('--source <dir|git-url[#branch]>', 'service specs in firework layout: defaults.yaml, services/, tenants/ (env AETHER_SOURCE)')
+      .option('--poll <duration>', 'how often the source is read, e.g. 2s (default 30s) (env AETHER_POLL)')
+      .option('--export-dir <dir>', "also write firework's nodes/<node>.yaml files here (env AETHER_EXPORT_DIR)");
 
   // --data-dir is a global option (the client commands read it too).
   const run = (role: Role) => async (_opts: Record<string, unknown>, cmd: Command) => {
@@ -39,6 +45,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
       adminTokenFile: 'admin_token_file', logLevel: 'log_level', sandbox: 'sandbox', isolation: 'isolation', advertise: 'advertise',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
+      nodeType: 'node_type', source: 'source', poll: 'poll', exportDir: 'export_dir',
     };
     for (const [k, v] of Object.entries(opts)) {
       const key = map[k];
@@ -64,7 +71,8 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     process.on('SIGTERM', () => stop('SIGTERM'));
   };
 
-  agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)'))).action(run('up'));
+  deployOpts(agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)')))).action(run('up'));
   common(program.command('gateway').description('run a gateway (API + invocation routing) on etcd + Redis + S3')).action(run('gateway'));
   agentOpts(common(program.command('agent').description('run an agent (sandboxes) on etcd + Redis + S3'))).action(run('agent'));
+  deployOpts(common(program.command('deployer').description('run the services deployer (specs -> placements) on etcd'))).action(run('deployer'));
 }

@@ -2,7 +2,7 @@ import { writeFile, rename, mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { silentLogger, systemClock, type Clock, type Logger, type TimerHandle } from '../core/index.ts';
 import { KEYS, type AgentRecord } from '../spec/index.ts';
-import type { Store, TxnOp, TxnCompare } from '../store/index.ts';
+import { listAndWatch, type Informer, type Store, type TxnOp, type TxnCompare } from '../store/index.ts';
 import type { SchedNode, Unplaced } from '../scheduler/index.ts';
 import type { ServiceConfig } from './enrich.ts';
 import type { SpecError } from './format.ts';
@@ -63,6 +63,7 @@ export class Deployer {
   #stopped = false;
   #lease: string | undefined;
   #lastAgents = '';
+  #informers: Informer[] = [];
 
   constructor(o: DeployerOptions) {
     this.#o = o;
@@ -70,12 +71,52 @@ export class Deployer {
     this.#log = o.logger ?? silentLogger();
   }
 
+  /** Poll, and react to webhook triggers and to agents coming and going. */
   start(): void {
     this.#schedule(0);
+    const store = this.#o.store;
+    const opts = { clock: this.#clock, logger: this.#log };
+    let triggers = 0;
+    this.#informers.push(
+      listAndWatch(store, KEYS.deployTrigger, {
+        // The first listing is history, not a new push.
+        onReset: () => undefined,
+        onEvent: (ev) => {
+          if (ev.type !== 'put') return;
+          const { ref } = JSON.parse(ev.kv.value) as { ref: string | null };
+          const branch = this.#o.source.branch;
+          if (ref && branch && ref !== `refs/heads/${branch}`) {
+            this.#log.info({ ref, branch }, 'push to another branch ignored');
+            return;
+          }
+          triggers++;
+          void this.trigger().catch((err: unknown) => this.#log.warn({ err: String(err), triggers }, 'triggered deploy failed'));
+        },
+      }, opts),
+    );
+    const agents = new Set<string>();
+    const key = (k: string): string => k.slice(KEYS.agents.length);
+    this.#informers.push(
+      listAndWatch(store, KEYS.agents, {
+        onReset: (kvs) => {
+          agents.clear();
+          for (const kv of kvs) agents.add(key(kv.key));
+          this.agentsChanged([...agents]);
+        },
+        onEvent: (ev) => {
+          const k = key(ev.type === 'put' ? ev.kv.key : ev.key);
+          const had = agents.has(k);
+          if (ev.type === 'put') agents.add(k);
+          else agents.delete(k);
+          if (had !== (ev.type === 'put')) this.agentsChanged([...agents]);
+        },
+      }, opts),
+    );
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    for (const i of this.#informers) i.close();
     if (this.#timer) this.#clock.clearTimeout(this.#timer);
     await this.#running?.catch(() => undefined);
     if (this.#lease) await this.#o.store.revokeLease(this.#lease).catch(() => undefined);

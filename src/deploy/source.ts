@@ -11,6 +11,8 @@ const run = promisify(execFile);
 export interface SpecSource {
   /** A description for logs and the API ("dir /srv/specs", "git https://…#main"). */
   readonly describe: string;
+  /** For git sources: the branch, so webhook pushes to other branches are ignored. */
+  readonly branch?: string;
   /** Reads the current specs and a revision that changes whenever they do. */
   read(): Promise<{ revision: string; files: RepoFile[] }>;
 }
@@ -74,6 +76,7 @@ export function gitSource(ref: string, workRoot?: string): SpecSource {
   const { url, branch } = parseGitRef(ref);
   return {
     describe: `git ${url}#${branch}`,
+    branch,
     async read() {
       const dir = await mkdtemp(join(workRoot ?? tmpdir(), 'aether-specs-'));
       try {

@@ -62,7 +62,8 @@ const ROUTE_METHODS: [RegExp, string[]][] = [
   [/^\/api\/services\/[^/]+\/?$/, ['GET', 'HEAD']],
   [/^\/api\/services\/[^/]+\/restart\/?$/, ['POST']],
   [/^\/api\/nodes\/?$/, ['GET', 'HEAD']],
-  [/^\/api\/deploy\/?$/, ['GET', 'HEAD']],
+  [/^\/api\/deploy\/?$/, ['GET', 'HEAD', 'POST']],
+  [/^\/api\/deploy\/assignments\/?$/, ['GET', 'HEAD']],
   [/^\/api\/deploy\/webhook\/?$/, ['POST']],
 ];
 

@@ -5,13 +5,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ManualClock } from '../core/index.ts';
-import { KEYS, type AgentRecord } from '../spec/index.ts';
+import { KEYS, type AgentRecord, type ServiceStatusRecord } from '../spec/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
 import { createFsBlobStore } from '../blob/fs.ts';
 import { enrich, parseRepo, type ServiceAssignment } from '../deploy/index.ts';
 import { FunctionService } from './functions.ts';
 import { buildApi, type LogSource } from './api.ts';
-import { ServiceCatalog, type ServiceStatusRecord } from './services.ts';
+import { ServiceCatalog } from './services.ts';
 
 const TOKEN = 'secret-token';
 const AUTH = { authorization: `Bearer ${TOKEN}` };

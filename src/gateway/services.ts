@@ -1,39 +1,9 @@
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { AetherError, type Clock } from '../core/index.ts';
-import type { DeployStatus, ServiceAssignment, ServiceConfig } from '../deploy/index.ts';
-import { KEYS, type AgentRecord } from '../spec/index.ts';
+import type { Assignments, DeployStatus, ServiceAssignment, ServiceConfig } from '../deploy/index.ts';
+import { KEYS, type AgentRecord, type ServiceStatusRecord, type ServiceView } from '../spec/index.ts';
 import type { Store } from '../store/index.ts';
-
-/** What an agent reports about one service it runs (under its lease). */
-export interface ServiceStatusRecord {
-  node: string;
-  service: string;
-  instance_id: string | null;
-  config_key: string;
-  state: 'starting' | 'running' | 'unhealthy' | 'stopping' | 'exited';
-  health: 'unknown' | 'healthy' | 'unhealthy' | 'not_configured';
-  address: string | null;
-  restarts: number;
-  started_at: string | null;
-  message: string | null;
-}
-
-export interface ServiceView {
-  name: string;
-  node: string | null;
-  state: ServiceStatusRecord['state'] | 'pending' | 'assigned';
-  health: ServiceStatusRecord['health'];
-  host: string | null;
-  image: string;
-  vcpus: number;
-  memory_mb: number;
-  tenant: string | null;
-  revision: string | null;
-  restarts: number;
-  address: string | null;
-  message: string | null;
-}
 
 /** Read side of services for the API and the CLI: assignments + agent reports + deploy status. */
 export class ServiceCatalog {
@@ -89,6 +59,15 @@ export class ServiceCatalog {
     const request_id = randomUUID();
     await this.#store.put(KEYS.serviceRestart(name), JSON.stringify({ request_id, at: new Date(this.#clock.now()).toISOString() }));
     return { name, request_id };
+  }
+
+  async assignments(): Promise<Assignments> {
+    const out: Assignments = {};
+    for (const kv of (await this.#store.list(KEYS.assignments)).kvs) {
+      const a = JSON.parse(kv.value) as ServiceAssignment;
+      out[a.node] = a.services;
+    }
+    return out;
   }
 
   async nodes(): Promise<(AgentRecord & { services: string[] })[]> {
@@ -156,6 +135,11 @@ export function registerServiceRoutes(app: FastifyInstance, d: ServiceRoutesDeps
   app.get<{ Params: { name: string } }>('/api/services/:name', async (req) => d.catalog.get(req.params.name));
   app.post<{ Params: { name: string } }>('/api/services/:name/restart', async (req, reply) => reply.code(202).send(await d.catalog.restart(req.params.name)));
   app.get('/api/nodes', async () => d.catalog.nodes());
+  app.get('/api/deploy/assignments', async () => d.catalog.assignments());
+  app.post('/api/deploy', async (_req, reply) => {
+    await d.store.put(KEYS.deployTrigger, JSON.stringify({ delivery: randomUUID(), ref: null, at: new Date(d.clock.now()).toISOString() }));
+    return reply.code(202).send({ status: 'accepted' });
+  });
   app.get('/api/deploy', async () => (await d.catalog.deployStatus()) ?? { revision: null, ok: true, errors: [], warnings: [], unplaced: [], changes: [], source: null, at: null });
 
   app.register(async (scope) => {

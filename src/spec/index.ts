@@ -1,3 +1,4 @@
 export * from './function.ts';
 export * from './keys.ts';
 export * from './instance.ts';
+export * from './service.ts';
