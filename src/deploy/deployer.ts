@@ -63,6 +63,7 @@ export class Deployer {
   #stopped = false;
   #lease: string | undefined;
   #lastAgents = '';
+  #lastReport = '';
   #informers: Informer[] = [];
 
   constructor(o: DeployerOptions) {
@@ -205,9 +206,12 @@ export class Deployer {
       return status;
     }
     this.#lastAgents = agents.map((a) => a.agent_id).sort().join(',');
-    if (plan.errors.length) this.#log.warn({ revision, errors: plan.errors }, 'specs refused: nothing changed');
+    // Say each refusal and each unplaced service once per revision, not on every poll.
+    const news = JSON.stringify([revision, plan.errors, plan.unplaced]) !== this.#lastReport;
+    this.#lastReport = JSON.stringify([revision, plan.errors, plan.unplaced]);
+    if (news && plan.errors.length) this.#log.warn({ revision, errors: plan.errors }, 'specs refused: nothing changed');
     for (const c of plan.changes) this.#log.info({ revision, ...c }, 'deploy change');
-    for (const u of plan.unplaced) this.#log.warn({ revision, ...u }, 'service not placed');
+    if (news) for (const u of plan.unplaced) this.#log.warn({ revision, ...u }, 'service not placed');
     if (this.#o.exportDir && plan.ok) await exportNodeFiles(this.#o.exportDir, plan.assignments);
     return status;
   }
