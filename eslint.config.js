@@ -10,8 +10,8 @@ export default tseslint.config(
     rules: {
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       '@typescript-eslint/consistent-type-imports': 'error',
-      'no-restricted-imports': ['error', { patterns: [{ group: ['**/sqlite.ts', '**/etcd.ts', '**/redis.ts', '**/s3.ts', '**/memory.ts', '**/fs.ts', '**/process.ts'], message: 'Concrete drivers are chosen only in src/bin/ (import the component index instead).' }] }],
+      'no-restricted-imports': ['error', { patterns: [{ group: ['**/sqlite.ts', '**/etcd.ts', '**/redis.ts', '**/s3.ts', '**/memory.ts', '**/fs.ts', '**/process.ts', '**/runtime/process/**', '**/runtime/fake/**', '**/runtime/qemu/**', '**/runtime/firecracker/**'], message: 'Concrete drivers are chosen only in src/bin/ (import the component index instead).' }] }],
     },
   },
-  { files: ['src/bin/**', '**/*.test.ts', 'test/**', 'bench/**', 'src/*/index.ts'], rules: { 'no-restricted-imports': 'off' } },
+  { files: ['src/bin/**', '**/*.test.ts', 'test/**', 'bench/**', 'src/*/index.ts', 'src/runtime/*/**'], rules: { 'no-restricted-imports': 'off' } },
 );

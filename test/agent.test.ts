@@ -12,7 +12,7 @@ import { DEFAULT_LIMITS } from '../src/archive/index.ts';
 import { silentLogger, systemClock } from '../src/core/index.ts';
 import { closeAllEndpoints } from '../src/proxy/index.ts';
 import { createMemoryQueue } from '../src/queue/memory.ts';
-import { createProcessRuntime } from '../src/runtime/process.ts';
+import { createProcessRuntime } from '../src/runtime/process/index.ts';
 import type { Runtime } from '../src/runtime/index.ts';
 import { KEYS, PROVISION_TOPIC, instanceConfigKey, sampleFunction, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../src/spec/index.ts';
 import { createSqliteStore } from '../src/store/sqlite.ts';

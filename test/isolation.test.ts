@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { silentLogger } from '../src/core/index.ts';
-import { createProcessRuntime, requestEndpoint, type InstanceSpec, type Runtime, type RuntimeInstance } from '../src/runtime/index.ts';
+import { contractSpec, requestEndpoint, type InstanceSpec, type Runtime, type RuntimeInstance } from '../src/runtime/index.ts';
+import { createProcessRuntime } from '../src/runtime/process/index.ts';
 
 const FIXTURES = join(fileURLToPath(new URL('.', import.meta.url)), 'fixtures', 'runtime');
 const skip = process.getuid?.() !== 0 ? 'not root: the namespaces sandbox needs root (cgroups, namespaces, uid switch)' : false;
@@ -110,9 +111,15 @@ describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
     return dir;
   }
 
-  function spec(dir: string, entrypoint: string, over: Partial<InstanceSpec> = {}): InstanceSpec {
+  function spec(dir: string, entrypoint: string, over: { env?: Record<string, string>; memoryMb?: number; pidsMax?: number } = {}): InstanceSpec {
     const id = `i${n++}`;
-    return { instanceId: id, functionId: `f-${id}`, functionName: 'iso', runtime: 'node', entrypoint, codeDir: dir, env: {}, port: 8080, memoryMb: 128, vcpu: 1, pidsMax: 32, ...over };
+    return contractSpec({
+      instanceId: id,
+      owner: { kind: 'function', id: `f-${id}`, name: 'iso' },
+      artifact: { kind: 'code', dir, runtime: 'node', entrypoint },
+      env: over.env ?? {},
+      resources: { memoryMb: over.memoryMb ?? 128, vcpu: 1, pidsMax: over.pidsMax ?? 32 },
+    });
   }
 
   async function runProbe(dir: string, probeCfg: object): Promise<{ inst: RuntimeInstance; probe: Probe }> {

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { silentLogger } from '../src/core/index.ts';
-import { createProcessRuntime, requestEndpoint, runtimeContract } from '../src/runtime/index.ts';
+import { contractSpec, requestEndpoint, runtimeContract } from '../src/runtime/index.ts';
+import { createProcessRuntime } from '../src/runtime/process/index.ts';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -53,7 +54,7 @@ describe('interpreter location', () => {
     await writeFile(join(codeDir, 'handler.js'), "require('http').createServer((q, s) => s.end(process.execPath)).listen(Number(process.env.PORT));");
     const runtime = createProcessRuntime({ dataDir, agentId: `bin-${process.pid}`, isolation: 'namespaces', logger: silentLogger(), nodeBin });
     try {
-      const inst = await runtime.create({ instanceId: 'inst-bin', functionId: 'fn-bin', functionName: 'bin', runtime: 'node', entrypoint: 'handler.js', codeDir, env: {}, port: 3000, memoryMb: 128, vcpu: 1, pidsMax: 64 });
+      const inst = await runtime.create(contractSpec({ instanceId: 'inst-bin', artifact: { kind: 'code', dir: codeDir, runtime: 'node', entrypoint: 'handler.js' }, listen: { port: 3000 }, resources: { memoryMb: 128, vcpu: 1, pidsMax: 64 } }));
       await inst.start();
       await inst.waitReady(15_000);
       const r = await requestEndpoint(inst.endpoint, { path: '/' });

@@ -10,9 +10,9 @@ import { createFsBlobStore } from '../blob/fs.ts';
 import { ManualClock, metrics, silentLogger } from '../core/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { createMemoryQueue } from '../queue/memory.ts';
-import { createFakeRuntime, type FakeBehavior } from '../runtime/fake.ts';
+import { createFakeRuntime, type FakeBehavior, type FakeRuntime } from '../runtime/fake/index.ts';
 import type { InstanceSpec } from '../runtime/index.ts';
-import { KEYS, PROVISION_TOPIC, codeBlobKey, sampleFunction, instanceConfigKey, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
+import { KEYS, PROVISION_TOPIC, provisionTopic, codeBlobKey, sampleFunction, instanceConfigKey, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
 import { createAgent } from './agent.ts';
 import { buildZip, countingBlob, sha256 } from './test-support.ts';
@@ -35,7 +35,7 @@ async function until<T>(f: () => Promise<T | undefined | false> | T | undefined 
   }
 }
 
-async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSpec) => FakeBehavior; fn?: Partial<FunctionRecord>; config?: Partial<AgentConfig> } = {}) {
+async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSpec) => FakeBehavior; fn?: Partial<FunctionRecord>; config?: Partial<AgentConfig>; qemu?: FakeRuntime } = {}) {
   const clock = new ManualClock();
   const store = createSqliteStore({ path: ':memory:', clock });
   const queue = createMemoryQueue({ clock });
@@ -45,7 +45,7 @@ async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSp
   const runtime = createFakeRuntime({ clock, ...(o.behavior ? { behavior: o.behavior } : {}) });
   const dataDir = await mkdtemp(join(tmpdir(), 'aether-agent-'));
   const config = agentConfig({ agentId: 'agent-1', url: 'http://agent-1.test:8081', dataDir, capacity: o.capacity ?? { instances: 10, memoryMb: 4096, vcpu: 16 }, ...o.config });
-  const agent = createAgent({ store, queue, blob, runtime, clock, logger: silentLogger(), config, archiveLimits: DEFAULT_LIMITS });
+  const agent = createAgent({ store, queue, blob, runtimes: { process: runtime, ...(o.qemu ? { qemu: o.qemu } : {}) }, clock, logger: silentLogger(), config, archiveLimits: DEFAULT_LIMITS });
 
   const zip = await buildZip({ 'handler.js': 'require("node:http").createServer().listen(process.env.PORT);\n' });
   const sha = sha256(zip);
@@ -77,7 +77,7 @@ async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSp
   const enqueue = async (over: Partial<ProvisionJob> = {}, f: FunctionRecord = fn): Promise<string> => {
     const request_id = `req-${++n}`;
     const job: ProvisionJob = { function_id: f.id, config_key: instanceConfigKey(f), reason: 'cold', requested_at: clock.now(), request_id, ...over };
-    await queue.enqueue(PROVISION_TOPIC, job);
+    await queue.enqueue(provisionTopic(job.sandbox ?? 'process'), job);
     return request_id;
   };
   const result = (requestId: string): Promise<ProvisionResult> =>
@@ -133,9 +133,10 @@ test('a job produces a registered instance under the agent lease, an ok result, 
   assert.equal((await h.store.get(KEYS.provisionResult(reqId)))?.lease, agentKv.lease);
   assert.equal(await h.queue.depth(PROVISION_TOPIC), 0, 'acked');
   const spec = h.created()[0];
-  assert.equal(spec?.functionId, 'fn-1');
-  assert.equal(spec?.entrypoint, 'handler.js');
-  assert.equal(spec?.pidsMax, 256);
+  assert.deepEqual(spec?.owner, { kind: 'function', id: 'fn-1', name: spec?.owner.name });
+  assert.equal(spec?.artifact.kind === 'code' && spec.artifact.entrypoint, 'handler.js');
+  assert.equal(spec?.resources.pidsMax, 256);
+  assert.equal(spec?.version, instanceConfigKey(h.fn));
   const agentRec = await until(async () => {
     const a = JSON.parse((await h.store.get(KEYS.agent('agent-1')))?.value ?? '{}') as AgentRecord;
     return a.used?.instances === 1 ? a : undefined;
@@ -401,4 +402,48 @@ test('the agent HTTP server: healthz, unknown routes, forwarding errors, followe
   const lines = text.trim().split('\n').map((l) => JSON.parse(l) as { stream: string; text: string; instance_id: string });
   assert.deepEqual(lines.map((l) => [l.stream, l.text, l.instance_id]), [['stdout', 'first', id], ['stderr', 'second', id]]);
   ac.abort();
+});
+
+test('an agent advertises its sandbox kinds and takes each kind\'s jobs into that kind\'s runtime', async () => {
+  const qemu = createFakeRuntime();
+  cleanups.push(() => qemu.close());
+  const h = await setup({ qemu });
+  const rec = await until(async () => JSON.parse((await h.store.get(KEYS.agent('agent-1')))?.value ?? 'null') as AgentRecord | null ?? undefined, 'agent record');
+  assert.deepEqual(rec.sandboxes, ['process', 'qemu']);
+  const vmFn: FunctionRecord = { ...h.fn, id: 'fn-vm', name: 'vm', sandbox: 'qemu' };
+  await h.store.put(KEYS.function(vmFn.id), JSON.stringify(vmFn));
+  const r = await h.result(await h.enqueue({ sandbox: 'qemu' }, vmFn));
+  assert.equal(r.ok, true, r.error ?? '');
+  assert.equal(qemu.instances.size, 1, 'started by the qemu runtime');
+  assert.equal(h.runtime.instances.size, 0, 'not by the process runtime');
+  assert.equal([...qemu.instances.values()][0]?.spec.version, instanceConfigKey(vmFn));
+});
+
+test('an agent without a sandbox kind leaves that kind\'s jobs to others', async () => {
+  const h = await setup();
+  const rec = await until(async () => JSON.parse((await h.store.get(KEYS.agent('agent-1')))?.value ?? 'null') as AgentRecord | null ?? undefined, 'agent record');
+  assert.deepEqual(rec.sandboxes, ['process']);
+  const vmFn: FunctionRecord = { ...h.fn, id: 'fn-vm', name: 'vm', sandbox: 'qemu' };
+  await h.store.put(KEYS.function(vmFn.id), JSON.stringify(vmFn));
+  await h.enqueue({ sandbox: 'qemu' }, vmFn);
+  // a process job queued after it is served: the agent is taking jobs, just not the qemu one
+  await h.startOne();
+  assert.equal(await h.queue.depth(provisionTopic('qemu')), 1, 'the qemu job is still waiting');
+  assert.equal(h.runtime.instances.size, 1);
+});
+
+test('a deleted or updated function\'s snapshot templates are removed (all of them, or all but the new version)', async () => {
+  const removed: [string, readonly string[] | undefined][] = [];
+  const qemu: FakeRuntime = Object.assign(createFakeRuntime(), {
+    snapshots: { removeTemplates: async (owner: string, keep?: readonly string[]) => void removed.push([owner, keep]), templates: () => [] },
+  });
+  cleanups.push(() => qemu.close());
+  const h = await setup({ qemu });
+  const updated = { ...h.fn, memory_mb: h.fn.memory_mb * 2 };
+  await h.store.put(KEYS.function(h.fn.id), JSON.stringify(updated));
+  await until(() => removed.length === 1, 'templates of the old version removed');
+  assert.deepEqual(removed[0], [h.fn.id, [instanceConfigKey(updated)]]);
+  await h.store.delete(KEYS.function(h.fn.id));
+  await until(() => removed.length === 2, 'templates removed with the function');
+  assert.deepEqual(removed[1], [h.fn.id, []]);
 });

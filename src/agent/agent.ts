@@ -5,18 +5,19 @@ import { join } from 'node:path';
 import { AetherError, metrics, newId, type TimerHandle } from '../core/index.ts';
 import { closeEndpoint, forward as proxyForward } from '../proxy/index.ts';
 import type { Job } from '../queue/index.ts';
-import type { ExitInfo, InstanceSpec, LogLine, RuntimeInstance } from '../runtime/index.ts';
+import type { ExitInfo, InstanceSpec, LogLine, Runtime, RuntimeInstance } from '../runtime/index.ts';
 import { planScaleDown, type InstanceLoad, type ScalePolicy } from '../scaler/index.ts';
 import {
   KEYS,
-  PROVISION_TOPIC,
   defaultEntrypoint,
+  provisionTopic,
   instanceConfigKey,
   type AgentRecord,
   type FunctionRecord,
   type InstanceRecord,
   type ProvisionJob,
   type ProvisionResult,
+  type SandboxKind,
 } from '../spec/index.ts';
 import type { KeyValue, WatchEvent } from '../store/index.ts';
 import { listAndWatch } from '../store/informer.ts';
@@ -33,6 +34,7 @@ const NO_CAPACITY_BACKOFF_MS = 200;
 
 interface Local {
   id: string;
+  sandbox: SandboxKind;
   fnId: string;
   fnName: string;
   configKey: string;
@@ -80,15 +82,21 @@ class AgentImpl implements Agent {
   #scaleTimer: TimerHandle | undefined;
   #scaleTicking = false;
   readonly #resultTimers = new Set<TimerHandle>();
-  #wake: (() => void) | undefined;
+  /** Wakes the take loops (one per sandbox kind) paused for capacity. */
+  readonly #wakers = new Set<() => void>();
   #agentWrite: Promise<void> | undefined;
   #agentDirty = false;
   readonly #startedAt: string;
   readonly #httpFollowers = new Set<ServerResponse>();
+  /** The runtime of each sandbox kind offered, in a stable order. */
+  readonly #runtimes: [SandboxKind, Runtime][];
 
   constructor(deps: AgentDeps) {
     this.#d = deps;
     this.id = deps.config.agentId;
+    const byKind: Partial<Record<SandboxKind, Runtime>> = { ...(deps.runtime ? { process: deps.runtime } : {}), ...deps.runtimes };
+    this.#runtimes = (['process', 'qemu', 'firecracker'] as const).flatMap((k) => (byKind[k] ? [[k, byKind[k]] as [SandboxKind, Runtime]] : []));
+    if (this.#runtimes.length === 0) throw new AetherError('AETHER_ERR_INTERNAL', 'an agent needs at least one runtime');
     this.#startedAt = new Date(deps.clock.now()).toISOString();
   }
 
@@ -97,9 +105,9 @@ class AgentImpl implements Agent {
   async start(): Promise<void> {
     if (this.#started) throw new AetherError('AETHER_ERR_INTERNAL', 'agent already started');
     this.#started = true;
-    const { store, runtime, clock, logger, config } = this.#d;
+    const { store, clock, logger, config } = this.#d;
     await mkdir(config.dataDir, { recursive: true });
-    await runtime.cleanupLeftovers();
+    for (const [, rt] of this.#runtimes) await rt.cleanupLeftovers();
     this.#cache = await createCodeCache({
       dir: join(config.dataDir, 'code'),
       blob: this.#d.blob,
@@ -145,9 +153,11 @@ class AgentImpl implements Agent {
     }
 
     this.#running = true;
-    void this.#runTakeLoop().catch((err: unknown) => logger.error({ err }, 'provision loop crashed'));
+    // One take loop per sandbox kind (a topic each): a slow VM start never holds up process jobs.
+    for (const [kind] of this.#runtimes) void this.#runTakeLoop(kind).catch((err: unknown) => logger.error({ err, sandbox: kind }, 'provision loop crashed'));
     this.#scheduleScale();
-    logger.info({ agent: this.id, url: config.url, isolation: runtime.isolation, capacity: config.capacity }, 'agent started');
+    const sandboxes = Object.fromEntries(this.#runtimes.map(([k, rt]) => [k, rt.isolation]));
+    logger.info({ agent: this.id, url: config.url, sandboxes, capacity: config.capacity }, 'agent started');
   }
 
   stop(): Promise<void> {
@@ -160,7 +170,7 @@ class AgentImpl implements Agent {
     const { store, logger, config } = this.#d;
     this.#running = false;
     this.#stopAc.abort(new AetherError('AETHER_ERR_UNAVAILABLE', 'agent is stopping'));
-    this.#wake?.();
+    this.#poke();
     if (this.#scaleTimer) this.#d.clock.clearTimeout(this.#scaleTimer);
     // A take blocked in the queue is not awaited: if it returns a job later, the loop gives it back.
     await Promise.allSettled([...this.#starts]);
@@ -194,7 +204,7 @@ class AgentImpl implements Agent {
   }
 
   #agentRecord(): AgentRecord {
-    const { config, runtime } = this.#d;
+    const { config } = this.#d;
     const used = this.#used();
     return {
       agent_id: this.id,
@@ -202,7 +212,8 @@ class AgentImpl implements Agent {
       hostname: hostname(),
       capacity: { instances: config.capacity.instances, memory_mb: config.capacity.memoryMb, vcpu: config.capacity.vcpu },
       used: { instances: used.instances, memory_mb: used.memoryMb, vcpu: used.vcpu },
-      isolation: runtime.isolation,
+      isolation: (this.#runtimes.find(([k]) => k === 'process') ?? this.#runtimes[0])?.[1].isolation ?? 'none',
+      sandboxes: this.#runtimes.map(([k]) => k),
       started_at: this.#startedAt,
       node_type: config.nodeType ?? null,
     };
@@ -269,12 +280,23 @@ class AgentImpl implements Agent {
   #functionEvent(ev: WatchEvent): void {
     if (ev.type === 'put') {
       const fn = parse<FunctionRecord>(ev.kv.value);
-      if (fn) this.#functions.set(ev.kv.key.slice(KEYS.functions.length), fn);
+      if (!fn) return;
+      const id = ev.kv.key.slice(KEYS.functions.length);
+      const prev = this.#functions.get(id);
+      this.#functions.set(id, fn);
+      if (prev && instanceConfigKey(prev) !== instanceConfigKey(fn)) this.#dropTemplates(id, [instanceConfigKey(fn)]);
       return;
     }
     const fnId = ev.key.slice(KEYS.functions.length);
     this.#functions.delete(fnId);
     this.#stopFunction(fnId);
+  }
+
+  /** Snapshot templates of a function's older versions (or all of them) go with it. */
+  #dropTemplates(fnId: string, keep: string[]): void {
+    for (const [, rt] of this.#runtimes) {
+      rt.snapshots?.removeTemplates(fnId, keep).catch((err: unknown) => this.#d.logger.warn({ err, fnId }, 'could not remove snapshot templates'));
+    }
   }
 
   #recordPut(kv: KeyValue): void {
@@ -303,6 +325,7 @@ class AgentImpl implements Agent {
     }
     if (any) this.#d.logger.info({ fnId }, 'function deleted: stopping its instances');
     this.#logs.drop(fnId);
+    this.#dropTemplates(fnId, []);
   }
 
   // ---------------------------------------------------------------- provisioning
@@ -326,17 +349,19 @@ class AgentImpl implements Agent {
 
   /** Wait `ms` of clock time, or less when capacity frees up or the agent stops. */
   async #pause(ms: number): Promise<void> {
-    const woken = new Promise<void>((resolve) => (this.#wake = resolve));
+    let wake!: () => void;
+    const woken = new Promise<void>((resolve) => this.#wakers.add((wake = resolve)));
     await Promise.race([this.#d.clock.sleep(ms, this.#stopAc.signal).catch(() => undefined), woken]);
-    this.#wake = undefined;
+    this.#wakers.delete(wake);
   }
 
   #poke(): void {
-    this.#wake?.();
+    for (const w of this.#wakers) w();
   }
 
-  async #runTakeLoop(): Promise<void> {
+  async #runTakeLoop(sandbox: SandboxKind): Promise<void> {
     const { queue, logger, config } = this.#d;
+    const topic = provisionTopic(sandbox);
     while (this.#running) {
       if (this.#starts.size >= config.maxConcurrentStarts || this.#used().instances >= config.capacity.instances) {
         await this.#pause(NO_CAPACITY_BACKOFF_MS);
@@ -344,7 +369,7 @@ class AgentImpl implements Agent {
       }
       let job: Job<ProvisionJob> | undefined;
       try {
-        job = await queue.take<ProvisionJob>(PROVISION_TOPIC, this.id, { waitMs: 1000, visibilityMs: config.jobVisibilityMs });
+        job = await queue.take<ProvisionJob>(topic, this.id, { waitMs: 1000, visibilityMs: config.jobVisibilityMs });
       } catch (err) {
         if (!this.#running) break;
         logger.warn({ err }, 'provision queue take failed');
@@ -358,7 +383,7 @@ class AgentImpl implements Agent {
       }
       let verdict: 'started' | 'done' | 'retry';
       try {
-        verdict = await this.#admit(job);
+        verdict = await this.#admit(job, sandbox);
       } catch (err) {
         logger.error({ err, job: job.id }, 'could not handle a provision job; given back');
         await queue.release(job).catch(() => undefined);
@@ -372,7 +397,7 @@ class AgentImpl implements Agent {
    * Decide on a job (sequentially, so capacity is reserved before the next take) and start the
    * instance in the background.
    */
-  async #admit(job: Job<ProvisionJob>): Promise<'started' | 'done' | 'retry'> {
+  async #admit(job: Job<ProvisionJob>, sandbox: SandboxKind): Promise<'started' | 'done' | 'retry'> {
     const { queue, store, logger, clock } = this.#d;
     const takenAt = clock.now();
     const p = job.payload;
@@ -396,7 +421,8 @@ class AgentImpl implements Agent {
       return 'done';
     }
     const configKey = instanceConfigKey(fn);
-    if (p.config_key !== configKey) {
+    // The sandbox is part of the config key: a job from this topic for another sandbox is outdated too.
+    if (p.config_key !== configKey || fn.sandbox !== sandbox) {
       // The function changed after the job was queued; whoever wants the new version asks again.
       logger.debug({ fnId: fn.id, job: job.id }, 'dropping a provision job for an outdated config');
       await queue.ack(job).catch(() => undefined);
@@ -408,6 +434,7 @@ class AgentImpl implements Agent {
     }
     const l: Local = {
       id: newId('inst', clock.now()),
+      sandbox,
       fnId: fn.id,
       fnName: fn.name,
       configKey,
@@ -439,7 +466,8 @@ class AgentImpl implements Agent {
   }
 
   async #provision(job: Job<ProvisionJob>, fn: FunctionRecord, l: Local, takenAt: number): Promise<void> {
-    const { queue, runtime, clock, logger, config } = this.#d;
+    const { queue, clock, logger, config } = this.#d;
+    const runtime = this.#runtimes.find(([k]) => k === l.sandbox)?.[1];
     const req = job.payload;
     // Keep the job invisible to other agents while this start is in progress.
     let extendTimer: TimerHandle | undefined;
@@ -454,7 +482,7 @@ class AgentImpl implements Agent {
     let registered = false;
     try {
       const cache = this.#cache;
-      if (!cache) throw new AetherError('AETHER_ERR_INTERNAL', 'agent not started');
+      if (!cache || !runtime) throw new AetherError('AETHER_ERR_INTERNAL', 'agent not started');
       const entrypoint = fn.entrypoint || defaultEntrypoint(fn.runtime);
       l.code = await cache.acquire({ code_path: fn.code_path, code_sha256: fn.code_sha256, entrypoint });
       try {
@@ -464,16 +492,12 @@ class AgentImpl implements Agent {
       }
       const spec: InstanceSpec = {
         instanceId: l.id,
-        functionId: fn.id,
-        functionName: fn.name,
-        runtime: fn.runtime,
-        entrypoint,
-        codeDir: l.code.dir,
+        owner: { kind: 'function', id: fn.id, name: fn.name },
+        artifact: { kind: 'code', dir: l.code.dir, runtime: fn.runtime, entrypoint },
         env: { ...fn.env_vars },
-        port: fn.port,
-        memoryMb: fn.memory_mb,
-        vcpu: fn.vcpu,
-        pidsMax: config.pidsMax,
+        resources: { memoryMb: fn.memory_mb, vcpu: fn.vcpu, pidsMax: config.pidsMax },
+        listen: { port: fn.port },
+        version: l.configKey,
       };
       const rt = await runtime.create(spec);
       l.rt = rt;

@@ -5,6 +5,7 @@ import type { BlobStore } from '../blob/index.ts';
 import type { Clock, Logger } from '../core/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Runtime } from '../runtime/index.ts';
+import type { SandboxKind } from '../spec/index.ts';
 import type { Store } from '../store/index.ts';
 import type { LogEntry } from './logs.ts';
 
@@ -74,7 +75,13 @@ export interface AgentDeps {
   store: Store;
   queue: Queue;
   blob: BlobStore;
-  runtime: Runtime;
+  /**
+   * One runtime per sandbox kind this agent offers; it advertises the kinds in its record and takes
+   * provision jobs of those kinds only.
+   */
+  runtimes?: Partial<Record<SandboxKind, Runtime>>;
+  /** Shorthand for `runtimes: { process: runtime }`. */
+  runtime?: Runtime;
   clock: Clock;
   logger: Logger;
   config: AgentConfig;

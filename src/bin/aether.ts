@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { addGlobalOptions, registerClientCommands, registerDoctor } from '../cli/index.ts';
+import { addGlobalOptions, registerClientCommands, registerDoctor, registerImage } from '../cli/index.ts';
 import { registerServeCommands } from '../cli/serve.ts';
 import { isAetherError } from '../core/index.ts';
 
@@ -12,6 +12,7 @@ addGlobalOptions(program);
 registerServeCommands(program, async (role, flags) => (await import('./platform.ts')).startNode(role, flags));
 registerClientCommands(program);
 registerDoctor(program);
+registerImage(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -9,9 +9,9 @@ import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost } from '../runtime/index.ts';
-import { createProcessRuntime } from '../runtime/process.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
 import { Deployer, specSource } from '../deploy/index.ts';
+import { openRuntimes } from './runtimes.ts';
 
 export interface RunningNode {
   /** Gateway URL (up, gateway) or agent URL (agent). */
@@ -46,7 +46,6 @@ async function adminToken(role: Role, dataDir: string, tokenFile: string | undef
 
 export async function startNode(role: Role, flags: ConfigInput & { config?: string }, env: NodeJS.ProcessEnv = process.env, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<RunningNode> {
   const cfg = loadConfig(role, flags, env);
-  if (cfg.sandbox !== 'process') throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} has no driver yet (available: process)`);
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   const clock = systemClock;
@@ -62,8 +61,15 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     const host = await probeHost();
     out(`host: ${JSON.stringify({ root: host.root, namespaces: host.namespaces, cgroups: host.cgroups, kvm: host.kvm, qemu: host.qemu, firecracker: host.firecracker, isolation: host.isolation })}`);
     const agentId = stableAgentId(cfg.dataDir, cfg.agentId);
-    const runtime = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger, hidePaths: [cfg.dataDir] });
-    if (runtime.isolation === 'none') out('WARNING: sandboxes are plain child processes (no namespaces/cgroups): run as root for isolation; see `aether doctor`');
+    const { runtimes, notes } = openRuntimes(cfg, host, agentId, clock, logger);
+    for (const n of notes) out(n);
+    const all = Object.values(runtimes);
+    const closeRuntimes = (): Promise<unknown> => Promise.all(all.map((rt) => rt.close()));
+    if (all.length === 0) throw new AetherError('AETHER_ERR_VALIDATION', 'config: this node offers no sandbox (see --sandboxes and `aether doctor`)');
+    if (role === 'up' && !runtimes[cfg.sandbox]) {
+      await closeRuntimes();
+      throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} is the default for new functions, but this node does not offer it (offered: ${Object.keys(runtimes).join(', ')}; see \`aether doctor\`)`);
+    }
     let url = 'local://in-process';
     let server: ReturnType<typeof createServer> | undefined;
     if (role === 'agent') {
@@ -86,7 +92,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       store,
       queue,
       blob,
-      runtime,
+      runtimes,
       clock,
       logger,
       archiveLimits: cfg.limits,
@@ -106,7 +112,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     const a = agent;
     closers.push(async () => {
       await a.stop();
-      await runtime.close();
+      await closeRuntimes();
       if (server) await new Promise<void>((r) => server?.close(() => r()));
     });
     if (role === 'agent') out(`agent ${agentId} serving at ${url}`);

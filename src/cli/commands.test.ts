@@ -94,7 +94,9 @@ interface Run {
   code: number;
 }
 
-const probe: HostProbe = { root: true, namespaces: true, cgroups: 'v1', kvm: false, qemu: true, firecracker: false, isolation: 'namespaces+cgroups', notes: ['no /dev/kvm: qemu uses TCG'] };
+const probe: HostProbe = { root: true, namespaces: true, cgroups: 'v1', kvm: false, qemu: true, firecracker: false, isolation: 'namespaces+cgroups', notes: ['no /dev/kvm: qemu uses TCG'],
+  sandboxes: [{ kind: 'process', ok: true, detail: 'namespaces+cgroups' }, { kind: 'qemu', ok: true, detail: 'microvm, TCG' }, { kind: 'firecracker', ok: false, detail: 'no usable /dev/kvm' }],
+};
 
 /** Run the CLI in-process, as src/bin wires it, against the stand-in server. */
 async function cli(args: string[], opts: { url?: string } = {}): Promise<Run> {
@@ -216,11 +218,14 @@ test('doctor --json prints exactly the documented object; the human form is a ch
   const j = await cli(['doctor', '--json']);
   assert.equal(
     j.out,
-    '{"root":true,"namespaces":true,"cgroups":"v1","kvm":false,"qemu":true,"firecracker":false,"isolation":"namespaces+cgroups","notes":["no /dev/kvm: qemu uses TCG"]}\n',
+    '{"root":true,"namespaces":true,"cgroups":"v1","kvm":false,"qemu":true,"firecracker":false,"isolation":"namespaces+cgroups",' +
+      '"sandboxes":[{"kind":"process","ok":true,"detail":"namespaces+cgroups"},{"kind":"qemu","ok":true,"detail":"microvm, TCG"},{"kind":"firecracker","ok":false,"detail":"no usable /dev/kvm"}],' +
+      '"notes":["no /dev/kvm: qemu uses TCG"]}\n',
   );
   const h = await cli(['doctor']);
   assert.match(h.out, /^\[ok\] running as root\n/);
   assert.match(h.out, /\n\[--\] \/dev\/kvm\n/);
   assert.match(h.out, /\nisolation: namespaces\+cgroups\n/);
+  assert.match(h.out, /\n {2}\[--\] firecracker: no usable \/dev\/kvm\n/);
   assert.match(h.out, /\n {2}- no \/dev\/kvm: qemu uses TCG\n$/);
 });

@@ -8,8 +8,8 @@ export type HostProbe = HostReport;
 
 /** Exactly the documented keys, in order (a probe may carry more). */
 export function doctorJson(p: HostProbe): string {
-  const { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes } = p;
-  return JSON.stringify({ root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes });
+  const { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes, sandboxes } = p;
+  return JSON.stringify({ root, namespaces, cgroups, kvm, qemu, firecracker, isolation, sandboxes, notes });
 }
 
 export function doctorReport(p: HostProbe): string {
@@ -25,6 +25,9 @@ export function doctorReport(p: HostProbe): string {
     p.isolation === 'none'
       ? 'isolation: none - functions run as plain child processes, NOT sandboxed'
       : `isolation: ${p.isolation}`,
+    '',
+    'sandboxes this host can run (`--sandboxes auto` offers the [ok] ones):',
+    ...p.sandboxes.map((s) => `  ${mark(s.ok)} ${s.kind}: ${s.detail}`),
   ];
   if (p.notes.length > 0) lines.push('', 'notes:', ...p.notes.map((n) => `  - ${n}`));
   return `${lines.join('\n')}\n`;
@@ -33,7 +36,7 @@ export function doctorReport(p: HostProbe): string {
 export function registerDoctorWith(program: Command, deps: CliDeps, probe?: () => Promise<HostProbe>): void {
   program
     .command('doctor')
-    .description('check what isolation this host can give functions')
+    .description('check what isolation and which sandboxes (process, qemu, firecracker) this host can give functions')
     .option('--json', 'print one JSON object')
     .action(
       runAction(deps, async (_opts: unknown, cmd: Command) => {

@@ -13,6 +13,7 @@ import { registerFnLs } from './fn-ls.ts';
 import { registerFnRm } from './fn-rm.ts';
 import { registerFnUpdate } from './fn-update.ts';
 import { registerServiceCommands } from './services.ts';
+import { registerImageCommands } from './image.ts';
 
 export { processIo, errorLine, runAction, withClient, printJson, formatTable, formatFields, formatBytes, formatAge, defaultDeps } from './output.ts';
 export type { CliIo, CliDeps, GlobalOptions } from './output.ts';
@@ -48,4 +49,9 @@ export function registerClientCommands(program: Command, deps: Partial<CliDeps> 
 /** `aether doctor [--json]`: prints probeHost() from src/runtime. */
 export function registerDoctor(program: Command, deps: Partial<CliDeps> & { probe?: () => Promise<HostProbe> } = {}): void {
   registerDoctorWith(program, defaultDeps(deps), deps.probe);
+}
+
+/** `aether image build|base|initramfs`: microVM images, built locally (no API). */
+export function registerImage(program: Command, deps: Partial<CliDeps> = {}): void {
+  registerImageCommands(program, defaultDeps(deps));
 }

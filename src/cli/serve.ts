@@ -23,7 +23,8 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL)');
   const agentOpts = (cmd: Command): Command =>
     cmd
-      .option('--sandbox <kind>', 'default sandbox for new functions: process (env AETHER_SANDBOX)')
+      .option('--sandbox <kind>', 'default sandbox for new functions: process | qemu | firecracker (env AETHER_SANDBOX)')
+      .option('--sandboxes <kinds>', 'sandbox kinds this node runs: auto (what `aether doctor` finds) or a list like process,qemu (env AETHER_SANDBOXES)')
       .option('--isolation <level>', 'auto | namespaces | none (env AETHER_ISOLATION)')
       .option('--advertise <host>', 'address gateways use to reach this agent (env AETHER_ADVERTISE)')
       .option('--agent-id <id>', 'stable agent id (default: kept in the data dir)')
@@ -43,7 +44,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     const flags: ConfigInput & { config?: string } = {};
     const map: Record<string, keyof ConfigInput | 'config'> = {
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
-      adminTokenFile: 'admin_token_file', logLevel: 'log_level', sandbox: 'sandbox', isolation: 'isolation', advertise: 'advertise',
+      adminTokenFile: 'admin_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', advertise: 'advertise',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
       nodeType: 'node_type', source: 'source', poll: 'poll', exportDir: 'export_dir',
     };

@@ -29,3 +29,10 @@ test('bad values name the field', () => {
   assert.throws(() => loadConfig('up', {}, { AETHER_PORT: 'abc' }), /port/);
   assert.throws(() => loadConfig('up', { store: 'mysql://x' }, {}), /scheme/);
 });
+
+test('--sandboxes: auto by default, else a list of known kinds', () => {
+  assert.equal(loadConfig('up', {}, {}).sandboxes, 'auto');
+  assert.deepEqual(loadConfig('up', { sandboxes: 'process,qemu,qemu' }, {}).sandboxes, ['process', 'qemu']);
+  assert.deepEqual(loadConfig('up', {}, { AETHER_SANDBOXES: 'firecracker' }).sandboxes, ['firecracker']);
+  assert.throws(() => loadConfig('up', { sandboxes: 'process,docker' }, {}), /sandboxes/);
+});

@@ -26,6 +26,11 @@ const FileSchema = z.strictObject({
   queue: z.string().min(1),
   blob: z.string().min(1),
   sandbox: z.enum(['process', 'qemu', 'firecracker']),
+  /** "auto" or a comma list of process, qemu, firecracker. */
+  sandboxes: z.union([
+    z.literal('auto'),
+    z.string().regex(/^(process|qemu|firecracker)(,(process|qemu|firecracker))*$/, 'must be auto or a comma list of process, qemu, firecracker'),
+  ]),
   isolation: z.enum(['auto', 'namespaces', 'none']),
   advertise: z.string().min(1),
   admin_token_file: z.string().min(1),
@@ -58,6 +63,8 @@ export interface Config {
   queue: string;
   blob: string;
   sandbox: 'process' | 'qemu' | 'firecracker';
+  /** Sandbox kinds an agent offers: 'auto' (what the host probe finds) or the named ones. */
+  sandboxes: 'auto' | ('process' | 'qemu' | 'firecracker')[];
   isolation: 'auto' | 'namespaces' | 'none';
   advertise: string | undefined;
   adminTokenFile: string | undefined;
@@ -87,6 +94,7 @@ const ENV: Record<keyof ConfigInput, string> = {
   queue: 'AETHER_QUEUE',
   blob: 'AETHER_BLOB',
   sandbox: 'AETHER_SANDBOX',
+  sandboxes: 'AETHER_SANDBOXES',
   isolation: 'AETHER_ISOLATION',
   advertise: 'AETHER_ADVERTISE',
   admin_token_file: 'AETHER_ADMIN_TOKEN_FILE',
@@ -161,6 +169,7 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     queue: queueUrl,
     blob: blobUrl,
     sandbox: c.sandbox ?? 'process',
+    sandboxes: !c.sandboxes || c.sandboxes === 'auto' ? 'auto' : ([...new Set(c.sandboxes.split(','))] as ('process' | 'qemu' | 'firecracker')[]),
     isolation: c.isolation ?? 'auto',
     advertise: c.advertise,
     adminTokenFile: c.admin_token_file,

@@ -21,12 +21,15 @@ export const ERROR_CODES = {
   AETHER_ERR_NO_CODE: { status: 400, text: 'no code uploaded for this function' },
   AETHER_ERR_COLD_START_FAILED: { status: 503, text: 'the function could not be started' },
   AETHER_ERR_NO_CAPACITY: { status: 503, text: 'no agent has capacity for this instance' },
+  AETHER_ERR_SANDBOX_UNAVAILABLE: { status: 503, text: "no live agent offers the function's sandbox" },
   AETHER_ERR_UNAVAILABLE: { status: 503, text: 'a backing service is unavailable; retry later' },
   AETHER_ERR_TIMEOUT: { status: 504, text: "the function did not answer within its timeout_ms" },
   AETHER_ERR_UPSTREAM: { status: 502, text: 'the instance failed while answering' },
   AETHER_ERR_SERVICE_NOT_FOUND: { status: 404, text: 'no such service' },
   AETHER_ERR_WEBHOOK_SIGNATURE: { status: 401, text: 'missing or wrong X-Hub-Signature-256' },
   AETHER_ERR_WEBHOOK_DISABLED: { status: 404, text: 'the deploy webhook is not configured (set AETHER_WEBHOOK_SECRET)' },
+  AETHER_ERR_IMAGE_INVALID: { status: 400, text: 'the image source is not a readable directory, docker-save or OCI layout archive' },
+  AETHER_ERR_GUEST_BUILD: { status: 500, text: 'a VM guest part (aether-init, initramfs, root image) could not be built' },
   AETHER_ERR_INTERNAL: { status: 500, text: 'internal error' },
 } as const satisfies Record<string, { status: number; text: string }>;
 

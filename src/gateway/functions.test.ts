@@ -137,6 +137,13 @@ test('a sandbox without a driver on this platform is refused with a 400 naming i
     await code(svc, svc.update('proc', { sandbox: 'firecracker' }), 'AETHER_ERR_VALIDATION');
     assert.equal((await svc.get('proc')).sandbox, 'process');
     assert.deepEqual((await svc.list()).map((f) => f.name), ['proc']);
+    // The gateway accepts what its live agents offer, and always process.
+    let offered: ('qemu' | 'firecracker')[] = ['qemu'];
+    svc.setSandboxSource(() => offered);
+    assert.equal((await svc.create({ name: 'vm', runtime: 'node', sandbox: 'qemu' })).sandbox, 'qemu');
+    offered = [];
+    await code(svc, svc.update('proc', { sandbox: 'qemu' }), 'AETHER_ERR_VALIDATION');
+    assert.equal((await svc.create({ name: 'proc2', runtime: 'node', sandbox: 'process' })).sandbox, 'process');
   } finally {
     await s.close();
   }

@@ -30,7 +30,10 @@ export interface FunctionServiceOptions {
   blobs: BlobStore;
   /** Sandbox for functions created without one. */
   defaultSandbox: Sandbox;
-  /** Sandboxes agents can run today (default: only `process`); others are refused with a 400. */
+  /**
+   * Sandboxes live agents offer (default: only `process`); others are refused with a 400. The
+   * gateway replaces it with what its agents advertise (setSandboxSource).
+   */
   availableSandboxes?: readonly Sandbox[];
   limits?: ArchiveLimits;
   clock?: Clock;
@@ -62,7 +65,7 @@ export class FunctionService {
   readonly #store: Store;
   readonly #blobs: BlobStore;
   readonly #defaultSandbox: Sandbox;
-  readonly #sandboxes: readonly Sandbox[];
+  #sandboxes: () => readonly Sandbox[];
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #tmpDir: string;
@@ -73,7 +76,8 @@ export class FunctionService {
     this.#store = opts.store;
     this.#blobs = opts.blobs;
     this.#defaultSandbox = opts.defaultSandbox;
-    this.#sandboxes = opts.availableSandboxes ?? ['process'];
+    const fixed = opts.availableSandboxes ?? ['process'];
+    this.#sandboxes = () => fixed;
     this.limits = opts.limits ?? DEFAULT_LIMITS;
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger ?? silentLogger();
@@ -142,10 +146,19 @@ export class FunctionService {
   }
 
   /** Partial update: given fields replace stored ones (env_vars as a whole); may rename. */
-  /** qemu and firecracker are valid names but have no driver yet: say so instead of silently running `process`. */
+  /**
+   * Where the accepted sandboxes come from (the gateway: the kinds its live agents advertise).
+   * `process` is always accepted, so functions can be created before any agent runs.
+   */
+  setSandboxSource(source: () => readonly Sandbox[]): void {
+    this.#sandboxes = () => [...new Set<Sandbox>(['process', ...source()])];
+  }
+
+  /** A VM sandbox no agent runs is refused, instead of a function that can never start. */
   #checkSandbox(sandbox: Sandbox | undefined): void {
-    if (sandbox === undefined || this.#sandboxes.includes(sandbox)) return;
-    throw new AetherError('AETHER_ERR_VALIDATION', `sandbox: "${sandbox}" is not available on this platform (available: ${this.#sandboxes.join(', ')})`);
+    const available = this.#sandboxes();
+    if (sandbox === undefined || available.includes(sandbox)) return;
+    throw new AetherError('AETHER_ERR_VALIDATION', `sandbox: "${sandbox}" is not available on this platform: no live agent offers it (available: ${available.join(', ')}; see \`aether doctor\`)`);
   }
 
   async update(idOrName: string, input: unknown): Promise<FunctionRecord> {

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { Clock, Logger } from '../core/index.ts';
 import type { Queue } from '../queue/index.ts';
 import { LeaseKeeper, type Store } from '../store/index.ts';
-import { KEYS, type AgentRecord } from '../spec/index.ts';
+import { KEYS, type AgentRecord, type SandboxKind } from '../spec/index.ts';
 import type { ArchiveLimits } from '../archive/index.ts';
 import { buildApi } from './api.ts';
 import type { FunctionService } from './functions.ts';
@@ -50,6 +50,13 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   const leases = new LeaseKeeper({ store: o.store, ttlMs: o.leaseTtlMs, clock: o.clock, logger: o.logger });
   await leases.start();
   await Promise.all([views.start(), agents.start()]);
+  /** Sandbox kinds live agents offer (records of older agents carry none: process). */
+  const offered = (): Set<SandboxKind> => {
+    const kinds = new Set<SandboxKind>();
+    for (const a of agents.items.values()) for (const k of a.sandboxes ?? ['process']) kinds.add(k);
+    return kinds;
+  };
+  o.functions.setSandboxSource(() => [...offered()]);
   const recorder = new InvocationRecorder({ store: o.store, clock: o.clock, logger: o.logger, exists: (fnId) => views.fn(fnId) !== undefined });
   const invoker = new Invoker({
     store: o.store,
@@ -61,6 +68,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     gatewayId: o.gatewayId,
     leaseId: () => leases.leaseId,
     startTimeoutMs: o.startTimeoutMs,
+    sandboxOffered: (kind) => offered().has(kind),
     ...(o.localAgent ? { localAgent: o.localAgent } : {}),
   });
   const logs = o.localAgent ? localLogSource(o.localAgent) : remoteLogSource({ agents: () => [...agents.items.values()], token: o.adminToken, logger: o.logger });

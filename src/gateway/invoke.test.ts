@@ -15,7 +15,7 @@ import { createFsBlobStore } from '../blob/fs.ts';
 import { silentLogger, systemClock } from '../core/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { createMemoryQueue } from '../queue/memory.ts';
-import { createFakeRuntime, type FakeBehavior, type FakeRuntime } from '../runtime/index.ts';
+import { createFakeRuntime, type FakeBehavior, type FakeRuntime } from '../runtime/fake/index.ts';
 import type { Store } from '../store/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
 import { KEYS } from '../spec/index.ts';
@@ -36,7 +36,7 @@ before(async () => {
   store = createSqliteStore({ path: ':memory:' });
   const queue = createMemoryQueue();
   const blob = createFsBlobStore({ dir: join(dir, 'blobs') });
-  runtime = createFakeRuntime({ behavior: (spec) => behaviors.get(spec.functionName) ?? {} });
+  runtime = createFakeRuntime({ behavior: (spec) => behaviors.get(spec.owner.name) ?? {} });
   const logger = silentLogger();
   agent = createAgent({ store, queue, blob, runtime, clock: systemClock, logger, archiveLimits: DEFAULT_LIMITS, config: agentConfig({ agentId: 'agent-t', url: 'local://', dataDir: dir, scaleIntervalMs: 60_000 }) });
   await agent.start();
@@ -57,7 +57,7 @@ async function deploy(name: string, fields: Record<string, unknown> = {}, behavi
   await functions.uploadCode(name, await zipOf({ 'handler.js': '// the fake runtime serves it' }));
 }
 
-const instancesOf = (name: string): number => [...runtime.instances.values()].filter((i) => i.spec.functionName === name).length;
+const instancesOf = (name: string): number => [...runtime.instances.values()].filter((i) => i.spec.owner.name === name).length;
 
 async function call(name: string, path = '/'): Promise<{ status: number; body: string; cold: string | null }> {
   const r = await fetch(`${gateway.url}/functions/${name}${path}`);
@@ -123,6 +123,23 @@ describe('invoker', { timeout: 60_000 }, () => {
     const r = await call('silent');
     assert.equal(r.status, 504);
     assert.equal((JSON.parse(r.body) as { error: { code: string } }).error.code, 'AETHER_ERR_TIMEOUT');
+  });
+
+  test('a function whose sandbox no live agent offers gets an immediate 503 naming it; the API refuses that sandbox', async () => {
+    await functions.create({ name: 'vmfn', runtime: 'node' });
+    const upd = await fetch(`${gateway.url}/api/functions/vmfn`, { method: 'PUT', headers: { authorization: 'Bearer t', 'content-type': 'application/json' }, body: JSON.stringify({ sandbox: 'qemu' }) });
+    assert.equal(upd.status, 400);
+    assert.match(await upd.text(), /qemu.{0,4} is not available/);
+    // A record from a time when an agent offered qemu (written directly: the API would refuse it now).
+    const fn = await functions.get('vmfn');
+    await store.put(KEYS.function(fn.id), JSON.stringify({ ...fn, sandbox: 'qemu', timeout_ms: 60_000, code_path: 'functions/x', code_sha256: 'a'.repeat(64), code_size: 1 }));
+    // Until the gateway's view has the new record the function has no code (400); a hang would be a 504 after timeout_ms.
+    let r = await call('vmfn');
+    for (let i = 0; i < 200 && r.status === 400; i++) r = await call('vmfn');
+    assert.equal(r.status, 503);
+    const body = JSON.parse(r.body) as { error: { code: string; message: string } };
+    assert.equal(body.error.code, 'AETHER_ERR_SANDBOX_UNAVAILABLE');
+    assert.match(body.error.message, /sandbox "qemu"/);
   });
 
   test('unknown function 404, function without code 400', async () => {

@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import { AetherError, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
 import { forward, ProxyError } from '../proxy/index.ts';
 import { planScaleUp } from '../scaler/index.ts';
-import { instanceConfigKey, KEYS, PROVISION_TOPIC, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../spec/index.ts';
+import { instanceConfigKey, KEYS, provisionTopic, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult, type SandboxKind } from '../spec/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Store } from '../store/index.ts';
 import type { ClusterViews } from './views.ts';
@@ -34,6 +34,8 @@ export interface InvokerDeps {
   localAgent?: LocalAgent;
   /** A provision request without an answer after this long no longer counts as starting. */
   startTimeoutMs: number;
+  /** Whether some live agent runs this sandbox kind (default: always); if none does, a cold start fails at once. */
+  sandboxOffered?: (kind: SandboxKind) => boolean;
 }
 
 interface Waiter {
@@ -139,6 +141,9 @@ export class Invoker {
         let inst = this.#reserve(fn, st);
         if (!inst) {
           coldStart ||= this.#candidates(fn).current.length === 0;
+          if (coldStart && !this.#offered(fn)) {
+            throw new AetherError('AETHER_ERR_SANDBOX_UNAVAILABLE', `function "${fn.name}" needs sandbox "${fn.sandbox}", which no live agent offers (start an agent with --sandboxes ${fn.sandbox})`);
+          }
           inst = await this.#waitForInstance(fn, st, ac.signal);
         }
         this.#maybeScaleUp(fn, st);
@@ -400,10 +405,14 @@ export class Invoker {
     metrics.scaleEvents.inc({ function_id: fn.id, direction: 'up' });
   }
 
+  #offered(fn: FunctionRecord): boolean {
+    return this.#d.sandboxOffered?.(fn.sandbox) ?? true;
+  }
+
   async #enqueue(fn: FunctionRecord, requestId: string, reason: ProvisionJob['reason']): Promise<void> {
-    const job: ProvisionJob = { function_id: fn.id, config_key: instanceConfigKey(fn), reason, requested_at: this.#d.clock.now(), request_id: requestId };
+    const job: ProvisionJob = { function_id: fn.id, config_key: instanceConfigKey(fn), reason, requested_at: this.#d.clock.now(), request_id: requestId, sandbox: fn.sandbox };
     try {
-      await this.#d.queue.enqueue(PROVISION_TOPIC, job);
+      await this.#d.queue.enqueue(provisionTopic(fn.sandbox), job);
     } catch (err) {
       metrics.queuePublishErrors.inc();
       this.#state(fn.id).starting.delete(requestId);
@@ -425,7 +434,7 @@ export class Invoker {
         starting += d.starting;
       }
     }
-    const n = planScaleUp(fn, { ready, starting, demand });
+    const n = this.#offered(fn) ? planScaleUp(fn, { ready, starting, demand }) : 0;
     for (let i = 0; i < n; i++) {
       const requestId = newId('req', this.#d.clock.now());
       st.starting.set(requestId, { at: this.#d.clock.now(), configKey: instanceConfigKey(fn) });
@@ -466,7 +475,7 @@ export class Invoker {
 
   reconcile(): void {
     for (const fn of this.#d.views.functions.items.values()) {
-      if (!fn.code_sha256) continue;
+      if (!fn.code_sha256 || !this.#offered(fn)) continue;
       const st = this.#state(fn.id);
       const { current, stale } = this.#candidates(fn);
       this.#gcStarting(st);
@@ -503,11 +512,12 @@ export class Invoker {
   async #requeueLost(): Promise<void> {
     for (const [fnId, st] of this.#fns) {
       if (st.waiters.size === 0 || st.starting.size === 0) continue;
-      const depth = await this.#d.queue.depth(PROVISION_TOPIC).catch(() => -1);
-      if (depth !== 0) continue;
       const fn = this.#d.views.fn(fnId);
+      if (!fn) continue;
+      const depth = await this.#d.queue.depth(provisionTopic(fn.sandbox)).catch(() => -1);
+      if (depth !== 0) continue;
       const oldest = Math.min(...[...st.starting.values()].map((s) => s.at));
-      if (!fn || this.#d.clock.now() - oldest < 3000) continue;
+      if (this.#d.clock.now() - oldest < 3000) continue;
       for (const id of st.claims) {
         st.starting.delete(id);
         const requestId = newId('req', this.#d.clock.now());

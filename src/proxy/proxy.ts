@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
-import type { Endpoint } from '../runtime/index.ts';
+import type { Endpoint } from '../spec/index.ts';
 
 /**
  * The forwarding primitive of the warm path (gateway -> instance, gateway -> agent -> instance).

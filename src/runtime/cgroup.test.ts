@@ -24,7 +24,7 @@ describe('cgroup v1 discovery', () => {
 });
 
 describe('sandbox launcher', () => {
-  const launcher = join(dirname(fileURLToPath(import.meta.url)), 'sandbox', 'launch.pl');
+  const launcher = join(dirname(fileURLToPath(import.meta.url)), 'process', 'sandbox', 'launch.pl');
   it('compiles under strict and warnings (it runs without them for speed)', { skip: existsSync('/usr/bin/perl') ? false : 'no perl' }, () => {
     const out = execFileSync('/usr/bin/perl', ['-Mstrict', '-Mwarnings', '-c', launcher], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
     assert.equal(out, '');

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client } from 'undici';
-import type { FakeBehavior } from './fake.ts';
+import type { FakeBehavior } from './fake/index.ts';
 import type { Endpoint, InstanceSpec, LogLine, Runtime, RuntimeInstance } from './types.ts';
 
 export interface RuntimeHarness {
@@ -85,9 +85,23 @@ srv.serve_forever()
  * with CRASH_LINE, silent.js never listens, everything else serves the default echo.
  */
 export function contractFakeBehavior(spec: InstanceSpec): FakeBehavior {
-  if (spec.entrypoint === 'crash.js') return { failStart: CRASH_LINE };
-  if (spec.entrypoint === 'silent.js') return { startupDelayMs: Infinity };
+  const entry = spec.artifact.kind === 'code' ? spec.artifact.entrypoint : '';
+  if (entry === 'crash.js') return { failStart: CRASH_LINE };
+  if (entry === 'silent.js') return { startupDelayMs: Infinity };
   return {};
+}
+
+/** A function-shaped spec (node handler.js in /nonexistent, 128 MB) with `over` applied. */
+export function contractSpec(over: Partial<InstanceSpec> = {}): InstanceSpec {
+  return {
+    instanceId: 'i1',
+    owner: { kind: 'function', id: 'f1', name: 'fn' },
+    artifact: { kind: 'code', dir: '/nonexistent', runtime: 'node', entrypoint: 'handler.js' },
+    env: {},
+    resources: { memoryMb: 128, vcpu: 1, pidsMax: 32 },
+    listen: { port: 8080 },
+    ...over,
+  };
 }
 
 const OPTS = { timeout: 60_000 };
@@ -133,20 +147,14 @@ export function runtimeContract(name: string, make: () => Promise<RuntimeHarness
     async function launch(file: string, text: string, over: Partial<InstanceSpec> = {}): Promise<{ inst: RuntimeInstance; logs: LogLine[] }> {
       const codeDir = await code(file, text);
       const id = `inst-${process.pid}-${n++}`;
-      const spec: InstanceSpec = {
+      const spec = contractSpec({
         instanceId: id,
-        functionId: `fn-${id}`,
-        functionName: 'contract-fn',
-        runtime: file.endsWith('.py') ? 'python' : 'node',
-        entrypoint: file,
-        codeDir,
+        owner: { kind: 'function', id: `fn-${id}`, name: 'contract-fn' },
+        artifact: { kind: 'code', dir: codeDir, runtime: file.endsWith('.py') ? 'python' : 'node', entrypoint: file },
         env: { GREETING: 'hello world', QUOTED: `it's "quoted" $HOME` },
-        port: 8080,
-        memoryMb: 256,
-        vcpu: 1,
-        pidsMax: 64,
+        resources: { memoryMb: 256, vcpu: 1, pidsMax: 64 },
         ...over,
-      };
+      });
       const inst = await h.runtime.create(spec);
       const logs: LogLine[] = [];
       inst.onLog((l) => logs.push(l));
@@ -181,7 +189,7 @@ export function runtimeContract(name: string, make: () => Promise<RuntimeHarness
         assert.match(got.env['PORT'] ?? '', /^\d+$/);
         if (inst.endpoint.kind === 'tcp') assert.equal(got.env['PORT'], String(inst.endpoint.port));
         assert.equal(got.env['AETHER_INSTANCE_ID'], inst.id);
-        assert.equal(got.env['AETHER_FUNCTION_ID'], inst.spec.functionId);
+        assert.equal(got.env['AETHER_FUNCTION_ID'], inst.spec.owner.id);
         assert.equal(got.env['AETHER_FUNCTION_NAME'], 'contract-fn');
         assert.equal(got.env['GREETING'], 'hello world');
         assert.equal(got.env['QUOTED'], `it's "quoted" $HOME`);
@@ -235,10 +243,10 @@ export function runtimeContract(name: string, make: () => Promise<RuntimeHarness
 
     it('stop() of a created (never started) instance settles exited', OPTS, async () => {
       const codeDir = await code('handler.js', HANDLER_JS);
-      const inst = await h.runtime.create({
-        instanceId: `never-${process.pid}-${n++}`, functionId: 'f', functionName: 'f', runtime: 'node', entrypoint: 'handler.js',
-        codeDir, env: {}, port: 8080, memoryMb: 128, vcpu: 1, pidsMax: 32,
-      });
+      const inst = await h.runtime.create(contractSpec({
+        instanceId: `never-${process.pid}-${n++}`,
+        artifact: { kind: 'code', dir: codeDir, runtime: 'node', entrypoint: 'handler.js' },
+      }));
       await inst.stop();
       await inst.exited;
       assert.equal(inst.inspect().state, 'exited');

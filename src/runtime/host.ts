@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { findV1Mounts, v1Usable, v2HasControllers } from './cgroup.ts';
 
@@ -13,6 +13,8 @@ export interface HostReport {
   firecracker: boolean;
   isolation: 'namespaces+cgroups' | 'none';
   notes: string[];
+  /** Which sandbox kinds this host can run, and why not (what `--sandboxes auto` offers). */
+  sandboxes: SandboxProbe[];
 }
 
 const PATHS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
@@ -76,5 +78,49 @@ export async function probeHost(): Promise<HostReport> {
   const firecracker = findBin('firecracker') !== undefined;
 
   const isolation = root && namespaces && cgroups === 'v1' && tools.length === 0 ? 'namespaces+cgroups' : 'none';
-  return { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes };
+  const report = { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes } as const;
+  return { ...report, sandboxes: probeSandboxes(report) };
+}
+
+/** Whether this host can run one sandbox kind, and why not. */
+export interface SandboxProbe {
+  kind: 'process' | 'qemu' | 'firecracker';
+  ok: boolean;
+  /** What it gives here ("namespaces+cgroups", "microvm, KVM", "microvm, TCG (slow)"), or why not. */
+  detail: string;
+}
+
+/**
+ * The guest kernel for microVMs: `AETHER_VM_KERNEL`, else the newest Debian cloud kernel in /boot
+ * (package linux-image-cloud-amd64).
+ */
+export function findGuestKernel(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const set = env['AETHER_VM_KERNEL'];
+  if (set) return existsSync(set) ? set : undefined;
+  try {
+    const found = readdirSync('/boot')
+      .filter((f) => /^vmlinuz-.*-cloud-(amd64|arm64)$/.test(f))
+      .sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+    const last = found.at(-1);
+    return last ? join('/boot', last) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Which sandbox kinds this host can run (what `--sandboxes auto` offers), from a host report. */
+export function probeSandboxes(h: Pick<HostReport, 'isolation' | 'kvm'>, env: NodeJS.ProcessEnv = process.env): SandboxProbe[] {
+  const out: SandboxProbe[] = [{ kind: 'process', ok: true, detail: h.isolation === 'none' ? 'plain child processes (no isolation)' : h.isolation }];
+  const kernel = findGuestKernel(env);
+  const qemuBin = env['AETHER_QEMU'] ?? findBin(process.arch === 'arm64' ? 'qemu-system-aarch64' : 'qemu-system-x86_64');
+  if (!qemuBin) out.push({ kind: 'qemu', ok: false, detail: 'qemu-system-x86_64 not found (apt install qemu-system-x86)' });
+  else if (!kernel) out.push({ kind: 'qemu', ok: false, detail: 'no guest kernel: set AETHER_VM_KERNEL or apt install linux-image-cloud-amd64' });
+  else if (!findBin('mke2fs')) out.push({ kind: 'qemu', ok: false, detail: 'mke2fs not found (apt install e2fsprogs)' });
+  else out.push({ kind: 'qemu', ok: true, detail: h.kvm ? `microvm, KVM (${kernel})` : `microvm, TCG without KVM: slow boots (~12 s), use snapshots (${kernel})` });
+  const fcBin = env['AETHER_FIRECRACKER'] ?? findBin('firecracker', [...PATHS, ...(env['PATH'] ?? '').split(':').filter(Boolean)]);
+  if (!h.kvm) out.push({ kind: 'firecracker', ok: false, detail: 'no usable /dev/kvm' });
+  else if (!fcBin) out.push({ kind: 'firecracker', ok: false, detail: 'firecracker binary not found on PATH (or AETHER_FIRECRACKER)' });
+  else if (!kernel) out.push({ kind: 'firecracker', ok: false, detail: 'no guest kernel: set AETHER_VM_KERNEL' });
+  else out.push({ kind: 'firecracker', ok: true, detail: `KVM, ${fcBin}` });
+  return out;
 }

@@ -1,28 +1,59 @@
+import type { Endpoint } from '../spec/index.ts';
+
 /**
- * Runtime: runs one function instance in a sandbox. Drivers: process (namespaces + cgroups when
- * root, a plain child process otherwise), fake (scriptable, for tests); qemu and firecracker later.
- * Every driver passes ./contract.ts.
+ * Runtime: runs one workload instance in a sandbox. One driver per sandbox kind, each in its own
+ * folder (process/, fake/, qemu/, firecracker/), chosen only in src/bin/. Every driver passes
+ * ./contract.ts. An agent holds one Runtime per kind it offers.
  */
-export interface InstanceSpec {
-  instanceId: string;
-  functionId: string;
-  functionName: string;
-  runtime: 'node' | 'python';
-  /** Path of the entrypoint relative to codeDir, e.g. "handler.js". */
-  entrypoint: string;
-  /** Host directory holding the unpacked code; the instance must not be able to write it. */
-  codeDir: string;
-  /** The function's env_vars; the driver adds PORT and the AETHER_* variables. */
-  env: Record<string, string>;
-  /** Port the program listens on inside its sandbox (the function's `port`). */
-  port: number;
+export type { Endpoint, GuestAddress } from '../spec/index.ts';
+
+/** What the instance runs from. */
+export type Artifact =
+  /**
+   * A function's unpacked code: a host dir the instance must not be able to write. The program is
+   * the language runtime's interpreter on `entrypoint` (relative to the dir) unless `command` says
+   * otherwise. Process sandboxes see it at /run/aether/code; VMs get it as a read-only drive
+   * mounted there, on the runtime's base image.
+   */
+  | { kind: 'code'; dir: string; runtime: 'node' | 'python'; entrypoint: string }
+  /** An ext4 root filesystem image (e.g. built by `aether image build`); shared read-only. */
+  | { kind: 'image'; path: string }
+  /** A root filesystem directory. */
+  | { kind: 'rootfs'; dir: string };
+
+/** Who the instance belongs to: becomes AETHER_FUNCTION_ID / _NAME for functions, labels logs. */
+export interface Owner {
+  kind: 'function' | 'service';
+  id: string;
+  name: string;
+}
+
+export interface Resources {
   memoryMb: number;
   vcpu: number;
   pidsMax: number;
 }
 
-/** How the agent reaches the instance's HTTP server. */
-export type Endpoint = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
+/** A workload: what to run, from what, with what, listening where. Functions and services alike. */
+export interface InstanceSpec {
+  instanceId: string;
+  owner: Owner;
+  artifact: Artifact;
+  /** argv of the program; default: from the artifact (code: interpreter + entrypoint; image: its runtime.json). */
+  command?: string[];
+  /** Working directory inside the sandbox; default: the code dir for code, the image's workdir else. */
+  cwd?: string;
+  /** The workload's env; the driver adds PORT and the AETHER_* variables. */
+  env: Record<string, string>;
+  resources: Resources;
+  /** TCP port the program listens on inside its sandbox (the function's `port`). */
+  listen: { port: number };
+  /**
+   * Identifies the workload's version (code + config): drivers with snapshots keep one template
+   * per (owner, version). Absent: no snapshot is made or used.
+   */
+  version?: string;
+}
 
 export interface LogLine {
   /** ms since epoch */
@@ -52,7 +83,7 @@ export interface RuntimeInstance {
    * exits first, if `timeoutMs` passes, or if `signal` aborts.
    */
   waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void>;
-  /** SIGTERM, then SIGKILL after graceMs; resolves when the sandbox is gone and cleaned up. */
+  /** Ask the program to end (SIGTERM, ACPI powerdown), force after graceMs; resolves when the sandbox is gone and cleaned up. */
   stop(graceMs?: number): Promise<void>;
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined };
   /** Every stdout/stderr line (and driver notes as 'system'). */
@@ -61,12 +92,59 @@ export interface RuntimeInstance {
   readonly exited: Promise<ExitInfo>;
 }
 
+/**
+ * Optional capability: start instances from a snapshot of a booted template. A driver offering it
+ * builds a template per (owner, version) on first use and restores later instances of that
+ * version from it (each with its own identity).
+ */
+export interface SnapshotCapability {
+  /** Remove the owner's templates, except those of the versions in `keep` (an update keeps the new one). */
+  removeTemplates(ownerId: string, keep?: readonly string[]): Promise<void>;
+  /** Templates on disk: for records and tests. */
+  templates(): { ownerId: string; version: string; bytes: number }[];
+}
+
 export interface Runtime {
+  /** The sandbox kind it runs ('process', 'qemu', 'firecracker'; 'fake' in tests). */
   readonly kind: string;
-  /** "namespaces+cgroups" or "none": what this driver enforces on this host. */
+  /** What this driver enforces on this host, e.g. "namespaces+cgroups", "microvm (tcg)", "none". */
   readonly isolation: string;
+  /** Present when the driver can start instances from snapshots. */
+  readonly snapshots?: SnapshotCapability;
   create(spec: InstanceSpec): Promise<RuntimeInstance>;
   /** Remove sandboxes left by an earlier run of this agent (killed agent); called at agent start. */
   cleanupLeftovers(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** The environment every driver gives a program, before the workload's own env is applied on top of the base. */
+export function programEnv(spec: InstanceSpec, port: number): Record<string, string> {
+  const own: Record<string, string> = { AETHER_INSTANCE_ID: spec.instanceId };
+  if (spec.owner.kind === 'function') {
+    own['AETHER_FUNCTION_ID'] = spec.owner.id;
+    own['AETHER_FUNCTION_NAME'] = spec.owner.name;
+  } else {
+    own['AETHER_SERVICE_ID'] = spec.owner.id;
+    own['AETHER_SERVICE_NAME'] = spec.owner.name;
+  }
+  return { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: '/tmp', LANG: 'C.UTF-8', ...spec.env, PORT: String(port), ...own };
+}
+
+/**
+ * The entrypoint rules shared by every driver: .js/.mjs/.cjs run with node, .py with python -u
+ * (unbuffered, so print() reaches the logs at once), .sh with /bin/sh, anything else with the
+ * function's runtime.
+ */
+export function entryCommand(runtime: 'node' | 'python', entry: string, bins: { node: string; python: string }): string[] {
+  if (/\.(m|c)?js$/.test(entry)) return [bins.node, entry];
+  if (entry.endsWith('.py')) return [bins.python, '-u', entry];
+  if (entry.endsWith('.sh')) return ['/bin/sh', entry];
+  return runtime === 'python' ? [bins.python, '-u', entry] : [bins.node, entry];
+}
+
+/** Short name of what runs, for log lines: the entrypoint, the command or the image. */
+export function describeWorkload(spec: InstanceSpec): string {
+  if (spec.command?.[0]) return spec.command.join(' ');
+  const a = spec.artifact;
+  return a.kind === 'code' ? a.entrypoint : a.kind === 'image' ? a.path : a.dir;
 }

@@ -1,4 +1,7 @@
-import type { Endpoint } from '../runtime/types.ts';
+import type { Endpoint } from './endpoint.ts';
+import type { SANDBOXES } from './function.ts';
+
+export type SandboxKind = (typeof SANDBOXES)[number];
 
 /** What an agent registers for each ready instance (under its lease). */
 export interface InstanceRecord {
@@ -21,7 +24,10 @@ export interface AgentRecord {
   hostname: string;
   capacity: { instances: number; memory_mb: number; vcpu: number };
   used: { instances: number; memory_mb: number; vcpu: number };
+  /** Isolation of its process sandbox ("namespaces+cgroups" or "none"). */
   isolation: string;
+  /** Sandbox kinds it runs (absent in records of older agents: process only). */
+  sandboxes?: SandboxKind[];
   started_at: string;
   /** firework's node_type label (services are placed only on matching nodes); null/absent: any. */
   node_type?: string | null;
@@ -35,6 +41,8 @@ export interface ProvisionJob {
   /** config_key the requester wants; an agent skips (acks) jobs for an outdated config. */
   config_key: string;
   reason: 'cold' | 'scale' | 'min' | 'replace';
+  /** The function's sandbox (also in the topic); absent in jobs of older gateways: process. */
+  sandbox?: SandboxKind;
   requested_at: number;
   /** Id of the cold-start waiter group, so the gateway can match the result. */
   request_id: string;

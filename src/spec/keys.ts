@@ -46,5 +46,10 @@ export const KEYS = {
 /** Blob key of a function's archive. */
 export const codeBlobKey = (fnId: string, sha256: string): string => `functions/${fnId}/${sha256}.archive`;
 
-/** Queue topic for instance provisioning. */
+/** Queue topic for provisioning `process` instances (kept as is, so queued jobs survive upgrades). */
 export const PROVISION_TOPIC = 'provision';
+
+/** One provisioning topic per sandbox kind: only agents offering the kind take from it. */
+export function provisionTopic(sandbox: string): string {
+  return sandbox === 'process' ? PROVISION_TOPIC : `${PROVISION_TOPIC}.${sandbox}`;
+}

@@ -6,11 +6,11 @@ import { constants as osConstants } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../core/index.ts';
-import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, v1Usable, type Controller } from './cgroup.ts';
-import { findBin } from './host.ts';
-import { LineSplitter, LogHub } from './logs.ts';
-import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './types.ts';
+import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../../core/index.ts';
+import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, v1Usable, type Controller } from '../cgroup.ts';
+import { findBin } from '../host.ts';
+import { LineSplitter, LogHub } from '../logs.ts';
+import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './legacy.ts';
 
 export interface ProcessRuntimeOptions {
   /** The platform's data dir: hidden from instances; sockets live in `<dataDir>/sockets`. Code dirs should be under it. */

@@ -1,19 +1,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ManualClock } from '../core/index.ts';
-import { contractFakeBehavior, requestEndpoint, runtimeContract } from './contract.ts';
+import { ManualClock } from '../../core/index.ts';
+import { contractFakeBehavior, contractSpec, requestEndpoint, runtimeContract } from '../contract.ts';
 import { createFakeRuntime } from './fake.ts';
-import type { InstanceSpec } from './types.ts';
+import type { InstanceSpec } from '../types.ts';
 
 runtimeContract('fake', async () => {
   const runtime = createFakeRuntime({ behavior: contractFakeBehavior });
   return { runtime, cleanup: () => runtime.close() };
 });
 
-const spec = (over: Partial<InstanceSpec> = {}): InstanceSpec => ({
-  instanceId: 'i1', functionId: 'f1', functionName: 'fn', runtime: 'node', entrypoint: 'handler.js',
-  codeDir: '/nonexistent', env: {}, port: 8080, memoryMb: 128, vcpu: 1, pidsMax: 32, ...over,
-});
+const spec = (over: Partial<InstanceSpec> = {}): InstanceSpec => contractSpec({ instanceId: 'i1', ...over });
 
 describe('fake runtime behaviours', () => {
   it('startupDelayMs and exitAfterMs follow the injected clock', async () => {

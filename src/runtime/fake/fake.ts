@@ -1,8 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import net from 'node:net';
-import { AetherError, systemClock, type Clock, type TimerHandle } from '../core/index.ts';
-import { LogHub } from './logs.ts';
-import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './types.ts';
+import { AetherError, systemClock, type Clock, type TimerHandle } from '../../core/index.ts';
+import { LogHub } from '../logs.ts';
+import { describeWorkload, programEnv, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance } from '../types.ts';
 
 /** How a fake instance behaves; chosen per spec by FakeRuntimeOptions.behavior. */
 export interface FakeBehavior {
@@ -49,7 +49,7 @@ export interface FakeRuntime extends Runtime {
 /**
  * In-process driver: each instance is a node:http server on a loopback port. The default handler
  * echoes { method, url, headers, body, env } as JSON, env being what a real program would see
- * (spec.env + PORT + AETHER_*), and logs `listening on <port>` and `req <method> <url>` to stdout.
+ * (programEnv: spec.env + PORT + AETHER_*), and logs `listening on <port>` and `req <method> <url>` to stdout.
  */
 export function createFakeRuntime(opts: FakeRuntimeOptions = {}): FakeRuntime {
   const clock = opts.clock ?? systemClock;
@@ -128,13 +128,7 @@ class Instance implements FakeInstance {
   }
 
   #env(): Record<string, string> {
-    return {
-      ...this.spec.env,
-      PORT: String(this.#port),
-      AETHER_FUNCTION_ID: this.spec.functionId,
-      AETHER_FUNCTION_NAME: this.spec.functionName,
-      AETHER_INSTANCE_ID: this.spec.instanceId,
-    };
+    return programEnv(this.spec, this.#port);
   }
 
   #after(ms: number, fn: () => void): void {
@@ -169,7 +163,7 @@ class Instance implements FakeInstance {
     this.#port = await reservePort();
     this.#pid = fakePids++;
     this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: this.#port };
-    this.#logs.emit('system', `starting ${this.spec.entrypoint} (fake)`);
+    this.#logs.emit('system', `starting ${describeWorkload(this.spec)} (fake)`);
     for (const line of this.#behavior.output ?? []) this.#logs.emit('stdout', line);
     this.#after(this.#behavior.startupDelayMs ?? 0, () => {
       if (this.#state !== 'starting' || this.#server) return;

@@ -1,0 +1,1 @@
+export { createFakeRuntime, type FakeBehavior, type FakeInstance, type FakeRuntime, type FakeRuntimeOptions } from './fake.ts';

@@ -1,0 +1,1 @@
+export { createQemuRuntime, type QemuRuntimeOptions } from './qemu.ts';

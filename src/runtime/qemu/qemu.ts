@@ -1,0 +1,670 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { join, resolve } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../../core/index.ts';
+import { ensureBaseImage, ensureInitramfs, makeExt4 } from '../../image/index.ts';
+import { findBin } from '../host.ts';
+import { LineSplitter, LogHub } from '../logs.ts';
+import {
+  describeWorkload,
+  entryCommand,
+  programEnv,
+  type Endpoint,
+  type ExitInfo,
+  type InstanceSpec,
+  type InstanceState,
+  type LogLine,
+  type Runtime,
+  type RuntimeInstance,
+  type SnapshotCapability,
+} from '../types.ts';
+import { Qmp } from './qmp.ts';
+
+export interface QemuRuntimeOptions {
+  /** This driver's own dir (instances, per-version code drives, snapshot templates). */
+  dataDir: string;
+  agentId: string;
+  clock?: Clock;
+  logger?: Logger;
+  /** Default: qemu-system-x86_64 (env AETHER_QEMU). */
+  qemuBin?: string;
+  /** Guest kernel (default: env AETHER_GUEST_KERNEL, else the newest /boot/vmlinuz-*-cloud-amd64). */
+  kernelPath?: string;
+  /** 'auto' (default): KVM when /dev/kvm works, else TCG. */
+  accel?: 'auto' | 'kvm' | 'tcg';
+  /** Start instances from per-version snapshot templates (default true). */
+  snapshots?: boolean;
+  /** Where base images and the initramfs are cached (default: the image cache). */
+  imageCacheDir?: string;
+  /** Progress of first-use builds (base image, initramfs). */
+  onProgress?: (message: string) => void;
+  /** Tests only: send configs with a wrong token (the guest must refuse to start the program). */
+  wrongTokenForTests?: boolean;
+}
+
+/** QEMU user networking: the guest's fixed address and the host as seen from the guest. */
+const GUEST_ADDRESS = '10.0.2.15';
+const GUEST_NET = { address: `${GUEST_ADDRESS}/24`, gateway: '10.0.2.2' };
+/** RAM for the guest kernel, aether-init and page cache on top of the workload's memory. */
+const VM_OVERHEAD_MB = 96;
+/** A probe connection that slirp keeps open this long reached a listening guest (a refused one is closed at once). */
+const PROBE_QUIET_MS = 400;
+const PROBE_EVERY_MS = 100;
+/** Bumped when the qemu command line changes shape: older templates cannot be restored. */
+const TEMPLATE_FORMAT = 'qemu-microvm-v1';
+
+interface Ctx {
+  clock: Clock;
+  logger: Logger;
+  dataDir: string;
+  qemuBin: string;
+  accel: 'kvm' | 'tcg';
+  snapshots: boolean;
+  kernelPath: string | undefined;
+  imageCacheDir: string | undefined;
+  onProgress: ((m: string) => void) | undefined;
+  wrongToken: boolean;
+  templates: Templates;
+  /** One build per code drive. */
+  building: Map<string, Promise<void>>;
+}
+
+function kvmUsable(): boolean {
+  try {
+    const fd = readFileSync('/proc/cpuinfo', 'utf8');
+    return existsSync('/dev/kvm') && /\b(vmx|svm)\b/.test(fd);
+  } catch {
+    return false;
+  }
+}
+
+/** Host TSC in kHz: microvm under TCG has no HPET/PIT to calibrate against and hangs without it. */
+function tscKhz(): number {
+  try {
+    const m = /cpu MHz\s*:\s*([\d.]+)/.exec(readFileSync('/proc/cpuinfo', 'utf8'));
+    if (m?.[1]) return Math.round(Number(m[1]) * 1000);
+  } catch {
+    // fall through
+  }
+  return 2_000_000;
+}
+
+const sha = (s: string): string => createHash('sha256').update(s).digest('hex').slice(0, 24);
+
+/** Shell-quoted for QEMU's exec: migration URIs (paths are ours, but may hold spaces). */
+function shq(p: string): string {
+  return `'${p.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * The QEMU microVM sandbox: `-M microvm`, KVM when present else TCG, one vCPU; QMP for control;
+ * user networking with `restrict=on` (the guest reaches no host service) and one forwarded loopback
+ * port; config and program output over virtio-serial; the workload's code as a read-only ext4
+ * drive on a shared read-only base image (the guest keeps its writes in RAM). Instances of one
+ * function version start from a snapshot of a template booted once (see docs/microvm.md).
+ */
+export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapshots: SnapshotCapability } {
+  const logger = opts.logger ?? createLogger('runtime-qemu');
+  const qemuBin = opts.qemuBin ?? process.env['AETHER_QEMU'] ?? findBin('qemu-system-x86_64');
+  if (!qemuBin) throw new AetherError('AETHER_ERR_INTERNAL', 'qemu runtime: qemu-system-x86_64 not found (apt install qemu-system-x86)');
+  const want = opts.accel ?? 'auto';
+  const accel = want === 'auto' ? (kvmUsable() ? 'kvm' : 'tcg') : want;
+  const dataDir = resolve(opts.dataDir);
+  const ctx: Ctx = {
+    clock: opts.clock ?? systemClock,
+    logger,
+    dataDir,
+    qemuBin,
+    accel,
+    snapshots: opts.snapshots ?? true,
+    kernelPath: opts.kernelPath,
+    imageCacheDir: opts.imageCacheDir,
+    onProgress: opts.onProgress,
+    wrongToken: opts.wrongTokenForTests === true,
+    templates: new Templates(join(dataDir, 'versions')),
+    building: new Map(),
+  };
+  const live = new Map<string, QemuInstance>();
+  return {
+    kind: 'qemu',
+    isolation: `microvm (${accel})`,
+    snapshots: {
+      removeTemplates: (ownerId, keep = []) => ctx.templates.remove(ownerId, keep),
+      templates: () => ctx.templates.list(),
+    },
+    async create(spec: InstanceSpec): Promise<RuntimeInstance> {
+      if (!/^[A-Za-z0-9._-]+$/.test(spec.instanceId)) throw new AetherError('AETHER_ERR_VALIDATION', `bad instance id ${JSON.stringify(spec.instanceId)}`);
+      if (live.has(spec.instanceId)) throw new AetherError('AETHER_ERR_CONFLICT', `instance ${spec.instanceId} exists`);
+      const inst = new QemuInstance(ctx, spec);
+      live.set(spec.instanceId, inst);
+      void inst.exited.then(() => live.delete(spec.instanceId));
+      return inst;
+    },
+    async cleanupLeftovers(): Promise<void> {
+      // VMs of a dead agent died with it (pdeathsig); one that did not is killed here. Templates
+      // and code drives are rebuilt on demand: a restarted agent keeps none of them.
+      const dir = join(dataDir, 'instances');
+      for (const name of await readdir(dir).catch(() => [] as string[])) {
+        if (live.has(name)) continue;
+        const idir = join(dir, name);
+        const pid = Number((await readFile(join(idir, 'qemu.pid'), 'utf8').catch(() => '')).trim());
+        if (pid > 0) {
+          const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+          if (cmd.includes(idir)) {
+            try {
+              process.kill(pid, 'SIGKILL');
+            } catch {
+              // gone
+            }
+            logger.info({ instanceId: name, pid }, 'killed a leftover VM');
+          }
+        }
+        await rm(idir, { recursive: true, force: true });
+      }
+      if (live.size === 0) await rm(join(dataDir, 'versions'), { recursive: true, force: true });
+    },
+    async close(): Promise<void> {
+      await Promise.all([...live.values()].map((i) => i.stop(2000)));
+    },
+  };
+}
+
+interface TemplateMeta {
+  format: string;
+  ownerId: string;
+  version: string;
+  /** The kernel command line the template booted with (its token): restores reuse it. */
+  append: string;
+  /** The qemu arguments that must match on restore (machine, drives, devices). */
+  fixedArgs: string[];
+}
+
+/** Per-(owner, version) dirs: the read-only code drive, and the snapshot template once made. */
+class Templates {
+  readonly root: string;
+  /** Template builds in progress (key -> true). */
+  readonly building = new Set<string>();
+  constructor(root: string) {
+    this.root = root;
+  }
+  dir(ownerId: string, version: string): string {
+    return join(this.root, ownerId.replace(/[^A-Za-z0-9._-]/g, '_'), sha(version));
+  }
+  async ready(dir: string): Promise<TemplateMeta | undefined> {
+    try {
+      const meta = JSON.parse(await readFile(join(dir, 'template.json'), 'utf8')) as TemplateMeta;
+      if (meta.format !== TEMPLATE_FORMAT) return undefined;
+      await stat(join(dir, 'snapshot.bin'));
+      return meta;
+    } catch {
+      return undefined;
+    }
+  }
+  async remove(ownerId: string, keep: readonly string[]): Promise<void> {
+    const odir = join(this.root, ownerId.replace(/[^A-Za-z0-9._-]/g, '_'));
+    const keepDirs = new Set(keep.map((v) => this.dir(ownerId, v)));
+    for (const name of await readdir(odir).catch(() => [] as string[])) {
+      const d = join(odir, name);
+      // Running VMs keep their open drive and snapshot files: unlinking them is safe.
+      if (!keepDirs.has(d)) await rm(d, { recursive: true, force: true });
+    }
+    if ((await readdir(odir).catch(() => [])).length === 0) await rm(odir, { recursive: true, force: true });
+  }
+  list(): { ownerId: string; version: string; bytes: number }[] {
+    const out: { ownerId: string; version: string; bytes: number }[] = [];
+    for (const o of readdirSyncSafe(this.root)) {
+      for (const v of readdirSyncSafe(join(this.root, o))) {
+        try {
+          const meta = JSON.parse(readFileSync(join(this.root, o, v, 'template.json'), 'utf8')) as TemplateMeta;
+          const bytes = statSizeSafe(join(this.root, o, v, 'snapshot.bin'));
+          out.push({ ownerId: meta.ownerId, version: meta.version, bytes });
+        } catch {
+          // no template (yet) in this version dir
+        }
+      }
+    }
+    return out;
+  }
+}
+
+function readdirSyncSafe(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+function statSizeSafe(p: string): number {
+  try {
+    return statSync(p).size;
+  } catch {
+    return 0;
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once('error', rej);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (addr && typeof addr === 'object' ? res(addr.port) : rej(new Error('no port'))));
+    });
+  });
+}
+
+/**
+ * One connection through the forwarded port: slirp accepts at once, then closes it when the
+ * guest refuses (nothing listening); one that stays open reached the program.
+ */
+function probe(port: number): Promise<boolean> {
+  return new Promise((res) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    let done = false;
+    const finish = (ok: boolean): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(t);
+      s.destroy();
+      res(ok);
+    };
+    const t = setTimeout(() => finish(true), PROBE_QUIET_MS);
+    s.once('error', () => finish(false));
+    s.once('end', () => finish(false));
+    s.once('close', () => finish(false));
+  });
+}
+
+class QemuInstance implements RuntimeInstance {
+  readonly id: string;
+  readonly spec: InstanceSpec;
+  readonly exited: Promise<ExitInfo>;
+  #ctx: Ctx;
+  #dir: string;
+  #state: InstanceState = 'created';
+  #endpoint: Endpoint | undefined;
+  #child: ChildProcess | undefined;
+  #qmp: Qmp | undefined;
+  #servers: net.Server[] = [];
+  #ctlConn: net.Socket | undefined;
+  #logs: LogHub;
+  #exit: ExitInfo | undefined;
+  #resolveExit!: (e: ExitInfo) => void;
+  #hostPort = 0;
+  #guestExit: number | undefined;
+  #reason: string | undefined;
+  /** The program was started by aether-init (its STARTED line). */
+  #started = false;
+  #startedWaiters = new Set<() => void>();
+  #stopRequested = false;
+  #restored = false;
+  /** Launch → config sent, for the cold-start split in logs and the benchmark. */
+  readonly timings: Record<string, number> = {};
+  #t0 = 0;
+
+  constructor(ctx: Ctx, spec: InstanceSpec) {
+    this.#ctx = ctx;
+    this.spec = spec;
+    this.id = spec.instanceId;
+    this.#dir = join(ctx.dataDir, 'instances', spec.instanceId);
+    this.#logs = new LogHub(ctx.clock);
+    this.exited = new Promise((r) => (this.#resolveExit = r));
+  }
+
+  get endpoint(): Endpoint {
+    if (!this.#endpoint) throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} has no endpoint before start()`);
+    return this.#endpoint;
+  }
+
+  /** Whether this instance was restored from a snapshot template (else cold-booted). */
+  get restored(): boolean {
+    return this.#restored;
+  }
+
+  onLog(listener: (line: LogLine) => void): void {
+    this.#logs.on(listener);
+  }
+
+  inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
+    return { state: this.#state, pid: this.#child?.pid, exit: this.#exit };
+  }
+
+  #mark(what: string): void {
+    this.timings[what] = performance.now() - this.#t0;
+  }
+
+  async start(): Promise<void> {
+    if (this.#state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
+    this.#state = 'starting';
+    this.#t0 = performance.now();
+    try {
+      await this.#launch();
+    } catch (err) {
+      this.#finalize(null, null, `could not start: ${(err as Error).message}`);
+      throw err instanceof AetherError ? err : new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Root image, code drive and program for the spec's artifact. */
+  async #disks(): Promise<{ root: string; code: string | undefined; cmd: string[] | undefined; cwd: string | undefined; versionDir: string | undefined }> {
+    const ctx = this.#ctx;
+    const spec = this.spec;
+    const a = spec.artifact;
+    const versionDir = spec.version !== undefined ? ctx.templates.dir(spec.owner.id, spec.version) : undefined;
+    const cacheOpts = { ...(ctx.imageCacheDir ? { cacheDir: ctx.imageCacheDir } : {}), ...(ctx.onProgress ? { onProgress: ctx.onProgress } : {}) };
+    if (a.kind === 'image') return { root: resolve(a.path), code: undefined, cmd: spec.command, cwd: spec.cwd, versionDir };
+    const src = a.kind === 'code' ? a.dir : a.dir;
+    const drive = join(versionDir ?? this.#dir, a.kind === 'code' ? 'code.ext4' : 'root.ext4');
+    let build = ctx.building.get(drive);
+    if (!build) {
+      build = (async () => {
+        if (existsSync(drive)) return;
+        await mkdir(join(drive, '..'), { recursive: true });
+        const tmp = `${drive}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+        await makeExt4(src, tmp, { label: a.kind === 'code' ? 'aether-code' : 'aether-root', freeMb: 1 });
+        await rename(tmp, drive);
+      })().finally(() => ctx.building.delete(drive));
+      ctx.building.set(drive, build);
+    }
+    await build;
+    if (a.kind === 'rootfs') return { root: drive, code: undefined, cmd: spec.command, cwd: spec.cwd, versionDir };
+    const root = await ensureBaseImage(a.runtime, cacheOpts);
+    const cmd = spec.command ?? entryCommand(a.runtime, a.entrypoint, { node: 'node', python: 'python3' });
+    return { root, code: drive, cmd, cwd: spec.cwd ?? '/run/aether/code', versionDir };
+  }
+
+  async #launch(): Promise<void> {
+    const ctx = this.#ctx;
+    const spec = this.spec;
+    await rm(this.#dir, { recursive: true, force: true });
+    await mkdir(this.#dir, { recursive: true, mode: 0o700 });
+    const [disks, initrd] = await Promise.all([this.#disks(), ensureInitramfs({ ...(ctx.kernelPath ? { kernelPath: ctx.kernelPath } : {}), ...(ctx.imageCacheDir ? { cacheDir: ctx.imageCacheDir } : {}) })]);
+    this.#mark('prepared');
+    if (this.#stopRequested) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} was stopped while starting`);
+
+    const memMb = spec.resources.memoryMb + VM_OVERHEAD_MB;
+    const fixedArgs = [
+      '-M', 'microvm', '-accel', ctx.accel, '-cpu', ctx.accel === 'kvm' ? 'host' : 'max', '-m', String(memMb), '-smp', '1',
+      '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+      '-kernel', initrd.kernel.kernel, '-initrd', initrd.path,
+      '-drive', `id=root,file=${disks.root},format=raw,if=none,readonly=on`, '-device', 'virtio-blk-device,drive=root',
+      ...(disks.code ? ['-drive', `id=code,file=${disks.code},format=raw,if=none,readonly=on`, '-device', 'virtio-blk-device,drive=code'] : []),
+      '-device', 'virtio-net-device,netdev=n0', '-device', 'virtio-serial-device',
+      '-device', 'virtserialport,chardev=ctl,name=aether.ctl', '-device', 'virtserialport,chardev=log,name=aether.log',
+      '-device', 'virtio-rng-device',
+    ];
+    // A template of this version, made from the same drives, can be restored instead of booting.
+    const tmplDir = ctx.snapshots ? disks.versionDir : undefined;
+    let meta = tmplDir ? await ctx.templates.ready(tmplDir) : undefined;
+    if (meta && JSON.stringify(meta.fixedArgs) !== JSON.stringify(fixedArgs)) meta = undefined; // made for other drives or memory
+    const token = meta ? tokenOf(meta.append) : randomBytes(16).toString('hex');
+    const clock = ctx.accel === 'tcg' ? ` tsc_early_khz=${tscKhz()} tsc=reliable` : '';
+    const append = meta?.append ?? `console=ttyS0 quiet loglevel=0${clock} reboot=t panic=-1 aether.token=${token} aether.config=vport`;
+    const buildTemplate = tmplDir !== undefined && !meta && !ctx.templates.building.has(tmplDir);
+    if (buildTemplate) ctx.templates.building.add(tmplDir);
+
+    this.#hostPort = await freePort();
+    this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: this.#hostPort, guest: { address: GUEST_ADDRESS, port: spec.listen.port } };
+    const ctlPath = join(this.#dir, 'ctl.sock');
+    const logPath = join(this.#dir, 'log.sock');
+    const qmpPath = join(this.#dir, 'qmp.sock');
+    const config = (): string =>
+      `${JSON.stringify({
+        token: ctx.wrongToken ? token.replace(/^./, (c) => (c === '0' ? '1' : '0')) : token,
+        instance_id: spec.instanceId,
+        hostname: spec.instanceId.slice(0, 63),
+        // no cmd: the image's runtime.json names the program
+        ...(disks.cmd && disks.cmd.length > 0 ? { cmd: disks.cmd } : {}),
+        ...(disks.cwd ? { cwd: disks.cwd } : {}),
+        env: programEnv(spec, spec.listen.port),
+        seed: randomBytes(64).toString('base64'),
+        net: GUEST_NET,
+        port: spec.listen.port,
+        time_ms: Date.now(),
+      })}\n`;
+
+    // Host ends of the channels listen first; QEMU connects to them as it starts.
+    const ready = new Promise<void>((resolveReady) => {
+      this.#servers.push(
+        this.#listen(ctlPath, (c) => {
+          this.#ctlConn = c;
+          const split = new LineSplitter((line) => this.#ctlLine(line, resolveReady));
+          c.on('data', (b: Buffer) => split.write(b));
+        }),
+        this.#listen(logPath, (c) => {
+          const split = new LineSplitter((line) => this.#logs.emit('stdout', line));
+          c.on('data', (b: Buffer) => split.write(b));
+          c.on('close', () => split.end());
+        }),
+      );
+    });
+    await Promise.all(this.#servers.map((s) => new Promise<void>((r, j) => (s.listening ? r() : s.once('listening', () => r()).once('error', j)))));
+
+    const args = [
+      ...fixedArgs,
+      '-append', append,
+      '-serial', 'stdio',
+      '-netdev', `user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:${this.#hostPort}-:${spec.listen.port}`,
+      '-chardev', `socket,id=ctl,path=${ctlPath}`, '-chardev', `socket,id=log,path=${logPath}`,
+      '-qmp', `unix:${qmpPath},server=on,wait=off`,
+      '-name', `aether-${spec.instanceId},process=aether-vm`,
+      ...(meta && tmplDir ? ['-incoming', `exec:cat ${shq(join(tmplDir, 'snapshot.bin'))}`] : []),
+    ];
+    this.#restored = meta !== undefined;
+    const setpriv = findBin('setpriv');
+    // pdeathsig: the VM dies with the agent, even on SIGKILL.
+    const [cmd, ...rest] = setpriv ? [setpriv, '--pdeathsig', 'KILL', '--', ctx.qemuBin, ...args] : [ctx.qemuBin, ...args];
+    const child = spawn(cmd as string, rest, { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    this.#child = child;
+    this.#logs.emit('system', `starting ${describeWorkload(spec)} in a QEMU microVM (${ctx.accel}, ${memMb} MiB, ${this.#restored ? 'restored from its snapshot template' : 'cold boot'})`);
+    const con = new LineSplitter((line) => {
+      if (line.trim() === '') return;
+      if (line.includes('config rejected')) this.#reason = 'the guest rejected its config';
+      this.#logs.emit('system', `console: ${line}`);
+    });
+    child.stdout?.on('data', (b: Buffer) => con.write(b));
+    const err = new LineSplitter((line) => this.#logs.emit('system', `qemu: ${line}`));
+    child.stderr?.on('data', (b: Buffer) => err.write(b));
+    child.on('error', (e) => this.#finalize(null, null, `qemu could not start: ${e.message}`));
+    child.on('exit', (code, signal) => {
+      if (buildTemplate && tmplDir) ctx.templates.building.delete(tmplDir);
+      con.end();
+      err.end();
+      // the last program output may trail the exit by a moment
+      void delay(100).then(() => this.#finalize(code, signal));
+    });
+    if (child.pid) await writeFile(join(this.#dir, 'qemu.pid'), `${child.pid}\n`);
+
+    // Background: restore → cont, or boot → (template) → config. waitReady() follows it.
+    void (async () => {
+      if (this.#restored) {
+        this.#qmp = await this.#connectQmp(qmpPath);
+        for (;;) {
+          const st = await this.#qmp.execute<{ status: string }>('query-status');
+          if (st.status !== 'inmigrate') break;
+          await delay(10);
+        }
+        this.#mark('restored');
+        await this.#qmp.execute('cont');
+        // The guest waits in read() on its port: the config line wakes it.
+        await this.#waitCtl();
+        this.#ctlConn?.write(config());
+        this.#mark('config');
+        return;
+      }
+      await ready;
+      this.#mark('guest-ready');
+      this.#qmp = await this.#connectQmp(qmpPath);
+      if (buildTemplate && tmplDir) {
+        await this.#snapshot(tmplDir, { format: TEMPLATE_FORMAT, ownerId: spec.owner.id, version: spec.version as string, append, fixedArgs }).catch((e: unknown) => {
+          this.#logs.emit('system', `snapshot template not made: ${(e as Error).message}`);
+        });
+        ctx.templates.building.delete(tmplDir);
+      }
+      this.#ctlConn?.write(config());
+      this.#mark('config');
+    })().catch((e: unknown) => {
+      if (this.#exit) return;
+      this.#reason = `VM control failed: ${(e as Error).message}`;
+      this.#logs.emit('system', this.#reason);
+      this.#kill();
+    });
+  }
+
+  #listen(path: string, onConn: (c: net.Socket) => void): net.Server {
+    const srv = net.createServer((c) => {
+      c.on('error', () => undefined);
+      onConn(c);
+    });
+    srv.listen(path);
+    return srv;
+  }
+
+  async #waitCtl(): Promise<void> {
+    for (let i = 0; i < 2000 && !this.#ctlConn; i++) await delay(5);
+    if (!this.#ctlConn) throw new Error('QEMU did not connect the control channel');
+  }
+
+  async #connectQmp(path: string): Promise<Qmp> {
+    for (let i = 0; ; i++) {
+      if (this.#exit) throw new Error('QEMU exited');
+      try {
+        return await Qmp.connect(path);
+      } catch (e) {
+        if (i > 2000) throw e;
+        await delay(5);
+      }
+    }
+  }
+
+  /** Pause at READY, write RAM and device state to the template, resume. */
+  async #snapshot(dir: string, meta: TemplateMeta): Promise<void> {
+    const qmp = this.#qmp as Qmp;
+    const t0 = performance.now();
+    await mkdir(dir, { recursive: true });
+    const tmp = join(dir, `snapshot.bin.tmp-${process.pid}`);
+    await qmp.execute('stop');
+    try {
+      await qmp.execute('migrate', { uri: `exec:cat > ${shq(tmp)}` });
+      for (;;) {
+        const m = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+        if (m.status === 'completed') break;
+        if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`migration ${m.status}: ${m['error-desc'] ?? ''}`);
+        await delay(20);
+      }
+      await rename(tmp, join(dir, 'snapshot.bin'));
+      await writeFile(join(dir, 'template.json'), JSON.stringify(meta));
+      this.#mark('snapshot');
+      this.#logs.emit('system', `snapshot template saved in ${Math.round(performance.now() - t0)} ms (${Math.round(statSizeSafe(join(dir, 'snapshot.bin')) / 2 ** 20)} MiB)`);
+    } finally {
+      await rm(tmp, { force: true });
+      await qmp.execute('cont');
+    }
+  }
+
+  #ctlLine(line: string, onReady: () => void): void {
+    if (line === 'AETHER-INIT READY') onReady();
+    else if (line.startsWith('AETHER-INIT STARTED')) {
+      this.#started = true;
+      this.#mark('program-started');
+      for (const w of this.#startedWaiters) w();
+    } else if (line.startsWith('AETHER-INIT EXIT')) {
+      const n = Number(line.split(' ')[2]);
+      if (Number.isInteger(n)) this.#guestExit = n;
+    }
+  }
+
+  #exitError(info: ExitInfo): AetherError {
+    const how = info.reason ?? (info.signal ? `signal ${info.signal}` : `code ${info.code}`);
+    const tail = this.#logs.tail();
+    return new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} exited (${how}) before listening on port ${this.spec.listen.port}${tail ? `; last output:\n${tail}` : ''}`);
+  }
+
+  async waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    if (this.#state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
+    if (this.#state === 'running') return;
+    if (this.#exit) throw this.#exitError(this.#exit);
+    const clock = this.#ctx.clock;
+    return new Promise<void>((res, rej) => {
+      let settled = false;
+      const done = (err?: unknown): void => {
+        if (settled) return;
+        settled = true;
+        clock.clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        if (err) rej(err);
+        else res();
+      };
+      const timer = clock.setTimeout(() => {
+        const tail = this.#logs.tail();
+        done(new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} did not listen on port ${this.spec.listen.port} within ${timeoutMs} ms${tail ? `; last output:\n${tail}` : ''}`));
+      }, timeoutMs);
+      const onAbort = (): void => done(signal?.reason ?? new Error('aborted'));
+      if (signal?.aborted) return onAbort();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      void this.exited.then((info) => done(this.#exitError(info)));
+      void (async () => {
+        if (!this.#started) await new Promise<void>((r) => this.#startedWaiters.add(r));
+        while (!settled && !this.#exit) {
+          if (await probe(this.#hostPort)) {
+            if (this.#exit || settled) return;
+            if (this.#state === 'starting') this.#state = 'running';
+            this.#mark('listening');
+            this.#logs.emit('system', `listening after ${Math.round(this.timings['listening'] ?? 0)} ms (${this.#restored ? 'restored' : 'cold boot'}; ${Object.entries(this.timings).map(([k, v]) => `${k} ${Math.round(v)}`).join(', ')})`);
+            return done();
+          }
+          await delay(PROBE_EVERY_MS);
+        }
+      })().catch(done);
+    });
+  }
+
+  async stop(graceMs = 5000): Promise<void> {
+    if (this.#state === 'exited') return;
+    if (this.#state === 'created') {
+      this.#finalize(null, null, 'never started');
+      return;
+    }
+    this.#stopRequested = true;
+    if (!this.#exit) this.#state = 'stopping';
+    // ACPI power button: aether-init sends SIGTERM to the program and powers off when it exits.
+    const qmp = this.#qmp;
+    if (qmp && graceMs > 0) await qmp.execute('system_powerdown').catch(() => this.#kill());
+    else this.#kill();
+    const timer = this.#ctx.clock.setTimeout(() => this.#kill(), graceMs);
+    await this.exited;
+    this.#ctx.clock.clearTimeout(timer);
+  }
+
+  #kill(): void {
+    const c = this.#child;
+    if (c && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    else if (!c && !this.#exit) this.#finalize(null, null, this.#reason ?? 'stopped');
+  }
+
+  #finalize(code: number | null, signal: string | null, reason?: string): void {
+    if (this.#exit) return;
+    this.#qmp?.close();
+    for (const s of this.#servers) s.close();
+    this.#ctlConn?.destroy();
+    const info: ExitInfo = this.#guestExit !== undefined ? { code: this.#guestExit, signal: null } : { code, signal };
+    const why = reason ?? this.#reason;
+    if (why) info.reason = why;
+    else if (this.#guestExit === undefined && !this.#stopRequested) info.reason = 'the VM stopped before its program exited';
+    this.#exit = info;
+    this.#state = 'exited';
+    for (const w of this.#startedWaiters) w();
+    this.#logs.emit('system', `exited (code ${info.code}, signal ${info.signal}${info.reason ? `, ${info.reason}` : ''})`);
+    // Nothing of the instance stays on disk; the version's code drive and template are shared.
+    void rm(this.#dir, { recursive: true, force: true }).finally(() => this.#resolveExit(info));
+  }
+}
+
+function tokenOf(append: string): string {
+  return /aether\.token=([0-9a-f]+)/.exec(append)?.[1] ?? '';
+}
