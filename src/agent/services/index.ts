@@ -1,2 +1,3 @@
 export * from './plan.ts';
 export * from './health.ts';
+export * from './controller.ts';
