@@ -1,3 +1,4 @@
 export * from './plan.ts';
 export * from './health.ts';
 export * from './controller.ts';
+export * from './router.ts';
