@@ -216,6 +216,7 @@ class AgentImpl implements Agent {
       sandboxes: this.#runtimes.map(([k]) => k),
       started_at: this.#startedAt,
       node_type: config.nodeType ?? null,
+      router_url: config.routerUrl ?? null,
     };
   }
 

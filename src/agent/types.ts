@@ -45,6 +45,8 @@ export interface AgentConfig {
   adminToken?: string;
   /** firework's node_type label: the deployer places only matching services here (absent: any). */
   nodeType?: string;
+  /** This node's edge router, published in its record so peers route to it. */
+  routerUrl?: string;
 }
 
 /** Capacity from the host: 80 % of RAM, 8 vCPU shares per core (functions mostly wait on I/O). */

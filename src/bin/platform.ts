@@ -11,6 +11,7 @@ import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost } from '../runtime/index.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
 import { Deployer, specSource } from '../deploy/index.ts';
+import { ServicesNode } from '../agent/services/index.ts';
 import { openRuntimes } from './runtimes.ts';
 
 export interface RunningNode {
@@ -88,6 +89,22 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       url = `http://${cfg.advertise ?? (cfg.host === '0.0.0.0' || cfg.host === '::' ? '127.0.0.1' : cfg.host)}:${port}`;
       agentServerUrl = url;
     }
+    // Services on this node: the controller runs what the deployer assigns here; the edge router
+    // (with --router-port) routes by Host to them and to peers' routers.
+    const services = new ServicesNode({
+      store,
+      nodeId: agentId,
+      runtimes,
+      clock,
+      logger,
+      leaseTtlMs: cfg.leaseTtlMs,
+      startupTimeoutMs: Math.max(cfg.startupTimeoutMs, 120_000),
+      capacity: { vcpu: cfg.capacity.vcpu, memoryMb: cfg.capacity.memoryMb },
+      ...(cfg.routerPort !== undefined ? { routerPort: cfg.routerPort, routerHost: role === 'up' ? cfg.host : '0.0.0.0' } : {}),
+    });
+    const routerUrl = await services.listen();
+    const advertisedRouter = routerUrl && cfg.advertise ? `http://${cfg.advertise}:${new URL(routerUrl).port}` : routerUrl;
+    if (routerUrl) out(`edge router at ${routerUrl} (routes by Host to services; /status, /health, /metrics)`);
     agent = createAgent({
       store,
       queue,
@@ -106,11 +123,14 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
         pidsMax: cfg.pidsMax,
         ...(token ? { adminToken: token } : {}),
         ...(cfg.nodeType ? { nodeType: cfg.nodeType } : {}),
+        ...(advertisedRouter ? { routerUrl: advertisedRouter } : {}),
       }),
     });
     await agent.start();
+    await services.start();
     const a = agent;
     closers.push(async () => {
+      await services.stop();
       await a.stop();
       await closeRuntimes();
       if (server) await new Promise<void>((r) => server?.close(() => r()));

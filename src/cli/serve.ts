@@ -31,6 +31,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--capacity-instances <n>', 'max instances on this node', int)
       .option('--capacity-memory-mb <n>', 'memory for instances on this node', int)
       .option('--startup-timeout-ms <n>', 'how long an instance may take to listen', int)
+      .option('--router-port <port>', 'edge router for services: routes by Host (metadata.host) to local and peer instances (env AETHER_ROUTER_PORT)', int)
       .option('--node-type <type>', "firework's node_type of this node: only matching services are placed here (default: any) (env AETHER_NODE_TYPE)");
   const deployOpts = (cmd: Command): Command =>
     cmd
@@ -46,7 +47,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
       adminTokenFile: 'admin_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', advertise: 'advertise',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
-      nodeType: 'node_type', source: 'source', poll: 'poll', exportDir: 'export_dir',
+      nodeType: 'node_type', routerPort: 'router_port', source: 'source', poll: 'poll', exportDir: 'export_dir',
     };
     for (const [k, v] of Object.entries(opts)) {
       const key = map[k];

@@ -49,6 +49,7 @@ const FileSchema = z.strictObject({
   poll: z.string().regex(/^(\d+(\.\d+)?(ms|s|m|h))+$/, 'must be a duration such as 2s, 500ms or 1m'),
   export_dir: z.string().min(1),
   node_type: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/),
+  router_port: z.number().int().min(0).max(65535),
 }).partial();
 
 export type ConfigInput = z.infer<typeof FileSchema>;
@@ -82,6 +83,8 @@ export interface Config {
   exportDir: string | undefined;
   /** firework's node_type label of this agent; undefined takes services of any type. */
   nodeType: string | undefined;
+  /** Edge router port for services (0: any free port; undefined: no router). */
+  routerPort: number | undefined;
   /** AETHER_WEBHOOK_SECRET (env only: secrets stay out of flags and files). */
   webhookSecret: string | undefined;
 }
@@ -113,9 +116,10 @@ const ENV: Record<keyof ConfigInput, string> = {
   poll: 'AETHER_POLL',
   export_dir: 'AETHER_EXPORT_DIR',
   node_type: 'AETHER_NODE_TYPE',
+  router_port: 'AETHER_ROUTER_PORT',
 };
 
-const NUMERIC = new Set<keyof ConfigInput>(['port', 'capacity_instances', 'capacity_memory_mb', 'capacity_vcpu', 'startup_timeout_ms', 'lease_ttl_ms', 'pids_max', 'max_archive_mb', 'max_unpacked_mb', 'max_entries']);
+const NUMERIC = new Set<keyof ConfigInput>(['router_port', 'port', 'capacity_instances', 'capacity_memory_mb', 'capacity_vcpu', 'startup_timeout_ms', 'lease_ttl_ms', 'pids_max', 'max_archive_mb', 'max_unpacked_mb', 'max_entries']);
 
 function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   const out: Record<string, unknown> = {};
@@ -192,6 +196,7 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     pollMs: c.poll ? (parseDuration(c.poll) ?? 30_000) : 30_000,
     exportDir: c.export_dir ? resolve(c.export_dir) : undefined,
     nodeType: c.node_type,
+    routerPort: c.router_port,
     webhookSecret: env['AETHER_WEBHOOK_SECRET'] || undefined,
   };
   if (role === 'deployer' && !cfg.source) throw invalid('`aether deployer` needs --source <dir|git-url[#branch]> (env AETHER_SOURCE)');

@@ -21,5 +21,15 @@ export const metrics = {
   codeCacheHits: new client.Counter({ name: 'aether_code_cache_hits_total', help: 'Code cache hits', ...opts }),
   codeCacheMisses: new client.Counter({ name: 'aether_code_cache_misses_total', help: 'Code cache misses (downloads)', ...opts }),
   scaleEvents: new client.Counter({ name: 'aether_scale_events_total', help: 'Scale decisions taken', labelNames: ['function_id', 'direction'] as const, ...opts }),
+  // Services: firework's agent metric names, so its dashboards keep working.
+  fwReconcileRuns: new client.Counter({ name: 'firework_agent_reconcile_runs_total', help: 'Service reconcile runs', labelNames: ['node'] as const, ...opts }),
+  fwReconcileErrors: new client.Counter({ name: 'firework_agent_reconcile_errors_total', help: 'Service reconcile runs that failed', labelNames: ['node'] as const, ...opts }),
+  fwServiceRestarts: new client.Counter({ name: 'firework_agent_service_restarts_total', help: 'Service instances restarted (health check, exit, request)', labelNames: ['service', 'tenant'] as const, ...opts }),
+  fwServiceHealth: new client.Gauge({ name: 'firework_agent_service_health', help: '1 healthy, 0 unhealthy, -1 unknown', labelNames: ['service', 'tenant'] as const, ...opts }),
+  fwServiceState: new client.Gauge({ name: 'firework_agent_service_state', help: '1 for the state each service is in', labelNames: ['service', 'tenant', 'state'] as const, ...opts }),
+  fwCapacityVcpus: new client.Gauge({ name: 'firework_node_capacity_vcpus', help: 'vCPUs this node offers to services', labelNames: ['node'] as const, ...opts }),
+  fwCapacityMemory: new client.Gauge({ name: 'firework_node_capacity_memory_mb', help: 'Memory this node offers to services', labelNames: ['node'] as const, ...opts }),
+  fwUsedVcpus: new client.Gauge({ name: 'firework_node_used_vcpus', help: 'vCPUs of the services assigned here', labelNames: ['node'] as const, ...opts }),
+  fwUsedMemory: new client.Gauge({ name: 'firework_node_used_memory_mb', help: 'Memory of the services assigned here', labelNames: ['node'] as const, ...opts }),
   queuePublishErrors: new client.Counter({ name: 'aether_queue_publish_errors_total', help: 'Failed provision job publishes', ...opts }),
 };

@@ -1,7 +1,7 @@
 import { connect } from 'node:net';
 import { request } from 'node:http';
 import { stat } from 'node:fs/promises';
-import { newId, silentLogger, systemClock, type Clock, type Logger, type TimerHandle } from '../../core/index.ts';
+import { metrics, newId, silentLogger, systemClock, type Clock, type Logger, type TimerHandle } from '../../core/index.ts';
 import { serviceConfigKey, type ServiceAssignment, type ServiceConfig } from '../../deploy/index.ts';
 import type { Artifact, InstanceSpec, Runtime, RuntimeInstance } from '../../runtime/index.ts';
 import { KEYS, type Endpoint, type SandboxKind, type ServiceStatusRecord } from '../../spec/index.ts';
@@ -157,6 +157,10 @@ export class ServiceController {
       .map((r) => ({ service: r.name, host: r.svc.metadata['host'] ?? null, endpoint: r.instance.endpoint }));
   }
 
+  desired(): ServiceConfig[] {
+    return this.#desired;
+  }
+
   status(): ServiceStatusRecord[] {
     return [...this.#running.values()].map((r) => this.#record(r));
   }
@@ -172,7 +176,10 @@ export class ServiceController {
       return this.#reconciling;
     }
     this.#reconciling = this.#reconcileOnce()
-      .catch((err: unknown) => this.#log.warn({ err: String(err) }, 'services reconcile failed'))
+      .catch((err: unknown) => {
+        metrics.fwReconcileErrors.inc({ node: this.#o.nodeId });
+        this.#log.warn({ err: String(err) }, 'services reconcile failed');
+      })
       .finally(() => {
         this.#reconciling = undefined;
         if (this.#again && !this.#stopped) {
@@ -207,6 +214,7 @@ export class ServiceController {
 
   async #reconcileOnce(): Promise<void> {
     if (this.#stopped) return;
+    metrics.fwReconcileRuns.inc({ node: this.#o.nodeId });
     const desired = this.#desired.map((s) => ({ name: s.name, config_key: serviceConfigKey(s) }));
     const actual: RunningService[] = [...this.#running.values()].map((r) => ({
       name: r.name,
@@ -239,6 +247,7 @@ export class ServiceController {
     const svc = bySvc.get(a.service);
     if (!svc) return;
     if (a.kind === 'update' && a.reason === 'dead' && !old?.restartRequest && now < (this.#notBefore.get(a.service) ?? 0)) return;
+    if (old && a.kind === 'update' && a.reason === 'dead') metrics.fwServiceRestarts.inc({ service: svc.name, tenant: svc.tenant ?? 'shared' });
     if (old) await this.#remove(old, a.kind === 'update' && a.reason === 'config' ? 'replaced (config changed)' : null);
     await this.#create(svc);
   }

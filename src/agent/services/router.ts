@@ -61,6 +61,8 @@ export const ROUTED_HEADER = 'x-aether-routed';
 export interface EdgeRouterOptions {
   /** Current table; called per request (cheap: the owner rebuilds it on changes). */
   table: () => RouteTable;
+  /** Requests whose Host routes nowhere go here first (the node's own status API); true = answered. */
+  fallback?: (req: IncomingMessage, res: ServerResponse) => Promise<boolean>;
   logger?: Logger;
 }
 
@@ -115,6 +117,7 @@ export class EdgeRouter {
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
       const target = this.#pick(req);
+      if (!target && this.#o.fallback && !this.#o.table().has(normalizeHost(req.headers.host)) && (await this.#o.fallback(req, res))) return;
       if (!target) throw new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no service routes host ${JSON.stringify(normalizeHost(req.headers.host))}`);
       const remote = req.socket.remoteAddress ?? '';
       const headers: Record<string, string> = {
