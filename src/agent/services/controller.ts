@@ -371,7 +371,8 @@ export class ServiceController {
 
   async #remove(r: Running, why: string | null = null): Promise<void> {
     if (why) this.#log.info({ service: r.name }, why);
-    const restarts = r.health.restarts + (r.restartRequest ? 1 : 0);
+    // A replacement after a death, a failed check or a request counts as a restart.
+    const restarts = r.health.restarts + (r.restartRequest || r.state === 'exited' ? 1 : 0) + (this.#pendingRestarts.get(r.name) ?? 0);
     await this.#stopInstance(r);
     if (this.#running.get(r.name) === r) this.#running.delete(r.name);
     // Keep the restart count across replacements of the same service.
