@@ -126,6 +126,7 @@ test('a job produces a registered instance under the agent lease, an ok result, 
     agent_url: 'http://agent-1.test:8081',
     endpoint: undefined,
     config_key: instanceConfigKey(h.fn),
+    sandbox: 'process',
     status: 'ready',
     started_at: new Date(h.clock.now()).toISOString(),
   });

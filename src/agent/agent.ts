@@ -506,7 +506,7 @@ class AgentImpl implements Agent {
       void rt.exited.then((info) => this.#onExit(l, info));
       await rt.start();
       l.launched = true;
-      await rt.waitReady(config.startupTimeoutMs, this.#stopAc.signal);
+      await rt.waitReady(Math.max(config.startupTimeoutMs, runtime.minStartupMs ?? 0), this.#stopAc.signal);
       if (l.exit) throw new AetherError('AETHER_ERR_COLD_START_FAILED', describeExit(l.exit));
       if (this.#stopAc.signal.aborted) throw this.#stopAc.signal.reason;
 
@@ -518,6 +518,7 @@ class AgentImpl implements Agent {
         agent_url: config.url,
         endpoint: rt.endpoint,
         config_key: l.configKey,
+        sandbox: l.sandbox,
         status: 'ready',
         started_at: new Date(now).toISOString(),
       };

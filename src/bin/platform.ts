@@ -57,6 +57,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   const closers: (() => Promise<void>)[] = [];
 
   let agent: Agent | undefined;
+  const startupFloors: number[] = [];
   let agentServerUrl: string | undefined;
   if (role === 'up' || role === 'agent') {
     const host = await probeHost();
@@ -65,6 +66,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     const { runtimes, notes } = openRuntimes(cfg, host, agentId, clock, logger);
     for (const n of notes) out(n);
     const all = Object.values(runtimes);
+    for (const rt of all) if (rt.minStartupMs) startupFloors.push(rt.minStartupMs);
     const closeRuntimes = (): Promise<unknown> => Promise.all(all.map((rt) => rt.close()));
     if (all.length === 0) throw new AetherError('AETHER_ERR_VALIDATION', 'config: this node offers no sandbox (see --sandboxes and `aether doctor`)');
     if (role === 'up' && !runtimes[cfg.sandbox]) {
@@ -154,7 +156,8 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       port: cfg.port,
       gatewayId: newId('gw'),
       leaseTtlMs: cfg.leaseTtlMs,
-      startTimeoutMs: cfg.startupTimeoutMs + 15_000,
+      // A start counts as pending as long as the slowest local runtime may take (a VM boot without KVM).
+      startTimeoutMs: Math.max(cfg.startupTimeoutMs, ...startupFloors) + 15_000,
       ...(cfg.webhookSecret ? { webhookSecret: cfg.webhookSecret } : {}),
       ...(agent ? { localAgent: agent } : {}),
     });

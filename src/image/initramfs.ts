@@ -14,13 +14,13 @@ import { findGuestKernel } from './kernel.ts';
 import type { GuestKernel } from './kernel.ts';
 
 /** Load order matters (dependencies first); paths under /lib/modules/<ver>/kernel/. */
-export const MODULES: { name: string; path: string; optional?: boolean }[] = [
+export const MODULES: { name: string; path: string; optional?: boolean; pci?: boolean }[] = [
   { name: 'virtio_ring', path: 'drivers/virtio/virtio_ring.ko' },
   { name: 'virtio', path: 'drivers/virtio/virtio.ko' },
   { name: 'virtio_mmio', path: 'drivers/virtio/virtio_mmio.ko' },
-  { name: 'virtio_pci_legacy_dev', path: 'drivers/virtio/virtio_pci_legacy_dev.ko', optional: true },
-  { name: 'virtio_pci_modern_dev', path: 'drivers/virtio/virtio_pci_modern_dev.ko', optional: true },
-  { name: 'virtio_pci', path: 'drivers/virtio/virtio_pci.ko', optional: true },
+  { name: 'virtio_pci_legacy_dev', path: 'drivers/virtio/virtio_pci_legacy_dev.ko', optional: true, pci: true },
+  { name: 'virtio_pci_modern_dev', path: 'drivers/virtio/virtio_pci_modern_dev.ko', optional: true, pci: true },
+  { name: 'virtio_pci', path: 'drivers/virtio/virtio_pci.ko', optional: true, pci: true },
   { name: 'failover', path: 'net/core/failover.ko' },
   { name: 'net_failover', path: 'drivers/net/net_failover.ko' },
   { name: 'virtio_net', path: 'drivers/net/virtio_net.ko' },
@@ -42,6 +42,8 @@ export interface InitramfsOptions {
   kernelPath?: string;
   modulesDir?: string;
   cacheDir?: string;
+  /** Also load virtio-pci (q35/pc machines); microvm and Firecracker use virtio-mmio only. */
+  pci?: boolean;
 }
 
 /** Builds (or finds in the image cache) the initramfs for the guest kernel. */
@@ -50,6 +52,7 @@ export async function ensureInitramfs(opts: InitramfsOptions = {}): Promise<Init
   const init = await ensureGuestInit();
   const mods: { file: string; data: Buffer }[] = [];
   for (const [i, m] of MODULES.entries()) {
+    if (m.pci === true && opts.pci !== true) continue; // each module costs boot time under TCG
     const p = join(kernel.modulesDir, 'kernel', m.path);
     if (!(await exists(p))) {
       if (m.optional === true) continue;

@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, lchown, link, lstat, mkdir, open, readFile, readdir, readlink, rm, symlink, utimes } from 'node:fs/promises';
+import { chmod, lchown, link, lstat, mkdir, open, readFile, readdir, readlink, realpath, rm, symlink, utimes } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -283,25 +283,41 @@ function insideDir(dir: string, rel: string): string {
   return join(dir, norm);
 }
 
+/** The file's real path, which must lie inside dir (archives may hold symlinks). */
+async function within(dir: string, p: string): Promise<string> {
+  const base = await realpath(dir);
+  const real = await realpath(p).catch(() => {
+    throw invalid(`${p.slice(dir.length + 1)} is missing from the archive`);
+  });
+  if (!real.startsWith(`${base}/`)) throw invalid(`${p.slice(dir.length + 1)} points outside the archive`);
+  return real;
+}
+
 /** Reads an unpacked archive directory: docker-save (manifest.json) or OCI layout (index.json). */
 export async function readImageLayout(dir: string, platform = { os: 'linux', architecture: 'amd64' }): Promise<ImageLayout> {
+  const layout = await readLayout(dir, platform);
+  for (const l of layout.layers) l.path = await within(dir, l.path);
+  return layout;
+}
+
+async function readLayout(dir: string, platform: { os: string; architecture: string }): Promise<ImageLayout> {
   const hasIndex = await lstat(join(dir, 'index.json')).then(() => true, () => false);
   const hasManifest = await lstat(join(dir, 'manifest.json')).then(() => true, () => false);
   if (hasManifest) {
     // docker save (also writes index.json since Docker 25; manifest.json is simpler and always there).
-    const m = (await readJson(join(dir, 'manifest.json'), DockerManifest, 'manifest.json'))[0] as z.infer<typeof DockerManifest>[number];
-    const cfg = await readJson(insideDir(dir, m.Config), ImageConfig, 'image config');
+    const m = (await readJson(await within(dir, join(dir, 'manifest.json')), DockerManifest, 'manifest.json'))[0] as z.infer<typeof DockerManifest>[number];
+    const cfg = await readJson(await within(dir, insideDir(dir, m.Config)), ImageConfig, 'image config');
     return { layers: m.Layers.map((l) => ({ path: insideDir(dir, l) })), runtime: runtimeFromConfig(cfg) };
   }
   if (!hasIndex) throw invalid('neither manifest.json (docker save) nor index.json (OCI layout) found');
-  let index = await readJson(join(dir, 'index.json'), OciIndex, 'index.json');
+  let index = await readJson(await within(dir, join(dir, 'index.json')), OciIndex, 'index.json');
   for (let depth = 0; depth < 4; depth++) {
     const pick =
       index.manifests.find((d) => d.platform?.os === platform.os && d.platform.architecture === platform.architecture) ??
       index.manifests.find((d) => d.platform === undefined) ??
       index.manifests[0];
     if (!pick) break;
-    const p = blobPath(dir, pick.digest);
+    const p = await within(dir, blobPath(dir, pick.digest));
     await verifyDigest(p, pick.digest);
     const raw = JSON.parse(await readFile(p, 'utf8')) as { manifests?: unknown; layers?: unknown };
     if (raw.manifests !== undefined) {
@@ -309,7 +325,7 @@ export async function readImageLayout(dir: string, platform = { os: 'linux', arc
       continue;
     }
     const man = await readJson(p, OciManifest, `manifest ${pick.digest}`);
-    const cfgPath = blobPath(dir, man.config.digest);
+    const cfgPath = await within(dir, blobPath(dir, man.config.digest));
     await verifyDigest(cfgPath, man.config.digest);
     const cfg = await readJson(cfgPath, ImageConfig, 'image config');
     return { layers: man.layers.map((l) => ({ path: blobPath(dir, l.digest), digest: l.digest })), runtime: runtimeFromConfig(cfg) };
@@ -320,18 +336,24 @@ export async function readImageLayout(dir: string, platform = { os: 'linux', arc
 /** Unpacks the outer archive (regular files only, names kept inside `dest`). */
 export async function unpackArchive(archive: string, dest: string): Promise<void> {
   await forEachEntry(archive, async (h, body) => {
-    if ((h.type ?? 'file') !== 'file') {
-      body.resume();
-      return;
-    }
+    const type = h.type ?? 'file';
     const parts = entryParts(h.name);
-    if (parts.length === 0) {
+    if ((type !== 'file' && type !== 'symlink') || parts.length === 0) {
       body.resume();
       return;
     }
     const target = join(dest, ...parts);
     await mkdir(join(dest, ...parts.slice(0, -1)), { recursive: true });
-    await pipeline(body, createWriteStream(target));
+    if (type === 'file') {
+      await pipeline(body, createWriteStream(target));
+      return;
+    }
+    // Older `docker save` links a repeated layer to its first copy (`<id>/layer.tar -> ../<id2>/layer.tar`).
+    body.resume();
+    const link = h.linkname ?? '';
+    const resolved = posix.normalize(posix.join(parts.slice(0, -1).join('/'), link));
+    if (link.startsWith('/') || resolved === '..' || resolved.startsWith('../')) throw invalid(`archive link ${h.name} points outside it`);
+    await symlink(link, target);
   });
 }
 

@@ -255,12 +255,12 @@ export interface BaseImageOptions {
 export function ensureBaseImage(kind: BaseKind, opts: BaseImageOptions = {}): Promise<string> {
   // Computing the key stats the host inputs (and runs ldd): once per process and cache dir.
   const memo = `${kind}\0${opts.cacheDir ?? imageCacheDir()}`;
-  let p = resolved.get(memo);
-  if (!p) {
-    p = buildBase(kind, opts);
-    resolved.set(memo, p);
-    p.catch(() => resolved.delete(memo));
-  }
+  const hit = resolved.get(memo);
+  // A memoized path whose file was removed (cache cleaned) is rebuilt.
+  if (hit) return hit.then(async (path) => ((await exists(path)) ? path : (resolved.delete(memo), ensureBaseImage(kind, opts))));
+  const p = buildBase(kind, opts);
+  resolved.set(memo, p);
+  p.catch(() => resolved.delete(memo));
   return p;
 }
 

@@ -91,11 +91,11 @@ export interface SandboxProbe {
 }
 
 /**
- * The guest kernel for microVMs: `AETHER_VM_KERNEL`, else the newest Debian cloud kernel in /boot
+ * The guest kernel for microVMs: `AETHER_GUEST_KERNEL`, else the newest Debian cloud kernel in /boot
  * (package linux-image-cloud-amd64).
  */
 export function findGuestKernel(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const set = env['AETHER_VM_KERNEL'];
+  const set = env['AETHER_GUEST_KERNEL'];
   if (set) return existsSync(set) ? set : undefined;
   try {
     const found = readdirSync('/boot')
@@ -114,13 +114,14 @@ export function probeSandboxes(h: Pick<HostReport, 'isolation' | 'kvm'>, env: No
   const kernel = findGuestKernel(env);
   const qemuBin = env['AETHER_QEMU'] ?? findBin(process.arch === 'arm64' ? 'qemu-system-aarch64' : 'qemu-system-x86_64');
   if (!qemuBin) out.push({ kind: 'qemu', ok: false, detail: 'qemu-system-x86_64 not found (apt install qemu-system-x86)' });
-  else if (!kernel) out.push({ kind: 'qemu', ok: false, detail: 'no guest kernel: set AETHER_VM_KERNEL or apt install linux-image-cloud-amd64' });
+  else if (!kernel) out.push({ kind: 'qemu', ok: false, detail: 'no guest kernel: set AETHER_GUEST_KERNEL or apt install linux-image-cloud-amd64' });
   else if (!findBin('mke2fs')) out.push({ kind: 'qemu', ok: false, detail: 'mke2fs not found (apt install e2fsprogs)' });
-  else out.push({ kind: 'qemu', ok: true, detail: h.kvm ? `microvm, KVM (${kernel})` : `microvm, TCG without KVM: slow boots (~12 s), use snapshots (${kernel})` });
+  else if (!env['AETHER_MUSL_GCC'] && !findBin('musl-gcc')) out.push({ kind: 'qemu', ok: false, detail: 'musl-gcc not found: aether-init cannot be built (apt install musl-tools)' });
+  else out.push({ kind: 'qemu', ok: true, detail: h.kvm ? `microvm, KVM (${kernel})` : `microvm, TCG without KVM: slow cold boots (10-30 s; snapshot restores are faster) (${kernel})` });
   const fcBin = env['AETHER_FIRECRACKER'] ?? findBin('firecracker', [...PATHS, ...(env['PATH'] ?? '').split(':').filter(Boolean)]);
   if (!h.kvm) out.push({ kind: 'firecracker', ok: false, detail: 'no usable /dev/kvm' });
   else if (!fcBin) out.push({ kind: 'firecracker', ok: false, detail: 'firecracker binary not found on PATH (or AETHER_FIRECRACKER)' });
-  else if (!kernel) out.push({ kind: 'firecracker', ok: false, detail: 'no guest kernel: set AETHER_VM_KERNEL' });
+  else if (!kernel) out.push({ kind: 'firecracker', ok: false, detail: 'no guest kernel: set AETHER_GUEST_KERNEL' });
   else out.push({ kind: 'firecracker', ok: true, detail: `KVM, ${fcBin}` });
   return out;
 }

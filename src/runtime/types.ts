@@ -111,6 +111,8 @@ export interface Runtime {
   readonly isolation: string;
   /** Present when the driver can start instances from snapshots. */
   readonly snapshots?: SnapshotCapability;
+  /** The shortest start wait that makes sense on this host (a VM booting without KVM); the agent waits at least this long. */
+  readonly minStartupMs?: number;
   create(spec: InstanceSpec): Promise<RuntimeInstance>;
   /** Remove sandboxes left by an earlier run of this agent (killed agent); called at agent start. */
   cleanupLeftovers(): Promise<void>;

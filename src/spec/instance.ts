@@ -14,6 +14,8 @@ export interface InstanceRecord {
   endpoint: Endpoint;
   /** instanceConfigKey() of the function version it runs: another value means stale. */
   config_key: string;
+  /** The sandbox kind it runs in (absent in records of older agents: process). */
+  sandbox?: SandboxKind;
   status: 'ready' | 'draining';
   started_at: string;
 }

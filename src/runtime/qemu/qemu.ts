@@ -54,6 +54,7 @@ const VM_OVERHEAD_MB = 96;
 /** A probe connection that slirp keeps open this long reached a listening guest (a refused one is closed at once). */
 const PROBE_QUIET_MS = 400;
 const PROBE_EVERY_MS = 100;
+const TCG_MIN_STARTUP_MS = 180_000;
 /** Bumped when the qemu command line changes shape: older templates cannot be restored. */
 const TEMPLATE_FORMAT = 'qemu-microvm-v1';
 
@@ -132,6 +133,8 @@ export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapsho
   return {
     kind: 'qemu',
     isolation: `microvm (${accel})`,
+    // Without KVM a cold boot takes 10-30 s on a busy 2-core host: never give up on it sooner.
+    ...(accel === 'tcg' ? { minStartupMs: TCG_MIN_STARTUP_MS } : {}),
     snapshots: {
       removeTemplates: (ownerId, keep = []) => ctx.templates.remove(ownerId, keep),
       templates: () => ctx.templates.list(),
