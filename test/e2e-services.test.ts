@@ -32,7 +32,7 @@ function git(dir: string, ...args: string[]): void {
 const svcYaml = (name: string, image: string, extra: string): string =>
   `name: ${name}\nimage: ${image}\nnode_type: general\nsandbox: qemu\nmemory_mb: 128\ncommand: [/bin/busybox, httpd, -f, -p, '8080', -h, /www]\nport_forwards: [{host_port: 18080, vm_port: 8080}]\n${extra}`;
 
-test('services from a firework Git repo: placed, routed by Host, converged on commits, recreated, health-checked', { skip, timeout: 420_000 }, async (t) => {
+test('services from a firework Git repo: placed, routed by Host, converged on commits, recreated, health-checked', { skip, timeout: 900_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'aether-e2e-svc-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   // The image: busybox + a page.
@@ -69,7 +69,10 @@ test('services from a firework Git repo: placed, routed by Host, converged on co
     return names.every((n) => s.get(n)?.state === 'running') && s;
   };
 
-  const first = await eventually(() => allRunning(['acme-web', 'api', 'web']), 240_000, 500);
+  // Cold VM boots under TCG on a busy 2-core host can take minutes; later starts restore snapshots.
+  const first = await eventually(() => allRunning(['acme-web', 'api', 'web']), 360_000, 500).catch(async (err: unknown) => {
+    throw new Error(`${String(err)}\nservices: ${JSON.stringify([...(await services()).values()])}\n${p.output().slice(-4000)}`);
+  });
   for (const host of ['web.test', 'api.test', 'acme.test']) {
     const r = await byHost(host);
     assert.equal(r.status, 200, `${host}: ${r.text}`);

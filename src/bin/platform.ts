@@ -57,6 +57,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   const closers: (() => Promise<void>)[] = [];
 
   let agent: Agent | undefined;
+  let servicesNode: ServicesNode | undefined;
   const startupFloors: number[] = [];
   let agentServerUrl: string | undefined;
   if (role === 'up' || role === 'agent') {
@@ -104,6 +105,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       capacity: { vcpu: cfg.capacity.vcpu, memoryMb: cfg.capacity.memoryMb },
       ...(cfg.routerPort !== undefined ? { routerPort: cfg.routerPort, routerHost: role === 'up' ? cfg.host : '0.0.0.0' } : {}),
     });
+    servicesNode = services;
     const routerUrl = await services.listen();
     const advertisedRouter = routerUrl && cfg.advertise ? `http://${cfg.advertise}:${new URL(routerUrl).port}` : routerUrl;
     if (routerUrl) out(`edge router at ${routerUrl} (routes by Host to services; /status, /health, /metrics)`);
@@ -160,6 +162,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       startTimeoutMs: Math.max(cfg.startupTimeoutMs, ...startupFloors) + 15_000,
       ...(cfg.webhookSecret ? { webhookSecret: cfg.webhookSecret } : {}),
       ...(agent ? { localAgent: agent } : {}),
+      ...(servicesNode ? { serviceLogs: (name: string, n: number) => (servicesNode as ServicesNode).controller.logs(name, n) } : {}),
     });
     const g = gateway;
     closers.unshift(() => g.close());

@@ -112,6 +112,19 @@ export function registerServiceCommands(program: Command, deps: CliDeps): void {
       }),
     );
 
+  svc
+    .command('logs <name>')
+    .description("the last lines a service's instances printed")
+    .option('--tail <n>', 'how many lines', (v: string) => Number(v), 100)
+    .action(
+      runAction(deps, async (name: string, opts: { tail: number }, cmd: Command) => {
+        const g = cmd.optsWithGlobals<GlobalOptions>();
+        const lines = await withClient(g, deps, (c) => c.serviceLogs(name, opts.tail));
+        if (g.json) printJson(deps.io, lines);
+        else for (const l of lines) deps.io.out(`${l.text}\n`);
+      }),
+    );
+
   program
     .command('nodes')
     .description('nodes (agents): capacity, node type and services')

@@ -158,6 +158,12 @@ export class AetherClient {
     return this.#json('POST', `/api/services/${seg(name)}/restart`);
   }
 
+  async serviceLogs(name: string, tail = 100): Promise<LogEntry[]> {
+    const res = await this.#call({ method: 'GET', path: `/api/services/${seg(name)}/logs?tail=${tail}`, auth: true });
+    const text = await res.body.text();
+    return text.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as LogEntry);
+  }
+
   listNodes(): Promise<(AgentRecord & { services: string[] })[]> {
     return this.#json('GET', '/api/nodes');
   }

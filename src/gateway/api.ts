@@ -61,6 +61,7 @@ const ROUTE_METHODS: [RegExp, string[]][] = [
   [/^\/api\/services\/?$/, ['GET', 'HEAD']],
   [/^\/api\/services\/[^/]+\/?$/, ['GET', 'HEAD']],
   [/^\/api\/services\/[^/]+\/restart\/?$/, ['POST']],
+  [/^\/api\/services\/[^/]+\/logs\/?$/, ['GET', 'HEAD']],
   [/^\/api\/nodes\/?$/, ['GET', 'HEAD']],
   [/^\/api\/deploy\/?$/, ['GET', 'HEAD', 'POST']],
   [/^\/api\/deploy\/assignments\/?$/, ['GET', 'HEAD']],

@@ -33,6 +33,8 @@ export interface GatewayOptions {
   reconcileMs?: number;
   /** AETHER_WEBHOOK_SECRET for POST /api/deploy/webhook (absent: the webhook answers 404). */
   webhookSecret?: string;
+  /** `aether up`: service logs of the in-process node. */
+  serviceLogs?: (service: string, n: number) => { time: number; instance_id: string; stream: string; text: string }[];
 }
 
 export interface Gateway {
@@ -82,7 +84,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       logs,
       metricsOpen: LOOPBACK.has(o.host),
       limits: o.limits,
-      services: { catalog: new ServiceCatalog(o.store, o.clock), store: o.store, clock: o.clock, webhookSecret: o.webhookSecret },
+      services: { catalog: new ServiceCatalog(o.store, o.clock), store: o.store, clock: o.clock, webhookSecret: o.webhookSecret, ...(o.serviceLogs ? { localLogs: o.serviceLogs } : {}) },
     },
     {
       // Invocation traffic skips fastify entirely: the warm path is a raw handler.

@@ -116,6 +116,8 @@ export interface ServiceRoutesDeps {
   clock: Clock;
   /** AETHER_WEBHOOK_SECRET; without it the webhook answers 404. */
   webhookSecret: string | undefined;
+  /** The last lines of a service's instances on this process's node (aether up). */
+  localLogs?: (service: string, n: number) => { time: number; instance_id: string; stream: string; text: string }[];
 }
 
 const MAX_WEBHOOK_BODY = 5 * 1024 * 1024;
@@ -135,6 +137,14 @@ export function registerServiceRoutes(app: FastifyInstance, d: ServiceRoutesDeps
   app.get<{ Params: { name: string } }>('/api/services/:name', async (req) => d.catalog.get(req.params.name));
   app.post<{ Params: { name: string } }>('/api/services/:name/restart', async (req, reply) => reply.code(202).send(await d.catalog.restart(req.params.name)));
   app.get('/api/nodes', async () => d.catalog.nodes());
+  app.get<{ Params: { name: string }; Querystring: { tail?: string } }>('/api/services/:name/logs', async (req, reply) => {
+    const svc = await d.catalog.get(req.params.name);
+    const tail = req.query.tail === undefined ? 100 : Number(req.query.tail);
+    if (!Number.isInteger(tail) || tail < 0) throw new AetherError('AETHER_ERR_VALIDATION', 'tail: must be an integer >= 0');
+    if (!d.localLogs) throw new AetherError('AETHER_ERR_UNAVAILABLE', `logs of ${svc.name} are kept on node ${svc.node ?? '-'}; this gateway reads service logs only in \`aether up\``);
+    const lines = d.localLogs(svc.name, Math.min(tail, 10_000));
+    return reply.type('application/x-ndjson').send(lines.map((e) => JSON.stringify({ ...e, time: new Date(e.time).toISOString() }) + '\n').join(''));
+  });
   app.get('/api/deploy/assignments', async () => d.catalog.assignments());
   app.post('/api/deploy', async (_req, reply) => {
     await d.store.put(KEYS.deployTrigger, JSON.stringify({ delivery: randomUUID(), ref: null, at: new Date(d.clock.now()).toISOString() }));
