@@ -101,7 +101,7 @@ before(async () => {
     clock: systemClock,
     logger: silentLogger(),
     archiveLimits: DEFAULT_LIMITS,
-    config: agentConfig({ agentId: 'agent-it', url: agentUrl, dataDir: join(dir, 'agent'), capacity: { instances: 4, memoryMb: 1024, vcpu: 4 }, adminToken: 'secret' }),
+    config: agentConfig({ agentId: 'agent-it', url: agentUrl, dataDir: join(dir, 'agent'), capacity: { instances: 4, memoryMb: 1024, vcpu: 4 }, clusterToken: 'secret' }),
   });
   await agent.start();
 });
@@ -157,17 +157,25 @@ test('a request through agent.forward (in-process, one hop) reaches the function
 });
 
 test('a request through the agent server /internal/forward reaches the function with headers unchanged', async () => {
-  const r = await httpCall(`${agentUrl}/internal/forward/${instanceId}/a/b?q=2`, { method: 'PUT', body: 'data', headers: { 'x-forwarded-for': '198.51.100.7' } });
+  const cluster = { 'x-aether-cluster-token': 'secret' };
+  const r = await httpCall(`${agentUrl}/internal/forward/${instanceId}/a/b?q=2`, { method: 'PUT', body: 'data', headers: { 'x-forwarded-for': '198.51.100.7', ...cluster } });
   assert.equal(r.status, 200);
   assert.deepEqual(JSON.parse(r.body), { method: 'PUT', url: '/a/b?q=2', body: 'data', fwd: '198.51.100.7', fn: 'hello-it', greeting: 'hi' });
-  const missing = await httpCall(`${agentUrl}/internal/forward/inst-nope/x`);
+  // Without the cluster token (or with the caller's own Authorization only) nothing reaches the function.
+  for (const headers of [{}, { authorization: 'Bearer secret' }, { 'x-aether-cluster-token': 'wrong' }]) {
+    const denied = await httpCall(`${agentUrl}/internal/forward/${instanceId}/a`, { headers });
+    assert.equal(denied.status, 401, JSON.stringify(headers));
+  }
+  const missing = await httpCall(`${agentUrl}/internal/forward/inst-nope/x`, { headers: cluster });
   assert.equal(missing.status, 502);
   assert.equal((JSON.parse(missing.body) as { error: { code: string } }).error.code, 'AETHER_ERR_UPSTREAM');
 });
 
-test('logs over HTTP need the admin token', async () => {
+test('logs over HTTP need the cluster token (bearer scheme in any case)', async () => {
   assert.equal((await httpCall(`${agentUrl}/internal/logs/${fn.id}?tail=5`)).status, 401);
-  const r = await httpCall(`${agentUrl}/internal/logs/${fn.id}?tail=50`, { headers: { authorization: 'Bearer secret' } });
+  assert.equal((await httpCall(`${agentUrl}/internal/logs/${fn.id}?tail=5`, { headers: { authorization: 'Bearer secre' } })).status, 401);
+  assert.equal((await httpCall(`${agentUrl}/internal/logs/${fn.id}?tail=5`, { headers: { authorization: 'BEARER secret' } })).status, 200);
+  const r = await httpCall(`${agentUrl}/internal/logs/${fn.id}?tail=50`, { headers: { authorization: 'bearer secret' } });
   assert.equal(r.status, 200);
   const entries = r.body.trim().split('\n').map((l) => JSON.parse(l) as { text: string; instance_id: string });
   assert.ok(entries.some((e) => e.text.includes('booting on') && e.instance_id === instanceId));

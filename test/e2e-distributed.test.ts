@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
 import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
 import { etcdAvailable, startEtcd, type EtcdServer } from './support/etcd.ts';
 import { redisAvailable, startRedis, type RedisServer } from './support/redis.ts';
@@ -282,6 +283,41 @@ if (skip) {
       const r = await invoke(gw(1), 'after-redis');
       assert.equal(r.status, 200, r.text);
       assert.equal(r.json['version'], 'redis-back');
+    });
+
+    it('Redis back empty while cold starts wait: every request is served, each lost job queued again once', { timeout: 120_000 }, async (t) => {
+      const names = ['lost-a', 'lost-b', 'lost-c'];
+      for (const n of names) await deploy(n, HANDLER(n), { timeout_ms: 60_000 });
+      const raw = new Redis(redis.url, { maxRetriesPerRequest: 1, retryStrategy: () => 200 });
+      raw.on('error', () => undefined);
+      const stopped = [...agents.values()];
+      try {
+        // Agents paused: the cold-start jobs wait in Redis, then Redis loses them.
+        for (const a of stopped) a.proc.kill('SIGSTOP');
+        const pending = names.flatMap((n) => [invoke(gw(0), n, 90_000), invoke(gw(1), n, 90_000)]);
+        await eventually(async () => (await raw.xlen('aether:q:provision')) >= names.length, 20_000);
+        await redis.restartEmpty();
+        for (const a of stopped) a.proc.kill('SIGCONT');
+        const rs = await Promise.all(pending);
+        for (const r of rs) assert.equal(r.status, 200, r.text);
+        const len = await raw.xlen('aether:q:provision');
+        t.diagnostic(`provision stream length after recovery: ${len}`);
+        assert.ok(len <= 2 * names.length, `the stream stays small (${len})`);
+        for (const n of names) {
+          const insts = await instances(n);
+          assert.ok(insts.length >= 1 && insts.length <= 2, `${n}: ${insts.length} instances, not a flood`);
+        }
+      } finally {
+        for (const a of stopped) a.proc.kill('SIGCONT');
+        raw.disconnect();
+      }
+    });
+
+    it('an agent without the cluster token refuses to start', async () => {
+      await assert.rejects(
+        startAether({ role: 'agent', token: TOKEN, args: [...flags, '--port', '0'], env: { ...env, AETHER_CLUSTER_TOKEN: '' } }),
+        /AETHER_CLUSTER_TOKEN/,
+      );
     });
 
     it('S3 down: an upload gets 503 UNAVAILABLE, the previous code keeps serving; after it is back uploads work', { timeout: 150_000 }, async () => {

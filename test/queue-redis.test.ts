@@ -53,7 +53,7 @@ if (skip) {
       const q = createRedisQueue({ url: server.url, keyPrefix, maxDeliveries: 2 });
       const raw = new Redis(server.url);
       try {
-        await q.enqueue('t', 'poison');
+        const poison = await q.enqueue('t', 'poison');
         for (let i = 1; i <= 2; i++) {
           const job = await q.take('t', 'c', { waitMs: 0, visibilityMs: 200 });
           assert.equal(job?.deliveries, i);
@@ -61,6 +61,7 @@ if (skip) {
         }
         assert.equal(await q.take('t', 'c', { waitMs: 0, visibilityMs: 200 }), undefined);
         assert.equal(await q.depth('t'), 0);
+        assert.equal(await q.contains('t', poison), false, 'dead-lettered: no longer live');
         const dead = await raw.xrange(`${keyPrefix}q:t:dlq`, '-', '+');
         assert.equal(dead.length, 1);
         const fields = dead[0]?.[1] ?? [];
@@ -129,11 +130,13 @@ if (skip) {
       plain = await startRedis({ appendOnly: false });
       const q = createRedisQueue({ url: plain.url });
       try {
-        await q.enqueue('t', 'before');
+        const before = await q.enqueue('t', 'before');
         const first = await q.take('t', 'c', { waitMs: 0, visibilityMs: 60_000 });
         assert.equal(first?.payload, 'before');
+        assert.equal(await q.contains('t', before), true);
         await plain.restart();
         assert.equal(await q.depth('t'), 0, 'the restart lost everything');
+        assert.equal(await q.contains('t', before), false, 'a producer can tell its job is gone');
         // A blocking take on the empty server must recreate the group and still see a new job.
         const waiting = q.take('t', 'c', { waitMs: 10_000, visibilityMs: 60_000 });
         await sleep(100);

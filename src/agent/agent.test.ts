@@ -44,7 +44,7 @@ async function setup(o: { capacity?: AgentCapacity; behavior?: (spec: InstanceSp
   // The fake runs on the test's clock too: its startup timeouts fire as the agent's would.
   const runtime = createFakeRuntime({ clock, ...(o.behavior ? { behavior: o.behavior } : {}) });
   const dataDir = await mkdtemp(join(tmpdir(), 'aether-agent-'));
-  const config = agentConfig({ agentId: 'agent-1', url: 'http://agent-1.test:8081', dataDir, capacity: o.capacity ?? { instances: 10, memoryMb: 4096, vcpu: 16 }, ...o.config });
+  const config = agentConfig({ clusterToken: 'ct', agentId: 'agent-1', url: 'http://agent-1.test:8081', dataDir, capacity: o.capacity ?? { instances: 10, memoryMb: 4096, vcpu: 16 }, ...o.config });
   const agent = createAgent({ store, queue, blob, runtimes: { process: runtime, ...(o.qemu ? { qemu: o.qemu } : {}) }, clock, logger: silentLogger(), config, archiveLimits: DEFAULT_LIMITS });
 
   const zip = await buildZip({ 'handler.js': 'require("node:http").createServer().listen(process.env.PORT);\n' });
@@ -216,24 +216,95 @@ test('an outdated job is dropped; a job for a deleted function answers "function
   assert.equal(h.runtime.instances.size, 0);
 });
 
-test('without capacity for the function the job is given back for another agent', async () => {
+/** The setup's function under another id and name (same code), stored. */
+async function otherFunction(h: Awaited<ReturnType<typeof setup>>, id: string, over: Partial<FunctionRecord> = {}): Promise<FunctionRecord> {
+  const f: FunctionRecord = { ...h.fn, id, name: id, ...over };
+  await h.store.put(KEYS.function(f.id), JSON.stringify(f));
+  return f;
+}
+
+const roomyAgent = (id: string): AgentRecord => ({
+  agent_id: id,
+  url: `http://${id}.test`,
+  hostname: id,
+  capacity: { instances: 10, memory_mb: 4096, vcpu: 16 },
+  used: { instances: 0, memory_mb: 0, vcpu: 0 },
+  isolation: 'none',
+  started_at: new Date(0).toISOString(),
+});
+
+test('a job that does not fit is given back while another agent has room, else answered "no capacity" at once', async () => {
   const h = await setup({ capacity: { instances: 10, memoryMb: 100, vcpu: 16 } });
+  await h.store.put(KEYS.agent('agent-2'), JSON.stringify(roomyAgent('agent-2')));
   await h.enqueue();
-  // The agent takes it, finds 128 MB > 100 MB and releases it: another consumer gets a redelivery.
+  // 128 MB > 100 MB here, but agent-2's record has room: released for it.
   const job = await until(() => h.queue.take<ProvisionJob>(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 60_000 }), 'released job');
   assert.equal(job.deliveries, 2);
   assert.equal(job.payload.function_id, 'fn-1');
+  await h.queue.ack(job);
+  // Nobody else has room: the waiting requests get an answer now, not a timeout.
+  await h.store.delete(KEYS.agent('agent-2'));
+  const req = await h.enqueue();
+  await h.clock.advance(1000); // the agent's back-off after giving a job back
+  const r = await h.result(req);
+  assert.equal(r.ok, false);
+  assert.equal(r.error_code, 'AETHER_ERR_NO_CAPACITY');
+  assert.match(r.error ?? '', /no agent has room/);
+  assert.equal(await h.queue.depth(PROVISION_TOPIC), 0, 'acked');
   assert.equal(h.runtime.instances.size, 0);
 });
 
-test('with every instance slot used the agent does not take jobs', async () => {
-  const h = await setup({ capacity: { instances: 1, memoryMb: 4096, vcpu: 16 } });
-  await h.startOne();
-  await h.enqueue();
+test('a job that cannot be placed does not hold up the jobs behind it', async () => {
+  const h = await setup({ capacity: { instances: 10, memoryMb: 1024, vcpu: 16 } });
+  const big = await otherFunction(h, 'fn-big', { memory_mb: 4096 });
+  const bigReq = await h.enqueue({}, big);
+  const smallReq = await h.enqueue();
+  const [rb, rs] = await Promise.all([h.result(bigReq), h.result(smallReq)]);
+  assert.equal(rb.error_code, 'AETHER_ERR_NO_CAPACITY');
+  assert.equal(rs.ok, true, rs.error ?? '');
+});
+
+test('a full node evicts the least recently used idle instance of another function to place a cold start', async () => {
+  const h = await setup({ capacity: { instances: 2, memoryMb: 4096, vcpu: 16 } });
+  const f2 = await otherFunction(h, 'fn-2');
+  const f3 = await otherFunction(h, 'fn-3');
+  const old = await h.startOne();
   await h.clock.advance(1000);
-  const job = await h.queue.take<ProvisionJob>(PROVISION_TOPIC, 'agent-2', { waitMs: 0, visibilityMs: 60_000 });
-  assert.ok(job);
-  assert.equal(job.deliveries, 1, 'never taken by the full agent');
+  const recent = await h.startOne(f2);
+  await h.clock.advance(DEFAULT_AGENT_CONFIG.evictIdleMs);
+  const r = await h.result(await h.enqueue({}, f3));
+  assert.equal(r.ok, true, r.error ?? '');
+  assert.ok(r.instance_id);
+  assert.equal(await h.record(old), undefined, 'the least recently used instance was evicted');
+  assert.ok(await h.record(recent, f2), 'the more recent one kept');
+  assert.ok(await h.record(r.instance_id, f3));
+  assert.deepEqual(h.agent.localInstances().map((i) => i.functionId).sort(), ['fn-2', 'fn-3']);
+});
+
+test('nothing to evict (min_instances, own function): "no capacity" at once', async () => {
+  const h = await setup({ capacity: { instances: 1, memoryMb: 4096, vcpu: 16 }, fn: { min_instances: 1 } });
+  const f2 = await otherFunction(h, 'fn-2', { min_instances: 0 });
+  await h.startOne();
+  await h.clock.advance(DEFAULT_AGENT_CONFIG.evictIdleMs * 10);
+  const r = await h.result(await h.enqueue({}, f2));
+  assert.equal(r.error_code, 'AETHER_ERR_NO_CAPACITY');
+  // Its own function's next instance does not evict the first one either.
+  const r2 = await h.result(await h.enqueue());
+  assert.equal(r2.error_code, 'AETHER_ERR_NO_CAPACITY');
+  assert.equal(h.agent.localInstances().length, 1);
+});
+
+test('an idle instance within its grace is not evicted yet: the job waits for it, then evicts', async () => {
+  const h = await setup({ capacity: { instances: 1, memoryMb: 4096, vcpu: 16 } });
+  const f2 = await otherFunction(h, 'fn-2');
+  const first = await h.startOne();
+  const req = await h.enqueue({}, f2);
+  await h.clock.advance(DEFAULT_AGENT_CONFIG.evictIdleMs);
+  // Released and taken again until the first instance is idle long enough.
+  for (let i = 0; i < 20 && !(await h.store.get(KEYS.provisionResult(req))); i++) await h.clock.advance(200);
+  const r = await h.result(req);
+  assert.equal(r.ok, true, r.error ?? '');
+  assert.equal(await h.record(first), undefined);
 });
 
 test('an instance that exits is deregistered at once and its logs survive', async () => {
@@ -370,23 +441,27 @@ test('the agent HTTP server: healthz, unknown routes, forwarding errors, followe
     server.close(() => r());
   }));
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const get = async (path: string) => {
-    const r = await fetch(base + path);
+  const get = async (path: string, headers: Record<string, string> = { 'x-aether-cluster-token': 'ct' }) => {
+    const r = await fetch(base + path, { headers });
     return { status: r.status, body: await r.text() };
   };
   assert.deepEqual(await get('/healthz'), { status: 200, body: JSON.stringify({ ok: true, agent_id: 'agent-1' }) });
   assert.equal((await get('/nope')).status, 404);
   const fwd = await get(`/internal/forward/${id}/x?y=1`);
   assert.equal(fwd.status, 200);
-  const echo = JSON.parse(fwd.body) as { url: string; env: Record<string, string> };
+  const echo = JSON.parse(fwd.body) as { url: string; env: Record<string, string>; headers: Record<string, string> };
   assert.deepEqual([echo.url, echo.env.AETHER_INSTANCE_ID], ['/x?y=1', id], 'reached that instance with the path');
+  assert.equal(echo.headers['x-aether-cluster-token'], undefined, 'the cluster token never reaches a function');
+  assert.equal((await get(`/internal/forward/${id}/x`, {})).status, 401);
+  assert.equal((await get('/internal/logs/fn-1', {})).status, 401);
+  assert.equal((await get('/internal/logs/fn-1', { authorization: 'bearer ct' })).status, 200);
   const bad = await get('/internal/forward/inst-unknown/');
   assert.equal(bad.status, 502);
   assert.match(bad.body, /AETHER_ERR_UPSTREAM/);
 
   h.runtime.instances.get(id)?.print('first');
   const ac = new AbortController();
-  const res = await fetch(`${base}/internal/logs/fn-1?tail=1&follow=1`, { signal: ac.signal });
+  const res = await fetch(`${base}/internal/logs/fn-1?tail=1&follow=1`, { signal: ac.signal, headers: { authorization: 'Bearer ct' } });
   assert.equal(res.headers.get('content-type'), 'application/x-ndjson');
   const reader = res.body!.getReader();
   let text = '';

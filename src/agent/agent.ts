@@ -17,6 +17,8 @@ import {
   type InstanceRecord,
   type ProvisionJob,
   type ProvisionResult,
+  type Resources,
+  placement,
   type SandboxKind,
 } from '../spec/index.ts';
 import type { KeyValue, WatchEvent } from '../store/index.ts';
@@ -31,6 +33,9 @@ import type { Agent, AgentDeps, AgentForwardOptions, AgentForwardTarget, LocalIn
 const FAILURE_TAIL_LINES = 20;
 /** Back-off after giving a job back for lack of capacity, so another agent can take it. */
 const NO_CAPACITY_BACKOFF_MS = 200;
+/** A job no agent could place after this many deliveries is answered "no capacity" instead of bouncing on. */
+const MAX_CAPACITY_BOUNCES = 5;
+const NO_RESOURCES: Resources = { instances: 0, memory_mb: 0, vcpu: 0 };
 
 interface Local {
   id: string;
@@ -88,6 +93,8 @@ class AgentImpl implements Agent {
   #agentDirty = false;
   readonly #startedAt: string;
   readonly #httpFollowers = new Set<ServerResponse>();
+  /** What the agent record last said could be evicted (JSON), to publish only changes. */
+  #evictablePublished = JSON.stringify(NO_RESOURCES);
   /** The runtime of each sandbox kind offered, in a stable order. */
   readonly #runtimes: [SandboxKind, Runtime][];
 
@@ -212,6 +219,7 @@ class AgentImpl implements Agent {
       hostname: hostname(),
       capacity: { instances: config.capacity.instances, memory_mb: config.capacity.memoryMb, vcpu: config.capacity.vcpu },
       used: { instances: used.instances, memory_mb: used.memoryMb, vcpu: used.vcpu },
+      evictable: JSON.parse(this.#evictablePublished) as Resources,
       isolation: (this.#runtimes.find(([k]) => k === 'process') ?? this.#runtimes[0])?.[1].isolation ?? 'none',
       sandboxes: this.#runtimes.map(([k]) => k),
       started_at: this.#startedAt,
@@ -364,7 +372,8 @@ class AgentImpl implements Agent {
     const { queue, logger, config } = this.#d;
     const topic = provisionTopic(sandbox);
     while (this.#running) {
-      if (this.#starts.size >= config.maxConcurrentStarts || this.#used().instances >= config.capacity.instances) {
+      // A full agent still takes jobs: it evicts idle instances, hands the job on, or answers "no capacity".
+      if (this.#starts.size >= config.maxConcurrentStarts) {
         await this.#pause(NO_CAPACITY_BACKOFF_MS);
         continue;
       }
@@ -429,9 +438,16 @@ class AgentImpl implements Agent {
       await queue.ack(job).catch(() => undefined);
       return 'done';
     }
+    const evicting: Promise<void>[] = [];
     if (!this.#fits(fn)) {
-      await queue.release(job).catch(() => undefined);
-      return 'retry';
+      const victims = this.#evictionPlan(fn);
+      if (!victims) return this.#noRoom(job, fn);
+      for (const v of victims) {
+        metrics.evictions.inc({ function_id: v.fnId });
+        metrics.scaleEvents.inc({ function_id: v.fnId, direction: 'down' });
+        evicting.push(this.#drain(v, `evicted (idle) to make room for ${fn.name}`, this.#d.config.drainTimeoutMs));
+      }
+      logger.info({ fnId: fn.id, evicted: victims.map((v) => v.id) }, 'evicting idle instances to place a cold start');
     }
     const l: Local = {
       id: newId('inst', clock.now()),
@@ -458,7 +474,7 @@ class AgentImpl implements Agent {
     };
     this.#locals.set(l.id, l);
     this.#publishAgent();
-    const task = this.#provision(job, fn, l, takenAt).finally(() => {
+    const task = this.#provision(job, fn, l, takenAt, evicting).finally(() => {
       this.#starts.delete(task);
       this.#poke();
     });
@@ -466,7 +482,102 @@ class AgentImpl implements Agent {
     return 'started';
   }
 
-  async #provision(job: Job<ProvisionJob>, fn: FunctionRecord, l: Local, takenAt: number): Promise<void> {
+  /**
+   * Idle instances of other functions (least recently used first, idle at least evictIdleMs, not
+   * below their function's min_instances) whose capacity, with what is free, places `fn`;
+   * undefined when that is not enough. `idleMs` 0: what could be freed once the grace has passed.
+   */
+  #evictionPlan(fn: FunctionRecord, idleMs = this.#d.config.evictIdleMs): Local[] | undefined {
+    const { clock, config } = this.#d;
+    const c = config.capacity;
+    const u = this.#used();
+    const need = { memoryMb: fn.memory_mb, vcpu: fn.vcpu };
+    const free = { instances: c.instances - u.instances, memoryMb: c.memoryMb - u.memoryMb, vcpu: c.vcpu - u.vcpu };
+    const enough = (): boolean => free.instances >= 1 && free.memoryMb >= need.memoryMb && free.vcpu >= need.vcpu;
+    if (need.memoryMb > c.memoryMb || need.vcpu > c.vcpu) return undefined;
+    const now = clock.now();
+    const ready = this.#readyCounts();
+    const victims: Local[] = [];
+    const idle = [...this.#locals.values()]
+      .filter((l) => l.state === 'ready' && l.inflight === 0 && l.fnId !== fn.id && now - l.lastActiveAt >= idleMs)
+      .sort((a, b) => a.lastActiveAt - b.lastActiveAt);
+    for (const l of idle) {
+      if (enough()) break;
+      const min = this.#functions.get(l.fnId)?.min_instances ?? 0;
+      const left = ready.get(l.fnId) ?? 0;
+      if (left <= min) continue;
+      ready.set(l.fnId, left - 1);
+      victims.push(l);
+      free.instances++;
+      free.memoryMb += l.memoryMb;
+      free.vcpu += l.vcpu;
+    }
+    return enough() ? victims : undefined;
+  }
+
+  /** Ready instances per function across the cluster (ours from local state). */
+  #readyCounts(): Map<string, number> {
+    const m = new Map<string, number>();
+    for (const l of this.#locals.values()) if (l.state === 'ready') m.set(l.fnId, (m.get(l.fnId) ?? 0) + 1);
+    for (const rec of this.#records.values()) {
+      if (rec.agent_id !== this.id && rec.status === 'ready') m.set(rec.function_id, (m.get(rec.function_id) ?? 0) + 1);
+    }
+    return m;
+  }
+
+  /** What idle instances could be evicted to free (published in the agent record for placement decisions). */
+  #evictable(): Resources {
+    const { clock, config } = this.#d;
+    const now = clock.now();
+    const ready = this.#readyCounts();
+    const r = { ...NO_RESOURCES };
+    for (const l of this.#locals.values()) {
+      if (l.state !== 'ready' || l.inflight > 0 || now - l.lastActiveAt < config.evictIdleMs) continue;
+      const left = ready.get(l.fnId) ?? 0;
+      if (left <= (this.#functions.get(l.fnId)?.min_instances ?? 0)) continue;
+      ready.set(l.fnId, left - 1);
+      r.instances++;
+      r.memory_mb += l.memoryMb;
+      r.vcpu += l.vcpu;
+    }
+    return r;
+  }
+
+  /**
+   * A job this agent cannot place even by evicting: give it back (to the tail of the queue) while
+   * instances here become evictable in a moment or another agent's record says it has room
+   * (bounded by deliveries), else answer "no capacity" at once so the waiting requests get a 503
+   * instead of a timeout, and the queue moves on to other functions' jobs.
+   */
+  async #noRoom(job: Job<ProvisionJob>, fn: FunctionRecord): Promise<'retry' | 'done'> {
+    const { queue, store, logger, config } = this.#d;
+    if (job.deliveries < MAX_CAPACITY_BOUNCES) {
+      // Room here in a moment (idle instances within their grace), or on another agent by its record.
+      let retry = this.#evictionPlan(fn, 0) !== undefined;
+      if (!retry) {
+        try {
+          const agents = (await store.list(KEYS.agents)).kvs.map((kv) => parse<AgentRecord>(kv.value)).filter((a): a is AgentRecord => a !== undefined);
+          retry = placement(agents, fn, this.id).now;
+        } catch {
+          retry = true; // store down: give it back, the delivery bound ends the bouncing
+        }
+      }
+      if (retry) {
+        await queue.release(job).catch(() => undefined);
+        return 'retry';
+      }
+    }
+    const c = config.capacity;
+    const u = this.#used();
+    const error = `no agent has room for an instance of "${fn.name}" (${fn.memory_mb} MB, ${fn.vcpu} vCPU) right now; this agent uses ${u.instances}/${c.instances} instances, ${u.memoryMb}/${c.memoryMb} MB, ${u.vcpu}/${c.vcpu} vCPU and nothing idle can be evicted`;
+    metrics.noCapacity.inc({ function_id: fn.id });
+    logger.warn({ fnId: fn.id, job: job.id }, 'no capacity for a provision job');
+    await this.#writeResult(job.payload, { ok: false, instance_id: null, error, error_code: 'AETHER_ERR_NO_CAPACITY' });
+    await queue.ack(job).catch(() => undefined);
+    return 'done';
+  }
+
+  async #provision(job: Job<ProvisionJob>, fn: FunctionRecord, l: Local, takenAt: number, evicting: Promise<void>[] = []): Promise<void> {
     const { queue, clock, logger, config } = this.#d;
     const runtime = this.#runtimes.find(([k]) => k === l.sandbox)?.[1];
     const req = job.payload;
@@ -482,6 +593,7 @@ class AgentImpl implements Agent {
     extend();
     let registered = false;
     try {
+      await Promise.all(evicting); // their capacity is ours once they are gone
       const cache = this.#cache;
       if (!cache || !runtime) throw new AetherError('AETHER_ERR_INTERNAL', 'agent not started');
       const entrypoint = fn.entrypoint || defaultEntrypoint(fn.runtime);
@@ -575,7 +687,7 @@ class AgentImpl implements Agent {
     this.#forget(l);
   }
 
-  async #writeResult(job: ProvisionJob, r: Pick<ProvisionResult, 'ok' | 'instance_id' | 'error'>): Promise<void> {
+  async #writeResult(job: ProvisionJob, r: Pick<ProvisionResult, 'ok' | 'instance_id' | 'error' | 'error_code'>): Promise<void> {
     const { store, clock, logger, config } = this.#d;
     const result: ProvisionResult = { request_id: job.request_id, function_id: job.function_id, ...r };
     const key = KEYS.provisionResult(job.request_id);
@@ -742,6 +854,11 @@ class AgentImpl implements Agent {
           void this.#drain(l, `idle for ${Math.round((now - l.lastActiveAt) / 1000)} s`, config.drainTimeoutMs);
         }
       }
+      const evictable = JSON.stringify(this.#evictable());
+      if (evictable !== this.#evictablePublished) {
+        this.#evictablePublished = evictable;
+        this.#publishAgent();
+      }
     } catch (err) {
       this.#d.logger.error({ err }, 'scale-down pass failed');
     } finally {
@@ -775,7 +892,7 @@ class AgentImpl implements Agent {
   }
 
   handleHttp(req: IncomingMessage, res: ServerResponse): void {
-    handleAgentHttp(this, this.#d.config.adminToken, this.#httpFollowers, req, res);
+    handleAgentHttp(this, this.#d.config.clusterToken, this.#httpFollowers, req, res);
   }
 
   // ---------------------------------------------------------------- logs + introspection

@@ -1,6 +1,5 @@
-import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { AetherError, errorBody } from '../core/index.ts';
+import { AetherError, bearerToken, CLUSTER_TOKEN_HEADER, errorBody, sameSecret } from '../core/index.ts';
 import { RETRYABLE_HEADER, ProxyError } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
@@ -10,16 +9,23 @@ const MAX_TAIL = 1000;
 
 /**
  * The agent's own HTTP surface: health, the gateway -> agent forwarding hop, and logs. Plain
- * node:http (no framework) because /internal/forward is on the warm path.
+ * node:http (no framework) because /internal/forward is on the warm path. Every /internal/ route
+ * needs the cluster token: in the x-aether-cluster-token header (the forwarding hop, whose
+ * `Authorization` is the caller's and goes to the function), or as a bearer token elsewhere.
  */
 export function handleAgentHttp(
   agent: Agent,
-  adminToken: string | undefined,
+  clusterToken: string,
   followers: Set<ServerResponse>,
   req: IncomingMessage,
   res: ServerResponse,
 ): void {
   const url = req.url ?? '/';
+  if (url.startsWith('/internal/')) {
+    const given = header(req, CLUSTER_TOKEN_HEADER) ?? (url.startsWith(FORWARD_PREFIX) ? undefined : bearerToken(req.headers.authorization));
+    if (given === undefined || !sameSecret(given, clusterToken)) return sendError(res, new AetherError('AETHER_ERR_UNAUTHORIZED', 'missing or wrong cluster token'));
+    delete req.headers[CLUSTER_TOKEN_HEADER]; // never passed on to a function
+  }
   if (url.startsWith(FORWARD_PREFIX)) {
     forwardRoute(agent, url.slice(FORWARD_PREFIX.length), req, res);
     return;
@@ -33,9 +39,6 @@ export function handleAgentHttp(
   }
   if (path.startsWith(LOGS_PREFIX)) {
     if (req.method !== 'GET') return sendError(res, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED'));
-    if (adminToken !== undefined && !tokenOk(req.headers.authorization, adminToken)) {
-      return sendError(res, new AetherError('AETHER_ERR_UNAUTHORIZED'));
-    }
     const fnId = decodeURIComponent(path.slice(LOGS_PREFIX.length));
     const params = new URLSearchParams(q < 0 ? '' : url.slice(q + 1));
     logsRoute(agent, followers, fnId, params, req, res);
@@ -97,11 +100,9 @@ function logsRoute(agent: Agent, followers: Set<ServerResponse>, fnId: string, p
   res.on('close', done);
 }
 
-function tokenOk(header: string | undefined, token: string): boolean {
-  if (!header?.startsWith('Bearer ')) return false;
-  const got = Buffer.from(header.slice(7));
-  const want = Buffer.from(token);
-  return got.length === want.length && timingSafeEqual(got, want);
+function header(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

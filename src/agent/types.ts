@@ -41,12 +41,14 @@ export interface AgentConfig {
   codeCacheBytes: number;
   /** How long a provision result stays in the store (a waiting gateway reads it at once). */
   resultTtlMs: number;
-  /** When set, GET /internal/logs requires `Authorization: Bearer <adminToken>`. */
-  adminToken?: string;
   /** firework's node_type label: the deployer places only matching services here (absent: any). */
   nodeType?: string;
   /** This node's edge router, published in its record so peers route to it. */
   routerUrl?: string;
+  /** Every /internal/ route requires it (x-aether-cluster-token header, or a bearer token off the forwarding hop). Not the admin token. */
+  clusterToken: string;
+  /** An instance idle (no request in flight) at least this long may be evicted to place another function's cold start. */
+  evictIdleMs: number;
 }
 
 /** Capacity from the host: 80 % of RAM, 8 vCPU shares per core (functions mostly wait on I/O). */
@@ -66,10 +68,11 @@ export const DEFAULT_AGENT_CONFIG = {
   stopGraceMs: 5_000,
   codeCacheBytes: 2 * 1024 * 1024 * 1024,
   resultTtlMs: 60_000,
+  evictIdleMs: 1_000,
 } as const satisfies Partial<AgentConfig>;
 
 /** Fill the defaults around the fields only the caller can know. */
-export function agentConfig(c: Pick<AgentConfig, 'agentId' | 'url' | 'dataDir'> & Partial<AgentConfig>): AgentConfig {
+export function agentConfig(c: Pick<AgentConfig, 'agentId' | 'url' | 'dataDir' | 'clusterToken'> & Partial<AgentConfig>): AgentConfig {
   return { ...DEFAULT_AGENT_CONFIG, capacity: defaultCapacity(), ...c };
 }
 
@@ -123,7 +126,7 @@ export interface Agent {
   forward(instanceId: string, req: IncomingMessage, res: ServerResponse, target: AgentForwardTarget, opts?: AgentForwardOptions): Promise<{ status: number }>;
   /**
    * node:http handler of the agent's own server: GET /healthz; ANY /internal/forward/<instanceId>/<path>;
-   * GET /internal/logs/<fnId>?tail=&follow= (NDJSON).
+   * GET /internal/logs/<fnId>?tail=&follow= (NDJSON). /internal/ routes need the cluster token.
    */
   handleHttp(req: IncomingMessage, res: ServerResponse): void;
   tailLogs(fnId: string, n: number): LogEntry[];

@@ -3,7 +3,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, type ConfigInput, type Role } from '../config/index.ts';
+import { clusterTokenFor, loadConfig, type ConfigInput, type Role } from '../config/index.ts';
 import { AetherError, createLogger, newId, systemClock, type Logger } from '../core/index.ts';
 import { createAgent, agentConfig, type Agent } from '../agent/index.ts';
 import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../gateway/index.ts';
@@ -50,7 +50,9 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   const clock = systemClock;
-  const token = await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
+  // Agents never read the admin token: they know only the cluster token, checked before anything starts.
+  const token = role === 'agent' ? undefined : await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
+  const clusterToken = clusterTokenFor(role, { env, file: cfg.clusterTokenFile, adminToken: token });
   const store = openStore(cfg, logger);
   const queue = openQueue(cfg, logger);
   const blob = openBlob(cfg);
@@ -125,9 +127,9 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
         leaseTtlMs: cfg.leaseTtlMs,
         startupTimeoutMs: cfg.startupTimeoutMs,
         pidsMax: cfg.pidsMax,
-        ...(token ? { adminToken: token } : {}),
         ...(cfg.nodeType ? { nodeType: cfg.nodeType } : {}),
         ...(advertisedRouter ? { routerUrl: advertisedRouter } : {}),
+        clusterToken,
       }),
     });
     await agent.start();
@@ -153,6 +155,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       logger,
       functions,
       adminToken: token as string,
+      clusterToken,
       limits: cfg.limits,
       host: cfg.host,
       port: cfg.port,

@@ -4,6 +4,8 @@ import type { Clock, Logger } from '../core/index.ts';
 import { probeSandboxes, type HostReport, type Runtime, type SandboxProbe } from '../runtime/index.ts';
 import { createProcessRuntime } from '../runtime/process/index.ts';
 import { createQemuRuntime } from '../runtime/qemu/index.ts';
+import { createFirecrackerRuntime } from '../runtime/firecracker/index.ts';
+import { ensureBaseImage, ensureInitramfs } from '../image/index.ts';
 import type { SandboxKind } from '../spec/index.ts';
 
 export interface RuntimeChoice {
@@ -38,6 +40,23 @@ export function openRuntimes(cfg: Config, host: HostReport, agentId: string, clo
           notes.push(`WARNING: sandbox qemu not offered: ${(err as Error).message}`);
         }
         break;
+      case 'firecracker': {
+        // env: AETHER_FIRECRACKER, AETHER_FC_KERNEL (ELF vmlinux), AETHER_FC_JAILER + AETHER_FC_UID/GID (docs/firecracker.md)
+        const env = process.env;
+        const kernel = env['AETHER_FC_KERNEL'] ?? env['AETHER_GUEST_KERNEL'] ?? '';
+        const jailer = env['AETHER_FC_JAILER'];
+        const cacheOpts = { onProgress: (m: string) => logger.info(m) };
+        runtimes.firecracker = createFirecrackerRuntime({
+          stateDir: join(cfg.dataDir, 'runtime-firecracker'),
+          firecracker: env['AETHER_FIRECRACKER'] ?? 'firecracker',
+          // the initramfs carries the modules of the Debian cloud kernel this vmlinux was extracted from
+          guest: async () => ({ kernel, initrd: (await ensureInitramfs()).path }),
+          baseImage: (runtime) => ensureBaseImage(runtime, cacheOpts),
+          ...(jailer ? { jailer: { bin: jailer, uid: Number(env['AETHER_FC_UID'] ?? 0), gid: Number(env['AETHER_FC_GID'] ?? 0) } } : {}),
+          clock,
+        });
+        break;
+      }
       default:
         notes.push(`WARNING: sandbox ${kind}: no driver in this build; not offered`);
     }

@@ -20,6 +20,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--queue <url>', 'memory:// | redis://host:6379 (env AETHER_QUEUE)')
       .option('--blob <url>', 'file:///path | s3://bucket?endpoint=http://host:port&region=r (env AETHER_BLOB)')
       .option('--admin-token-file <file>', 'file holding the admin token (else AETHER_ADMIN_TOKEN)')
+      .option('--cluster-token-file <file>', 'file holding the gateway<->agent token (else AETHER_CLUSTER_TOKEN; `up` derives one)')
       .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL)');
   const agentOpts = (cmd: Command): Command =>
     cmd
@@ -45,7 +46,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     const flags: ConfigInput & { config?: string } = {};
     const map: Record<string, keyof ConfigInput | 'config'> = {
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
-      adminTokenFile: 'admin_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', advertise: 'advertise',
+      adminTokenFile: 'admin_token_file', clusterTokenFile: 'cluster_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', advertise: 'advertise',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
       nodeType: 'node_type', routerPort: 'router_port', source: 'source', poll: 'poll', exportDir: 'export_dir',
     };

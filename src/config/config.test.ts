@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { loadConfig } from './index.ts';
+import { clusterTokenFor, loadConfig } from './index.ts';
 
 test('up defaults to embedded drivers in the data dir', () => {
   const c = loadConfig('up', { data_dir: '/tmp/x' }, {});
@@ -28,6 +28,19 @@ test('distributed roles refuse embedded drivers with a clear message', () => {
 test('bad values name the field', () => {
   assert.throws(() => loadConfig('up', {}, { AETHER_PORT: 'abc' }), /port/);
   assert.throws(() => loadConfig('up', { store: 'mysql://x' }, {}), /scheme/);
+});
+
+test('gateways and agents refuse to start without a cluster token; up derives one', () => {
+  for (const role of ['agent', 'gateway'] as const) {
+    assert.throws(() => clusterTokenFor(role, { env: {}, file: undefined, adminToken: 'admin-token-0123456789' }), /AETHER_CLUSTER_TOKEN/);
+  }
+  const t = 'c'.repeat(32);
+  assert.equal(clusterTokenFor('agent', { env: { AETHER_CLUSTER_TOKEN: t }, file: undefined, adminToken: undefined }), t);
+  assert.throws(() => clusterTokenFor('gateway', { env: { AETHER_CLUSTER_TOKEN: t }, file: undefined, adminToken: t }), /differ from the admin token/);
+  assert.throws(() => clusterTokenFor('agent', { env: { AETHER_CLUSTER_TOKEN: 'short' }, file: undefined, adminToken: undefined }), /16/);
+  const up = clusterTokenFor('up', { env: {}, file: undefined, adminToken: 'admin-token-0123456789' });
+  assert.notEqual(up, 'admin-token-0123456789');
+  assert.equal(up, clusterTokenFor('up', { env: {}, file: undefined, adminToken: 'admin-token-0123456789' }));
 });
 
 test('--sandboxes: auto by default, else a list of known kinds', () => {

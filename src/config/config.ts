@@ -3,7 +3,7 @@ import { cpus, totalmem } from 'node:os';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { AetherError } from '../core/index.ts';
+import { AetherError, deriveClusterToken, sameSecret } from '../core/index.ts';
 import { describeZodError } from '../spec/index.ts';
 import { parseDuration } from '../deploy/duration.ts';
 
@@ -34,6 +34,7 @@ const FileSchema = z.strictObject({
   isolation: z.enum(['auto', 'namespaces', 'none']),
   advertise: z.string().min(1),
   admin_token_file: z.string().min(1),
+  cluster_token_file: z.string().min(1),
   agent_id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/),
   capacity_instances: z.number().int().min(1),
   capacity_memory_mb: z.number().int().min(16),
@@ -69,6 +70,7 @@ export interface Config {
   isolation: 'auto' | 'namespaces' | 'none';
   advertise: string | undefined;
   adminTokenFile: string | undefined;
+  clusterTokenFile: string | undefined;
   agentId: string | undefined;
   capacity: { instances: number; memoryMb: number; vcpu: number };
   startupTimeoutMs: number;
@@ -101,6 +103,7 @@ const ENV: Record<keyof ConfigInput, string> = {
   isolation: 'AETHER_ISOLATION',
   advertise: 'AETHER_ADVERTISE',
   admin_token_file: 'AETHER_ADMIN_TOKEN_FILE',
+  cluster_token_file: 'AETHER_CLUSTER_TOKEN_FILE',
   agent_id: 'AETHER_AGENT_ID',
   capacity_instances: 'AETHER_CAPACITY_INSTANCES',
   capacity_memory_mb: 'AETHER_CAPACITY_MEMORY_MB',
@@ -177,6 +180,7 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     isolation: c.isolation ?? 'auto',
     advertise: c.advertise,
     adminTokenFile: c.admin_token_file,
+    clusterTokenFile: c.cluster_token_file,
     agentId: c.agent_id,
     capacity: {
       instances: c.capacity_instances ?? 64,
@@ -201,6 +205,29 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
   };
   if (role === 'deployer' && !cfg.source) throw invalid('`aether deployer` needs --source <dir|git-url[#branch]> (env AETHER_SOURCE)');
   return deepFreeze(cfg);
+}
+
+/**
+ * The secret gateways and agents authenticate each other with (never the admin token, which agents
+ * do not hold). `aether up`: AETHER_CLUSTER_TOKEN or derived from the admin token. Gateways and
+ * agents: AETHER_CLUSTER_TOKEN or the file; without one they refuse to start.
+ */
+export function clusterTokenFor(role: Role, o: { env: NodeJS.ProcessEnv; file: string | undefined; adminToken: string | undefined }): string {
+  let t = o.env['AETHER_CLUSTER_TOKEN']?.trim();
+  if (!t && o.file) {
+    try {
+      t = readFileSync(o.file, 'utf8').trim();
+    } catch (err) {
+      throw invalid(`cannot read the cluster token file ${o.file}: ${(err as Error).message}`);
+    }
+  }
+  if (!t) {
+    if (role === 'up' && o.adminToken) return deriveClusterToken(o.adminToken);
+    throw invalid(`\`aether ${role}\` needs AETHER_CLUSTER_TOKEN or --cluster-token-file: the secret gateways and agents share (the same on every node, not the admin token; e.g. openssl rand -hex 32)`);
+  }
+  if (t.length < 16) throw invalid('the cluster token must be at least 16 characters');
+  if (o.adminToken && sameSecret(t, o.adminToken)) throw invalid('the cluster token must differ from the admin token (agents must never hold the admin token)');
+  return t;
 }
 
 /** "etcd://h:1" -> "etcd:" */

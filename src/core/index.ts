@@ -3,3 +3,4 @@ export * from './clock.ts';
 export * from './ids.ts';
 export * from './log.ts';
 export * from './metrics.ts';
+export * from './secrets.ts';

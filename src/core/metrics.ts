@@ -32,4 +32,7 @@ export const metrics = {
   fwUsedVcpus: new client.Gauge({ name: 'firework_node_used_vcpus', help: 'vCPUs of the services assigned here', labelNames: ['node'] as const, ...opts }),
   fwUsedMemory: new client.Gauge({ name: 'firework_node_used_memory_mb', help: 'Memory of the services assigned here', labelNames: ['node'] as const, ...opts }),
   queuePublishErrors: new client.Counter({ name: 'aether_queue_publish_errors_total', help: 'Failed provision job publishes', ...opts }),
+  lostJobsRequeued: new client.Counter({ name: 'aether_lost_jobs_requeued_total', help: 'Cold-start jobs queued again after they vanished from the queue', ...opts }),
+  evictions: new client.Counter({ name: 'aether_evictions_total', help: 'Idle instances stopped to make room for a cold start', labelNames: ['function_id'] as const, ...opts }),
+  noCapacity: new client.Counter({ name: 'aether_no_capacity_total', help: 'Provision jobs answered "no capacity"', labelNames: ['function_id'] as const, ...opts }),
 };

@@ -14,6 +14,8 @@ import {
   codeBlobKey,
   defaultEntrypoint,
   parseOrThrow,
+  placement,
+  type AgentRecord,
   type FunctionRecord,
   type InvocationRecord,
   type InstanceRecord,
@@ -89,6 +91,7 @@ export class FunctionService {
     const p = parseOrThrow(CreateFunctionSchema, input);
     checkFunctionInvariants(p);
     this.#checkSandbox(p.sandbox);
+    await this.#checkCapacity({ memory_mb: p.memory_mb, vcpu: p.vcpu, sandbox: p.sandbox ?? this.#defaultSandbox });
     const now = this.#clock.now();
     const iso = new Date(now).toISOString();
     const rec: FunctionRecord = {
@@ -161,10 +164,30 @@ export class FunctionService {
     throw new AetherError('AETHER_ERR_VALIDATION', `sandbox: "${sandbox}" is not available on this platform: no live agent offers it (available: ${available.join(', ')}; see \`aether doctor\`)`);
   }
 
+  /** Refuse a size no registered agent can ever hold (with no agent registered yet there is nothing to judge). */
+  async #checkCapacity(need: { memory_mb: number; vcpu: number; sandbox: Sandbox }): Promise<void> {
+    const agents = (await this.#s(this.#store.list(KEYS.agents))).kvs.flatMap((kv) => {
+      try {
+        return [JSON.parse(kv.value) as AgentRecord];
+      } catch {
+        return [];
+      }
+    });
+    const p = placement(agents, need);
+    if (p.ever || p.agents === 0) return; // no agent of this sandbox kind yet: nothing to judge
+    const kind = agents.filter((a) => (a.sandboxes ?? ['process']).includes(need.sandbox));
+    const mem = Math.max(...kind.map((a) => a.capacity.memory_mb));
+    const vcpu = Math.max(...kind.map((a) => a.capacity.vcpu));
+    throw new AetherError('AETHER_ERR_EXCEEDS_CAPACITY', `memory_mb ${need.memory_mb} and vcpu ${need.vcpu}: no agent can hold that (largest agent: ${mem} MB, ${vcpu} vCPU)`);
+  }
+
   async update(idOrName: string, input: unknown): Promise<FunctionRecord> {
     let found = await this.#mustFind(idOrName);
     const patch = parseOrThrow(UpdateFunctionSchema, input);
     this.#checkSandbox(patch.sandbox);
+    if (patch.memory_mb !== undefined || patch.vcpu !== undefined || patch.sandbox !== undefined) {
+      await this.#checkCapacity({ memory_mb: patch.memory_mb ?? found.rec.memory_mb, vcpu: patch.vcpu ?? found.rec.vcpu, sandbox: patch.sandbox ?? found.rec.sandbox });
+    }
     for (let attempt = 1; ; attempt++) {
       const cur = found.rec;
       const next: FunctionRecord = { ...cur };

@@ -3,14 +3,14 @@ import type { AddressInfo } from 'node:net';
 import type { Clock, Logger } from '../core/index.ts';
 import type { Queue } from '../queue/index.ts';
 import { LeaseKeeper, type Store } from '../store/index.ts';
-import { KEYS, type AgentRecord, type SandboxKind } from '../spec/index.ts';
+import { KEYS, type SandboxKind } from '../spec/index.ts';
 import type { ArchiveLimits } from '../archive/index.ts';
 import { buildApi } from './api.ts';
 import type { FunctionService } from './functions.ts';
 import { Invoker, type LocalAgent } from './invoke.ts';
 import { localLogSource, remoteLogSource, type LocalLogs } from './logs.ts';
 import { InvocationRecorder } from './records.ts';
-import { ClusterViews, PrefixView } from './views.ts';
+import { ClusterViews, type GatewayRecord } from './views.ts';
 import { ServiceCatalog } from './services.ts';
 
 export interface GatewayOptions {
@@ -20,6 +20,8 @@ export interface GatewayOptions {
   logger: Logger;
   functions: FunctionService;
   adminToken: string;
+  /** Sent to agents (forwarding hop, logs); never the admin token. */
+  clusterToken: string;
   limits: ArchiveLimits;
   host: string;
   port: number;
@@ -48,14 +50,22 @@ const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
 export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   const views = new ClusterViews(o.store, o.logger);
-  const agents = new PrefixView<AgentRecord>(o.store, KEYS.agents, o.logger);
-  const leases = new LeaseKeeper({ store: o.store, ttlMs: o.leaseTtlMs, clock: o.clock, logger: o.logger });
+  const leases = new LeaseKeeper({
+    store: o.store,
+    ttlMs: o.leaseTtlMs,
+    clock: o.clock,
+    logger: o.logger,
+    onLease: async (lease) => {
+      const rec: GatewayRecord = { gateway_id: o.gatewayId, lease, started_at: new Date(o.clock.now()).toISOString() };
+      await o.store.put(KEYS.gateway(o.gatewayId), JSON.stringify(rec), { lease });
+    },
+  });
   await leases.start();
-  await Promise.all([views.start(), agents.start()]);
+  await views.start();
   /** Sandbox kinds live agents offer (records of older agents carry none: process). */
   const offered = (): Set<SandboxKind> => {
     const kinds = new Set<SandboxKind>();
-    for (const a of agents.items.values()) for (const k of a.sandboxes ?? ['process']) kinds.add(k);
+    for (const a of views.agents.items.values()) for (const k of a.sandboxes ?? ['process']) kinds.add(k);
     return kinds;
   };
   o.functions.setSandboxSource(() => [...offered()]);
@@ -70,10 +80,11 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     gatewayId: o.gatewayId,
     leaseId: () => leases.leaseId,
     startTimeoutMs: o.startTimeoutMs,
+    clusterToken: o.clusterToken,
     sandboxOffered: (kind) => offered().has(kind),
     ...(o.localAgent ? { localAgent: o.localAgent } : {}),
   });
-  const logs = o.localAgent ? localLogSource(o.localAgent) : remoteLogSource({ agents: () => [...agents.items.values()], token: o.adminToken, logger: o.logger });
+  const logs = o.localAgent ? localLogSource(o.localAgent) : remoteLogSource({ agents: () => [...views.agents.items.values()], token: o.clusterToken, logger: o.logger });
 
   let server: Server | undefined;
   const app = buildApi(
@@ -128,10 +139,12 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     async close() {
       stopped = true;
       o.clock.clearTimeout(timer);
+      // Deregister first: other gateways stop counting our demand at once.
+      await o.store.delete(KEYS.gateway(o.gatewayId)).catch(() => undefined);
       await app.close();
+      await invoker.settled();
       await recorder.close();
       views.close();
-      agents.close();
       await leases.stop({ revoke: true }).catch(() => undefined);
     },
   };

@@ -1,9 +1,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { AetherError, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
+import { AetherError, CLUSTER_TOKEN_HEADER, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
 import { forward, ProxyError } from '../proxy/index.ts';
 import { planScaleUp } from '../scaler/index.ts';
-import { instanceConfigKey, KEYS, provisionTopic, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult, type SandboxKind } from '../spec/index.ts';
+import { instanceConfigKey, KEYS, placement, provisionTopic, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult, type SandboxKind } from '../spec/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Store } from '../store/index.ts';
 import type { ClusterViews } from './views.ts';
@@ -34,6 +34,8 @@ export interface InvokerDeps {
   localAgent?: LocalAgent;
   /** A provision request without an answer after this long no longer counts as starting. */
   startTimeoutMs: number;
+  /** Proves this gateway to agents on the forwarding hop (never the admin token). */
+  clusterToken: string;
   /** Whether some live agent runs this sandbox kind (default: always); if none does, a cold start fails at once. */
   sandboxOffered?: (kind: SandboxKind) => boolean;
 }
@@ -43,11 +45,23 @@ interface Waiter {
   reject(err: Error): void;
 }
 
+interface Start {
+  /** When it was asked (or re-queued). */
+  at: number;
+  configKey: string;
+  /** Queue job id once enqueued by this gateway (recovery checks that very job). */
+  jobId?: string;
+  /** Re-queued once already after its job vanished: never again (bounded recovery). */
+  requeued?: boolean;
+  /** First housekeeping round that saw the job gone without a result (confirmed on the next). */
+  missingSince?: number;
+}
+
 interface FnState {
   /** Requests of this function inside this gateway, waiting ones included (the scaler's demand). */
   inflight: number;
   /** Provision requests on the way: requestId -> time asked. Includes another gateway's claimed cold start. */
-  starting: Map<string, { at: number; configKey: string }>;
+  starting: Map<string, Start>;
   waiters: Set<Waiter>;
   /** Request ids whose cold-start claim we hold. */
   claims: Set<string>;
@@ -71,6 +85,8 @@ export class Invoker {
   /** Instances that refused a connection recently: skip until the watch catches up. */
   readonly #bad = new Map<string, number>();
   #rr = 0;
+  /** The lost-job recovery pass in progress (it never holds up housekeeping or the reconciler). */
+  #recovering: Promise<void> | undefined;
 
   constructor(deps: InvokerDeps) {
     this.#d = deps;
@@ -119,6 +135,7 @@ export class Invoker {
     if (!fn) return this.#fail(res, new AetherError('AETHER_ERR_FUNCTION_NOT_FOUND', `function "${ref}" not found`));
     if (!fn.code_sha256) return this.#fail(res, new AetherError('AETHER_ERR_NO_CODE', `function "${fn.name}" has no code; upload it first`));
 
+    delete req.headers[CLUSTER_TOKEN_HEADER]; // a caller's copy never reaches an agent or a function
     const invId = newId('inv', startedAt);
     const st = this.#state(fn.id);
     st.inflight++;
@@ -206,7 +223,8 @@ export class Invoker {
     if (local && inst.agent_id === local.id) {
       return local.forward(inst.instance_id, req, res, { path, headers }, { signal, responseHeaders });
     }
-    return forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers }, { signal, responseHeaders, retryable: true });
+    const hop = { ...headers, [CLUSTER_TOKEN_HEADER]: this.#d.clusterToken };
+    return forward(req, res, { endpoint: { kind: 'http', origin: inst.agent_url }, path: `/internal/forward/${inst.instance_id}${path}`, headers: hop }, { signal, responseHeaders, retryable: true });
   }
 
   #classify(err: unknown, signal: AbortSignal, fn: FunctionRecord): AetherError {
@@ -328,6 +346,8 @@ export class Invoker {
       signal.addEventListener('abort', onAbort, { once: true });
       st.waiters.add(waiter);
       if (this.#candidates(fn).current.length > 0 || st.starting.size > 0) return; // capacity is on its way
+      const tooLarge = this.#neverFits(fn);
+      if (tooLarge) return waiter.reject(tooLarge);
       void this.#ensureColdStart(fn, st).catch((err: unknown) => {
         this.#failWaiters(st, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UNAVAILABLE', `cold start could not be requested: ${String(err)}`));
       });
@@ -346,12 +366,19 @@ export class Invoker {
     for (const [id, s] of st.starting) {
       if (s.configKey === key) continue;
       st.starting.delete(id);
-      if (st.claims.delete(id)) void this.#d.store.delete(KEYS.coldStart(fn.id)).catch(() => undefined);
+      if (st.claims.delete(id)) this.#releaseClaim(fn.id, id);
     }
     if (st.waiters.size === 0 || st.starting.size > 0 || this.#candidates(fn).current.length > 0) return;
     void this.#ensureColdStart(fn, st).catch((err: unknown) => {
       this.#failWaiters(st, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UNAVAILABLE', `cold start could not be requested: ${String(err)}`));
     });
+  }
+
+  /** No registered agent could ever hold an instance (none at all: wait, one may be starting). */
+  #neverFits(fn: FunctionRecord): AetherError | undefined {
+    const p = placement(this.#d.views.agents.items.values(), fn);
+    if (p.agents === 0 || p.ever) return undefined;
+    return new AetherError('AETHER_ERR_NO_CAPACITY', `"${fn.name}" needs ${fn.memory_mb} MB and ${fn.vcpu} vCPU per instance; no agent has that much capacity`);
   }
 
   #wake(fnId: string): void {
@@ -412,7 +439,9 @@ export class Invoker {
   async #enqueue(fn: FunctionRecord, requestId: string, reason: ProvisionJob['reason']): Promise<void> {
     const job: ProvisionJob = { function_id: fn.id, config_key: instanceConfigKey(fn), reason, requested_at: this.#d.clock.now(), request_id: requestId, sandbox: fn.sandbox };
     try {
-      await this.#d.queue.enqueue(provisionTopic(fn.sandbox), job);
+      const jobId = await this.#d.queue.enqueue(provisionTopic(fn.sandbox), job);
+      const s = this.#state(fn.id).starting.get(requestId);
+      if (s) s.jobId = jobId;
     } catch (err) {
       metrics.queuePublishErrors.inc();
       this.#state(fn.id).starting.delete(requestId);
@@ -420,21 +449,25 @@ export class Invoker {
     }
   }
 
+  /**
+   * Delete our cold-start claim, only if it is still ours: a plain delete could remove the claim
+   * another gateway took over meanwhile (and start a second cold start).
+   */
+  #releaseClaim(fnId: string, requestId: string): void {
+    const key = KEYS.coldStart(fnId);
+    void (async () => {
+      const held = await this.#d.store.get(key);
+      if (!held || claimRequestId(held.value) !== requestId) return;
+      await this.#d.store.txn([{ key, modRevision: held.modRevision }], [{ type: 'delete', key }]);
+    })().catch(() => undefined);
+  }
+
   #maybeScaleUp(fn: FunctionRecord, st: FnState): void {
     this.#gcStarting(st);
     const ready = this.#candidates(fn).current.length;
     // Behind a load balancer each gateway sees a share of the demand: add what the others report.
-    let demand = st.inflight;
-    let starting = st.starting.size;
-    const others = this.#d.views.demandByFunction.get(fn.id);
-    if (others) {
-      for (const [gw, d] of others) {
-        if (gw === this.#d.gatewayId) continue;
-        demand += d.inflight;
-        starting += d.starting;
-      }
-    }
-    const n = this.#offered(fn) ? planScaleUp(fn, { ready, starting, demand }) : 0;
+    const others = this.#d.views.otherDemand(fn.id, this.#d.gatewayId);
+    const n = this.#offered(fn) ? planScaleUp(fn, { ready, starting: st.starting.size + others.starting, demand: st.inflight + others.inflight }) : 0;
     for (let i = 0; i < n; i++) {
       const requestId = newId('req', this.#d.clock.now());
       st.starting.set(requestId, { at: this.#d.clock.now(), configKey: instanceConfigKey(fn) });
@@ -443,15 +476,32 @@ export class Invoker {
     }
   }
 
-  /** Periodic: min_instances and replacing stale instances after an update (run by one gateway). */
-  /** Every gateway, periodically: forget stuck starts, release waiters, re-queue lost cold starts. */
+  /**
+   * Every gateway, periodically: forget stuck starts, release waiters (asking again for a cold
+   * start when the one they waited for was forgotten), re-queue lost cold starts. The recovery
+   * pass runs in the background: it never holds up this call (and so the reconciler).
+   */
   async housekeeping(): Promise<void> {
-    for (const [fnId, st] of this.#fns) {
+    for (const [fnId, st] of [...this.#fns]) {
       this.#gcStarting(st);
-      if (st.waiters.size > 0) this.#wake(fnId);
+      if (st.waiters.size === 0) continue;
+      this.#wake(fnId);
+      const fn = this.#d.views.fn(fnId);
+      if (fn && st.waiters.size > 0 && st.starting.size === 0 && this.#offered(fn) && this.#candidates(fn).current.length === 0) {
+        this.#ensureColdStart(fn, st).catch((err: unknown) => {
+          this.#failWaiters(st, err instanceof AetherError ? err : new AetherError('AETHER_ERR_UNAVAILABLE', `cold start could not be requested: ${String(err)}`));
+        });
+      }
     }
     await this.#reportDemand();
-    await this.#requeueLost();
+    this.#recovering ??= this.#requeueLost()
+      .catch((err: unknown) => this.#d.logger.warn({ err: String(err) }, 'lost-job recovery failed'))
+      .finally(() => (this.#recovering = undefined));
+  }
+
+  /** Wait for a recovery pass in progress (tests, shutdown). */
+  async settled(): Promise<void> {
+    await this.#recovering;
   }
 
   /** Publish this gateway's load per function (only changes; removed when idle) for the other gateways' scale-up. */
@@ -460,7 +510,8 @@ export class Invoker {
     if (!lease) return;
     for (const [fnId, st] of this.#fns) {
       const idle = st.inflight === 0 && st.starting.size === 0;
-      const value = idle ? '' : JSON.stringify({ inflight: st.inflight, starting: st.starting.size });
+      // The lease is part of the value: after a new lease (the old one expired with its keys) it is written again.
+      const value = idle ? '' : JSON.stringify({ inflight: st.inflight, starting: st.starting.size, lease });
       if (value === st.reported) continue;
       const key = KEYS.demand(fnId, this.#d.gatewayId);
       try {
@@ -493,9 +544,7 @@ export class Invoker {
     const st = this.#fns.get(r.function_id);
     if (!st || !st.starting.has(r.request_id)) return;
     st.starting.delete(r.request_id);
-    if (st.claims.delete(r.request_id)) {
-      void this.#d.store.delete(KEYS.coldStart(r.function_id)).catch(() => undefined);
-    }
+    if (st.claims.delete(r.request_id)) this.#releaseClaim(r.function_id, r.request_id);
     if (r.ok) {
       this.#wake(r.function_id);
       return;
@@ -504,29 +553,53 @@ export class Invoker {
     st.lastError = r.error ?? 'instance failed to start';
     const fn = this.#d.views.fn(r.function_id);
     if (st.starting.size === 0 && (!fn || !this.#pick(fn))) {
-      this.#failWaiters(st, new AetherError('AETHER_ERR_COLD_START_FAILED', `cold start of "${fn?.name ?? r.function_id}" failed: ${st.lastError}`));
+      const err = r.error_code === 'AETHER_ERR_NO_CAPACITY'
+        ? new AetherError('AETHER_ERR_NO_CAPACITY', st.lastError)
+        : new AetherError('AETHER_ERR_COLD_START_FAILED', `cold start of "${fn?.name ?? r.function_id}" failed: ${st.lastError}`);
+      this.#failWaiters(st, err);
     }
   }
 
-  /** Requests waiting for a cold start whose job may have been lost (e.g. Redis came back empty). */
+  /**
+   * Cold starts whose job vanished (e.g. Redis came back without its data): our claimed start has
+   * waiters, its job is no longer in the queue (asked per job, not judged by the topic's length)
+   * and no result came, on two rounds in a row. Each such start is queued again at most once, with
+   * the same request id (the claim and any late result still match it).
+   */
   async #requeueLost(): Promise<void> {
-    for (const [fnId, st] of this.#fns) {
-      if (st.waiters.size === 0 || st.starting.size === 0) continue;
+    for (const [fnId, st] of [...this.#fns]) {
+      if (st.waiters.size === 0) continue;
       const fn = this.#d.views.fn(fnId);
       if (!fn) continue;
-      const depth = await this.#d.queue.depth(provisionTopic(fn.sandbox)).catch(() => -1);
-      if (depth !== 0) continue;
-      const oldest = Math.min(...[...st.starting.values()].map((s) => s.at));
-      if (this.#d.clock.now() - oldest < 3000) continue;
-      for (const id of st.claims) {
-        st.starting.delete(id);
-        const requestId = newId('req', this.#d.clock.now());
-        st.claims.delete(id);
-        st.claims.add(requestId);
-        st.starting.set(requestId, { at: this.#d.clock.now(), configKey: instanceConfigKey(fn) });
-        await this.#d.store.put(KEYS.coldStart(fnId), JSON.stringify({ gateway_id: this.#d.gatewayId, request_id: requestId, config_key: instanceConfigKey(fn), at: this.#d.clock.now() }), this.#d.leaseId() ? { lease: this.#d.leaseId() as string } : {}).catch(() => undefined);
-        await this.#enqueue(fn, requestId, 'cold').catch(() => undefined);
-        this.#d.logger.warn({ function_id: fnId }, 'provision job seems lost (queue empty, no result); queued again');
+      for (const requestId of [...st.claims]) {
+        const s = st.starting.get(requestId);
+        if (!s || s.jobId === undefined || s.requeued || this.#d.clock.now() - s.at < LOST_JOB_AFTER_MS) continue;
+        if (this.#d.views.results.items.has(KEYS.provisionResult(requestId))) continue;
+        let present: boolean;
+        try {
+          present = await this.#d.queue.contains(provisionTopic(fn.sandbox), s.jobId);
+        } catch {
+          continue; // queue down: nothing to decide now
+        }
+        if (present || st.starting.get(requestId) !== s) {
+          delete s.missingSince;
+          continue;
+        }
+        if (s.missingSince === undefined) {
+          s.missingSince = this.#d.clock.now(); // an agent may have acked it a moment before its result shows up
+          continue;
+        }
+        s.requeued = true;
+        const job: ProvisionJob = { function_id: fnId, config_key: s.configKey, reason: 'cold', requested_at: this.#d.clock.now(), request_id: requestId, sandbox: fn.sandbox };
+        try {
+          s.jobId = await this.#d.queue.enqueue(provisionTopic(fn.sandbox), job);
+          s.at = this.#d.clock.now();
+          delete s.missingSince;
+          metrics.lostJobsRequeued.inc();
+          this.#d.logger.warn({ function_id: fnId, request_id: requestId }, 'provision job lost (not in the queue, no result); queued again once');
+        } catch {
+          s.requeued = false; // queue down: try again on a later round
+        }
       }
     }
   }
@@ -536,6 +609,17 @@ export class Invoker {
     const out: Record<string, { inflight: number; starting: number; waiting: number }> = {};
     for (const [id, st] of this.#fns) out[id] = { inflight: st.inflight, starting: st.starting.size, waiting: st.waiters.size };
     return out;
+  }
+}
+
+/** A cold start's job is considered lost only after this long without a result. */
+const LOST_JOB_AFTER_MS = 3000;
+
+function claimRequestId(value: string): string | undefined {
+  try {
+    return (JSON.parse(value) as { request_id?: string }).request_id;
+  } catch {
+    return undefined;
   }
 }
 

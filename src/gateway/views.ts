@@ -1,7 +1,7 @@
 import type { Logger } from '../core/index.ts';
 import type { KeyValue, Store, WatchEvent } from '../store/index.ts';
 import { listAndWatch } from '../store/index.ts';
-import { KEYS, type FunctionRecord, type InstanceRecord, type ProvisionResult } from '../spec/index.ts';
+import { KEYS, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionResult } from '../spec/index.ts';
 
 /**
  * Watch-fed, in-memory views of the Store for the warm path: functions (by id and name), ready
@@ -86,6 +86,15 @@ export class PrefixView<T> {
 export interface GatewayDemand {
   inflight: number;
   starting: number;
+  /** The publisher's lease when it wrote this. */
+  lease?: string;
+}
+
+/** A live gateway (KEYS.gateway), written under its lease. */
+export interface GatewayRecord {
+  gateway_id: string;
+  lease: string;
+  started_at: string;
 }
 
 export class ClusterViews {
@@ -93,6 +102,10 @@ export class ClusterViews {
   readonly instances: PrefixView<InstanceRecord>;
   readonly results: PrefixView<ProvisionResult>;
   readonly demand: PrefixView<GatewayDemand>;
+  /** Registered agents (capacity, used, evictable): placement checks and log gathering. */
+  readonly agents: PrefixView<AgentRecord>;
+  /** Live gateways: another gateway's demand counts only while it is registered under the same lease. */
+  readonly gateways: PrefixView<GatewayRecord>;
   /** fnId -> gatewayId -> reported demand. */
   readonly demandByFunction = new Map<string, Map<string, GatewayDemand>>();
   /** fnId -> instances, maintained from the instances view. */
@@ -104,6 +117,8 @@ export class ClusterViews {
     this.instances = new PrefixView(store, KEYS.instances, logger);
     this.results = new PrefixView(store, KEYS.provisionResults, logger);
     this.demand = new PrefixView(store, KEYS.demands, logger);
+    this.agents = new PrefixView(store, KEYS.agents, logger);
+    this.gateways = new PrefixView(store, KEYS.gateways, logger);
     groupByFunction(this.demand, KEYS.demands, this.demandByFunction);
     this.functions.onChange((key, fn) => {
       const id = key.slice(KEYS.functions.length);
@@ -114,7 +129,7 @@ export class ClusterViews {
   }
 
   async start(): Promise<void> {
-    await Promise.all([this.functions.start(), this.instances.start(), this.results.start(), this.demand.start()]);
+    await Promise.all([this.functions.start(), this.instances.start(), this.results.start(), this.demand.start(), this.agents.start(), this.gateways.start()]);
   }
 
   fn(idOrName: string): FunctionRecord | undefined {
@@ -129,6 +144,27 @@ export class ClusterViews {
     this.instances.close();
     this.results.close();
     this.demand.close();
+    this.agents.close();
+    this.gateways.close();
+  }
+
+  /**
+   * What the other gateways report for a function: only from gateways still registered, under the
+   * lease they published it with. A gateway that shut down (or restarted) stops counting at once,
+   * not when its old lease's TTL runs out.
+   */
+  otherDemand(fnId: string, selfId: string): { inflight: number; starting: number } {
+    const sum = { inflight: 0, starting: 0 };
+    const m = this.demandByFunction.get(fnId);
+    if (!m) return sum;
+    for (const [gw, d] of m) {
+      if (gw === selfId) continue;
+      const live = this.gateways.items.get(KEYS.gateway(gw));
+      if (!live || (d.lease !== undefined && d.lease !== live.lease)) continue;
+      sum.inflight += d.inflight;
+      sum.starting += d.starting;
+    }
+    return sum;
   }
 }
 

@@ -155,6 +155,22 @@ export function queueContract(name: string, make: () => Promise<QueueHarness>): 
       assert.deepEqual(seen.sort((a, b) => a - b), Array.from({ length: 30 }, (_, i) => i));
     });
 
+    it('contains: true while a job waits, is in flight or was released; false once acked', OPTS, async () => {
+      const id = await q.enqueue(topic, 'x');
+      assert.equal(await q.contains(topic, id), true);
+      assert.equal(await q.contains(`${topic}-other`, id), false);
+      assert.equal(await q.contains(topic, 'no-such-job'), false);
+      const first = await q.take(topic, 'c1', { waitMs: 0, visibilityMs: LONG });
+      assert.ok(first);
+      assert.equal(await q.contains(topic, id), true, 'in flight');
+      await q.release(first);
+      assert.equal(await q.contains(topic, id), true, 'released: waiting again');
+      const second = await q.take(topic, 'c1', { waitMs: 0, visibilityMs: LONG });
+      assert.ok(second);
+      await q.ack(second);
+      assert.equal(await q.contains(topic, id), false, 'acked');
+    });
+
     it('depth counts waiting and in-flight jobs per topic', OPTS, async () => {
       assert.equal(await q.depth(topic), 0);
       for (let i = 0; i < 3; i++) await q.enqueue(topic, i);

@@ -89,6 +89,8 @@ class MemoryQueue implements Queue {
     if (!t || !entry?.inflight || entry.deliveries !== job.deliveries) return;
     this.#clock.clearTimeout(entry.inflight.timer);
     delete entry.inflight;
+    // To the tail, as the Redis driver does: a job given back (no capacity) must not block the others.
+    entry.seq = this.#seq++;
     this.#makeReady(t, entry);
   }
 
@@ -105,6 +107,10 @@ class MemoryQueue implements Queue {
 
   async depth(topic: string): Promise<number> {
     return this.#topics.get(topic)?.entries.size ?? 0;
+  }
+
+  async contains(topic: string, jobId: string): Promise<boolean> {
+    return this.#topics.get(topic)?.entries.has(jobId) ?? false;
   }
 
   async close(): Promise<void> {

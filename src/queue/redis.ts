@@ -11,7 +11,9 @@ import type { Job, Queue, TakeOptions } from './types.ts';
  * the holder's own visibilityMs and extend() decide, as the Queue interface says. A take is one
  * Lua script (reclaim an expired entry with XCLAIM, else XREADGROUP), so a job is never handed to
  * two takers; waiting happens outside the script with XREAD BLOCK on a dedicated connection.
- * Acked entries are deleted, so XLEN = waiting + in flight.
+ * Acked entries are deleted, so XLEN = waiting + in flight. The set `<prefix>q:<topic>:jobs` holds
+ * the ids of live jobs (added by enqueue, removed by ack or dead-lettering) for contains(); it
+ * empties with the stream when Redis comes back without its data.
  *
  * Entry fields: p = JSON payload, j = job id (original entry id, kept across release), d = deliveries
  * before this entry (a released job is re-added at the tail as a new entry that carries its count).
@@ -64,10 +66,16 @@ const LUA_NOW = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
 
-// KEYS: stream, inflight, dlq. ARGV: group, consumer, visibilityMs, maxDeliveries, maxLen.
+// KEYS: stream, jobs. ARGV: maxLen, payload -> entry id (= job id)
+const ENQUEUE_LUA = `
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', ARGV[2])
+redis.call('SADD', KEYS[2], id)
+return id`;
+
+// KEYS: stream, inflight, dlq, jobs. ARGV: group, consumer, visibilityMs, maxDeliveries, maxLen.
 // -> {'job', entryId, fields, pendingCount, deadJobs} or {'none', lastId, msToNextDeadline|-1, deadJobs}
 const TAKE_LUA = `
-local key, zkey, dlq = KEYS[1], KEYS[2], KEYS[3]
+local key, zkey, dlq, jobs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer = ARGV[1], ARGV[2]
 local vis, maxd = tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.pcall('XGROUP', 'CREATE', key, group, '0', 'MKSTREAM')
@@ -94,6 +102,7 @@ for _ = 1, 100 do
       redis.call('XACK', key, group, id)
       redis.call('XDEL', key, id)
       redis.call('ZREM', zkey, id)
+      redis.call('SREM', jobs, field(e[2], 'j') or id)
       table.insert(dead, field(e[2], 'j') or id)
     else
       redis.call('ZADD', zkey, now + vis, id)
@@ -172,7 +181,8 @@ class RedisQueue implements Queue {
     this.#open();
     const raw = JSON.stringify(payload);
     if (raw === undefined) throw new AetherError('AETHER_ERR_VALIDATION', 'queue payload must be JSON-serialisable');
-    const id = await this.#redis.xadd(this.#key(topic), 'MAXLEN', '~', this.#maxLen, '*', 'p', raw);
+    const key = this.#key(topic);
+    const id = (await this.#redis.eval(ENQUEUE_LUA, 2, key, `${key}:jobs`, this.#maxLen, raw)) as string | null;
     if (!id) throw new AetherError('AETHER_ERR_INTERNAL', 'XADD returned no id');
     return id;
   }
@@ -183,7 +193,7 @@ class RedisQueue implements Queue {
     const deadline = systemClock.now() + Math.max(0, opts.waitMs);
     for (;;) {
       const reply = (await this.#redis.eval(
-        TAKE_LUA, 3, key, `${key}:inflight`, `${key}:dlq`,
+        TAKE_LUA, 4, key, `${key}:inflight`, `${key}:dlq`, `${key}:jobs`,
         GROUP, consumer, Math.max(1, Math.floor(opts.visibilityMs)), this.#maxDeliveries, this.#maxLen,
       )) as TakeReply;
       const dead = reply[4] ?? reply[3];
@@ -205,7 +215,7 @@ class RedisQueue implements Queue {
     const key = this.#key(job.topic);
     const entryId = this.#deliveries.get(job)?.entryId ?? job.id;
     // A late ack from a holder whose delivery expired still completes the job (at-least-once).
-    await this.#redis.multi().xack(key, GROUP, entryId).xdel(key, entryId).zrem(`${key}:inflight`, entryId).exec();
+    await this.#redis.multi().xack(key, GROUP, entryId).xdel(key, entryId).zrem(`${key}:inflight`, entryId).srem(`${key}:jobs`, job.id).exec();
   }
 
   async release(job: Job): Promise<void> {
@@ -223,6 +233,10 @@ class RedisQueue implements Queue {
 
   async depth(topic: string): Promise<number> {
     return this.#redis.xlen(this.#key(topic));
+  }
+
+  async contains(topic: string, jobId: string): Promise<boolean> {
+    return (await this.#redis.sismember(`${this.#key(topic)}:jobs`, jobId)) === 1;
   }
 
   async close(): Promise<void> {

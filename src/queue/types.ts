@@ -29,5 +29,11 @@ export interface Queue {
   extend(job: Job, visibilityMs: number): Promise<void>;
   /** Jobs waiting or in flight (approximate for networked drivers). */
   depth(topic: string): Promise<number>;
+  /**
+   * Whether the job `enqueue` returned `jobId` for is still waiting or in flight (neither acked,
+   * dead-lettered nor lost). A producer uses it to notice a job that vanished (e.g. Redis came back
+   * without its data) and to queue it again, judged per job rather than by the topic's length.
+   */
+  contains(topic: string, jobId: string): Promise<boolean>;
   close(): Promise<void>;
 }

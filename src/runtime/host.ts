@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { findV1Mounts, v1Usable, v2HasControllers } from './cgroup.ts';
 
@@ -109,7 +109,7 @@ export function findGuestKernel(env: NodeJS.ProcessEnv = process.env): string | 
 }
 
 /** Which sandbox kinds this host can run (what `--sandboxes auto` offers), from a host report. */
-export function probeSandboxes(h: Pick<HostReport, 'isolation' | 'kvm'>, env: NodeJS.ProcessEnv = process.env): SandboxProbe[] {
+export function probeSandboxes(h: Pick<HostReport, 'isolation' | 'kvm'> & { root?: boolean }, env: NodeJS.ProcessEnv = process.env): SandboxProbe[] {
   const out: SandboxProbe[] = [{ kind: 'process', ok: true, detail: h.isolation === 'none' ? 'plain child processes (no isolation)' : h.isolation }];
   const kernel = findGuestKernel(env);
   const qemuBin = env['AETHER_QEMU'] ?? findBin(process.arch === 'arm64' ? 'qemu-system-aarch64' : 'qemu-system-x86_64');
@@ -118,10 +118,41 @@ export function probeSandboxes(h: Pick<HostReport, 'isolation' | 'kvm'>, env: No
   else if (!findBin('mke2fs')) out.push({ kind: 'qemu', ok: false, detail: 'mke2fs not found (apt install e2fsprogs)' });
   else if (!env['AETHER_MUSL_GCC'] && !findBin('musl-gcc')) out.push({ kind: 'qemu', ok: false, detail: 'musl-gcc not found: aether-init cannot be built (apt install musl-tools)' });
   else out.push({ kind: 'qemu', ok: true, detail: h.kvm ? `microvm, KVM (${kernel})` : `microvm, TCG without KVM: slow cold boots (10-30 s; snapshot restores are faster) (${kernel})` });
-  const fcBin = env['AETHER_FIRECRACKER'] ?? findBin('firecracker', [...PATHS, ...(env['PATH'] ?? '').split(':').filter(Boolean)]);
-  if (!h.kvm) out.push({ kind: 'firecracker', ok: false, detail: 'no usable /dev/kvm' });
-  else if (!fcBin) out.push({ kind: 'firecracker', ok: false, detail: 'firecracker binary not found on PATH (or AETHER_FIRECRACKER)' });
-  else if (!kernel) out.push({ kind: 'firecracker', ok: false, detail: 'no guest kernel: set AETHER_GUEST_KERNEL' });
-  else out.push({ kind: 'firecracker', ok: true, detail: `KVM, ${fcBin}` });
+  out.push(probeFirecracker(h, env));
   return out;
+}
+
+/** First 4 bytes of a file: an uncompressed kernel starts with the ELF magic. */
+function isElf(path: string): boolean {
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      const b = Buffer.alloc(4);
+      readSync(fd, b, 0, 4, 0);
+      return b.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]));
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Firecracker needs a usable /dev/kvm, its binary (`AETHER_FIRECRACKER`, else PATH), root (a
+ * network namespace and a TAP per VM) and an uncompressed ELF guest kernel (`AETHER_FC_KERNEL`,
+ * else `AETHER_GUEST_KERNEL`): v1.16 does not boot the bzImage Debian installs in /boot.
+ */
+export function probeFirecracker(h: Pick<HostReport, 'kvm'> & { root?: boolean }, env: NodeJS.ProcessEnv = process.env): SandboxProbe {
+  const no = (detail: string): SandboxProbe => ({ kind: 'firecracker', ok: false, detail });
+  if (!h.kvm) return no('no usable /dev/kvm');
+  const bin = env['AETHER_FIRECRACKER'] ?? findBin('firecracker', [...PATHS, ...(env['PATH'] ?? '').split(':').filter(Boolean)]);
+  if (!bin) return no('firecracker binary not found on PATH (or AETHER_FIRECRACKER)');
+  if (h.root === false) return no('needs root (a network namespace and a TAP per VM)');
+  const kernel = env['AETHER_FC_KERNEL'] ?? env['AETHER_GUEST_KERNEL'];
+  if (!kernel) return no('no guest kernel: set AETHER_FC_KERNEL to an uncompressed ELF vmlinux (scripts/extract-vmlinux of the cloud kernel)');
+  if (!isElf(kernel)) return no(`guest kernel ${kernel} is not an ELF vmlinux (Firecracker v1.16 does not boot bzImage): set AETHER_FC_KERNEL`);
+  if (!findBin('mke2fs')) return no('mke2fs not found (apt install e2fsprogs)');
+  if (!env['AETHER_MUSL_GCC'] && !findBin('musl-gcc')) return no('musl-gcc not found: aether-init cannot be built (apt install musl-tools)');
+  return { kind: 'firecracker', ok: true, detail: `KVM, ${bin}, kernel ${kernel}` };
 }

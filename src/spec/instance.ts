@@ -20,12 +20,21 @@ export interface InstanceRecord {
   started_at: string;
 }
 
+export interface Resources {
+  instances: number;
+  memory_mb: number;
+  vcpu: number;
+}
+
 export interface AgentRecord {
   agent_id: string;
   url: string;
   hostname: string;
-  capacity: { instances: number; memory_mb: number; vcpu: number };
-  used: { instances: number; memory_mb: number; vcpu: number };
+  capacity: Resources;
+  /** Instances starting, running or stopping. */
+  used: Resources;
+  /** What the agent could free by evicting idle instances of other functions (refreshed each second). */
+  evictable?: Resources;
   /** Isolation of its process sandbox ("namespaces+cgroups" or "none"). */
   isolation: string;
   /** Sandbox kinds it runs (absent in records of older agents: process only). */
@@ -35,6 +44,24 @@ export interface AgentRecord {
   node_type?: string | null;
   /** The agent's edge router (host-based routes to services), when it runs one. */
   router_url?: string | null;
+}
+
+/** Where a function's instance could go given the agents' records (gateway and agent use the same rule). */
+export function placement(agents: Iterable<AgentRecord>, need: { memory_mb: number; vcpu: number; sandbox?: SandboxKind }, exceptAgent?: string): { agents: number; ever: boolean; now: boolean } {
+  let n = 0;
+  let ever = false;
+  let now = false;
+  for (const a of agents) {
+    if (a.agent_id === exceptAgent) continue;
+    if (need.sandbox !== undefined && !(a.sandboxes ?? ['process']).includes(need.sandbox)) continue;
+    n++;
+    if (a.capacity.memory_mb < need.memory_mb || a.capacity.vcpu < need.vcpu || a.capacity.instances < 1) continue;
+    ever = true;
+    const e = a.evictable ?? { instances: 0, memory_mb: 0, vcpu: 0 };
+    const free = (k: keyof Resources): number => a.capacity[k] - a.used[k] + e[k];
+    if (free('instances') >= 1 && free('memory_mb') >= need.memory_mb && free('vcpu') >= need.vcpu) now = true;
+  }
+  return { agents: n, ever, now };
 }
 
 /** A provisioning job on the queue. The agent re-reads the function from the Store. */
@@ -70,4 +97,6 @@ export interface ProvisionResult {
   instance_id: string | null;
   /** Failure reason plus the last lines the instance printed. */
   error: string | null;
+  /** Set when the failure has a specific code (AETHER_ERR_NO_CAPACITY: no agent could place it). */
+  error_code?: string;
 }

@@ -15,6 +15,7 @@
  *   /aether/deploy/trigger                   a verified webhook delivery (ref); the deployer watches it and runs
  *   /aether/service-status/<nodeId>/<svc>    what an agent reports about a service it runs, leased
  *   /aether/service-restarts/<svc>           a restart request (nonce); agents running the service restart it once per nonce
+ *   /aether/gateways/<gatewayId>             a live gateway and its lease; demand counts only while it is there, leased
  */
 export const KEYS = {
   functions: '/aether/functions/',
@@ -41,6 +42,8 @@ export const KEYS = {
   serviceStatus: (nodeId: string, svc: string): string => `/aether/service-status/${nodeId}/${svc}`,
   serviceRestarts: '/aether/service-restarts/',
   serviceRestart: (svc: string): string => `/aether/service-restarts/${svc}`,
+  gateways: '/aether/gateways/',
+  gateway: (id: string): string => `/aether/gateways/${id}`,
 } as const;
 
 /** Blob key of a function's archive. */

@@ -8,6 +8,9 @@ import { zipOf } from '../../src/archive/testing.ts';
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const AETHER_BIN = join(ROOT, 'bin/aether.mjs');
 
+/** Shared by every gateway and agent this test process starts (`up` derives its own). */
+export const CLUSTER_TOKEN = randomBytes(24).toString('hex');
+
 const children = new Set<ChildProcess>();
 process.once('exit', () => {
   for (const c of children) c.kill('SIGKILL');
@@ -30,7 +33,15 @@ export async function startAether(opts: { args?: string[]; env?: Record<string, 
   const token = opts.token ?? randomBytes(16).toString('hex');
   const role = opts.role ?? 'up';
   const args = [AETHER_BIN, '--data-dir', dataDir, role, ...(role === 'agent' ? [] : ['--port', '0']), ...(opts.args ?? [])];
-  const env: Record<string, string> = { ...(process.env as Record<string, string>), AETHER_ADMIN_TOKEN: token, AETHER_LOG_LEVEL: 'warn', ...opts.env };
+  const env: Record<string, string> = {
+    ...(process.env as Record<string, string>),
+    AETHER_ADMIN_TOKEN: token,
+    ...(role === 'up' ? {} : { AETHER_CLUSTER_TOKEN: CLUSTER_TOKEN }),
+    AETHER_LOG_LEVEL: 'warn',
+    ...opts.env,
+  };
+  // Agents hold only the cluster token, as in a real deployment.
+  if (role === 'agent' && !opts.env?.['AETHER_ADMIN_TOKEN']) delete env['AETHER_ADMIN_TOKEN'];
   delete env['NODE_EXTRA_CA_CERTS'];
   const proc = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   // A failed assertion must not leave the test file waiting on a live child: let it exit, then kill.

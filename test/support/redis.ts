@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +21,8 @@ export interface RedisServer {
   kill(): Promise<void>;
   /** stop() then start again on the same port and data dir. */
   restart(): Promise<void>;
+  /** SIGKILL, wipe the data dir, start again on the same port: Redis back without its data. */
+  restartEmpty(): Promise<void>;
 }
 
 const live = new Set<ChildProcess>();
@@ -102,6 +104,12 @@ export async function startRedis(opts: { appendOnly?: boolean } = {}): Promise<R
     kill: () => halt('SIGKILL'),
     restart: async () => {
       await halt('SIGTERM');
+      await start();
+    },
+    restartEmpty: async () => {
+      await halt('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
       await start();
     },
   };
