@@ -51,8 +51,9 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   const clock = systemClock;
   // Agents never read the admin token: they know only the cluster token, checked before anything starts.
-  const token = role === 'agent' ? undefined : await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
-  const clusterToken = clusterTokenFor(role, { env, file: cfg.clusterTokenFile, adminToken: token });
+  // The deployer talks only to the store: it needs neither secret.
+  const token = role === 'agent' || role === 'deployer' ? undefined : await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
+  const clusterToken = role === 'deployer' ? '' : clusterTokenFor(role, { env, file: cfg.clusterTokenFile, adminToken: token });
   const store = openStore(cfg, logger);
   const queue = openQueue(cfg, logger);
   const blob = openBlob(cfg);
