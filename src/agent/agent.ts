@@ -329,6 +329,8 @@ class AgentImpl implements Agent {
       isolation: (this.#runtimes.find(([k]) => k === 'process') ?? this.#runtimes[0])?.[1].isolation ?? 'none',
       sandboxes: this.#runtimes.map(([k]) => k),
       started_at: this.#startedAt,
+      node_type: config.nodeType ?? null,
+      router_url: config.routerUrl ?? null,
     };
   }
 

@@ -41,6 +41,10 @@ export interface AgentConfig {
   codeCacheBytes: number;
   /** How long a provision result stays in the store (a waiting gateway reads it at once). */
   resultTtlMs: number;
+  /** firework's node_type label: the deployer places only matching services here (absent: any). */
+  nodeType?: string;
+  /** This node's edge router, published in its record so peers route to it. */
+  routerUrl?: string;
   /** Every /internal/ route requires it (x-aether-cluster-token header, or a bearer token off the forwarding hop). Not the admin token. */
   clusterToken: string;
   /** An instance idle (no request in flight) at least this long may be evicted to place another function's cold start. */

@@ -14,6 +14,8 @@ import { probeHost, type Runtime } from '../runtime/index.ts';
 import { nodeDataPlane, resolveDataPlane, type DataPlane, type RouteSource } from '../dataplane/index.ts';
 import { startHaproxyDataPlane } from '../dataplane/haproxy/driver.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
+import { Deployer, specSource } from '../deploy/index.ts';
+import { ServicesNode } from '../agent/services/index.ts';
 import { openRuntimes } from './runtimes.ts';
 
 export interface RunningNode {
@@ -98,8 +100,9 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   chmodSync(cfg.dataDir, 0o700);
   const clock = systemClock;
   // Agents never read the admin token: they know only the cluster token, checked before anything starts.
-  const token = role === 'agent' ? undefined : await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
-  const clusterToken = clusterTokenFor(role, { env, file: cfg.clusterTokenFile, adminToken: token });
+  // The deployer talks only to the store: it needs neither secret.
+  const token = role === 'agent' || role === 'deployer' ? undefined : await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
+  const clusterToken = role === 'deployer' ? '' : clusterTokenFor(role, { env, file: cfg.clusterTokenFile, adminToken: token });
   const store = openStore(cfg, logger);
   const queue = openQueue(cfg, logger);
   const blob = openBlob(cfg);
@@ -134,6 +137,7 @@ async function startParts(
 ): Promise<string> {
   const { logger, clock, token, clusterToken, store, queue, blob, closers, out, env } = p;
   let agent: Agent | undefined;
+  let servicesNode: ServicesNode | undefined;
   const startupFloors: number[] = [];
   let agentServerUrl: string | undefined;
   if (role === 'up' || role === 'agent') {
@@ -174,6 +178,23 @@ async function startParts(
     if (role === 'up' && !runtimes[cfg.sandbox]) {
       throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} is the default for new functions, but this node does not offer it (offered: ${Object.keys(runtimes).join(', ')}; see \`aether doctor\`)`);
     }
+    // Services on this node: the controller runs what the deployer assigns here; the edge router
+    // (with --router-port) routes by Host to them and to peers' routers.
+    const services = new ServicesNode({
+      store,
+      nodeId: agentId,
+      runtimes,
+      clock,
+      logger,
+      leaseTtlMs: cfg.leaseTtlMs,
+      startupTimeoutMs: Math.max(cfg.startupTimeoutMs, 120_000),
+      capacity: { vcpu: cfg.capacity.vcpu, memoryMb: cfg.capacity.memoryMb },
+      ...(cfg.routerPort !== undefined ? { routerPort: cfg.routerPort, routerHost: role === 'up' ? cfg.host : '0.0.0.0' } : {}),
+    });
+    servicesNode = services;
+    const routerUrl = await services.listen();
+    const advertisedRouter = routerUrl && cfg.advertise ? `http://${cfg.advertise}:${new URL(routerUrl).port}` : routerUrl;
+    if (routerUrl) out(`edge router at ${routerUrl} (routes by Host to services; /status, /health, /metrics)`);
     agent = createAgent({
       store,
       queue,
@@ -190,10 +211,14 @@ async function startParts(
         leaseTtlMs: cfg.leaseTtlMs,
         startupTimeoutMs: cfg.startupTimeoutMs,
         pidsMax: cfg.pidsMax,
+        ...(cfg.nodeType ? { nodeType: cfg.nodeType } : {}),
+        ...(advertisedRouter ? { routerUrl: advertisedRouter } : {}),
         clusterToken,
       }),
     });
     await agent.start();
+    await services.start();
+    closers.unshift(() => services.stop());
     if (role === 'agent') {
       // The agent's hop stays Node; see docs/dataplane.md.
       if (cfg.dataPlane !== 'node') out(`data plane: node (agents forward through their own Node server; --data-plane ${cfg.dataPlane} applies to gateways)`);
@@ -228,7 +253,9 @@ async function startParts(
         leaseTtlMs: cfg.leaseTtlMs,
         // A start counts as pending as long as the slowest local runtime may take (a VM boot without KVM).
         startTimeoutMs: Math.max(cfg.startupTimeoutMs, ...startupFloors) + 15_000,
+        ...(cfg.webhookSecret ? { webhookSecret: cfg.webhookSecret } : {}),
         ...(agent ? { localAgent: agent } : {}),
+        ...(servicesNode ? { serviceLogs: (name: string, n: number) => (servicesNode as ServicesNode).controller.logs(name, n) } : {}),
       });
     let g = await openGateway(dp.kind === 'haproxy');
     dataPlane = nodeDataPlane(g.url);
@@ -257,6 +284,23 @@ async function startParts(
     out(`Aether ${role === 'up' ? 'is up' : 'gateway'} at ${dataPlane.url}`);
     out(`data dir: ${cfg.dataDir}`);
     out(`try: curl -H "Authorization: Bearer $(cat ${join(cfg.dataDir, 'admin.token')} 2>/dev/null || echo $AETHER_ADMIN_TOKEN)" ${dataPlane.url}/api/functions`);
+  }
+
+  // Services: the deployer reads the specs, places them and writes node assignments.
+  if (cfg.source && (role === 'up' || role === 'deployer')) {
+    const deployer = new Deployer({
+      store,
+      source: specSource(cfg.source),
+      deployerId: newId('dep'),
+      clock,
+      logger,
+      pollMs: cfg.pollMs,
+      leaseTtlMs: cfg.leaseTtlMs,
+      ...(cfg.exportDir ? { exportDir: cfg.exportDir } : {}),
+    });
+    deployer.start();
+    closers.unshift(() => deployer.stop());
+    out(`deployer: ${specSource(cfg.source).describe}, every ${cfg.pollMs} ms${cfg.webhookSecret ? ' and on POST /api/deploy/webhook' : ''}`);
   }
 
   return dataPlane?.url ?? agentServerUrl ?? '';

@@ -12,6 +12,7 @@ import { registerFnLogs } from './fn-logs.ts';
 import { registerFnLs } from './fn-ls.ts';
 import { registerFnRm } from './fn-rm.ts';
 import { registerFnUpdate } from './fn-update.ts';
+import { registerServiceCommands } from './services.ts';
 import { registerImageCommands } from './image.ts';
 
 export { processIo, errorLine, runAction, withClient, printJson, formatTable, formatFields, formatBytes, formatAge, defaultDeps } from './output.ts';
@@ -42,6 +43,7 @@ export function registerClientCommands(program: Command, deps: Partial<CliDeps> 
   registerFnInvoke(fn, d);
   registerFnLogs(fn, d);
   registerFnInvocations(fn, d);
+  registerServiceCommands(program, d);
 }
 
 /** `aether doctor [--json]`: prints probeHost() from src/runtime. */

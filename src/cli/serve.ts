@@ -40,7 +40,14 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--agent-id <id>', 'stable agent id (default: kept in the data dir)')
       .option('--capacity-instances <n>', 'max instances on this node (default 64)', int)
       .option('--capacity-memory-mb <n>', 'memory for instances on this node (default 75% of RAM)', int)
-      .option('--startup-timeout-ms <n>', 'how long an instance may take to listen (default 30000)', int);
+      .option('--startup-timeout-ms <n>', 'how long an instance may take to listen (default 30000)', int)
+      .option('--router-port <port>', 'edge router for services: routes by Host (metadata.host) to local and peer instances (env AETHER_ROUTER_PORT; default: no router)', int)
+      .option('--node-type <type>', "firework's node_type of this node: only matching services are placed here (env AETHER_NODE_TYPE; default: any)");
+  const deployOpts = (cmd: Command): Command =>
+    cmd
+      .option('--source <dir|git-url[#branch]>', 'service specs in firework layout: defaults.yaml, services/, tenants/ (env AETHER_SOURCE)')
+      .option('--poll <duration>', 'how often the source is read, e.g. 2s (env AETHER_POLL; default 30s)')
+      .option('--export-dir <dir>', "also write firework's nodes/<node>.yaml files here (env AETHER_EXPORT_DIR)");
 
   // --data-dir is also a global option (the client commands read it): either place works.
   const run = (role: Role) => async (_opts: Record<string, unknown>, cmd: Command) => {
@@ -50,6 +57,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
       adminTokenFile: 'admin_token_file', clusterTokenFile: 'cluster_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', advertise: 'advertise', dataPlane: 'data_plane',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
+      nodeType: 'node_type', routerPort: 'router_port', source: 'source', poll: 'poll', exportDir: 'export_dir',
     };
     for (const [k, v] of Object.entries(opts)) {
       const key = map[k];
@@ -89,7 +97,8 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     if (stopping) shutdown(up.node);
   };
 
-  agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)'), 'up')).action(run('up'));
+  deployOpts(agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)'), 'up'))).action(run('up'));
   common(program.command('gateway').description('run a gateway (API + invocation routing) on etcd + Redis + S3'), 'gateway').action(run('gateway'));
   agentOpts(common(program.command('agent').description('run an agent (sandboxes) on etcd + Redis + S3'), 'agent')).action(run('agent'));
+  deployOpts(common(program.command('deployer').description('run the services deployer (specs -> placements) on etcd'), 'deployer')).action(run('deployer'));
 }

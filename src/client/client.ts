@@ -1,6 +1,7 @@
 import { Agent } from 'undici';
 import type { Dispatcher } from 'undici';
-import type { CreateFunctionInput, FunctionRecord, InvocationRecord, UpdateFunctionInput } from '../spec/index.ts';
+import type { AgentRecord, CreateFunctionInput, FunctionRecord, InvocationRecord, ServiceView, UpdateFunctionInput } from '../spec/index.ts';
+import type { Assignments, DeployStatus, ServiceConfig } from '../deploy/index.ts';
 
 /** A non-2xx answer, or a failure to get one at all (then `status` is 0). */
 export class ClientError extends Error {
@@ -142,6 +143,42 @@ export class AetherClient {
   listInvocations(idOrName: string, limit?: number): Promise<InvocationRecord[]> {
     const q = limit === undefined ? '' : `?limit=${encodeURIComponent(String(limit))}`;
     return this.#json('GET', `/api/functions/${seg(idOrName)}/invocations${q}`);
+  }
+
+  // Services (firework-format specs placed by the deployer).
+  listServices(): Promise<ServiceView[]> {
+    return this.#json('GET', '/api/services');
+  }
+
+  getService(name: string): Promise<ServiceView & { config: ServiceConfig | null }> {
+    return this.#json('GET', `/api/services/${seg(name)}`);
+  }
+
+  restartService(name: string): Promise<{ name: string; request_id: string }> {
+    return this.#json('POST', `/api/services/${seg(name)}/restart`);
+  }
+
+  async serviceLogs(name: string, tail = 100): Promise<LogEntry[]> {
+    const res = await this.#call({ method: 'GET', path: `/api/services/${seg(name)}/logs?tail=${tail}`, auth: true });
+    const text = await res.body.text();
+    return text.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as LogEntry);
+  }
+
+  listNodes(): Promise<(AgentRecord & { services: string[] })[]> {
+    return this.#json('GET', '/api/nodes');
+  }
+
+  deployStatus(): Promise<DeployStatus> {
+    return this.#json('GET', '/api/deploy');
+  }
+
+  assignments(): Promise<Assignments> {
+    return this.#json('GET', '/api/deploy/assignments');
+  }
+
+  /** Ask the deployer to read its source and apply it now. */
+  triggerDeploy(): Promise<{ status: string }> {
+    return this.#json('POST', '/api/deploy');
   }
 
   /** Log lines (NDJSON from the API). With follow, the iteration lasts until the server ends it or `signal` aborts. */

@@ -5,6 +5,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { AetherError, deriveClusterToken, sameSecret } from '../core/index.ts';
 import { describeZodError } from '../spec/index.ts';
+import { parseDuration } from '../deploy/duration.ts';
 
 /**
  * Options for `aether up | gateway | agent`, from (highest first) flags, AETHER_* env, a YAML file
@@ -13,7 +14,7 @@ import { describeZodError } from '../spec/index.ts';
  *   queue: memory:// | redis://host:6379
  *   blob:  file:///path | s3://bucket?endpoint=http://host:port&region=r
  */
-export type Role = 'up' | 'gateway' | 'agent';
+export type Role = 'up' | 'gateway' | 'agent' | 'deployer';
 
 const MiB = 1024 * 1024;
 
@@ -46,6 +47,11 @@ const FileSchema = z.strictObject({
   max_unpacked_mb: z.number().int().min(1),
   max_entries: z.number().int().min(1),
   log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']),
+  source: z.string().min(1),
+  poll: z.string().regex(/^(\d+(\.\d+)?(ms|s|m|h))+$/, 'must be a duration such as 2s, 500ms or 1m'),
+  export_dir: z.string().min(1),
+  node_type: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/),
+  router_port: z.number().int().min(0).max(65535),
 }).partial();
 
 export type ConfigInput = z.infer<typeof FileSchema>;
@@ -75,6 +81,17 @@ export interface Config {
   pidsMax: number;
   limits: { maxArchiveBytes: number; maxUnpackedBytes: number; maxEntries: number };
   logLevel: string;
+  /** Service specs (firework layout): a directory or git-url[#branch]; deployer and up only. */
+  source: string | undefined;
+  pollMs: number;
+  /** Also write firework's nodes/<node>.yaml here. */
+  exportDir: string | undefined;
+  /** firework's node_type label of this agent; undefined takes services of any type. */
+  nodeType: string | undefined;
+  /** Edge router port for services (0: any free port; undefined: no router). */
+  routerPort: number | undefined;
+  /** AETHER_WEBHOOK_SECRET (env only: secrets stay out of flags and files). */
+  webhookSecret: string | undefined;
 }
 
 const ENV: Record<keyof ConfigInput, string> = {
@@ -102,9 +119,14 @@ const ENV: Record<keyof ConfigInput, string> = {
   max_unpacked_mb: 'AETHER_MAX_UNPACKED_MB',
   max_entries: 'AETHER_MAX_ENTRIES',
   log_level: 'AETHER_LOG_LEVEL',
+  source: 'AETHER_SOURCE',
+  poll: 'AETHER_POLL',
+  export_dir: 'AETHER_EXPORT_DIR',
+  node_type: 'AETHER_NODE_TYPE',
+  router_port: 'AETHER_ROUTER_PORT',
 };
 
-const NUMERIC = new Set<keyof ConfigInput>(['port', 'capacity_instances', 'capacity_memory_mb', 'capacity_vcpu', 'startup_timeout_ms', 'lease_ttl_ms', 'pids_max', 'max_archive_mb', 'max_unpacked_mb', 'max_entries']);
+const NUMERIC = new Set<keyof ConfigInput>(['router_port', 'port', 'capacity_instances', 'capacity_memory_mb', 'capacity_vcpu', 'startup_timeout_ms', 'lease_ttl_ms', 'pids_max', 'max_archive_mb', 'max_unpacked_mb', 'max_entries']);
 
 function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   const out: Record<string, unknown> = {};
@@ -140,11 +162,13 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
   const dataDir = resolve(c.data_dir ?? './.aether');
   const distributed = role !== 'up';
   const storeUrl = parseUrl('store', c.store ?? (distributed ? undefined : `sqlite://${dataDir}/store.db`), ['sqlite:', 'etcd:']);
-  const queueUrl = parseUrl('queue', c.queue ?? (distributed ? undefined : 'memory://'), ['memory:', 'redis:', 'rediss:']);
-  const blobUrl = parseUrl('blob', c.blob ?? (distributed ? undefined : `file://${dataDir}/blobs`), ['file:', 's3:']);
+  // The deployer needs only the store.
+  const local = !distributed || role === 'deployer';
+  const queueUrl = parseUrl('queue', c.queue ?? (local ? 'memory://' : undefined), ['memory:', 'redis:', 'rediss:']);
+  const blobUrl = parseUrl('blob', c.blob ?? (local ? `file://${dataDir}/blobs` : undefined), ['file:', 's3:']);
   if (distributed) {
     if (scheme(storeUrl) !== 'etcd:') throw invalid(`\`aether ${role}\` needs --store etcd://host:2379 (the embedded store works only inside \`aether up\`)`);
-    if (scheme(queueUrl) === 'memory:') throw invalid(`\`aether ${role}\` needs --queue redis://host:6379 (the memory queue works only inside \`aether up\`)`);
+    if (scheme(queueUrl) === 'memory:' && role !== 'deployer') throw invalid(`\`aether ${role}\` needs --queue redis://host:6379 (the memory queue works only inside \`aether up\`)`);
   }
   const cores = cpus().length || 1;
   const cfg: Config = {
@@ -177,7 +201,14 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
       maxEntries: c.max_entries ?? 10_000,
     },
     logLevel: c.log_level ?? 'info',
+    source: c.source,
+    pollMs: c.poll ? (parseDuration(c.poll) ?? 30_000) : 30_000,
+    exportDir: c.export_dir ? resolve(c.export_dir) : undefined,
+    nodeType: c.node_type,
+    routerPort: c.router_port,
+    webhookSecret: env['AETHER_WEBHOOK_SECRET'] || undefined,
   };
+  if (role === 'deployer' && !cfg.source) throw invalid('`aether deployer` needs --source <dir|git-url[#branch]> (env AETHER_SOURCE)');
   return deepFreeze(cfg);
 }
 

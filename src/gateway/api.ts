@@ -7,6 +7,7 @@ import type { ArchiveLimits } from '../archive/index.ts';
 import { MAX_INVOCATIONS_LIMIT, type FunctionService } from './functions.ts';
 import { buildOpenApi } from './openapi.ts';
 import { checkBearer } from './token.ts';
+import { registerServiceRoutes, type ServiceRoutesDeps } from './services.ts';
 
 export interface LogEntry {
   /** ms since epoch */
@@ -37,6 +38,8 @@ export interface ApiDeps {
   jsonBodyLimit?: number;
   /** Reported in /api/openapi.json. */
   version?: string;
+  /** Services, nodes and the deploy webhook (absent: those routes answer 404). */
+  services?: ServiceRoutesDeps;
 }
 
 export const DEFAULT_LOG_TAIL = 100;
@@ -55,6 +58,14 @@ const ROUTE_METHODS: [RegExp, string[]][] = [
   [/^\/api\/functions\/[^/]+\/invocations\/?$/, ['GET', 'HEAD']],
   [/^\/api\/functions\/[^/]+\/logs\/?$/, ['GET', 'HEAD']],
   [/^\/api\/functions\/[^/]+\/instances\/?$/, ['GET', 'HEAD']],
+  [/^\/api\/services\/?$/, ['GET', 'HEAD']],
+  [/^\/api\/services\/[^/]+\/?$/, ['GET', 'HEAD']],
+  [/^\/api\/services\/[^/]+\/restart\/?$/, ['POST']],
+  [/^\/api\/services\/[^/]+\/logs\/?$/, ['GET', 'HEAD']],
+  [/^\/api\/nodes\/?$/, ['GET', 'HEAD']],
+  [/^\/api\/deploy\/?$/, ['GET', 'HEAD', 'POST']],
+  [/^\/api\/deploy\/assignments\/?$/, ['GET', 'HEAD']],
+  [/^\/api\/deploy\/webhook\/?$/, ['POST']],
 ];
 
 interface IdParams {
@@ -83,7 +94,8 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
     genReqId: () => newId('req'),
   }) as unknown as FastifyInstance;
 
-  const publicRoutes = new Set(['/healthz', '/api/openapi.json']);
+  // The webhook authenticates by its HMAC signature (GitHub cannot send our bearer token).
+  const publicRoutes = new Set(['/healthz', '/api/openapi.json', '/api/deploy/webhook']);
   if (deps.metricsOpen) publicRoutes.add('/metrics');
 
   app.addHook('onRequest', async (req, reply) => {
@@ -175,6 +187,8 @@ export function buildApi(deps: ApiDeps, opts: { serverFactory?: FastifyServerFac
     }
     return followLogs(deps.logs, fn.id, tail, reply);
   });
+
+  if (deps.services) registerServiceRoutes(app, deps.services);
 
   // The upload route gets its own parsers: multipart, and the raw body for every other type.
   app.register(async (scope) => {

@@ -13,6 +13,7 @@ import { Invoker, type LocalAgent } from './invoke.ts';
 import { localLogSource, remoteLogSource, type LocalLogs } from './logs.ts';
 import { InvocationRecorder } from './records.ts';
 import { ClusterViews, type GatewayRecord } from './views.ts';
+import { ServiceCatalog } from './services.ts';
 
 export interface GatewayOptions {
   store: Store;
@@ -41,6 +42,10 @@ export interface GatewayOptions {
    * rename is already in the proxy's routes when the client gets its answer, as on the Node path.
    */
   writeBarrier?: { wait?: () => Promise<void> };
+  /** AETHER_WEBHOOK_SECRET for POST /api/deploy/webhook (absent: the webhook answers 404). */
+  webhookSecret?: string;
+  /** `aether up`: service logs of the in-process node. */
+  serviceLogs?: (service: string, n: number) => { time: number; instance_id: string; stream: string; text: string }[];
 }
 
 export interface Gateway {
@@ -95,7 +100,15 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
 
   let server: Server | undefined;
   const app = buildApi(
-    { functions: o.functions, store: o.store, adminToken: o.adminToken, logs, metricsOpen: LOOPBACK.has(o.publicHost ?? o.host), limits: o.limits },
+    {
+      functions: o.functions,
+      store: o.store,
+      adminToken: o.adminToken,
+      logs,
+      metricsOpen: LOOPBACK.has(o.publicHost ?? o.host),
+      limits: o.limits,
+      services: { catalog: new ServiceCatalog(o.store, o.clock), store: o.store, clock: o.clock, webhookSecret: o.webhookSecret, ...(o.serviceLogs ? { localLogs: o.serviceLogs } : {}) },
+    },
     {
       // Invocation traffic skips fastify entirely: the warm path is a raw handler.
       serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => {

@@ -6,3 +6,4 @@ export * from './views.ts';
 export { FunctionService } from './functions.ts';
 export { buildApi } from './api.ts';
 export { loadAdminToken } from './token.ts';
+export { ServiceCatalog, verifyGithubSignature } from './services.ts';

@@ -40,6 +40,10 @@ export interface AgentRecord {
   /** Sandbox kinds it runs (absent in records of older agents: process only). */
   sandboxes?: SandboxKind[];
   started_at: string;
+  /** firework's node_type label (services are placed only on matching nodes); null/absent: any. */
+  node_type?: string | null;
+  /** The agent's edge router (host-based routes to services), when it runs one. */
+  router_url?: string | null;
 }
 
 /** Where a function's instance could go given the agents' records (gateway and agent use the same rule). */

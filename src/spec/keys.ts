@@ -10,6 +10,11 @@
  *   /aether/leader/<role>                    leader claim for singleton loops, leased
  *   /aether/provision-results/<requestId>    outcome of a provision job (failure text + last log lines), short lease
  *   /aether/demand/<fnId>/<gatewayId>        a gateway's in-flight and starting counts (scale-up sees all gateways), leased
+ *   /aether/assignments/<nodeId>             services assigned to a node (ServiceAssignment JSON), written by the deployer
+ *   /aether/deploy/status                    the deployer's last outcome (revision, errors, unplaced, changes)
+ *   /aether/deploy/trigger                   a verified webhook delivery (ref); the deployer watches it and runs
+ *   /aether/service-status/<nodeId>/<svc>    what an agent reports about a service it runs, leased
+ *   /aether/service-restarts/<svc>           a restart request (nonce); agents running the service restart it once per nonce
  *   /aether/gateways/<gatewayId>             a live gateway and its lease; demand counts only while it is there, leased
  */
 export const KEYS = {
@@ -29,6 +34,14 @@ export const KEYS = {
   demands: '/aether/demand/',
   demand: (fnId: string, gatewayId: string): string => `/aether/demand/${fnId}/${gatewayId}`,
   provisionResult: (requestId: string): string => `/aether/provision-results/${requestId}`,
+  assignments: '/aether/assignments/',
+  assignment: (nodeId: string): string => `/aether/assignments/${nodeId}`,
+  deployStatus: '/aether/deploy/status',
+  deployTrigger: '/aether/deploy/trigger',
+  serviceStatuses: '/aether/service-status/',
+  serviceStatus: (nodeId: string, svc: string): string => `/aether/service-status/${nodeId}/${svc}`,
+  serviceRestarts: '/aether/service-restarts/',
+  serviceRestart: (svc: string): string => `/aether/service-restarts/${svc}`,
   gateways: '/aether/gateways/',
   gateway: (id: string): string => `/aether/gateways/${id}`,
 } as const;

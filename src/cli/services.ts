@@ -1,0 +1,146 @@
+import type { Command } from 'commander';
+import { formatErrors, planDeploy, specSource, type Assignments, type DeployPlan } from '../deploy/index.ts';
+import { nodesFromAgents } from '../deploy/index.ts';
+import type { AgentRecord } from '../spec/index.ts';
+import { formatFields, formatTable, printJson, runAction, withClient, type CliDeps, type GlobalOptions } from './output.ts';
+
+/** Human summary of a plan: what starts, stops, moves, and why; errors naming file and field. */
+export function formatPlan(plan: DeployPlan, revision: string): string {
+  const lines: string[] = [`revision ${revision}`];
+  if (!plan.ok) {
+    lines.push('refused: nothing would change', formatErrors(plan.errors));
+    return lines.join('\n') + '\n';
+  }
+  if (plan.changes.length === 0) lines.push('no changes');
+  for (const c of plan.changes) {
+    if (c.kind === 'move') lines.push(`move    ${c.service}  ${c.from} -> ${c.to}  (${c.why})`);
+    else lines.push(`${c.kind.padEnd(7)} ${c.service}  on ${c.node}  (${c.why})`);
+  }
+  for (const u of plan.unplaced) lines.push(`pending ${u.service}  (${u.message})`);
+  for (const w of plan.warnings) lines.push(`warning ${w.file}: ${w.field}: ${w.message}`);
+  return lines.join('\n') + '\n';
+}
+
+export function registerServiceCommands(program: Command, deps: CliDeps): void {
+  program
+    .command('deploy [source]')
+    .description('deploy services: with --dry-run, print what <dir|git-url[#branch]> would start, stop and move; without, apply the configured --source now')
+    .option('--dry-run', 'plan only, change nothing')
+    .action(
+      runAction(deps, async (source: string | undefined, opts: { dryRun?: boolean }, cmd: Command) => {
+        const g = cmd.optsWithGlobals<GlobalOptions>();
+        if (!opts.dryRun) {
+          if (source) throw new Error('the platform deploys from its --source; run `aether deploy <source> --dry-run` to preview, or start `aether up --source <source>`');
+          const r = await withClient(g, deps, async (c) => {
+            await c.triggerDeploy();
+            return c.deployStatus();
+          });
+          if (g.json) printJson(deps.io, r);
+          else deps.io.out(`deploy requested; last result: revision ${r.revision ?? '-'} ${r.ok ? 'ok' : 'refused'}\n`);
+          return;
+        }
+        if (!source) throw new Error('give the specs to plan: aether deploy <dir|git-url[#branch]> --dry-run');
+        const { revision, files } = await specSource(source).read();
+        // Plan against the running platform's nodes and placements when one is reachable.
+        let nodes: AgentRecord[] = [];
+        let current: Assignments = {};
+        let offline = false;
+        try {
+          [nodes, current] = await withClient(g, deps, async (c) => Promise.all([c.listNodes(), c.assignments()]));
+        } catch {
+          offline = true;
+        }
+        const plan = planDeploy(files, nodesFromAgents(nodes), current);
+        if (g.json) printJson(deps.io, { revision, offline, ...plan });
+        else {
+          if (offline) deps.io.out('(no platform reachable: validating only, no nodes to place on)\n');
+          deps.io.out(formatPlan(plan, revision));
+        }
+        if (!plan.ok) deps.io.setExitCode(1);
+      }),
+    );
+
+  const svc = program.command('svc').description('services deployed from specs');
+  svc
+    .command('ls')
+    .alias('list')
+    .description('list services: node, state, health, host')
+    .action(
+      runAction(deps, async (_o: unknown, cmd: Command) => {
+        const g = cmd.optsWithGlobals<GlobalOptions>();
+        const list = await withClient(g, deps, (c) => c.listServices());
+        if (g.json) printJson(deps.io, list);
+        else if (list.length === 0) deps.io.out('no services\n');
+        else deps.io.out(formatTable(['NAME', 'NODE', 'STATE', 'HEALTH', 'HOST', 'RESTARTS'], list.map((s) => [s.name, s.node ?? '-', s.state, s.health, s.host ?? '-', String(s.restarts)])));
+      }),
+    );
+  svc
+    .command('status <name>')
+    .description('one service: where it runs, its state, health and config')
+    .action(
+      runAction(deps, async (name: string, _o: unknown, cmd: Command) => {
+        const g = cmd.optsWithGlobals<GlobalOptions>();
+        const s = await withClient(g, deps, (c) => c.getService(name));
+        if (g.json) printJson(deps.io, s);
+        else
+          deps.io.out(
+            formatFields([
+              ['name', s.name],
+              ['node', s.node ?? '-'],
+              ['state', s.state],
+              ['health', s.health],
+              ['address', s.address ?? '-'],
+              ['host', s.host ?? '-'],
+              ['image', s.image],
+              ['resources', `${s.vcpus} vCPU, ${s.memory_mb} MiB`],
+              ['restarts', String(s.restarts)],
+              ['revision', s.revision ?? '-'],
+              ['message', s.message ?? '-'],
+            ]),
+          );
+      }),
+    );
+  svc
+    .command('restart <name>')
+    .description('restart a service where it runs')
+    .action(
+      runAction(deps, async (name: string, _o: unknown, cmd: Command) => {
+        const g = cmd.optsWithGlobals<GlobalOptions>();
+        const r = await withClient(g, deps, (c) => c.restartService(name));
+        if (g.json) printJson(deps.io, r);
+        else deps.io.out(`restart of ${r.name} requested (${r.request_id})\n`);
+      }),
+    );
+
+  svc
+    .command('logs <name>')
+    .description("the last lines a service's instances printed")
+    .option('--tail <n>', 'how many lines', (v: string) => Number(v), 100)
+    .action(
+      runAction(deps, async (name: string, opts: { tail: number }, cmd: Command) => {
+        const g = cmd.optsWithGlobals<GlobalOptions>();
+        const lines = await withClient(g, deps, (c) => c.serviceLogs(name, opts.tail));
+        if (g.json) printJson(deps.io, lines);
+        else for (const l of lines) deps.io.out(`${l.text}\n`);
+      }),
+    );
+
+  program
+    .command('nodes')
+    .description('nodes (agents): capacity, node type and services')
+    .action(
+      runAction(deps, async (_o: unknown, cmd: Command) => {
+        const g = cmd.optsWithGlobals<GlobalOptions>();
+        const nodes = await withClient(g, deps, (c) => c.listNodes());
+        if (g.json) printJson(deps.io, nodes);
+        else if (nodes.length === 0) deps.io.out('no nodes\n');
+        else
+          deps.io.out(
+            formatTable(
+              ['NODE', 'TYPE', 'VCPU', 'MEMORY', 'ROUTER', 'SERVICES'],
+              nodes.map((n) => [n.agent_id, n.node_type ?? '*', `${n.used.vcpu}/${n.capacity.vcpu}`, `${n.used.memory_mb}/${n.capacity.memory_mb}MiB`, n.router_url ?? '-', n.services.join(',') || '-']),
+            ),
+          );
+      }),
+    );
+}

@@ -1,0 +1,76 @@
+import { schedule, type SchedNode, type Unplaced } from '../scheduler/index.ts';
+import { enrich, serviceConfigKey, type ServiceConfig } from './enrich.ts';
+import { parseRepo, type RepoFile, type SpecError } from './format.ts';
+
+/** node name -> the services assigned to it. */
+export type Assignments = Record<string, ServiceConfig[]>;
+
+export type Change =
+  | { kind: 'start'; service: string; node: string; why: string }
+  | { kind: 'stop'; service: string; node: string; why: string }
+  | { kind: 'move'; service: string; from: string; to: string; why: string }
+  | { kind: 'update'; service: string; node: string; why: string }
+  | { kind: 'config'; service: string; node: string; why: string };
+
+export interface DeployPlan {
+  /** False when the input is refused: nothing may change (an invalid commit changes nothing). */
+  ok: boolean;
+  errors: SpecError[];
+  warnings: SpecError[];
+  /** The assignments to write (equal to `previous` when !ok). */
+  assignments: Assignments;
+  changes: Change[];
+  unplaced: Unplaced[];
+}
+
+const sortedKeys = (o: object): string[] => Object.keys(o).sort();
+
+function where(a: Assignments): Map<string, { node: string; svc: ServiceConfig }> {
+  const m = new Map<string, { node: string; svc: ServiceConfig }>();
+  for (const node of sortedKeys(a)) for (const svc of a[node] ?? []) m.set(svc.name, { node, svc });
+  return m;
+}
+
+/** What changes between two assignments, and why (for `aether deploy --dry-run` and events). */
+export function diffAssignments(previous: Assignments, next: Assignments, liveNodes: ReadonlySet<string>): Change[] {
+  const before = where(previous);
+  const after = where(next);
+  const changes: Change[] = [];
+  for (const [name, { node, svc }] of after) {
+    const old = before.get(name);
+    if (!old) changes.push({ kind: 'start', service: name, node, why: 'new service' });
+    else if (old.node !== node) {
+      changes.push({ kind: 'move', service: name, from: old.node, to: node, why: liveNodes.has(old.node) ? `no longer fits on ${old.node}` : `node ${old.node} is gone` });
+    } else if (serviceConfigKey(old.svc) !== serviceConfigKey(svc)) changes.push({ kind: 'update', service: name, node, why: 'image, resources, env, command or ports changed' });
+    else if (JSON.stringify(old.svc) !== JSON.stringify(svc)) changes.push({ kind: 'config', service: name, node, why: 'health check or metadata changed (applied in place)' });
+  }
+  for (const [name, { node }] of before) {
+    if (!after.has(name)) changes.push({ kind: 'stop', service: name, node, why: 'removed from the specs (or unplaceable)' });
+  }
+  return changes.sort((a, b) => (a.service < b.service ? -1 : a.service > b.service ? 1 : 0));
+}
+
+/**
+ * Specs + live nodes + what runs now -> the new assignments. Never wipes or shrinks a working
+ * placement on an error, an empty input or a lost node count: those return `previous` unchanged.
+ */
+export function planDeploy(files: readonly RepoFile[], nodes: readonly SchedNode[], previous: Assignments): DeployPlan {
+  const refuse = (errors: SpecError[], warnings: SpecError[] = []): DeployPlan => ({ ok: false, errors, warnings, assignments: previous, changes: [], unplaced: [] });
+  const { services, errors, warnings } = enrich(parseRepo(files));
+  if (errors.length > 0) return refuse(errors, warnings);
+  if (services.length === 0) {
+    return refuse([{ file: '(repo)', field: 'services', message: 'no services found (expected services/*.yaml or tenants/<tenant>/*.yaml); refusing to stop everything' }], warnings);
+  }
+  if (nodes.length === 0) return { ...refuse([], warnings), ok: true, unplaced: services.map((s) => ({ service: s.name, reason: 'no_nodes', message: 'no live node' })) };
+
+  const prevWhere = where(previous);
+  const prevNode = new Map([...prevWhere].map(([name, v]) => [name, v.node]));
+  const result = schedule(services, nodes, prevNode);
+  const byName = new Map(services.map((s) => [s.name, s]));
+  const assignments: Assignments = {};
+  for (const node of sortedKeys(result.placements)) {
+    assignments[node] = (result.placements[node] ?? []).map((n) => byName.get(n)).filter((s): s is ServiceConfig => s !== undefined);
+  }
+  const live = new Set(nodes.map((n) => n.name));
+  return { ok: true, errors: [], warnings, assignments, changes: diffAssignments(previous, assignments, live), unplaced: result.unplaced };
+}

@@ -1,0 +1,143 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AETHER_BIN, api, eventually, startAether } from './support/platform.ts';
+import type { ServiceView } from '../src/spec/index.ts';
+import type { DeployStatus } from '../src/deploy/index.ts';
+
+/**
+ * Services end to end on `aether up`: a firework-format Git repo (file:// URL) with a tenant
+ * override, an anti-affinity pair and health checks; each service is an ext4 image built by
+ * `aether image build` from busybox's httpd, booted as a QEMU microVM (TCG here), routed by Host
+ * through the edge router.
+ */
+const which = (bin: string): boolean => {
+  try {
+    execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+};
+const skip =
+  process.getuid?.() !== 0 ? 'needs root (microVM networking and images)' : !which('qemu-system-x86_64') ? 'qemu-system-x86 is not installed' : !existsSync('/bin/busybox') ? 'busybox-static is not installed' : false;
+
+function git(dir: string, ...args: string[]): void {
+  execFileSync('git', ['-C', dir, '-c', 'user.email=t@example.test', '-c', 'user.name=t', ...args], { stdio: 'ignore' });
+}
+
+const svcYaml = (name: string, image: string, extra: string): string =>
+  `name: ${name}\nimage: ${image}\nnode_type: general\nsandbox: qemu\nmemory_mb: 128\ncommand: [/bin/busybox, httpd, -f, -p, '8080', -h, /www]\nport_forwards: [{host_port: 18080, vm_port: 8080}]\n${extra}`;
+
+test('services from a firework Git repo: placed, routed by Host, converged on commits, recreated, health-checked', { skip, timeout: 900_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'aether-e2e-svc-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // The image: busybox + a page.
+  const root = join(dir, 'root');
+  mkdirSync(join(root, 'bin'), { recursive: true });
+  mkdirSync(join(root, 'www'), { recursive: true });
+  copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
+  writeFileSync(join(root, 'www', 'index.html'), 'hello from a service\n');
+  const image = join(dir, 'web.ext4');
+  execFileSync(process.execPath, [AETHER_BIN, 'image', 'build', root, '-o', image], { stdio: 'ignore', timeout: 300_000 });
+
+  // The GitOps repo, in firework's layout.
+  const repo = join(dir, 'repo');
+  mkdirSync(join(repo, 'services'), { recursive: true });
+  mkdirSync(join(repo, 'tenants', 'acme'), { recursive: true });
+  writeFileSync(join(repo, 'defaults.yaml'), 'vcpus: 1\nhealth_check:\n  interval: 1s\n  timeout: 1s\n  retries: 2\n');
+  writeFileSync(join(repo, 'services', 'web.yaml'), svcYaml('web', image, 'metadata: {host: web.test}\nanti_affinity_group: front\nhealth_check: {type: http, port: 8080, path: /}\nenv: {MOTTO: "any value: spaces, = and quotes \\" too"}\n'));
+  writeFileSync(join(repo, 'services', 'api.yaml'), svcYaml('api', image, 'metadata: {host: api.test}\nanti_affinity_group: front\nlinks: [{service: web, env: WEB_URL, port: 8080}]\n'));
+  writeFileSync(join(repo, 'tenants', 'acme', 'web.yaml'), 'metadata: {host: acme.test}\n');
+  execFileSync('git', ['init', '-q', '-b', 'main', repo]);
+  git(repo, 'add', '-A');
+  git(repo, 'commit', '-qm', 'first');
+
+  const p = await startAether({ args: ['--sandboxes', 'process,qemu', '--router-port', '0', '--source', `file://${repo}#main`, '--poll', '1s'] });
+  t.after(() => p.stop());
+  const routerUrl = await eventually(async () => /edge router at (http:\/\/\S+)/.exec(p.output())?.[1]);
+  const byHost = async (host: string): Promise<{ status: number; text: string }> => {
+    const r = await fetch(routerUrl + '/', { headers: { host } });
+    return { status: r.status, text: await r.text() };
+  };
+  const services = async (): Promise<Map<string, ServiceView>> => new Map((await api<ServiceView[]>(p, 'GET', '/api/services')).body.map((s) => [s.name, s]));
+  const allRunning = async (names: string[]): Promise<Map<string, ServiceView> | false> => {
+    const s = await services();
+    return names.every((n) => s.get(n)?.state === 'running') && s;
+  };
+
+  // Cold VM boots under TCG on a busy 2-core host can take minutes; later starts restore snapshots.
+  const first = await eventually(() => allRunning(['acme-web', 'api', 'web']), 360_000, 500).catch(async (err: unknown) => {
+    throw new Error(`${String(err)}\nservices: ${JSON.stringify([...(await services()).values()])}\n${p.output().slice(-4000)}`);
+  });
+  for (const host of ['web.test', 'api.test', 'acme.test']) {
+    const r = await byHost(host);
+    assert.equal(r.status, 200, `${host}: ${r.text}`);
+    assert.equal(r.text, 'hello from a service\n');
+  }
+  const unknown = await byHost('nothing.test');
+  assert.equal(unknown.status, 404);
+  const status = (await (await fetch(routerUrl + '/status')).json()) as { node: string; router_port: number; services: { service: string }[] };
+  assert.deepEqual(status.services.map((s) => s.service).sort(), ['acme-web', 'api', 'web']);
+  assert.equal(status.router_port, Number(new URL(routerUrl).port));
+
+  // A commit that changes one service converges; the others keep their instances.
+  writeFileSync(join(repo, 'services', 'api.yaml'), svcYaml('api', image, 'metadata: {host: api.test}\nanti_affinity_group: front\nenv: {VERSION: "2"}\n'));
+  git(repo, 'commit', '-qam', 'api v2');
+  const second = await eventually(async () => {
+    const s = await allRunning(['acme-web', 'api', 'web']);
+    return s && s.get('api')?.address !== first.get('api')?.address && s;
+  }, 120_000, 500);
+  assert.equal(second.get('web')?.address, first.get('web')?.address, 'web untouched');
+  assert.equal(second.get('acme-web')?.address, first.get('acme-web')?.address, 'acme-web untouched');
+
+  // A killed service VM is recreated although nothing changed in Git.
+  const victim = (await api<{ instance_id: string }[]>(p, 'GET', '/api/services/web')).body as unknown as { address: string };
+  const detail = (await (await fetch(routerUrl + '/status')).json()) as { services: { service: string; instance_id: string }[] };
+  const webInstance = detail.services.find((s) => s.service === 'web')?.instance_id ?? '';
+  assert.ok(webInstance);
+  execFileSync('pkill', ['-9', '-f', `qemu-system.*${webInstance}`]);
+  await eventually(async () => {
+    const s = await allRunning(['web']);
+    return s && s.get('web')?.address !== victim.address && (s.get('web')?.restarts ?? 0) >= 1;
+  }, 120_000, 500);
+  assert.equal((await byHost('web.test')).status, 200);
+
+  // An invalid commit is refused with file and field; everything keeps running.
+  writeFileSync(join(repo, 'services', 'bad.yaml'), 'name: bad\nnode_type: general\nlinks: [{service: ghost, env: G, port: 1}]\n');
+  git(repo, 'add', '-A');
+  git(repo, 'commit', '-qm', 'broken');
+  const refused = await eventually(async () => {
+    const d = (await api<DeployStatus>(p, 'GET', '/api/deploy')).body;
+    return !d.ok && d;
+  }, 30_000, 500);
+  assert.ok(refused.errors.some((e) => e.file === 'services/bad.yaml' && e.field === 'image'), JSON.stringify(refused.errors));
+  assert.ok(refused.errors.some((e) => e.file === 'services/bad.yaml' && e.field === 'links.0.service'));
+  const still = await allRunning(['acme-web', 'api', 'web']);
+  assert.ok(still, 'running services stay up');
+
+  // A failing health check restarts its instance.
+  git(repo, 'rm', '-q', 'services/bad.yaml');
+  writeFileSync(join(repo, 'services', 'sick.yaml'), svcYaml('sick', image, 'health_check: {type: http, port: 8080, path: /missing}\n'));
+  git(repo, 'add', '-A');
+  git(repo, 'commit', '-qm', 'sick');
+  await eventually(async () => ((await services()).get('sick')?.restarts ?? 0) >= 1, 180_000, 500);
+
+  // Removing everything from Git is refused (never wipe on an empty input); removing one stops it.
+  git(repo, 'rm', '-q', 'services/sick.yaml');
+  git(repo, 'commit', '-qm', 'no sick');
+  await eventually(async () => !(await services()).has('sick'), 60_000, 500);
+  await eventually(() => {
+    try {
+      execFileSync('pgrep', ['-f', 'qemu-system.*svc-.*']);
+    } catch {
+      return Promise.resolve(false);
+    }
+    return Promise.resolve(true);
+  });
+  await p.stop();
+  assert.throws(() => execFileSync('pgrep', ['-f', `qemu-system.*${p.dataDir}`]), 'no VM left after the platform stops');
+});
