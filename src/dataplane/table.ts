@@ -108,7 +108,8 @@ export function computeRoutes(inp: RouteInputs): RouteTable {
 function addressOf(rec: InstanceRecord, localAgentId: string | undefined): RouteAddress | undefined {
   if (rec.agent_id === localAgentId) {
     const e = rec.endpoint;
-    return e.kind === 'unix' ? { kind: 'unix', path: e.path } : { kind: 'tcp', host: e.host, port: e.port };
+    // A socket that starts answers with the forwarder's preamble byte has a plain twin for native proxies.
+    return e.kind === 'unix' ? { kind: 'unix', path: e.preamble ? `${e.path}.raw` : e.path } : { kind: 'tcp', host: e.host, port: e.port };
   }
   let u: URL;
   try {

@@ -221,7 +221,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       try {
         for (const name of readdirSync(socketsDir)) {
           // our own forwarders' temporary sockets and live instances' sockets stay
-          if (name.startsWith(`.fwd-${process.pid}-`) || live.has(name.replace(/\.sock$/, ''))) continue;
+          if (name.startsWith(`.fwd-${process.pid}-`) || live.has(name.replace(/\.sock(\.raw)?$/, ''))) continue;
           const path = join(socketsDir, name);
           unlinkSync(path);
         }
@@ -790,10 +790,12 @@ class ProcessInstance implements RuntimeInstance {
     } catch (err) {
       throw new AetherError('AETHER_ERR_COLD_START_FAILED', `cannot create cgroups for ${this.id}: ${(err as Error).message}`, { cause: err });
     }
-    try {
-      unlinkSync(this.#sockPath);
-    } catch {
-      // no stale socket
+    for (const path of [this.#sockPath, `${this.#sockPath}.raw`]) {
+      try {
+        unlinkSync(path);
+      } catch {
+        // no stale socket
+      }
     }
     // a container gets a chain of its own (container.pl), started now: services start rarely
     const spare = plan
@@ -936,10 +938,12 @@ class ProcessInstance implements RuntimeInstance {
         for (let i = 0; i < 100 && !(removed = cg.remove()); i++) await delay(10);
         if (!removed) ctx.logger.warn({ instanceId: this.id }, 'could not remove instance cgroups');
       }
-      try {
-        unlinkSync(this.#sockPath);
-      } catch {
-        // never published
+      for (const path of [this.#sockPath, `${this.#sockPath}.raw`]) {
+        try {
+          unlinkSync(path);
+        } catch {
+          // never published
+        }
       }
       if (this.spec.container) await releaseContainer(ctx.containersDir, this.id);
       rmSync(this.#dir, { recursive: true, force: true });

@@ -35,6 +35,8 @@ function probe(i = 0) {
   s.once('connect', () => {
     s.destroy();
     host = h;
+    // the raw socket first: whoever sees <path> finds <path>.raw too
+    renameSync(`${tmpPath}.raw`, `${sockPath}.raw`);
     renameSync(tmpPath, sockPath);
     process.stdout.write('ready\n');
   });
@@ -45,7 +47,9 @@ function probe(i = 0) {
   });
 }
 
-const server = net.createServer({ pauseOnConnect: true }, (client) => {
+// Two sockets: <path> with the preamble (the agent's own proxy, which reads the byte) and
+// <path>.raw without it, for native proxies (HAProxy) that speak plain HTTP and retry by themselves.
+const serve = (preamble) => net.createServer({ pauseOnConnect: true }, (client) => {
   client.on('error', () => {});
   const upstream = net.connect({ host, port });
   upstream.once('error', () => client.destroy());
@@ -55,7 +59,7 @@ const server = net.createServer({ pauseOnConnect: true }, (client) => {
     const answer = () => {
       if (answered) return;
       answered = true;
-      client.write(PREAMBLE);
+      if (preamble) client.write(PREAMBLE);
     };
     upstream.on('data', (chunk) => {
       answer();
@@ -79,20 +83,26 @@ const server = net.createServer({ pauseOnConnect: true }, (client) => {
     client.resume();
   });
 });
-server.on('error', (err) => {
-  process.stderr.write(`forwarder: ${err.message}\n`);
-  process.exit(1);
-});
-try {
-  unlinkSync(tmpPath);
-} catch {
-  // no stale socket
+const server = serve(true);
+const raw = serve(false);
+let listening = 0;
+for (const [srv, path] of [[server, tmpPath], [raw, `${tmpPath}.raw`]]) {
+  srv.on('error', (err) => {
+    process.stderr.write(`forwarder: ${err.message}\n`);
+    process.exit(1);
+  });
+  try {
+    unlinkSync(path);
+  } catch {
+    // no stale socket
+  }
+  srv.listen(path, () => {
+    if (++listening < 2) return;
+    bound = true;
+    process.stdout.write('listening\n');
+    if (port) probe();
+  });
 }
-server.listen(tmpPath, () => {
-  bound = true;
-  process.stdout.write('listening\n');
-  if (port) probe();
-});
 
 let input = '';
 process.stdin.setEncoding('utf8');
