@@ -7,9 +7,9 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
 
-let p: RunningPlatform;
+let shared: RunningPlatform;
 
-async function deploy(name: string, files: Record<string, string>, fields: Record<string, unknown> = {}): Promise<{ id: string }> {
+async function deploy(name: string, files: Record<string, string>, fields: Record<string, unknown> = {}, p: RunningPlatform = shared): Promise<{ id: string }> {
   const created = await api<{ id: string }>(p, 'POST', '/api/functions', { name, runtime: 'node', ...fields });
   assert.equal(created.status, 201, JSON.stringify(created.body));
   const up = await api(p, 'POST', `/api/functions/${name}/code`, await zipFiles(files));
@@ -26,7 +26,7 @@ function usage(pid: number): { rssMb: number; cpuS: number } {
   return { rssMb: rss, cpuS: (Number(f[11]) + Number(f[12])) / 100 };
 }
 
-async function metric(name: string, fnId: string): Promise<number> {
+async function metric(name: string, fnId: string, p: RunningPlatform = shared): Promise<number> {
   const m = await (await fetch(`${p.url}/metrics`)).text();
   const line = m.split('\n').find((l) => l.startsWith(`${name}{`) && l.includes(`"${fnId}"`));
   return line ? Number(line.trim().split(' ').at(-1)) : 0;
@@ -34,15 +34,17 @@ async function metric(name: string, fnId: string): Promise<number> {
 
 const QUICK = "require('http').createServer((q, s) => s.end('pong')).listen(Number(process.env.PORT));\n";
 
-before(async () => {
-  p = await startAether();
-});
-after(async () => {
+async function stopped(p: RunningPlatform): Promise<void> {
   const code = await p.stop();
   assert.equal(code, 0, `aether up should exit cleanly:\n${p.output().slice(-2000)}`);
-});
+}
 
 describe('one instance cannot hurt the others', () => {
+  before(async () => {
+    shared = await startAether();
+  });
+  after(() => stopped(shared));
+
   test('a log flood is rate limited (drop counter, one notice per episode), the platform stays small, a neighbour is served', async () => {
     // `yes` writes as fast as the pipe takes it: tiny lines on stdout, 1 KiB lines on stderr
     const flood = `
@@ -57,6 +59,7 @@ require('http').createServer((q, s) => {
   s.end('flooding');
 }).listen(Number(process.env.PORT));
 `;
+    const p = shared;
     const fl = await deploy('flood', { 'handler.js': flood });
     await deploy('neighbour', { 'handler.js': QUICK });
     assert.equal((await fetch(`${p.url}/functions/neighbour`).then((r) => r.text())), 'pong');
@@ -98,46 +101,63 @@ require('http').createServer((q, s) => {
     assert.equal((await api(p, 'DELETE', '/api/functions/flood')).status, 204);
     await eventually(async () => (await metric('aether_instances_active', fl.id)) === 0, 20_000, 250);
   });
+});
 
-  // /die: SIGKILL at once (that request reached the program and fails); /oom: allocate until the
-  // memory limit kills it. Either way the program is dead once that request has been answered.
-  const MORTAL = `
+// Once per data plane: HAProxy must not answer 502 for an instance that died under it either.
+for (const dataPlane of ['node', 'haproxy'] as const) {
+  describe(`a killed instance (data plane: ${dataPlane})`, () => {
+    let p: RunningPlatform;
+    before(async () => {
+      p = await startAether({ args: ['--data-plane', dataPlane] });
+      assert.match(p.output(), new RegExp(`data plane: ${dataPlane}`));
+    });
+    after(() => stopped(p));
+
+    // /die: SIGKILL at once (that request reached the program and fails); /oom: allocate until the
+    // memory limit kills it. Either way the program is dead once that request has been answered.
+    const MORTAL = `
 const http = require('http');
 http.createServer((req, res) => {
   if (req.url === '/die') process.kill(process.pid, 'SIGKILL');
   if (req.url === '/oom') { const keep = []; for (;;) keep.push(Buffer.alloc(1 << 20, 1)); }
+  if (req.url === '/via') return res.end(req.headers.via || 'direct');
   res.end(process.env.AETHER_INSTANCE_ID);
 }).listen(Number(process.env.PORT));
 `;
 
-  for (const how of ['die', 'oom'] as const) {
-    test(`requests right after an instance is killed (${how === 'die' ? 'SIGKILL' : 'OOM'}) are all served`, async () => {
-      const name = `mortal-${how}`;
-      await deploy(name, { 'handler.js': MORTAL }, { memory_mb: 64 });
-      const first = await fetch(`${p.url}/functions/${name}/`).then(async (r) => ({ status: r.status, id: await r.text() }));
-      assert.equal(first.status, 200);
-      const victim = first.id;
-      for (let round = 0; round < 3; round++) {
-        const killed = await fetch(`${p.url}/functions/${name}/${how}`);
-        await killed.text();
-        assert.notEqual(killed.status, 200, 'the killing request itself reached the program');
-        // at once: one request, then a burst, then more one by one
-        const statuses: number[] = [];
-        const ids = new Set<string>();
-        const one = async (): Promise<void> => {
-          const r = await fetch(`${p.url}/functions/${name}/`);
-          const body = await r.text();
-          statuses.push(r.status);
-          if (r.status === 200) ids.add(body);
-          else process.stderr.write(`after ${how}: ${r.status} ${body}\n`);
-        };
-        await one();
-        await Promise.all(Array.from({ length: 8 }, one));
-        for (let i = 0; i < 5; i++) await one();
-        assert.deepEqual(statuses.filter((x) => x !== 200), [], `round ${round}: every request after the kill was served`);
-        // the first kill hits the only instance; later ones one of several (the bursts scale out)
-        if (round === 0) assert.ok(ids.size > 0 && !ids.has(victim), 'by another instance');
-      }
-    });
-  }
-});
+    for (const how of ['die', 'oom'] as const) {
+      test(`requests right after an instance is killed (${how === 'die' ? 'SIGKILL' : 'OOM'}) are all served`, async () => {
+        const name = `mortal-${how}`;
+        await deploy(name, { 'handler.js': MORTAL }, { memory_mb: 64 }, p);
+        if (dataPlane === 'haproxy') {
+          // warm requests take the native path once the instance is routed (the cold start went through the activator)
+          await eventually(async () => /aether-haproxy/.test(await fetch(`${p.url}/functions/${name}/via`).then((r) => r.text())), 20_000, 50);
+        }
+        const first = await fetch(`${p.url}/functions/${name}/`).then(async (r) => ({ status: r.status, id: await r.text() }));
+        assert.equal(first.status, 200);
+        const victim = first.id;
+        for (let round = 0; round < 3; round++) {
+          // HAProxy closes the client's connection instead of a 502 when the dead server connection was a reused one
+          const killed = await fetch(`${p.url}/functions/${name}/${how}`).then(async (r) => (await r.text(), r.status), () => 'closed');
+          assert.notEqual(killed, 200, 'the killing request itself reached the program');
+          // at once: one request, then a burst, then more one by one
+          const statuses: number[] = [];
+          const ids = new Set<string>();
+          const one = async (): Promise<void> => {
+            const r = await fetch(`${p.url}/functions/${name}/`);
+            const body = await r.text();
+            statuses.push(r.status);
+            if (r.status === 200) ids.add(body);
+            else process.stderr.write(`after ${how}: ${r.status} ${body}\n`);
+          };
+          await one();
+          await Promise.all(Array.from({ length: 8 }, one));
+          for (let i = 0; i < 5; i++) await one();
+          assert.deepEqual(statuses.filter((x) => x !== 200), [], `round ${round}: every request after the kill was served`);
+          // the first kill hits the only instance; later ones one of several (the bursts scale out)
+          if (round === 0) assert.ok(ids.size > 0 && !ids.has(victim), 'by another instance');
+        }
+      });
+    }
+  });
+}

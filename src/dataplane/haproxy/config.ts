@@ -33,6 +33,19 @@ export const paths = (dir: string) => ({
 
 export const slotName = (i: number): string => `f${i}`;
 
+/** Each function backend's backup server: the activator, for requests no instance could take. */
+export const ACTIVATOR_SERVER = 'activator';
+/** The original request URI, for the activator: the backend strips /functions/<ref> before picking a server. */
+export const ORIGINAL_URI_HEADER = 'x-aether-original-uri';
+/**
+ * Options of every instance server (`add server`). A failed connection marks the server down at once
+ * (the forwarder removes its socket as soon as the program is gone), so the retry (`option
+ * redispatch`) goes to another instance or, with none left, to the activator backup, which retries
+ * elsewhere or cold-starts. Checks are plain connects: rare while up, every second while down, so a
+ * server marked down by a transient failure comes back.
+ */
+export const INSTANCE_SERVER_OPTIONS = 'check observe layer4 error-limit 1 on-error mark-down inter 60s fastinter 1s downinter 1s rise 1 fall 1';
+
 /** HAProxy's own errors, in the platform's JSON shape. */
 export const ERROR_PAGES: Record<number, { code: ErrorCode; message: string }> = {
   400: { code: 'AETHER_ERR_VALIDATION', message: 'malformed HTTP request' },
@@ -130,6 +143,8 @@ export function renderConfig(c: HaproxyConfigInput): string {
       `backend ${slotName(i)}`,
       '  balance leastconn',
       '  http-request set-timeout server var(txn.tmo)',
+      // For the activator backup, which needs the public path; instances see it too (it is what the client asked).
+      `  http-request set-header ${ORIGINAL_URI_HEADER} %[pathq]`,
       '  http-request replace-path ^/functions/[^/]*/?(.*)$ /\\1',
       '  option forwardfor',
       '  http-request set-header x-forwarded-host %[req.hdr(host)]',
@@ -138,8 +153,10 @@ export function renderConfig(c: HaproxyConfigInput): string {
       '  http-request add-header via "1.1 aether-haproxy"',
       // Hop-by-hop, as the Node path strips it.
       '  http-response del-header keep-alive',
-      '  http-after-response set-header x-aether-invocation-id %[unique-id]',
-      '  http-after-response set-header x-aether-cold-start false',
+      // The activator answers with its own invocation id and cold-start flag (and writes its own record).
+      `  http-after-response set-header x-aether-invocation-id %[unique-id] unless { srv_name ${ACTIVATOR_SERVER} }`,
+      `  http-after-response set-header x-aether-cold-start false unless { srv_name ${ACTIVATOR_SERVER} }`,
+      `  server ${ACTIVATOR_SERVER} ${c.activator.host}:${c.activator.port} backup`,
     );
   }
   return lines.join('\n') + '\n';

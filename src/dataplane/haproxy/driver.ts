@@ -9,7 +9,7 @@ import { findHaproxy } from '../detect.ts';
 import { computeRoutes, type RouteAddress, type RouteTable } from '../table.ts';
 import type { DataPlane, DataPlaneSinks, RouteSource } from '../types.ts';
 import { adminCommand, commandFailed } from './admin.ts';
-import { base32Map, ERROR_PAGES, errorPage, paths, renderConfig, slotName } from './config.ts';
+import { ACTIVATOR_SERVER, base32Map, ERROR_PAGES, errorPage, INSTANCE_SERVER_OPTIONS, ORIGINAL_URI_HEADER, paths, renderConfig, slotName } from './config.ts';
 import { parseLogLine, parseShowStat } from './parse.ts';
 
 export interface HaproxyOptions {
@@ -72,6 +72,7 @@ export class HaproxyDataPlane implements DataPlane {
   /** Sockets the fallback accepted, closed after their current answer once HAProxy is back. */
   readonly #handBack = new Set<Socket>();
   #handBackHooked = false;
+  #retriesHooked = false;
   #port = 0;
   #closing = false;
   #running = false;
@@ -112,6 +113,7 @@ export class HaproxyDataPlane implements DataPlane {
     chmodSync(this.#o.dir, 0o700);
     mkdirSync(this.#p.errors, { recursive: true, mode: 0o700 });
     this.#killLeftover();
+    this.#hookRetries();
     writeFileSync(this.#p.base32, base32Map());
     for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(this.#p.errors, `${s}.http`), errorPage(Number(s)));
     // Hold the public port first (it also resolves port 0), then let HAProxy join it.
@@ -219,6 +221,22 @@ export class HaproxyDataPlane implements DataPlane {
     const bound = (probe.address() as AddressInfo).port;
     await new Promise<void>((r) => probe.close(() => r()));
     return bound;
+  }
+
+  /**
+   * A request a function backend hands to its activator backup (no instance could take it) arrives
+   * with the path already stripped: restore the public URI so the Node path routes it (another
+   * instance, or a cold start). Only from HAProxy, not from clients of the public fallback.
+   */
+  #hookRetries(): void {
+    if (this.#retriesHooked) return;
+    this.#retriesHooked = true;
+    this.#o.activator.server.prependListener('request', (req: IncomingMessage) => {
+      const uri = req.headers[ORIGINAL_URI_HEADER];
+      if (uri === undefined) return;
+      delete req.headers[ORIGINAL_URI_HEADER];
+      if (typeof uri === 'string' && uri.startsWith('/functions/') && !this.#fallbackSockets.has(req.socket) && !this.#handBack.has(req.socket)) req.url = uri;
+    });
   }
 
   async #openFallback(port: number): Promise<void> {
@@ -359,7 +377,8 @@ export class HaproxyDataPlane implements DataPlane {
             await this.#cmd(`set server ${be}/${id} state ${inst.state}`);
           } else {
             // New servers start in maintenance: add and enable in one round trip.
-            await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn}; set server ${be}/${id} state ${inst.state}`);
+            // Checks of dynamic servers start disabled: `enable health` arms the mark-down on a failed connect.
+            await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn} ${INSTANCE_SERVER_OPTIONS}; set server ${be}/${id} state ${inst.state}; enable health ${be}/${id}`);
           }
           slot.servers.set(id, { addr, state: inst.state, maxConn });
           continue;
@@ -429,6 +448,7 @@ export class HaproxyDataPlane implements DataPlane {
               if (slot.fnId !== undefined) fnLoad.set(slot.fnId, r.scur + r.qcur);
               continue;
             }
+            if (r.server === ACTIVATOR_SERVER) continue;
             seen.add(r.server);
             const prev = this.#stot.get(r.server) ?? r.stot;
             this.#stot.set(r.server, r.stot);

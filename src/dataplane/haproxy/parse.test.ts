@@ -12,6 +12,7 @@ const cases: { name: string; line: string; want: { status: string; code: number;
   { name: 'queue timeout', line: `AETHER inv-1k8nvpp345o8g9f3ttoq fn-x f0 <NOSRV> 503 30000 sQ-- ${t0} 5 0`, want: { status: 'error', code: 503, error: /AETHER_ERR_UNAVAILABLE/ } },
   { name: 'client went away', line: `AETHER inv-1k8nvpp345o8g9f3ttoq fn-x f0 inst-1 -1 30 CD-- ${t0} 5 0`, want: { status: 'error', code: 502, error: /client closed/ } },
   { name: 'no function (API through the proxy)', line: `AETHER inv-1k8nvpp345o8g9f3ttoq - activator node 200 1 ---- ${t0} 5 0`, want: undefined },
+  { name: 'handed to the activator backup (it writes its own record)', line: `AETHER inv-1k8nvpp345o8g9f3ttoq fn-x f0 activator 200 9 ---- ${t0} 5 1`, want: undefined },
   { name: "HAProxy's own notice", line: 'Server f0/inst-1 is UP/READY (leaving forced maintenance).', want: undefined },
 ];
 

@@ -1,5 +1,5 @@
 import type { InvocationRecord } from '../../spec/index.ts';
-import { LOG_TAG } from './config.ts';
+import { ACTIVATOR_SERVER, LOG_TAG } from './config.ts';
 
 /** One request the proxy carried, from its log line (LOG_FORMAT). */
 export interface LoggedRequest {
@@ -17,6 +17,8 @@ export function parseLogLine(line: string): LoggedRequest | undefined {
   if (f.length < 11) return undefined;
   const [, id, fnId, backend, server, st, ta, tsc, ts, ms] = f as [string, string, string, string, string, string, string, string, string, string];
   if (!fnId || fnId === '-' || !id.startsWith('inv-')) return undefined;
+  // Handed to the activator backup: the Node path writes that invocation's record.
+  if (server === ACTIVATOR_SERVER) return undefined;
   const term = tsc.slice(0, 2);
   const statusSeen = Number(st);
   let error: string | null = null;

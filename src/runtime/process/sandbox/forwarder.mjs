@@ -47,12 +47,51 @@ function probe(i = 0) {
   });
 }
 
+// The raw socket cannot tell its client that a request never reached the program (no preamble), so
+// once the program is gone it stops existing: later connects fail, which HAProxy retries elsewhere
+// (another instance, or the activator) without the risk of replaying a request a program read.
+let rawGone = false;
+function dropRaw() {
+  if (rawGone || !sockPath) return;
+  rawGone = true;
+  raw.close();
+  try {
+    unlinkSync(`${sockPath}.raw`);
+  } catch {
+    // already gone
+  }
+}
+/**
+ * Calls back with whether the program still accepts connections. A dying process may release its
+ * connections before its listening socket, which then still completes a connect and resets it a
+ * moment later: so a connect counts only if the connection stays open for HOLD_MS.
+ */
+const HOLD_MS = 10;
+function alive(cb) {
+  const s = net.connect({ host, port });
+  let done = false;
+  const finish = (ok) => {
+    if (done) return;
+    done = true;
+    s.destroy();
+    cb(ok);
+  };
+  s.once('connect', () => setTimeout(() => finish(true), HOLD_MS));
+  s.once('error', () => finish(false));
+  s.once('end', () => finish(false));
+  s.once('close', () => finish(false));
+}
+
 // Two sockets: <path> with the preamble (the agent's own proxy, which reads the byte) and
 // <path>.raw without it, for native proxies (HAProxy) that speak plain HTTP and retry by themselves.
 const serve = (preamble) => net.createServer({ pauseOnConnect: true }, (client) => {
   client.on('error', () => {});
   const upstream = net.connect({ host, port });
-  upstream.once('error', () => client.destroy());
+  upstream.once('error', () => {
+    // connecting failed: the program is gone (this one client still sees a bare close)
+    if (!preamble) dropRaw();
+    client.destroy();
+  });
   upstream.once('connect', () => {
     upstream.setNoDelay(true);
     let answered = false;
@@ -68,16 +107,31 @@ const serve = (preamble) => net.createServer({ pauseOnConnect: true }, (client) 
         client.once('drain', () => upstream.resume());
       }
     });
+    // On the raw socket, the program's side closing may mean it died (SIGKILL, OOM): check before
+    // passing the close on, so the socket is gone by the time HAProxy reconnects.
+    // One check per connection; callbacks keep their order. Not when the client closed first.
+    let waiting;
+    const then = (fn) => {
+      if (preamble || rawGone || client.destroyed || waiting === null) return fn();
+      if (waiting) return waiting.push(fn);
+      waiting = [fn];
+      alive((ok) => {
+        if (!ok) dropRaw();
+        const fns = waiting;
+        waiting = null;
+        for (const f of fns) f();
+      });
+    };
     // FIN: the program closed after reading (it had the request): say so, then close
     upstream.on('end', () => {
       answer();
-      client.end();
+      then(() => client.end());
     });
     // RST before any answer: nothing was read: close without the byte
-    upstream.on('error', () => client.destroy());
-    upstream.on('close', () => {
+    upstream.on('error', () => then(() => client.destroy()));
+    upstream.on('close', () => then(() => {
       if (!client.writableEnded) client.destroy();
-    });
+    }));
     client.on('close', () => upstream.destroy());
     client.pipe(upstream);
     client.resume();
@@ -129,3 +183,4 @@ process.stdin.on('end', () => {
 process.stdout.on('error', () => {});
 process.stderr.on('error', () => {});
 process.on('SIGTERM', () => process.exit(0));
+
