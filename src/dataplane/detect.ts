@@ -16,7 +16,5 @@ export function resolveDataPlane(wanted: 'auto' | 'haproxy' | 'node', env: NodeJ
   const binary = findHaproxy(env);
   if (wanted === 'node') return { kind: 'node', binary, reason: 'asked for (--data-plane node)' };
   if (wanted === 'haproxy') return { kind: 'haproxy', binary, reason: binary ? `asked for (${binary})` : 'asked for, but no haproxy binary was found' };
-  // HAProxy stays opt-in until a request that hits an instance dying under it is retried through the
-  // activator (the Node path retries it on another or a new instance); see docs/dataplane.md.
-  return { kind: 'node', binary, reason: binary ? `auto: node (haproxy at ${binary} is opt-in: --data-plane haproxy)` : 'auto: no haproxy binary found' };
+  return binary ? { kind: 'haproxy', binary, reason: `auto: found ${binary}` } : { kind: 'node', binary, reason: 'auto: no haproxy binary found (install haproxy for the native data plane)' };
 }

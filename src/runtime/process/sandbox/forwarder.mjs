@@ -13,6 +13,8 @@
 // reset (RST: closed with our bytes unread, e.g. still in the accept queue of a program being
 // killed), so the agent may send the request elsewhere. The byte comes before anything of the
 // program, which therefore cannot forge the signal. See src/runtime/endpoint.ts.
+// The plain <socket>.raw twin (for HAProxy) has no such byte: it is closed and removed as soon as the
+// program is found gone, so HAProxy's next connect fails and it retries elsewhere (docs/dataplane.md).
 import net from 'node:net';
 import { renameSync, unlinkSync } from 'node:fs';
 
