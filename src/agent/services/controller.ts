@@ -77,8 +77,8 @@ export class ServiceController {
   /** Crash-loop backoff per service: no recreate before this time. */
   readonly #notBefore = new Map<string, number>();
   readonly #crashes = new Map<string, number>();
-  /** Restarts of earlier instances of a service, carried into its status. */
-  readonly #pendingRestarts = new Map<string, number>();
+  /** A service's restart count and health backoff, carried from one instance to its replacement. */
+  readonly #carry = new Map<string, { restarts: number; next_restart_at: number }>();
 
   constructor(o: ServiceControllerOptions) {
     this.#o = o;
@@ -290,7 +290,9 @@ export class ServiceController {
     } catch (err) {
       return fail(`create failed: ${(err as Error).message}`);
     }
-    const r: Running = { name: svc.name, svc, configKey, instance, state: 'starting', health: initialHealth(), healthTimer: undefined, restartRequest: null, startedAt: this.#clock.now(), message: null };
+    const carried = this.#carry.get(svc.name);
+    const health = { ...initialHealth(), ...(carried ?? {}) };
+    const r: Running = { name: svc.name, svc, configKey, instance, state: 'starting', health, healthTimer: undefined, restartRequest: null, startedAt: this.#clock.now(), message: null };
     this.#running.set(svc.name, r);
     instance.onLog((line) => this.#logs.append(svc.name, { time: line.time, instance_id: instance.id, stream: line.stream, text: line.text }));
     void instance.exited.then((exit) => {
@@ -372,11 +374,14 @@ export class ServiceController {
   async #remove(r: Running, why: string | null = null): Promise<void> {
     if (why) this.#log.info({ service: r.name }, why);
     // A replacement after a death, a failed check or a request counts as a restart.
-    const restarts = r.health.restarts + (r.restartRequest || r.state === 'exited' ? 1 : 0) + (this.#pendingRestarts.get(r.name) ?? 0);
+    // A replacement after a death or a restart request counts as a restart (health-check restarts
+    // are counted by observeHealth already).
+    const counted = r.restartRequest?.startsWith('health-') === true;
+    const restarts = r.health.restarts + (!counted && (r.restartRequest !== null || r.state === 'exited') ? 1 : 0);
     await this.#stopInstance(r);
     if (this.#running.get(r.name) === r) this.#running.delete(r.name);
     // Keep the restart count across replacements of the same service.
-    this.#pendingRestarts.set(r.name, restarts);
+    this.#carry.set(r.name, { restarts, next_restart_at: r.health.next_restart_at });
     if (!this.#desired.some((s) => s.name === r.name)) await this.#o.store.delete(KEYS.serviceStatus(this.#o.nodeId, r.name)).catch(() => undefined);
   }
 
@@ -390,7 +395,6 @@ export class ServiceController {
   }
 
   #record(r: Running): ServiceStatusRecord {
-    const carried = this.#pendingRestarts.get(r.name) ?? 0;
     return {
       node: this.#o.nodeId,
       service: r.name,
@@ -399,7 +403,7 @@ export class ServiceController {
       state: r.state,
       health: r.svc.health_check ? r.health.health : 'not_configured',
       address: r.state === 'running' || r.state === 'unhealthy' ? describeEndpoint(r.instance.endpoint) : null,
-      restarts: carried + r.health.restarts,
+      restarts: r.health.restarts,
       started_at: new Date(r.startedAt).toISOString(),
       message: r.message,
     };
@@ -417,6 +421,9 @@ export class ServiceController {
   }
 }
 
+/** A sandbox forwarder's socket starts answers with a preamble byte; its `.raw` twin speaks plain HTTP. */
+const plainPath = (e: Endpoint & { kind: 'unix' }): string => (e.preamble ? `${e.path}.raw` : e.path);
+
 /** One health check: HTTP 2xx, or a TCP connect, within timeoutMs. */
 export function probe(e: Endpoint, type: 'http' | 'tcp', path: string, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -433,7 +440,7 @@ export function probe(e: Endpoint, type: 'http' | 'tcp', path: string, timeoutMs
     }, timeoutMs);
     let cleanup = (): void => undefined;
     if (type === 'tcp') {
-      const s = e.kind === 'tcp' ? connect({ host: e.host, port: e.port }) : connect({ path: e.path });
+      const s = e.kind === 'tcp' ? connect({ host: e.host, port: e.port }) : connect({ path: plainPath(e) });
       cleanup = () => s.destroy();
       s.once('connect', () => {
         s.destroy();
@@ -442,7 +449,7 @@ export function probe(e: Endpoint, type: 'http' | 'tcp', path: string, timeoutMs
       s.once('error', () => finish(false));
       return;
     }
-    const target = e.kind === 'tcp' ? { host: e.host, port: e.port } : { socketPath: e.path };
+    const target = e.kind === 'tcp' ? { host: e.host, port: e.port } : { socketPath: plainPath(e) };
     const req = request({ ...target, path, method: 'GET', headers: { 'user-agent': 'aether-health', connection: 'close' } }, (res) => {
       res.resume();
       finish((res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300);
