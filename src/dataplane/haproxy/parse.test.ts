@@ -62,5 +62,5 @@ test('config: a slot per function backend, the activator as default, private adm
   assert.equal(cfg.match(/^backend f\d+$/gm)?.length, 3);
   assert.match(cfg, /retry-on conn-failure\n/);
   // every function backend falls back to the activator when no instance can take a request
-  assert.equal(cfg.match(/^  server activator 127\.0\.0\.1:9000 backup$/gm)?.length, 3);
+  assert.equal(cfg.match(/^ {2}server activator 127\.0\.0\.1:9000 backup$/gm)?.length, 3);
 });
