@@ -16,5 +16,7 @@ export function resolveDataPlane(wanted: 'auto' | 'haproxy' | 'node', env: NodeJ
   const binary = findHaproxy(env);
   if (wanted === 'node') return { kind: 'node', binary, reason: 'asked for (--data-plane node)' };
   if (wanted === 'haproxy') return { kind: 'haproxy', binary, reason: binary ? `asked for (${binary})` : 'asked for, but no haproxy binary was found' };
-  return binary ? { kind: 'haproxy', binary, reason: `auto: found ${binary}` } : { kind: 'node', binary, reason: 'auto: no haproxy binary found (install haproxy for the native data plane)' };
+  // HAProxy stays opt-in until it has had a quiet-machine benchmark and more mileage: the Node path
+  // is the reference behaviour (docs/dataplane.md).
+  return { kind: 'node', binary, reason: binary ? `auto: node (haproxy at ${binary} is opt-in: --data-plane haproxy)` : 'auto: no haproxy binary found' };
 }
