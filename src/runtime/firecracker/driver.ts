@@ -21,6 +21,7 @@ import { entryCommand, programEnv, type Endpoint, type ExitInfo, type InstanceSp
 import { FirecrackerClient, type JsonObject } from './api.ts';
 import { jailerArgv, stageIntoJail, type JailerOptions } from './jailer.ts';
 import { netnsNetwork, type Exposed, type VmLink, type VmNetwork } from './network.ts';
+import { GoneSignal } from '../gone.ts';
 
 export interface FirecrackerRuntimeOptions {
   /** VM dirs (`vms/`) and snapshot templates (`templates/`); owned by this runtime. */
@@ -374,8 +375,7 @@ class FcInstance implements RuntimeInstance {
   #state: InstanceState = 'created';
   #exit: ExitInfo | undefined;
   #resolveExit!: (e: ExitInfo) => void;
-  #gone = false;
-  #goneListeners: (() => void)[] = [];
+  readonly #gone = new GoneSignal();
   #vmm: Vmm | undefined;
   #link: VmLink | undefined;
   #exposed: Exposed | undefined;
@@ -407,15 +407,12 @@ class FcInstance implements RuntimeInstance {
   }
 
   onGone(listener: () => void): void {
-    if (this.#gone) queueMicrotask(listener);
-    else this.#goneListeners.push(listener);
+    this.#gone.on(listener);
   }
 
   /** The program exited (the guest said so) or the VM is gone: stop routing to it before the teardown. */
   #markGone(): void {
-    if (this.#gone) return;
-    this.#gone = true;
-    for (const l of this.#goneListeners.splice(0)) l();
+    this.#gone.fire();
   }
 
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {

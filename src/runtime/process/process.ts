@@ -14,6 +14,7 @@ import { DEFAULT_LOG_LIMITS, LineSplitter, LogHub, LogPump, type LogLimits } fro
 import { seccompFilter } from './seccomp.ts';
 import { releaseContainer, releaseLeftoverContainers, writeContainerRecord, type ContainerPlan } from './container.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './legacy.ts';
+import { GoneSignal } from '../gone.ts';
 
 export interface ProcessRuntimeOptions {
   /** The platform's data dir: hidden from instances; sockets live in `<dataDir>/sockets`. Code dirs should be under it. */
@@ -641,8 +642,7 @@ class ProcessInstance implements RuntimeInstance {
   #resolveExit!: (e: ExitInfo) => void;
   #logs: LogHub;
   #exitStarted = false;
-  #gone = false;
-  #goneListeners: (() => void)[] = [];
+  readonly #gone = new GoneSignal();
   #stopRequested = false;
   #forwarderLost = false;
   /** Wakes a waitReady poll early (the forwarder reported ready). */
@@ -670,21 +670,12 @@ class ProcessInstance implements RuntimeInstance {
   }
 
   onGone(listener: () => void): void {
-    if (this.#gone) queueMicrotask(listener);
-    else this.#goneListeners.push(listener);
+    this.#gone.on(listener);
   }
 
   /** The program is gone or unreachable: tell the agent before anything else (cleanup comes later). */
   #markGone(): void {
-    if (this.#gone) return;
-    this.#gone = true;
-    for (const l of this.#goneListeners.splice(0)) {
-      try {
-        l();
-      } catch {
-        // a failing listener must not stop the teardown
-      }
-    }
+    this.#gone.fire();
   }
 
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {

@@ -23,6 +23,7 @@ import {
   type SnapshotCapability,
 } from '../types.ts';
 import { Qmp } from './qmp.ts';
+import { GoneSignal } from '../gone.ts';
 
 export interface QemuRuntimeOptions {
   /** This driver's own dir (instances, per-version code drives, snapshot templates). */
@@ -298,8 +299,7 @@ class QemuInstance implements RuntimeInstance {
   #logs: LogHub;
   #exit: ExitInfo | undefined;
   #resolveExit!: (e: ExitInfo) => void;
-  #gone = false;
-  #goneListeners: (() => void)[] = [];
+  readonly #gone = new GoneSignal();
   #hostPort = 0;
   #guestExit: number | undefined;
   #reason: string | undefined;
@@ -336,15 +336,12 @@ class QemuInstance implements RuntimeInstance {
   }
 
   onGone(listener: () => void): void {
-    if (this.#gone) queueMicrotask(listener);
-    else this.#goneListeners.push(listener);
+    this.#gone.on(listener);
   }
 
   /** The program exited (the guest said so) or the VM is gone: stop routing to it before the teardown. */
   #markGone(): void {
-    if (this.#gone) return;
-    this.#gone = true;
-    for (const l of this.#goneListeners.splice(0)) l();
+    this.#gone.fire();
   }
 
   inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
