@@ -102,7 +102,7 @@ function instanceNetns(instanceId: string): string | undefined {
 
 interface Platform {
   p: Awaited<ReturnType<typeof startAether>>;
-  endpoint: { kind: string; path?: string; host?: string; port?: number };
+  endpoint: { kind: string; path?: string; host?: string; port?: number; preamble?: boolean };
   instanceId: string;
 }
 
@@ -157,7 +157,8 @@ async function main(): Promise<void> {
   const nod = await platform('node');
   try {
     const ep = hap.endpoint;
-    const socket: Target = ep.kind === 'unix' ? { origin: 'http://localhost', socketPath: ep.path as string, path: '/' } : { origin: `http://${ep.host}:${ep.port}`, path: '/' };
+    // The forwarder's plain twin (the socket itself starts answers with the agent's preamble byte).
+    const socket: Target = ep.kind === 'unix' ? { origin: 'http://localhost', socketPath: `${ep.path as string}${ep.preamble ? '.raw' : ''}`, path: '/' } : { origin: `http://${ep.host}:${ep.port}`, path: '/' };
     const targets: Record<string, Target> = {
       direct: { origin: bare.origin, path: '/' },
       nginx: { origin: nginx.origin, path: '/' },
