@@ -73,6 +73,36 @@ interface Local {
   stopped: Promise<void> | undefined;
 }
 
+/** A new local instance's bookkeeping (a fresh start, or one adopted from an earlier run). */
+function newLocal(o: { id: string; sandbox: SandboxKind; fn: FunctionRecord; configKey: string; now: number; startedAt: number; launched: boolean }): Local {
+  return {
+    id: o.id,
+    sandbox: o.sandbox,
+    fnId: o.fn.id,
+    fnName: o.fn.name,
+    configKey: o.configKey,
+    memoryMb: o.fn.memory_mb,
+    vcpu: o.fn.vcpu,
+    state: 'starting',
+    inflight: 0,
+    external: 0,
+    externalRouted: false,
+    lastActiveAt: o.now,
+    startedAt: o.startedAt,
+    rt: undefined,
+    launched: o.launched,
+    code: undefined,
+    record: undefined,
+    recent: [],
+    exit: undefined,
+    gone: false,
+    keyChain: Promise.resolve(),
+    idleWaiters: [],
+    counted: false,
+    stopped: undefined,
+  };
+}
+
 class AgentImpl implements Agent {
   readonly id: string;
   readonly #d: AgentDeps;
@@ -237,32 +267,7 @@ class AgentImpl implements Agent {
         }
         const configKey = instanceConfigKey(fn);
         const now = clock.now();
-        const l: Local = {
-          id: a.spec.instanceId,
-          sandbox,
-          fnId: fn.id,
-          fnName: fn.name,
-          configKey,
-          memoryMb: fn.memory_mb,
-          vcpu: fn.vcpu,
-          state: 'starting',
-          inflight: 0,
-          external: 0,
-          externalRouted: false,
-          lastActiveAt: now,
-          startedAt: a.startedAt,
-          rt: undefined,
-          launched: true,
-          code: undefined,
-          record: undefined,
-          recent: [],
-          exit: undefined,
-          gone: false,
-          keyChain: Promise.resolve(),
-          idleWaiters: [],
-          counted: false,
-          stopped: undefined,
-        };
+        const l = newLocal({ id: a.spec.instanceId, sandbox, fn, configKey, now, startedAt: a.startedAt, launched: true });
         try {
           // pin its code in the cache (it is there: the instance runs from it)
           l.code = await this.#cache?.acquire({ code_path: fn.code_path, code_sha256: fn.code_sha256, entrypoint: a.spec.artifact.entrypoint });
@@ -555,32 +560,7 @@ class AgentImpl implements Agent {
       }
       logger.info({ fnId: fn.id, evicted: victims.map((v) => v.id) }, 'evicting idle instances to place a cold start');
     }
-    const l: Local = {
-      id: newId('inst', clock.now()),
-      sandbox,
-      fnId: fn.id,
-      fnName: fn.name,
-      configKey,
-      memoryMb: fn.memory_mb,
-      vcpu: fn.vcpu,
-      state: 'starting',
-      inflight: 0,
-      external: 0,
-      externalRouted: false,
-      lastActiveAt: clock.now(),
-      startedAt: clock.now(),
-      rt: undefined,
-      launched: false,
-      code: undefined,
-      record: undefined,
-      recent: [],
-      exit: undefined,
-      gone: false,
-      keyChain: Promise.resolve(),
-      idleWaiters: [],
-      counted: false,
-      stopped: undefined,
-    };
+    const l = newLocal({ id: newId('inst', clock.now()), sandbox, fn, configKey, now: clock.now(), startedAt: clock.now(), launched: false });
     this.#locals.set(l.id, l);
     this.#publishAgent();
     const task = this.#provision(job, fn, l, takenAt, evicting).finally(() => {

@@ -288,9 +288,10 @@ async function startParts(
 
   // Services: the deployer reads the specs, places them and writes node assignments.
   if (cfg.source && (role === 'up' || role === 'deployer')) {
+    const source = specSource(cfg.source);
     const deployer = new Deployer({
       store,
-      source: specSource(cfg.source),
+      source,
       deployerId: newId('dep'),
       clock,
       logger,
@@ -300,7 +301,7 @@ async function startParts(
     });
     deployer.start();
     closers.unshift(() => deployer.stop());
-    out(`deployer: ${specSource(cfg.source).describe}, every ${cfg.pollMs} ms${cfg.webhookSecret ? ' and on POST /api/deploy/webhook' : ''}`);
+    out(`deployer: ${source.describe}, every ${cfg.pollMs} ms${cfg.webhookSecret ? ' and on POST /api/deploy/webhook' : ''}`);
   }
 
   return dataPlane?.url ?? agentServerUrl ?? '';

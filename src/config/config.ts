@@ -5,7 +5,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { AetherError, deriveClusterToken, sameSecret } from '../core/index.ts';
 import { describeZodError } from '../spec/index.ts';
-import { parseDuration } from '../deploy/duration.ts';
+import { parseDuration } from '../deploy/index.ts';
 
 /**
  * Options for `aether up | gateway | agent`, from (highest first) flags, AETHER_* env, a YAML file

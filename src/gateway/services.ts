@@ -33,8 +33,7 @@ export class ServiceCatalog {
       for (const s of a.services) out.push(view(s, a.node, a.revision, reports.get(`${a.node}\0${s.name}`)));
     }
     for (const u of deploy?.unplaced ?? []) {
-      if (out.some((v) => v.name === u.service)) continue;
-      out.push({ name: u.service, node: null, state: 'pending', health: 'unknown', host: null, image: '', vcpus: 0, memory_mb: 0, tenant: null, revision: deploy?.revision ?? null, restarts: 0, address: null, message: u.message });
+      if (!out.some((v) => v.name === u.service)) out.push(pendingView(u.service, deploy?.revision ?? null, u.message));
     }
     return out.sort((a, b) => (a.name < b.name ? -1 : 1));
   }
@@ -47,8 +46,9 @@ export class ServiceCatalog {
       const r = await this.#store.get(KEYS.serviceStatus(a.node, name));
       return { ...view(s, a.node, a.revision, r ? (JSON.parse(r.value) as ServiceStatusRecord) : undefined), config: s };
     }
-    const pending = (await this.list()).find((v) => v.name === name);
-    if (pending) return { ...pending, config: null };
+    const deploy = await this.deployStatus();
+    const u = deploy?.unplaced.find((x) => x.service === name);
+    if (u) return { ...pendingView(u.service, deploy?.revision ?? null, u.message), config: null };
     throw new AetherError('AETHER_ERR_SERVICE_NOT_FOUND', `no service named ${JSON.stringify(name)}`);
   }
 
@@ -82,6 +82,11 @@ export class ServiceCatalog {
       return { ...a, services: byNode.get(a.agent_id) ?? [] };
     });
   }
+}
+
+/** A service the deployer could not place (the reason in `message`). */
+function pendingView(name: string, revision: string | null, message: string): ServiceView {
+  return { name, node: null, state: 'pending', health: 'unknown', host: null, image: '', vcpus: 0, memory_mb: 0, tenant: null, revision, restarts: 0, address: null, message };
 }
 
 function view(s: ServiceConfig, node: string, revision: string, r: ServiceStatusRecord | undefined): ServiceView {

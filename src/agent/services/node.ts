@@ -35,7 +35,6 @@ export class ServicesNode {
   readonly #agents = new Map<string, AgentRecord>();
   readonly #assignments = new Map<string, ServiceAssignment>();
   readonly #statuses = new Map<string, ServiceStatusRecord>();
-  #table: RouteTable | undefined;
 
   constructor(o: ServicesNodeOptions) {
     this.#o = o;
@@ -70,12 +69,10 @@ export class ServicesNode {
           onReset: (kvs) => {
             map.clear();
             for (const kv of kvs) map.set(kv.key, JSON.parse(kv.value) as T);
-            this.#table = undefined;
           },
           onEvent: (ev) => {
             if (ev.type === 'put') map.set(ev.kv.key, JSON.parse(ev.kv.value) as T);
             else map.delete(ev.key);
-            this.#table = undefined;
           },
         },
         opts,
@@ -104,9 +101,8 @@ export class ServicesNode {
         .map((s) => s.metadata['host'] as string);
       if (hosts.length) peers.push({ node: a.agent_id, router_url: a.router_url, hosts });
     }
-    // Local instances change without a store event of ours being seen first: rebuild per call is cheap.
-    this.#table = buildRouteTable(local, peers, this.#o.nodeId);
-    return this.#table;
+    // Built per call: local instances change without a store event, and the table is small.
+    return buildRouteTable(local, peers, this.#o.nodeId);
   }
 
   status(): { node: string; router_port: number | null; router_url: string | null; services: ServiceStatusRecord[] } {
