@@ -4,6 +4,7 @@ import type { ServiceAssignment } from '../../deploy/index.ts';
 import type { Runtime } from '../../runtime/index.ts';
 import { KEYS, type AgentRecord, type SandboxKind, type ServiceStatusRecord } from '../../spec/index.ts';
 import { listAndWatch, type Informer, type Store } from '../../store/index.ts';
+import type { AgentCore } from '../core/index.ts';
 import { ServiceController } from './controller.ts';
 import { buildRouteTable, EdgeRouter, type PeerRoute, type RouteTable } from './router.ts';
 
@@ -35,6 +36,7 @@ export class ServicesNode {
   readonly #agents = new Map<string, AgentRecord>();
   readonly #assignments = new Map<string, ServiceAssignment>();
   readonly #statuses = new Map<string, ServiceStatusRecord>();
+  #attached = false;
 
   constructor(o: ServicesNodeOptions) {
     this.#o = o;
@@ -56,6 +58,17 @@ export class ServicesNode {
     this.#router = new EdgeRouter({ table: () => this.table(), logger: this.#log, fallback: (req, res) => this.handleHttp(req, res) });
     this.routerUrl = await this.#router.listen(this.#o.routerPort, this.#o.routerHost ?? '0.0.0.0');
     return this.routerUrl;
+  }
+
+  /**
+   * Run the controller on the agent's core (before agent.start()): one capacity ledger for the
+   * node, and the core's adoption round offers it the service instances an earlier run left. The
+   * core then starts and stops the controller; start()/stop() here handle the router's views.
+   */
+  attach(core: AgentCore): void {
+    this.controller.useCore(core);
+    core.register(this.controller);
+    this.#attached = true;
   }
 
   async start(): Promise<void> {
@@ -80,7 +93,7 @@ export class ServicesNode {
     if (this.#router) {
       this.#informers.push(mirror(KEYS.agents, this.#agents), mirror(KEYS.assignments, this.#assignments), mirror(KEYS.serviceStatuses, this.#statuses));
     }
-    await this.controller.start();
+    if (!this.#attached) await this.controller.start();
   }
 
   async stop(): Promise<void> {
