@@ -77,6 +77,8 @@ export class ServiceController implements WorkloadController {
   readonly #log: Logger;
   #core: AgentCore;
   #stopping: Promise<void> | undefined;
+  /** Set by run(): before it (loading, adoption) nothing is reconciled, so nothing is started twice. */
+  #live = false;
   readonly #stopAc = new AbortController();
   readonly #running = new Map<string, Running>();
   /** Restart request ids already honoured, per service. */
@@ -171,6 +173,7 @@ export class ServiceController implements WorkloadController {
 
   /** After adoption: converge now and on every resync. */
   run(): void {
+    this.#live = true;
     void this.reconcile();
     this.#scheduleResync();
   }
@@ -201,8 +204,11 @@ export class ServiceController implements WorkloadController {
     }
     const last = await this.#o.store.get(KEYS.serviceStatus(this.#o.nodeId, name)).catch(() => undefined);
     const prev = last ? (JSON.parse(last.value) as ServiceStatusRecord) : undefined;
-    const health = { ...initialHealth(), restarts: prev?.instance_id === inst.id ? prev.restarts : 0 };
-    const r: Running = { name, svc, configKey: serviceConfigKey(svc), inst, state: 'running', health, healthTimer: undefined, restartRequest: null, startedAt: found.startedAt, message: null };
+    // Its last status (under the old lease, if that still lives) carries on: restarts, reported start time.
+    const same = prev?.instance_id === inst.id ? prev : undefined;
+    const health = { ...initialHealth(), restarts: same?.restarts ?? 0 };
+    const startedAt = same?.started_at ? Date.parse(same.started_at) : found.startedAt;
+    const r: Running = { name, svc, configKey: serviceConfigKey(svc), inst, state: 'running', health, healthTimer: undefined, restartRequest: null, startedAt, message: null };
     inst.hooks = { onExit: (exit) => this.#onExit(r, exit) };
     this.#running.set(name, r);
     this.#armHealth(r);
@@ -245,6 +251,7 @@ export class ServiceController implements WorkloadController {
 
   /** Run a reconcile now (and once more if one is running). */
   reconcile(): Promise<void> {
+    if (!this.#live) return Promise.resolve();
     if (this.#reconciling) {
       this.#again = true;
       return this.#reconciling;
