@@ -5,6 +5,9 @@ import { createFakeRuntime, type FakeBehavior } from '../../runtime/fake/index.t
 import { enrich, parseRepo, type ServiceAssignment } from '../../deploy/index.ts';
 import { KEYS, type ServiceStatusRecord } from '../../spec/index.ts';
 import type { InstanceSpec } from '../../runtime/index.ts';
+import { silentLogger, systemClock } from '../../core/index.ts';
+import { AgentCore } from '../core/index.ts';
+import { agentConfig } from '../types.ts';
 import { ServiceController } from './controller.ts';
 
 const NODE = 'n1';
@@ -105,4 +108,51 @@ test('a service whose sandbox this node lacks is reported, not crashed on', asyn
   await ctl.start();
   await until('reported', async () => (await status('vm'))?.message?.includes('no firecracker sandbox') === true);
   assert.equal((await status('vm'))?.state, 'exited');
+});
+
+test('services are charged to the node core\'s one ledger: one that does not fit is reported, not started, and starts once room frees up', async (t) => {
+  const store = createSqliteStore({ path: ':memory:' });
+  const runtime = createFakeRuntime();
+  const core = new AgentCore({
+    store,
+    clock: systemClock,
+    logger: silentLogger(),
+    runtimes: { process: runtime },
+    config: agentConfig({ agentId: NODE, url: 'http://agent.test', dataDir: '/nonexistent', clusterToken: 't', capacity: { instances: 10, memoryMb: 512, vcpu: 4 } }),
+  });
+  const ctl = new ServiceController({ store, nodeId: NODE, runtimes: { process: runtime }, core, resyncMs: 100, startupTimeoutMs: 2000, stopGraceMs: 100 });
+  t.after(async () => {
+    await ctl.stop();
+    await runtime.close();
+    await store.close();
+  });
+  // a function instance holds 384 of the node's 512 MB
+  const fn = core.admit({ id: 'inst-fn', kind: 'function', owner: 'fn-1', sandbox: 'process', memoryMb: 384, vcpu: 1 });
+  const { services, errors } = enrich(parseRepo([{ path: 'services/db.yaml', text: 'name: db\nimage: /img/db.ext4\nnode_type: general\nmemory_mb: 256\n' }]));
+  assert.deepEqual(errors, []);
+  await store.put(KEYS.assignment(NODE), JSON.stringify({ node: NODE, revision: 'r', services, written_at: '' } satisfies ServiceAssignment));
+  await ctl.start();
+  const status = async (): Promise<ServiceStatusRecord | undefined> => {
+    const kv = await store.get(KEYS.serviceStatus(NODE, 'db'));
+    return kv ? (JSON.parse(kv.value) as ServiceStatusRecord) : undefined;
+  };
+  const until = async (what: string, cond: () => Promise<boolean>): Promise<void> => {
+    const end = Date.now() + 5000;
+    while (!(await cond())) {
+      if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  await until('reported', async () => (await status())?.message?.includes('no capacity') === true);
+  assert.equal((await status())?.state, 'exited');
+  assert.equal(runtime.instances.size, 0, 'nothing was started');
+  assert.deepEqual(core.ledger.used(), { instances: 1, memoryMb: 384, vcpu: 1 });
+  // the function instance goes: the service fits and starts, and the node's record counts it
+  fn.to('stopping');
+  core.release(fn);
+  await until('running', async () => (await status())?.state === 'running');
+  assert.deepEqual(core.ledger.used('service'), { instances: 1, memoryMb: 256, vcpu: 1 });
+  assert.deepEqual(core.agentRecord().used, { instances: 1, memory_mb: 256, vcpu: 1 });
+  await ctl.stop();
+  assert.deepEqual(core.ledger.used(), { instances: 0, memoryMb: 0, vcpu: 0 }, 'a stopped service gives its capacity back');
 });
