@@ -129,8 +129,9 @@ export interface Agent {
    */
   forward(instanceId: string, req: IncomingMessage, res: ServerResponse, target: AgentForwardTarget, opts?: AgentForwardOptions): Promise<{ status: number }>;
   /**
-   * node:http handler of the agent's own server: GET /healthz; ANY /internal/forward/<instanceId>/<path>;
-   * GET /internal/logs/<fnId>?tail=&follow= (NDJSON). /internal/ routes need the cluster token.
+   * node:http handler of the agent's own server (a find-my-way route table): GET /healthz; ANY
+   * /internal/forward/<instanceId>/<path>; GET /internal/logs/<fnId>?tail=&follow= (NDJSON). Every
+   * /internal/ path, known or not, needs the cluster token.
    */
   handleHttp(req: IncomingMessage, res: ServerResponse): void;
   /**
