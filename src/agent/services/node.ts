@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import Router from 'find-my-way';
 import { metrics, registry, silentLogger, type Clock, type Logger } from '../../core/index.ts';
 import type { ServiceAssignment } from '../../deploy/index.ts';
 import type { Runtime } from '../../runtime/index.ts';
@@ -37,6 +38,7 @@ export class ServicesNode {
   readonly #assignments = new Map<string, ServiceAssignment>();
   readonly #statuses = new Map<string, ServiceStatusRecord>();
   #attached = false;
+  readonly #api = this.#routes();
 
   constructor(o: ServicesNodeOptions) {
     this.#o = o;
@@ -124,31 +126,35 @@ export class ServicesNode {
 
   /** firework's agent API on the router port when the Host names no service: /healthz, /status, /health, /metrics. */
   async handleHttp(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
-    const path = (req.url ?? '/').split('?')[0];
-    const json = (body: unknown): void => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return false;
+    let found;
+    try {
+      found = this.#api.find(req.method, req.url ?? '/');
+    } catch {
+      return false; // a path that does not decode is not one of ours
+    }
+    if (!found) return false;
+    await (found.handler as unknown as (req: IncomingMessage, res: ServerResponse) => Promise<void> | void)(req, res);
+    return true;
+  }
+
+  /** The route table of handleHttp (find-my-way, as the agent's own server). */
+  #routes(): Router.Instance<Router.HTTPVersion.V1> {
+    const api = Router();
+    const json = (res: ServerResponse, body: unknown): void => {
       const text = JSON.stringify(body);
       res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) }).end(text);
     };
-    if (req.method !== 'GET' && req.method !== 'HEAD') return false;
-    if (path === '/healthz' || path === '/ping') {
-      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
-      return true;
-    }
-    if (path === '/status') {
-      json(this.status());
-      return true;
-    }
-    if (path === '/health') {
-      json(Object.fromEntries(this.controller.status().map((s) => [s.service, s.health])));
-      return true;
-    }
-    if (path === '/metrics') {
+    const get = (path: string, h: (req: IncomingMessage, res: ServerResponse) => Promise<void> | void): void => api.on(['GET', 'HEAD'], path, h as never);
+    for (const path of ['/healthz', '/ping']) get(path, (_req, res) => void res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n'));
+    get('/status', (_req, res) => json(res, this.status()));
+    get('/health', (_req, res) => json(res, Object.fromEntries(this.controller.status().map((s) => [s.service, s.health]))));
+    get('/metrics', async (_req, res) => {
       this.#refreshMetrics();
       const text = await registry.metrics();
       res.writeHead(200, { 'content-type': registry.contentType }).end(text);
-      return true;
-    }
-    return false;
+    });
+    return api;
   }
 
   #refreshMetrics(): void {
