@@ -174,8 +174,22 @@ export class ServiceController implements WorkloadController {
   /** After adoption: converge now and on every resync. */
   run(): void {
     this.#live = true;
+    void this.#dropStaleStatuses();
     void this.reconcile();
     this.#scheduleResync();
+  }
+
+  /** Statuses an earlier run left (under its lease) for services neither running nor assigned here. */
+  async #dropStaleStatuses(): Promise<void> {
+    const prefix = KEYS.serviceStatus(this.#o.nodeId, '');
+    try {
+      for (const kv of (await this.#o.store.list(prefix)).kvs) {
+        const name = kv.key.slice(prefix.length);
+        if (!this.#running.has(name) && !this.#desired.some((s) => s.name === name)) await this.#o.store.delete(kv.key);
+      }
+    } catch (err) {
+      this.#log.debug({ err: String(err) }, 'could not drop stale service statuses');
+    }
   }
 
   /**
