@@ -135,3 +135,20 @@ test('fuzz (bounded): any path, method and body on the agent routes gets no 500 
   );
   assert.equal((await send('GET', '/healthz')).status, 200);
 });
+
+test('the router: every /internal/ path needs the cluster token first; the forwarded path goes on raw', async () => {
+  for (const path of ['/internal/forward/inst-ok/x', '/internal/logs/fn-1', '/internal/nothing', '/internal', '/internal/forward/inst-ok/%zz', '/internal/%66orward/inst-ok/x']) {
+    const r = await send('GET', path, { authorization: 'Bearer wrong' });
+    assert.equal(r.status, 401, `${path}: ${r.body}`);
+    assert.match(r.body, /AETHER_ERR_UNAUTHORIZED/);
+  }
+  // the forwarding hop takes the token only in its header (Authorization is the caller's)
+  assert.equal((await send('GET', '/internal/forward/inst-ok/x', { authorization: `Bearer ${TOKEN}` })).status, 401);
+  assert.equal((await send('GET', '/internal/forward/inst-ok/%zz?a=%', AUTH)).body, 'ok', 'an escape that does not decode is forwarded as it came');
+  assert.equal((await send('GET', '/internal/%66orward/inst-ok/x', AUTH)).status, 404, 'a route matched only once decoded is not the forwarding route');
+  assert.equal((await send('GET', '/internal/nothing', AUTH)).status, 404);
+  assert.equal((await send('POST', '/healthz')).status, 405);
+  assert.equal((await send('HEAD', '/healthz?x=1')).status, 200);
+  assert.equal((await send('GET', '/internal/logs/fn-1?tail=1', { authorization: `Bearer ${TOKEN}` })).status, 200);
+  assert.equal((await send('POST', '/internal/logs/fn-1', AUTH)).status, 405);
+});

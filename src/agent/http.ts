@@ -1,4 +1,5 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, METHODS, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import Router, { type HTTPMethod } from 'find-my-way';
 import type { Duplex } from 'node:stream';
 import { AetherError, answerUnexpected, bearerToken, CLUSTER_TOKEN_HEADER, clientErrorHandler, clip, closeAfterEarlyResponse, decodePathPart, errorBody, isAetherError, refuseConnect, sameSecret, silentLogger, type Logger } from '../core/index.ts';
 import { AGENT_ERROR_HEADER, ProxyError, acceptUpgrade } from '../proxy/index.ts';
@@ -22,12 +23,76 @@ export function createAgentServer(serve: (req: IncomingMessage, res: ServerRespo
   return server;
 }
 
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+const ALL_METHODS = [...METHODS] as HTTPMethod[];
+
 /**
- * The agent's own HTTP surface: health, the gateway -> agent forwarding hop, and logs. Plain
- * node:http (no framework) because /internal/forward is on the warm path. Every /internal/ route
- * needs the cluster token: in the x-aether-cluster-token header (the forwarding hop, whose
+ * The route table (find-my-way, the router fastify uses; no framework around it: /internal/forward
+ * is on the warm path and streams both ways). Every /internal/ route, known or not, first checks
+ * the cluster token: in the x-aether-cluster-token header (the forwarding hop, whose
  * `Authorization` is the caller's and goes to the function), or as a bearer token elsewhere.
  */
+function buildRouter(agent: Agent, clusterToken: string, followers: Set<ServerResponse>, log: Logger): Router.Instance<Router.HTTPVersion.V1> {
+  /** Token first; on success the header is dropped (never passed on to a function). */
+  const guarded =
+    (h: Handler, forwarding = false): Handler =>
+    (req, res) => {
+      const given = header(req, CLUSTER_TOKEN_HEADER) ?? (forwarding ? undefined : bearerToken(req.headers.authorization));
+      if (given === undefined || !sameSecret(given, clusterToken)) return sendError(res, new AetherError('AETHER_ERR_UNAUTHORIZED', 'missing or wrong cluster token'));
+      delete req.headers[CLUSTER_TOKEN_HEADER];
+      h(req, res);
+    };
+  // The rest of the URL goes to the instance as it came (raw, with its query, even an escape that
+  // does not decode): cut, not parsed.
+  const forward = guarded((req, res) => {
+    const url = req.url ?? '/';
+    if (!url.startsWith(FORWARD_PREFIX)) return notFound(req, res); // matched only once decoded: not ours
+    forwardRoute(agent, url.slice(FORWARD_PREFIX.length), req, res, log);
+  }, true);
+  const logs = guarded((req, res) => {
+    if (req.method !== 'GET') return sendError(res, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED'));
+    const url = req.url ?? '/';
+    if (!url.startsWith(LOGS_PREFIX)) return notFound(req, res);
+    const q = url.indexOf('?');
+    const path = q < 0 ? url : url.slice(0, q);
+    const fnId = decodePathPart(path.slice(LOGS_PREFIX.length), 'function id');
+    logsRoute(agent, followers, fnId, new URLSearchParams(q < 0 ? '' : url.slice(q + 1)), req, res);
+  });
+  // unknown /internal/ paths: 401 without the token, 404 with it (nothing about them leaks)
+  const internalNotFound = guarded(notFound);
+  const badEscape: Handler = (_req, res) => sendError(res, new AetherError('AETHER_ERR_VALIDATION', 'the path holds a malformed escape'));
+
+  const router = Router({
+    defaultRoute: notFound,
+    // find-my-way cannot decode the path: the forwarding hop does not decode it, the rest says 400 (after the token)
+    onBadUrl: (_path, req, res) => {
+      const url = req.url ?? '/';
+      if (url.startsWith(FORWARD_PREFIX)) forward(req, res);
+      else if (url.startsWith(LOGS_PREFIX)) logs(req, res);
+      else if (url.startsWith('/internal/')) guarded(badEscape)(req, res);
+      else badEscape(req, res);
+    },
+  });
+  router.on(ALL_METHODS, '/healthz', (req, res) => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return sendError(res, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED'));
+    sendJson(res, 200, { ok: true, agent_id: agent.id });
+  });
+  router.on(ALL_METHODS, '/internal/forward/*', (req, res) => forward(req, res));
+  router.on(ALL_METHODS, '/internal/logs/*', (req, res) => logs(req, res));
+  router.on(ALL_METHODS, '/internal', (req, res) => internalNotFound(req, res));
+  router.on(ALL_METHODS, '/internal/*', (req, res) => internalNotFound(req, res));
+  return router;
+}
+
+function notFound(req: IncomingMessage, res: ServerResponse): void {
+  sendError(res, new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no route ${clip(req.method ?? 'GET', 20)} ${clip((req.url ?? '/').split('?')[0] ?? '/')}`));
+}
+
+/** One router per agent server (its followers set), built on its first request. */
+const routers = new WeakMap<Set<ServerResponse>, Router.Instance<Router.HTTPVersion.V1>>();
+
+/** The agent's own HTTP surface: health, the gateway -> agent forwarding hop, and logs. */
 export function handleAgentHttp(
   agent: Agent,
   clusterToken: string,
@@ -36,41 +101,18 @@ export function handleAgentHttp(
   res: ServerResponse,
   log: Logger = silentLogger(),
 ): void {
+  let router = routers.get(followers);
+  if (!router) {
+    router = buildRouter(agent, clusterToken, followers, log);
+    routers.set(followers, router);
+  }
   // One request's error never ends the process: it is answered (500 at worst) and logged.
   try {
-    route(agent, clusterToken, followers, req, res, log);
+    router.lookup(req, res);
   } catch (err) {
     if (isAetherError(err) && err.status < 500) sendError(res, err);
     else answerUnexpected(log, 'agent', req, res, err);
   }
-}
-
-function route(agent: Agent, clusterToken: string, followers: Set<ServerResponse>, req: IncomingMessage, res: ServerResponse, log: Logger): void {
-  const url = req.url ?? '/';
-  if (url.startsWith('/internal/')) {
-    const given = header(req, CLUSTER_TOKEN_HEADER) ?? (url.startsWith(FORWARD_PREFIX) ? undefined : bearerToken(req.headers.authorization));
-    if (given === undefined || !sameSecret(given, clusterToken)) return sendError(res, new AetherError('AETHER_ERR_UNAUTHORIZED', 'missing or wrong cluster token'));
-    delete req.headers[CLUSTER_TOKEN_HEADER]; // never passed on to a function
-  }
-  if (url.startsWith(FORWARD_PREFIX)) {
-    forwardRoute(agent, url.slice(FORWARD_PREFIX.length), req, res, log);
-    return;
-  }
-  const q = url.indexOf('?');
-  const path = q < 0 ? url : url.slice(0, q);
-  if (path === '/healthz') {
-    if (req.method !== 'GET' && req.method !== 'HEAD') return sendError(res, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED'));
-    sendJson(res, 200, { ok: true, agent_id: agent.id });
-    return;
-  }
-  if (path.startsWith(LOGS_PREFIX)) {
-    if (req.method !== 'GET') return sendError(res, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED'));
-    const fnId = decodePathPart(path.slice(LOGS_PREFIX.length), 'function id');
-    const params = new URLSearchParams(q < 0 ? '' : url.slice(q + 1));
-    logsRoute(agent, followers, fnId, params, req, res);
-    return;
-  }
-  sendError(res, new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no route ${clip(req.method ?? 'GET', 20)} ${clip(path)}`));
 }
 
 /** `<instanceId>/<path...>[?query]`: the gateway already set X-Forwarded-*; headers pass through. */

@@ -8,6 +8,7 @@ import type { Runtime } from '../runtime/index.ts';
 import type { SandboxKind } from '../spec/index.ts';
 import type { Store } from '../store/index.ts';
 import type { LogEntry } from './logs.ts';
+import type { AgentCore } from './core/index.ts';
 
 export interface AgentCapacity {
   instances: number;
@@ -93,7 +94,8 @@ export interface AgentDeps {
   archiveLimits: ArchiveLimits;
 }
 
-export type LocalInstanceState = 'starting' | 'ready' | 'draining' | 'stopping' | 'stopped';
+/** The core's instance state (src/agent/core/state.ts). */
+export type LocalInstanceState = 'starting' | 'ready' | 'draining' | 'stopping' | 'stopped' | 'failed';
 
 export interface LocalInstanceInfo {
   instanceId: string;
@@ -115,6 +117,8 @@ export interface AgentForwardOptions {
 
 export interface Agent {
   readonly id: string;
+  /** The node's core (ledger, runtimes, supervision): other workload controllers (services) register on it before start(). */
+  readonly core?: AgentCore;
   start(): Promise<void>;
   /** Stop taking jobs, drain and stop every local instance, delete their keys, revoke the lease. */
   stop(): Promise<void>;
@@ -125,8 +129,9 @@ export interface Agent {
    */
   forward(instanceId: string, req: IncomingMessage, res: ServerResponse, target: AgentForwardTarget, opts?: AgentForwardOptions): Promise<{ status: number }>;
   /**
-   * node:http handler of the agent's own server: GET /healthz; ANY /internal/forward/<instanceId>/<path>;
-   * GET /internal/logs/<fnId>?tail=&follow= (NDJSON). /internal/ routes need the cluster token.
+   * node:http handler of the agent's own server (a find-my-way route table): GET /healthz; ANY
+   * /internal/forward/<instanceId>/<path>; GET /internal/logs/<fnId>?tail=&follow= (NDJSON). Every
+   * /internal/ path, known or not, needs the cluster token.
    */
   handleHttp(req: IncomingMessage, res: ServerResponse): void;
   /**

@@ -216,6 +216,8 @@ async function startParts(
         clusterToken,
       }),
     });
+    // Services run on the agent's core: one ledger, and adoption of their instances at start.
+    if (agent.core) services.attach(agent.core);
     await agent.start();
     await services.start();
     closers.unshift(() => services.stop());

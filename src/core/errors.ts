@@ -36,6 +36,7 @@ export const ERROR_CODES = {
   AETHER_ERR_IMAGE_INVALID: { status: 400, text: 'the image source is not a readable directory, docker-save or OCI layout archive' },
   AETHER_ERR_GUEST_BUILD: { status: 500, text: 'a VM guest part (aether-init, initramfs, root image) could not be built' },
   AETHER_ERR_CONTAINER_UNAVAILABLE: { status: 503, text: 'this agent cannot run image or rootfs artifacts in its process sandbox' },
+  AETHER_ERR_INSTANCE_STATE: { status: 500, text: 'an instance was asked for a state change its state machine does not allow' },
   AETHER_ERR_INTERNAL: { status: 500, text: 'internal error' },
 } as const satisfies Record<string, { status: number; text: string }>;
 

@@ -1,12 +1,14 @@
 import { connect } from 'node:net';
 import { request } from 'node:http';
 import { stat } from 'node:fs/promises';
-import { metrics, newId, silentLogger, systemClock, type Clock, type Logger, type TimerHandle } from '../../core/index.ts';
+import { AetherError, metrics, newId, silentLogger, systemClock, type Clock, type Logger, type TimerHandle } from '../../core/index.ts';
 import { serviceConfigKey, type ServiceAssignment, type ServiceConfig } from '../../deploy/index.ts';
-import type { Artifact, InstanceSpec, Runtime, RuntimeInstance } from '../../runtime/index.ts';
+import type { Artifact, ExitInfo, InstanceSpec, Runtime } from '../../runtime/index.ts';
 import { KEYS, type Endpoint, type SandboxKind, type ServiceStatusRecord } from '../../spec/index.ts';
 import { LeaseKeeper, listAndWatch, type Informer, type Store } from '../../store/index.ts';
-import { LogStore, type LogEntry } from '../logs.ts';
+import { agentConfig } from '../types.ts';
+import { AgentCore, type CoreInstance, type Leftover, type WorkloadController } from '../core/index.ts';
+import type { LogEntry } from '../logs.ts';
 import { initialHealth, observeHealth, type HealthPolicy, type HealthState } from './health.ts';
 import { orderActions, planReconcile, type Action, type RunningService, type UpdateStrategy } from './plan.ts';
 
@@ -16,6 +18,9 @@ import { orderActions, planReconcile, type Action, type RunningService, type Upd
  * periodically (an instance that died is recreated even when nothing changed), health-checks
  * instances and restarts failing ones with backoff, honours restart requests, and reports each
  * service's state under its own lease. Decisions are the pure functions in plan.ts / health.ts.
+ * Its instances are the agent core's: charged to the node's one capacity ledger (a service that
+ * does not fit is reported, not started), supervised by the core, and adopted after an agent
+ * restart when they still match the assignment.
  */
 export interface ServiceControllerOptions {
   store: Store;
@@ -32,13 +37,20 @@ export interface ServiceControllerOptions {
   stopGraceMs?: number;
   pidsMax?: number;
   health?: Partial<HealthPolicy>;
+  /**
+   * The agent core whose ledger and runtimes the instances use (set later with useCore()).
+   * Absent: a private core over `runtimes` with `capacity` (unlimited when not given), for a
+   * controller without an agent (tests).
+   */
+  core?: AgentCore;
+  capacity?: { vcpu: number; memoryMb: number };
 }
 
 interface Running {
   name: string;
   svc: ServiceConfig;
   configKey: string;
-  instance: RuntimeInstance;
+  inst: CoreInstance;
   state: RunningService['state'];
   health: HealthState;
   healthTimer: TimerHandle | undefined;
@@ -58,11 +70,16 @@ export function describeEndpoint(e: Endpoint): string {
   return e.kind === 'tcp' ? `${e.host}:${e.port}` : `unix:${e.path}`;
 }
 
-export class ServiceController {
+export class ServiceController implements WorkloadController {
+  readonly kind = 'service' as const;
   readonly #o: ServiceControllerOptions;
   readonly #clock: Clock;
   readonly #log: Logger;
-  readonly #logs = new LogStore();
+  #core: AgentCore;
+  #stopping: Promise<void> | undefined;
+  /** Set by run(): before it (loading, adoption) nothing is reconciled, so nothing is started twice. */
+  #live = false;
+  readonly #stopAc = new AbortController();
   readonly #running = new Map<string, Running>();
   /** Restart request ids already honoured, per service. */
   readonly #restartsSeen = new Map<string, string>();
@@ -85,9 +102,23 @@ export class ServiceController {
     this.#clock = o.clock ?? systemClock;
     this.#log = o.logger ?? silentLogger();
     this.#policy = { retries: 3, backoff_base_ms: 1000, backoff_max_ms: 60_000, ...o.health };
+    this.#core = o.core ?? privateCore(o, this.#clock, this.#log);
   }
 
+  /** Run on an agent's core (its ledger, runtimes, adoption round): before start(). */
+  useCore(core: AgentCore): void {
+    if (this.#keeper) throw new AetherError('AETHER_ERR_INTERNAL', 'the services controller already started');
+    this.#core = core;
+  }
+
+  /** Standalone start (no agent core driving it): no adoption. */
   async start(): Promise<void> {
+    await this.prepare();
+    this.run();
+  }
+
+  /** Lease for statuses, the assignment loaded (adoption compares leftovers with it). */
+  async prepare(): Promise<void> {
     const { store, nodeId } = this.#o;
     this.#keeper = new LeaseKeeper({
       store,
@@ -138,23 +169,86 @@ export class ServiceController {
       ),
     );
     await assignment.ready;
+  }
+
+  /** After adoption: converge now and on every resync. */
+  run(): void {
+    this.#live = true;
+    void this.#dropStaleStatuses();
+    void this.reconcile();
     this.#scheduleResync();
   }
 
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    for (const i of this.#informers) i.close();
-    if (this.#timer) this.#clock.clearTimeout(this.#timer);
-    await this.#reconciling?.catch(() => undefined);
-    await Promise.all([...this.#running.values()].map((r) => this.#stopInstance(r)));
-    await this.#keeper?.stop({ revoke: true });
+  /** Statuses an earlier run left (under its lease) for services neither running nor assigned here. */
+  async #dropStaleStatuses(): Promise<void> {
+    const prefix = KEYS.serviceStatus(this.#o.nodeId, '');
+    try {
+      for (const kv of (await this.#o.store.list(prefix)).kvs) {
+        const name = kv.key.slice(prefix.length);
+        if (!this.#running.has(name) && !this.#desired.some((s) => s.name === name)) await this.#o.store.delete(kv.key);
+      }
+    } catch (err) {
+      this.#log.debug({ err: String(err) }, 'could not drop stale service statuses');
+    }
+  }
+
+  /**
+   * A service instance an earlier run of this agent left running: kept (same process, same start
+   * time, restart count carried from its last status) when the assignment still wants this service
+   * with the same config on the same sandbox and the node has room; else the runtime stops it.
+   */
+  async adopt(found: Leftover): Promise<boolean> {
+    const name = found.spec.owner.name;
+    const svc = this.#desired.find((s) => s.name === name);
+    if (!svc || this.#running.has(name) || serviceConfigKey(svc) !== found.spec.version || this.#sandbox(svc) !== found.sandbox) {
+      this.#log.info({ service: name, instance: found.spec.instanceId }, 'not adopting a leftover service instance: not assigned here any more, or its config changed');
+      return false;
+    }
+    const inst = this.#core.tryAdmit({ id: found.spec.instanceId, kind: 'service', owner: name, sandbox: found.sandbox, memoryMb: svc.memory_mb, vcpu: svc.vcpus, startedAt: found.startedAt, adopted: true });
+    if (!inst) {
+      this.#log.warn({ service: name }, 'not adopting a leftover service instance: the node has no room for it');
+      return false;
+    }
+    try {
+      await this.#core.adopt(inst);
+    } catch (err) {
+      this.#log.warn({ err: String(err), service: name }, 'could not adopt a service instance');
+      this.#core.release(inst);
+      return false;
+    }
+    const last = await this.#o.store.get(KEYS.serviceStatus(this.#o.nodeId, name)).catch(() => undefined);
+    const prev = last ? (JSON.parse(last.value) as ServiceStatusRecord) : undefined;
+    // Its last status (under the old lease, if that still lives) carries on: restarts, reported start time.
+    const same = prev?.instance_id === inst.id ? prev : undefined;
+    const health = { ...initialHealth(), restarts: same?.restarts ?? 0 };
+    const startedAt = same?.started_at ? Date.parse(same.started_at) : found.startedAt;
+    const r: Running = { name, svc, configKey: serviceConfigKey(svc), inst, state: 'running', health, healthTimer: undefined, restartRequest: null, startedAt, message: null };
+    inst.hooks = { onExit: (exit) => this.#onExit(r, exit) };
+    this.#running.set(name, r);
+    this.#armHealth(r);
+    await this.#report(r);
+    this.#log.info({ service: name, instance: inst.id }, 'adopted a service instance');
+    return true;
+  }
+
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      this.#stopped = true;
+      this.#stopAc.abort(new AetherError('AETHER_ERR_UNAVAILABLE', 'services controller stopping'));
+      for (const i of this.#informers) i.close();
+      if (this.#timer) this.#clock.clearTimeout(this.#timer);
+      await this.#reconciling?.catch(() => undefined);
+      await Promise.all([...this.#running.values()].map((r) => this.#stopInstance(r)));
+      await this.#keeper?.stop({ revoke: true });
+    })();
+    return this.#stopping;
   }
 
   /** Local instances for the edge router: service name -> endpoint and host. */
   routes(): { service: string; host: string | null; endpoint: Endpoint }[] {
     return [...this.#running.values()]
       .filter((r) => r.state === 'running')
-      .map((r) => ({ service: r.name, host: r.svc.metadata['host'] ?? null, endpoint: r.instance.endpoint }));
+      .flatMap((r) => (r.inst.rt ? [{ service: r.name, host: r.svc.metadata['host'] ?? null, endpoint: r.inst.rt.endpoint }] : []));
   }
 
   desired(): ServiceConfig[] {
@@ -166,11 +260,12 @@ export class ServiceController {
   }
 
   logs(service: string, n: number): LogEntry[] {
-    return this.#logs.tail(service, n);
+    return this.#core.logs.service.tail(service, n);
   }
 
   /** Run a reconcile now (and once more if one is running). */
   reconcile(): Promise<void> {
+    if (!this.#live) return Promise.resolve();
     if (this.#reconciling) {
       this.#again = true;
       return this.#reconciling;
@@ -273,41 +368,41 @@ export class ServiceController {
       this.#backoff(svc.name);
     };
     if (!kind) return fail(`no ${svc.sandbox ?? 'suitable'} sandbox on node ${this.#o.nodeId}`);
-    const runtime = this.#o.runtimes[kind] as Runtime;
-    const spec: InstanceSpec = {
-      instanceId: newId('svc'),
-      owner: { kind: 'service', id: svc.name, name: svc.name },
-      artifact: await this.#artifact(svc),
-      ...(svc.command.length ? { command: svc.command } : {}),
-      env: this.#env(svc),
-      resources: { memoryMb: svc.memory_mb, vcpu: svc.vcpus, pidsMax: this.#o.pidsMax ?? 1024 },
-      listen: { port: servicePort(svc) },
-      version: configKey,
-    };
-    let instance: RuntimeInstance;
+    const need = { memoryMb: svc.memory_mb, vcpu: svc.vcpus };
+    // One ledger for the node: functions' instances count against the same capacity.
+    const inst = this.#core.tryAdmit({ id: newId('svc'), kind: 'service', owner: svc.name, sandbox: kind, ...need });
+    if (!inst) return fail(`no capacity on node ${this.#o.nodeId}: ${this.#core.ledger.describe(need)}`);
+    let spec: InstanceSpec;
     try {
-      instance = await runtime.create(spec);
+      spec = {
+        instanceId: inst.id,
+        owner: { kind: 'service', id: svc.name, name: svc.name },
+        artifact: await this.#artifact(svc),
+        ...(svc.command.length ? { command: svc.command } : {}),
+        env: this.#env(svc),
+        resources: { memoryMb: svc.memory_mb, vcpu: svc.vcpus, pidsMax: this.#o.pidsMax ?? 1024 },
+        listen: { port: servicePort(svc) },
+        version: configKey,
+      };
     } catch (err) {
+      this.#core.release(inst);
       return fail(`create failed: ${(err as Error).message}`);
     }
     const carried = this.#carry.get(svc.name);
     const health = { ...initialHealth(), ...(carried ?? {}) };
-    const r: Running = { name: svc.name, svc, configKey, instance, state: 'starting', health, healthTimer: undefined, restartRequest: null, startedAt: this.#clock.now(), message: null };
+    const r: Running = { name: svc.name, svc, configKey, inst, state: 'starting', health, healthTimer: undefined, restartRequest: null, startedAt: inst.startedAt, message: null };
+    inst.hooks = { onExit: (exit) => this.#onExit(r, exit) };
     this.#running.set(svc.name, r);
-    instance.onLog((line) => this.#logs.append(svc.name, { time: line.time, instance_id: instance.id, stream: line.stream, text: line.text }));
-    void instance.exited.then((exit) => {
-      if (this.#running.get(svc.name) !== r || r.state === 'stopping') return;
-      r.state = 'exited';
-      r.message = `exited (code ${exit.code ?? '-'}, signal ${exit.signal ?? '-'}${exit.reason ? `, ${exit.reason}` : ''})`;
-      this.#log.warn({ service: svc.name, instance: instance.id, exit }, 'service instance exited');
-      this.#backoff(svc.name);
-      void this.#report(r).then(() => this.reconcile());
-    });
     await this.#report(r);
     try {
-      await instance.start();
-      await instance.waitReady(this.#o.startupTimeoutMs ?? 60_000);
+      await this.#core.launch(inst, spec, this.#o.startupTimeoutMs ?? 60_000, this.#stopAc.signal);
     } catch (err) {
+      if (!inst.rt) {
+        // the runtime refused it (no sandbox started): reported like before, with its reason
+        this.#running.delete(svc.name);
+        this.#core.release(inst);
+        return fail(`create failed: ${(err as Error).message}`);
+      }
       if (r.state !== 'exited') {
         r.message = `did not become ready: ${(err as Error).message}`;
         await this.#stopInstance(r);
@@ -318,19 +413,35 @@ export class ServiceController {
       return;
     }
     if (r.state !== 'starting') return;
+    inst.to('ready');
     r.state = 'running';
     this.#crashes.delete(svc.name);
     this.#armHealth(r);
     await this.#report(r);
-    this.#log.info({ service: svc.name, instance: instance.id, sandbox: kind, endpoint: describeEndpoint(instance.endpoint) }, 'service running');
+    this.#log.info({ service: svc.name, instance: inst.id, sandbox: kind, endpoint: inst.rt ? describeEndpoint(inst.rt.endpoint) : null }, 'service running');
+  }
+
+  /** Its program exited on its own: the sandbox is gone, so is its charge; the next reconcile replaces it. */
+  #onExit(r: Running, exit: ExitInfo): void {
+    if (this.#running.get(r.name) !== r || r.state === 'stopping') return;
+    r.state = 'exited';
+    if (r.inst.state !== 'stopped') {
+      r.inst.to('failed');
+      this.#core.release(r.inst);
+    }
+    r.message = `exited (code ${exit.code ?? '-'}, signal ${exit.signal ?? '-'}${exit.reason ? `, ${exit.reason}` : ''})`;
+    this.#core.system(r.inst, `instance exited: ${r.message}`);
+    this.#log.warn({ service: r.name, instance: r.inst.id, exit }, 'service instance exited');
+    this.#backoff(r.name);
+    void this.#report(r).then(() => this.reconcile());
   }
 
   /** Env plus links resolved to addresses of instances on this node (others: through their routers). */
   #env(svc: ServiceConfig): Record<string, string> {
     const env = { ...svc.env };
     for (const l of svc.links) {
-      const target = this.#running.get(l.service);
-      const host = target?.instance.endpoint.guest?.address ?? (target?.instance.endpoint.kind === 'tcp' ? target.instance.endpoint.host : undefined);
+      const e = this.#running.get(l.service)?.inst.rt?.endpoint;
+      const host = e?.guest?.address ?? (e?.kind === 'tcp' ? e.host : undefined);
       if (host) env[l.env] = `${l.protocol ?? 'http'}://${host}:${l.port}`;
     }
     return env;
@@ -355,7 +466,8 @@ export class ServiceController {
     const hc = r.svc.health_check;
     if (!hc || this.#running.get(r.name) !== r || r.state === 'stopping' || r.state === 'exited') return;
     // Checks go to the instance's endpoint (its listen port), the one address the platform has for it.
-    const ok = await probe(r.instance.endpoint, hc.type, hc.path, hc.timeout_ms);
+    const e = r.inst.rt?.endpoint;
+    const ok = e ? await probe(e, hc.type, hc.path, hc.timeout_ms) : false;
     const { state, restart } = observeHealth(r.health, ok, this.#clock.now(), this.#policy);
     const changed = state.health !== r.health.health;
     r.health = state;
@@ -390,7 +502,13 @@ export class ServiceController {
     r.healthTimer = undefined;
     const prev = r.state;
     r.state = 'stopping';
-    await r.instance.stop(this.#o.stopGraceMs ?? 5000).catch((err: unknown) => this.#log.warn({ err: String(err), service: r.name }, 'stop failed'));
+    const inst = r.inst;
+    if (inst.state === 'starting' || inst.state === 'ready' || inst.state === 'draining') inst.to('stopping');
+    await this.#core.halt(inst, this.#o.stopGraceMs ?? 5000);
+    if (inst.state !== 'stopped') {
+      if (inst.launched) await inst.rt?.exited;
+      this.#core.release(inst);
+    }
     if (prev === 'exited') r.state = 'exited';
   }
 
@@ -398,11 +516,11 @@ export class ServiceController {
     return {
       node: this.#o.nodeId,
       service: r.name,
-      instance_id: r.instance.id,
+      instance_id: r.inst.id,
       config_key: r.configKey,
       state: r.state,
       health: r.svc.health_check ? r.health.health : 'not_configured',
-      address: r.state === 'running' || r.state === 'unhealthy' ? describeEndpoint(r.instance.endpoint) : null,
+      address: (r.state === 'running' || r.state === 'unhealthy') && r.inst.rt ? describeEndpoint(r.inst.rt.endpoint) : null,
       restarts: r.health.restarts,
       started_at: new Date(r.startedAt).toISOString(),
       message: r.message,
@@ -419,6 +537,13 @@ export class ServiceController {
     if (!lease || this.#stopped) return;
     await this.#o.store.put(KEYS.serviceStatus(rec.node, rec.service), JSON.stringify(rec), { lease }).catch((err: unknown) => this.#log.debug({ err: String(err) }, 'status write failed'));
   }
+}
+
+/** A core of its own for a controller without an agent: the given runtimes and capacity, no lease or record of its own. */
+function privateCore(o: ServiceControllerOptions, clock: Clock, logger: Logger): AgentCore {
+  const cap = o.capacity ?? { vcpu: Number.MAX_SAFE_INTEGER, memoryMb: Number.MAX_SAFE_INTEGER };
+  const config = agentConfig({ agentId: o.nodeId, url: '', dataDir: '', clusterToken: '', capacity: { instances: Number.MAX_SAFE_INTEGER, ...cap } });
+  return new AgentCore({ store: o.store, clock, logger, config, runtimes: o.runtimes });
 }
 
 /** A sandbox forwarder's socket starts answers with a preamble byte; its `.raw` twin speaks plain HTTP. */

@@ -1,9 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import Router from 'find-my-way';
 import { metrics, registry, silentLogger, type Clock, type Logger } from '../../core/index.ts';
 import type { ServiceAssignment } from '../../deploy/index.ts';
 import type { Runtime } from '../../runtime/index.ts';
 import { KEYS, type AgentRecord, type SandboxKind, type ServiceStatusRecord } from '../../spec/index.ts';
 import { listAndWatch, type Informer, type Store } from '../../store/index.ts';
+import type { AgentCore } from '../core/index.ts';
 import { ServiceController } from './controller.ts';
 import { buildRouteTable, EdgeRouter, type PeerRoute, type RouteTable } from './router.ts';
 
@@ -35,6 +37,8 @@ export class ServicesNode {
   readonly #agents = new Map<string, AgentRecord>();
   readonly #assignments = new Map<string, ServiceAssignment>();
   readonly #statuses = new Map<string, ServiceStatusRecord>();
+  #attached = false;
+  readonly #api = this.#routes();
 
   constructor(o: ServicesNodeOptions) {
     this.#o = o;
@@ -56,6 +60,17 @@ export class ServicesNode {
     this.#router = new EdgeRouter({ table: () => this.table(), logger: this.#log, fallback: (req, res) => this.handleHttp(req, res) });
     this.routerUrl = await this.#router.listen(this.#o.routerPort, this.#o.routerHost ?? '0.0.0.0');
     return this.routerUrl;
+  }
+
+  /**
+   * Run the controller on the agent's core (before agent.start()): one capacity ledger for the
+   * node, and the core's adoption round offers it the service instances an earlier run left. The
+   * core then starts and stops the controller; start()/stop() here handle the router's views.
+   */
+  attach(core: AgentCore): void {
+    this.controller.useCore(core);
+    core.register(this.controller);
+    this.#attached = true;
   }
 
   async start(): Promise<void> {
@@ -80,7 +95,7 @@ export class ServicesNode {
     if (this.#router) {
       this.#informers.push(mirror(KEYS.agents, this.#agents), mirror(KEYS.assignments, this.#assignments), mirror(KEYS.serviceStatuses, this.#statuses));
     }
-    await this.controller.start();
+    if (!this.#attached) await this.controller.start();
   }
 
   async stop(): Promise<void> {
@@ -111,31 +126,35 @@ export class ServicesNode {
 
   /** firework's agent API on the router port when the Host names no service: /healthz, /status, /health, /metrics. */
   async handleHttp(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
-    const path = (req.url ?? '/').split('?')[0];
-    const json = (body: unknown): void => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return false;
+    let found;
+    try {
+      found = this.#api.find(req.method, req.url ?? '/');
+    } catch {
+      return false; // a path that does not decode is not one of ours
+    }
+    if (!found) return false;
+    await (found.handler as unknown as (req: IncomingMessage, res: ServerResponse) => Promise<void> | void)(req, res);
+    return true;
+  }
+
+  /** The route table of handleHttp (find-my-way, as the agent's own server). */
+  #routes(): Router.Instance<Router.HTTPVersion.V1> {
+    const api = Router();
+    const json = (res: ServerResponse, body: unknown): void => {
       const text = JSON.stringify(body);
       res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) }).end(text);
     };
-    if (req.method !== 'GET' && req.method !== 'HEAD') return false;
-    if (path === '/healthz' || path === '/ping') {
-      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
-      return true;
-    }
-    if (path === '/status') {
-      json(this.status());
-      return true;
-    }
-    if (path === '/health') {
-      json(Object.fromEntries(this.controller.status().map((s) => [s.service, s.health])));
-      return true;
-    }
-    if (path === '/metrics') {
+    const get = (path: string, h: (req: IncomingMessage, res: ServerResponse) => Promise<void> | void): void => api.on(['GET', 'HEAD'], path, h as never);
+    for (const path of ['/healthz', '/ping']) get(path, (_req, res) => void res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n'));
+    get('/status', (_req, res) => json(res, this.status()));
+    get('/health', (_req, res) => json(res, Object.fromEntries(this.controller.status().map((s) => [s.service, s.health]))));
+    get('/metrics', async (_req, res) => {
       this.#refreshMetrics();
       const text = await registry.metrics();
       res.writeHead(200, { 'content-type': registry.contentType }).end(text);
-      return true;
-    }
-    return false;
+    });
+    return api;
   }
 
   #refreshMetrics(): void {

@@ -3,7 +3,7 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { AetherError, systemClock, type Clock, type TimerHandle } from '../../core/index.ts';
 import { LogHub } from '../logs.ts';
-import { describeWorkload, programEnv, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance } from '../types.ts';
+import { describeWorkload, programEnv, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance, type AdoptableInstance, type AdoptionCapability } from '../types.ts';
 
 /** How a fake instance behaves; chosen per spec by FakeRuntimeOptions.behavior. */
 export interface FakeBehavior {
@@ -41,6 +41,11 @@ export interface FakeRuntimeOptions {
   behavior?: (spec: InstanceSpec) => FakeBehavior;
   /** Drives startupDelayMs, exitAfterMs and waitReady timeouts (ManualClock in tests). */
   clock?: Clock;
+  /**
+   * An agent restart: the instances of that runtime (an earlier run) still running are this
+   * one's leftovers, listed and adopted through `adoption`; cleanupLeftovers() stops the rest.
+   */
+  adoptFrom?: FakeRuntime;
 }
 
 export interface FakeRuntime extends Runtime {
@@ -57,7 +62,22 @@ export interface FakeRuntime extends Runtime {
 export function createFakeRuntime(opts: FakeRuntimeOptions = {}): FakeRuntime {
   const clock = opts.clock ?? systemClock;
   const instances = new Map<string, FakeInstance>();
+  const leftovers = (): FakeInstance[] => [...(opts.adoptFrom?.instances.values() ?? [])].filter((i) => i.inspect().state === 'running' && !instances.has(i.id));
+  const adoption: AdoptionCapability | undefined = opts.adoptFrom
+    ? {
+        async list(): Promise<AdoptableInstance[]> {
+          return leftovers().map((i) => ({ spec: i.spec, endpoint: i.endpoint, startedAt: (i as Instance).startedAt }));
+        },
+        async adopt(instanceId: string): Promise<RuntimeInstance> {
+          const i = leftovers().find((x) => x.id === instanceId);
+          if (!i) throw new AetherError('AETHER_ERR_INTERNAL', `no live instance ${instanceId} to adopt`);
+          instances.set(i.id, i);
+          return i;
+        },
+      }
+    : undefined;
   return {
+    ...(adoption ? { adoption } : {}),
     kind: 'fake',
     isolation: 'none',
     instances,
@@ -69,7 +89,9 @@ export function createFakeRuntime(opts: FakeRuntimeOptions = {}): FakeRuntime {
       instances.set(spec.instanceId, inst);
       return inst;
     },
-    async cleanupLeftovers(): Promise<void> {},
+    async cleanupLeftovers(): Promise<void> {
+      if (opts.adoptFrom) await Promise.all(leftovers().map((i) => i.stop(0)));
+    },
     async close(): Promise<void> {
       await Promise.all([...instances.values()].map((i) => i.stop(0)));
     },
@@ -94,6 +116,8 @@ class Instance implements FakeInstance {
   readonly spec: InstanceSpec;
   readonly exited: Promise<ExitInfo>;
   stopCalls = 0;
+  /** ms since epoch, set by start(). */
+  startedAt = 0;
   #behavior: FakeBehavior;
   #clock: Clock;
   #logs: LogHub;
@@ -169,6 +193,7 @@ class Instance implements FakeInstance {
     if (this.#state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
     if (this.#behavior.startError !== undefined) throw new AetherError('AETHER_ERR_INTERNAL', this.#behavior.startError);
     this.#state = 'starting';
+    this.startedAt = this.#clock.now();
     this.#port = await reservePort();
     this.#pid = fakePids++;
     this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: this.#port };
