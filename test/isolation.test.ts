@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { silentLogger } from '../src/core/index.ts';
 import { contractSpec, requestEndpoint, type InstanceSpec, type Runtime, type RuntimeInstance } from '../src/runtime/index.ts';
 import { createProcessRuntime } from '../src/runtime/process/index.ts';
+import { sandboxNetwork } from './support/netns.ts';
 
 const FIXTURES = join(fileURLToPath(new URL('.', import.meta.url)), 'fixtures', 'runtime');
 const skip = process.getuid?.() !== 0 ? 'not root: the namespaces sandbox needs root (cgroups, namespaces, uid switch)' : false;
@@ -90,7 +91,7 @@ describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
     await writeFile(join(dataDir, 'admin.token'), 'secret-admin-token', { mode: 0o600 });
     await writeFile(join(dataDir, 'public.txt'), 'world-readable but hidden', { mode: 0o644 });
     writeFileSync(tmpMarker, 'host tmp');
-    runtime = createProcessRuntime({ dataDir, agentId, isolation: 'namespaces', logger: silentLogger() });
+    runtime = createProcessRuntime({ dataDir, agentId, isolation: 'namespaces', network: sandboxNetwork, logger: silentLogger() });
     const lo = createServer((_q, s) => s.end('host'));
     const any = createServer((_q, s) => s.end('host'));
     hostServers.push(lo, any);
@@ -361,7 +362,7 @@ HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
     await new Promise((r) => setTimeout(r, 300));
     assert.ok(inCgroup.every(alive), 'the instance outlives its agent');
 
-    const rt2 = createProcessRuntime({ dataDir, agentId: childAgent, isolation: 'namespaces', logger: silentLogger() });
+    const rt2 = createProcessRuntime({ dataDir, agentId: childAgent, isolation: 'namespaces', network: sandboxNetwork, logger: silentLogger() });
     assert.ok(rt2.adoption);
     const found = await rt2.adoption.list();
     assert.deepEqual(found.map((f) => f.spec.instanceId), ['orphan-1']);
