@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { silentLogger } from '../src/core/index.ts';
 import { contractSpec, requestEndpoint, type InstanceSpec, type Runtime, type RuntimeInstance } from '../src/runtime/index.ts';
 import { createProcessRuntime } from '../src/runtime/process/index.ts';
-import { sandboxNetwork } from './support/netns.ts';
+import { inTestNetns, sandboxNetwork } from './support/netns.ts';
 
 const FIXTURES = join(fileURLToPath(new URL('.', import.meta.url)), 'fixtures', 'runtime');
 const skip = process.getuid?.() !== 0 ? 'not root: the namespaces sandbox needs root (cgroups, namespaces, uid switch)' : false;
@@ -38,6 +38,7 @@ interface Probe {
   hostTmpMarker: FsResult;
   writeTmp: FsResult;
   procs: string[];
+  routes: FsResult;
   connect: Record<string, FsResult>;
 }
 
@@ -193,6 +194,51 @@ describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
 
     await a.inst.stop();
     await b.inst.stop();
+  });
+
+  it('veth network: the platform reaches the instance; the instance reaches no host port (host side, loopback, any address) and no other instance', { skip: inTestNetns ? false : 'not inside the test network namespace (scripts/in-netns): no veth network' }, async () => {
+    const dir = codeDir('veth', { 'probe.js': probeSrc });
+    const other = await runtime.create(spec(dir, 'probe.js', { env: { PROBE: '{}' } }));
+    await other.start();
+    await other.waitReady(20_000);
+    const inst = await runtime.create(spec(dir, 'probe.js', { env: { PROBE: '{}' } }));
+    await inst.start();
+    await inst.waitReady(20_000);
+    const [e, o] = [inst.endpoint, other.endpoint];
+    assert.ok(e.kind === 'tcp' && o.kind === 'tcp', `tcp endpoints: ${JSON.stringify([e, o])}`);
+    assert.match(e.host, /^10\.213\.\d+\.\d+$/);
+    assert.notEqual(e.host, o.host);
+    const hostSide = (a: string): string => a.replace(/\d+$/, (d) => String(Number(d) - 1));
+    // a server bound to the instance's host-side address itself, and the platform-like ones from before
+    const onHostSide = createServer((_q, s) => s.end('host'));
+    hostServers.push(onHostSide);
+    const portHostSide = await listen(onHostSide, hostSide(e.host));
+    const connect: Record<string, [string, number]> = {
+      ownPort: ['127.0.0.1', e.port], // positive controls: its own server, on loopback and on its address
+      ownAddress: [e.host, e.port],
+      hostSideBound: [hostSide(e.host), portHostSide],
+      hostSideAny: [hostSide(e.host), portAny],
+      hostSideLoopbackServer: [hostSide(e.host), portLo],
+      hostLoopback: ['127.0.0.1', portLo],
+      otherInstance: [o.host, o.port],
+      otherHostSide: [hostSide(o.host), portAny],
+    };
+    const res = await requestEndpoint(e, { path: `/?connect=${encodeURIComponent(JSON.stringify(connect))}` });
+    assert.equal(res.status, 200, 'the platform reaches the instance at its address');
+    const p = JSON.parse(res.body) as Probe;
+    assert.equal(p.connect['ownPort']?.ok, true, JSON.stringify(p.connect));
+    assert.equal(p.connect['ownAddress']?.ok, true, JSON.stringify(p.connect));
+    for (const name of ['hostSideBound', 'hostSideAny', 'hostSideLoopbackServer', 'hostLoopback', 'otherInstance', 'otherHostSide']) {
+      assert.equal(p.connect[name]?.ok, false, `${name} must not be reachable (${JSON.stringify(p.connect[name])})`);
+    }
+    // no default route: only its own /30 (destination 00000000 would be a default route)
+    const routes = String(p.routes.value ?? '').trim().split('\n').slice(1);
+    assert.equal(routes.length, 1, String(p.routes.value));
+    assert.doesNotMatch(routes[0] ?? '', /^\S+\s+00000000\s/);
+    // and the host still reaches the other instance (the rules are per direction)
+    assert.equal((await requestEndpoint(o)).status, 200);
+    await inst.stop();
+    await other.stop();
   });
 
   it("hides sibling functions' code when the code cache is outside the data dir", async () => {
