@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { isAetherError, silentLogger } from '../src/core/index.ts';
 import { contractSpec, requestEndpoint, type InstanceSpec, type Runtime } from '../src/runtime/index.ts';
 import { createProcessRuntime } from '../src/runtime/process/index.ts';
-import { sandboxNetwork } from './support/netns.ts';
+import { inTestNetns, sandboxNetwork } from './support/netns.ts';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..');
 const isRoot = process.getuid?.() === 0;
@@ -110,7 +110,7 @@ describe('process runtime: image and rootfs artifacts as containers', { skip }, 
     const inst = await runtime.create(spec({ kind: 'image', path: image }, { command: ['/bin/busybox', 'sh', '-c', PROBE] }));
     await inst.start();
     await inst.waitReady(20_000);
-    assert.equal(inst.endpoint.kind, 'unix');
+    assert.equal(inst.endpoint.kind, inTestNetns ? 'tcp' : 'unix');
     const get = async (path: string): Promise<string> => {
       const r = await requestEndpoint(inst.endpoint, { path });
       assert.equal(r.status, 200, `${path}: ${r.body}`);
