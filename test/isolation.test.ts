@@ -1,7 +1,7 @@
 // Proves each isolation claim of the process runtime's namespaces mode from inside a function.
 import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { silentLogger } from '../src/core/index.ts';
 import { contractSpec, requestEndpoint, type InstanceSpec, type Runtime, type RuntimeInstance } from '../src/runtime/index.ts';
 import { createProcessRuntime } from '../src/runtime/process/index.ts';
+import { hostLinks } from '../src/runtime/process/veth.ts';
 import { inTestNetns, sandboxNetwork } from './support/netns.ts';
 
 const FIXTURES = join(fileURLToPath(new URL('.', import.meta.url)), 'fixtures', 'runtime');
@@ -226,6 +227,7 @@ describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
     const res = await requestEndpoint(e, { path: `/?connect=${encodeURIComponent(JSON.stringify(connect))}` });
     assert.equal(res.status, 200, 'the platform reaches the instance at its address');
     const p = JSON.parse(res.body) as Probe;
+    assert.match(spawnSync('nft', ['list', 'table', 'inet', 'aether'], { encoding: 'utf8' }).stdout, /iifname "ae\*" ct state established,related accept/, "the host's sandbox table is installed");
     assert.equal(p.connect['ownPort']?.ok, true, JSON.stringify(p.connect));
     assert.equal(p.connect['ownAddress']?.ok, true, JSON.stringify(p.connect));
     for (const name of ['hostSideBound', 'hostSideAny', 'hostSideLoopbackServer', 'hostLoopback', 'otherInstance', 'otherHostSide']) {
@@ -425,7 +427,19 @@ HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
     for (const d of extra) mkdirSync(d, { recursive: true });
     const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
     for (const d of extra) writeFileSync(join(d, 'cgroup.procs'), String(sleeper.pid));
+    // a veth pair this agent left (its alias names the agent and an owner that is not live); another agent's stays
+    const strayLinks = inTestNetns ? ['ae16001', 'ae16002'] : [];
+    for (const [i, l] of strayLinks.entries()) {
+      spawnSync('ip', ['link', 'add', l, 'type', 'veth', 'peer', 'name', `x${l}`]);
+      spawnSync('ip', ['link', 'set', l, 'alias', `aether:${i === 0 ? childAgent : 'someone-else'}:gone-1`]);
+    }
     await rt2.cleanupLeftovers();
+    if (inTestNetns) {
+      const names = hostLinks().map((l) => l.ifname);
+      assert.ok(!names.includes('ae16001') && names.includes('ae16002'), `stray pair of this agent removed, another agent's kept: ${names.join(' ')}`);
+      assert.ok(inst.endpoint.kind === 'tcp' && (await requestEndpoint(inst.endpoint)).body === 'ok', 'the adopted instance keeps its address and pair');
+      spawnSync('ip', ['link', 'del', 'ae16002']);
+    }
     assert.ok(await until(() => !alive(sleeper.pid as number), 2000), 'the stray process was killed');
     for (const d of extra) assert.equal(existsSync(d), false);
     assert.ok(inCgroup.every(alive), 'the adopted instance was left alone');

@@ -156,11 +156,18 @@ export class VethPool {
     if (!r.ok) throw new AetherError('AETHER_ERR_INTERNAL', `process runtime: cannot install the sandbox firewall (nft): ${r.err}`);
   }
 
-  /** Remove the host's table once no sandbox of any agent is left on this host. */
+  /**
+   * Remove the host's table once no sandbox of any agent is left on this host. Another runtime may
+   * be making a pair meanwhile (it installs the table after creating its link): a link that shows up
+   * after the first check belongs to a spare that runs nothing yet, and the second check puts the
+   * table back for it.
+   */
   removeHostTableIfUnused(): boolean {
     if (hostLinks(this.tools.ip).length > 0) return false;
     runSync(this.tools.nft, ['delete', 'table', 'inet', TABLE]);
-    return true;
+    if (hostLinks(this.tools.ip).length === 0) return true;
+    this.installHostTable();
+    return false;
   }
 
   /**
@@ -189,6 +196,12 @@ export class VethPool {
       }
     }
     if (!net) throw new AetherError('AETHER_ERR_NO_CAPACITY', 'the sandbox network pool is exhausted');
+    // (again, after the link exists: see removeHostTableIfUnused; atomic, so never a moment without it)
+    const t = await run(this.tools.nft, ['-f', '-'], hostRuleset());
+    if (!t.ok) {
+      this.detach(net.ifname);
+      throw new AetherError('AETHER_ERR_INTERNAL', `cannot install the sandbox firewall (nft): ${t.err}`);
+    }
     const script = [
       'set -e',
       `ip addr add ${net.address}/30 dev eth0`,
