@@ -2,7 +2,8 @@
  * `npm run bench`: side-by-side in one run, on the same function code and machine:
  *   - warm requests straight to the function's own port (a bare `node handler.js`, no platform
  *     process), nginx in front of that port, Aether with `--data-plane haproxy`, Aether with
- *     `--data-plane node` (and, for reference, the instance's socket through its forwarder), at 1 and
+ *     `--data-plane node` (and, for reference, the instance's own endpoint: its sandbox address on the
+ *     veth network, or its forwarder's socket), at 1 and
  *     64 connections: p50/p99 latency, requests/s, ratios; memory of an idle instance;
  *   - cold start (request -> first byte) over 20 starts vs a bare `node handler.js` spawn -> first response.
  * Results are printed and written to bench/results/<date>.json. Never part of `npm test`.
@@ -68,24 +69,32 @@ async function bareSpawn(dir: string): Promise<number> {
   }
 }
 
-/** RSS (KiB) of every process in the given network namespace (the instance: launcher, program, forwarder). */
-function netnsMemory(netns: string): { total: number; forwarder: number; program: number } {
+/** RSS (KiB) of every process in the given network namespace (the instance: unshare, launcher, program; with the forwarder network also the forwarder). */
+function netnsMemory(netns: string): { total: number; forwarder: number; program: number; totalPss: number; programPss: number } {
   let total = 0;
   let forwarder = 0;
   let program = 0;
+  // PSS too: RSS counts the text of perl/unshare/libc in full for every instance, though it is shared
+  let totalPss = 0;
+  let programPss = 0;
   for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
     try {
       if (readlinkSync(`/proc/${pid}/ns/net`) !== netns) continue;
       const rss = Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+      const pss = Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
       const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
       total += rss;
+      totalPss += pss;
       if (cmd.includes('forwarder.mjs')) forwarder += rss;
-      if (cmd.includes('handler.js') || /node\0?$/.test(cmd.split('\0')[0] ?? '')) program = Math.max(program, rss);
+      if (cmd.includes('handler.js') || /node\0?$/.test(cmd.split('\0')[0] ?? '')) {
+        program = Math.max(program, rss);
+        programPss = Math.max(programPss, pss);
+      }
     } catch {
       // process gone
     }
   }
-  return { total, forwarder, program };
+  return { total, forwarder, program, totalPss, programPss };
 }
 
 /** The network namespace of the process whose environment names this instance. */
@@ -157,7 +166,7 @@ async function main(): Promise<void> {
   const nod = await platform('node');
   try {
     const ep = hap.endpoint;
-    // The forwarder's plain twin (the socket itself starts answers with the agent's preamble byte).
+    // veth: the sandbox's address; forwarder: its plain twin (the socket itself starts answers with the agent's preamble byte).
     const socket: Target = ep.kind === 'unix' ? { origin: 'http://localhost', socketPath: `${ep.path as string}${ep.preamble ? '.raw' : ''}`, path: '/' } : { origin: `http://${ep.host}:${ep.port}`, path: '/' };
     const targets: Record<string, Target> = {
       direct: { origin: bare.origin, path: '/' },
@@ -172,7 +181,7 @@ async function main(): Promise<void> {
       for (const [name, t] of Object.entries(targets)) row[name] = await load(t, c, DURATION_MS);
       const d = row['direct'] as Row;
       const n = row['nginx'] as Row;
-      console.log(`\nwarm, ${c} connection(s), ${DURATION_MS} ms each (latency in µs; inst-sock = the instance's socket via its forwarder)`);
+      console.log(`\nwarm, ${c} connection(s), ${DURATION_MS} ms each (latency in µs; inst-sock = the instance's own endpoint: ${ep.kind === 'tcp' ? 'its veth address' : 'its forwarder socket'})`);
       console.log('path        p50     p99     req/s   added p50 vs direct   req/s vs nginx');
       for (const [name, r] of Object.entries(row)) {
         console.log(`${name.padEnd(9)} ${r.p50.toFixed(0).padStart(6)} ${r.p99.toFixed(0).padStart(7)} ${r.rps.toFixed(0).padStart(8)}   ${(r.p50 - d.p50).toFixed(0).padStart(6)} µs            ${(r.rps / n.rps).toFixed(2)}  ${r.errors ? `errors=${r.errors}` : ''}`);
@@ -192,13 +201,13 @@ async function main(): Promise<void> {
     }
     results['warm'] = warmRes;
 
-    // Memory of one idle instance: everything in its network namespace (launcher, program, forwarder).
+    // Memory of one idle instance: everything in its network namespace (launcher chain, program, and the forwarder if any).
     const netns = instanceNetns(hap.instanceId);
     if (netns) {
       const m = netnsMemory(netns);
       const bareRss = Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${bare.pid}/status`, 'utf8'))?.[1] ?? 0);
-      results['memory_kib'] = { instance_total: m.total, forwarder: m.forwarder, program: m.program, bare_program: bareRss };
-      console.log(`\nidle instance memory (RSS): ${(m.total / 1024).toFixed(1)} MiB in its sandbox, of which forwarder ${(m.forwarder / 1024).toFixed(1)} MiB; the program alone ${(m.program / 1024).toFixed(1)} MiB (bare: ${(bareRss / 1024).toFixed(1)} MiB); overhead over the program ${((m.total - m.program) / 1024).toFixed(1)} MiB (target <= 5)`);
+      results['memory_kib'] = { network: ep.kind === 'tcp' ? 'veth' : 'forwarder', instance_total: m.total, forwarder: m.forwarder, program: m.program, bare_program: bareRss, instance_total_pss: m.totalPss, program_pss: m.programPss };
+      console.log(`\nidle instance memory (RSS, ${ep.kind === 'tcp' ? 'veth' : 'forwarder'} network): ${(m.total / 1024).toFixed(1)} MiB in its sandbox, of which forwarder ${(m.forwarder / 1024).toFixed(1)} MiB; the program alone ${(m.program / 1024).toFixed(1)} MiB (bare: ${(bareRss / 1024).toFixed(1)} MiB); overhead over the program ${((m.total - m.program) / 1024).toFixed(1)} MiB (target <= 5); by PSS ${((m.totalPss - m.programPss) / 1024).toFixed(1)} MiB`);
     } else {
       console.log('\nidle instance memory: instance process not found (not sandboxed?)');
     }

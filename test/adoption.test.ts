@@ -10,6 +10,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { KEYS } from '../src/spec/index.ts';
 import { createSqliteStore } from '../src/store/sqlite.ts';
+import { hostLinks } from '../src/runtime/process/veth.ts';
 import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
 
 const HANDLER = `
@@ -103,10 +104,14 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     // Warm the second function, then kill -9 and delete it while no platform runs.
     const orphan = (await call(second, 'orphan', '/x')).instance;
     assert.ok(hostPids(orphan).length > 0);
-    // its forwarder runs outside the cgroup and has no AETHER_ env: find it through the record
+    // forwarder network: its forwarder runs outside the cgroup and has no AETHER_ env: find it through
+    // the record; veth network: its veth pair (host side ae<n>) must go with it
     const agentDir = readdirSync(join(first.dataDir, 'runtime', 'instances'))[0] ?? '';
-    const record = JSON.parse(readFileSync(join(first.dataDir, 'runtime', 'instances', agentDir, orphan, 'record.json'), 'utf8')) as { forwarder: { pid: number } };
-    const forwarderAlive = (): boolean => existsSync(`/proc/${record.forwarder.pid}`) && readFileSync(`/proc/${record.forwarder.pid}/cmdline`, 'utf8').includes('forwarder.mjs');
+    const record = JSON.parse(readFileSync(join(first.dataDir, 'runtime', 'instances', agentDir, orphan, 'record.json'), 'utf8')) as { forwarder?: { pid: number }; net?: { ifname: string } };
+    const fwd = record.forwarder;
+    const link = record.net?.ifname;
+    assert.ok(fwd || link, JSON.stringify(record));
+    const forwarderAlive = (): boolean => (fwd ? existsSync(`/proc/${fwd.pid}`) && readFileSync(`/proc/${fwd.pid}/cmdline`, 'utf8').includes('forwarder.mjs') : hostLinks().some((l) => l.ifname === link));
     assert.ok(forwarderAlive());
     await second.kill({ keepSandboxes: true });
     const store = createSqliteStore({ path: join(first.dataDir, 'store.db') });
@@ -123,7 +128,7 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     platforms.push(third);
     // the orphan was stopped at start, before anything was served
     assert.deepEqual(leftovers(first.dataDir, orphan), [], 'nothing of the orphan is left');
-    assert.equal(forwarderAlive(), false, 'its forwarder was stopped too');
+    assert.equal(forwarderAlive(), false, 'its forwarder (or veth pair) was removed too');
     const kept = await call(third, 'kept', '/d');
     assert.deepEqual([kept.instance, kept.cold, kept.n], [id, 'false', 4], 'the kept one was adopted a second time');
 

@@ -13,6 +13,7 @@ import { silentLogger, systemClock } from '../src/core/index.ts';
 import { closeAllEndpoints } from '../src/proxy/index.ts';
 import { createMemoryQueue } from '../src/queue/memory.ts';
 import { createProcessRuntime } from '../src/runtime/process/index.ts';
+import { sandboxNetwork } from './support/netns.ts';
 import type { Runtime } from '../src/runtime/index.ts';
 import { KEYS, PROVISION_TOPIC, instanceConfigKey, sampleFunction, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult } from '../src/spec/index.ts';
 import { createSqliteStore } from '../src/store/sqlite.ts';
@@ -71,7 +72,7 @@ before(async () => {
   store = createSqliteStore({ path: ':memory:' });
   queue = createMemoryQueue();
   const blob = createFsBlobStore({ dir: join(dir, 'blob') });
-  runtime = createProcessRuntime({ dataDir: join(dir, 'runtime'), agentId: 'agent-it', isolation: 'auto', logger: silentLogger() });
+  runtime = createProcessRuntime({ dataDir: join(dir, 'runtime'), agentId: 'agent-it', isolation: 'auto', network: sandboxNetwork, logger: silentLogger() });
   const zip = await buildZip({ 'handler.js': HANDLER });
   const sha = sha256(zip);
   const codePath = `functions/fn-it/${sha}.archive`;

@@ -2,6 +2,7 @@
  * End to end: start the real platform (`aether up`) as a child process and drive it with the CLI
  * exactly as a user would (`node bin/aether.mjs fn …`), checking outputs and exit codes.
  */
+import './support/netns.ts';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';

@@ -1,7 +1,7 @@
 // Proves each isolation claim of the process runtime's namespaces mode from inside a function.
 import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
@@ -12,6 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { silentLogger } from '../src/core/index.ts';
 import { contractSpec, requestEndpoint, type InstanceSpec, type Runtime, type RuntimeInstance } from '../src/runtime/index.ts';
 import { createProcessRuntime } from '../src/runtime/process/index.ts';
+import { hostLinks } from '../src/runtime/process/veth.ts';
+import { inTestNetns, sandboxNetwork } from './support/netns.ts';
 
 const FIXTURES = join(fileURLToPath(new URL('.', import.meta.url)), 'fixtures', 'runtime');
 const skip = process.getuid?.() !== 0 ? 'not root: the namespaces sandbox needs root (cgroups, namespaces, uid switch)' : false;
@@ -37,6 +39,7 @@ interface Probe {
   hostTmpMarker: FsResult;
   writeTmp: FsResult;
   procs: string[];
+  routes: FsResult;
   connect: Record<string, FsResult>;
 }
 
@@ -90,7 +93,7 @@ describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
     await writeFile(join(dataDir, 'admin.token'), 'secret-admin-token', { mode: 0o600 });
     await writeFile(join(dataDir, 'public.txt'), 'world-readable but hidden', { mode: 0o644 });
     writeFileSync(tmpMarker, 'host tmp');
-    runtime = createProcessRuntime({ dataDir, agentId, isolation: 'namespaces', logger: silentLogger() });
+    runtime = createProcessRuntime({ dataDir, agentId, isolation: 'namespaces', network: sandboxNetwork, logger: silentLogger() });
     const lo = createServer((_q, s) => s.end('host'));
     const any = createServer((_q, s) => s.end('host'));
     hostServers.push(lo, any);
@@ -192,6 +195,52 @@ describe('process runtime isolation (namespaces+cgroups)', { skip }, () => {
 
     await a.inst.stop();
     await b.inst.stop();
+  });
+
+  it('veth network: the platform reaches the instance; the instance reaches no host port (host side, loopback, any address) and no other instance', { skip: inTestNetns ? false : 'not inside the test network namespace (scripts/in-netns): no veth network' }, async () => {
+    const dir = codeDir('veth', { 'probe.js': probeSrc });
+    const other = await runtime.create(spec(dir, 'probe.js', { env: { PROBE: '{}' } }));
+    await other.start();
+    await other.waitReady(20_000);
+    const inst = await runtime.create(spec(dir, 'probe.js', { env: { PROBE: '{}' } }));
+    await inst.start();
+    await inst.waitReady(20_000);
+    const [e, o] = [inst.endpoint, other.endpoint];
+    assert.ok(e.kind === 'tcp' && o.kind === 'tcp', `tcp endpoints: ${JSON.stringify([e, o])}`);
+    assert.match(e.host, /^10\.213\.\d+\.\d+$/);
+    assert.notEqual(e.host, o.host);
+    const hostSide = (a: string): string => a.replace(/\d+$/, (d) => String(Number(d) - 1));
+    // a server bound to the instance's host-side address itself, and the platform-like ones from before
+    const onHostSide = createServer((_q, s) => s.end('host'));
+    hostServers.push(onHostSide);
+    const portHostSide = await listen(onHostSide, hostSide(e.host));
+    const connect: Record<string, [string, number]> = {
+      ownPort: ['127.0.0.1', e.port], // positive controls: its own server, on loopback and on its address
+      ownAddress: [e.host, e.port],
+      hostSideBound: [hostSide(e.host), portHostSide],
+      hostSideAny: [hostSide(e.host), portAny],
+      hostSideLoopbackServer: [hostSide(e.host), portLo],
+      hostLoopback: ['127.0.0.1', portLo],
+      otherInstance: [o.host, o.port],
+      otherHostSide: [hostSide(o.host), portAny],
+    };
+    const res = await requestEndpoint(e, { path: `/?connect=${encodeURIComponent(JSON.stringify(connect))}` });
+    assert.equal(res.status, 200, 'the platform reaches the instance at its address');
+    const p = JSON.parse(res.body) as Probe;
+    assert.match(spawnSync('nft', ['list', 'table', 'inet', 'aether'], { encoding: 'utf8' }).stdout, /iifname "ae\*" ct state established,related accept/, "the host's sandbox table is installed");
+    assert.equal(p.connect['ownPort']?.ok, true, JSON.stringify(p.connect));
+    assert.equal(p.connect['ownAddress']?.ok, true, JSON.stringify(p.connect));
+    for (const name of ['hostSideBound', 'hostSideAny', 'hostSideLoopbackServer', 'hostLoopback', 'otherInstance', 'otherHostSide']) {
+      assert.equal(p.connect[name]?.ok, false, `${name} must not be reachable (${JSON.stringify(p.connect[name])})`);
+    }
+    // no default route: only its own /30 (destination 00000000 would be a default route)
+    const routes = String(p.routes.value ?? '').trim().split('\n').slice(1);
+    assert.equal(routes.length, 1, String(p.routes.value));
+    assert.doesNotMatch(routes[0] ?? '', /^\S+\s+00000000\s/);
+    // and the host still reaches the other instance (the rules are per direction)
+    assert.equal((await requestEndpoint(o)).status, 200);
+    await inst.stop();
+    await other.stop();
   });
 
   it("hides sibling functions' code when the code cache is outside the data dir", async () => {
@@ -361,7 +410,7 @@ HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
     await new Promise((r) => setTimeout(r, 300));
     assert.ok(inCgroup.every(alive), 'the instance outlives its agent');
 
-    const rt2 = createProcessRuntime({ dataDir, agentId: childAgent, isolation: 'namespaces', logger: silentLogger() });
+    const rt2 = createProcessRuntime({ dataDir, agentId: childAgent, isolation: 'namespaces', network: sandboxNetwork, logger: silentLogger() });
     assert.ok(rt2.adoption);
     const found = await rt2.adoption.list();
     assert.deepEqual(found.map((f) => f.spec.instanceId), ['orphan-1']);
@@ -378,7 +427,19 @@ HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
     for (const d of extra) mkdirSync(d, { recursive: true });
     const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
     for (const d of extra) writeFileSync(join(d, 'cgroup.procs'), String(sleeper.pid));
+    // a veth pair this agent left (its alias names the agent and an owner that is not live); another agent's stays
+    const strayLinks = inTestNetns ? ['ae16001', 'ae16002'] : [];
+    for (const [i, l] of strayLinks.entries()) {
+      spawnSync('ip', ['link', 'add', l, 'type', 'veth', 'peer', 'name', `x${l}`]);
+      spawnSync('ip', ['link', 'set', l, 'alias', `aether:${i === 0 ? childAgent : 'someone-else'}:gone-1`]);
+    }
     await rt2.cleanupLeftovers();
+    if (inTestNetns) {
+      const names = hostLinks().map((l) => l.ifname);
+      assert.ok(!names.includes('ae16001') && names.includes('ae16002'), `stray pair of this agent removed, another agent's kept: ${names.join(' ')}`);
+      assert.ok(inst.endpoint.kind === 'tcp' && (await requestEndpoint(inst.endpoint)).body === 'ok', 'the adopted instance keeps its address and pair');
+      spawnSync('ip', ['link', 'del', 'ae16002']);
+    }
     assert.ok(await until(() => !alive(sleeper.pid as number), 2000), 'the stray process was killed');
     for (const d of extra) assert.equal(existsSync(d), false);
     assert.ok(inCgroup.every(alive), 'the adopted instance was left alone');

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { isAetherError, silentLogger } from '../src/core/index.ts';
 import { contractSpec, requestEndpoint, type InstanceSpec, type Runtime } from '../src/runtime/index.ts';
 import { createProcessRuntime } from '../src/runtime/process/index.ts';
+import { inTestNetns, sandboxNetwork } from './support/netns.ts';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..');
 const isRoot = process.getuid?.() === 0;
@@ -96,7 +97,7 @@ describe('process runtime: image and rootfs artifacts as containers', { skip }, 
     rootfsDir = join(work, 'rootfs');
     makeRoot(rootfsDir);
     dataDir = join(work, 'data');
-    runtime = createProcessRuntime({ dataDir, agentId, isolation: 'namespaces', logger: silentLogger() });
+    runtime = createProcessRuntime({ dataDir, agentId, isolation: 'namespaces', network: sandboxNetwork, logger: silentLogger() });
   });
 
   after(async () => {
@@ -109,7 +110,7 @@ describe('process runtime: image and rootfs artifacts as containers', { skip }, 
     const inst = await runtime.create(spec({ kind: 'image', path: image }, { command: ['/bin/busybox', 'sh', '-c', PROBE] }));
     await inst.start();
     await inst.waitReady(20_000);
-    assert.equal(inst.endpoint.kind, 'unix');
+    assert.equal(inst.endpoint.kind, inTestNetns ? 'tcp' : 'unix');
     const get = async (path: string): Promise<string> => {
       const r = await requestEndpoint(inst.endpoint, { path });
       assert.equal(r.status, 200, `${path}: ${r.body}`);
@@ -178,7 +179,7 @@ describe('process runtime: image and rootfs artifacts as containers', { skip }, 
       import { silentLogger } from ${JSON.stringify(join(ROOT, 'src/core/index.ts'))};
       import { contractSpec } from ${JSON.stringify(join(ROOT, 'src/runtime/index.ts'))};
       import { createProcessRuntime } from ${JSON.stringify(join(ROOT, 'src/runtime/process/index.ts'))};
-      const rt = createProcessRuntime({ dataDir: ${JSON.stringify(crashData)}, agentId: 'crash-${process.pid}', isolation: 'namespaces', logger: silentLogger() });
+      const rt = createProcessRuntime({ dataDir: ${JSON.stringify(crashData)}, agentId: 'crash-${process.pid}', isolation: 'namespaces', network: ${JSON.stringify(sandboxNetwork)}, logger: silentLogger() });
       const inst = await rt.create(contractSpec({ instanceId: 'c1', owner: { kind: 'service', id: 's', name: 's' }, artifact: { kind: 'image', path: ${JSON.stringify(image)} }, command: ['/bin/busybox', 'httpd', '-f', '-p', '8080', '-h', '/www'], listen: { port: 8080 } }));
       await inst.start();
       await inst.waitReady(20000);
@@ -193,7 +194,7 @@ describe('process runtime: image and rootfs artifacts as containers', { skip }, 
     assert.ok(loopsOf(image).includes(image));
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
-    const rt2 = createProcessRuntime({ dataDir: crashData, agentId: `crash-${process.pid}`, isolation: 'namespaces', logger: silentLogger() });
+    const rt2 = createProcessRuntime({ dataDir: crashData, agentId: `crash-${process.pid}`, isolation: 'namespaces', network: sandboxNetwork, logger: silentLogger() });
     try {
       await rt2.cleanupLeftovers();
       await eventually('no loop device left after the crash', () => loopsOf(image) === '');

@@ -42,7 +42,7 @@ test('README tour: npm link, then the tour in a directory of its own; the checko
 
   const before = gitStatus();
   const prefix = tempDir('aether-e2e-prefix-');
-  const env: Record<string, string> = { HOME: tempDir('aether-e2e-home-'), PATH: `${join(prefix, 'bin')}:/usr/local/bin:/usr/bin:/bin`, npm_config_prefix: prefix, AETHER_LOG_LEVEL: 'warn' };
+  const env: Record<string, string> = { HOME: tempDir('aether-e2e-home-'), PATH: `${join(prefix, 'bin')}:/usr/local/bin:/usr/bin:/bin`, npm_config_prefix: prefix, AETHER_LOG_LEVEL: 'warn', ...(process.env['AETHER_SANDBOX_NETWORK'] ? { AETHER_SANDBOX_NETWORK: process.env['AETHER_SANDBOX_NETWORK'] } : {}) };
   execFileSync('npm', ['link', '--no-audit', '--no-fund'], { cwd: ROOT, env, stdio: 'pipe', timeout: 120_000 });
   assert.ok(existsSync(join(prefix, 'bin', 'aether')), 'npm link put aether on PATH');
 

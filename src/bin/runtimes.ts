@@ -30,7 +30,7 @@ export function openRuntimes(cfg: Config, host: HostReport, agentId: string, clo
     if (cfg.sandboxes !== 'auto' && !p.ok) notes.push(`WARNING: sandbox ${kind} offered as asked, but the host probe says: ${p.detail}`);
     switch (kind) {
       case 'process':
-        runtimes.process = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, clock, logger, hidePaths: [cfg.dataDir] });
+        runtimes.process = createProcessRuntime({ dataDir: join(cfg.dataDir, 'runtime'), agentId, isolation: cfg.isolation, network: cfg.sandboxNetwork, netPool: cfg.sandboxNetPool, clock, logger, hidePaths: [cfg.dataDir] });
         if (runtimes.process.isolation === 'none') notes.push('WARNING: process sandboxes are plain child processes (no namespaces/cgroups): run as root for isolation; see `aether doctor`');
         break;
       case 'qemu':

@@ -8,8 +8,8 @@ export type HostProbe = HostReport & { data_plane?: 'haproxy' | 'node' };
 
 /** Exactly the documented keys, in order (a probe may carry more). */
 export function doctorJson(p: HostProbe): string {
-  const { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes, sandboxes, data_plane } = p;
-  return JSON.stringify({ root, namespaces, cgroups, kvm, qemu, firecracker, isolation, sandboxes, notes, data_plane });
+  const { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, sandbox_network, notes, sandboxes, data_plane } = p;
+  return JSON.stringify({ root, namespaces, cgroups, kvm, qemu, firecracker, isolation, sandbox_network, sandboxes, notes, data_plane });
 }
 
 export function doctorReport(p: HostProbe): string {
@@ -24,7 +24,7 @@ export function doctorReport(p: HostProbe): string {
     '',
     p.isolation === 'none'
       ? 'isolation: none - functions run as plain child processes, NOT sandboxed'
-      : `isolation: ${p.isolation}`,
+      : `isolation: ${p.isolation}${p.sandbox_network ? `, sandbox network: ${p.sandbox_network}` : ''}`,
     '',
     'sandboxes this host can run (`--sandboxes auto` offers the [ok] ones):',
     ...p.sandboxes.map((s) => `  ${mark(s.ok)} ${s.kind}: ${s.detail}`),

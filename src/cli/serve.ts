@@ -36,6 +36,8 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--sandbox <kind>', 'default sandbox for new functions: process | qemu | firecracker (env AETHER_SANDBOX; default process)')
       .option('--sandboxes <kinds>', 'sandbox kinds this node runs: auto (what `aether doctor` finds) or a list like process,qemu (env AETHER_SANDBOXES; default auto)')
       .option('--isolation <level>', 'auto | namespaces | none (env AETHER_ISOLATION; default auto: namespaces when root)')
+      .option('--sandbox-network <mode>', 'auto | veth | forwarder: how process sandboxes are reached (env AETHER_SANDBOX_NETWORK; default auto: veth when root with ip and nft)')
+      .option('--sandbox-net-pool <cidr>', 'the /16 of the per-sandbox /30s (env AETHER_SANDBOX_NET_POOL; default 10.213.0.0/16)')
       .option('--advertise <host>', 'address gateways use to reach this agent (env AETHER_ADVERTISE; default the --host, 127.0.0.1 for 0.0.0.0)')
       .option('--agent-id <id>', 'stable agent id (default: kept in the data dir)')
       .option('--capacity-instances <n>', 'max instances on this node (default 64)', int)
@@ -55,7 +57,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     const flags: ConfigInput & { config?: string } = {};
     const map: Record<string, keyof ConfigInput | 'config'> = {
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
-      adminTokenFile: 'admin_token_file', clusterTokenFile: 'cluster_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', advertise: 'advertise', dataPlane: 'data_plane',
+      adminTokenFile: 'admin_token_file', clusterTokenFile: 'cluster_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', sandboxNetwork: 'sandbox_network', sandboxNetPool: 'sandbox_net_pool', advertise: 'advertise', dataPlane: 'data_plane',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
       nodeType: 'node_type', routerPort: 'router_port', source: 'source', poll: 'poll', exportDir: 'export_dir',
     };

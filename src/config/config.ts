@@ -32,6 +32,8 @@ const FileSchema = z.strictObject({
     z.string().regex(/^(process|qemu|firecracker)(,(process|qemu|firecracker))*$/, 'must be auto or a comma list of process, qemu, firecracker'),
   ]),
   isolation: z.enum(['auto', 'namespaces', 'none']),
+  sandbox_network: z.enum(['auto', 'veth', 'forwarder']),
+  sandbox_net_pool: z.string().regex(/^\d{1,3}\.\d{1,3}\.0\.0\/16$/, 'must be a /16 such as 10.213.0.0/16'),
   data_plane: z.enum(['auto', 'haproxy', 'node']),
   advertise: z.string().min(1),
   admin_token_file: z.string().min(1),
@@ -69,6 +71,10 @@ export interface Config {
   /** Sandbox kinds an agent offers: 'auto' (what the host probe finds) or the named ones. */
   sandboxes: 'auto' | ('process' | 'qemu' | 'firecracker')[];
   isolation: 'auto' | 'namespaces' | 'none';
+  /** How process sandboxes are reached: veth pair per sandbox, or a forwarder process; auto = veth when root with ip + nft. */
+  sandboxNetwork: 'auto' | 'veth' | 'forwarder';
+  /** The /16 the veth network's per-sandbox /30s come from. */
+  sandboxNetPool: string;
   /** Who carries warm invocation traffic: auto = haproxy when its binary is found, else node. */
   dataPlane: 'auto' | 'haproxy' | 'node';
   advertise: string | undefined;
@@ -104,6 +110,8 @@ const ENV: Record<keyof ConfigInput, string> = {
   sandbox: 'AETHER_SANDBOX',
   sandboxes: 'AETHER_SANDBOXES',
   isolation: 'AETHER_ISOLATION',
+  sandbox_network: 'AETHER_SANDBOX_NETWORK',
+  sandbox_net_pool: 'AETHER_SANDBOX_NET_POOL',
   data_plane: 'AETHER_DATA_PLANE',
   advertise: 'AETHER_ADVERTISE',
   admin_token_file: 'AETHER_ADMIN_TOKEN_FILE',
@@ -182,6 +190,8 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     sandbox: c.sandbox ?? 'process',
     sandboxes: !c.sandboxes || c.sandboxes === 'auto' ? 'auto' : ([...new Set(c.sandboxes.split(','))] as ('process' | 'qemu' | 'firecracker')[]),
     isolation: c.isolation ?? 'auto',
+    sandboxNetwork: c.sandbox_network ?? 'auto',
+    sandboxNetPool: c.sandbox_net_pool ?? '10.213.0.0/16',
     dataPlane: c.data_plane ?? 'auto',
     advertise: c.advertise,
     adminTokenFile: c.admin_token_file,

@@ -329,7 +329,7 @@ function uncork(res: ServerResponse): void {
 }
 
 function isConnectError(code: string | undefined): boolean {
-  return code === 'ECONNREFUSED' || code === 'ENOENT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'EHOSTUNREACH' || code === 'ECONNRESET_BEFORE';
+  return code === 'ECONNREFUSED' || code === 'ENOENT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'ECONNRESET_BEFORE';
 }
 
 /**

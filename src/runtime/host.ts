@@ -12,6 +12,8 @@ export interface HostReport {
   qemu: boolean;
   firecracker: boolean;
   isolation: 'namespaces+cgroups' | 'none';
+  /** How process sandboxes are reached with `--sandbox-network auto` (namespaces only): a veth pair each, or a forwarder process each. */
+  sandbox_network?: 'veth' | 'forwarder';
   notes: string[];
   /** Which sandbox kinds this host can run, and why not (what `--sandboxes auto` offers). */
   sandboxes: SandboxProbe[];
@@ -78,7 +80,13 @@ export async function probeHost(): Promise<HostReport> {
   const firecracker = findBin('firecracker') !== undefined;
 
   const isolation = root && namespaces && cgroups === 'v1' && tools.length === 0 ? 'namespaces+cgroups' : 'none';
-  const report = { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, notes } as const;
+  let sandboxNetwork: 'veth' | 'forwarder' | undefined;
+  if (isolation !== 'none') {
+    const missing = ['ip', 'nft'].filter((t) => !findBin(t));
+    sandboxNetwork = missing.length === 0 ? 'veth' : 'forwarder';
+    if (missing.length > 0) notes.push(`sandbox network: forwarder (a ~90 MiB process per instance): ${missing.join(', ')} not found (Debian packages iproute2, nftables) for the veth network`);
+  }
+  const report = { root, namespaces, cgroups, kvm, qemu, firecracker, isolation, ...(sandboxNetwork ? { sandbox_network: sandboxNetwork } : {}), notes } as const;
   return { ...report, sandboxes: probeSandboxes(report) };
 }
 

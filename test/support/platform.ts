@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import './netns.ts';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';

@@ -4,7 +4,7 @@ import { chmodSync, closeSync, constants as fsConstants, existsSync, mkdirSync, 
 import net from 'node:net';
 import type { Readable } from 'node:stream';
 import { constants as osConstants } from 'node:os';
-import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../../core/index.ts';
@@ -15,6 +15,7 @@ import { seccompFilter } from './seccomp.ts';
 import { releaseContainer, releaseLeftoverContainers, writeContainerRecord, type ContainerPlan } from './container.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './legacy.ts';
 import { GoneSignal } from '../gone.ts';
+import { DEFAULT_NET_POOL, VethPool, vethBlocker, vethTools, type VethNet } from './veth.ts';
 
 export interface ProcessRuntimeOptions {
   /** The platform's data dir: hidden from instances; sockets live in `<dataDir>/sockets`. Code dirs should be under it. */
@@ -35,6 +36,14 @@ export interface ProcessRuntimeOptions {
   hidePaths?: string[];
   /** Per-instance limits on reading the program's output (defaults: DEFAULT_LOG_LIMITS). */
   logLimits?: Partial<LogLimits>;
+  /**
+   * How the platform reaches a sandboxed program (namespaces mode): 'veth' (a veth pair and a /30 per
+   * sandbox, see veth.ts), 'forwarder' (a per-instance forwarder process and a unix socket), 'auto'
+   * (default): veth when root with `ip` and `nft`, else the forwarder.
+   */
+  network?: 'auto' | 'veth' | 'forwarder';
+  /** The /16 the veth network's /30s come from (default 10.213.0.0/16). */
+  netPool?: string;
 }
 
 const SANDBOX_DIR = join(dirname(fileURLToPath(import.meta.url)), 'sandbox');
@@ -48,9 +57,9 @@ const USER_PATH = '/usr/local/bin:/usr/bin:/bin';
  * real (ref'd) timers so a pending start or teardown keeps the process alive; timeouts use the clock.
  */
 const POLL_MS = 3;
-/** The instance's own namespaces; the network one comes from its forwarder (see SparePool). */
+/** The instance's own namespaces; the network one comes from its forwarder or, with veth, is made with them (see Spare). */
 const NS_FLAGS = ['--pid', '--fork', '--kill-child', '--mount-proc', '--mount', '--uts', '--ipc'];
-/** Warm spares (forwarder + launcher) kept ready (each ~45 MB RSS). */
+/** Warm spares kept ready (launcher + veth pair; with the forwarder network also a forwarder, ~45 MB RSS). */
 const POOL_SIZE = 1;
 /** How long after a program is ready the pool is refilled (see SparePool.refillSoon). */
 const REFILL_DELAY_MS = 100;
@@ -67,6 +76,7 @@ const SYSCALLS: Record<string, string> = { x64: '165,116,119,117,157', arm64: '4
 const CONTAINER_SYSCALLS: Record<string, string> = { x64: '165,116,119,117,157,155,166,259', arm64: '40,159,149,147,167,41,39,33' };
 
 let warnedNone = false;
+let warnedForwarder = false;
 
 interface Tools {
   setpriv: string | undefined;
@@ -97,6 +107,8 @@ interface Ctx {
   clock: Clock;
   logger: Logger;
   mode: 'namespaces' | 'none';
+  /** Set in namespaces mode with the veth network; else instances are reached through forwarders. */
+  veth: VethPool | undefined;
   dataDir: string;
   agentId: string;
   socketsDir: string;
@@ -134,11 +146,22 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     warnedNone = true;
     logger.warn({ reason: blocker }, `process runtime: NO ISOLATION (${blocker}): functions run as plain child processes with this process's user and full access to its files and network`);
   }
+  let veth: VethPool | undefined;
+  if (mode === 'namespaces' && opts.network !== 'forwarder') {
+    const why = vethBlocker();
+    if (!why) veth = new VethPool(vethTools(), opts.netPool ?? DEFAULT_NET_POOL);
+    else if (opts.network === 'veth') throw new AetherError('AETHER_ERR_INTERNAL', `process runtime: veth network unavailable: ${why}`);
+    else if (!warnedForwarder) {
+      warnedForwarder = true;
+      logger.warn({ reason: why }, `process runtime: sandboxes are reached through a forwarder process each (no veth network: ${why})`);
+    }
+  }
   const socketsDir = join(dataDir, 'sockets');
   const ctx: Ctx = {
     clock,
     logger,
     mode,
+    veth,
     dataDir,
     agentId,
     socketsDir,
@@ -164,6 +187,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     mkdirSync(socketsDir, { recursive: true, mode: 0o700 });
     chmodSync(socketsDir, 0o700);
     mkdirSync(ctx.instancesDir, { recursive: true, mode: 0o700 });
+    veth?.installHostTable();
     ctx.pool = new SparePool(ctx, POOL_SIZE);
     ctx.pool.fill();
   }
@@ -200,7 +224,8 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       // Instances of an earlier run that nobody adopted: their forwarders live outside the cgroups.
       for (const rec of readRecords(ctx)) {
         if (live.has(rec.spec.instanceId)) continue;
-        for (const p of [rec.forwarder, rec.launcher]) if (sameProcess(p)) signalPid(p.pid, 'SIGKILL');
+        for (const p of [rec.forwarder, rec.launcher]) if (p && sameProcess(p)) signalPid(p.pid, 'SIGKILL');
+        if (rec.net) ctx.veth?.detach(rec.net.ifname);
         logger.info({ instanceId: rec.spec.instanceId }, 'stopped an instance nobody adopted');
       }
       try {
@@ -230,6 +255,10 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
         // no sockets dir
       }
       for (const id of await releaseLeftoverContainers(ctx.containersDir, (i) => live.has(i))) logger.info({ instanceId: id }, 'released a leftover container');
+      // veth pairs of this agent's earlier runs (a pair goes with its namespace; this catches the rest)
+      const liveLinks = new Set([...live.values()].flatMap((i) => i.netIfname ?? []));
+      const stray = ctx.veth?.sweep(agentId, (owner, ifname) => liveLinks.has(ifname) || owner.startsWith(`.spare-${process.pid}-`)) ?? [];
+      if (stray.length > 0) logger.info({ links: stray }, 'removed leftover sandbox veth pairs');
       if (live.size === 0) removeAgentDirs(ctx);
       for (const id of sweepDeadAgents(ctx.mounts, agentId)) logger.info({ agent: id }, 'removed the empty cgroups of an agent that is gone');
     },
@@ -237,6 +266,8 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       ctx.pool?.close();
       await Promise.all([...live.values()].map((i) => i.stop(1000)));
       removeAgentDirs(ctx);
+      // the host's sandbox table is shared by every agent here: the last one out removes it
+      ctx.veth?.removeHostTableIfUnused();
     },
   };
 }
@@ -252,9 +283,11 @@ export interface AdoptionRecord {
   v: 1;
   spec: InstanceSpec;
   endpoint: Endpoint;
-  /** The launcher chain (unshare; its child launch.pl is the namespace's PID 1) and the forwarder. */
+  /** The launcher chain (unshare; its child launch.pl is the namespace's PID 1) and the forwarder (forwarder network only). */
   launcher: ProcRef;
-  forwarder: ProcRef;
+  forwarder?: ProcRef;
+  /** The veth network's pair and addresses (veth network only): an adopted instance keeps them. */
+  net?: VethNet;
   /** The program's uid: not handed to another instance while this one lives. */
   uid: number;
   /** ms since epoch */
@@ -296,7 +329,7 @@ function signalPid(pid: number, sig: NodeJS.Signals): void {
 }
 
 function recordAlive(r: AdoptionRecord): boolean {
-  return sameProcess(r.launcher) && sameProcess(r.forwarder);
+  return sameProcess(r.launcher) && (!r.forwarder || sameProcess(r.forwarder));
 }
 
 function readRecords(ctx: Ctx): AdoptionRecord[] {
@@ -311,7 +344,7 @@ function readRecords(ctx: Ctx): AdoptionRecord[] {
     if (name.startsWith('.')) continue;
     try {
       const r = JSON.parse(readFileSync(join(ctx.instancesDir, name, 'record.json'), 'utf8')) as AdoptionRecord;
-      if (r.v === 1 && r.spec.instanceId === name && r.launcher?.pid > 0 && r.forwarder?.pid > 0) out.push(r);
+      if (r.v === 1 && r.spec.instanceId === name && r.launcher?.pid > 0 && (r.forwarder ? r.forwarder.pid > 0 : typeof r.net?.address === 'string')) out.push(r);
     } catch {
       // not (yet) a complete record: cleanupLeftovers removes it
     }
@@ -459,68 +492,122 @@ class Forwarder {
 }
 
 /**
- * An instance's sandbox, started ahead of need: a forwarder in a fresh network namespace and, once
- * that namespace exists, the launcher chain (setpriv → nsenter into it → unshare of the other
- * namespaces → launch.pl as PID 1) blocked on stdin. Nothing of the user runs in it before the
+ * An instance's sandbox, started ahead of need: the launcher chain (unshare of the namespaces →
+ * launch.pl as PID 1) blocked on stdin, and its network. With the veth network the chain makes its
+ * own network namespace and the spare gets its veth pair and addresses (veth.ts) as soon as that
+ * namespace exists; with the forwarder network a forwarder makes the namespace first and the chain
+ * joins it (setpriv → nsenter → unshare → launch.pl). Nothing of the user runs in it before the
  * assignment, and it joins its cgroups only then. Not an instance: no cgroup, no uid, not in `live`.
  */
 class Spare {
-  readonly fwd: Forwarder;
-  /** The launcher chain; undefined if the forwarder died before its namespace was ready. */
+  /** The forwarder (forwarder network only). */
+  readonly fwd: Forwarder | undefined;
+  /** The launcher chain, once its network is ready; undefined if the sandbox could not be made. */
   readonly launcher: Promise<ChildProcess | undefined>;
   /** Its dir (log FIFOs); the instance that takes it renames it to its own. */
   readonly dir: string;
+  /** Its veth pair and addresses (veth network), once made. */
+  net: VethNet | undefined;
   #child: ChildProcess | undefined;
   #dead = false;
+  #ctx: Ctx;
 
-  constructor(ctx: Ctx, fwd: Forwarder, dir: string, launcher = LAUNCHER) {
+  constructor(ctx: Ctx, dir: string, fwd: Forwarder | undefined, launcher = LAUNCHER) {
+    this.#ctx = ctx;
     this.fwd = fwd;
     this.dir = dir;
-    this.launcher = fwd.netnsReady().then((ok) => {
-      if (!ok || this.#dead) return undefined;
-      const t = ctx.tools as SandboxTools;
-      // No parent-death signal and its own session: an instance outlives a restarting agent, which
-      // adopts it or stops it (cleanupLeftovers). `--kill-child` still ties launch.pl to unshare.
-      // An unassigned spare ends by itself when its stdin closes (launch.pl: no assignment).
-      const args = [`--net=/proc/${fwd.child.pid}/ns/net`, '--', t.unshare, ...NS_FLAGS, '--', t.perl, launcher, PS_PAD];
-      let out: number, err: number;
-      try {
-        [out, err] = makeFifos(dir);
-      } catch (e) {
-        ctx.logger.warn({ err: e, dir }, 'process runtime: a spare could not be made');
-        return undefined;
-      }
-      // root tools run with a bare environment; the assignment (and the program's env) goes through stdin
-      let child: ChildProcess;
-      try {
-        child = spawn(t.nsenter, args, { env: { PATH: TOOL_PATH }, cwd: '/', detached: true, stdio: ['pipe', out, err] });
-      } finally {
-        closeSync(out);
-        closeSync(err);
-      }
-      this.#child = child;
-      // an idle spare must not keep the agent's event loop alive (the instance refs it)
-      child.unref();
-      for (const st of [child.stdin, child.stdout, child.stderr]) (st as unknown as { unref?: () => void } | null)?.unref?.();
-      child.stdin?.on('error', () => {});
-      child.on('error', () => {});
-      return child;
-    });
+    this.launcher = fwd ? fwd.netnsReady().then((ok) => (ok ? this.#spawn(launcher, `/proc/${fwd.child.pid}/ns/net`) : undefined)) : this.#withVeth(launcher);
   }
 
-  /** True while both processes can still serve an instance. */
+  async #withVeth(launcher: string): Promise<ChildProcess | undefined> {
+    const ctx = this.#ctx;
+    const child = this.#spawn(launcher, undefined);
+    const pid = child?.pid;
+    if (!child || pid === undefined || !(await netnsOf(child))) return undefined;
+    if (this.#dead) return undefined;
+    try {
+      this.net = await (ctx.veth as VethPool).attach(pid, `${ctx.agentId}:${basename(this.dir)}`);
+    } catch (err) {
+      ctx.logger.warn({ err }, 'process runtime: a sandbox network could not be made');
+      this.kill();
+      return undefined;
+    }
+    if (this.#dead) {
+      ctx.veth?.detach(this.net.ifname);
+      return undefined;
+    }
+    return child;
+  }
+
+  /** Start the launcher chain, in the namespace `netns` or (undefined) in a new one of its own. */
+  #spawn(launcher: string, netns: string | undefined): ChildProcess | undefined {
+    if (this.#dead) return undefined;
+    const ctx = this.#ctx;
+    const t = ctx.tools as SandboxTools;
+    // No parent-death signal and its own session: an instance outlives a restarting agent, which
+    // adopts it or stops it (cleanupLeftovers). `--kill-child` still ties launch.pl to unshare.
+    // An unassigned spare ends by itself when its stdin closes (launch.pl: no assignment).
+    const chain = [t.unshare, ...(netns ? [] : ['--net']), ...NS_FLAGS, '--', t.perl, launcher, PS_PAD];
+    const [cmd, ...args] = netns ? [t.nsenter, `--net=${netns}`, '--', ...chain] : chain;
+    let out: number, err: number;
+    try {
+      [out, err] = makeFifos(this.dir);
+    } catch (e) {
+      ctx.logger.warn({ err: e, dir: this.dir }, 'process runtime: a spare could not be made');
+      return undefined;
+    }
+    // root tools run with a bare environment; the assignment (and the program's env) goes through stdin
+    let child: ChildProcess;
+    try {
+      child = spawn(cmd as string, args, { env: { PATH: TOOL_PATH }, cwd: '/', detached: true, stdio: ['pipe', out, err] });
+    } finally {
+      closeSync(out);
+      closeSync(err);
+    }
+    this.#child = child;
+    // an idle spare must not keep the agent's event loop alive (the instance refs it)
+    child.unref();
+    for (const st of [child.stdin, child.stdout, child.stderr]) (st as unknown as { unref?: () => void } | null)?.unref?.();
+    child.stdin?.on('error', () => {});
+    child.on('error', () => {});
+    return child;
+  }
+
+  /** Ready to take an assignment at once (its network is there). */
+  get warm(): boolean {
+    return this.fwd ? this.fwd.listening : this.net !== undefined;
+  }
+
+  /** True while its processes can still serve an instance. */
   get alive(): boolean {
     const c = this.#child;
-    return !this.#dead && !this.fwd.exited && (c === undefined || (c.exitCode === null && c.signalCode === null));
+    return !this.#dead && !(this.fwd?.exited ?? false) && (c === undefined || (c.exitCode === null && c.signalCode === null));
   }
 
+  /** End it: its processes, its spare dir, its veth pair (the instance that took it calls this once it exited). */
   kill(): void {
     this.#dead = true;
-    this.fwd.kill();
+    this.fwd?.kill();
     if (this.dir.includes('/.spare-')) rmSync(this.dir, { recursive: true, force: true });
     // the chain execs down to `unshare --kill-child`: killing it kills the launcher (PID 1) and the namespace
     const c = this.#child;
     if (c && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    if (this.net) this.#ctx.veth?.detach(this.net.ifname);
+  }
+}
+
+/** Resolves true once `child` is in a network namespace other than ours; false if it died first. */
+async function netnsOf(child: ChildProcess): Promise<boolean> {
+  const own = readlinkSync('/proc/self/ns/net');
+  for (;;) {
+    const pid = child.pid;
+    if (pid === undefined || child.exitCode !== null || child.signalCode !== null) return false;
+    try {
+      if (readlinkSync(`/proc/${pid}/ns/net`) !== own) return true;
+    } catch {
+      return false;
+    }
+    await delay(1);
   }
 }
 
@@ -537,15 +624,19 @@ class SparePool {
   }
   #spawn(): Spare {
     const n = this.#n++;
-    const fwd = new Forwarder(this.#ctx, join(this.#ctx.socketsDir, `.fwd-${process.pid}-${n}.tmp`));
-    const spare = new Spare(this.#ctx, fwd, join(this.#ctx.instancesDir, `.spare-${process.pid}-${n}`));
+    const ctx = this.#ctx;
+    const fwd = ctx.veth ? undefined : new Forwarder(ctx, join(ctx.socketsDir, `.fwd-${process.pid}-${n}.tmp`));
+    const spare = new Spare(ctx, join(ctx.instancesDir, `.spare-${process.pid}-${n}`), fwd);
     const drop = (): void => {
       if (!this.#idle.includes(spare)) return; // taken: the instance handles it
       this.#idle = this.#idle.filter((x) => x !== spare);
       spare.kill();
     };
-    fwd.child.once('exit', drop);
-    void spare.launcher.then((c) => c?.once('exit', drop));
+    fwd?.child.once('exit', drop);
+    void spare.launcher.then((c) => {
+      if (c) c.once('exit', drop);
+      else drop();
+    });
     return spare;
   }
   fill(): void {
@@ -571,7 +662,7 @@ class SparePool {
    */
   take(): Spare {
     // warm first, else one already starting (it is ahead of a new one), else a new one
-    let i = this.#idle.findIndex((s) => s.fwd.listening && s.alive);
+    let i = this.#idle.findIndex((s) => s.warm && s.alive);
     if (i < 0) i = this.#idle.findIndex((s) => s.alive);
     return i >= 0 ? this.#idle.splice(i, 1)[0]! : this.#spawn();
   }
@@ -606,9 +697,9 @@ function freePort(): Promise<number> {
   });
 }
 
-function tcpAccepts(port: number): Promise<boolean> {
+function tcpAccepts(host: string, port: number): Promise<boolean> {
   return new Promise((res) => {
-    const s = net.connect({ host: '127.0.0.1', port });
+    const s = net.connect({ host, port });
     s.once('connect', () => {
       s.destroy();
       res(true);
@@ -686,6 +777,11 @@ class ProcessInstance implements RuntimeInstance {
     return join(this.#ctx.instancesDir, this.id);
   }
 
+  /** Its veth pair's host-side name (veth network), for cleanupLeftovers. */
+  get netIfname(): string | undefined {
+    return (this.#spare?.net ?? this.#adopted?.net)?.ifname;
+  }
+
   /** Re-attach to a sandbox an earlier run of this agent left (see AdoptionRecord). */
   adopt(rec: AdoptionRecord): void {
     this.#adopted = rec;
@@ -699,7 +795,7 @@ class ProcessInstance implements RuntimeInstance {
     const finish = this.#pump(fifoReader(join(this.#dir, 'out')), fifoReader(join(this.#dir, 'err')));
     // Not our child: no exit event. Poll both processes (a real timer: OS state, not time).
     this.#adoptPoll = setInterval(() => {
-      if (!sameProcess(rec.forwarder) && !this.#exitStarted && !this.#forwarderLost) {
+      if (rec.forwarder && !sameProcess(rec.forwarder) && !this.#exitStarted && !this.#forwarderLost) {
         this.#markGone();
         this.#logs.emit('system', 'forwarder exited');
         this.#forwarderLost = true;
@@ -781,25 +877,32 @@ class ProcessInstance implements RuntimeInstance {
     } catch (err) {
       throw new AetherError('AETHER_ERR_COLD_START_FAILED', `cannot create cgroups for ${this.id}: ${(err as Error).message}`, { cause: err });
     }
-    for (const path of [this.#sockPath, `${this.#sockPath}.raw`]) {
-      try {
-        unlinkSync(path);
-      } catch {
-        // no stale socket
+    if (!ctx.veth) {
+      for (const path of [this.#sockPath, `${this.#sockPath}.raw`]) {
+        try {
+          unlinkSync(path);
+        } catch {
+          // no stale socket
+        }
       }
     }
     // a container gets a chain of its own (container.pl), started now: services start rarely
     const spare = plan
-      ? new Spare(ctx, new Forwarder(ctx, join(ctx.socketsDir, `.fwd-${process.pid}-${spec.instanceId}.tmp`)), join(ctx.instancesDir, `.spare-${process.pid}-${spec.instanceId}`), CONTAINER_LAUNCHER)
+      ? new Spare(
+          ctx,
+          join(ctx.instancesDir, `.spare-${process.pid}-${spec.instanceId}`),
+          ctx.veth ? undefined : new Forwarder(ctx, join(ctx.socketsDir, `.fwd-${process.pid}-${spec.instanceId}.tmp`)),
+          CONTAINER_LAUNCHER,
+        )
       : (ctx.pool as SparePool).take();
     this.#spare = spare;
     const fwd = spare.fwd;
     this.#forwarder = fwd;
-    fwd.attach(
+    fwd?.attach(
       (text) => this.#logs.emit('system', `forwarder: ${text}`),
       () => this.#wake?.(),
     );
-    fwd.child.once('exit', (code, signal) => {
+    fwd?.child.once('exit', (code, signal) => {
       if (this.#exitStarted) return;
       // without its forwarder the instance is unreachable: end it
       this.#markGone();
@@ -832,27 +935,29 @@ class ProcessInstance implements RuntimeInstance {
     this.#launch(child, `${assignment.join('\0')}\0${envRecords(this.#programEnv(spec.port))}`, spare, uid);
   }
 
-  /** Hand the waiting launcher its assignment and the forwarder its socket; record what adoption needs. */
+  /** Hand the waiting launcher its assignment (and the forwarder its socket); record what adoption needs. */
   #launch(child: ChildProcess, input: string, spare: Spare, uid: number): void {
     const ctx = this.#ctx;
     const spec = this.spec;
     const fwd = spare.fwd;
-    this.#endpoint = { kind: 'unix', path: this.#sockPath, preamble: true };
+    const net = spare.net;
+    // veth: the program's port on its sandbox's address, straight through the kernel
+    this.#endpoint = net ? { kind: 'tcp', host: net.address, port: spec.port } : { kind: 'unix', path: this.#sockPath, preamble: true };
     rmSync(this.#dir, { recursive: true, force: true });
     renameSync(spare.dir, this.#dir);
     const launcher = procRef(child.pid);
-    const forwarder = procRef(fwd.child.pid);
-    if (!launcher || !forwarder) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the sandbox exited before its assignment`);
+    const forwarder = fwd ? procRef(fwd.child.pid) : undefined;
+    if (!launcher || (fwd && !forwarder) || (!fwd && !net)) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the sandbox exited before its assignment`);
     // what a restarted agent needs to adopt it (written before the program runs: a crash of the
     // agent from here on leaves an instance that is adopted or stopped, never forgotten)
-    const rec: AdoptionRecord = { v: 1, spec, endpoint: this.#endpoint, launcher, forwarder, uid, startedAt: ctx.clock.now() };
+    const rec: AdoptionRecord = { v: 1, spec, endpoint: this.#endpoint, launcher, ...(forwarder ? { forwarder } : {}), ...(net ? { net } : {}), uid, startedAt: ctx.clock.now() };
     writeFileSync(join(this.#dir, 'record.json.tmp'), JSON.stringify(rec), { mode: 0o600 });
     renameSync(join(this.#dir, 'record.json.tmp'), join(this.#dir, 'record.json'));
     child.ref();
     for (const st of [child.stdin, child.stdout, child.stderr]) (st as unknown as { ref?: () => void } | null)?.ref?.();
     this.#attach(child);
     child.stdin?.end(input);
-    fwd.assign(this.#sockPath, this.spec.port);
+    fwd?.assign(this.#sockPath, this.spec.port);
   }
 
   async #startPlain(codeDir: string, argv: string[]): Promise<void> {
@@ -909,7 +1014,10 @@ class ProcessInstance implements RuntimeInstance {
     const info: ExitInfo = { code, signal };
     this.#spare?.kill();
     if (this.#adoptPoll) clearInterval(this.#adoptPoll);
-    if (this.#adopted && sameProcess(this.#adopted.forwarder)) signalPid(this.#adopted.forwarder.pid, 'SIGKILL');
+    const adopted = this.#adopted;
+    if (adopted?.forwarder && sameProcess(adopted.forwarder)) signalPid(adopted.forwarder.pid, 'SIGKILL');
+    // (a taken spare's kill() above deleted its veth pair; an adopted instance has no spare)
+    if (adopted?.net) ctx.veth?.detach(adopted.net.ifname);
     ctx.pool?.fill();
     if (ctx.mode === 'namespaces') {
       // the launcher (the namespace's PID 1) exits with 128+n when the program died of signal n
@@ -957,9 +1065,12 @@ class ProcessInstance implements RuntimeInstance {
   }
 
   async #ready(): Promise<boolean> {
-    // namespaces: the forwarder saw the program accept a connection and published the socket
+    // veth: the program accepts on its address (DNAT'd to its loopback)
+    const e = this.#endpoint;
+    if (this.#ctx.mode === 'namespaces' && e?.kind === 'tcp') return tcpAccepts(e.host, e.port);
+    // forwarder: it saw the program accept a connection and published the socket
     if (this.#ctx.mode === 'namespaces') return this.#forwarder?.ready === true && existsSync(this.#sockPath);
-    return tcpAccepts(this.#port);
+    return tcpAccepts('127.0.0.1', this.#port);
   }
 
   async waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void> {
@@ -1029,7 +1140,7 @@ class ProcessInstance implements RuntimeInstance {
       const pids = this.#cg?.pids() ?? [];
       for (const p of pids) signalPid(p, sig);
       if (sig === 'SIGKILL' || pids.length === 0) {
-        for (const p of [adopted.launcher, adopted.forwarder]) if (sameProcess(p)) signalPid(p.pid, 'SIGKILL');
+        for (const p of [adopted.launcher, adopted.forwarder]) if (p && sameProcess(p)) signalPid(p.pid, 'SIGKILL');
       }
       return;
     }
