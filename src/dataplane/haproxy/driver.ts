@@ -154,7 +154,20 @@ export class HaproxyDataPlane implements DataPlane {
     const child = setpriv ? spawn('setpriv', ['--pdeathsig', 'KILL', bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#child = child;
     writeFileSync(join(this.#o.dir, 'haproxy.pid'), `${child.pid ?? ''}\n`);
-    createInterface({ input: child.stdout }).on('line', (l) => this.#onLog(l));
+    // One log line per request: split chunks by hand (readline's per-line events cost more).
+    let partial = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk: string) => {
+      let start = 0;
+      for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
+        const line = start === 0 && partial ? partial + chunk.slice(0, nl) : chunk.slice(start, nl);
+        if (start === 0) partial = '';
+        this.#onLog(line);
+        start = nl + 1;
+      }
+      partial += chunk.slice(start);
+      if (partial.length > 65536) partial = ''; // never a log line of ours
+    });
     let errTail = '';
     createInterface({ input: child.stderr }).on('line', (l) => {
       errTail = (errTail + l + '\n').slice(-2000);
@@ -436,7 +449,10 @@ export class HaproxyDataPlane implements DataPlane {
       if (this.#closing) return;
       if (this.#running && !this.#applying) {
         try {
-          const rows = parseShowStat(await adminCommand(this.#p.admin, 'show stat', 2000));
+          // Only the backends in use: the whole pool's CSV (a few hundred rows) five times a second
+          // cost both processes CPU for nothing.
+          const used = this.#slots.flatMap((s, i) => (s.fnId !== undefined || s.servers.size > 0 || s.deleting.size > 0 ? [`show stat ${slotName(i)} -1 -1`] : []));
+          const rows = used.length === 0 ? [] : parseShowStat(await adminCommand(this.#p.admin, used.join('; '), 2000));
           const fnLoad = new Map<string, number>();
           const seen = new Set<string>();
           for (const r of rows) {
