@@ -12,11 +12,15 @@ export function findHaproxy(env: NodeJS.ProcessEnv = process.env): string | unde
 }
 
 /** What `--data-plane` resolves to here, and why (said at start and by `aether doctor`). */
-export function resolveDataPlane(wanted: 'auto' | 'haproxy' | 'node', env: NodeJS.ProcessEnv = process.env): { kind: 'haproxy' | 'node'; binary: string | undefined; reason: string } {
-  const binary = findHaproxy(env);
+export function resolveDataPlane(
+  wanted: 'auto' | 'haproxy' | 'node',
+  env: NodeJS.ProcessEnv = process.env,
+  find: (env: NodeJS.ProcessEnv) => string | undefined = findHaproxy,
+): { kind: 'haproxy' | 'node'; binary: string | undefined; reason: string } {
+  const binary = find(env);
   if (wanted === 'node') return { kind: 'node', binary, reason: 'asked for (--data-plane node)' };
   if (wanted === 'haproxy') return { kind: 'haproxy', binary, reason: binary ? `asked for (${binary})` : 'asked for, but no haproxy binary was found' };
-  // HAProxy stays opt-in until it has had a quiet-machine benchmark and more mileage: the Node path
-  // is the reference behaviour (docs/dataplane.md).
-  return { kind: 'node', binary, reason: binary ? `auto: node (haproxy at ${binary} is opt-in: --data-plane haproxy)` : 'auto: no haproxy binary found' };
+  // HAProxy carries warm traffic for less CPU than the Node path (bench/README.md); without it
+  // (or if it fails to start, see src/bin/platform.ts) the Node path serves everything.
+  return binary ? { kind: 'haproxy', binary, reason: `auto: haproxy found at ${binary}` } : { kind: 'node', binary, reason: 'auto: no haproxy binary found (install haproxy for the native data plane)' };
 }
