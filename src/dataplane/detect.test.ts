@@ -19,3 +19,10 @@ test('data plane: an explicit choice is kept (haproxy without a binary is refuse
   assert.equal(h.kind, 'haproxy');
   assert.equal(h.binary, undefined);
 });
+
+test('data plane: auto stays node for a gateway without a local agent (no instance HAProxy could reach)', () => {
+  const g = resolveDataPlane('auto', {}, found, true);
+  assert.equal(g.kind, 'node');
+  assert.match(g.reason, /without a local agent/);
+  assert.equal(resolveDataPlane('haproxy', {}, found, true).kind, 'haproxy');
+});

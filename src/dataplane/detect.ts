@@ -16,11 +16,16 @@ export function resolveDataPlane(
   wanted: 'auto' | 'haproxy' | 'node',
   env: NodeJS.ProcessEnv = process.env,
   find: (env: NodeJS.ProcessEnv) => string | undefined = findHaproxy,
+  /** `aether gateway`: no agent in this process, so no instance HAProxy could reach directly. */
+  remoteOnly = false,
 ): { kind: 'haproxy' | 'node'; binary: string | undefined; reason: string } {
   const binary = find(env);
   if (wanted === 'node') return { kind: 'node', binary, reason: 'asked for (--data-plane node)' };
   if (wanted === 'haproxy') return { kind: 'haproxy', binary, reason: binary ? `asked for (${binary})` : 'asked for, but no haproxy binary was found' };
   // HAProxy carries warm traffic for less CPU than the Node path (bench/README.md); without it
   // (or if it fails to start, see src/bin/platform.ts) the Node path serves everything.
+  // HAProxy reaches only this process's instances so far; for a gateway without an agent it would
+  // add a hop in front of the activator (docs/dataplane.md, "Distributed mode").
+  if (binary && remoteOnly) return { kind: 'node', binary, reason: `auto: node (a gateway without a local agent; haproxy at ${binary} routes only local instances so far: --data-plane haproxy to use it anyway)` };
   return binary ? { kind: 'haproxy', binary, reason: `auto: haproxy found at ${binary}` } : { kind: 'node', binary, reason: 'auto: no haproxy binary found (install haproxy for the native data plane)' };
 }
