@@ -24,8 +24,9 @@ export function resolveDataPlane(
   if (wanted === 'haproxy') return { kind: 'haproxy', binary, reason: binary ? `asked for (${binary})` : 'asked for, but no haproxy binary was found' };
   // HAProxy carries warm traffic for less CPU than the Node path (bench/README.md); without it
   // (or if it fails to start, see src/bin/platform.ts) the Node path serves everything.
-  // HAProxy reaches only this process's instances so far; for a gateway without an agent it would
-  // add a hop in front of the activator (docs/dataplane.md, "Distributed mode").
-  if (binary && remoteOnly) return { kind: 'node', binary, reason: `auto: node (a gateway without a local agent; haproxy at ${binary} routes only local instances so far: --data-plane haproxy to use it anyway)` };
+  // A gateway without an agent reaches every instance through an agent hop. HAProxy does that too
+  // (docs/dataplane.md, "Distributed mode"), but a request that meets a dead agent or a vanished
+  // instance fails there, where the Node path retries it on another instance: opt-in for now.
+  if (binary && remoteOnly) return { kind: 'node', binary, reason: `auto: node (a gateway without a local agent; haproxy at ${binary} is opt-in there: --data-plane haproxy)` };
   return binary ? { kind: 'haproxy', binary, reason: `auto: haproxy found at ${binary}` } : { kind: 'node', binary, reason: 'auto: no haproxy binary found (install haproxy for the native data plane)' };
 }

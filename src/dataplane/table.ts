@@ -9,7 +9,7 @@ import { instanceConfigKey, type FunctionRecord, type InstanceRecord } from '../
 export type RouteAddress =
   | { kind: 'unix'; path: string }
   | { kind: 'tcp'; host: string; port: number }
-  /** Through the owning agent's HTTP hop (another node; the haproxy driver leaves these to the activator for now). */
+  /** Through the owning agent's HTTP hop (another node; the haproxy driver sends these through its hop listeners). */
   | { kind: 'agent'; host: string; port: number };
 
 export interface RouteInstance {
