@@ -340,8 +340,9 @@ function startHaproxy(g: Gateway, agent: Agent | undefined, dir: string, host: s
       ...(agent ? { instanceLoad: (id: string, n: number, active: boolean, routed: boolean) => agent.noteExternalLoad(id, n, active, routed) } : {}),
     },
     localAgentId: agent?.id,
-    // Instances on other nodes: proxy -> their agent, the token added on that hop only.
-    clusterToken,
+    // Instances on other nodes: proxy -> their agent, the token added on that hop only. Only on a
+    // gateway without an agent (`aether up` has no other nodes' instances to reach).
+    ...(agent ? {} : { clusterToken }),
     clock,
     logger,
     ...(binary ? { binary } : {}),
