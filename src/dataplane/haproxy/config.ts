@@ -16,12 +16,6 @@ export interface HaproxyConfigInput {
   activator: { host: string; port: number };
   slots: number;
   /**
-   * Where HAProxy sends its per-request log lines: a loopback TCP listener of the platform, fed from
-   * an in-memory ring (no write per request; the ring's forwarder sends lines in batches), and the
-   * line tag (secret per start, so lines that did not come from HAProxy are ignored). Absent: stdout.
-   */
-  logSink?: { host: string; port: number; tag: string };
-  /**
    * Listeners that carry requests to other nodes' agents (one per agent, addresses set at run time),
    * adding the cluster token on that hop only. Absent: remote instances stay with the activator.
    */
@@ -116,8 +110,7 @@ export function bindAddress(host: string, port: number): string {
  * tag, invocation id, function id, backend, server (instance), status, active ms, termination
  * state, start (s), start ms part, retries.
  */
-export const logFormat = (tag: string): string => `${tag} %ID %[var(txn.fn)] %b %s %ST %Ta %tsc %Ts %ms %rc`;
-export const LOG_FORMAT = logFormat(LOG_TAG);
+export const LOG_FORMAT = `${LOG_TAG} %ID %[var(txn.fn)] %b %s %ST %Ta %tsc %Ts %ms %rc`;
 
 export function renderConfig(c: HaproxyConfigInput): string {
   const p = paths(c.dir);
@@ -127,19 +120,15 @@ export function renderConfig(c: HaproxyConfigInput): string {
     'global',
     `  stats socket ${p.admin} mode 600 level admin`,
     '  stats timeout 10s',
-    // A log line written to a pipe per request cost HAProxy as much as the rest of its work there.
-    c.logSink ? '  log ring@aetherlog format raw daemon' : '  log stdout format raw daemon',
+    '  log stdout format raw daemon',
     ...(c.threads ? [`  nbthread ${c.threads}`] : []),
     `  maxconn ${c.maxConn ?? 20_000}`,
     '  hard-stop-after 30s',
-    ...(c.logSink
-      ? ['', 'ring aetherlog', '  format raw', '  maxlen 1024', '  size 4194304', '  timeout connect 2s', '  timeout server 24h', `  server node ${c.logSink.host}:${c.logSink.port}`]
-      : []),
     '',
     'defaults',
     '  mode http',
     '  log global',
-    `  log-format "${logFormat(c.logSink?.tag ?? LOG_TAG)}"`,
+    `  log-format "${LOG_FORMAT}"`,
     '  timeout connect 2s',
     '  timeout client 65s',
     '  timeout http-request 30s',

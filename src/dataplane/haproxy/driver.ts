@@ -1,5 +1,4 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
@@ -94,10 +93,6 @@ export class HaproxyDataPlane implements DataPlane {
   readonly #reported = new Map<string, number>();
   readonly #stot = new Map<string, number>();
   #warnedFull = false;
-  #logSink: Server | undefined;
-  readonly #logSockets = new Set<Socket>();
-  /** Secret per start: a line without it did not come from our HAProxy (the sink is a loopback port). */
-  readonly #logTag = `AETHER-${randomBytes(12).toString('hex')}`;
   /** Hop listener -> the agent (host:port) it is set to, or undefined while free. */
   readonly #hops: (string | undefined)[];
   readonly #hopsEnabled: boolean;
@@ -143,10 +138,9 @@ export class HaproxyDataPlane implements DataPlane {
     const h = this.#o.host;
     const urlHost = h === '0.0.0.0' || h === '::' ? '127.0.0.1' : h.includes(':') ? `[${h}]` : h;
     this.#url = `http://${urlHost}:${this.#port}`;
-    const logSink = await this.#openLogSink();
     writeFileSync(
       this.#p.config,
-      renderConfig({ dir: this.#o.dir, host: h, port: this.#port, logSink, activator: { host: this.#o.activator.host, port: this.#o.activator.port }, slots: this.#slots.length, maxConn: maxConnForFdLimit(), ...(this.#hopsEnabled ? { hops: { count: this.#hops.length, clusterToken: this.#o.clusterToken as string } } : {}) }),
+      renderConfig({ dir: this.#o.dir, host: h, port: this.#port, activator: { host: this.#o.activator.host, port: this.#o.activator.port }, slots: this.#slots.length, maxConn: maxConnForFdLimit(), ...(this.#hopsEnabled ? { hops: { count: this.#hops.length, clusterToken: this.#o.clusterToken as string } } : {}) }),
       { mode: 0o600 },
     );
     this.#unwatch = this.#o.source.onChange(() => this.#schedule());
@@ -177,8 +171,20 @@ export class HaproxyDataPlane implements DataPlane {
     const child = setpriv ? spawn('setpriv', ['--pdeathsig', 'KILL', bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#child = child;
     writeFileSync(join(this.#o.dir, 'haproxy.pid'), `${child.pid ?? ''}\n`);
+    // One log line per request: split chunks by hand (readline's per-line events cost more).
+    let partial = '';
     child.stdout.setEncoding('utf8');
-    child.stdout.on('data', this.#lineReader());
+    child.stdout.on('data', (chunk: string) => {
+      let start = 0;
+      for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
+        const line = start === 0 && partial ? partial + chunk.slice(0, nl) : chunk.slice(start, nl);
+        if (start === 0) partial = '';
+        this.#onLog(line);
+        start = nl + 1;
+      }
+      partial += chunk.slice(start);
+      if (partial.length > 65536) partial = ''; // never a log line of ours
+    });
     let errTail = '';
     createInterface({ input: child.stderr }).on('line', (l) => {
       errTail = (errTail + l + '\n').slice(-2000);
@@ -500,41 +506,8 @@ export class HaproxyDataPlane implements DataPlane {
 
   // ---------------------------------------------------------------- off the request path: logs and stats
 
-  /** One log line per request: chunks split by hand (readline's per-line events cost more). */
-  #lineReader(): (chunk: string) => void {
-    let partial = '';
-    return (chunk: string) => {
-      let start = 0;
-      for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
-        const line = start === 0 && partial ? partial + chunk.slice(0, nl) : chunk.slice(start, nl);
-        if (start === 0) partial = '';
-        this.#onLog(line);
-        start = nl + 1;
-      }
-      partial += chunk.slice(start);
-      if (partial.length > 65536) partial = ''; // never a log line of ours
-    };
-  }
-
-  /** The loopback listener HAProxy's log ring forwards to (it reconnects after a restart). */
-  async #openLogSink(): Promise<{ host: string; port: number; tag: string }> {
-    const srv = createServer((sock) => {
-      sock.setEncoding('utf8');
-      sock.on('data', this.#lineReader());
-      sock.on('error', () => undefined);
-      this.#logSockets.add(sock);
-      sock.once('close', () => this.#logSockets.delete(sock));
-    });
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen({ host: '127.0.0.1', port: 0 }, () => resolve());
-    });
-    this.#logSink = srv;
-    return { host: '127.0.0.1', port: (srv.address() as AddressInfo).port, tag: this.#logTag };
-  }
-
   #onLog(line: string): void {
-    const r = parseLogLine(line, this.#logTag);
+    const r = parseLogLine(line);
     if (!r) return;
     this.#o.sinks.record(r.record);
     this.#o.sinks.observed?.(r.record);
@@ -606,8 +579,6 @@ export class HaproxyDataPlane implements DataPlane {
     }
     this.#running = false;
     this.#closeFallback();
-    this.#logSink?.close();
-    for (const sock of this.#logSockets) sock.destroy();
     // Nothing routes to the instances any more: their drains need not wait for us.
     for (const slot of this.#slots) for (const id of [...slot.servers.keys(), ...slot.deleting]) if (!this.#remote.has(id)) this.#o.sinks.instanceLoad?.(id, 0, false, false);
   }

@@ -84,13 +84,3 @@ test('config: hop listeners carry the cluster token on their own hop only; an un
   }
   assert.ok(!renderConfig(base).includes('listen h0'));
 });
-
-test('log lines go through a ring to the platform; only lines with this start\'s secret tag count', () => {
-  const cfg = renderConfig({ dir: '/d', host: '127.0.0.1', port: 8080, activator: { host: '127.0.0.1', port: 9000 }, slots: 1, logSink: { host: '127.0.0.1', port: 7777, tag: 'AETHER-s3cr3t' } });
-  assert.match(cfg, /log ring@aetherlog format raw/);
-  assert.match(cfg, /^ring aetherlog\n(.+\n)*? {2}server node 127\.0\.0\.1:7777$/m);
-  assert.match(cfg, /log-format "AETHER-s3cr3t %ID /);
-  const line = `fn-x f0 inst-1 200 7 ---- ${t0} 123 0`;
-  assert.equal(parseLogLine(`AETHER inv-1k8nvpp345o8g9f3ttoq ${line}`, 'AETHER-s3cr3t'), undefined, 'forged: no secret tag');
-  assert.equal(parseLogLine(`AETHER-s3cr3t inv-1k8nvpp345o8g9f3ttoq ${line}`, 'AETHER-s3cr3t')?.record.status_code, 200);
-});

@@ -11,8 +11,8 @@ export interface LoggedRequest {
  * Parse a LOG_FORMAT line into the invocation record the Node path would have written. Returns
  * undefined for other lines (HAProxy's own notices, requests without a function).
  */
-export function parseLogLine(line: string, tag: string = LOG_TAG): LoggedRequest | undefined {
-  if (!line.startsWith(tag + ' ')) return undefined;
+export function parseLogLine(line: string): LoggedRequest | undefined {
+  if (!line.startsWith(LOG_TAG + ' ')) return undefined;
   const f = line.split(' ');
   if (f.length < 11) return undefined;
   const [, id, fnId, backend, server, st, ta, tsc, ts, ms] = f as [string, string, string, string, string, string, string, string, string, string];
