@@ -230,7 +230,7 @@ async function startParts(
   if (role === 'up' || role === 'gateway') {
     const spool = uploadSpool(join(cfg.dataDir, 'tmp'), logger);
     closers.push(async () => rmSync(spool, { recursive: true, force: true }));
-    const dp = resolveDataPlane(cfg.dataPlane, env, undefined, !agent);
+    const dp = resolveDataPlane(cfg.dataPlane, env);
     if (cfg.dataPlane === 'haproxy' && !dp.binary) throw new AetherError('AETHER_ERR_VALIDATION', 'config: --data-plane haproxy, but no haproxy binary was found (install haproxy, or use --data-plane auto|node)');
     const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: spool });
     const writeBarrier: { wait?: () => Promise<void> } = {};

@@ -60,14 +60,18 @@ export const ORIGINAL_URI_HEADER = 'x-aether-original-uri';
  * redispatch`) goes to another instance or, with none left, to the activator backup, which retries
  * elsewhere or cold-starts. Checks are plain connects: rare while up, every second while down, so a
  * server marked down by a transient failure comes back.
- *
- * `pool-max-conn -1 pool-purge-delay 1s`: a server added over the runtime API keeps no idle
- * connections unless told (HAProxy 2.6 defaults both to 0 for dynamic servers), so every request
- * opened a new connection to the instance, through its forwarder to the program. With a pool,
- * keep-alive connections are reused. A 1 s purge closes a connection idle for 2-3 s, before the
- * program's own keep-alive timeout (Node's default is 5 s) can close it under a request on its way.
  */
-export const INSTANCE_SERVER_OPTIONS = 'check observe layer4 error-limit 1 on-error mark-down inter 60s fastinter 1s downinter 1s rise 1 fall 1 pool-max-conn -1 pool-purge-delay 1s';
+export const INSTANCE_SERVER_OPTIONS = 'check observe layer4 error-limit 1 on-error mark-down inter 60s fastinter 1s downinter 1s rise 1 fall 1';
+/**
+ * Keep-alive connections to a server, reused across requests: a server added over the runtime API
+ * keeps none unless given both (HAProxy 2.6), so each request was a new connection. The 1 s purge
+ * closes a connection idle for 2-3 s, before a program's own keep-alive timeout (Node: 5 s) could
+ * close it under a request on its way. Only for addresses where a dying program's connections close
+ * at once (TCP to the program): the forwarder's socket passes a close on only after its 10 ms
+ * liveness check, and a request sent over a pooled connection in that window is lost without a
+ * retry (docs/dataplane.md).
+ */
+export const POOL_OPTIONS = 'pool-max-conn -1 pool-purge-delay 1s';
 
 /** HAProxy's own errors, in the platform's JSON shape. */
 export const ERROR_PAGES: Record<number, { code: ErrorCode; message: string }> = {

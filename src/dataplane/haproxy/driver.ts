@@ -9,7 +9,7 @@ import { findHaproxy } from '../detect.ts';
 import { computeRoutes, type RouteAddress, type RouteTable } from '../table.ts';
 import type { DataPlane, DataPlaneSinks, RouteSource } from '../types.ts';
 import { adminCommand, commandFailed } from './admin.ts';
-import { ACTIVATOR_SERVER, base32Map, ERROR_PAGES, errorPage, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, ORIGINAL_URI_HEADER, paths, renderConfig, slotName } from './config.ts';
+import { ACTIVATOR_SERVER, base32Map, ERROR_PAGES, errorPage, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, ORIGINAL_URI_HEADER, POOL_OPTIONS, paths, renderConfig, slotName } from './config.ts';
 import { parseLogLine, parseShowStat } from './parse.ts';
 
 export interface HaproxyOptions {
@@ -416,10 +416,11 @@ export class HaproxyDataPlane implements DataPlane {
             // Checks of dynamic servers start disabled: `enable health` arms the mark-down on a failed connect.
             if (hop !== undefined) {
               // Up and down with its agent's hop (a dead agent is noticed at the first failed connect).
-              await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn} track ${hopName(hop)}/${HOP_SERVER} pool-max-conn -1 pool-purge-delay 1s; set server ${be}/${id} state ${inst.state}`);
+              await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn} track ${hopName(hop)}/${HOP_SERVER} ${POOL_OPTIONS}; set server ${be}/${id} state ${inst.state}`);
               this.#remote.add(id);
             } else {
-              await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn} ${INSTANCE_SERVER_OPTIONS}; set server ${be}/${id} state ${inst.state}; enable health ${be}/${id}`);
+              const pool = inst.address.kind === 'tcp' ? ` ${POOL_OPTIONS}` : '';
+              await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn} ${INSTANCE_SERVER_OPTIONS}${pool}; set server ${be}/${id} state ${inst.state}; enable health ${be}/${id}`);
             }
           }
           slot.servers.set(id, { addr, state: inst.state, maxConn });
