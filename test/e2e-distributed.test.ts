@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
+import { api, CLUSTER_TOKEN, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
 import { etcdAvailable, startEtcd, type EtcdServer } from './support/etcd.ts';
 import { redisAvailable, startRedis, type RedisServer } from './support/redis.ts';
 import { cephAvailable, startRadosgw, type Radosgw } from './support/ceph.ts';
@@ -154,6 +154,37 @@ if (skip) {
       assert.equal(logs.status, 200);
       const lines = (await logs.text()).trim().split('\n').map((l) => JSON.parse(l) as { text: string; instance_id: string });
       assert.ok(lines.some((l) => /ready/.test(l.text)), `instance lines gathered from the agents: ${JSON.stringify(lines.slice(0, 3))}`);
+    });
+
+    it('a gateway with --data-plane haproxy routes instances on other nodes itself (proxy -> agent), the cluster token never reaches the function', { timeout: 90_000 }, async () => {
+      const g = await startAether({ role: 'gateway', token: TOKEN, args: [...flags, '--data-plane', 'haproxy'], env });
+      if (g.proc.pid) pids.add(g.proc.pid);
+      try {
+        assert.match(g.output(), /data plane: haproxy/);
+        await deploy('hdrs', "require('http').createServer((req, res) => res.end(JSON.stringify({ headers: req.headers, url: req.url }))).listen(Number(process.env.PORT));");
+        // Cold through the activator; then warm through HAProxy's function backend (it adds Via) and the hop.
+        const r = await eventually(async () => {
+          const res = await fetch(`${g.url}/functions/hdrs/a/b?q=1`, { signal: AbortSignal.timeout(70_000) });
+          const x = { status: res.status, json: (await res.json()) as Record<string, unknown> };
+          assert.equal(x.status, 200, JSON.stringify(x.json));
+          return /aether-haproxy/.test((x.json['headers'] as Record<string, string>)['via'] ?? '') ? x : undefined;
+        }, 30_000, 100);
+        const headers = r.json['headers'] as Record<string, string>;
+        assert.equal(r.json['url'], '/a/b?q=1');
+        assert.equal(headers['x-aether-cluster-token'], undefined, 'the hop token is stripped before the instance');
+        assert.ok(!JSON.stringify(r.json).includes(CLUSTER_TOKEN), 'the token appears nowhere the function can see');
+        // Records come from HAProxy's log lines, with the remote instance.
+        const inst = (await instances('hdrs'))[0]?.instance_id;
+        await eventually(async () => {
+          const recs = await api<{ status: string; instance_id: string | null }[]>(g, 'GET', '/api/functions/hdrs/invocations');
+          return recs.body.some((x) => x.status === 'success' && x.instance_id === inst);
+        });
+        // A reference without an instance still goes to the activator (404 in our JSON shape).
+        const missing = await invoke(g, 'no-such-function');
+        assert.equal(missing.status, 404, missing.text);
+      } finally {
+        assert.equal(await g.stop(), 0, g.output().slice(-2000));
+      }
     });
 
     it('concurrent first requests through both gateways start exactly one instance', async () => {

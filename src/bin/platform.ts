@@ -263,7 +263,7 @@ async function startParts(
     dataPlane = nodeDataPlane(g.url);
     if (dp.kind === 'haproxy') {
       try {
-        dataPlane = await startHaproxy(g, agent, join(cfg.dataDir, 'haproxy'), cfg.host, cfg.port, dp.binary, clock, logger);
+        dataPlane = await startHaproxy(g, agent, join(cfg.dataDir, 'haproxy'), cfg.host, cfg.port, dp.binary, clock, logger, clusterToken);
       } catch (err) {
         if (cfg.dataPlane === 'haproxy') {
           await g.close();
@@ -325,7 +325,7 @@ function viewsSource(v: Gateway['views']): RouteSource {
   };
 }
 
-function startHaproxy(g: Gateway, agent: Agent | undefined, dir: string, host: string, port: number, binary: string | undefined, clock: Clock, logger: Logger): Promise<DataPlane> {
+function startHaproxy(g: Gateway, agent: Agent | undefined, dir: string, host: string, port: number, binary: string | undefined, clock: Clock, logger: Logger, clusterToken: string): Promise<DataPlane> {
   return startHaproxyDataPlane({
     dir,
     host,
@@ -342,6 +342,9 @@ function startHaproxy(g: Gateway, agent: Agent | undefined, dir: string, host: s
       ...(agent ? { instanceLoad: (id: string, n: number, active: boolean, routed: boolean) => agent.noteExternalLoad(id, n, active, routed) } : {}),
     },
     localAgentId: agent?.id,
+    // Instances on other nodes: proxy -> their agent, the token added on that hop only. Only on a
+    // gateway without an agent (`aether up` has no other nodes' instances to reach).
+    ...(agent ? {} : { clusterToken }),
     clock,
     logger,
     ...(binary ? { binary } : {}),

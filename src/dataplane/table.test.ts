@@ -84,3 +84,13 @@ test('route table: localOnly leaves other agents\' instances to the activator', 
   const mixed = computeRoutes({ functions: [fn], instancesOf: () => [inst('i1'), inst('i2', { agent_id: 'agent-other' })], localAgentId: 'agent-local', localOnly: true });
   assert.deepEqual(mixed.functions.get('fn-a')?.instances.map((i) => i.id), ['i1']);
 });
+
+test('route table: per-instance cap while the function can still scale up, none at max_instances', () => {
+  const two = { ...fn, max_instances: 2 };
+  const capped = computeRoutes({ functions: [two], instancesOf: () => [inst('i1'), inst('i2', { status: 'draining' })], localAgentId: 'agent-local' });
+  assert.equal(capped.functions.get('fn-a')?.maxConn, instanceCap(two));
+  // At the maximum (counting another agent's instance, which this driver does not route to): no cap.
+  const full = computeRoutes({ functions: [two], instancesOf: () => [inst('i1'), inst('i2', { agent_id: 'agent-other' })], localAgentId: 'agent-local', localOnly: true });
+  assert.equal(full.functions.get('fn-a')?.maxConn, 0);
+  assert.deepEqual(full.functions.get('fn-a')?.instances.map((i) => i.id), ['i1']);
+});

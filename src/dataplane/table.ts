@@ -9,7 +9,7 @@ import { instanceConfigKey, type FunctionRecord, type InstanceRecord } from '../
 export type RouteAddress =
   | { kind: 'unix'; path: string }
   | { kind: 'tcp'; host: string; port: number }
-  /** Through the owning agent's HTTP hop (another node; the haproxy driver leaves these to the activator for now). */
+  /** Through the owning agent's HTTP hop (another node; the haproxy driver sends these through its hop listeners). */
   | { kind: 'agent'; host: string; port: number };
 
 export interface RouteInstance {
@@ -25,7 +25,11 @@ export interface FunctionRoute {
   id: string;
   name: string;
   timeoutMs: number;
-  /** Per-instance concurrency cap; more requests queue at the proxy. */
+  /**
+   * Per-instance concurrency cap (more requests queue at the proxy), or 0 for none: a function at
+   * its max_instances gets no more capacity, so queueing would only add latency (and HAProxy's
+   * queue is far costlier per request than a connection); the Node path piles on too then.
+   */
   maxConn: number;
   instances: RouteInstance[];
 }
@@ -96,7 +100,9 @@ export function computeRoutes(inp: RouteInputs): RouteTable {
     }
     if (instances.length === 0) continue;
     instances.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    functions.set(fn.id, { id: fn.id, name: fn.name, timeoutMs: fn.timeout_ms, maxConn: instanceCap(fn), instances });
+    // Counted over every agent's instances (not only the ones this driver routes to).
+    const atMax = ready.length >= fn.max_instances;
+    functions.set(fn.id, { id: fn.id, name: fn.name, timeoutMs: fn.timeout_ms, maxConn: atMax ? 0 : instanceCap(fn), instances });
     if (instances.some((i) => i.state === 'ready')) {
       refs.set(fn.id, fn.id);
       refs.set(fn.name, fn.id);

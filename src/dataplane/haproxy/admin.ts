@@ -27,5 +27,6 @@ export function commandFailed(command: string, answer: string): boolean {
   return answer
     .split('\n')
     .map((l) => l.trim())
-    .some((l) => l !== '' && !/^(New server registered|Server deleted)/.test(l));
+    // `set server ... addr` reports what it changed (or that nothing needed to).
+    .some((l) => l !== '' && !/^(New server registered|Server deleted)/.test(l) && !/ by 'stats socket command'$/.test(l));
 }

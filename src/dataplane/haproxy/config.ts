@@ -15,6 +15,11 @@ export interface HaproxyConfigInput {
   /** The Node gateway's internal loopback listener (cold path, API, everything not routed). */
   activator: { host: string; port: number };
   slots: number;
+  /**
+   * Listeners that carry requests to other nodes' agents (one per agent, addresses set at run time),
+   * adding the cluster token on that hop only. Absent: remote instances stay with the activator.
+   */
+  hops?: { count: number; clusterToken: string };
   threads?: number;
   /** Connections the process accepts (bounded by its descriptor limit). */
   maxConn?: number;
@@ -29,7 +34,19 @@ export const paths = (dir: string) => ({
   routes: join(dir, 'routes.map'),
   base32: join(dir, 'base32.map'),
   errors: join(dir, 'errors'),
+  hop: (i: number) => join(dir, `hop${i}.sock`),
 });
+
+export const hopName = (i: number): string => `h${i}`;
+/** The server of a hop listener (static, so instance servers can `track` it). */
+export const HOP_SERVER = 'agent';
+/** Set by each function backend to the chosen server (instance id), read by the hop listener. */
+export const HOP_INSTANCE_HEADER = 'x-aether-hop-instance';
+
+/** A token HAProxy's config can carry inside double quotes without escapes. */
+export function hopTokenUsable(token: string): boolean {
+  return /^[\x21\x23-\x5b\x5d-\x7e]+$/.test(token) && !token.includes('%');
+}
 
 export const slotName = (i: number): string => `f${i}`;
 
@@ -45,6 +62,16 @@ export const ORIGINAL_URI_HEADER = 'x-aether-original-uri';
  * server marked down by a transient failure comes back.
  */
 export const INSTANCE_SERVER_OPTIONS = 'check observe layer4 error-limit 1 on-error mark-down inter 60s fastinter 1s downinter 1s rise 1 fall 1';
+/**
+ * Keep-alive connections to a server, reused across requests: a server added over the runtime API
+ * keeps none unless given both (HAProxy 2.6), so each request was a new connection. The 1 s purge
+ * closes a connection idle for 2-3 s, before a program's own keep-alive timeout (Node: 5 s) could
+ * close it under a request on its way. Only for addresses where a dying program's connections close
+ * at once (TCP to the program): the forwarder's socket passes a close on only after its 10 ms
+ * liveness check, and a request sent over a pooled connection in that window is lost without a
+ * retry (docs/dataplane.md).
+ */
+export const POOL_OPTIONS = 'pool-max-conn -1 pool-purge-delay 1s';
 
 /** HAProxy's own errors, in the platform's JSON shape. */
 export const ERROR_PAGES: Record<number, { code: ErrorCode; message: string }> = {
@@ -137,11 +164,30 @@ export function renderConfig(c: HaproxyConfigInput): string {
     '  timeout server 16m',
     `  server node ${c.activator.host}:${c.activator.port}`,
   ];
+  const hops = c.hops && hopTokenUsable(c.hops.clusterToken) ? c.hops : undefined;
+  for (let i = 0; i < (hops?.count ?? 0); i++) {
+    lines.push(
+      '',
+      // Only HAProxy reaches this socket (0600 in a 0700 directory): local functions never see the token.
+      `listen ${hopName(i)}`,
+      `  bind unix@${p.hop(i)} mode 600`,
+      '  no log',
+      '  timeout server 16m',
+      `  http-request set-path /internal/forward/%[req.hdr(${HOP_INSTANCE_HEADER})]%[path]`,
+      `  http-request del-header ${HOP_INSTANCE_HEADER}`,
+      `  http-request set-header x-aether-cluster-token "${hops?.clusterToken ?? ''}"`,
+      // Marked down at the first failed connect (a dead agent): the instance servers tracking it
+      // go down with it, so requests go to other instances or the activator.
+      `  server ${HOP_SERVER} 127.0.0.1:1 disabled check inter 2s fastinter 500ms downinter 500ms rise 1 fall 1 observe layer4 error-limit 1 on-error mark-down`,
+    );
+  }
   for (let i = 0; i < c.slots; i++) {
     lines.push(
       '',
       `backend ${slotName(i)}`,
       '  balance leastconn',
+      // Read by the hop listeners (remote instances); replaced if a client sent it.
+      ...(hops ? [`  http-send-name-header ${HOP_INSTANCE_HEADER}`] : []),
       '  http-request set-timeout server var(txn.tmo)',
       // For the activator backup, which needs the public path; instances see it too (it is what the client asked).
       `  http-request set-header ${ORIGINAL_URI_HEADER} %[pathq]`,

@@ -1,7 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Clock, Logger } from '../../core/index.ts';
@@ -9,7 +9,7 @@ import { findHaproxy } from '../detect.ts';
 import { computeRoutes, type RouteAddress, type RouteTable } from '../table.ts';
 import type { DataPlane, DataPlaneSinks, RouteSource } from '../types.ts';
 import { adminCommand, commandFailed } from './admin.ts';
-import { ACTIVATOR_SERVER, base32Map, ERROR_PAGES, errorPage, INSTANCE_SERVER_OPTIONS, ORIGINAL_URI_HEADER, paths, renderConfig, slotName } from './config.ts';
+import { ACTIVATOR_SERVER, base32Map, ERROR_PAGES, errorPage, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, ORIGINAL_URI_HEADER, POOL_OPTIONS, paths, renderConfig, slotName } from './config.ts';
 import { parseLogLine, parseShowStat } from './parse.ts';
 
 export interface HaproxyOptions {
@@ -30,6 +30,13 @@ export interface HaproxyOptions {
   /** Function backends declared up front (HAProxy cannot add backends at run time). */
   slots?: number;
   statsIntervalMs?: number;
+  /**
+   * With it, instances on other nodes are routed by HAProxy too, through a hop listener per agent
+   * that adds this token (never seen by local functions). Without it they go through the activator.
+   */
+  clusterToken?: string | undefined;
+  /** Hop listeners declared up front (one per remote agent in use). */
+  hops?: number;
 }
 
 interface ServerState {
@@ -44,6 +51,8 @@ interface Slot {
   /** Servers in maintenance, deleted once their last connection ends. */
   deleting: Set<string>;
 }
+
+const agentKey = (a: { host: string; port: number }): string => `${a.host}:${a.port}`;
 
 function formatAddress(a: RouteAddress): string {
   if (a.kind === 'unix') return `unix@${a.path}`;
@@ -84,12 +93,20 @@ export class HaproxyDataPlane implements DataPlane {
   readonly #reported = new Map<string, number>();
   readonly #stot = new Map<string, number>();
   #warnedFull = false;
+  /** Hop listener -> the agent (host:port) it is set to, or undefined while free. */
+  readonly #hops: (string | undefined)[];
+  readonly #hopsEnabled: boolean;
+  /** Servers that are instances on other nodes (their load is their agent's business). */
+  readonly #remote = new Set<string>();
   #lastExitAt = 0;
 
   constructor(o: HaproxyOptions) {
     this.#o = o;
     this.#p = paths(o.dir);
     this.#slots = Array.from({ length: o.slots ?? 128 }, () => ({ fnId: undefined, servers: new Map(), deleting: new Set() }));
+    this.#hopsEnabled = o.clusterToken !== undefined && hopTokenUsable(o.clusterToken);
+    if (o.clusterToken !== undefined && !this.#hopsEnabled) o.logger.warn('the cluster token has characters HAProxy config cannot carry; instances on other nodes go through the Node path');
+    this.#hops = Array.from({ length: this.#hopsEnabled ? (o.hops ?? 16) : 0 }, () => undefined);
   }
 
   get url(): string {
@@ -123,7 +140,7 @@ export class HaproxyDataPlane implements DataPlane {
     this.#url = `http://${urlHost}:${this.#port}`;
     writeFileSync(
       this.#p.config,
-      renderConfig({ dir: this.#o.dir, host: h, port: this.#port, activator: { host: this.#o.activator.host, port: this.#o.activator.port }, slots: this.#slots.length, maxConn: maxConnForFdLimit() }),
+      renderConfig({ dir: this.#o.dir, host: h, port: this.#port, activator: { host: this.#o.activator.host, port: this.#o.activator.port }, slots: this.#slots.length, maxConn: maxConnForFdLimit(), ...(this.#hopsEnabled ? { hops: { count: this.#hops.length, clusterToken: this.#o.clusterToken as string } } : {}) }),
       { mode: 0o600 },
     );
     this.#unwatch = this.#o.source.onChange(() => this.#schedule());
@@ -154,7 +171,20 @@ export class HaproxyDataPlane implements DataPlane {
     const child = setpriv ? spawn('setpriv', ['--pdeathsig', 'KILL', bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#child = child;
     writeFileSync(join(this.#o.dir, 'haproxy.pid'), `${child.pid ?? ''}\n`);
-    createInterface({ input: child.stdout }).on('line', (l) => this.#onLog(l));
+    // One log line per request: split chunks by hand (readline's per-line events cost more).
+    let partial = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk: string) => {
+      let start = 0;
+      for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
+        const line = start === 0 && partial ? partial + chunk.slice(0, nl) : chunk.slice(start, nl);
+        if (start === 0) partial = '';
+        this.#onLog(line);
+        start = nl + 1;
+      }
+      partial += chunk.slice(start);
+      if (partial.length > 65536) partial = ''; // never a log line of ours
+    });
     let errTail = '';
     createInterface({ input: child.stderr }).on('line', (l) => {
       errTail = (errTail + l + '\n').slice(-2000);
@@ -286,6 +316,8 @@ export class HaproxyDataPlane implements DataPlane {
     }
     this.#slotOf.clear();
     this.#map.clear();
+    this.#hops.fill(undefined);
+    this.#remote.clear();
   }
 
   #schedule(): void {
@@ -304,7 +336,7 @@ export class HaproxyDataPlane implements DataPlane {
       do {
         this.#dirty = false;
         if (!this.#running) break;
-        const table = computeRoutes({ functions: this.#o.source.functions(), instancesOf: (id) => this.#o.source.instancesOf(id), localAgentId: this.#o.localAgentId, localOnly: true });
+        const table = computeRoutes({ functions: this.#o.source.functions(), instancesOf: (id) => this.#o.source.instancesOf(id), localAgentId: this.#o.localAgentId, localOnly: !this.#hopsEnabled });
         try {
           await this.#program(table);
         } catch (err) {
@@ -357,19 +389,23 @@ export class HaproxyDataPlane implements DataPlane {
         this.#map.set(ref, w);
       }
     }
-    // 2. Servers.
+    // 2. Hop listeners for the agents of remote instances (before the servers that track them).
+    const hopOf = await this.#programHops(t);
+    // 3. Servers.
     for (let i = 0; i < this.#slots.length; i++) {
       const slot = this.#slots[i] as Slot;
       if (slot.fnId === undefined && slot.servers.size === 0) continue;
       const be = slotName(i);
       const fr = slot.fnId !== undefined ? t.functions.get(slot.fnId) : undefined;
-      const wanted = new Map((fr?.instances ?? []).map((x) => [x.id, x]));
+      // A remote instance whose agent got no hop listener (all in use, or not an IP address) stays with the activator.
+      const wanted = new Map((fr?.instances ?? []).filter((x) => x.address.kind !== 'agent' || hopOf.has(agentKey(x.address))).map((x) => [x.id, x]));
       const maxConn = fr?.maxConn ?? 1;
       // Capacity first, then drains: a rolling update never leaves the backend without a ready server.
       const order = [...wanted.values()].sort((x, y) => (x.state === y.state ? 0 : x.state === 'ready' ? -1 : 1));
       for (const inst of order) {
         const id = inst.id;
-        const addr = formatAddress(inst.address);
+        const hop = inst.address.kind === 'agent' ? hopOf.get(agentKey(inst.address)) : undefined;
+        const addr = hop !== undefined ? `unix@${this.#p.hop(hop)}` : formatAddress(inst.address);
         const cur = slot.servers.get(id);
         if (!cur) {
           if (slot.deleting.has(id)) {
@@ -378,7 +414,14 @@ export class HaproxyDataPlane implements DataPlane {
           } else {
             // New servers start in maintenance: add and enable in one round trip.
             // Checks of dynamic servers start disabled: `enable health` arms the mark-down on a failed connect.
-            await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn} ${INSTANCE_SERVER_OPTIONS}; set server ${be}/${id} state ${inst.state}; enable health ${be}/${id}`);
+            if (hop !== undefined) {
+              // Up and down with its agent's hop (a dead agent is noticed at the first failed connect).
+              await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn} track ${hopName(hop)}/${HOP_SERVER} ${POOL_OPTIONS}; set server ${be}/${id} state ${inst.state}`);
+              this.#remote.add(id);
+            } else {
+              const pool = inst.address.kind === 'tcp' ? ` ${POOL_OPTIONS}` : '';
+              await this.#cmd(`add server ${be}/${id} ${addr} maxconn ${maxConn} ${INSTANCE_SERVER_OPTIONS}${pool}; set server ${be}/${id} state ${inst.state}; enable health ${be}/${id}`);
+            }
           }
           slot.servers.set(id, { addr, state: inst.state, maxConn });
           continue;
@@ -404,11 +447,49 @@ export class HaproxyDataPlane implements DataPlane {
       }
       await this.#reap(i);
     }
-    // 3. New routes last: their servers exist by now.
+    // 4. Hop listeners no server uses any more.
+    await this.#releaseHops();
+    // 5. New routes last: their servers exist by now.
     for (const [ref, w] of want) {
       if (this.#map.has(ref)) continue;
       await this.#cmd(`add map ${map} ${ref} ${w}`);
       this.#map.set(ref, w);
+    }
+  }
+
+  /** Assign and address a hop listener per agent that remote instances need; agent key -> hop index. */
+  async #programHops(t: RouteTable): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    if (!this.#hopsEnabled) return out;
+    for (const fr of t.functions.values()) {
+      for (const inst of fr.instances) {
+        const a = inst.address;
+        if (a.kind !== 'agent') continue;
+        const key = agentKey(a);
+        if (out.has(key) || isIP(a.host) === 0) continue; // set server addr takes addresses, not names
+        let i = this.#hops.indexOf(key);
+        if (i < 0) {
+          i = this.#hops.findIndex((h, n) => h === undefined && !this.#hopInUse(n));
+          if (i < 0) continue; // all in use: this agent's instances go through the activator
+          await this.#cmd(`set server ${hopName(i)}/${HOP_SERVER} addr ${a.host} port ${a.port}; set server ${hopName(i)}/${HOP_SERVER} state ready`);
+          this.#hops[i] = key;
+        }
+        out.set(key, i);
+      }
+    }
+    return out;
+  }
+
+  #hopInUse(i: number): boolean {
+    const sock = `unix@${this.#p.hop(i)}`;
+    return this.#slots.some((s) => [...s.servers.values()].some((v) => v.addr === sock) || [...s.deleting].some((id) => this.#remote.has(id)));
+  }
+
+  async #releaseHops(): Promise<void> {
+    for (let i = 0; i < this.#hops.length; i++) {
+      if (this.#hops[i] === undefined || this.#hopInUse(i)) continue;
+      await this.#cmd(`set server ${hopName(i)}/${HOP_SERVER} state maint`);
+      this.#hops[i] = undefined;
     }
   }
 
@@ -417,7 +498,10 @@ export class HaproxyDataPlane implements DataPlane {
     const slot = this.#slots[i] as Slot;
     for (const id of [...slot.deleting]) {
       const a = await adminCommand(this.#p.admin, `del server ${slotName(i)}/${id}`);
-      if (!commandFailed('del server', a) || /No such server/i.test(a)) slot.deleting.delete(id);
+      if (!commandFailed('del server', a) || /No such server/i.test(a)) {
+        slot.deleting.delete(id);
+        this.#remote.delete(id);
+      }
     }
   }
 
@@ -436,7 +520,10 @@ export class HaproxyDataPlane implements DataPlane {
       if (this.#closing) return;
       if (this.#running && !this.#applying) {
         try {
-          const rows = parseShowStat(await adminCommand(this.#p.admin, 'show stat', 2000));
+          // Only the backends in use: the whole pool's CSV (a few hundred rows) five times a second
+          // cost both processes CPU for nothing.
+          const used = this.#slots.flatMap((s, i) => (s.fnId !== undefined || s.servers.size > 0 || s.deleting.size > 0 ? [`show stat ${slotName(i)} -1 -1`] : []));
+          const rows = used.length === 0 ? [] : parseShowStat(await adminCommand(this.#p.admin, used.join('; '), 2000));
           const fnLoad = new Map<string, number>();
           const seen = new Set<string>();
           for (const r of rows) {
@@ -452,7 +539,7 @@ export class HaproxyDataPlane implements DataPlane {
             seen.add(r.server);
             const prev = this.#stot.get(r.server) ?? r.stot;
             this.#stot.set(r.server, r.stot);
-            this.#o.sinks.instanceLoad?.(r.server, r.scur, r.stot !== prev || r.scur > 0, slot.servers.get(r.server)?.state === 'ready');
+            if (!this.#remote.has(r.server)) this.#o.sinks.instanceLoad?.(r.server, r.scur, r.stot !== prev || r.scur > 0, slot.servers.get(r.server)?.state === 'ready');
             if (slot.deleting.has(r.server) && r.scur === 0) await this.#reap(i);
           }
           for (const id of this.#stot.keys()) if (!seen.has(id)) this.#stot.delete(id);
@@ -494,7 +581,7 @@ export class HaproxyDataPlane implements DataPlane {
     this.#running = false;
     this.#closeFallback();
     // Nothing routes to the instances any more: their drains need not wait for us.
-    for (const slot of this.#slots) for (const id of [...slot.servers.keys(), ...slot.deleting]) this.#o.sinks.instanceLoad?.(id, 0, false, false);
+    for (const slot of this.#slots) for (const id of [...slot.servers.keys(), ...slot.deleting]) if (!this.#remote.has(id)) this.#o.sinks.instanceLoad?.(id, 0, false, false);
   }
 }
 

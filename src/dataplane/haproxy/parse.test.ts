@@ -64,3 +64,23 @@ test('config: a slot per function backend, the activator as default, private adm
   // every function backend falls back to the activator when no instance can take a request
   assert.equal(cfg.match(/^ {2}server activator 127\.0\.0\.1:9000 backup$/gm)?.length, 3);
 });
+
+test('config: hop listeners carry the cluster token on their own hop only; an unusable token disables them', () => {
+  const token = 'c'.repeat(32);
+  const base = { dir: '/d', host: '127.0.0.1', port: 8080, activator: { host: '127.0.0.1', port: 9000 }, slots: 2 };
+  const cfg = renderConfig({ ...base, hops: { count: 2, clusterToken: token } });
+  assert.equal(cfg.match(/^listen h\d+$/gm)?.length, 2);
+  assert.match(cfg, /bind unix@\/d\/hop0.sock mode 600/);
+  assert.match(cfg, /set-path \/internal\/forward\/%\[req.hdr\(x-aether-hop-instance\)\]%\[path\]/);
+  // The token appears once per hop listener and nowhere else (never in a function backend).
+  assert.equal(cfg.split(token).length - 1, 2);
+  for (const block of cfg.split('\n\n').filter((b) => /^backend f/m.test(b))) {
+    assert.ok(!block.includes(token));
+    assert.match(block, /http-send-name-header x-aether-hop-instance/);
+  }
+  for (const bad of ['has"quote'.padEnd(20, 'x'), 'has space'.padEnd(20, 'x'), 'pct%'.padEnd(20, 'x')]) {
+    const off = renderConfig({ ...base, hops: { count: 2, clusterToken: bad } });
+    assert.ok(!off.includes('listen h0') && !off.includes(bad) && !off.includes('http-send-name-header'));
+  }
+  assert.ok(!renderConfig(base).includes('listen h0'));
+});

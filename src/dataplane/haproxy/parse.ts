@@ -82,7 +82,8 @@ export function parseShowStat(csv: string): StatRow[] {
   if (px < 0 || sv < 0 || s < 0) return [];
   const out: StatRow[] = [];
   for (const line of lines.slice(1)) {
-    if (!line) continue;
+    // Several `show stat` commands in one round trip: one header each.
+    if (!line || line.startsWith('#')) continue;
     const v = line.split(',');
     out.push({ backend: v[px] ?? '', server: v[sv] ?? '', qcur: Number(v[q] ?? 0) || 0, scur: Number(v[s] ?? 0) || 0, stot: Number(v[t] ?? 0) || 0 });
   }
