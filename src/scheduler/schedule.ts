@@ -19,6 +19,8 @@ export interface SchedNode {
   /** null: the node takes services of any node_type (an agent started without --node-type). */
   node_type: string | null;
   capacity: { vcpus: number; memory_mb: number };
+  /** The address other nodes (and its own sandboxes) reach this node at; resolves links, not placement. */
+  host_ip?: string;
 }
 
 export type UnplacedReason = 'no_nodes' | 'no_node_type' | 'no_capacity';

@@ -325,10 +325,15 @@ export class ServiceController {
     this.#log.info({ service: svc.name, instance: instance.id, sandbox: kind, endpoint: describeEndpoint(instance.endpoint) }, 'service running');
   }
 
-  /** Env plus links resolved to addresses of instances on this node (others: through their routers). */
+  /**
+   * Env plus links. The deployer resolves links to the target's published port on its node's
+   * address (in `env` already); a link it could not resolve that way falls back to the address of
+   * the target's instance on this node, when it has one.
+   */
   #env(svc: ServiceConfig): Record<string, string> {
     const env = { ...svc.env };
     for (const l of svc.links) {
+      if (env[l.env] !== undefined) continue;
       const target = this.#running.get(l.service);
       const host = target?.instance.endpoint.guest?.address ?? (target?.instance.endpoint.kind === 'tcp' ? target.instance.endpoint.host : undefined);
       if (host) env[l.env] = `${l.protocol ?? 'http'}://${host}:${l.port}`;
