@@ -325,14 +325,29 @@ if (skip) {
       const deploy = (await api<DeployStatus>(gateway, 'GET', '/api/deploy')).body;
       assert.ok(deploy.ok);
       // The orphaned containers outlived their agent; the agent coming back on that node stops
-      // them (they are no longer its) and is given nothing back (placements are stable).
+      // them (they are no longer its) before it runs anything.
       for (const id of orphans) assert.ok(sandboxPids(id).length > 0, `container ${id} outlives its killed agent`);
       await startAgent(victimId, victim.dataDir);
       for (const id of orphans) await eventually(async () => sandboxPids(id).length === 0, 30_000, 200);
-      await new Promise((r) => setTimeout(r, 3000));
-      assert.deepEqual((await nodeStatus(victimId)).services, [], 'nothing runs on the node that came back');
-      // It routes again, through its peer.
-      assert.equal((await byHost(routerOf(victimId), 'web.test')).status, 200);
+      // With two nodes again, the anti-affinity pair is spread again (one of them moves back);
+      // everything runs once and every router serves every host.
+      const spread = await eventually(async () => {
+        const s = await allRunning(['acme-web', 'api', 'web']);
+        return s && s.get('web')?.node !== s.get('api')?.node && s;
+      }, 90_000, 500).catch(explain);
+      assert.equal(spread.size, 3);
+      for (const id of agents.keys()) {
+        for (const host of ['web.test', 'api.test', 'acme.test']) {
+          const r = await eventually(async () => {
+            const x = await byHost(routerOf(id), host);
+            return x.status === 200 && x;
+          }, 20_000, 200);
+          assert.equal(r.text, PAGE, `${host} through ${id}`);
+        }
+      }
+      const running = new Map<string, number>();
+      for (const id of agents.keys()) for (const x of (await nodeStatus(id)).services) running.set(x.service, (running.get(x.service) ?? 0) + 1);
+      assert.deepEqual([...running].sort(), [['acme-web', 1], ['api', 1], ['web', 1]], 'each service runs on exactly one node');
     });
   });
 }

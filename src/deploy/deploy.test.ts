@@ -178,10 +178,7 @@ test('plan: links resolve to the target node\'s address and published port, same
       'name: app\nimage: i\nnode_type: general\nvcpus: 1\nnode_host_ip_env: MY_IP\nlinks: [{service: web, env: WEB, port: 8080}, {service: db, env: DB, port: 5432, protocol: postgres}, {service: web, env: NOPE, port: 9999}]\ncross_node_links: [{service: db, env: DB_HOST_PORT, host_port: 15432}]\n',
     ),
   ];
-  const withIps = [
-    { ...nodes[0], host_ip: '10.0.0.1' },
-    { ...nodes[1], host_ip: '10.0.0.2' },
-  ] as typeof nodes;
+  const withIps = nodes.map((n, i) => ({ ...n, host_ip: `10.0.0.${i + 1}` }));
   const plan = planDeploy(files, withIps, {});
   assert.equal(plan.ok, true);
   const nodeOf = (svc: string): string => Object.entries(plan.assignments).find(([, ss]) => ss.some((s) => s.name === svc))?.[0] ?? '';

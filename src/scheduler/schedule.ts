@@ -99,6 +99,10 @@ export function schedule(services: readonly SchedService[], nodes: readonly Sche
         bestConflict = conflict;
       }
     }
+    // No conflict-free node: stay where it runs when that node still takes it (moving would only
+    // trade one conflict for another, and restart the service on every plan as free vCPU shifts).
+    const prevRoom = rooms.get(previous.get(s.name) ?? '');
+    if (best && bestConflict && prevRoom && prevRoom !== best && matches(prevRoom.node, s) && fits(prevRoom, s)) best = prevRoom;
     if (best) {
       take(best, s);
       const prev = previous.get(s.name);
