@@ -153,6 +153,8 @@ async function startParts(
     if (role === 'agent') {
       // Listen first (the advertised URL carries the bound port), hand requests to the agent once built.
       const srv = createAgentServer((req, res) => {
+        // The services controller's internal routes (service logs for gateways) beside the agent's.
+        if (agent && servicesNode?.handleInternal(req, res, clusterToken)) return;
         if (agent) agent.handleHttp(req, res);
         else {
           res.writeHead(503).end();
@@ -190,6 +192,9 @@ async function startParts(
       startupTimeoutMs: Math.max(cfg.startupTimeoutMs, 120_000),
       capacity: { vcpu: cfg.capacity.vcpu, memoryMb: cfg.capacity.memoryMb },
       ...(cfg.routerPort !== undefined ? { routerPort: cfg.routerPort, routerHost: role === 'up' ? cfg.host : '0.0.0.0' } : {}),
+      ...(cfg.traefikConfigDir ? { traefikConfigDir: cfg.traefikConfigDir } : {}),
+      // port_forwards' host ports: on every address of an agent's node (firework DNATs the host IP); `up` keeps to --host.
+      publishHost: role === 'up' ? cfg.host : '0.0.0.0',
     });
     servicesNode = services;
     const routerUrl = await services.listen();

@@ -44,6 +44,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--capacity-memory-mb <n>', 'memory for instances on this node (default 75% of RAM)', int)
       .option('--startup-timeout-ms <n>', 'how long an instance may take to listen (default 30000)', int)
       .option('--router-port <port>', 'edge router for services: routes by Host (metadata.host) to local and peer instances (env AETHER_ROUTER_PORT; default: no router)', int)
+      .option('--traefik-config-dir <dir>', "write the node's routes there as a Traefik file-provider config, replaced atomically (env AETHER_TRAEFIK_CONFIG_DIR)")
       .option('--node-type <type>', "firework's node_type of this node: only matching services are placed here (env AETHER_NODE_TYPE; default: any)");
   const deployOpts = (cmd: Command): Command =>
     cmd
@@ -59,7 +60,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
       adminTokenFile: 'admin_token_file', clusterTokenFile: 'cluster_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', sandboxNetwork: 'sandbox_network', sandboxNetPool: 'sandbox_net_pool', advertise: 'advertise', dataPlane: 'data_plane',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
-      nodeType: 'node_type', routerPort: 'router_port', source: 'source', poll: 'poll', exportDir: 'export_dir',
+      nodeType: 'node_type', routerPort: 'router_port', traefikConfigDir: 'traefik_config_dir', source: 'source', poll: 'poll', exportDir: 'export_dir',
     };
     for (const [k, v] of Object.entries(opts)) {
       const key = map[k];

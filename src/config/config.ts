@@ -54,6 +54,7 @@ const FileSchema = z.strictObject({
   export_dir: z.string().min(1),
   node_type: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/),
   router_port: z.number().int().min(0).max(65535),
+  traefik_config_dir: z.string().min(1),
 }).partial();
 
 export type ConfigInput = z.infer<typeof FileSchema>;
@@ -96,6 +97,8 @@ export interface Config {
   nodeType: string | undefined;
   /** Edge router port for services (0: any free port; undefined: no router). */
   routerPort: number | undefined;
+  /** firework's traefik_config_dir: the node's routes as a Traefik file-provider config (undefined: not written). */
+  traefikConfigDir: string | undefined;
   /** AETHER_WEBHOOK_SECRET (env only: secrets stay out of flags and files). */
   webhookSecret: string | undefined;
 }
@@ -132,6 +135,7 @@ const ENV: Record<keyof ConfigInput, string> = {
   export_dir: 'AETHER_EXPORT_DIR',
   node_type: 'AETHER_NODE_TYPE',
   router_port: 'AETHER_ROUTER_PORT',
+  traefik_config_dir: 'AETHER_TRAEFIK_CONFIG_DIR',
 };
 
 const NUMERIC = new Set<keyof ConfigInput>(['router_port', 'port', 'capacity_instances', 'capacity_memory_mb', 'capacity_vcpu', 'startup_timeout_ms', 'lease_ttl_ms', 'pids_max', 'max_archive_mb', 'max_unpacked_mb', 'max_entries']);
@@ -216,6 +220,7 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     exportDir: c.export_dir ? resolve(c.export_dir) : undefined,
     nodeType: c.node_type,
     routerPort: c.router_port,
+    traefikConfigDir: c.traefik_config_dir ? resolve(c.traefik_config_dir) : undefined,
     webhookSecret: env['AETHER_WEBHOOK_SECRET'] || undefined,
   };
   if (role === 'deployer' && !cfg.source) throw invalid('`aether deployer` needs --source <dir|git-url[#branch]> (env AETHER_SOURCE)');

@@ -168,3 +168,35 @@ test('a directory in firework layout is read (yaml and yml, tenants), other file
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('plan: links resolve to the target node\'s address and published port, same node and cross node', () => {
+  const files = [
+    f('services/web.yaml', 'name: web\nimage: i\nnode_type: general\nvcpus: 4\nanti_affinity_group: g\nport_forwards: [{host_port: 18080, vm_port: 8080}]\n'),
+    f('services/db.yaml', 'name: db\nimage: i\nnode_type: general\nvcpus: 4\nanti_affinity_group: g\nport_forwards: [{host_port: 15432, vm_port: 5432}]\n'),
+    f(
+      'services/app.yaml',
+      'name: app\nimage: i\nnode_type: general\nvcpus: 1\nnode_host_ip_env: MY_IP\nlinks: [{service: web, env: WEB, port: 8080}, {service: db, env: DB, port: 5432, protocol: postgres}, {service: web, env: NOPE, port: 9999}]\ncross_node_links: [{service: db, env: DB_HOST_PORT, host_port: 15432}]\n',
+    ),
+  ];
+  const withIps = nodes.map((n, i) => ({ ...n, host_ip: `10.0.0.${i + 1}` }));
+  const plan = planDeploy(files, withIps, {});
+  assert.equal(plan.ok, true);
+  const nodeOf = (svc: string): string => Object.entries(plan.assignments).find(([, ss]) => ss.some((s) => s.name === svc))?.[0] ?? '';
+  const ip = (svc: string): string => (nodeOf(svc) === 'n1' ? '10.0.0.1' : '10.0.0.2');
+  assert.notEqual(nodeOf('web'), nodeOf('db'), 'anti-affinity: web and db on different nodes, so app links one across nodes');
+  const app = plan.assignments[nodeOf('app')]?.find((s) => s.name === 'app');
+  assert.deepEqual(app?.env, {
+    WEB: `http://${ip('web')}:18080`,
+    DB: `postgres://${ip('db')}:15432`,
+    DB_HOST_PORT: `${ip('db')}:15432`,
+    MY_IP: ip('app'),
+  }, 'a link to a port no forward publishes stays unset');
+  // Nothing moved: the same input plans no change.
+  assert.deepEqual(planDeploy(files, withIps, plan.assignments).changes, []);
+  // The target's node goes away: it moves, and so its address in app's env changes (app is recreated).
+  const gone = nodeOf('db');
+  const next = planDeploy(files, withIps.filter((n) => n.name !== gone), plan.assignments);
+  const app2 = Object.values(next.assignments).flat().find((s) => s.name === 'app');
+  const survivor = gone === 'n1' ? '10.0.0.2' : '10.0.0.1';
+  assert.equal(app2?.env['DB'], `postgres://${survivor}:15432`);
+});

@@ -44,7 +44,18 @@ export interface DeployerOptions {
 }
 
 export function nodesFromAgents(agents: readonly AgentRecord[]): SchedNode[] {
-  return agents.map((a) => ({ name: a.agent_id, node_type: a.node_type ?? null, capacity: { vcpus: a.capacity.vcpu, memory_mb: a.capacity.memory_mb } }));
+  return agents.map((a) => ({ name: a.agent_id, node_type: a.node_type ?? null, capacity: { vcpus: a.capacity.vcpu, memory_mb: a.capacity.memory_mb }, host_ip: agentHostIp(a) }));
+}
+
+/** The node's address as gateways reach its agent (--advertise); `aether up`'s in-process agent is this host. */
+export function agentHostIp(a: AgentRecord): string {
+  try {
+    const u = new URL(a.url);
+    if (u.protocol === 'http:' || u.protocol === 'https:') return u.hostname.replace(/^\[|\]$/g, '');
+  } catch {
+    // not a URL
+  }
+  return '127.0.0.1';
 }
 
 /**

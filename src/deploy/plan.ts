@@ -72,5 +72,46 @@ export function planDeploy(files: readonly RepoFile[], nodes: readonly SchedNode
     assignments[node] = (result.placements[node] ?? []).map((n) => byName.get(n)).filter((s): s is ServiceConfig => s !== undefined);
   }
   const live = new Set(nodes.map((n) => n.name));
-  return { ok: true, errors: [], warnings, assignments, changes: diffAssignments(previous, assignments, live), unplaced: result.unplaced };
+  const resolved = resolveLinks(assignments, new Map(nodes.flatMap((n) => (n.host_ip ? [[n.name, n.host_ip] as const] : []))));
+  return { ok: true, errors: [], warnings, assignments: resolved, changes: diffAssignments(previous, resolved, live), unplaced: result.unplaced };
 }
+
+/**
+ * Links become env values an image without DNS can use, once placement is known (firework's
+ * enricher does this for cross-node links): a link {service, env, port} -> `protocol://<target
+ * node's host IP>:<host_port>`, where host_port is the target's port forward publishing `port`
+ * (the agent listens there on every node, so the same value works on the same node and across
+ * nodes); cross_node_links -> `<host IP>:<host_port>`; node_host_ip_env -> the own node's host IP.
+ * A link whose target publishes no such port, or whose node has no known IP, stays unset here
+ * (the node then resolves a same-node link to the target's instance address when it has one).
+ * The values land in `env`, so a target that moves recreates the services linking to it.
+ */
+export function resolveLinks(assignments: Assignments, hostIps: ReadonlyMap<string, string>): Assignments {
+  const at = where(assignments);
+  const ipOf = (service: string): { ip: string; svc: ServiceConfig } | undefined => {
+    const w = at.get(service);
+    const ip = w ? hostIps.get(w.node) : undefined;
+    return w && ip ? { ip, svc: w.svc } : undefined;
+  };
+  const out: Assignments = {};
+  for (const node of sortedKeys(assignments)) {
+    out[node] = (assignments[node] ?? []).map((s) => {
+      const env = { ...s.env };
+      for (const l of s.links) {
+        const t = ipOf(l.service);
+        const fwd = t?.svc.port_forwards.find((p) => p.vm_port === l.port);
+        if (t && fwd) env[l.env] = `${l.protocol || 'http'}://${hostLiteral(t.ip)}:${fwd.host_port}`;
+      }
+      for (const l of s.cross_node_links) {
+        const t = ipOf(l.service);
+        if (t) env[l.env] = `${hostLiteral(t.ip)}:${l.host_port}`;
+      }
+      const own = hostIps.get(node);
+      if (s.node_host_ip_env && own) env[s.node_host_ip_env] = own;
+      return JSON.stringify(env) === JSON.stringify(s.env) ? s : { ...s, env };
+    });
+  }
+  return out;
+}
+
+const hostLiteral = (ip: string): string => (ip.includes(':') ? `[${ip}]` : ip);

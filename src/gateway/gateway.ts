@@ -10,7 +10,7 @@ import type { ArchiveLimits } from '../archive/index.ts';
 import { buildApi } from './api.ts';
 import type { FunctionService } from './functions.ts';
 import { Invoker, type LocalAgent } from './invoke.ts';
-import { localLogSource, remoteLogSource, type LocalLogs } from './logs.ts';
+import { localLogSource, remoteLogSource, remoteServiceLogs, type LocalLogs } from './logs.ts';
 import { InvocationRecorder } from './records.ts';
 import { ClusterViews, type GatewayRecord } from './views.ts';
 import { ServiceCatalog } from './services.ts';
@@ -107,7 +107,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       logs,
       metricsOpen: LOOPBACK.has(o.publicHost ?? o.host),
       limits: o.limits,
-      services: { catalog: new ServiceCatalog(o.store, o.clock), store: o.store, clock: o.clock, webhookSecret: o.webhookSecret, ...(o.serviceLogs ? { localLogs: o.serviceLogs } : {}) },
+      services: { catalog: new ServiceCatalog(o.store, o.clock), store: o.store, clock: o.clock, webhookSecret: o.webhookSecret, ...(o.serviceLogs ? { localLogs: o.serviceLogs } : { remoteLogs: remoteServiceLogs({ agents: () => [...views.agents.items.values()], token: o.clusterToken }) }) },
     },
     {
       // Invocation traffic skips fastify entirely: the warm path is a raw handler.

@@ -1,5 +1,5 @@
 import { request } from 'undici';
-import type { Logger } from '../core/index.ts';
+import { AetherError, type Logger } from '../core/index.ts';
 import type { AgentRecord } from '../spec/index.ts';
 
 import type { LogEntry, LogSource } from './api.ts';
@@ -65,6 +65,29 @@ export function remoteLogSource(opts: { agents: () => AgentRecord[]; token: stri
         })();
       }
     },
+  };
+}
+
+/**
+ * Distributed mode: a service's lines live on the node running it; ask that node's agent
+ * (`/internal/service-logs/`, cluster token). A node that is not live, or does not answer, is
+ * UNAVAILABLE: its lines are not elsewhere.
+ */
+export function remoteServiceLogs(opts: { agents: () => AgentRecord[]; token: string }): (node: string, service: string, n: number) => Promise<LogEntry[]> {
+  return async (node, service, n) => {
+    const a = opts.agents().find((x) => x.agent_id === node);
+    if (!a) throw new AetherError('AETHER_ERR_UNAVAILABLE', `node ${node}, which runs ${service}, is not live: its logs are not reachable`);
+    let r;
+    try {
+      r = await request(`${a.url}/internal/service-logs/${encodeURIComponent(service)}?tail=${n}`, { headers: { authorization: `Bearer ${opts.token}` }, headersTimeout: 5000, bodyTimeout: 5000 });
+    } catch (err) {
+      throw new AetherError('AETHER_ERR_UNAVAILABLE', `node ${node} did not answer for the logs of ${service}: ${String(err)}`);
+    }
+    if (r.statusCode !== 200) {
+      await r.body.dump();
+      throw new AetherError('AETHER_ERR_UNAVAILABLE', `node ${node} answered ${r.statusCode} for the logs of ${service}`);
+    }
+    return parseNdjson(await r.body.text());
   };
 }
 

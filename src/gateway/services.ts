@@ -123,6 +123,8 @@ export interface ServiceRoutesDeps {
   webhookSecret: string | undefined;
   /** The last lines of a service's instances on this process's node (aether up). */
   localLogs?: (service: string, n: number) => { time: number; instance_id: string; stream: string; text: string }[];
+  /** Distributed mode: the last lines of a service from the agent of the node running it. */
+  remoteLogs?: (node: string, service: string, n: number) => Promise<{ time: number; instance_id: string; stream: string; text: string }[]>;
 }
 
 const MAX_WEBHOOK_BODY = 5 * 1024 * 1024;
@@ -146,8 +148,11 @@ export function registerServiceRoutes(app: FastifyInstance, d: ServiceRoutesDeps
     const svc = await d.catalog.get(req.params.name);
     const tail = req.query.tail === undefined ? 100 : Number(req.query.tail);
     if (!Number.isInteger(tail) || tail < 0) throw new AetherError('AETHER_ERR_VALIDATION', 'tail: must be an integer >= 0');
-    if (!d.localLogs) throw new AetherError('AETHER_ERR_UNAVAILABLE', `logs of ${svc.name} are kept on node ${svc.node ?? '-'}; this gateway reads service logs only in \`aether up\``);
-    const lines = d.localLogs(svc.name, Math.min(tail, 10_000));
+    const n = Math.min(tail, 10_000);
+    let lines;
+    if (d.localLogs) lines = d.localLogs(svc.name, n);
+    else if (d.remoteLogs && svc.node) lines = await d.remoteLogs(svc.node, svc.name, n);
+    else throw new AetherError('AETHER_ERR_CONFLICT', `service ${svc.name} is not placed on any node, so it has no logs (pending: ${svc.message ?? 'no reason'})`);
     return reply.type('application/x-ndjson').send(lines.map((e) => JSON.stringify({ ...e, time: new Date(e.time).toISOString() }) + '\n').join(''));
   });
   app.get('/api/deploy/assignments', async () => d.catalog.assignments());

@@ -87,3 +87,22 @@ test('deterministic: the same input in any order gives the same output', () => {
   const b = schedule([...services].reverse(), [...nodes].reverse(), none);
   assert.deepEqual(a, b);
 });
+
+test('anti-affinity: a group larger than the node count stays put; free vCPU shifting elsewhere moves nothing', () => {
+  const g = { anti_affinity_group: 'front' };
+  const group = [svc('a', 1, 256, g), svc('b', 1, 256, g), svc('c', 1, 256, g)];
+  const nodes = [node('n1', 8), node('n2', 8)];
+  const first = schedule(group, nodes, none);
+  const prev = new Map(Object.entries(first.placements).flatMap(([n, ss]) => ss.map((s) => [s, n] as [string, string])));
+  assert.equal(new Set(prev.values()).size, 2, 'spread over both nodes');
+  // A new, groupless service lands on one node: the group members stay where they are.
+  for (const extra of [svc('x', 3), svc('y', 5)]) {
+    const next = schedule([...group, extra], nodes, prev);
+    assert.deepEqual(next.moved, [], `${extra.name} moves none of the group`);
+  }
+  // A node comes back: a member sharing a node with another moves to it (the group spreads again), only one.
+  const crowded = new Map([['a', 'n1'], ['b', 'n1'], ['c', 'n1']]);
+  const back = schedule(group, nodes, crowded);
+  assert.equal(back.moved.length, 1);
+  assert.equal(back.moved[0]?.to, 'n2');
+});

@@ -19,6 +19,8 @@ export interface SchedNode {
   /** null: the node takes services of any node_type (an agent started without --node-type). */
   node_type: string | null;
   capacity: { vcpus: number; memory_mb: number };
+  /** The address other nodes (and its own sandboxes) reach this node at; resolves links, not placement. */
+  host_ip?: string;
 }
 
 export type UnplacedReason = 'no_nodes' | 'no_node_type' | 'no_capacity';
@@ -97,6 +99,10 @@ export function schedule(services: readonly SchedService[], nodes: readonly Sche
         bestConflict = conflict;
       }
     }
+    // No conflict-free node: stay where it runs when that node still takes it (moving would only
+    // trade one conflict for another, and restart the service on every plan as free vCPU shifts).
+    const prevRoom = rooms.get(previous.get(s.name) ?? '');
+    if (best && bestConflict && prevRoom && prevRoom !== best && matches(prevRoom.node, s) && fits(prevRoom, s)) best = prevRoom;
     if (best) {
       take(best, s);
       const prev = previous.get(s.name);

@@ -83,12 +83,12 @@ export interface RunningPlatform {
 }
 
 /** Start the real `aether <role>` as a child process and wait for its "at http://…" line. */
-export async function startAether(opts: { args?: string[]; env?: Record<string, string>; dataDir?: string; role?: 'up' | 'gateway' | 'agent'; token?: string } = {}): Promise<RunningPlatform> {
+export async function startAether(opts: { args?: string[]; env?: Record<string, string>; dataDir?: string; role?: 'up' | 'gateway' | 'agent' | 'deployer'; token?: string } = {}): Promise<RunningPlatform> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'aether-e2e-'));
   if (!opts.dataDir) tempDirs.add(dataDir);
   const token = opts.token ?? randomBytes(16).toString('hex');
   const role = opts.role ?? 'up';
-  const args = [AETHER_BIN, '--data-dir', dataDir, role, ...(role === 'agent' ? [] : ['--port', '0']), ...(opts.args ?? [])];
+  const args = [AETHER_BIN, '--data-dir', dataDir, role, ...(role === 'agent' || role === 'deployer' ? [] : ['--port', '0']), ...(opts.args ?? [])];
   const env: Record<string, string> = {
     ...(process.env as Record<string, string>),
     AETHER_ADMIN_TOKEN: token,
@@ -96,8 +96,9 @@ export async function startAether(opts: { args?: string[]; env?: Record<string, 
     AETHER_LOG_LEVEL: 'warn',
     ...opts.env,
   };
-  // Agents hold only the cluster token, as in a real deployment.
-  if (role === 'agent' && !opts.env?.['AETHER_ADMIN_TOKEN']) delete env['AETHER_ADMIN_TOKEN'];
+  // Agents hold only the cluster token, as in a real deployment; the deployer neither secret.
+  if ((role === 'agent' || role === 'deployer') && !opts.env?.['AETHER_ADMIN_TOKEN']) delete env['AETHER_ADMIN_TOKEN'];
+  if (role === 'deployer') delete env['AETHER_CLUSTER_TOKEN'];
   delete env['NODE_EXTRA_CA_CERTS'];
   const proc = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   // A failed assertion must not leave the test file waiting on a live child: let it exit, then kill.
@@ -117,6 +118,10 @@ export async function startAether(opts: { args?: string[]; env?: Record<string, 
       if (m?.[1]) {
         clearTimeout(timer);
         resolveUrl(m[1]);
+      } else if (role === 'deployer' && /^deployer: /m.test(out)) {
+        // The deployer serves nothing: it talks only to the store.
+        clearTimeout(timer);
+        resolveUrl('');
       }
     };
     proc.stdout?.on('data', check);

@@ -436,10 +436,15 @@ export class ServiceController implements WorkloadController {
     void this.#report(r).then(() => this.reconcile());
   }
 
-  /** Env plus links resolved to addresses of instances on this node (others: through their routers). */
+  /**
+   * Env plus links. The deployer resolves links to the target's published port on its node's
+   * address (in `env` already); a link it could not resolve that way falls back to the address of
+   * the target's instance on this node, when it has one.
+   */
   #env(svc: ServiceConfig): Record<string, string> {
     const env = { ...svc.env };
     for (const l of svc.links) {
+      if (env[l.env] !== undefined) continue;
       const e = this.#running.get(l.service)?.inst.rt?.endpoint;
       const host = e?.guest?.address ?? (e?.kind === 'tcp' ? e.host : undefined);
       if (host) env[l.env] = `${l.protocol ?? 'http'}://${host}:${l.port}`;

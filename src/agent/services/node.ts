@@ -1,13 +1,15 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import Router from 'find-my-way';
-import { metrics, registry, silentLogger, type Clock, type Logger } from '../../core/index.ts';
-import type { ServiceAssignment } from '../../deploy/index.ts';
+import { AetherError, bearerToken, CLUSTER_TOKEN_HEADER, decodePathPart, errorBody, metrics, registry, sameSecret, silentLogger, type Clock, type Logger, type TimerHandle } from '../../core/index.ts';
+import type { ServiceAssignment, ServiceConfig } from '../../deploy/index.ts';
 import type { Runtime } from '../../runtime/index.ts';
 import { KEYS, type AgentRecord, type SandboxKind, type ServiceStatusRecord } from '../../spec/index.ts';
 import { listAndWatch, type Informer, type Store } from '../../store/index.ts';
 import type { AgentCore } from '../core/index.ts';
-import { ServiceController } from './controller.ts';
-import { buildRouteTable, EdgeRouter, type PeerRoute, type RouteTable } from './router.ts';
+import { servicePort, ServiceController } from './controller.ts';
+import { PortPublisher, type PublishedPort } from './ports.ts';
+import { buildRouteTable, EdgeRouter, normalizeHost, type PeerRoute, type RouteTable } from './router.ts';
+import { renderTraefikConfig, TRAEFIK_FILE, writeFileAtomic, type TraefikRoute } from './traefik.ts';
 
 export interface ServicesNodeOptions {
   store: Store;
@@ -21,6 +23,24 @@ export interface ServicesNodeOptions {
   leaseTtlMs?: number;
   startupTimeoutMs?: number;
   capacity: { vcpu: number; memoryMb: number };
+  /** Where port_forwards' host ports listen (default 0.0.0.0). */
+  publishHost?: string;
+  /** firework's traefik_config_dir: the route table is written there as a Traefik dynamic config. */
+  traefikConfigDir?: string;
+  /** How often published ports and the Traefik file are brought up to date (default 1 s). */
+  syncMs?: number;
+}
+
+export const SERVICE_LOGS_PREFIX = '/internal/service-logs/';
+
+function header(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** Only the port the instance listens on reaches its sandbox: other vm_ports cannot be published. */
+export function publishedPorts(services: readonly ServiceConfig[]): PublishedPort[] {
+  return services.flatMap((s) => s.port_forwards.filter((p) => p.host_port > 0 && p.vm_port === servicePort(s)).map((p) => ({ service: s.name, host_port: p.host_port, vm_port: p.vm_port })));
 }
 
 /**
@@ -39,6 +59,11 @@ export class ServicesNode {
   readonly #statuses = new Map<string, ServiceStatusRecord>();
   #attached = false;
   readonly #api = this.#routes();
+  readonly #ports: PortPublisher;
+  #syncTimer: TimerHandle | undefined;
+  #syncing: Promise<void> | undefined;
+  #lastTraefik = '';
+  #stopped = false;
 
   constructor(o: ServicesNodeOptions) {
     this.#o = o;
@@ -51,6 +76,11 @@ export class ServicesNode {
       logger: this.#log,
       ...(o.leaseTtlMs ? { leaseTtlMs: o.leaseTtlMs } : {}),
       ...(o.startupTimeoutMs ? { startupTimeoutMs: o.startupTimeoutMs } : {}),
+    });
+    this.#ports = new PortPublisher({
+      ...(o.publishHost ? { host: o.publishHost } : {}),
+      endpointOf: (service) => this.controller.routes().find((r) => r.service === service)?.endpoint,
+      logger: this.#log,
     });
   }
 
@@ -92,21 +122,89 @@ export class ServicesNode {
         },
         opts,
       );
-    if (this.#router) {
+    if (this.#router || this.#o.traefikConfigDir) {
       this.#informers.push(mirror(KEYS.agents, this.#agents), mirror(KEYS.assignments, this.#assignments), mirror(KEYS.serviceStatuses, this.#statuses));
     }
     if (!this.#attached) await this.controller.start();
+    this.#scheduleSync(0);
   }
 
   async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#syncTimer) this.#o.clock.clearTimeout(this.#syncTimer);
+    await this.#syncing;
     for (const i of this.#informers) i.close();
     await this.#router?.close();
+    await this.#ports.close();
     await this.controller.stop();
+  }
+
+  /** Host ports published for port_forwards now. */
+  published(): PublishedPort[] {
+    return this.#ports.published();
+  }
+
+  #scheduleSync(ms = this.#o.syncMs ?? 1000): void {
+    if (this.#stopped) return;
+    this.#syncTimer = this.#o.clock.setTimeout(() => {
+      this.#syncing = this.sync()
+        .catch((err: unknown) => this.#log.warn({ err: String(err) }, 'services sync failed'))
+        .finally(() => {
+          this.#syncing = undefined;
+          this.#scheduleSync();
+        });
+    }, ms);
+  }
+
+  /** Published ports follow the assignment; the Traefik file follows the route table. */
+  async sync(): Promise<void> {
+    await this.#ports.sync(publishedPorts(this.controller.desired()));
+    const dir = this.#o.traefikConfigDir;
+    if (!dir) return;
+    const text = renderTraefikConfig(this.traefikRoutes());
+    if (text === this.#lastTraefik) return;
+    await writeFileAtomic(dir, TRAEFIK_FILE, text);
+    this.#lastTraefik = text;
+  }
+
+  /**
+   * The route table in Traefik's terms: a local instance on a TCP endpoint directly; one behind a
+   * unix socket (the process sandbox) through its published port, else through this node's
+   * router; a service on a peer through that peer's router (it routes by the Host Traefik passes on).
+   */
+  traefikRoutes(): TraefikRoute[] {
+    const byHost = new Map<string, Set<string>>();
+    const add = (host: string, url: string): void => {
+      const h = normalizeHost(host);
+      let set = byHost.get(h);
+      if (!set) byHost.set(h, (set = new Set()));
+      set.add(url);
+    };
+    const desired = new Map(this.controller.desired().map((s) => [s.name, s]));
+    for (const r of this.controller.routes()) {
+      if (!r.host) continue;
+      const e = r.endpoint;
+      if (e.kind === 'tcp') {
+        add(r.host, `http://${e.host.includes(':') ? `[${e.host}]` : e.host}:${e.port}`);
+        continue;
+      }
+      const svc = desired.get(r.service);
+      const published = svc ? publishedPorts([svc]).find((p) => this.#ports.published().some((x) => x.service === p.service && x.host_port === p.host_port)) : undefined;
+      if (published) add(r.host, `http://127.0.0.1:${published.host_port}`);
+      else if (this.routerUrl) add(r.host, this.routerUrl);
+    }
+    for (const p of this.#peers()) for (const h of p.hosts) if (!byHost.has(normalizeHost(h))) add(h, p.router_url.replace(/\/+$/, ''));
+    return [...byHost].map(([host, servers]) => ({ host, servers: [...servers] }));
   }
 
   /** The router's table: local running instances first, then peers' routers for their running services. */
   table(): RouteTable {
-    const local = this.controller.routes();
+    // Built per call: local instances change without a store event, and the table is small.
+    return buildRouteTable(this.controller.routes(), this.#peers(), this.#o.nodeId);
+  }
+
+  /** Peers' routers and the hosts of the services running there (their status says running). */
+  #peers(): PeerRoute[] {
     const peers: PeerRoute[] = [];
     for (const a of this.#agents.values()) {
       if (a.agent_id === this.#o.nodeId || !a.router_url) continue;
@@ -116,12 +214,53 @@ export class ServicesNode {
         .map((s) => s.metadata['host'] as string);
       if (hosts.length) peers.push({ node: a.agent_id, router_url: a.router_url, hosts });
     }
-    // Built per call: local instances change without a store event, and the table is small.
-    return buildRouteTable(local, peers, this.#o.nodeId);
+    return peers;
   }
 
   status(): { node: string; router_port: number | null; router_url: string | null; services: ServiceStatusRecord[] } {
     return { node: this.#o.nodeId, router_port: this.routerUrl ? Number(new URL(this.routerUrl).port) : null, router_url: this.routerUrl, services: this.controller.status() };
+  }
+
+  /**
+   * The agent server's service routes (cluster token required, as on every /internal/ route):
+   * `GET /internal/service-logs/<service>?tail=N` answers the node's lines of that service as
+   * NDJSON, so any gateway can show logs of a service running on this node. False: not ours.
+   */
+  handleInternal(req: IncomingMessage, res: ServerResponse, clusterToken: string): boolean {
+    const url = req.url ?? '/';
+    if (!url.startsWith(SERVICE_LOGS_PREFIX)) return false;
+    const send = (err: AetherError): void => {
+      const { status, body } = errorBody(err);
+      res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) }).end(body);
+    };
+    const given = header(req, CLUSTER_TOKEN_HEADER) ?? bearerToken(req.headers.authorization);
+    if (given === undefined || !sameSecret(given, clusterToken)) {
+      send(new AetherError('AETHER_ERR_UNAUTHORIZED', 'missing or wrong cluster token'));
+      return true;
+    }
+    if (req.method !== 'GET') {
+      send(new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED'));
+      return true;
+    }
+    const q = url.indexOf('?');
+    let name: string;
+    try {
+      name = decodePathPart(url.slice(SERVICE_LOGS_PREFIX.length, q < 0 ? undefined : q), 'service name');
+    } catch (err) {
+      send(err instanceof AetherError ? err : new AetherError('AETHER_ERR_VALIDATION', 'bad service name'));
+      return true;
+    }
+    const tail = Number(new URLSearchParams(q < 0 ? '' : url.slice(q + 1)).get('tail') ?? 100);
+    if (!Number.isInteger(tail) || tail < 0) {
+      send(new AetherError('AETHER_ERR_VALIDATION', 'tail: must be an integer >= 0'));
+      return true;
+    }
+    const text = this.controller
+      .logs(name, Math.min(tail, 10_000))
+      .map((e) => JSON.stringify(e) + '\n')
+      .join('');
+    res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text) }).end(text);
+    return true;
   }
 
   /** firework's agent API on the router port when the Host names no service: /healthz, /status, /health, /metrics. */

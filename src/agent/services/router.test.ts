@@ -112,3 +112,56 @@ test('edge router: a dead instance answers 502 in our JSON shape; WebSocket-styl
   assert.match(reply, /^HTTP\/1\.1 101/);
   assert.match(reply, /web:ping$/);
 });
+
+test('edge router: an upgrade through a peer router carries X-Forwarded-* (the client, the first Host) and the loop guard', async (t) => {
+  const seen: Record<string, string | string[] | undefined>[] = [];
+  const server = createServer();
+  const upgraded = new Set<Duplex>();
+  server.on('upgrade', (req, socket: Duplex) => {
+    upgraded.add(socket);
+    seen.push(req.headers);
+    socket.write('HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n');
+    socket.on('data', (d: Buffer) => socket.write(Buffer.from(`ws:${d.toString()}`)));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.after(() => {
+    for (const s of upgraded) s.destroy();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  const port = (server.address() as AddressInfo).port;
+  const r2 = await router(t, () => buildRouteTable([{ service: 'ws', host: 'ws.test', endpoint: { kind: 'tcp', host: '127.0.0.1', port } }], [], 'n2'));
+  const r1 = await router(t, () => buildRouteTable([], [{ node: 'n2', router_url: r2, hosts: ['ws.test'] }], 'n1'));
+  const reply = await new Promise<string>((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port: Number(new URL(r1).port) });
+    let got = '';
+    s.on('data', (d: Buffer) => {
+      got += d.toString();
+      if (got.includes('\r\n\r\n') && !got.includes('ws:')) s.write('ping');
+      if (got.includes('ws:ping')) {
+        s.destroy();
+        resolve(got);
+      }
+    });
+    s.on('error', reject);
+    s.write('GET /socket HTTP/1.1\r\nHost: WS.test:8088\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n');
+  });
+  assert.match(reply, /^HTTP\/1\.1 101/);
+  assert.equal(seen.length, 1);
+  const h = seen[0] ?? {};
+  assert.equal(h['x-forwarded-for'], '203.0.113.7, 127.0.0.1, 127.0.0.1', 'each hop appends its client');
+  assert.equal(h['x-forwarded-host'], 'WS.test:8088', 'the Host the client asked for, kept across the hop');
+  assert.equal(h['x-forwarded-proto'], 'http');
+  assert.equal(h['x-aether-routed'], '1', 'the peer hop is marked');
+  assert.equal(h.host, 'WS.test:8088');
+});
+
+test('edge router: plain requests through a peer carry X-Forwarded-* of the first hop', async (t) => {
+  const web = await backend(t, 'web');
+  const r2 = await router(t, () => buildRouteTable([{ service: 'web', host: 'web.test', endpoint: { kind: 'tcp', host: '127.0.0.1', port: web.port } }], [], 'n2'));
+  const r1 = await router(t, () => buildRouteTable([], [{ node: 'n2', router_url: r2, hosts: ['web.test'] }], 'n1'));
+  const res = await get(r1, 'web.test');
+  const j = JSON.parse(res.body) as { xff: string; routed: string | null; host: string };
+  assert.equal(j.xff, '127.0.0.1, 127.0.0.1');
+  assert.equal(j.routed, '1');
+  assert.equal(j.host, 'web.test');
+});

@@ -4,6 +4,7 @@ import type { Duplex } from 'node:stream';
 import { AetherError, errorBody, silentLogger, type Logger } from '../../core/index.ts';
 import { forward, ProxyError, type Upstream } from '../../proxy/index.ts';
 import type { Endpoint } from '../../spec/index.ts';
+import { connectEndpoint } from './ports.ts';
 
 /**
  * The edge router every agent runs: HTTP by Host name (`metadata.host` of a service) to the
@@ -53,6 +54,16 @@ export function buildRouteTable(local: readonly LocalRoute[], peers: readonly Pe
     for (const h of p.hosts) entry(h).peers.push(p.router_url.replace(/\/+$/, ''));
   }
   return table;
+}
+
+/** X-Forwarded-* for the hop: the client's address appended, the first router's host and scheme kept. */
+function forwardedHeaders(req: IncomingMessage): Record<string, string> {
+  const first = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v.join(', ') : v);
+  return {
+    'x-forwarded-for': [first(req.headers['x-forwarded-for']), req.socket.remoteAddress ?? ''].filter(Boolean).join(', '),
+    'x-forwarded-host': first(req.headers['x-forwarded-host']) ?? req.headers.host ?? '',
+    'x-forwarded-proto': first(req.headers['x-forwarded-proto']) ?? 'http',
+  };
 }
 
 /** Set on a request one router sends to another: the peer serves it locally or not at all (no loops). */
@@ -119,12 +130,7 @@ export class EdgeRouter {
       const target = this.#pick(req);
       if (!target && this.#o.fallback && !this.#o.table().has(normalizeHost(req.headers.host)) && (await this.#o.fallback(req, res))) return;
       if (!target) throw new AetherError('AETHER_ERR_ROUTE_NOT_FOUND', `no service routes host ${JSON.stringify(normalizeHost(req.headers.host))}`);
-      const remote = req.socket.remoteAddress ?? '';
-      const headers: Record<string, string> = {
-        'x-forwarded-for': [req.headers['x-forwarded-for'], remote].filter(Boolean).join(', '),
-        'x-forwarded-host': String(req.headers['x-forwarded-host'] ?? req.headers.host ?? ''),
-        'x-forwarded-proto': String(req.headers['x-forwarded-proto'] ?? 'http'),
-      };
+      const headers = forwardedHeaders(req);
       if (target.peer) headers[ROUTED_HEADER] = '1';
       await forward(req, res, { endpoint: target.upstream, path: req.url ?? '/', headers });
     } catch (err) {
@@ -151,15 +157,21 @@ export class EdgeRouter {
     }
     const u = target.upstream;
     let upstream: Socket;
-    if (u.kind === 'unix') upstream = connect({ path: u.path });
-    else if (u.kind === 'tcp') upstream = connect({ host: u.host, port: u.port });
+    // A sandbox forwarder's preamble socket would prefix the answer with its status byte: the raw twin.
+    if (u.kind === 'unix' || u.kind === 'tcp') upstream = connectEndpoint(u);
     else {
       const url = new URL(u.origin);
       upstream = connect({ host: url.hostname, port: Number(url.port || 80) });
     }
     upstream.once('connect', () => {
       const lines = [`${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1`];
-      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+      const fwd = forwardedHeaders(req);
+      for (let i = 0; i < req.rawHeaders.length; i += 2) {
+        const name = String(req.rawHeaders[i]);
+        if (name.toLowerCase() in fwd) continue;
+        lines.push(`${name}: ${req.rawHeaders[i + 1]}`);
+      }
+      for (const [k, v] of Object.entries(fwd)) lines.push(`${k}: ${v}`);
       if (target.peer) lines.push(`${ROUTED_HEADER}: 1`);
       upstream.write(lines.join('\r\n') + '\r\n\r\n');
       if (head.length) upstream.write(head);
