@@ -218,7 +218,7 @@ if (skip) {
       // The Traefik file of each node names every host.
       for (const id of agents.keys()) {
         const file = join(dir, `traefik-${id}`, 'aether.yaml');
-        const text = await eventually(async () => existsSync(file) && /acme\.test/.test(readFileSync(file, 'utf8')) && /api\.test/.test(readFileSync(file, 'utf8')) && readFileSync(file, 'utf8'), 20_000, 200);
+        const text = await eventually(async () => existsSync(file) && /acme\.test/.test(readFileSync(file, 'utf8')) && /api\.test/.test(readFileSync(file, 'utf8')) && /web\.test/.test(readFileSync(file, 'utf8')) && readFileSync(file, 'utf8'), 20_000, 200);
         assert.match(text, /Host\(`web\.test`\)/);
       }
     });
