@@ -3,7 +3,7 @@
 // Host through the edge router, and is stopped with the platform. Slow under TCG: one boot, long waits.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +11,7 @@ import { test } from 'node:test';
 import { probeHost } from '../src/runtime/index.ts';
 import type { ServiceView } from '../src/spec/index.ts';
 import { AETHER_BIN, api, eventually, startAether } from './support/platform.ts';
+import { qemuProcsUnder } from './support/procs.ts';
 
 const host = await probeHost();
 const qemu = host.sandboxes.find((s) => s.kind === 'qemu');
@@ -24,20 +25,6 @@ const skip = !qemu?.ok
 /** One boot under TCG on a loaded 2-core host; the test never depends on it being fast. */
 const BOOT_MS = 300_000;
 
-/** qemu processes whose command line names `dir`. */
-function qemuProcsUnder(dir: string): number[] {
-  const out: number[] = [];
-  for (const p of readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
-      if (cmd.includes('qemu-system') && cmd.includes(dir)) out.push(Number(p));
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
 
 test('a service boots its ext4 image in a qemu microVM, passes its health check and is routed by Host', { skip, timeout: 15 * 60_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'aether-svc-qemu-'));

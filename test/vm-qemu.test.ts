@@ -2,13 +2,14 @@
 // kernel, env not on the kernel command line, logs, a snapshot restore, an update, a clean delete;
 // and the guest's token check. Slow under TCG (a cold boot is 10-30 s here): few boots, long waits.
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { contractSpec, probeHost } from '../src/runtime/index.ts';
 import { createQemuRuntime } from '../src/runtime/qemu/index.ts';
 import { startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
+import { qemuProcsUnder } from './support/procs.ts';
 
 const host = await probeHost();
 const qemu = host.sandboxes.find((s) => s.kind === 'qemu');
@@ -26,20 +27,6 @@ http.createServer((req, res) => {
 }).listen(Number(process.env.PORT), () => console.log('vm function listening'));
 `;
 
-/** qemu processes whose command line names `dir`. */
-function qemuProcsUnder(dir: string): number[] {
-  const out: number[] = [];
-  for (const p of readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
-      if (cmd.includes('qemu-system') && cmd.includes(dir)) out.push(Number(p));
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
 
 async function until<T>(f: () => Promise<T | undefined | false> | T | undefined | false, what: string, ms = 60_000): Promise<T> {
   const deadline = Date.now() + ms;

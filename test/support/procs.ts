@@ -50,3 +50,18 @@ export function stillAlive(procs: Proc[]): Proc[] {
     return now !== undefined && now.start === p.start && now.state !== 'Z';
   });
 }
+
+/** qemu processes whose command line names `dir`. */
+export function qemuProcsUnder(dir: string): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      if (cmd.includes('qemu-system') && cmd.includes(dir)) out.push(Number(p));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
