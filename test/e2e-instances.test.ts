@@ -125,8 +125,11 @@ http.createServer((req, res) => {
 }).listen(Number(process.env.PORT));
 `;
 
+    let lostInTheInstant = 0;
+    after(() => process.stderr.write(`# ${dataPlane}: ${lostInTheInstant} request(s) lost in the instant of a death (6 kills)\n`));
+
     for (const how of ['die', 'oom'] as const) {
-      test(`requests right after an instance is killed (${how === 'die' ? 'SIGKILL' : 'OOM'}) are all served`, async () => {
+      test(`requests right after an instance is killed (${how === 'die' ? 'SIGKILL' : 'OOM'}) are served once the proxy has seen the death`, async () => {
         const name = `mortal-${how}`;
         await deploy(name, { 'handler.js': MORTAL }, { memory_mb: 64 }, p);
         if (dataPlane === 'haproxy') {
@@ -141,19 +144,29 @@ http.createServer((req, res) => {
           const killed = await fetch(`${p.url}/functions/${name}/${how}`).then(async (r) => (await r.text(), r.status), () => 'closed');
           assert.notEqual(killed, 200, 'the killing request itself reached the program');
           // at once: one request, then a burst, then more one by one
-          const statuses: number[] = [];
+          const statuses: Array<number | 'closed'> = [];
           const ids = new Set<string>();
           const one = async (): Promise<void> => {
-            const r = await fetch(`${p.url}/functions/${name}/`);
+            const r = await fetch(`${p.url}/functions/${name}/`).catch(() => undefined);
+            if (!r) return void statuses.push('closed');
             const body = await r.text();
             statuses.push(r.status);
             if (r.status === 200) ids.add(body);
-            else process.stderr.write(`after ${how}: ${r.status} ${body}\n`);
+            else process.stderr.write(`after ${how} (${dataPlane}): ${r.status} ${body}\n`);
           };
           await one();
           await Promise.all(Array.from({ length: 8 }, one));
           for (let i = 0; i < 5; i++) await one();
-          assert.deepEqual(statuses.filter((x) => x !== 200), [], `round ${round}: every request after the kill was served`);
+          // Requests that race the death can be lost (502, or the client connection closed without
+          // an answer): one written into a pooled keep-alive connection before the proxy has read its
+          // close, or into a new connection the dying program's listener still accepted (the kernel
+          // closes the listener a moment after the program's other sockets). Nothing tells the proxy
+          // whether the program read such a request, so it is never replayed (docs/dataplane.md,
+          // known differences). Once the proxy has seen the death, nothing more is lost.
+          const lost = statuses.filter((x) => x !== 200);
+          lostInTheInstant += lost.length;
+          assert.ok(lost.every((x) => x === 502 || x === 'closed'), `round ${round}: lost requests fail cleanly: ${JSON.stringify(lost)}`);
+          assert.ok(statuses.slice(-5).every((x) => x === 200), `round ${round}: the requests after the burst were all served: ${JSON.stringify(statuses)}`);
           // the first kill hits the only instance; later ones one of several (the bursts scale out)
           if (round === 0) assert.ok(ids.size > 0 && !ids.has(victim), 'by another instance');
         }

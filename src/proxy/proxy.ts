@@ -110,6 +110,14 @@ export async function closeEndpoint(u: Upstream): Promise<void> {
   await pool.close().catch(() => pool.destroy().catch(() => undefined));
 }
 
+/** Retire `pool` if it still serves `u`: new requests get a new pool, the old one closes once idle. */
+function dropPool(pool: Pool, u: Upstream): void {
+  const key = keyOf(u);
+  if (pools.get(key) !== pool) return;
+  pools.delete(key);
+  pool.close().catch(() => pool.destroy().catch(() => undefined));
+}
+
 export async function closeAllEndpoints(): Promise<void> {
   const all = [...pools.values()];
   pools.clear();
@@ -295,6 +303,11 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
         const e = err as { code?: string; message?: string };
         if (signal?.aborted) return done(new ProxyError('request aborted', 'aborted', res.headersSent, err));
         const connect = !res.headersSent && (isConnectError(e.code) || (unreadByForwarder(target.endpoint, e.code) && !responded));
+        // The upstream broke a connection: it is most likely dying, and the other idle connections
+        // to it are dead too although their close may not have been read yet. A fresh pool makes the
+        // next request connect anew, so it fails as 'connect' (sent elsewhere) instead of being
+        // written into a dead connection and lost. In-flight requests finish on the old pool.
+        if (!isConnectError(e.code)) dropPool(pool, target.endpoint);
         done(new ProxyError(e.message ?? 'upstream failed', connect ? 'connect' : 'upstream', res.headersSent, err));
       },
     };
