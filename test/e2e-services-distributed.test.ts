@@ -19,7 +19,8 @@ import { cephAvailable, startRadosgw, type Radosgw } from './support/ceph.ts';
 import type { ServiceView } from '../src/spec/index.ts';
 import type { DeployStatus } from '../src/deploy/index.ts';
 
-const LEASE_TTL_MS = 4000;
+// Long enough for a killed agent to be restarted within it (adoption), short for the move test.
+const LEASE_TTL_MS = 10_000;
 const TOKEN = randomBytes(16).toString('hex');
 const PAGE = 'hello from a service\n';
 /** Host ports of the port forwards (one per service: both agents share this host's ports). */
@@ -295,9 +296,34 @@ if (skip) {
       await eventually(async () => !(await services()).has('sick'), 60_000, 500);
     });
 
-    // PLACEHOLDER (agent-core): kill -9 of an agent and a restart before its lease expires adopts
-    // its service instances without restarting anything (same instance ids, restarts unchanged).
-    // Service-instance adoption is agent-core's work; add the step here once it lands.
+    it('kill -9 of an agent and a restart within its lease adopts its instances: nothing restarts', { timeout: 180_000 }, async () => {
+      const placed = await eventually(() => allRunning(['acme-web', 'api', 'web']), 60_000, 300).catch(explain);
+      const victimId = placed.get('web')?.node as string;
+      const onVictim = [...placed.values()].filter((s) => s.node === victimId).map((s) => s.name);
+      const before = new Map(await Promise.all(onVictim.map(async (s) => [s, await instanceOf(s)] as const)));
+      const restarts = new Map(onVictim.map((s) => [s, placed.get(s)?.restarts]));
+      const victim = agents.get(victimId)?.p as RunningPlatform;
+      await victim.kill({ keepSandboxes: true });
+      agents.delete(victimId);
+      const killedAt = Date.now();
+      await startAgent(victimId, victim.dataDir);
+      const downMs = Date.now() - killedAt;
+      // Adoption is only promised within the lease: past it the node counts as gone.
+      assert.ok(downMs < LEASE_TTL_MS, `the agent came back within its lease (${downMs} ms)`);
+      for (const [svc, was] of before) assert.deepEqual(await eventually(() => instanceOf(svc), 20_000, 200).catch(explain), was, `${svc} keeps its instance`);
+      const now = await services();
+      for (const svc of onVictim) {
+        assert.equal(now.get(svc)?.node, victimId, `${svc} stays on ${victimId}`);
+        assert.equal(now.get(svc)?.restarts, restarts.get(svc), `${svc} was not restarted`);
+      }
+      for (const host of ['web.test', 'api.test', 'acme.test']) {
+        const r = await eventually(async () => {
+          const x = await byHost(routerOf(victimId), host);
+          return x.status === 200 && x;
+        }, 20_000, 200);
+        assert.equal(r.text, PAGE, `${host} through the restarted ${victimId}`);
+      }
+    });
 
     it('an agent kept down has its services moved; when it comes back it stops what it no longer owns', { timeout: 240_000 }, async () => {
       const placed = await eventually(() => allRunning(['acme-web', 'api', 'web']), 60_000, 300).catch(explain);

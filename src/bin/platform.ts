@@ -91,7 +91,8 @@ async function assertPortFree(host: string, port: number): Promise<void> {
 
 export async function startNode(role: Role, flags: ConfigInput & { config?: string }, env: NodeJS.ProcessEnv = process.env, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<RunningNode> {
   const cfg = loadConfig(role, flags, env);
-  await assertPortFree(cfg.host, cfg.port);
+  // The deployer listens nowhere: an AETHER_PORT meant for another role must not stop it.
+  if (role !== 'deployer') await assertPortFree(cfg.host, cfg.port);
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
   // One request's or one task's unexpected rejection is logged; it never ends the process.
   const dropSafetyNet = installRejectionSafetyNet(logger);

@@ -18,10 +18,14 @@ export function registerServeCommands(program: Command, start: StartNode): void 
   // the YAML file still count).
   const common = (cmd: Command, role: Role): Command => {
     const up = role === 'up';
+    cmd.option('--data-dir <dir>', `data directory: admin token, ${up ? 'store, code, ' : ''}runtime state (env AETHER_DATA_DIR; default ./.aether)`);
+    // The deployer serves nothing (it talks only to the store): no port to choose.
+    if (role !== 'deployer') {
+      cmd
+        .option('--port <port>', `port to listen on (env AETHER_PORT; default ${role === 'agent' ? '0: any free port' : '8080'})`, int)
+        .option('--host <host>', `address to bind (env AETHER_HOST; default ${role === 'agent' ? '0.0.0.0' : '127.0.0.1'})`);
+    }
     return cmd
-      .option('--data-dir <dir>', `data directory: admin token, ${up ? 'store, code, ' : ''}runtime state (env AETHER_DATA_DIR; default ./.aether)`)
-      .option('--port <port>', `port to listen on (env AETHER_PORT; default ${role === 'agent' ? '0: any free port' : '8080'})`, int)
-      .option('--host <host>', `address to bind (env AETHER_HOST; default ${role === 'agent' ? '0.0.0.0' : '127.0.0.1'})`)
       .option('--config <file>', 'YAML file with any of these options (env AETHER_CONFIG)')
       .option('--store <url>', `sqlite:///path | etcd://host:2379[,host:2379] (env AETHER_STORE; ${up ? 'default sqlite://<data-dir>/store.db' : 'required, etcd'})`)
       .option('--queue <url>', `memory:// | redis://host:6379 (env AETHER_QUEUE; ${up ? 'default memory://' : 'required, redis'})`)
@@ -31,9 +35,10 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL; default info)')
       .option('--data-plane <kind>', 'auto | haproxy | node: who carries warm invocations (env AETHER_DATA_PLANE; default auto)');
   };
+  // Chosen where functions are created (the gateway's API), not where they run.
+  const sandboxOpt = (cmd: Command): Command => cmd.option('--sandbox <kind>', 'default sandbox for new functions: process | qemu | firecracker (env AETHER_SANDBOX; default process)');
   const agentOpts = (cmd: Command): Command =>
     cmd
-      .option('--sandbox <kind>', 'default sandbox for new functions: process | qemu | firecracker (env AETHER_SANDBOX; default process)')
       .option('--sandboxes <kinds>', 'sandbox kinds this node runs: auto (what `aether doctor` finds) or a list like process,qemu (env AETHER_SANDBOXES; default auto)')
       .option('--isolation <level>', 'auto | namespaces | none (env AETHER_ISOLATION; default auto: namespaces when root)')
       .option('--sandbox-network <mode>', 'auto | veth | forwarder: how process sandboxes are reached (env AETHER_SANDBOX_NETWORK; default auto: veth when root with ip and nft)')
@@ -100,8 +105,8 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     if (stopping) shutdown(up.node);
   };
 
-  deployOpts(agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)'), 'up'))).action(run('up'));
-  common(program.command('gateway').description('run a gateway (API + invocation routing) on etcd + Redis + S3'), 'gateway').action(run('gateway'));
+  deployOpts(sandboxOpt(agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)'), 'up')))).action(run('up'));
+  sandboxOpt(common(program.command('gateway').description('run a gateway (API + invocation routing) on etcd + Redis + S3'), 'gateway')).action(run('gateway'));
   agentOpts(common(program.command('agent').description('run an agent (sandboxes) on etcd + Redis + S3'), 'agent')).action(run('agent'));
   deployOpts(common(program.command('deployer').description('run the services deployer (specs -> placements) on etcd'), 'deployer')).action(run('deployer'));
 }

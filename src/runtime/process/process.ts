@@ -141,7 +141,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
   let mode: 'namespaces' | 'none' = 'none';
   const blocker = want === 'none' ? 'forced by configuration' : namespacesBlocker(tools, mounts);
   if (!blocker) mode = 'namespaces';
-  else if (want === 'namespaces') throw new AetherError('AETHER_ERR_INTERNAL', `process runtime: namespaces isolation unavailable: ${blocker}`);
+  else if (want === 'namespaces') throw new AetherError('AETHER_ERR_VALIDATION', `config: --isolation namespaces, but this host cannot isolate: ${blocker} (see \`aether doctor\`)`);
   else if (!warnedNone) {
     warnedNone = true;
     logger.warn({ reason: blocker }, `process runtime: NO ISOLATION (${blocker}): functions run as plain child processes with this process's user and full access to its files and network`);
@@ -150,7 +150,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
   if (mode === 'namespaces' && opts.network !== 'forwarder') {
     const why = vethBlocker();
     if (!why) veth = new VethPool(vethTools(), opts.netPool ?? DEFAULT_NET_POOL);
-    else if (opts.network === 'veth') throw new AetherError('AETHER_ERR_INTERNAL', `process runtime: veth network unavailable: ${why}`);
+    else if (opts.network === 'veth') throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox-network veth, but this host cannot give sandboxes a veth: ${why} (see \`aether doctor\`)`);
     else if (!warnedForwarder) {
       warnedForwarder = true;
       logger.warn({ reason: why }, `process runtime: sandboxes are reached through a forwarder process each (no veth network: ${why})`);
