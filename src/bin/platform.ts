@@ -140,6 +140,7 @@ async function startParts(
   let agent: Agent | undefined;
   let servicesNode: ServicesNode | undefined;
   const startupFloors: number[] = [];
+  let viaForwarders = false;
   let agentServerUrl: string | undefined;
   if (role === 'up' || role === 'agent') {
     let url = 'local://in-process';
@@ -176,6 +177,7 @@ async function startParts(
     const { runtimes, notes } = openRuntimes(cfg, host, agentId, clock, logger);
     started.runtimes = Object.values(runtimes);
     for (const rt of started.runtimes) if (rt.minStartupMs) startupFloors.push(rt.minStartupMs);
+    viaForwarders = started.runtimes.some((r) => r.reach === 'forwarder');
     for (const n of notes) out(n);
     if (started.runtimes.length === 0) throw new AetherError('AETHER_ERR_VALIDATION', 'config: this node offers no sandbox (see --sandboxes and `aether doctor`)');
     if (role === 'up' && !runtimes[cfg.sandbox]) {
@@ -238,7 +240,8 @@ async function startParts(
   if (role === 'up' || role === 'gateway') {
     const spool = uploadSpool(join(cfg.dataDir, 'tmp'), logger);
     closers.push(async () => rmSync(spool, { recursive: true, force: true }));
-    const dp = resolveDataPlane(cfg.dataPlane, env);
+    // In `up` the local instances may be reached only through forwarder sockets (no veth network).
+    const dp = resolveDataPlane(cfg.dataPlane, env, undefined, viaForwarders);
     if (cfg.dataPlane === 'haproxy' && !dp.binary) throw new AetherError('AETHER_ERR_VALIDATION', 'config: --data-plane haproxy, but no haproxy binary was found (install haproxy, or use --data-plane auto|node)');
     const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: spool });
     const writeBarrier: { wait?: () => Promise<void> } = {};

@@ -29,7 +29,7 @@ export function doctorReport(p: HostProbe): string {
     'sandboxes this host can run (`--sandboxes auto` offers the [ok] ones):',
     ...p.sandboxes.map((s) => `  ${mark(s.ok)} ${s.kind}: ${s.detail}`),
   ];
-  if (p.data_plane) lines.push(`data plane (--data-plane auto): ${p.data_plane}${p.data_plane === 'node' ? ' (install haproxy for the native data plane)' : ''}`);
+  if (p.data_plane) lines.push(`data plane (--data-plane auto): ${p.data_plane}${p.data_plane === 'node' ? ' (the native data plane needs haproxy installed and sandboxes reached over TCP: the veth network)' : ''}`);
   if (p.notes.length > 0) lines.push('', 'notes:', ...p.notes.map((n) => `  - ${n}`));
   return `${lines.join('\n')}\n`;
 }
@@ -43,8 +43,15 @@ export function registerDoctorWith(program: Command, deps: CliDeps, probe?: () =
       runAction(deps, async (_opts: unknown, cmd: Command) => {
         const g = cmd.optsWithGlobals<GlobalOptions>();
         // Loaded on demand so other commands never pay for the runtime module.
-        const p: HostProbe = probe ? await probe() : { ...(await (await import('../runtime/index.ts')).probeHost()), data_plane: (await import('../dataplane/index.ts')).resolveDataPlane('auto').kind };
+        const p: HostProbe = probe ? await probe() : await probeWithDataPlane();
         deps.io.out(g.json ? `${doctorJson(p)}\n` : doctorReport(p));
       }),
     );
+}
+
+/** The host probe plus what `--data-plane auto` would pick on it (node when sandboxes are reached through forwarders). */
+async function probeWithDataPlane(): Promise<HostProbe> {
+  const host = await (await import('../runtime/index.ts')).probeHost();
+  const { resolveDataPlane } = await import('../dataplane/index.ts');
+  return { ...host, data_plane: resolveDataPlane('auto', process.env, undefined, host.sandbox_network === 'forwarder').kind };
 }

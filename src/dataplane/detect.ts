@@ -11,18 +11,22 @@ export function findHaproxy(env: NodeJS.ProcessEnv = process.env): string | unde
   return undefined;
 }
 
-/** What `--data-plane` resolves to here, and why (said at start and by `aether doctor`). */
+/**
+ * What `--data-plane` resolves to here, and why (said at start and by `aether doctor`). `auto` is
+ * haproxy when there is a binary, unless this node's instances are reached only through forwarder
+ * sockets (`viaForwarders`): HAProxy then opens a connection per request (reusing them could lose a
+ * request sent as a program dies) and is slower than the Node path (bench/README.md).
+ */
 export function resolveDataPlane(
   wanted: 'auto' | 'haproxy' | 'node',
   env: NodeJS.ProcessEnv = process.env,
   find: (env: NodeJS.ProcessEnv) => string | undefined = findHaproxy,
+  viaForwarders = false,
 ): { kind: 'haproxy' | 'node'; binary: string | undefined; reason: string } {
   const binary = find(env);
   if (wanted === 'node') return { kind: 'node', binary, reason: 'asked for (--data-plane node)' };
   if (wanted === 'haproxy') return { kind: 'haproxy', binary, reason: binary ? `asked for (${binary})` : 'asked for, but no haproxy binary was found' };
-  // HAProxy beats the Node path only with kept-alive connections to instances, which it uses where a
-  // program is reached over TCP (the planned veth per sandbox); through today's forwarder sockets it
-  // opens a connection per request (docs/dataplane.md, bench/README.md). Until then `auto` stays on
-  // the reference path.
-  return { kind: 'node', binary, reason: binary ? `auto: node (haproxy at ${binary} is opt-in until instances are reached over TCP: --data-plane haproxy)` : 'auto: no haproxy binary found' };
+  if (!binary) return { kind: 'node', binary, reason: 'auto: no haproxy binary found' };
+  if (viaForwarders) return { kind: 'node', binary, reason: `auto: node (instances here are reached through forwarder sockets, where haproxy at ${binary} is slower; --data-plane haproxy to use it anyway)` };
+  return { kind: 'haproxy', binary, reason: `auto: haproxy (${binary})` };
 }

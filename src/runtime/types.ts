@@ -139,6 +139,12 @@ export interface Runtime {
   readonly isolation: string;
   /** Present when the driver can start instances from snapshots. */
   readonly snapshots?: SnapshotCapability;
+  /**
+   * How its instances' programs are reached: 'tcp' (an address and port: veth, VM, plain process)
+   * or 'forwarder' (a unix socket through a per-instance forwarder process). A native proxy beats
+   * the Node path only over TCP, where it keeps connections alive.
+   */
+  readonly reach?: 'tcp' | 'forwarder';
   /** The shortest start wait that makes sense on this host (a VM booting without KVM); the agent waits at least this long. */
   readonly minStartupMs?: number;
   create(spec: InstanceSpec): Promise<RuntimeInstance>;

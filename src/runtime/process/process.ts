@@ -200,6 +200,7 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
   return {
     kind: 'process',
     isolation: mode === 'namespaces' ? 'namespaces+cgroups' : 'none',
+    reach: mode === 'namespaces' && !veth ? 'forwarder' : 'tcp',
     async create(spec: InstanceSpec): Promise<RuntimeInstance> {
       if (live.has(spec.instanceId)) throw new AetherError('AETHER_ERR_CONFLICT', `instance ${spec.instanceId} exists`);
       return track(new ProcessInstance(ctx, spec));
