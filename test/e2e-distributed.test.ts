@@ -225,7 +225,7 @@ if (skip) {
       await load;
 
       const failed = results.filter((r) => r.status !== 200);
-      t.diagnostic(`${results.length} requests, ${failed.length} failed: ${failed.map((f) => `${f.status} at kill${f.start - killedAt >= 0 ? '+' : ''}${f.start - killedAt} ms`).join(', ')}`);
+      t.diagnostic(`${results.length} requests, ${failed.length} failed: ${failed.map((f) => `${f.status} at kill${f.start - killedAt >= 0 ? '+' : ''}${f.start - killedAt} ms (${f.text.slice(0, 120)})`).join(', ')}`);
       // Only a request in flight at the kill may fail: at most one per client.
       assert.ok(failed.every((r) => r.end >= killedAt && r.start < killedAt + LEASE_TTL_MS + 3000), `failures outside [kill, kill + lease TTL]: ${JSON.stringify(failed.slice(0, 3))}`);
       assert.ok(failed.length <= 2, `${failed.length} of ${results.length} failed: ${JSON.stringify(failed.slice(0, 3))}`);

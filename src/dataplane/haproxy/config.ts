@@ -177,8 +177,13 @@ export function renderConfig(c: HaproxyConfigInput): string {
       `  http-request del-header ${HOP_INSTANCE_HEADER}`,
       `  http-request set-header x-aether-cluster-token "${hops?.clusterToken ?? ''}"`,
       // Marked down at the first failed connect (a dead agent): the instance servers tracking it
-      // go down with it, so requests go to other instances or the activator.
+      // go down with it, so later requests go to other instances or the activator.
       `  server ${HOP_SERVER} 127.0.0.1:1 disabled check inter 2s fastinter 500ms downinter 500ms rise 1 fall 1 observe layer4 error-limit 1 on-error mark-down`,
+      // The request that met the dead agent: its function backend's connection to this listener
+      // succeeded, so only this listener can retry it. Nothing reached the agent (retry-on
+      // conn-failure), so the activator may take it: it restores the public URI from the header,
+      // drops the token, and retries on another instance or cold-starts, as the Node path does.
+      `  server ${ACTIVATOR_SERVER} ${c.activator.host}:${c.activator.port} backup`,
     );
   }
   for (let i = 0; i < c.slots; i++) {

@@ -72,6 +72,8 @@ test('config: hop listeners carry the cluster token on their own hop only; an un
   assert.equal(cfg.match(/^listen h\d+$/gm)?.length, 2);
   assert.match(cfg, /bind unix@\/d\/hop0.sock mode 600/);
   assert.match(cfg, /set-path \/internal\/forward\/%\[req.hdr\(x-aether-hop-instance\)\]%\[path\]/);
+  // a request that meets a dead agent goes on to the activator (nothing reached the agent)
+  for (const block of cfg.split('\n\n').filter((b) => /^listen h/m.test(b))) assert.match(block, /^ {2}server activator 127\.0\.0\.1:9000 backup$/m);
   // The token appears once per hop listener and nowhere else (never in a function backend).
   assert.equal(cfg.split(token).length - 1, 2);
   for (const block of cfg.split('\n\n').filter((b) => /^backend f/m.test(b))) {
