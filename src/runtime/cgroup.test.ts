@@ -25,7 +25,7 @@ describe('cgroup v1 discovery', () => {
 });
 
 describe('sandbox launcher', () => {
-  for (const name of ['launch.pl', 'container.pl']) {
+  for (const name of ['common.pl', 'launch.pl', 'container.pl']) {
     const launcher = join(dirname(fileURLToPath(import.meta.url)), 'process', 'sandbox', name);
     it(`${name} compiles under strict and warnings (it runs without them for speed)`, { skip: existsSync('/usr/bin/perl') ? false : 'no perl' }, () => {
       const out = execFileSync('/usr/bin/perl', ['-Mstrict', '-Mwarnings', '-c', launcher], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
