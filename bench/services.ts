@@ -17,7 +17,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AETHER_BIN, api, eventually, startAether } from '../test/support/platform.ts';
 import type { ServiceView } from '../src/spec/index.ts';
-import { freePort, held, pct, writeResults } from './lib.ts';
+import { freePort } from '../src/core/index.ts';
+import { held, pct, writeResults } from './lib.ts';
 
 const SERVICES = Number(process.env['BENCH_SERVICES'] ?? 8);
 const CHANGED = Number(process.env['BENCH_CHANGED'] ?? 2);

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from './redis.ts';
+import { freePort } from '../../src/core/index.ts';
 
 /**
  * A single-node Ceph (mon + memstore OSD + radosgw, no mgr, `auth none`) on loopback. About 15-20 s

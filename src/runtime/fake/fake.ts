@@ -1,7 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { AetherError, systemClock, type Clock, type TimerHandle } from '../../core/index.ts';
+import { AetherError, freePort, systemClock, type Clock, type TimerHandle } from '../../core/index.ts';
 import { LogHub } from '../logs.ts';
 import { describeWorkload, programEnv, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance, type AdoptableInstance, type AdoptionCapability } from '../types.ts';
 
@@ -100,17 +99,6 @@ export function createFakeRuntime(opts: FakeRuntimeOptions = {}): FakeRuntime {
 
 let fakePids = 90_000;
 
-function reservePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = net.createServer();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (addr && typeof addr === 'object' ? res(addr.port) : rej(new Error('no port'))));
-    });
-  });
-}
-
 class Instance implements FakeInstance {
   readonly id: string;
   readonly spec: InstanceSpec;
@@ -194,7 +182,7 @@ class Instance implements FakeInstance {
     if (this.#behavior.startError !== undefined) throw new AetherError('AETHER_ERR_INTERNAL', this.#behavior.startError);
     this.#state = 'starting';
     this.startedAt = this.#clock.now();
-    this.#port = await reservePort();
+    this.#port = await freePort();
     this.#pid = fakePids++;
     this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: this.#port };
     this.#logs.emit('system', `starting ${describeWorkload(this.spec)} (fake)`);

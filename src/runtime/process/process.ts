@@ -7,7 +7,7 @@ import { constants as osConstants } from 'node:os';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../../core/index.ts';
+import { AetherError, createLogger, freePort, systemClock, type Clock, type Logger } from '../../core/index.ts';
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, removeAgentCgroups, sweepDeadAgents, v1Usable, type Controller } from '../cgroup.ts';
 import { findBin } from '../host.ts';
 import { DEFAULT_LOG_LIMITS, LineSplitter, LogHub, LogPump, type LogLimits } from '../logs.ts';
@@ -683,18 +683,6 @@ function envRecords(env: Record<string, string>): string {
   let out = '';
   for (const [k, v] of Object.entries(env)) if (k !== '' && !/[=\0]/.test(k) && !v.includes('\0')) out += `${k}=${v}\0`;
   return out;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (addr && typeof addr === 'object' ? res(addr.port) : rej(new Error('no port'))));
-    });
-  });
 }
 
 function tcpAccepts(host: string, port: number): Promise<boolean> {

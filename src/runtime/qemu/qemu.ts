@@ -5,7 +5,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../../core/index.ts';
+import { AetherError, createLogger, freePort, systemClock, type Clock, type Logger } from '../../core/index.ts';
 import { ensureBaseImage, ensureInitramfs, makeExt4 } from '../../image/index.ts';
 import { findBin } from '../host.ts';
 import { LineSplitter, LogHub } from '../logs.ts';
@@ -248,18 +248,6 @@ function statSizeSafe(p: string): number {
   } catch {
     return 0;
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (addr && typeof addr === 'object' ? res(addr.port) : rej(new Error('no port'))));
-    });
-  });
 }
 
 /**
