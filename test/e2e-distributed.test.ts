@@ -6,13 +6,13 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { api, CLUSTER_TOKEN, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
 import { etcdAvailable, startEtcd, type EtcdServer } from './support/etcd.ts';
 import { redisAvailable, startRedis, type RedisServer } from './support/redis.ts';
 import { cephAvailable, startRadosgw, type Radosgw } from './support/ceph.ts';
+import { sandboxPids } from './support/procs.ts';
 
 const LEASE_TTL_MS = 4000;
 const TOKEN = randomBytes(16).toString('hex');
@@ -48,23 +48,6 @@ async function invoke(gw: RunningPlatform, name: string, timeoutMs = 70_000): Pr
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Pids of processes whose environment carries AETHER_INSTANCE_ID=<id> (a sandbox of that instance). */
-function sandboxPids(instanceId: string): number[] {
-  const needle = Buffer.from(`AETHER_INSTANCE_ID=${instanceId}\0`);
-  const out: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z') continue;
-      if (readFileSync(`/proc/${d}/environ`).includes(needle)) out.push(Number(d));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
 
 function pidAlive(pid: number): boolean {
   try {

@@ -7,7 +7,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -16,6 +16,7 @@ import { AETHER_BIN, api, eventually, startAether, type RunningPlatform } from '
 import { etcdAvailable, startEtcd, type EtcdServer } from './support/etcd.ts';
 import { redisAvailable, startRedis, type RedisServer } from './support/redis.ts';
 import { cephAvailable, startRadosgw, type Radosgw } from './support/ceph.ts';
+import { sandboxPids } from './support/procs.ts';
 import type { ServiceView } from '../src/spec/index.ts';
 import type { DeployStatus } from '../src/deploy/index.ts';
 
@@ -53,23 +54,6 @@ function byHost(routerUrl: string, host: string, headers: Record<string, string>
     req.on('error', reject);
     req.end();
   });
-}
-
-/** Pids of processes whose environment carries AETHER_INSTANCE_ID=<id> (the container of that instance). */
-function sandboxPids(instanceId: string): number[] {
-  const needle = Buffer.from(`AETHER_INSTANCE_ID=${instanceId}\0`);
-  const out: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z') continue;
-      if (readFileSync(`/proc/${d}/environ`).includes(needle)) out.push(Number(d));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
 }
 
 /** One environment variable of an instance's program, read from /proc. */

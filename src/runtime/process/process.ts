@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { AetherError, createLogger, freePort, systemClock, type Clock, type Logger } from '../../core/index.ts';
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, removeAgentCgroups, sweepDeadAgents, v1Usable, type Controller } from '../cgroup.ts';
 import { findBin } from '../host.ts';
+import { procStart, statFields } from '../procfs.ts';
 import { DEFAULT_LOG_LIMITS, LineSplitter, LogHub, LogPump, type LogLimits } from '../logs.ts';
 import { seccompFilter } from './seccomp.ts';
 import { releaseContainer, releaseLeftoverContainers, writeContainerRecord, type ContainerPlan } from './container.ts';
@@ -294,16 +295,6 @@ export interface AdoptionRecord {
   startedAt: number;
 }
 
-function procStart(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // the command name (field 2) may hold spaces and parens: count fields after the last ')'
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
-
 function procRef(pid: number | undefined): ProcRef | undefined {
   const start = pid === undefined ? undefined : procStart(pid);
   return pid !== undefined && start !== undefined ? { pid, start } : undefined;
@@ -311,13 +302,8 @@ function procRef(pid: number | undefined): ProcRef | undefined {
 
 /** Still the same process (not exited, not a zombie, pid not reused). */
 function sameProcess(p: ProcRef): boolean {
-  try {
-    const stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return fields[0] !== 'Z' && fields[19] === p.start;
-  } catch {
-    return false;
-  }
+  const fields = statFields(p.pid);
+  return fields !== undefined && fields[0] !== 'Z' && fields[19] === p.start;
 }
 
 function signalPid(pid: number, sig: NodeJS.Signals): void {
