@@ -13,9 +13,7 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AETHER_BIN, api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
-import { etcdAvailable, startEtcd, type EtcdServer } from './support/etcd.ts';
-import { redisAvailable, startRedis, type RedisServer } from './support/redis.ts';
-import { cephAvailable, startRadosgw, type Radosgw } from './support/ceph.ts';
+import { backendsMissing, startBackends, type Backends } from './support/backends.ts';
 import { sandboxPids } from './support/procs.ts';
 import type { ServiceView } from '../src/spec/index.ts';
 import type { DeployStatus } from '../src/deploy/index.ts';
@@ -31,9 +29,7 @@ const skip =
     ? 'needs root (service containers: loop devices, mounts)'
     : !existsSync('/bin/busybox')
       ? 'busybox-static is not installed'
-      : !etcdAvailable()
-        ? 'etcd binary not found (apt-get install etcd-server)'
-        : (redisAvailable() ?? cephAvailable() ?? false);
+      : (backendsMissing() ?? false);
 
 function git(dir: string, ...args: string[]): void {
   execFileSync('git', ['-C', dir, '-c', 'user.email=t@example.test', '-c', 'user.name=t', ...args], { stdio: 'ignore' });
@@ -78,9 +74,7 @@ interface NodeStatus {
 if (skip) {
   it('services across two agents', { skip }, () => {});
 } else {
-  let etcd: EtcdServer;
-  let redis: RedisServer;
-  let rgw: Radosgw;
+  let backends: Backends | undefined;
   let flags: string[];
   let env: Record<string, string>;
   let dir: string;
@@ -149,10 +143,10 @@ if (skip) {
     execFileSync('git', ['init', '-q', '-b', 'main', repo]);
     commit('first');
 
-    [etcd, redis, rgw] = await Promise.all([startEtcd(), startRedis({ appendOnly: true }), startRadosgw()]);
-    const store = `etcd://${etcd.endpoints[0]?.replace('http://', '')}`;
-    flags = ['--store', store, '--queue', redis.url, '--blob', `s3://aether-code?endpoint=${rgw.endpoint}&region=us-east-1`];
-    env = { AWS_ACCESS_KEY_ID: rgw.accessKeyId, AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey, AETHER_LEASE_TTL_MS: String(LEASE_TTL_MS), AETHER_LOG_LEVEL: 'info' };
+    backends = await startBackends({ appendOnly: true });
+    const { store } = backends;
+    flags = backends.flags;
+    env = { ...backends.env, AETHER_LEASE_TTL_MS: String(LEASE_TTL_MS), AETHER_LOG_LEVEL: 'info' };
     gateway = await startAether({ role: 'gateway', token: TOKEN, args: flags, env });
     await startAgent('node-a');
     await startAgent('node-b');
@@ -163,7 +157,7 @@ if (skip) {
     await deployer?.stop();
     await gateway?.stop();
     for (const a of agents.values()) await a.p.stop();
-    await Promise.allSettled([etcd?.cleanup(), redis?.stop(), rgw?.stop()]);
+    await backends?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
     process.stdout.write(`# e2e-services-distributed took ${Math.round((Date.now() - began) / 1000)} s\n`);
   }, { timeout: 120_000 });
