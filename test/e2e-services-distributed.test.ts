@@ -12,9 +12,10 @@ import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AETHER_BIN, api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
+import { api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
 import { backendsMissing, startBackends, type Backends } from './support/backends.ts';
 import { sandboxPids } from './support/procs.ts';
+import { busyboxImage, busyboxMissing } from './support/busybox.ts';
 import type { ServiceView } from '../src/spec/index.ts';
 import type { DeployStatus } from '../src/deploy/index.ts';
 
@@ -27,9 +28,7 @@ const PORTS = { web: 28181, api: 28182, 'acme-web': 28183 } as const;
 const skip =
   process.getuid?.() !== 0
     ? 'needs root (service containers: loop devices, mounts)'
-    : !existsSync('/bin/busybox')
-      ? 'busybox-static is not installed'
-      : (backendsMissing() ?? false);
+    : (busyboxMissing() ?? backendsMissing() ?? false);
 
 function git(dir: string, ...args: string[]): void {
   execFileSync('git', ['-C', dir, '-c', 'user.email=t@example.test', '-c', 'user.name=t', ...args], { stdio: 'ignore' });
@@ -123,13 +122,7 @@ if (skip) {
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'aether-e2e-svcd-'));
     // The image: busybox + a page; firework's tenant override runs <dir>/<tenant>-<file>.
-    const root = join(dir, 'root');
-    mkdirSync(join(root, 'bin'), { recursive: true });
-    mkdirSync(join(root, 'www'), { recursive: true });
-    copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
-    writeFileSync(join(root, 'www', 'index.html'), PAGE);
-    image = join(dir, 'web.ext4');
-    execFileSync(process.execPath, [AETHER_BIN, 'image', 'build', root, '-o', image], { stdio: 'ignore', timeout: 300_000 });
+    ({ image } = busyboxImage(dir, PAGE));
     copyFileSync(image, join(dir, 'acme-web.ext4'));
 
     repo = join(dir, 'repo');

@@ -1,11 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { AETHER_BIN, api, eventually, startAether } from './support/platform.ts';
+import { api, eventually, startAether } from './support/platform.ts';
+import { busyboxImage, busyboxMissing } from './support/busybox.ts';
 import type { ServiceView } from '../src/spec/index.ts';
 import type { DeployStatus } from '../src/deploy/index.ts';
 
@@ -16,7 +17,7 @@ import type { DeployStatus } from '../src/deploy/index.ts';
  * image boots under qemu: test/vm-qemu.test.ts covers that path), routed by Host through the edge router.
  */
 const skip =
-  process.getuid?.() !== 0 ? 'needs root (service containers: loop devices, mounts)' : !existsSync('/bin/busybox') ? 'busybox-static is not installed' : false;
+  process.getuid?.() !== 0 ? 'needs root (service containers: loop devices, mounts)' : (busyboxMissing() ?? false);
 
 function git(dir: string, ...args: string[]): void {
   execFileSync('git', ['-C', dir, '-c', 'user.email=t@example.test', '-c', 'user.name=t', ...args], { stdio: 'ignore' });
@@ -29,13 +30,7 @@ test('services from a firework Git repo: placed, routed by Host, converged on co
   const dir = mkdtempSync(join(tmpdir(), 'aether-e2e-svc-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   // The image: busybox + a page.
-  const root = join(dir, 'root');
-  mkdirSync(join(root, 'bin'), { recursive: true });
-  mkdirSync(join(root, 'www'), { recursive: true });
-  copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
-  writeFileSync(join(root, 'www', 'index.html'), 'hello from a service\n');
-  const image = join(dir, 'web.ext4');
-  execFileSync(process.execPath, [AETHER_BIN, 'image', 'build', root, '-o', image], { stdio: 'ignore', timeout: 300_000 });
+  const { image } = busyboxImage(dir, 'hello from a service\n');
   // firework's tenant override names the tenant's image <dir>/<tenant>-<file>: its CI builds one per tenant.
   copyFileSync(image, join(dir, 'acme-web.ext4'));
 

@@ -8,14 +8,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ServiceView } from '../src/spec/index.ts';
 import { AETHER_BIN, api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
+import { busyboxMissing, busyboxRoot } from './support/busybox.ts';
 
-const skip = process.getuid?.() !== 0 ? 'needs root (service containers: namespaces, mounts)' : !existsSync('/bin/busybox') ? 'busybox-static is not installed' : false;
+const skip = process.getuid?.() !== 0 ? 'needs root (service containers: namespaces, mounts)' : (busyboxMissing() ?? false);
 
 /** A service that prints a numbered line every 200 ms and serves /www on 8080 (busybox only). */
 const svcYaml = (name: string, root: string): string =>
@@ -87,11 +88,7 @@ const lastTick = (text: string, name: string): number => Math.max(0, ...[...text
 test('kill -9 of aether up: service instances live on and are adopted by the restart; a service removed meanwhile is stopped', { skip, timeout: 300_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'aether-svc-adopt-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const root = join(dir, 'root');
-  mkdirSync(join(root, 'bin'), { recursive: true });
-  mkdirSync(join(root, 'www'), { recursive: true });
-  copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
-  writeFileSync(join(root, 'www', 'index.html'), 'hello from a service\n');
+  const root = busyboxRoot(dir, 'hello from a service\n');
   const specs = join(dir, 'specs');
   mkdirSync(join(specs, 'services'), { recursive: true });
   for (const name of ['keep', 'gone']) writeFileSync(join(specs, 'services', `${name}.yaml`), svcYaml(name, root));
