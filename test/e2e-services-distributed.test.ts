@@ -9,13 +9,13 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
 import { backendsMissing, startBackends, type Backends } from './support/backends.ts';
 import { sandboxPids } from './support/procs.ts';
 import { busyboxImage, busyboxMissing } from './support/busybox.ts';
+import { byHost } from './support/router.ts';
 import type { ServiceView } from '../src/spec/index.ts';
 import type { DeployStatus } from '../src/deploy/index.ts';
 
@@ -36,20 +36,6 @@ function git(dir: string, ...args: string[]): void {
 
 const svcYaml = (name: string, image: string, hostPort: number, extra: string): string =>
   `name: ${name}\nimage: ${image}\nnode_type: general\nsandbox: process\nmemory_mb: 128\ncommand: [/bin/busybox, httpd, -f, -v, -p, '8080', -h, /www]\nport_forwards: [{host_port: ${hostPort}, vm_port: 8080}]\n${extra}`;
-
-/** GET / with a Host header (fetch may not set Host). */
-function byHost(routerUrl: string, host: string, headers: Record<string, string> = {}): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(routerUrl + '/', { headers: { host, ...headers }, timeout: 10_000 }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => (text += c.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 /** One environment variable of an instance's program, read from /proc. */
 function instanceEnv(instanceId: string, name: string): string | undefined {
@@ -166,12 +152,12 @@ if (skip) {
       for (const id of agents.keys()) {
         for (const host of ['web.test', 'api.test', 'acme.test']) {
           const r = await eventually(async () => {
-            const x = await byHost(routerOf(id), host);
+            const x = await byHost(routerOf(id), host, { timeoutMs: 10_000 });
             return x.status === 200 && x;
           }, 20_000, 200);
           assert.equal(r.text, PAGE, `${host} through ${id}`);
         }
-        assert.equal((await byHost(routerOf(id), 'nothing.test')).status, 404);
+        assert.equal((await byHost(routerOf(id), 'nothing.test', { timeoutMs: 10_000 })).status, 404);
       }
       // port_forwards: each host port answers on the node running the service.
       for (const [svc, port] of Object.entries(PORTS)) {
@@ -196,7 +182,7 @@ if (skip) {
 
     it('service logs through the gateway, from whichever agent runs the service', { timeout: 60_000 }, async () => {
       for (const svc of ['web', 'api']) {
-        await byHost(routerOf('node-a'), `${svc}.test`);
+        await byHost(routerOf('node-a'), `${svc}.test`, { timeoutMs: 10_000 });
         const lines = await eventually(async () => {
           const r = await fetch(`${gateway.url}/api/services/${svc}/logs?tail=50`, { headers: { authorization: `Bearer ${TOKEN}` } });
           assert.equal(r.status, 200, await r.clone().text());
@@ -233,7 +219,7 @@ if (skip) {
         return s && now && now.instance !== victim.instance && (s.get('web')?.restarts ?? 0) >= 1 && now;
       }, 90_000, 300).catch(explain);
       assert.equal(back.node, victim.node, 'recreated on its node');
-      assert.equal((await byHost(routerOf(back.node === 'node-a' ? 'node-b' : 'node-a'), 'web.test')).status, 200);
+      assert.equal((await byHost(routerOf(back.node === 'node-a' ? 'node-b' : 'node-a'), 'web.test', { timeoutMs: 10_000 })).status, 200);
     });
 
     it('an invalid commit is refused with file and field; running services stay up', { timeout: 60_000 }, async () => {
@@ -288,7 +274,7 @@ if (skip) {
       assert.equal(moved.size, 3);
       for (const host of ['web.test', 'api.test', 'acme.test']) {
         const r = await eventually(async () => {
-          const x = await byHost(routerOf(survivorId), host);
+          const x = await byHost(routerOf(survivorId), host, { timeoutMs: 10_000 });
           return x.status === 200 && x;
         }, 20_000, 200);
         assert.equal(r.text, PAGE);
@@ -310,7 +296,7 @@ if (skip) {
       for (const id of agents.keys()) {
         for (const host of ['web.test', 'api.test', 'acme.test']) {
           const r = await eventually(async () => {
-            const x = await byHost(routerOf(id), host);
+            const x = await byHost(routerOf(id), host, { timeoutMs: 10_000 });
             return x.status === 200 && x;
           }, 20_000, 200);
           assert.equal(r.text, PAGE, `${host} through ${id}`);

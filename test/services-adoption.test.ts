@@ -9,12 +9,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ServiceView } from '../src/spec/index.ts';
 import { AETHER_BIN, api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
 import { busyboxMissing, busyboxRoot } from './support/busybox.ts';
+import { byHost, routerUrlOf } from './support/router.ts';
 
 const skip = process.getuid?.() !== 0 ? 'needs root (service containers: namespaces, mounts)' : (busyboxMissing() ?? false);
 
@@ -50,20 +50,6 @@ function hostPids(instanceId: string, only?: string): number[] {
   }
   return out.sort((a, b) => a - b);
 }
-
-function byHost(routerUrl: string, host: string): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(routerUrl + '/', { headers: { host } }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => (text += c.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-const routerOf = (p: RunningPlatform): Promise<string> => eventually(async () => /edge router at (http:\/\/\S+)/.exec(p.output())?.[1]);
 
 async function services(p: RunningPlatform): Promise<Map<string, ServiceView>> {
   return new Map((await api<ServiceView[]>(p, 'GET', '/api/services')).body.map((s) => [s.name, s]));
@@ -103,7 +89,7 @@ test('kill -9 of aether up: service instances live on and are adopted by the res
   const args = ['--router-port', '0', '--source', specs, '--poll', '1s'];
   const first = await startAether({ args, env });
   platforms.push(first);
-  const router1 = await routerOf(first);
+  const router1 = await routerUrlOf(first);
   await eventually(async () => {
     const s = await services(first);
     return ['keep', 'gone'].every((n) => s.get(n)?.state === 'running' && s.get(n)?.health === 'healthy');
@@ -131,7 +117,7 @@ test('kill -9 of aether up: service instances live on and are adopted by the res
 
   const second = await startAether({ dataDir: first.dataDir, token: first.token, args, env });
   platforms.push(second);
-  const router2 = await routerOf(second);
+  const router2 = await routerUrlOf(second);
   const after = await eventually(async () => {
     const s = await nodeStatus(router2);
     return s.get('keep')?.state === 'running' && s;

@@ -3,7 +3,6 @@
 // Host through the edge router, and is stopped with the platform. Slow under TCG: one boot, long waits.
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -12,6 +11,7 @@ import type { ServiceView } from '../src/spec/index.ts';
 import { api, eventually, startAether } from './support/platform.ts';
 import { qemuProcsUnder } from './support/procs.ts';
 import { busyboxImage, busyboxMissing } from './support/busybox.ts';
+import { byHost, routerUrlOf } from './support/router.ts';
 
 const host = await probeHost();
 const qemu = host.sandboxes.find((s) => s.kind === 'qemu');
@@ -52,7 +52,7 @@ test('a service boots its ext4 image in a qemu microVM, passes its health check 
   t.after(async () => {
     if (!stopped) await p.stop();
   });
-  const routerUrl = await eventually(async () => /edge router at (http:\/\/\S+)/.exec(p.output())?.[1]);
+  const routerUrl = await routerUrlOf(p);
   const view = async (): Promise<ServiceView | undefined> => (await api<ServiceView[]>(p, 'GET', '/api/services')).body.find((s) => s.name === 'vmweb');
 
   const running = await eventually(async () => {
@@ -64,17 +64,7 @@ test('a service boots its ext4 image in a qemu microVM, passes its health check 
   assert.equal(running.node !== null, true);
   assert.equal(qemuProcsUnder(p.dataDir).length, 1, 'one VM runs the service');
 
-  const byHost = (h: string): Promise<{ status: number; text: string }> =>
-    new Promise((resolve, reject) => {
-      const req = request(routerUrl + '/', { headers: { host: h } }, (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-      });
-      req.on('error', reject);
-      req.end();
-    });
-  const r = await byHost('vm.test');
+  const r = await byHost(routerUrl, 'vm.test');
   assert.equal(r.status, 200, r.text);
   assert.equal(r.text, 'hello from a microVM service\n');
 
