@@ -88,6 +88,18 @@ if (skip) {
     const s = await services();
     return names.every((n) => s.get(n)?.state === 'running') && s;
   };
+  /** Each router serves every host: its own instances directly, the others' through the peer's router. */
+  const everyRouterServesEveryHost = async (): Promise<void> => {
+    for (const id of agents.keys()) {
+      for (const host of ['web.test', 'api.test', 'acme.test']) {
+        const r = await eventually(async () => {
+          const x = await byHost(routerOf(id), host, { timeoutMs: 10_000 });
+          return x.status === 200 && x;
+        }, 20_000, 200);
+        assert.equal(r.text, PAGE, `${host} through ${id}`);
+      }
+    }
+  };
   const nodeStatus = async (id: string): Promise<NodeStatus> => (await (await fetch(routerOf(id) + '/status')).json()) as NodeStatus;
   const instanceOf = async (svc: string): Promise<{ node: string; instance: string }> => {
     for (const id of agents.keys()) {
@@ -148,17 +160,8 @@ if (skip) {
       first = await eventually(() => allRunning(['acme-web', 'api', 'web']), 180_000, 500).catch(explain);
       assert.notEqual(first.get('web')?.node, first.get('api')?.node, 'web and api share an anti-affinity group: different nodes');
       assert.deepEqual(new Set([...first.values()].map((s) => s.node)), new Set(['node-a', 'node-b']));
-      // Each router serves every host: its own instances directly, the others' through the peer's router.
-      for (const id of agents.keys()) {
-        for (const host of ['web.test', 'api.test', 'acme.test']) {
-          const r = await eventually(async () => {
-            const x = await byHost(routerOf(id), host, { timeoutMs: 10_000 });
-            return x.status === 200 && x;
-          }, 20_000, 200);
-          assert.equal(r.text, PAGE, `${host} through ${id}`);
-        }
-        assert.equal((await byHost(routerOf(id), 'nothing.test', { timeoutMs: 10_000 })).status, 404);
-      }
+      await everyRouterServesEveryHost();
+      for (const id of agents.keys()) assert.equal((await byHost(routerOf(id), 'nothing.test', { timeoutMs: 10_000 })).status, 404);
       // port_forwards: each host port answers on the node running the service.
       for (const [svc, port] of Object.entries(PORTS)) {
         const r = await eventually(async () => {
@@ -293,15 +296,7 @@ if (skip) {
         return s && s.get('web')?.node !== s.get('api')?.node && s;
       }, 90_000, 500).catch(explain);
       assert.equal(spread.size, 3);
-      for (const id of agents.keys()) {
-        for (const host of ['web.test', 'api.test', 'acme.test']) {
-          const r = await eventually(async () => {
-            const x = await byHost(routerOf(id), host, { timeoutMs: 10_000 });
-            return x.status === 200 && x;
-          }, 20_000, 200);
-          assert.equal(r.text, PAGE, `${host} through ${id}`);
-        }
-      }
+      await everyRouterServesEveryHost();
       const running = new Map<string, number>();
       for (const id of agents.keys()) for (const x of (await nodeStatus(id)).services) running.set(x.service, (running.get(x.service) ?? 0) + 1);
       assert.deepEqual([...running].sort(), [['acme-web', 1], ['api', 1], ['web', 1]], 'each service runs on exactly one node');
