@@ -12,9 +12,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { api, startAether, zipFiles, type RunningPlatform } from '../test/support/platform.ts';
-import { etcdAvailable, startEtcd, type EtcdServer } from '../test/support/etcd.ts';
-import { redisAvailable, startRedis, type RedisServer } from '../test/support/redis.ts';
-import { cephAvailable, startRadosgw, type Radosgw } from '../test/support/ceph.ts';
+import { backendsMissing, startBackends, type Backends } from '../test/support/backends.ts';
 import { coldStart, HANDLER, held, load, pct, writeResults, type LoadResult } from './lib.ts';
 
 const DURATION_MS = Number(process.env['BENCH_DURATION_MS'] ?? 4000);
@@ -54,15 +52,13 @@ function ratio(d: number, e: number): string {
 }
 
 async function main(): Promise<void> {
-  const missing = !etcdAvailable() ? 'etcd binary not found (apt-get install etcd-server)' : (redisAvailable() ?? cephAvailable());
+  const missing = backendsMissing();
   if (missing) throw new Error(`bench:distributed needs etcd, Redis and Ceph: ${missing}`);
 
   const work = mkdtempSync(join(tmpdir(), 'aether-bench-dist-'));
   const token = randomBytes(16).toString('hex');
   const procs: RunningPlatform[] = [];
-  let etcd: EtcdServer | undefined;
-  let redis: RedisServer | undefined;
-  let rgw: Radosgw | undefined;
+  let backends: Backends | undefined;
   /** Instance ids we saw, to prove at the end that none of their sandboxes outlived the run. */
   const seenInstances = new Set<string>();
 
@@ -71,7 +67,7 @@ async function main(): Promise<void> {
     (cleaned ??= held((async () => {
       // Agent last among aether processes: gateways stop routing first, then sandboxes go with the agent.
       for (const p of [...procs].reverse()) await p.stop().catch(() => p.kill());
-      await Promise.allSettled([etcd?.cleanup(), redis?.stop(), rgw?.stop()]);
+      await backends?.stop();
       rmSync(work, { recursive: true, force: true });
     })()));
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -84,14 +80,9 @@ async function main(): Promise<void> {
   const results: Record<string, unknown> = { date: new Date().toISOString(), duration_ms: DURATION_MS, cold_runs: COLD_RUNS, node: process.version, root: process.getuid?.() === 0 };
   try {
     const t0 = Date.now();
-    const [e, r, g] = await Promise.allSettled([startEtcd(), startRedis(), startRadosgw()]);
-    if (e.status === 'fulfilled') etcd = e.value;
-    if (r.status === 'fulfilled') redis = r.value;
-    if (g.status === 'fulfilled') rgw = g.value;
-    for (const s of [e, r, g]) if (s.status === 'rejected') throw s.reason;
-    if (!etcd || !redis || !rgw) throw new Error('unreachable: backing services missing');
-    const flags = ['--store', `etcd://${etcd.endpoints[0]?.replace('http://', '')}`, '--queue', redis.url, '--blob', `s3://aether-code?endpoint=${rgw.endpoint}&region=us-east-1`];
-    const env = { AETHER_LOG_LEVEL: 'error', AWS_ACCESS_KEY_ID: rgw.accessKeyId, AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey };
+    backends = await startBackends();
+    const { flags } = backends;
+    const env = { AETHER_LOG_LEVEL: 'error', ...backends.env };
     const start = async (role: 'up' | 'gateway' | 'agent', args: string[], e2: Record<string, string>): Promise<RunningPlatform> => {
       const dataDir = join(work, role);
       mkdirSync(dataDir);

@@ -1,6 +1,5 @@
 /** Helpers shared by the benchmarks (`bench/run.ts`, `bench/distributed.ts`). */
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
@@ -17,15 +16,6 @@ export interface LoadResult {
   p99: number;
   rps: number;
   errors: number;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
 }
 
 /** Nearest-rank percentile of an ascending array. */

@@ -15,7 +15,8 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
 import { api, startAether, zipFiles } from '../test/support/platform.ts';
-import { coldStart, freePort, HANDLER, held, load, pct, writeResults, type Target } from './lib.ts';
+import { freePort } from '../src/core/index.ts';
+import { coldStart, HANDLER, held, load, pct, writeResults, type Target } from './lib.ts';
 
 const DURATION_MS = Number(process.env['BENCH_DURATION_MS'] ?? 5000);
 const COLD_RUNS = Number(process.env['BENCH_COLD_RUNS'] ?? 20);

@@ -12,12 +12,14 @@
  */
 import { createHmac } from 'node:crypto';
 import { execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AETHER_BIN, api, eventually, startAether } from '../test/support/platform.ts';
+import { api, eventually, startAether } from '../test/support/platform.ts';
 import type { ServiceView } from '../src/spec/index.ts';
-import { freePort, held, pct, writeResults } from './lib.ts';
+import { freePort } from '../src/core/index.ts';
+import { held, pct, writeResults } from './lib.ts';
+import { busyboxImage } from '../test/support/busybox.ts';
 
 const SERVICES = Number(process.env['BENCH_SERVICES'] ?? 8);
 const CHANGED = Number(process.env['BENCH_CHANGED'] ?? 2);
@@ -63,13 +65,7 @@ async function bareStart(root: string): Promise<number> {
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'aether-bench-svc-'));
-const root = join(dir, 'root');
-mkdirSync(join(root, 'bin'), { recursive: true });
-mkdirSync(join(root, 'www'), { recursive: true });
-copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
-writeFileSync(join(root, 'www', 'index.html'), 'ok\n');
-const image = join(dir, 'web.ext4');
-execFileSync(process.execPath, [AETHER_BIN, 'image', 'build', root, '-o', image], { stdio: 'ignore', timeout: 300_000 });
+const { root, image } = busyboxImage(dir, 'ok\n');
 
 const repo = join(dir, 'repo');
 mkdirSync(join(repo, 'services'), { recursive: true });

@@ -12,6 +12,7 @@ import { KEYS } from '../src/spec/index.ts';
 import { createSqliteStore } from '../src/store/sqlite.ts';
 import { hostLinks } from '../src/runtime/process/veth.ts';
 import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
+import { sandboxPids } from './support/procs.ts';
 
 const HANDLER = `
 let n = 0;
@@ -24,24 +25,10 @@ require('http').createServer((q, s) => {
 
 const root = process.getuid?.() === 0;
 
-/** Host pids of the processes whose environment names this instance (the program). */
-function hostPids(instanceId: string): number[] {
-  const out: number[] = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      if (readFileSync(`/proc/${name}/environ`, 'latin1').split('\0').includes(`AETHER_INSTANCE_ID=${instanceId}`)) out.push(Number(name));
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
-
 /** Anything of the instance left on the host: processes, cgroup dirs, mounts, its runtime files. */
 function leftovers(dataDir: string, instanceId: string): string[] {
   const found: string[] = [];
-  if (hostPids(instanceId).length > 0) found.push('processes');
+  if (sandboxPids(instanceId).length > 0) found.push('processes');
   for (const ctl of ['memory', 'cpu', 'pids', 'cpu,cpuacct']) {
     const base = `/sys/fs/cgroup/${ctl}/aether`;
     if (!existsSync(base)) continue;
@@ -84,13 +71,13 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     assert.equal(warm.cold, 'false');
     assert.equal(warm.instance, cold.instance);
     const id = cold.instance;
-    const pids = hostPids(id);
+    const pids = sandboxPids(id);
     assert.ok(pids.length > 0, 'the program runs on the host');
 
     // kill -9 of the whole platform (gateway and agent in one process)
     await first.kill({ keepSandboxes: true });
     await new Promise((r) => setTimeout(r, 300));
-    assert.deepEqual(hostPids(id), pids, 'the instance outlives its agent');
+    assert.deepEqual(sandboxPids(id), pids, 'the instance outlives its agent');
 
     const second = await startAether({ dataDir: first.dataDir, token: first.token, env });
     platforms.push(second);
@@ -98,12 +85,12 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     assert.equal(again.instance, id, 'the same instance serves');
     assert.equal(again.cold, 'false', 'no cold start');
     assert.equal(again.n, 3, 'the same program (its request counter went on)');
-    assert.deepEqual(hostPids(id), pids, 'the same host processes');
+    assert.deepEqual(sandboxPids(id), pids, 'the same host processes');
     await eventually(async () => (await logsOf(second, 'kept')).includes('served /c #3'), 10_000);
 
     // Warm the second function, then kill -9 and delete it while no platform runs.
     const orphan = (await call(second, 'orphan', '/x')).instance;
-    assert.ok(hostPids(orphan).length > 0);
+    assert.ok(sandboxPids(orphan).length > 0);
     // forwarder network: its forwarder runs outside the cgroup and has no AETHER_ env: find it through
     // the record; veth network: its veth pair (host side ae<n>) must go with it
     const agentDir = readdirSync(join(first.dataDir, 'runtime', 'instances'))[0] ?? '';

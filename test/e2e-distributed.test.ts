@@ -6,18 +6,19 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { api, CLUSTER_TOKEN, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
-import { etcdAvailable, startEtcd, type EtcdServer } from './support/etcd.ts';
-import { redisAvailable, startRedis, type RedisServer } from './support/redis.ts';
-import { cephAvailable, startRadosgw, type Radosgw } from './support/ceph.ts';
+import { backendsMissing, startBackends, type Backends } from './support/backends.ts';
+import type { EtcdServer } from './support/etcd.ts';
+import type { RedisServer } from './support/redis.ts';
+import type { Radosgw } from './support/ceph.ts';
+import { sandboxPids } from './support/procs.ts';
 
 const LEASE_TTL_MS = 4000;
 const TOKEN = randomBytes(16).toString('hex');
 
-const skip = !etcdAvailable() ? 'etcd binary not found (apt-get install etcd-server)' : (redisAvailable() ?? cephAvailable() ?? false);
+const skip = backendsMissing() ?? false;
 
 const HANDLER = (version: string, delayMs = 0): string => `
 const http = require('http');
@@ -49,23 +50,6 @@ async function invoke(gw: RunningPlatform, name: string, timeoutMs = 70_000): Pr
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Pids of processes whose environment carries AETHER_INSTANCE_ID=<id> (a sandbox of that instance). */
-function sandboxPids(instanceId: string): number[] {
-  const needle = Buffer.from(`AETHER_INSTANCE_ID=${instanceId}\0`);
-  const out: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z') continue;
-      if (readFileSync(`/proc/${d}/environ`).includes(needle)) out.push(Number(d));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
-
 function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -78,6 +62,7 @@ function pidAlive(pid: number): boolean {
 if (skip) {
   it('distributed mode under faults', { skip }, () => {});
 } else {
+  let backends: Backends | undefined;
   let etcd: EtcdServer;
   let redis: RedisServer;
   let rgw: Radosgw;
@@ -119,9 +104,9 @@ if (skip) {
   };
 
   before(async () => {
-    [etcd, redis, rgw] = await Promise.all([startEtcd(), startRedis({ appendOnly: true }), startRadosgw()]);
-    flags = ['--store', `etcd://${etcd.endpoints[0]?.replace('http://', '')}`, '--queue', redis.url, '--blob', `s3://aether-code?endpoint=${rgw.endpoint}&region=us-east-1`];
-    env = { AWS_ACCESS_KEY_ID: rgw.accessKeyId, AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey, AETHER_LEASE_TTL_MS: String(LEASE_TTL_MS) };
+    backends = await startBackends({ appendOnly: true });
+    ({ etcd, redis, rgw, flags } = backends);
+    env = { ...backends.env, AETHER_LEASE_TTL_MS: String(LEASE_TTL_MS) };
     gateways.push(await startGw(), await startGw());
     await startAgent();
     await startAgent();
@@ -130,7 +115,7 @@ if (skip) {
   after(async () => {
     for (const g of gateways) await g.stop();
     for (const a of agents.values()) await a.stop();
-    await Promise.allSettled([etcd?.cleanup(), redis?.stop(), rgw?.stop()]);
+    await backends?.stop();
   }, { timeout: 120_000 });
 
   describe('distributed mode under faults', { timeout: 300_000 }, () => {

@@ -7,15 +7,15 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AETHER_BIN, api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
-import { etcdAvailable, startEtcd, type EtcdServer } from './support/etcd.ts';
-import { redisAvailable, startRedis, type RedisServer } from './support/redis.ts';
-import { cephAvailable, startRadosgw, type Radosgw } from './support/ceph.ts';
+import { api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
+import { backendsMissing, startBackends, type Backends } from './support/backends.ts';
+import { sandboxPids } from './support/procs.ts';
+import { busyboxImage, busyboxMissing } from './support/busybox.ts';
+import { byHost } from './support/router.ts';
 import type { ServiceView } from '../src/spec/index.ts';
 import type { DeployStatus } from '../src/deploy/index.ts';
 
@@ -29,11 +29,7 @@ const PORTS = { web: 28181, api: 28182, 'acme-web': 28183 } as const;
 const skip =
   process.getuid?.() !== 0
     ? 'needs root (service containers: loop devices, mounts)'
-    : !existsSync('/bin/busybox')
-      ? 'busybox-static is not installed'
-      : !etcdAvailable()
-        ? 'etcd binary not found (apt-get install etcd-server)'
-        : (redisAvailable() ?? cephAvailable() ?? false);
+    : (busyboxMissing() ?? backendsMissing() ?? false);
 
 function git(dir: string, ...args: string[]): void {
   execFileSync('git', ['-C', dir, '-c', 'user.email=t@example.test', '-c', 'user.name=t', ...args], { stdio: 'ignore' });
@@ -41,37 +37,6 @@ function git(dir: string, ...args: string[]): void {
 
 const svcYaml = (name: string, image: string, hostPort: number, extra: string): string =>
   `name: ${name}\nimage: ${image}\nnode_type: general\nsandbox: process\nmemory_mb: 128\ncommand: [/bin/busybox, httpd, -f, -v, -p, '8080', -h, /www]\nport_forwards: [{host_port: ${hostPort}, vm_port: 8080}]\n${extra}`;
-
-/** GET / with a Host header (fetch may not set Host). */
-function byHost(routerUrl: string, host: string, headers: Record<string, string> = {}): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(routerUrl + '/', { headers: { host, ...headers }, timeout: 10_000 }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => (text += c.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-/** Pids of processes whose environment carries AETHER_INSTANCE_ID=<id> (the container of that instance). */
-function sandboxPids(instanceId: string): number[] {
-  const needle = Buffer.from(`AETHER_INSTANCE_ID=${instanceId}\0`);
-  const out: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z') continue;
-      if (readFileSync(`/proc/${d}/environ`).includes(needle)) out.push(Number(d));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
 
 /** One environment variable of an instance's program, read from /proc. */
 function instanceEnv(instanceId: string, name: string): string | undefined {
@@ -95,9 +60,7 @@ interface NodeStatus {
 if (skip) {
   it('services across two agents', { skip }, () => {});
 } else {
-  let etcd: EtcdServer;
-  let redis: RedisServer;
-  let rgw: Radosgw;
+  let backends: Backends | undefined;
   let flags: string[];
   let env: Record<string, string>;
   let dir: string;
@@ -126,6 +89,18 @@ if (skip) {
     const s = await services();
     return names.every((n) => s.get(n)?.state === 'running') && s;
   };
+  /** Each router serves every host: its own instances directly, the others' through the peer's router. */
+  const everyRouterServesEveryHost = async (): Promise<void> => {
+    for (const id of agents.keys()) {
+      for (const host of ['web.test', 'api.test', 'acme.test']) {
+        const r = await eventually(async () => {
+          const x = await byHost(routerOf(id), host, { timeoutMs: 10_000 });
+          return x.status === 200 && x;
+        }, 20_000, 200);
+        assert.equal(r.text, PAGE, `${host} through ${id}`);
+      }
+    }
+  };
   const nodeStatus = async (id: string): Promise<NodeStatus> => (await (await fetch(routerOf(id) + '/status')).json()) as NodeStatus;
   const instanceOf = async (svc: string): Promise<{ node: string; instance: string }> => {
     for (const id of agents.keys()) {
@@ -146,13 +121,7 @@ if (skip) {
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'aether-e2e-svcd-'));
     // The image: busybox + a page; firework's tenant override runs <dir>/<tenant>-<file>.
-    const root = join(dir, 'root');
-    mkdirSync(join(root, 'bin'), { recursive: true });
-    mkdirSync(join(root, 'www'), { recursive: true });
-    copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
-    writeFileSync(join(root, 'www', 'index.html'), PAGE);
-    image = join(dir, 'web.ext4');
-    execFileSync(process.execPath, [AETHER_BIN, 'image', 'build', root, '-o', image], { stdio: 'ignore', timeout: 300_000 });
+    ({ image } = busyboxImage(dir, PAGE));
     copyFileSync(image, join(dir, 'acme-web.ext4'));
 
     repo = join(dir, 'repo');
@@ -166,10 +135,10 @@ if (skip) {
     execFileSync('git', ['init', '-q', '-b', 'main', repo]);
     commit('first');
 
-    [etcd, redis, rgw] = await Promise.all([startEtcd(), startRedis({ appendOnly: true }), startRadosgw()]);
-    const store = `etcd://${etcd.endpoints[0]?.replace('http://', '')}`;
-    flags = ['--store', store, '--queue', redis.url, '--blob', `s3://aether-code?endpoint=${rgw.endpoint}&region=us-east-1`];
-    env = { AWS_ACCESS_KEY_ID: rgw.accessKeyId, AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey, AETHER_LEASE_TTL_MS: String(LEASE_TTL_MS), AETHER_LOG_LEVEL: 'info' };
+    backends = await startBackends({ appendOnly: true });
+    const { store } = backends;
+    flags = backends.flags;
+    env = { ...backends.env, AETHER_LEASE_TTL_MS: String(LEASE_TTL_MS), AETHER_LOG_LEVEL: 'info' };
     gateway = await startAether({ role: 'gateway', token: TOKEN, args: flags, env });
     await startAgent('node-a');
     await startAgent('node-b');
@@ -180,7 +149,7 @@ if (skip) {
     await deployer?.stop();
     await gateway?.stop();
     for (const a of agents.values()) await a.p.stop();
-    await Promise.allSettled([etcd?.cleanup(), redis?.stop(), rgw?.stop()]);
+    await backends?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
     process.stdout.write(`# e2e-services-distributed took ${Math.round((Date.now() - began) / 1000)} s\n`);
   }, { timeout: 120_000 });
@@ -192,17 +161,8 @@ if (skip) {
       first = await eventually(() => allRunning(['acme-web', 'api', 'web']), 180_000, 500).catch(explain);
       assert.notEqual(first.get('web')?.node, first.get('api')?.node, 'web and api share an anti-affinity group: different nodes');
       assert.deepEqual(new Set([...first.values()].map((s) => s.node)), new Set(['node-a', 'node-b']));
-      // Each router serves every host: its own instances directly, the others' through the peer's router.
-      for (const id of agents.keys()) {
-        for (const host of ['web.test', 'api.test', 'acme.test']) {
-          const r = await eventually(async () => {
-            const x = await byHost(routerOf(id), host);
-            return x.status === 200 && x;
-          }, 20_000, 200);
-          assert.equal(r.text, PAGE, `${host} through ${id}`);
-        }
-        assert.equal((await byHost(routerOf(id), 'nothing.test')).status, 404);
-      }
+      await everyRouterServesEveryHost();
+      for (const id of agents.keys()) assert.equal((await byHost(routerOf(id), 'nothing.test', { timeoutMs: 10_000 })).status, 404);
       // port_forwards: each host port answers on the node running the service.
       for (const [svc, port] of Object.entries(PORTS)) {
         const r = await eventually(async () => {
@@ -226,7 +186,7 @@ if (skip) {
 
     it('service logs through the gateway, from whichever agent runs the service', { timeout: 60_000 }, async () => {
       for (const svc of ['web', 'api']) {
-        await byHost(routerOf('node-a'), `${svc}.test`);
+        await byHost(routerOf('node-a'), `${svc}.test`, { timeoutMs: 10_000 });
         const lines = await eventually(async () => {
           const r = await fetch(`${gateway.url}/api/services/${svc}/logs?tail=50`, { headers: { authorization: `Bearer ${TOKEN}` } });
           assert.equal(r.status, 200, await r.clone().text());
@@ -263,7 +223,7 @@ if (skip) {
         return s && now && now.instance !== victim.instance && (s.get('web')?.restarts ?? 0) >= 1 && now;
       }, 90_000, 300).catch(explain);
       assert.equal(back.node, victim.node, 'recreated on its node');
-      assert.equal((await byHost(routerOf(back.node === 'node-a' ? 'node-b' : 'node-a'), 'web.test')).status, 200);
+      assert.equal((await byHost(routerOf(back.node === 'node-a' ? 'node-b' : 'node-a'), 'web.test', { timeoutMs: 10_000 })).status, 200);
     });
 
     it('an invalid commit is refused with file and field; running services stay up', { timeout: 60_000 }, async () => {
@@ -343,7 +303,7 @@ if (skip) {
       assert.equal(moved.size, 3);
       for (const host of ['web.test', 'api.test', 'acme.test']) {
         const r = await eventually(async () => {
-          const x = await byHost(routerOf(survivorId), host);
+          const x = await byHost(routerOf(survivorId), host, { timeoutMs: 10_000 });
           return x.status === 200 && x;
         }, 20_000, 200);
         assert.equal(r.text, PAGE);
@@ -362,15 +322,7 @@ if (skip) {
         return s && s.get('web')?.node !== s.get('api')?.node && s;
       }, 90_000, 500).catch(explain);
       assert.equal(spread.size, 3);
-      for (const id of agents.keys()) {
-        for (const host of ['web.test', 'api.test', 'acme.test']) {
-          const r = await eventually(async () => {
-            const x = await byHost(routerOf(id), host);
-            return x.status === 200 && x;
-          }, 20_000, 200);
-          assert.equal(r.text, PAGE, `${host} through ${id}`);
-        }
-      }
+      await everyRouterServesEveryHost();
       const running = new Map<string, number>();
       for (const id of agents.keys()) for (const x of (await nodeStatus(id)).services) running.set(x.service, (running.get(x.service) ?? 0) + 1);
       assert.deepEqual([...running].sort(), [['acme-web', 1], ['api', 1], ['web', 1]], 'each service runs on exactly one node');

@@ -1,11 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { request } from 'node:http';
 import { join } from 'node:path';
-import { AETHER_BIN, api, eventually, startAether } from './support/platform.ts';
+import { api, eventually, startAether } from './support/platform.ts';
+import { busyboxImage, busyboxMissing } from './support/busybox.ts';
+import { byHost, routerUrlOf } from './support/router.ts';
 import type { ServiceView } from '../src/spec/index.ts';
 import type { DeployStatus } from '../src/deploy/index.ts';
 
@@ -16,7 +17,7 @@ import type { DeployStatus } from '../src/deploy/index.ts';
  * image boots under qemu: test/vm-qemu.test.ts covers that path), routed by Host through the edge router.
  */
 const skip =
-  process.getuid?.() !== 0 ? 'needs root (service containers: loop devices, mounts)' : !existsSync('/bin/busybox') ? 'busybox-static is not installed' : false;
+  process.getuid?.() !== 0 ? 'needs root (service containers: loop devices, mounts)' : (busyboxMissing() ?? false);
 
 function git(dir: string, ...args: string[]): void {
   execFileSync('git', ['-C', dir, '-c', 'user.email=t@example.test', '-c', 'user.name=t', ...args], { stdio: 'ignore' });
@@ -29,13 +30,7 @@ test('services from a firework Git repo: placed, routed by Host, converged on co
   const dir = mkdtempSync(join(tmpdir(), 'aether-e2e-svc-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   // The image: busybox + a page.
-  const root = join(dir, 'root');
-  mkdirSync(join(root, 'bin'), { recursive: true });
-  mkdirSync(join(root, 'www'), { recursive: true });
-  copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
-  writeFileSync(join(root, 'www', 'index.html'), 'hello from a service\n');
-  const image = join(dir, 'web.ext4');
-  execFileSync(process.execPath, [AETHER_BIN, 'image', 'build', root, '-o', image], { stdio: 'ignore', timeout: 300_000 });
+  const { image } = busyboxImage(dir, 'hello from a service\n');
   // firework's tenant override names the tenant's image <dir>/<tenant>-<file>: its CI builds one per tenant.
   copyFileSync(image, join(dir, 'acme-web.ext4'));
 
@@ -53,18 +48,7 @@ test('services from a firework Git repo: placed, routed by Host, converged on co
 
   const p = await startAether({ args: ['--router-port', '0', '--source', `file://${repo}#main`, '--poll', '1s'] });
   t.after(() => p.stop());
-  const routerUrl = await eventually(async () => /edge router at (http:\/\/\S+)/.exec(p.output())?.[1]);
-  // fetch() may not set Host; node:http may.
-  const byHost = (host: string): Promise<{ status: number; text: string }> =>
-    new Promise((resolve, reject) => {
-      const req = request(routerUrl + '/', { headers: { host } }, (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-      });
-      req.on('error', reject);
-      req.end();
-    });
+  const routerUrl = await routerUrlOf(p);
   const services = async (): Promise<Map<string, ServiceView>> => new Map((await api<ServiceView[]>(p, 'GET', '/api/services')).body.map((s) => [s.name, s]));
   const allRunning = async (names: string[]): Promise<Map<string, ServiceView> | false> => {
     const s = await services();
@@ -75,11 +59,11 @@ test('services from a firework Git repo: placed, routed by Host, converged on co
     throw new Error(`${String(err)}\nservices: ${JSON.stringify([...(await services()).values()])}\n${p.output().slice(-4000)}`);
   });
   for (const host of ['web.test', 'api.test', 'acme.test']) {
-    const r = await byHost(host);
+    const r = await byHost(routerUrl, host);
     assert.equal(r.status, 200, `${host}: ${r.text}`);
     assert.equal(r.text, 'hello from a service\n');
   }
-  const unknown = await byHost('nothing.test');
+  const unknown = await byHost(routerUrl, 'nothing.test');
   assert.equal(unknown.status, 404);
   const status = (await (await fetch(routerUrl + '/status')).json()) as { node: string; router_port: number; services: { service: string }[] };
   assert.deepEqual(status.services.map((s) => s.service).sort(), ['acme-web', 'api', 'web']);
@@ -106,7 +90,7 @@ test('services from a firework Git repo: placed, routed by Host, converged on co
     const s = await allRunning(['web']);
     return s && s.get('web')?.address !== victim.address && (s.get('web')?.restarts ?? 0) >= 1;
   }, 120_000, 500);
-  assert.equal((await byHost('web.test')).status, 200);
+  assert.equal((await byHost(routerUrl, 'web.test')).status, 200);
 
   // An invalid commit is refused with file and field; everything keeps running.
   writeFileSync(join(repo, 'services', 'bad.yaml'), 'name: bad\nnode_type: general\n');

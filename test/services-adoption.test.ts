@@ -8,14 +8,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ServiceView } from '../src/spec/index.ts';
 import { AETHER_BIN, api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
+import { busyboxMissing, busyboxRoot } from './support/busybox.ts';
+import { byHost, routerUrlOf } from './support/router.ts';
 
-const skip = process.getuid?.() !== 0 ? 'needs root (service containers: namespaces, mounts)' : !existsSync('/bin/busybox') ? 'busybox-static is not installed' : false;
+const skip = process.getuid?.() !== 0 ? 'needs root (service containers: namespaces, mounts)' : (busyboxMissing() ?? false);
 
 /** A service that prints a numbered line every 200 ms and serves /www on 8080 (busybox only). */
 const svcYaml = (name: string, root: string): string =>
@@ -50,20 +51,6 @@ function hostPids(instanceId: string, only?: string): number[] {
   return out.sort((a, b) => a - b);
 }
 
-function byHost(routerUrl: string, host: string): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(routerUrl + '/', { headers: { host } }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => (text += c.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-const routerOf = (p: RunningPlatform): Promise<string> => eventually(async () => /edge router at (http:\/\/\S+)/.exec(p.output())?.[1]);
-
 async function services(p: RunningPlatform): Promise<Map<string, ServiceView>> {
   return new Map((await api<ServiceView[]>(p, 'GET', '/api/services')).body.map((s) => [s.name, s]));
 }
@@ -87,11 +74,7 @@ const lastTick = (text: string, name: string): number => Math.max(0, ...[...text
 test('kill -9 of aether up: service instances live on and are adopted by the restart; a service removed meanwhile is stopped', { skip, timeout: 300_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'aether-svc-adopt-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const root = join(dir, 'root');
-  mkdirSync(join(root, 'bin'), { recursive: true });
-  mkdirSync(join(root, 'www'), { recursive: true });
-  copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
-  writeFileSync(join(root, 'www', 'index.html'), 'hello from a service\n');
+  const root = busyboxRoot(dir, 'hello from a service\n');
   const specs = join(dir, 'specs');
   mkdirSync(join(specs, 'services'), { recursive: true });
   for (const name of ['keep', 'gone']) writeFileSync(join(specs, 'services', `${name}.yaml`), svcYaml(name, root));
@@ -106,7 +89,7 @@ test('kill -9 of aether up: service instances live on and are adopted by the res
   const args = ['--router-port', '0', '--source', specs, '--poll', '1s'];
   const first = await startAether({ args, env });
   platforms.push(first);
-  const router1 = await routerOf(first);
+  const router1 = await routerUrlOf(first);
   await eventually(async () => {
     const s = await services(first);
     return ['keep', 'gone'].every((n) => s.get(n)?.state === 'running' && s.get(n)?.health === 'healthy');
@@ -134,7 +117,7 @@ test('kill -9 of aether up: service instances live on and are adopted by the res
 
   const second = await startAether({ dataDir: first.dataDir, token: first.token, args, env });
   platforms.push(second);
-  const router2 = await routerOf(second);
+  const router2 = await routerUrlOf(second);
   const after = await eventually(async () => {
     const s = await nodeStatus(router2);
     return s.get('keep')?.state === 'running' && s;

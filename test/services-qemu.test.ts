@@ -2,16 +2,16 @@
 // boots under aether-init as firework boots its images, passes its HTTP health check, is routed by
 // Host through the edge router, and is stopped with the platform. Slow under TCG: one boot, long waits.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { probeHost } from '../src/runtime/index.ts';
 import type { ServiceView } from '../src/spec/index.ts';
-import { AETHER_BIN, api, eventually, startAether } from './support/platform.ts';
+import { api, eventually, startAether } from './support/platform.ts';
 import { qemuProcsUnder } from './support/procs.ts';
+import { busyboxImage, busyboxMissing } from './support/busybox.ts';
+import { byHost, routerUrlOf } from './support/router.ts';
 
 const host = await probeHost();
 const qemu = host.sandboxes.find((s) => s.kind === 'qemu');
@@ -19,9 +19,7 @@ const skip = !qemu?.ok
   ? `qemu sandbox unavailable: ${qemu?.detail}`
   : !existsSync('/usr/bin/musl-gcc') && !process.env['AETHER_MUSL_GCC']
     ? 'musl-gcc not found (aether-init cannot be built)'
-    : !existsSync('/bin/busybox')
-      ? 'busybox-static is not installed'
-      : false;
+    : (busyboxMissing() ?? false);
 /** One boot under TCG on a loaded 2-core host; the test never depends on it being fast. */
 const BOOT_MS = 300_000;
 
@@ -29,13 +27,7 @@ const BOOT_MS = 300_000;
 test('a service boots its ext4 image in a qemu microVM, passes its health check and is routed by Host', { skip, timeout: 15 * 60_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'aether-svc-qemu-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const root = join(dir, 'root');
-  mkdirSync(join(root, 'bin'), { recursive: true });
-  mkdirSync(join(root, 'www'), { recursive: true });
-  copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
-  writeFileSync(join(root, 'www', 'index.html'), 'hello from a microVM service\n');
-  const image = join(dir, 'web.ext4');
-  execFileSync(process.execPath, [AETHER_BIN, 'image', 'build', root, '-o', image], { stdio: 'ignore', timeout: 300_000 });
+  const { image } = busyboxImage(dir, 'hello from a microVM service\n');
 
   const specs = join(dir, 'specs');
   mkdirSync(join(specs, 'services'), { recursive: true });
@@ -60,7 +52,7 @@ test('a service boots its ext4 image in a qemu microVM, passes its health check 
   t.after(async () => {
     if (!stopped) await p.stop();
   });
-  const routerUrl = await eventually(async () => /edge router at (http:\/\/\S+)/.exec(p.output())?.[1]);
+  const routerUrl = await routerUrlOf(p);
   const view = async (): Promise<ServiceView | undefined> => (await api<ServiceView[]>(p, 'GET', '/api/services')).body.find((s) => s.name === 'vmweb');
 
   const running = await eventually(async () => {
@@ -72,17 +64,7 @@ test('a service boots its ext4 image in a qemu microVM, passes its health check 
   assert.equal(running.node !== null, true);
   assert.equal(qemuProcsUnder(p.dataDir).length, 1, 'one VM runs the service');
 
-  const byHost = (h: string): Promise<{ status: number; text: string }> =>
-    new Promise((resolve, reject) => {
-      const req = request(routerUrl + '/', { headers: { host: h } }, (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-      });
-      req.on('error', reject);
-      req.end();
-    });
-  const r = await byHost('vm.test');
+  const r = await byHost(routerUrl, 'vm.test');
   assert.equal(r.status, 200, r.text);
   assert.equal(r.text, 'hello from a microVM service\n');
 

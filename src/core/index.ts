@@ -5,3 +5,4 @@ export * from './log.ts';
 export * from './metrics.ts';
 export * from './secrets.ts';
 export * from './http.ts';
+export * from './net.ts';

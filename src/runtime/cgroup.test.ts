@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { procStart } from './procfs.ts';
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, ownerMarker, removeAgentCgroups, sweepDeadAgents, v1Usable } from './cgroup.ts';
 
 describe('cgroup v1 discovery', () => {
@@ -25,7 +26,7 @@ describe('cgroup v1 discovery', () => {
 });
 
 describe('sandbox launcher', () => {
-  for (const name of ['launch.pl', 'container.pl']) {
+  for (const name of ['common.pl', 'launch.pl', 'container.pl']) {
     const launcher = join(dirname(fileURLToPath(import.meta.url)), 'process', 'sandbox', name);
     it(`${name} compiles under strict and warnings (it runs without them for speed)`, { skip: existsSync('/usr/bin/perl') ? false : 'no perl' }, () => {
       const out = execFileSync('/usr/bin/perl', ['-Mstrict', '-Mwarnings', '-c', launcher], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
@@ -35,10 +36,7 @@ describe('sandbox launcher', () => {
 });
 
 describe('owner markers and the sweep of dead agents', () => {
-  const startOf = (pid: number): string => {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] as string;
-  };
+  const startOf = (pid: number): string => procStart(pid) as string;
   it('removes only the empty dirs of agents whose owners are all gone', { skip: process.platform !== 'linux' }, () => {
     const base = mkdtempSync(join(tmpdir(), 'aether-cg-test-'));
     try {

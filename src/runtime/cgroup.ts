@@ -1,5 +1,6 @@
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { procStart } from './procfs.ts';
 
 /** The cgroup v1 controllers an instance is limited by. */
 export const CONTROLLERS = ['memory', 'cpu', 'pids'] as const;
@@ -204,15 +205,6 @@ export function leftoverInstanceIds(mounts: Record<Controller, string>, agentId:
  */
 const OWNER = /^\.owner-(\d+)-(\d+)$/;
 let ownMarker: string | undefined;
-
-function procStart(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
 
 export function ownerMarker(): string {
   ownMarker ??= `.owner-${process.pid}-${procStart(process.pid) ?? 0}`;

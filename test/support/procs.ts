@@ -1,4 +1,5 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { statFields } from '../../src/runtime/procfs.ts';
 
 /** A process as /proc shows it; `start` (clock ticks since boot) tells a reused pid apart. */
 export interface Proc {
@@ -10,9 +11,9 @@ export interface Proc {
 }
 
 function read(pid: number): Proc | undefined {
+  const f = statFields(pid);
+  if (!f) return undefined;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim();
     return { pid, ppid: Number(f[1]), state: f[0] ?? '', start: f[19] ?? '', cmdline };
   } catch {
@@ -61,6 +62,22 @@ export function qemuProcsUnder(dir: string): number[] {
       if (cmd.includes('qemu-system') && cmd.includes(dir)) out.push(Number(p));
     } catch {
       // gone
+    }
+  }
+  return out;
+}
+
+/** Live (not zombie) processes whose environment carries AETHER_INSTANCE_ID=<id>: the sandbox of that instance. */
+export function sandboxPids(instanceId: string): number[] {
+  const needle = Buffer.from(`AETHER_INSTANCE_ID=${instanceId}\0`);
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    if (statFields(Number(d))?.[0] === 'Z') continue;
+    try {
+      if (readFileSync(`/proc/${d}/environ`).includes(needle)) out.push(Number(d));
+    } catch {
+      // gone meanwhile
     }
   }
   return out;

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { AetherError, metrics, newId, type TimerHandle } from '../../core/index.ts';
 import { forward as proxyForward, ProxyError } from '../../proxy/index.ts';
 import type { Job } from '../../queue/index.ts';
-import type { ExitInfo, InstanceSpec } from '../../runtime/index.ts';
+import type { Endpoint, ExitInfo, InstanceSpec } from '../../runtime/index.ts';
 import { planScaleDown, type InstanceLoad, type ScalePolicy } from '../../scaler/index.ts';
 import {
   KEYS,
@@ -176,7 +176,7 @@ export class FunctionsController implements WorkloadController {
    * rest are stopped by the runtime's cleanup.
    */
   async adopt(a: Leftover): Promise<boolean> {
-    const { logger, clock, config } = this.#d;
+    const { logger } = this.#d;
     const sandbox = a.sandbox;
     const fn = this.#functions.get(a.spec.owner.id);
     // Its key under our old lease is still there only if we came back before that lease
@@ -197,22 +197,7 @@ export class FunctionsController implements WorkloadController {
       // pin its code in the cache (it is there: the instance runs from it)
       l.code = await this.#cache?.acquire({ code_path: fn.code_path, code_sha256: fn.code_sha256, entrypoint: a.spec.artifact.entrypoint });
       const rt = await this.#core.adopt(l.inst);
-      const rec: InstanceRecord = {
-        instance_id: l.id,
-        function_id: fn.id,
-        agent_id: this.#id,
-        agent_url: config.url,
-        endpoint: rt.endpoint,
-        config_key: configKey,
-        sandbox,
-        status: 'ready',
-        started_at: new Date(a.startedAt).toISOString(),
-      };
-      l.record = rec;
-      l.lastActiveAt = clock.now();
-      await this.#putRecord(l, rec);
-      l.counted = true;
-      metrics.instancesActive.inc({ function_id: fn.id, agent_id: this.#id });
+      await this.#register(l, rt.endpoint, a.startedAt);
       logger.info({ fnId: fn.id, instance: l.id }, 'adopted an instance');
       return true;
     } catch (err) {
@@ -260,6 +245,29 @@ export class FunctionsController implements WorkloadController {
       if (l.inst.state === 'ready' && l.record) puts.push(this.#putRecord(l, l.record));
     }
     await Promise.all(puts);
+  }
+
+  /**
+   * A ready instance (just started, or adopted) into the store under this agent's lease, and
+   * counted: gateways route to it from here on.
+   */
+  async #register(l: Local, endpoint: Endpoint, startedAt: number): Promise<void> {
+    const rec: InstanceRecord = {
+      instance_id: l.id,
+      function_id: l.fnId,
+      agent_id: this.#id,
+      agent_url: this.#d.config.url,
+      endpoint,
+      config_key: l.configKey,
+      sandbox: l.sandbox,
+      status: 'ready',
+      started_at: new Date(startedAt).toISOString(),
+    };
+    l.record = rec;
+    l.lastActiveAt = this.#d.clock.now();
+    await this.#putRecord(l, rec);
+    l.counted = true;
+    metrics.instancesActive.inc({ function_id: l.fnId, agent_id: this.#id });
   }
 
   #putRecord(l: Local, rec: InstanceRecord): Promise<void> {
@@ -593,24 +601,9 @@ export class FunctionsController implements WorkloadController {
       if (this.#stopAc.signal.aborted) throw this.#stopAc.signal.reason;
 
       const now = clock.now();
-      const rec: InstanceRecord = {
-        instance_id: l.id,
-        function_id: fn.id,
-        agent_id: this.#id,
-        agent_url: config.url,
-        endpoint: rt.endpoint,
-        config_key: l.configKey,
-        sandbox: l.sandbox,
-        status: 'ready',
-        started_at: new Date(now).toISOString(),
-      };
-      l.record = rec;
       l.inst.to('ready');
-      l.lastActiveAt = now;
-      await this.#putRecord(l, rec);
+      await this.#register(l, rt.endpoint, now);
       registered = true;
-      l.counted = true;
-      metrics.instancesActive.inc({ function_id: fn.id, agent_id: this.#id });
       metrics.vmSpawns.inc({ function_id: fn.id, agent_id: this.#id, status: 'success' });
       metrics.vmSpawnDuration.observe({ function_id: fn.id }, (now - takenAt) / 1000);
       this.#system(l, `instance ready in ${now - takenAt} ms`);

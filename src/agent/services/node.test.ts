@@ -1,27 +1,19 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { parse } from 'yaml';
-import { systemClock } from '../../core/index.ts';
+import { freePort, systemClock } from '../../core/index.ts';
 import { createSqliteStore } from '../../store/sqlite.ts';
 import { createFakeRuntime } from '../../runtime/fake/index.ts';
 import { enrich, parseRepo, type ServiceAssignment } from '../../deploy/index.ts';
 import { KEYS, type AgentRecord } from '../../spec/index.ts';
 import { remoteServiceLogs } from '../../gateway/logs.ts';
 import { ServicesNode } from './node.ts';
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 async function until<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, ms = 5000): Promise<T> {
   const end = Date.now() + ms;

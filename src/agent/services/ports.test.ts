@@ -9,6 +9,7 @@ import type { Endpoint } from '../../spec/index.ts';
 import { PortPublisher } from './ports.ts';
 import { publishedPorts } from './node.ts';
 import { enrich, parseRepo } from '../../deploy/index.ts';
+import { freePort } from '../../core/index.ts';
 
 async function echo(t: TestContext, name: string, listen: number | string): Promise<Server> {
   const server = createServer((s) => s.on('data', (d: Buffer) => s.write(`${name}:${d.toString()}`)));
@@ -30,14 +31,6 @@ function talk(port: number, msg: string): Promise<string> {
     s.on('close', () => resolve(got));
     s.on('error', () => resolve(got));
   });
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
 }
 
 test('port forwards: a host port pipes to the current instance, survives its replacement, closes when unassigned', async (t) => {

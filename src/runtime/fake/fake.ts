@@ -1,9 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { AetherError, systemClock, type Clock, type TimerHandle } from '../../core/index.ts';
-import { LogHub } from '../logs.ts';
-import { describeWorkload, programEnv, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance, type AdoptableInstance, type AdoptionCapability } from '../types.ts';
+import { AetherError, freePort, systemClock, type Clock, type TimerHandle } from '../../core/index.ts';
+import { InstanceBase } from '../instance.ts';
+import { describeWorkload, programEnv, type ExitInfo, type InstanceSpec, type Runtime, type RuntimeInstance, type AdoptableInstance, type AdoptionCapability } from '../types.ts';
 
 /** How a fake instance behaves; chosen per spec by FakeRuntimeOptions.behavior. */
 export interface FakeBehavior {
@@ -100,64 +99,25 @@ export function createFakeRuntime(opts: FakeRuntimeOptions = {}): FakeRuntime {
 
 let fakePids = 90_000;
 
-function reservePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = net.createServer();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (addr && typeof addr === 'object' ? res(addr.port) : rej(new Error('no port'))));
-    });
-  });
-}
-
-class Instance implements FakeInstance {
-  readonly id: string;
-  readonly spec: InstanceSpec;
-  readonly exited: Promise<ExitInfo>;
+class Instance extends InstanceBase<InstanceSpec> implements FakeInstance {
   stopCalls = 0;
   /** ms since epoch, set by start(). */
   startedAt = 0;
   #behavior: FakeBehavior;
-  #clock: Clock;
-  #logs: LogHub;
-  #state: InstanceState = 'created';
-  #endpoint: Endpoint | undefined;
   #port = 0;
   #pid: number | undefined;
-  #exit: ExitInfo | undefined;
-  #resolveExit!: (e: ExitInfo) => void;
-  #goneListeners: (() => void)[] = [];
   #server: Server | undefined;
   #listening = false;
   #timers: TimerHandle[] = [];
   #readyWaiters = new Set<() => void>();
 
   constructor(spec: InstanceSpec, behavior: FakeBehavior, clock: Clock) {
-    this.spec = spec;
-    this.id = spec.instanceId;
+    super(spec, clock);
     this.#behavior = behavior;
-    this.#clock = clock;
-    this.#logs = new LogHub(clock);
-    this.exited = new Promise((r) => (this.#resolveExit = r));
   }
 
-  get endpoint(): Endpoint {
-    if (!this.#endpoint) throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} has no endpoint before start()`);
-    return this.#endpoint;
-  }
-
-  onLog(listener: (line: LogLine) => void): void {
-    this.#logs.on(listener);
-  }
-
-  onGone(listener: () => void): void {
-    if (this.#exit) queueMicrotask(listener);
-    else this.#goneListeners.push(listener);
-  }
-
-  inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
-    return { state: this.#state, pid: this.#pid, exit: this.#exit };
+  protected pid(): number | undefined {
+    return this.#pid;
   }
 
   #env(): Record<string, string> {
@@ -168,41 +128,41 @@ class Instance implements FakeInstance {
     if (ms === Infinity) return;
     // No delay means no timer: an instant start must not wait for a ManualClock to move.
     if (ms <= 0) setImmediate(fn);
-    else this.#timers.push(this.#clock.setTimeout(fn, ms));
+    else this.#timers.push(this.clock.setTimeout(fn, ms));
   }
 
   print(text: string, stream: 'stdout' | 'stderr' = 'stdout'): void {
-    if (this.#state === 'created' || this.#state === 'exited') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} is not running`);
-    this.#logs.emit(stream, text);
+    if (this.state === 'created' || this.state === 'exited') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} is not running`);
+    this.logs.emit(stream, text);
   }
 
   crash(info: Partial<ExitInfo> = {}): void {
-    if (this.#state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
+    if (this.state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
     this.#finish({ code: 1, signal: null, ...info });
   }
 
   listenNow(): void {
-    if (this.#state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
-    if (this.#state !== 'starting' || this.#server) return;
-    for (const t of this.#timers) this.#clock.clearTimeout(t);
+    if (this.state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
+    if (this.state !== 'starting' || this.#server) return;
+    for (const t of this.#timers) this.clock.clearTimeout(t);
     this.#timers = [];
     this.#listen();
   }
 
   async start(): Promise<void> {
-    if (this.#state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
+    if (this.state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
     if (this.#behavior.startError !== undefined) throw new AetherError('AETHER_ERR_INTERNAL', this.#behavior.startError);
-    this.#state = 'starting';
-    this.startedAt = this.#clock.now();
-    this.#port = await reservePort();
+    this.state = 'starting';
+    this.startedAt = this.clock.now();
+    this.#port = await freePort();
     this.#pid = fakePids++;
-    this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: this.#port };
-    this.#logs.emit('system', `starting ${describeWorkload(this.spec)} (fake)`);
-    for (const line of this.#behavior.output ?? []) this.#logs.emit('stdout', line);
+    this.endpointValue = { kind: 'tcp', host: '127.0.0.1', port: this.#port };
+    this.logs.emit('system', `starting ${describeWorkload(this.spec)} (fake)`);
+    for (const line of this.#behavior.output ?? []) this.logs.emit('stdout', line);
     this.#after(this.#behavior.startupDelayMs ?? 0, () => {
-      if (this.#state !== 'starting' || this.#server) return;
+      if (this.state !== 'starting' || this.#server) return;
       if (this.#behavior.failStart !== undefined) {
-        this.#logs.emit('stderr', this.#behavior.failStart);
+        this.logs.emit('stderr', this.#behavior.failStart);
         this.#finish({ code: 1, signal: null });
         return;
       }
@@ -218,7 +178,7 @@ class Instance implements FakeInstance {
         const chunks: Buffer[] = [];
         req.on('data', (c: Buffer) => chunks.push(c));
         req.on('end', () => {
-          this.#logs.emit('stdout', `req ${req.method} ${req.url}`);
+          this.logs.emit('stdout', `req ${req.method} ${req.url}`);
           const body = Buffer.concat(chunks).toString('utf8');
           res.setHeader('content-type', 'application/json');
           res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body, env }));
@@ -229,30 +189,30 @@ class Instance implements FakeInstance {
     if (onUpgrade) server.on('upgrade', onUpgrade);
     this.#server = server;
     server.on('error', (err) => {
-      this.#logs.emit('stderr', `listen failed: ${err.message}`);
+      this.logs.emit('stderr', `listen failed: ${err.message}`);
       this.#finish({ code: 1, signal: null });
     });
     server.listen(this.#port, '127.0.0.1', () => {
-      if (this.#state !== 'starting') return;
+      if (this.state !== 'starting') return;
       this.#listening = true;
-      this.#state = 'running';
-      this.#logs.emit('stdout', `listening on ${this.#port}`);
+      this.state = 'running';
+      this.logs.emit('stdout', `listening on ${this.#port}`);
       for (const w of this.#readyWaiters) w();
       if (this.#behavior.exitAfterMs !== undefined) this.#after(this.#behavior.exitAfterMs, () => this.#finish({ code: 0, signal: null }));
     });
   }
 
   #finish(info: ExitInfo): void {
-    if (this.#exit) return;
-    for (const t of this.#timers) this.#clock.clearTimeout(t);
-    this.#exit = info;
-    for (const l of this.#goneListeners.splice(0)) l();
-    this.#state = 'exited';
+    if (this.exitInfo) return;
+    for (const t of this.#timers) this.clock.clearTimeout(t);
+    this.exitInfo = info;
+    this.markGone();
+    this.state = 'exited';
     this.#listening = false;
     const server = this.#server;
     const done = (): void => {
-      this.#logs.emit('system', `exited (code ${info.code}, signal ${info.signal})`);
-      this.#resolveExit(info);
+      this.logs.emit('system', `exited (code ${info.code}, signal ${info.signal})`);
+      this.resolveExit(info);
     };
     if (server) {
       server.closeAllConnections();
@@ -261,14 +221,14 @@ class Instance implements FakeInstance {
   }
 
   waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void> {
-    if (this.#state === 'created') return Promise.reject(new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`));
+    if (this.state === 'created') return Promise.reject(new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`));
     if (this.#listening) return Promise.resolve();
     return new Promise<void>((res, rej) => {
       let settled = false;
       const done = (err?: unknown): void => {
         if (settled) return;
         settled = true;
-        this.#clock.clearTimeout(timer);
+        this.clock.clearTimeout(timer);
         this.#readyWaiters.delete(onReady);
         signal?.removeEventListener('abort', onAbort);
         if (err) rej(err);
@@ -276,15 +236,15 @@ class Instance implements FakeInstance {
       };
       const onReady = (): void => done();
       const onAbort = (): void => done(signal?.reason ?? new Error('aborted'));
-      const timer = this.#clock.setTimeout(() => {
-        const tail = this.#logs.tail();
+      const timer = this.clock.setTimeout(() => {
+        const tail = this.logs.tail();
         done(new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} did not listen within ${timeoutMs} ms${tail ? `; last output:\n${tail}` : ''}`));
       }, timeoutMs);
       if (signal?.aborted) return onAbort();
       signal?.addEventListener('abort', onAbort, { once: true });
       this.#readyWaiters.add(onReady);
       void this.exited.then((info) => {
-        const tail = this.#logs.tail();
+        const tail = this.logs.tail();
         done(new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} exited (code ${info.code}, signal ${info.signal}) before listening${tail ? `; last output:\n${tail}` : ''}`));
       });
     });
@@ -292,9 +252,9 @@ class Instance implements FakeInstance {
 
   async stop(_graceMs?: number): Promise<void> {
     this.stopCalls++;
-    if (this.#state === 'created') this.#finish({ code: null, signal: null, reason: 'never started' });
-    else if (this.#state !== 'exited') {
-      this.#state = 'stopping';
+    if (this.state === 'created') this.#finish({ code: null, signal: null, reason: 'never started' });
+    else if (this.state !== 'exited') {
+      this.state = 'stopping';
       this.#finish({ code: null, signal: 'SIGTERM' });
     }
     await this.exited;

@@ -16,12 +16,12 @@ import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { AetherError, systemClock, type Clock } from '../../core/index.ts';
 import { makeExt4 } from '../../image/index.ts';
-import { LineSplitter, LogHub } from '../logs.ts';
-import { entryCommand, programEnv, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance, type SnapshotCapability } from '../index.ts';
+import { LineSplitter } from '../logs.ts';
+import { entryCommand, programEnv, type Endpoint, type ExitInfo, type InstanceSpec, type Runtime, type RuntimeInstance, type SnapshotCapability } from '../index.ts';
 import { FirecrackerClient, type JsonObject } from './api.ts';
 import { jailerArgv, stageIntoJail, type JailerOptions } from './jailer.ts';
 import { netnsNetwork, type Exposed, type VmLink, type VmNetwork } from './network.ts';
-import { GoneSignal } from '../gone.ts';
+import { InstanceBase } from '../instance.ts';
 
 export interface FirecrackerRuntimeOptions {
   /** VM dirs (`vms/`) and snapshot templates (`templates/`); owned by this runtime. */
@@ -365,17 +365,9 @@ async function buildTemplate(ctx: Ctx, spec: InstanceSpec, dir: string): Promise
   }
 }
 
-class FcInstance implements RuntimeInstance {
-  readonly id: string;
-  readonly spec: InstanceSpec;
-  readonly exited: Promise<ExitInfo>;
+class FcInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance {
   #ctx: Ctx;
   #template: (() => Promise<Template>) | undefined;
-  #logs: LogHub;
-  #state: InstanceState = 'created';
-  #exit: ExitInfo | undefined;
-  #resolveExit!: (e: ExitInfo) => void;
-  readonly #gone = new GoneSignal();
   #vmm: Vmm | undefined;
   #link: VmLink | undefined;
   #exposed: Exposed | undefined;
@@ -387,41 +379,25 @@ class FcInstance implements RuntimeInstance {
   #reason: string | undefined;
 
   constructor(ctx: Ctx, spec: InstanceSpec, template: (() => Promise<Template>) | undefined) {
+    super(spec, ctx.clock);
     this.#ctx = ctx;
-    this.spec = spec;
-    this.id = spec.instanceId;
     this.#template = template;
-    this.#logs = new LogHub(ctx.clock);
     this.#dir = join(ctx.vmsDir, vmIdOf(spec.instanceId));
-    this.exited = new Promise((r) => (this.#resolveExit = r));
   }
 
-  get endpoint(): Endpoint {
+  override get endpoint(): Endpoint {
     if (!this.#exposed || !this.#link) throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} has no endpoint before start()`);
     // the host side is the forwarder's socket; the program itself listens on the guest's address
     return { ...this.#exposed.endpoint, guest: { address: this.#link.net.address.split('/')[0] as string, port: this.spec.listen.port } };
   }
 
-  onLog(listener: (line: LogLine) => void): void {
-    this.#logs.on(listener);
-  }
-
-  onGone(listener: () => void): void {
-    this.#gone.on(listener);
-  }
-
-  /** The program exited (the guest said so) or the VM is gone: stop routing to it before the teardown. */
-  #markGone(): void {
-    this.#gone.fire();
-  }
-
-  inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
-    return { state: this.#state, pid: this.#vmm?.child.pid, exit: this.#exit };
+  protected pid(): number | undefined {
+    return this.#vmm?.child.pid;
   }
 
   async start(): Promise<void> {
-    if (this.#state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
-    this.#state = 'starting';
+    if (this.state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
+    this.state = 'starting';
     const { opts } = this.#ctx;
     const vmId = vmIdOf(this.spec.instanceId);
     try {
@@ -430,13 +406,13 @@ class FcInstance implements RuntimeInstance {
         try {
           tpl = await this.#template();
         } catch (err) {
-          this.#logs.emit('system', `no snapshot template (${(err as Error).message}): cold boot`);
+          this.logs.emit('system', `no snapshot template (${(err as Error).message}): cold boot`);
         }
       }
       await rm(this.#dir, { recursive: true, force: true });
       await mkdir(this.#dir, { recursive: true, mode: 0o700 });
       this.#link = await this.#ctx.network.attach(vmId, this.#dir);
-      const vmm = await Vmm.launch(this.#ctx, this.#dir, vmId, this.#link, (t) => this.#logs.emit('system', t));
+      const vmm = await Vmm.launch(this.#ctx, this.#dir, vmId, this.#link, (t) => this.logs.emit('system', t));
       this.#vmm = vmm;
       // the serial console (ttyS0) is the program's output (kernel messages are quiet); aether-init's own lines are notes
       vmm.onLine((t) => this.#console(t));
@@ -452,7 +428,7 @@ class FcInstance implements RuntimeInstance {
         // MMDS data is not in the snapshot: this instance's own identity, the template's token
         await vmm.client.putMmds({ aether: { config: guestConfig(this.spec, tpl.token, this.#link, bins, this.#ctx.clock.now()) } });
         await vmm.client.resume();
-        this.#logs.emit('system', `restored from snapshot ${this.spec.owner.id}@${this.spec.version ?? ''}`);
+        this.logs.emit('system', `restored from snapshot ${this.spec.owner.id}@${this.spec.version ?? ''}`);
       } else {
         const token = randomBytes(16).toString('hex');
         const [drives, guest] = await Promise.all([drivesFor(this.#ctx, this.spec, this.#dir), opts.guest()]);
@@ -460,10 +436,10 @@ class FcInstance implements RuntimeInstance {
         await vmm.client.putMmds({ aether: { config: guestConfig(this.spec, token, this.#link, bins, this.#ctx.clock.now()) } });
         await vmm.client.action('InstanceStart');
       }
-      this.#exposed = await this.#link.expose(this.spec.listen.port, (t) => this.#logs.emit('system', t));
-      if (this.#state === 'starting') this.#state = 'running';
+      this.#exposed = await this.#link.expose(this.spec.listen.port, (t) => this.logs.emit('system', t));
+      if (this.state === 'starting') this.state = 'running';
     } catch (err) {
-      this.#logs.emit('system', `start failed: ${(err as Error).message}`);
+      this.logs.emit('system', `start failed: ${(err as Error).message}`);
       this.#vmm?.child.kill('SIGKILL');
       if (!this.#vmm) this.#onExit({ code: null, signal: null, reason: (err as Error).message });
       await this.exited;
@@ -473,17 +449,17 @@ class FcInstance implements RuntimeInstance {
 
   #console(text: string): void {
     // READY (printed on every boot; only template builds wait for it) is aether-init's, not the program's
-    if (text === READY_LINE) return this.#logs.emit('system', text);
+    if (text === READY_LINE) return this.logs.emit('system', text);
     const m = /^AETHER-INIT: (.*)$/.exec(text);
-    if (!m) return this.#logs.emit('stdout', text);
-    this.#logs.emit('system', text);
+    if (!m) return this.logs.emit('stdout', text);
+    this.logs.emit('system', text);
     const said = m[1] as string;
     const exit = /^program exited with (status|signal) (\d+)/.exec(said);
     if (exit) {
       const n = Number(exit[2]);
       const sig = exit[1] === 'signal' ? Object.entries(osConstants.signals).find(([, v]) => v === n)?.[0] : undefined;
       this.#program = exit[1] === 'status' ? { code: n, signal: null } : { code: null, signal: sig ?? `signal ${n}` };
-      this.#markGone();
+      this.markGone();
       // a guest that halts instead of rebooting leaves Firecracker running: end it ourselves
       const vmm = this.#vmm;
       this.#ctx.clock.setTimeout(() => vmm?.child.kill('SIGKILL'), HALT_GRACE_MS);
@@ -493,7 +469,7 @@ class FcInstance implements RuntimeInstance {
   async waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void> {
     const deadline = this.#ctx.clock.now() + timeoutMs;
     for (;;) {
-      if (this.#exit) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `the VM exited before its port accepted (${this.#exit.reason ?? (this.#exit.signal ? `signal ${this.#exit.signal}` : `code ${this.#exit.code}`)})${this.#logs.tail(5) ? `: ${this.#logs.tail(5)}` : ''}`);
+      if (this.exitInfo) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `the VM exited before its port accepted (${this.exitInfo.reason ?? (this.exitInfo.signal ? `signal ${this.exitInfo.signal}` : `code ${this.exitInfo.code}`)})${this.logs.tail(5) ? `: ${this.logs.tail(5)}` : ''}`);
       if (this.#exposed?.ready()) return;
       if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new AetherError('AETHER_ERR_COLD_START_FAILED', 'waiting for the VM was aborted');
       if (this.#ctx.clock.now() >= deadline) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `the program did not listen on port ${this.spec.listen.port} within ${timeoutMs} ms`);
@@ -503,9 +479,9 @@ class FcInstance implements RuntimeInstance {
 
   stop(graceMs = 5000): Promise<void> {
     this.#stopping ??= (async () => {
-      if (this.#state !== 'exited') this.#state = 'stopping';
+      if (this.state !== 'exited') this.state = 'stopping';
       if (this.#vmm) await this.#vmm.shutdown(this.#ctx.clock, graceMs);
-      else if (!this.#exit) this.#onExit({ code: null, signal: null, reason: 'stopped before start' });
+      else if (!this.exitInfo) this.#onExit({ code: null, signal: null, reason: 'stopped before start' });
       await this.exited;
     })();
     return this.#stopping;
@@ -514,7 +490,7 @@ class FcInstance implements RuntimeInstance {
   #onExit(info: ExitInfo): void {
     if (this.#exiting) return;
     this.#exiting = true;
-    this.#markGone();
+    this.markGone();
     void (async () => {
       // whatever way the VM ended, nothing of it stays: forwarder, TAP + netns, jail, VM dir
       await this.#exposed?.close();
@@ -522,10 +498,10 @@ class FcInstance implements RuntimeInstance {
       await this.#link?.detach().catch(() => undefined);
       if (this.#vmm?.jailDir) await rm(this.#vmm.jailDir, { recursive: true, force: true });
       await rm(this.#dir, { recursive: true, force: true });
-      this.#exit = info;
-      this.#state = 'exited';
-      this.#logs.emit('system', `VM exited (code ${info.code}, signal ${info.signal})`);
-      this.#resolveExit(info);
+      this.exitInfo = info;
+      this.state = 'exited';
+      this.logs.emit('system', `VM exited (code ${info.code}, signal ${info.signal})`);
+      this.resolveExit(info);
     })();
   }
 }

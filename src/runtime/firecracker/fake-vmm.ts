@@ -33,6 +33,7 @@ import { dirname, isAbsolute, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Ajv, type ValidateFunction } from 'ajv';
 import { parse as parseYaml } from 'yaml';
+import { freePort } from '../../core/net.ts';
 
 export const DEFAULT_SPEC = new URL('./spec/firecracker-v1.16.1.yaml', import.meta.url).pathname;
 
@@ -559,17 +560,6 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
       await new Promise<void>((r) => server.close(() => r()));
     },
   };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** RFC 7396 JSON merge patch, as PATCH /mmds applies it. */

@@ -7,14 +7,15 @@ import { constants as osConstants } from 'node:os';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../../core/index.ts';
+import { AetherError, createLogger, freePort, systemClock, type Clock, type Logger } from '../../core/index.ts';
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, removeAgentCgroups, sweepDeadAgents, v1Usable, type Controller } from '../cgroup.ts';
 import { findBin } from '../host.ts';
-import { DEFAULT_LOG_LIMITS, LineSplitter, LogHub, LogPump, type LogLimits } from '../logs.ts';
+import { procStart, statFields } from '../procfs.ts';
+import { DEFAULT_LOG_LIMITS, LineSplitter, LogPump, type LogLimits } from '../logs.ts';
 import { seccompFilter } from './seccomp.ts';
 import { releaseContainer, releaseLeftoverContainers, writeContainerRecord, type ContainerPlan } from './container.ts';
-import type { Endpoint, ExitInfo, InstanceSpec, InstanceState, LogLine, Runtime, RuntimeInstance } from './legacy.ts';
-import { GoneSignal } from '../gone.ts';
+import type { Endpoint, ExitInfo, InstanceSpec, Runtime, RuntimeInstance } from './legacy.ts';
+import { InstanceBase } from '../instance.ts';
 import { DEFAULT_NET_POOL, VethPool, vethBlocker, vethTools, type VethNet } from './veth.ts';
 
 export interface ProcessRuntimeOptions {
@@ -295,16 +296,6 @@ export interface AdoptionRecord {
   startedAt: number;
 }
 
-function procStart(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // the command name (field 2) may hold spaces and parens: count fields after the last ')'
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
-
 function procRef(pid: number | undefined): ProcRef | undefined {
   const start = pid === undefined ? undefined : procStart(pid);
   return pid !== undefined && start !== undefined ? { pid, start } : undefined;
@@ -312,13 +303,8 @@ function procRef(pid: number | undefined): ProcRef | undefined {
 
 /** Still the same process (not exited, not a zombie, pid not reused). */
 function sameProcess(p: ProcRef): boolean {
-  try {
-    const stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return fields[0] !== 'Z' && fields[19] === p.start;
-  } catch {
-    return false;
-  }
+  const fields = statFields(p.pid);
+  return fields !== undefined && fields[0] !== 'Z' && fields[19] === p.start;
 }
 
 function signalPid(pid: number, sig: NodeJS.Signals): void {
@@ -686,18 +672,6 @@ function envRecords(env: Record<string, string>): string {
   return out;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (addr && typeof addr === 'object' ? res(addr.port) : rej(new Error('no port'))));
-    });
-  });
-}
-
 function tcpAccepts(host: string, port: number): Promise<boolean> {
   return new Promise((res) => {
     const s = net.connect({ host, port });
@@ -717,24 +691,15 @@ function commandFor(spec: InstanceSpec, ctx: Ctx, entry: string): string[] {
   return spec.runtime === 'python' ? [ctx.pythonBin, '-u', entry] : [ctx.nodeBin, entry];
 }
 
-class ProcessInstance implements RuntimeInstance {
-  readonly id: string;
-  readonly spec: InstanceSpec;
-  readonly exited: Promise<ExitInfo>;
+class ProcessInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance {
   #ctx: Ctx;
-  #state: InstanceState = 'created';
-  #endpoint: Endpoint | undefined;
   #child: ChildProcess | undefined;
   #forwarder: Forwarder | undefined;
   #spare: Spare | undefined;
   #cg: InstanceCgroups | undefined;
   #sockPath: string;
   #port = 0;
-  #exit: ExitInfo | undefined;
-  #resolveExit!: (e: ExitInfo) => void;
-  #logs: LogHub;
   #exitStarted = false;
-  readonly #gone = new GoneSignal();
   #stopRequested = false;
   #forwarderLost = false;
   /** Wakes a waitReady poll early (the forwarder reported ready). */
@@ -744,34 +709,13 @@ class ProcessInstance implements RuntimeInstance {
   #adoptPoll: NodeJS.Timeout | undefined;
 
   constructor(ctx: Ctx, spec: InstanceSpec) {
+    super(spec, ctx.clock);
     this.#ctx = ctx;
-    this.spec = spec;
-    this.id = spec.instanceId;
-    this.#logs = new LogHub(ctx.clock);
     this.#sockPath = join(ctx.socketsDir, `${spec.instanceId}.sock`);
-    this.exited = new Promise((r) => (this.#resolveExit = r));
   }
 
-  get endpoint(): Endpoint {
-    if (!this.#endpoint) throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} has no endpoint before start()`);
-    return this.#endpoint;
-  }
-
-  onLog(listener: (line: LogLine) => void): void {
-    this.#logs.on(listener);
-  }
-
-  onGone(listener: () => void): void {
-    this.#gone.on(listener);
-  }
-
-  /** The program is gone or unreachable: tell the agent before anything else (cleanup comes later). */
-  #markGone(): void {
-    this.#gone.fire();
-  }
-
-  inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
-    return { state: this.#state, pid: this.#child?.pid ?? this.#adopted?.launcher.pid, exit: this.#exit };
+  protected pid(): number | undefined {
+    return this.#child?.pid ?? this.#adopted?.launcher.pid;
   }
 
   get #dir(): string {
@@ -786,19 +730,19 @@ class ProcessInstance implements RuntimeInstance {
   /** Re-attach to a sandbox an earlier run of this agent left (see AdoptionRecord). */
   adopt(rec: AdoptionRecord): void {
     this.#adopted = rec;
-    this.#endpoint = rec.endpoint;
+    this.endpointValue = rec.endpoint;
     this.#port = rec.spec.port;
     this.#cg = new InstanceCgroups(this.#ctx.mounts, this.#ctx.agentId, this.id);
-    this.#state = 'running';
+    this.state = 'running';
     const n = rec.uid - this.#ctx.uidBase;
     if (n >= 0 && n < 10_000 && n >= this.#ctx.nextUid) this.#ctx.nextUid = n + 1;
-    this.#logs.emit('system', `adopted (launcher pid ${rec.launcher.pid})`);
+    this.logs.emit('system', `adopted (launcher pid ${rec.launcher.pid})`);
     const finish = this.#pump(fifoReader(join(this.#dir, 'out')), fifoReader(join(this.#dir, 'err')));
     // Not our child: no exit event. Poll both processes (a real timer: OS state, not time).
     this.#adoptPoll = setInterval(() => {
       if (rec.forwarder && !sameProcess(rec.forwarder) && !this.#exitStarted && !this.#forwarderLost) {
-        this.#markGone();
-        this.#logs.emit('system', 'forwarder exited');
+        this.markGone();
+        this.logs.emit('system', 'forwarder exited');
         this.#forwarderLost = true;
         this.#signal('SIGKILL');
       }
@@ -811,7 +755,7 @@ class ProcessInstance implements RuntimeInstance {
   }
 
   async start(): Promise<void> {
-    if (this.#state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
+    if (this.state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
     const spec = this.spec;
     if (!/^[A-Za-z0-9._-]+$/.test(spec.instanceId)) throw new AetherError('AETHER_ERR_VALIDATION', `bad instance id ${JSON.stringify(spec.instanceId)}`);
     if (spec.container) return this.#startContainer(spec.container);
@@ -819,37 +763,37 @@ class ProcessInstance implements RuntimeInstance {
     const entry = resolve(codeDir, spec.entrypoint);
     const rel = relative(codeDir, entry);
     if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) throw new AetherError('AETHER_ERR_VALIDATION', `entrypoint ${spec.entrypoint} is outside the code dir`);
-    this.#state = 'starting';
+    this.state = 'starting';
     // the sandbox sees the code at SANDBOX_CODE, a plain child at its real path
     const argv = commandFor(spec, this.#ctx, this.#ctx.mode === 'namespaces' ? join(SANDBOX_CODE, rel) : entry);
     try {
       if (this.#ctx.mode === 'namespaces') await this.#startSandboxed(codeDir, argv);
       else await this.#startPlain(codeDir, argv);
     } catch (err) {
-      this.#markGone();
+      this.markGone();
       this.#spare?.kill();
       this.#cg?.remove();
       if (this.#ctx.mode === 'namespaces') rmSync(this.#dir, { recursive: true, force: true });
-      this.#exit = { code: null, signal: null, reason: `could not start: ${(err as Error).message}` };
-      this.#state = 'exited';
-      this.#resolveExit(this.#exit);
+      this.exitInfo = { code: null, signal: null, reason: `could not start: ${(err as Error).message}` };
+      this.state = 'exited';
+      this.resolveExit(this.exitInfo);
       throw err;
     }
   }
 
   async #startContainer(plan: ContainerPlan): Promise<void> {
     if (this.#ctx.mode !== 'namespaces') throw new AetherError('AETHER_ERR_CONTAINER_UNAVAILABLE', `instance ${this.id}: ${plan.kind} artifacts need the namespaces sandbox (root)`);
-    this.#state = 'starting';
+    this.state = 'starting';
     try {
       await this.#startSandboxed(plan.source, plan.argv, plan);
     } catch (err) {
-      this.#markGone();
+      this.markGone();
       this.#spare?.kill();
       this.#cg?.remove();
       await releaseContainer(this.#ctx.containersDir, this.id);
-      this.#exit = { code: null, signal: null, reason: `could not start: ${(err as Error).message}` };
-      this.#state = 'exited';
-      this.#resolveExit(this.#exit);
+      this.exitInfo = { code: null, signal: null, reason: `could not start: ${(err as Error).message}` };
+      this.state = 'exited';
+      this.resolveExit(this.exitInfo);
       throw err;
     }
   }
@@ -900,14 +844,14 @@ class ProcessInstance implements RuntimeInstance {
     const fwd = spare.fwd;
     this.#forwarder = fwd;
     fwd?.attach(
-      (text) => this.#logs.emit('system', `forwarder: ${text}`),
+      (text) => this.logs.emit('system', `forwarder: ${text}`),
       () => this.#wake?.(),
     );
     fwd?.child.once('exit', (code, signal) => {
       if (this.#exitStarted) return;
       // without its forwarder the instance is unreachable: end it
-      this.#markGone();
-      this.#logs.emit('system', `forwarder exited (code ${code}, signal ${signal})`);
+      this.markGone();
+      this.logs.emit('system', `forwarder exited (code ${code}, signal ${signal})`);
       this.#forwarderLost = true;
       this.#signal('SIGKILL');
     });
@@ -943,7 +887,7 @@ class ProcessInstance implements RuntimeInstance {
     const fwd = spare.fwd;
     const net = spare.net;
     // veth: the program's port on its sandbox's address, straight through the kernel
-    this.#endpoint = net ? { kind: 'tcp', host: net.address, port: spec.port } : { kind: 'unix', path: this.#sockPath, preamble: true };
+    this.endpointValue = net ? { kind: 'tcp', host: net.address, port: spec.port } : { kind: 'unix', path: this.#sockPath, preamble: true };
     rmSync(this.#dir, { recursive: true, force: true });
     renameSync(spare.dir, this.#dir);
     const launcher = procRef(child.pid);
@@ -951,7 +895,7 @@ class ProcessInstance implements RuntimeInstance {
     if (!launcher || (fwd && !forwarder) || (!fwd && !net)) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the sandbox exited before its assignment`);
     // what a restarted agent needs to adopt it (written before the program runs: a crash of the
     // agent from here on leaves an instance that is adopted or stopped, never forgotten)
-    const rec: AdoptionRecord = { v: 1, spec, endpoint: this.#endpoint, launcher, ...(forwarder ? { forwarder } : {}), ...(net ? { net } : {}), uid, startedAt: ctx.clock.now() };
+    const rec: AdoptionRecord = { v: 1, spec, endpoint: this.endpointValue, launcher, ...(forwarder ? { forwarder } : {}), ...(net ? { net } : {}), uid, startedAt: ctx.clock.now() };
     writeFileSync(join(this.#dir, 'record.json.tmp'), JSON.stringify(rec), { mode: 0o600 });
     renameSync(join(this.#dir, 'record.json.tmp'), join(this.#dir, 'record.json'));
     child.ref();
@@ -964,7 +908,7 @@ class ProcessInstance implements RuntimeInstance {
   async #startPlain(codeDir: string, argv: string[]): Promise<void> {
     const ctx = this.#ctx;
     this.#port = await freePort();
-    this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: this.#port };
+    this.endpointValue = { kind: 'tcp', host: '127.0.0.1', port: this.#port };
     const env = this.#programEnv(this.#port);
     // setpriv only to tie the child's life to ours; it execs the program (no extra process)
     const [cmd, ...rest] = ctx.tools.setpriv ? [ctx.tools.setpriv, '--pdeathsig', 'KILL', '--', ...argv] : argv;
@@ -974,7 +918,7 @@ class ProcessInstance implements RuntimeInstance {
 
   #attach(child: ChildProcess): void {
     this.#child = child;
-    this.#logs.emit('system', `starting ${this.spec.entrypoint} (${this.#ctx.mode === 'namespaces' ? 'namespaces+cgroups' : 'no isolation'})`);
+    this.logs.emit('system', `starting ${this.spec.entrypoint} (${this.#ctx.mode === 'namespaces' ? 'namespaces+cgroups' : 'no isolation'})`);
     // namespaces: the output goes to the instance's FIFOs (see makeFifos), else to pipes
     const sandboxed = this.#ctx.mode === 'namespaces';
     const finish = this.#pump(sandboxed ? fifoReader(join(this.#dir, 'out')) : child.stdout, sandboxed ? fifoReader(join(this.#dir, 'err')) : child.stderr);
@@ -987,8 +931,8 @@ class ProcessInstance implements RuntimeInstance {
     const pump = new LogPump(
       this.#ctx.clock,
       this.#ctx.logLimits,
-      (name, text) => this.#logs.emit(name, text),
-      (text, dropped) => this.#logs.emit('system', text, dropped),
+      (name, text) => this.logs.emit(name, text),
+      (text, dropped) => this.logs.emit('system', text, dropped),
     );
     pump.add('stdout', stdout);
     pump.add('stderr', stderr);
@@ -998,7 +942,7 @@ class ProcessInstance implements RuntimeInstance {
       if (done) return;
       done = true;
       this.#exitStarted = true;
-      this.#markGone();
+      this.markGone();
       this.#wake?.();
       // wait for the last output (it explains most failures), but not for a grandchild holding the pipe
       pump.drain();
@@ -1031,7 +975,7 @@ class ProcessInstance implements RuntimeInstance {
       }
       const cg = this.#cg;
       if (cg) {
-        const oom = cg.oomKills() > 0 || (info.signal === 'SIGKILL' && this.#state !== 'stopping' && cg.memoryFailcnt() > 0);
+        const oom = cg.oomKills() > 0 || (info.signal === 'SIGKILL' && this.state !== 'stopping' && cg.memoryFailcnt() > 0);
         if (oom) info.reason = 'killed by the memory limit (oom)';
         for (let i = 0; i < 400 && !cg.killAll(); i++) await delay(5);
         let removed = false;
@@ -1050,24 +994,15 @@ class ProcessInstance implements RuntimeInstance {
     }
     if (this.#forwarderLost && !info.reason) info.reason = 'its forwarder exited';
     if (spawnError) info.reason = spawnError;
-    this.#exit = info;
-    this.#state = 'exited';
-    this.#logs.emit('system', `exited (code ${info.code}, signal ${info.signal}${info.reason ? `, ${info.reason}` : ''})`);
-    this.#resolveExit(info);
-  }
-
-  #exitError(info: ExitInfo): AetherError {
-    const how = info.reason ?? (info.signal ? `signal ${info.signal}` : `code ${info.code}`);
-    const tail = this.#logs.tail();
-    return new AetherError(
-      'AETHER_ERR_COLD_START_FAILED',
-      `instance ${this.id} exited (${how}) before listening on port ${this.#port}${tail ? `; last output:\n${tail}` : ''}`,
-    );
+    this.exitInfo = info;
+    this.state = 'exited';
+    this.logs.emit('system', `exited (code ${info.code}, signal ${info.signal}${info.reason ? `, ${info.reason}` : ''})`);
+    this.resolveExit(info);
   }
 
   async #ready(): Promise<boolean> {
     // veth: the program accepts on its address (DNAT'd to its loopback)
-    const e = this.#endpoint;
+    const e = this.endpointValue;
     if (this.#ctx.mode === 'namespaces' && e?.kind === 'tcp') return tcpAccepts(e.host, e.port);
     // forwarder: it saw the program accept a connection and published the socket
     if (this.#ctx.mode === 'namespaces') return this.#forwarder?.ready === true && existsSync(this.#sockPath);
@@ -1075,58 +1010,37 @@ class ProcessInstance implements RuntimeInstance {
   }
 
   async waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void> {
-    if (this.#state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
-    if (this.#state === 'running') return;
-    const clock = this.#ctx.clock;
-    let settled = false;
-    return new Promise<void>((res, rej) => {
-      const done = (err?: unknown): void => {
-        if (settled) return;
-        settled = true;
-        clock.clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        if (err) rej(err);
-        else res();
-      };
-      const timer = clock.setTimeout(() => {
-        const tail = this.#logs.tail();
-        done(new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} did not listen on port ${this.#port} within ${timeoutMs} ms${tail ? `; last output:\n${tail}` : ''}`));
-      }, timeoutMs);
-      const onAbort = (): void => done(signal?.reason ?? new Error('aborted'));
-      if (signal?.aborted) return onAbort();
-      signal?.addEventListener('abort', onAbort, { once: true });
-      void this.exited.then((info) => done(this.#exitError(info)));
-      const poll = async (): Promise<void> => {
-        while (!settled) {
-          if (this.#exitStarted) return; // the exited handler rejects, with the output
-          if (await this.#ready()) {
-            if (this.#exitStarted) return;
-            if (this.#state === 'starting') this.#state = 'running';
-            done();
-            this.#ctx.pool?.refillSoon();
-            return;
-          }
-          await new Promise<void>((r) => {
-            this.#wake = r;
-            void delay(POLL_MS).then(r);
-          });
-          this.#wake = undefined;
+    if (this.state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
+    if (this.state === 'running') return;
+    return this.waitListening(timeoutMs, signal, () => this.#port, async (settled, done) => {
+      while (!settled()) {
+        if (this.#exitStarted) return; // the exited handler rejects, with the output
+        if (await this.#ready()) {
+          if (this.#exitStarted) return;
+          if (this.state === 'starting') this.state = 'running';
+          done();
+          this.#ctx.pool?.refillSoon();
+          return;
         }
-      };
-      poll().catch(done);
+        await new Promise<void>((r) => {
+          this.#wake = r;
+          void delay(POLL_MS).then(r);
+        });
+        this.#wake = undefined;
+      }
     });
   }
 
   async stop(graceMs = 5000): Promise<void> {
-    if (this.#state === 'exited') return;
-    if (this.#state === 'created') {
-      this.#markGone();
-      this.#exit = { code: null, signal: null, reason: 'never started' };
-      this.#state = 'exited';
-      this.#resolveExit(this.#exit);
+    if (this.state === 'exited') return;
+    if (this.state === 'created') {
+      this.markGone();
+      this.exitInfo = { code: null, signal: null, reason: 'never started' };
+      this.state = 'exited';
+      this.resolveExit(this.exitInfo);
       return;
     }
-    if (!this.#exitStarted) this.#state = 'stopping';
+    if (!this.#exitStarted) this.state = 'stopping';
     this.#stopRequested = true;
     this.#signal('SIGTERM');
     const timer = this.#ctx.clock.setTimeout(() => this.#signal('SIGKILL'), graceMs);
@@ -1136,7 +1050,7 @@ class ProcessInstance implements RuntimeInstance {
 
   #signal(sig: 'SIGTERM' | 'SIGKILL'): void {
     const adopted = this.#adopted;
-    if (adopted && !this.#exit) {
+    if (adopted && !this.exitInfo) {
       // as below, with pids instead of a child: the forwarder is not in the cgroup
       const pids = this.#cg?.pids() ?? [];
       for (const p of pids) signalPid(p, sig);
@@ -1146,7 +1060,7 @@ class ProcessInstance implements RuntimeInstance {
       return;
     }
     const child = this.#child;
-    if (!child?.pid || this.#exit) return;
+    if (!child?.pid || this.exitInfo) return;
     if (this.#ctx.mode === 'namespaces') {
       // every process of the instance; the launcher (its PID 1) ignores SIGTERM and exits with the program
       const pids = this.#cg?.pids() ?? [];

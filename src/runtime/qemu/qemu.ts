@@ -5,25 +5,22 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { AetherError, createLogger, systemClock, type Clock, type Logger } from '../../core/index.ts';
+import { AetherError, createLogger, freePort, systemClock, type Clock, type Logger } from '../../core/index.ts';
 import { ensureBaseImage, ensureInitramfs, makeExt4 } from '../../image/index.ts';
 import { findBin } from '../host.ts';
-import { LineSplitter, LogHub } from '../logs.ts';
+import { LineSplitter } from '../logs.ts';
 import {
   describeWorkload,
   entryCommand,
   programEnv,
-  type Endpoint,
   type ExitInfo,
   type InstanceSpec,
-  type InstanceState,
-  type LogLine,
   type Runtime,
   type RuntimeInstance,
   type SnapshotCapability,
 } from '../types.ts';
 import { Qmp } from './qmp.ts';
-import { GoneSignal } from '../gone.ts';
+import { InstanceBase } from '../instance.ts';
 
 export interface QemuRuntimeOptions {
   /** This driver's own dir (instances, per-version code drives, snapshot templates). */
@@ -250,18 +247,6 @@ function statSizeSafe(p: string): number {
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (addr && typeof addr === 'object' ? res(addr.port) : rej(new Error('no port'))));
-    });
-  });
-}
-
 /**
  * One connection through the forwarded port: slirp accepts at once, then closes it when the
  * guest refuses (nothing listening); one that stays open reached the program.
@@ -284,22 +269,13 @@ function probe(port: number): Promise<boolean> {
   });
 }
 
-class QemuInstance implements RuntimeInstance {
-  readonly id: string;
-  readonly spec: InstanceSpec;
-  readonly exited: Promise<ExitInfo>;
+class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance {
   #ctx: Ctx;
   #dir: string;
-  #state: InstanceState = 'created';
-  #endpoint: Endpoint | undefined;
   #child: ChildProcess | undefined;
   #qmp: Qmp | undefined;
   #servers: net.Server[] = [];
   #ctlConn: net.Socket | undefined;
-  #logs: LogHub;
-  #exit: ExitInfo | undefined;
-  #resolveExit!: (e: ExitInfo) => void;
-  readonly #gone = new GoneSignal();
   #hostPort = 0;
   #guestExit: number | undefined;
   #reason: string | undefined;
@@ -313,17 +289,9 @@ class QemuInstance implements RuntimeInstance {
   #t0 = 0;
 
   constructor(ctx: Ctx, spec: InstanceSpec) {
+    super(spec, ctx.clock);
     this.#ctx = ctx;
-    this.spec = spec;
-    this.id = spec.instanceId;
     this.#dir = join(ctx.dataDir, 'instances', spec.instanceId);
-    this.#logs = new LogHub(ctx.clock);
-    this.exited = new Promise((r) => (this.#resolveExit = r));
-  }
-
-  get endpoint(): Endpoint {
-    if (!this.#endpoint) throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} has no endpoint before start()`);
-    return this.#endpoint;
   }
 
   /** Whether this instance was restored from a snapshot template (else cold-booted). */
@@ -331,21 +299,8 @@ class QemuInstance implements RuntimeInstance {
     return this.#restored;
   }
 
-  onLog(listener: (line: LogLine) => void): void {
-    this.#logs.on(listener);
-  }
-
-  onGone(listener: () => void): void {
-    this.#gone.on(listener);
-  }
-
-  /** The program exited (the guest said so) or the VM is gone: stop routing to it before the teardown. */
-  #markGone(): void {
-    this.#gone.fire();
-  }
-
-  inspect(): { state: InstanceState; pid: number | undefined; exit: ExitInfo | undefined } {
-    return { state: this.#state, pid: this.#child?.pid, exit: this.#exit };
+  protected pid(): number | undefined {
+    return this.#child?.pid;
   }
 
   #mark(what: string): void {
@@ -353,8 +308,8 @@ class QemuInstance implements RuntimeInstance {
   }
 
   async start(): Promise<void> {
-    if (this.#state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
-    this.#state = 'starting';
+    if (this.state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
+    this.state = 'starting';
     this.#t0 = performance.now();
     try {
       await this.#launch();
@@ -423,7 +378,7 @@ class QemuInstance implements RuntimeInstance {
     if (buildTemplate) ctx.templates.building.add(tmplDir);
 
     this.#hostPort = await freePort();
-    this.#endpoint = { kind: 'tcp', host: '127.0.0.1', port: this.#hostPort, guest: { address: GUEST_ADDRESS, port: spec.listen.port } };
+    this.endpointValue = { kind: 'tcp', host: '127.0.0.1', port: this.#hostPort, guest: { address: GUEST_ADDRESS, port: spec.listen.port } };
     const ctlPath = join(this.#dir, 'ctl.sock');
     const logPath = join(this.#dir, 'log.sock');
     const qmpPath = join(this.#dir, 'qmp.sock');
@@ -451,7 +406,7 @@ class QemuInstance implements RuntimeInstance {
           c.on('data', (b: Buffer) => split.write(b));
         }),
         this.#listen(logPath, (c) => {
-          const split = new LineSplitter((line) => this.#logs.emit('stdout', line));
+          const split = new LineSplitter((line) => this.logs.emit('stdout', line));
           c.on('data', (b: Buffer) => split.write(b));
           c.on('close', () => split.end());
         }),
@@ -475,14 +430,14 @@ class QemuInstance implements RuntimeInstance {
     const [cmd, ...rest] = setpriv ? [setpriv, '--pdeathsig', 'KILL', '--', ctx.qemuBin, ...args] : [ctx.qemuBin, ...args];
     const child = spawn(cmd as string, rest, { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
     this.#child = child;
-    this.#logs.emit('system', `starting ${describeWorkload(spec)} in a QEMU microVM (${ctx.accel}, ${memMb} MiB, ${this.#restored ? 'restored from its snapshot template' : 'cold boot'})`);
+    this.logs.emit('system', `starting ${describeWorkload(spec)} in a QEMU microVM (${ctx.accel}, ${memMb} MiB, ${this.#restored ? 'restored from its snapshot template' : 'cold boot'})`);
     const con = new LineSplitter((line) => {
       if (line.trim() === '') return;
       if (line.includes('config rejected')) this.#reason = 'the guest rejected its config';
-      this.#logs.emit('system', `console: ${line}`);
+      this.logs.emit('system', `console: ${line}`);
     });
     child.stdout?.on('data', (b: Buffer) => con.write(b));
-    const err = new LineSplitter((line) => this.#logs.emit('system', `qemu: ${line}`));
+    const err = new LineSplitter((line) => this.logs.emit('system', `qemu: ${line}`));
     child.stderr?.on('data', (b: Buffer) => err.write(b));
     child.on('error', (e) => this.#finalize(null, null, `qemu could not start: ${e.message}`));
     child.on('exit', (code, signal) => {
@@ -516,16 +471,16 @@ class QemuInstance implements RuntimeInstance {
       this.#qmp = await this.#connectQmp(qmpPath);
       if (buildTemplate && tmplDir) {
         await this.#snapshot(tmplDir, { format: TEMPLATE_FORMAT, ownerId: spec.owner.id, version: spec.version as string, append, fixedArgs }).catch((e: unknown) => {
-          this.#logs.emit('system', `snapshot template not made: ${(e as Error).message}`);
+          this.logs.emit('system', `snapshot template not made: ${(e as Error).message}`);
         });
         ctx.templates.building.delete(tmplDir);
       }
       this.#ctlConn?.write(config());
       this.#mark('config');
     })().catch((e: unknown) => {
-      if (this.#exit) return;
+      if (this.exitInfo) return;
       this.#reason = `VM control failed: ${(e as Error).message}`;
-      this.#logs.emit('system', this.#reason);
+      this.logs.emit('system', this.#reason);
       this.#kill();
     });
   }
@@ -546,7 +501,7 @@ class QemuInstance implements RuntimeInstance {
 
   async #connectQmp(path: string): Promise<Qmp> {
     for (let i = 0; ; i++) {
-      if (this.#exit) throw new Error('QEMU exited');
+      if (this.exitInfo) throw new Error('QEMU exited');
       try {
         return await Qmp.connect(path);
       } catch (e) {
@@ -574,7 +529,7 @@ class QemuInstance implements RuntimeInstance {
       await rename(tmp, join(dir, 'snapshot.bin'));
       await writeFile(join(dir, 'template.json'), JSON.stringify(meta));
       this.#mark('snapshot');
-      this.#logs.emit('system', `snapshot template saved in ${Math.round(performance.now() - t0)} ms (${Math.round(statSizeSafe(join(dir, 'snapshot.bin')) / 2 ** 20)} MiB)`);
+      this.logs.emit('system', `snapshot template saved in ${Math.round(performance.now() - t0)} ms (${Math.round(statSizeSafe(join(dir, 'snapshot.bin')) / 2 ** 20)} MiB)`);
     } finally {
       await rm(tmp, { force: true });
       await qmp.execute('cont');
@@ -591,64 +546,39 @@ class QemuInstance implements RuntimeInstance {
       const n = Number(line.split(' ')[2]);
       if (Number.isInteger(n)) {
         this.#guestExit = n;
-        this.#markGone();
+        this.markGone();
       }
     }
   }
 
-  #exitError(info: ExitInfo): AetherError {
-    const how = info.reason ?? (info.signal ? `signal ${info.signal}` : `code ${info.code}`);
-    const tail = this.#logs.tail();
-    return new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} exited (${how}) before listening on port ${this.spec.listen.port}${tail ? `; last output:\n${tail}` : ''}`);
-  }
-
   async waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void> {
-    if (this.#state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
-    if (this.#state === 'running') return;
-    if (this.#exit) throw this.#exitError(this.#exit);
-    const clock = this.#ctx.clock;
-    return new Promise<void>((res, rej) => {
-      let settled = false;
-      const done = (err?: unknown): void => {
-        if (settled) return;
-        settled = true;
-        clock.clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        if (err) rej(err);
-        else res();
-      };
-      const timer = clock.setTimeout(() => {
-        const tail = this.#logs.tail();
-        done(new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} did not listen on port ${this.spec.listen.port} within ${timeoutMs} ms${tail ? `; last output:\n${tail}` : ''}`));
-      }, timeoutMs);
-      const onAbort = (): void => done(signal?.reason ?? new Error('aborted'));
-      if (signal?.aborted) return onAbort();
-      signal?.addEventListener('abort', onAbort, { once: true });
-      void this.exited.then((info) => done(this.#exitError(info)));
-      void (async () => {
-        if (!this.#started) await new Promise<void>((r) => this.#startedWaiters.add(r));
-        while (!settled && !this.#exit) {
-          if (await probe(this.#hostPort)) {
-            if (this.#exit || settled) return;
-            if (this.#state === 'starting') this.#state = 'running';
-            this.#mark('listening');
-            this.#logs.emit('system', `listening after ${Math.round(this.timings['listening'] ?? 0)} ms (${this.#restored ? 'restored' : 'cold boot'}; ${Object.entries(this.timings).map(([k, v]) => `${k} ${Math.round(v)}`).join(', ')})`);
-            return done();
-          }
-          await delay(PROBE_EVERY_MS);
+    if (this.state === 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} not started`);
+    if (this.state === 'running') return;
+    const port = this.spec.listen.port;
+    if (this.exitInfo) throw this.exitError(this.exitInfo, port);
+    return this.waitListening(timeoutMs, signal, () => port, async (settled, done) => {
+      if (!this.#started) await new Promise<void>((r) => this.#startedWaiters.add(r));
+      while (!settled() && !this.exitInfo) {
+        if (await probe(this.#hostPort)) {
+          if (this.exitInfo || settled()) return;
+          if (this.state === 'starting') this.state = 'running';
+          this.#mark('listening');
+          this.logs.emit('system', `listening after ${Math.round(this.timings['listening'] ?? 0)} ms (${this.#restored ? 'restored' : 'cold boot'}; ${Object.entries(this.timings).map(([k, v]) => `${k} ${Math.round(v)}`).join(', ')})`);
+          return done();
         }
-      })().catch(done);
+        await delay(PROBE_EVERY_MS);
+      }
     });
   }
 
   async stop(graceMs = 5000): Promise<void> {
-    if (this.#state === 'exited') return;
-    if (this.#state === 'created') {
+    if (this.state === 'exited') return;
+    if (this.state === 'created') {
       this.#finalize(null, null, 'never started');
       return;
     }
     this.#stopRequested = true;
-    if (!this.#exit) this.#state = 'stopping';
+    if (!this.exitInfo) this.state = 'stopping';
     // ACPI power button: aether-init sends SIGTERM to the program and powers off when it exits.
     const qmp = this.#qmp;
     if (qmp && graceMs > 0) await qmp.execute('system_powerdown').catch(() => this.#kill());
@@ -661,12 +591,12 @@ class QemuInstance implements RuntimeInstance {
   #kill(): void {
     const c = this.#child;
     if (c && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    else if (!c && !this.#exit) this.#finalize(null, null, this.#reason ?? 'stopped');
+    else if (!c && !this.exitInfo) this.#finalize(null, null, this.#reason ?? 'stopped');
   }
 
   #finalize(code: number | null, signal: string | null, reason?: string): void {
-    if (this.#exit) return;
-    this.#markGone();
+    if (this.exitInfo) return;
+    this.markGone();
     this.#qmp?.close();
     for (const s of this.#servers) s.close();
     this.#ctlConn?.destroy();
@@ -674,12 +604,12 @@ class QemuInstance implements RuntimeInstance {
     const why = reason ?? this.#reason;
     if (why) info.reason = why;
     else if (this.#guestExit === undefined && !this.#stopRequested) info.reason = 'the VM stopped before its program exited';
-    this.#exit = info;
-    this.#state = 'exited';
+    this.exitInfo = info;
+    this.state = 'exited';
     for (const w of this.#startedWaiters) w();
-    this.#logs.emit('system', `exited (code ${info.code}, signal ${info.signal}${info.reason ? `, ${info.reason}` : ''})`);
+    this.logs.emit('system', `exited (code ${info.code}, signal ${info.signal}${info.reason ? `, ${info.reason}` : ''})`);
     // Nothing of the instance stays on disk; the version's code drive and template are shared.
-    void rm(this.#dir, { recursive: true, force: true }).finally(() => this.#resolveExit(info));
+    void rm(this.#dir, { recursive: true, force: true }).finally(() => this.resolveExit(info));
   }
 }
 

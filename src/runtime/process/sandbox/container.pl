@@ -15,17 +15,15 @@
 # stdin, NUL-separated: the 3 cgroup `tasks` files, kind (image|rootfs), source path, record file,
 #   uid, gid, tmpfs MiB, syscall numbers "mount,setgroups,setresgid,setresuid,prctl,pivot_root,
 #   umount2,mknodat", seccomp filter (hex), workdir, N, N writable paths, argc, argv, env K=V records.
-# No `use strict; use warnings;` (load time); the unit test checks the file with both.
+# No `use strict; use warnings;` (load time); the unit test checks the file with both. The steps it
+# shares with launch.pl are in common.pl.
 
-sub fail { print STDERR "aether container: $_[0]: $!\n"; exit 125; }
+# common.pl lies beside this file (a relative path needs ./ or require searches @INC instead)
+BEGIN { my $d = __FILE__ =~ m{^(.*)/} ? $1 : '.'; require($d =~ m{^/} ? "$d/common.pl" : "./$d/common.pl"); }
+our $WHO;
+$WHO = 'aether container';
 # 1.
-my @in;
-{
-  local $/;
-  my $raw = <STDIN> // '';
-  @in = split /\0/, $raw;
-}
-open(STDIN, '<', '/dev/null') or fail('stdin');
+my @in = read_assignment();
 fail('no assignment') unless @in >= 14;
 my ($cg1, $cg2, $cg3, $kind, $src, $record, $uid, $gid, $tmp_mb, $nrs, $filter, $workdir, $nw) = splice(@in, 0, 13);
 my @writable = splice(@in, 0, $nw);
@@ -33,39 +31,16 @@ my $argc = shift(@in) // 0;
 my @argv = splice(@in, 0, $argc);
 fail('usage') unless @argv && @argv == $argc && ($kind eq 'image' || $kind eq 'rootfs');
 $0 = "$0 $src";
-my ($SYS_mount, $SYS_setgroups, $SYS_setresgid, $SYS_setresuid, $SYS_prctl, $SYS_pivot_root, $SYS_umount2, $SYS_mknodat) = map { $_ + 0 } split /,/, $nrs;
+my ($SYS_pivot_root, $SYS_umount2, $SYS_mknodat) = syscall_numbers($nrs);
 $uid += 0;
 $gid += 0;
 my ($MS_RDONLY, $MS_NOSUID, $MS_NODEV, $MS_NOEXEC, $MS_REMOUNT, $MS_BIND, $MS_REC) = (1, 2, 4, 8, 32, 4096, 16384);
-my ($PR_SET_SECCOMP, $SECCOMP_MODE_FILTER, $PR_CAPBSET_DROP, $PR_SET_NO_NEW_PRIVS) = (22, 2, 24, 38);
-my $insns = pack('H*', $filter);
-fail('bad seccomp filter') unless length($insns) && length($insns) % 8 == 0;
-my $fprog = pack('S x![P] P', length($insns) / 8, $insns);
-my %env;
-for my $kv (@in) {
-  my ($k, $v) = split /=/, $kv, 2;
-  $env{$k} = $v if defined $v && length $k;
-}
+my $fprog = seccomp_prog($filter);
+my $env = env_of(@in);
 
-# 2. (see launch.pl: `tasks` of the single thread)
-{
-  opendir(my $dh, '/proc/self/task') or fail('open /proc/self/task');
-  my @tasks = grep { /^\d+$/ } readdir($dh);
-  closedir($dh);
-  fail('the launcher is not single-threaded') unless @tasks == 1;
-}
-for my $f ($cg1, $cg2, $cg3) {
-  open(my $fh, '>', $f) or fail("open $f");
-  defined(syswrite($fh, '0')) or fail("join cgroup $f");
-  close($fh);
-}
+# 2. (common.pl: `tasks` of the single thread)
+join_cgroups($cg1, $cg2, $cg3);
 
-# (copies: syscall() must not be handed read-only literals)
-sub try_mnt {
-  my ($s, $dst, $type, $flags, $opts) = @_;
-  return syscall($SYS_mount, $s, $dst, $type, $flags, $opts) == 0;
-}
-sub mnt { try_mnt(@_) or fail("mount $_[1]"); }
 my $nosd = $MS_NOSUID | $MS_NODEV;
 
 # The artifact and the record file may live under /tmp, about to be covered: open them first.
@@ -148,35 +123,7 @@ my ($dot1, $dot2) = ('.', '.');
 syscall($SYS_pivot_root, $dot1, $dot2) == 0 or fail('pivot_root');
 syscall($SYS_umount2, $dot1, 2) == 0 or fail('detach the host root');   # MNT_DETACH
 chdir('/') or fail('chdir /');
-{
-  socket(my $s, 2, 2, 0) or fail('socket');
-  my $ifr = pack('a16 s x22', 'lo', 0);
-  ioctl($s, 0x8913, $ifr) or fail('get lo flags');
-  my $flags = unpack('x16 s', $ifr);
-  ioctl($s, 0x8914, pack('a16 s x22', 'lo', $flags | 1)) or fail('set lo up');
-  close($s);
-}
+lo_up();
 
-# 7.
-my $pid = fork() // fail('fork');
-if ($pid == 0) {
-  syscall($SYS_prctl, $PR_CAPBSET_DROP, $_, 0, 0, 0) for 0 .. 63;
-  syscall($SYS_setgroups, 0, 0) == 0 or fail('setgroups');
-  syscall($SYS_setresgid, $gid, $gid, $gid) == 0 or fail('setresgid');
-  syscall($SYS_setresuid, $uid, $uid, $uid) == 0 or fail('setresuid');
-  syscall($SYS_prctl, $PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 or fail('no_new_privs');
-  chdir($workdir) or fail("chdir $workdir");
-  syscall($SYS_prctl, $PR_SET_SECCOMP, $SECCOMP_MODE_FILTER, $fprog, 0, 0) == 0 or fail('seccomp');
-  %ENV = %env;
-  exec { $argv[0] } @argv or fail("exec $argv[0]");
-}
-
-# 8.
-for (;;) {
-  my $w = wait();
-  last if $w == -1;
-  next if $w != $pid;
-  my $s = $?;
-  exit(($s & 127) ? 128 + ($s & 127) : $s >> 8);
-}
-exit 125;
+# 7. + 8.
+run_program($uid, $gid, $workdir, $fprog, $env, @argv);

@@ -23,17 +23,14 @@
 #   filter (hex of its struct sock_filter array), N, N dirs to hide, argc, argc program args, then
 #   the program's environment as K=V records.
 # No `use strict; use warnings;` here: loading them costs ~4 ms per start. The unit test checks the
-# file with both (perl -Mstrict -Mwarnings -c).
+# file with both (perl -Mstrict -Mwarnings -c). The steps it shares with container.pl are in common.pl.
 
-sub fail { print STDERR "aether launcher: $_[0]: $!\n"; exit 125; }
+# common.pl lies beside this file (a relative path needs ./ or require searches @INC instead)
+BEGIN { my $d = __FILE__ =~ m{^(.*)/} ? $1 : '.'; require($d =~ m{^/} ? "$d/common.pl" : "./$d/common.pl"); }
+our $WHO;
+$WHO = 'aether launcher';
 # 1. (blocks here while a spare)
-my @in;
-{
-  local $/;
-  my $raw = <STDIN> // '';
-  @in = split /\0/, $raw;
-}
-open(STDIN, '<', '/dev/null') or fail('stdin');
+my @in = read_assignment();
 fail('no assignment') unless @in >= 11;
 my ($cg1, $cg2, $cg3, $code, $uid, $tmp_mb, $lo, $nrs, $filter, $nhide) = splice(@in, 0, 10);
 my @hide = splice(@in, 0, $nhide);
@@ -42,41 +39,16 @@ my @argv = splice(@in, 0, $argc);
 fail('usage') unless @argv && @argv == $argc;
 # Name the code in `ps` (a spare's args are only padding that reserves room for this).
 $0 = "$0 $code";
-my ($SYS_mount, $SYS_setgroups, $SYS_setresgid, $SYS_setresuid, $SYS_prctl) = map { $_ + 0 } split /,/, $nrs;
+syscall_numbers($nrs);
 $uid += 0;
 my ($MS_RDONLY, $MS_NOSUID, $MS_NODEV, $MS_REMOUNT, $MS_BIND) = (1, 2, 4, 32, 4096);
-my ($PR_SET_SECCOMP, $SECCOMP_MODE_FILTER, $PR_CAPBSET_DROP, $PR_SET_NO_NEW_PRIVS) = (22, 2, 24, 38);
-# struct sock_fprog { unsigned short len; struct sock_filter *filter; } (8 bytes per instruction)
-my $insns = pack('H*', $filter);
-fail('bad seccomp filter') unless length($insns) && length($insns) % 8 == 0;
-my $fprog = pack('S x![P] P', length($insns) / 8, $insns);
-my %env;
-for my $kv (@in) {
-  my ($k, $v) = split /=/, $kv, 2;
-  $env{$k} = $v if defined $v && length $k;
-}
+my $fprog = seccomp_prog($filter);
+my $env = env_of(@in);
 
-# 2. "0" = the writing thread. `tasks`, not `cgroup.procs`: moving one thread skips the kernel's
-# global threadgroup lock (an RCU grace period, ~10 ms); perl is single-threaded, so this moves the
-# whole process, and everything it forks later starts inside. Checked, so a threaded perl could
-# never leave a thread outside the limits.
-{
-  opendir(my $dh, '/proc/self/task') or fail('open /proc/self/task');
-  my @tasks = grep { /^\d+$/ } readdir($dh);
-  closedir($dh);
-  fail('the launcher is not single-threaded') unless @tasks == 1;
-}
-for my $f ($cg1, $cg2, $cg3) {
-  open(my $fh, '>', $f) or fail("open $f");
-  defined(syswrite($fh, '0')) or fail("join cgroup $f");
-  close($fh);
-}
+# 2. (common.pl: `tasks` of the single thread)
+join_cgroups($cg1, $cg2, $cg3);
 
-# 3. + 4. (numbers are passed to syscall() as integers, strings as pointers, 0 as NULL)
-sub mnt {
-  my ($src, $dst, $type, $flags, $opts) = @_;
-  syscall($SYS_mount, $src, $dst, $type, $flags, $opts) == 0 or fail("mount $dst");
-}
+# 3. + 4.
 sysopen(my $codefh, $code, 0) or fail("open $code");
 # The interpreter may live under a dir about to be hidden (a checkout in /tmp brings its own node):
 # hold its directory now and bind it back read-only after the tmpfs mounts.
@@ -103,39 +75,10 @@ mnt('/proc/self/fd/' . fileno($codefh), $target, 0, $MS_BIND, 0);
 mnt(0, $target, 0, $MS_BIND | $MS_REMOUNT | $MS_RDONLY | $nosd, 0);
 close($codefh);
 
-# 5. SIOCGIFFLAGS / SIOCSIFFLAGS on "lo" (struct ifreq: 16-byte name + short flags, 40 bytes)
-if ($lo) {
-  socket(my $s, 2, 2, 0) or fail('socket');
-  my $ifr = pack('a16 s x22', 'lo', 0);
-  ioctl($s, 0x8913, $ifr) or fail('get lo flags');
-  my $flags = unpack('x16 s', $ifr);
-  ioctl($s, 0x8914, pack('a16 s x22', 'lo', $flags | 1)) or fail('set lo up');
-  close($s);
-}
+# 5.
+lo_up() if $lo;
 
 chdir($target) or fail("chdir $target");
 
-# 6.
-my $pid = fork() // fail('fork');
-if ($pid == 0) {
-  # dropping from the bounding set needs CAP_SETPCAP, so before the uid switch; EINVAL past the last cap
-  syscall($SYS_prctl, $PR_CAPBSET_DROP, $_, 0, 0, 0) for 0 .. 63;
-  syscall($SYS_setgroups, 0, 0) == 0 or fail('setgroups');
-  syscall($SYS_setresgid, $uid, $uid, $uid) == 0 or fail('setresgid');
-  syscall($SYS_setresuid, $uid, $uid, $uid) == 0 or fail('setresuid');
-  syscall($SYS_prctl, $PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 or fail('no_new_privs');
-  # last: from here on the refused syscalls answer EPERM (exec and the env are not among them)
-  syscall($SYS_prctl, $PR_SET_SECCOMP, $SECCOMP_MODE_FILTER, $fprog, 0, 0) == 0 or fail('seccomp');
-  %ENV = %env;
-  exec { $argv[0] } @argv or fail("exec $argv[0]");
-}
-
-# 7.
-for (;;) {
-  my $w = wait();
-  last if $w == -1;
-  next if $w != $pid;
-  my $st = $?;
-  exit(($st & 127) ? 128 + ($st & 127) : $st >> 8);
-}
-exit 125;
+# 6. + 7. (the program inherits the cwd: the code)
+run_program($uid, $uid, undef, $fprog, $env, @argv);
