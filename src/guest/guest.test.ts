@@ -260,3 +260,15 @@ test('MMDS: gives up after its wait budget with a reason; a config that arrives 
     await mmds.close();
   }
 });
+
+test('--reap PID (a process sandbox\'s PID 1): reaps orphans, exits with PID\'s status, 128+n for signal n', { skip }, async () => {
+  const b = await init();
+  // perl forks the "program" and an orphan-to-be, then becomes the reaper, as common.pl does
+  const reapAs = (program: string): number => {
+    const script = `my $o = fork(); if ($o == 0) { exit 0 } my $p = fork(); if ($p == 0) { select(undef, undef, undef, 0.2); ${program} } exec { $ARGV[0] } 'aether-reap', '--reap', $p, '--', 'label' or exit 99;`;
+    return spawnSync('perl', ['-e', script, b], { timeout: 10_000 }).status ?? -1;
+  };
+  assert.equal(reapAs('exit 7'), 7);
+  assert.equal(reapAs("kill 'KILL', $$"), 137);
+  assert.equal(reapAs('exit 0'), 0);
+});

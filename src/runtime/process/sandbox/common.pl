@@ -9,6 +9,16 @@ our ($SYS_mount, $SYS_setgroups, $SYS_setresgid, $SYS_setresuid, $SYS_prctl);
 
 sub fail { print STDERR "$WHO: $_[0]: $!\n"; exit 125; }
 
+# The reaper PID 1 becomes once the program runs (aether-init --reap, built by `npm run build:guest`;
+# ~0.1 MiB where a resident perl costs ~5 MiB per instance). Opened now, before mounts may hide the
+# checkout; without it perl stays PID 1 and reaps itself.
+our $REAPER;
+{
+  my $d = __FILE__ =~ m{^(.*)/} ? $1 : '.';
+  my $fh;
+  $REAPER = $fh if sysopen($fh, "$d/../../../../build/guest/aether-init", 0);
+}
+
 # The whole assignment, NUL-separated until EOF (blocks here while a spare). stdin is /dev/null after.
 sub read_assignment {
   my @in;
@@ -103,6 +113,9 @@ sub run_program {
     %ENV = %$env;
     exec { $argv[0] } @argv or fail("exec $argv[0]");
   }
+  # exec keeps the pid (1) and the children; on failure perl goes on reaping below
+  # (the label keeps `ps` naming the launcher and its code, as $0 did)
+  exec { '/proc/self/fd/' . fileno($REAPER) } 'aether-reap', '--reap', $pid, '--', $0 if $REAPER;
   for (;;) {
     my $w = wait();
     last if $w == -1;
