@@ -103,19 +103,16 @@ function poolFor(u: Upstream): Pool {
  * aborted like one that reached the upstream.
  */
 export async function closeEndpoint(u: Upstream): Promise<void> {
-  const key = keyOf(u);
-  const pool = pools.get(key);
-  if (!pool) return;
-  pools.delete(key);
-  await pool.close().catch(() => pool.destroy().catch(() => undefined));
+  const pool = pools.get(keyOf(u));
+  if (pool) await dropPool(pool, u);
 }
 
 /** Retire `pool` if it still serves `u`: new requests get a new pool, the old one closes once idle. */
-function dropPool(pool: Pool, u: Upstream): void {
+function dropPool(pool: Pool, u: Upstream): Promise<void> {
   const key = keyOf(u);
-  if (pools.get(key) !== pool) return;
+  if (pools.get(key) !== pool) return Promise.resolve();
   pools.delete(key);
-  pool.close().catch(() => pool.destroy().catch(() => undefined));
+  return pool.close().catch(() => pool.destroy().catch(() => undefined));
 }
 
 export async function closeAllEndpoints(): Promise<void> {
@@ -307,7 +304,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, target: Forwa
         // to it are dead too although their close may not have been read yet. A fresh pool makes the
         // next request connect anew, so it fails as 'connect' (sent elsewhere) instead of being
         // written into a dead connection and lost. In-flight requests finish on the old pool.
-        if (!isConnectError(e.code)) dropPool(pool, target.endpoint);
+        if (!isConnectError(e.code)) void dropPool(pool, target.endpoint);
         done(new ProxyError(e.message ?? 'upstream failed', connect ? 'connect' : 'upstream', res.headersSent, err));
       },
     };
