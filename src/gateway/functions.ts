@@ -24,6 +24,7 @@ import {
 import type { KeyValue, Store } from '../store/index.ts';
 import type { BlobStore } from '../blob/index.ts';
 import { DEFAULT_LIMITS, validateArchive, type ArchiveLimits } from '../archive/index.ts';
+import { newestRecords } from './records.ts';
 
 export type Sandbox = (typeof SANDBOXES)[number];
 
@@ -310,8 +311,12 @@ export class FunctionService {
   async invocations(idOrName: string, limit = 100): Promise<InvocationRecord[]> {
     const { rec } = await this.#mustFind(idOrName);
     const n = Math.max(1, Math.min(MAX_INVOCATIONS_LIMIT, Math.floor(limit)));
+    // Each key holds one or more records (a chunk): the newest n keys hold at least n records.
     const r = await this.#s(this.#store.list(KEYS.invocationsOf(rec.id), { reverse: true, limit: n }));
-    return r.kvs.map((kv) => JSON.parse(kv.value) as InvocationRecord);
+    return newestRecords(
+      r.kvs.map((kv) => kv.value),
+      n,
+    );
   }
 
   /** Running instances of the function (registered by agents, newest last). */

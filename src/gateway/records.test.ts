@@ -4,7 +4,7 @@ import { ManualClock, silentLogger } from '../core/index.ts';
 import { KEYS, type InvocationRecord } from '../spec/index.ts';
 import { ControlledStore } from '../store/contract.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
-import { InvocationRecorder } from './records.ts';
+import { BATCH_MAX, batchCount, InvocationRecorder, newestRecords } from './records.ts';
 
 let seq = 0;
 const rec = (fnId: string): InvocationRecord => ({
@@ -19,19 +19,48 @@ const rec = (fnId: string): InvocationRecord => ({
   error: null,
 });
 
-test('records are written in batches after the interval, never on the caller', async () => {
+/** Every record stored under a function, oldest first. */
+async function stored(store: { list(p: string): Promise<{ kvs: { value: string }[] }> }, fnId: string): Promise<InvocationRecord[]> {
+  const { kvs } = await store.list(KEYS.invocationsOf(fnId));
+  return newestRecords(kvs.map((kv) => kv.value), Infinity).reverse();
+}
+
+test('records are written in chunks after the interval, never on the caller', async () => {
   const clock = new ManualClock();
   const store = createSqliteStore({ path: ':memory:', clock });
   const r = new InvocationRecorder({ store, clock, logger: silentLogger(), intervalMs: 100 });
   const before = (await store.list('/')).revision;
-  for (let i = 0; i < 150; i++) r.record(rec('fn-a'));
+  const written: string[] = [];
+  for (let i = 0; i < 250; i++) {
+    const x = rec(i % 2 ? 'fn-a' : 'fn-a2');
+    if (x.function_id === 'fn-a') written.push(x.id);
+    r.record(x);
+  }
   assert.equal((await store.list(KEYS.invocationsOf('fn-a'))).kvs.length, 0, 'nothing written synchronously');
   await clock.advance(100);
   await r.flush();
   const { kvs, revision } = await store.list(KEYS.invocationsOf('fn-a'));
-  assert.equal(kvs.length, 150);
-  assert.equal(revision - before, 2, 'one store transaction per 100 records');
+  assert.equal(kvs.length, 1, '125 records of one function: one key');
+  assert.equal(batchCount(kvs[0]?.key ?? ''), 125, 'the key counts its records');
+  assert.deepEqual((await stored(store, 'fn-a')).map((x) => x.id), written);
+  assert.equal((await stored(store, 'fn-a2')).length, 125);
+  assert.equal(revision - before, 1, 'one store transaction for both functions');
+  for (let i = 0; i < BATCH_MAX + 1; i++) r.record(rec('fn-a3'));
+  await r.flush();
+  assert.deepEqual((await store.list(KEYS.invocationsOf('fn-a3'))).kvs.map((kv) => batchCount(kv.key)), [BATCH_MAX, 1], 'chunks of at most BATCH_MAX');
   await store.close();
+});
+
+test('reading: chunks and single records (the layout before chunks) merge newest first', () => {
+  const a = rec('fn-r');
+  const b = rec('fn-r');
+  const c = rec('fn-r');
+  const d = rec('fn-r');
+  // Two gateways' chunks may interleave in time.
+  const got = newestRecords([JSON.stringify([a, c]), JSON.stringify(b), JSON.stringify([d])], 3);
+  assert.deepEqual(got.map((x) => x.id), [d.id, c.id, b.id]);
+  assert.equal(batchCount('/aether/invocations/fn/inv-1'), 1);
+  assert.equal(batchCount('/aether/invocations/fn/inv-1.37'), 37);
 });
 
 test('each function keeps about the newest `keep` records', async () => {
@@ -45,10 +74,20 @@ test('each function keeps about the newest `keep` records', async () => {
     r.record(x);
   }
   await r.flush();
-  const { kvs } = await store.list(KEYS.invocationsOf('fn-b'));
-  assert.ok(kvs.length >= 100 && kvs.length <= 150, `kept ${kvs.length}`);
-  assert.equal(kvs.at(-1)?.key, KEYS.invocation('fn-b', ids.at(-1) as string), 'the newest stays');
-  assert.ok(!kvs.some((kv) => kv.key === KEYS.invocation('fn-b', ids[0] as string)), 'the oldest went');
+  // At most `keep` of one flush are written at all (older ones would be trimmed at once).
+  assert.deepEqual((await stored(store, 'fn-b')).map((x) => x.id), ids.slice(-100));
+  // Many small flushes: trimming drops whole chunks, oldest first, keeping at least `keep`.
+  for (let round = 0; round < 30; round++) {
+    for (let i = 0; i < 10; i++) {
+      const x = rec('fn-b');
+      ids.push(x.id);
+      r.record(x);
+    }
+    await r.flush();
+  }
+  const kept = await stored(store, 'fn-b');
+  assert.ok(kept.length >= 100 && kept.length <= 160, `kept ${kept.length}`);
+  assert.deepEqual(kept.map((x) => x.id), ids.slice(-kept.length), 'the newest, in order, with no gap');
   await store.close();
 });
 
@@ -66,7 +105,7 @@ test('records of a deleted function are dropped; a store outage delays, not lose
   store.down = false;
   await clock.advance(1000); // the retry timer
   await r.flush();
-  assert.equal((await inner.list(KEYS.invocationsOf('fn-c'))).kvs.length, 1);
+  assert.equal((await stored(inner, 'fn-c')).length, 1);
   assert.equal((await inner.list(KEYS.invocationsOf('fn-gone'))).kvs.length, 0);
   await r.close();
   await inner.close();
