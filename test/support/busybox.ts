@@ -21,9 +21,10 @@ export function busyboxRoot(dir: string, page: string): string {
   return root;
 }
 
-/** busyboxRoot built into an ext4 image, `<dir>/web.ext4`, by `aether image build` (as users build theirs). */
-export function busyboxImage(dir: string, page: string): { root: string; image: string } {
+/** busyboxRoot (with addLinkProbe for `linkProbe`) built into an ext4 image, `<dir>/web.ext4`, by `aether image build` (as users build theirs). */
+export function busyboxImage(dir: string, page: string, opts: { linkProbe?: string } = {}): { root: string; image: string } {
   const root = busyboxRoot(dir, page);
+  if (opts.linkProbe) addLinkProbe(root, opts.linkProbe);
   const image = join(dir, 'web.ext4');
   execFileSync(process.execPath, [AETHER_BIN, 'image', 'build', root, '-o', image], { stdio: 'ignore', timeout: 300_000 });
   return { root, image };
