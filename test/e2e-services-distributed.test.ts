@@ -121,7 +121,7 @@ if (skip) {
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'aether-e2e-svcd-'));
     // The image: busybox + a page; firework's tenant override runs <dir>/<tenant>-<file>.
-    ({ image } = busyboxImage(dir, PAGE));
+    ({ image } = busyboxImage(dir, PAGE, { linkProbe: 'WEB_URL' }));
     copyFileSync(image, join(dir, 'acme-web.ext4'));
 
     repo = join(dir, 'repo');
@@ -176,6 +176,10 @@ if (skip) {
       assert.equal(instanceEnv(api0.instance, 'WEB_URL'), `http://127.0.0.1:${PORTS.web}`);
       assert.equal(instanceEnv(api0.instance, 'NODE_IP'), '127.0.0.1');
       assert.equal((await fetch(instanceEnv(api0.instance, 'WEB_URL') ?? '')).status, 200, 'the link answers');
+      // ... from inside api's process sandbox too: its own program fetches WEB_URL and gets web's page
+      // from the other node (api's agent relays it to web's published port there; links.ts)
+      const viaApi = await fetch(`http://127.0.0.1:${PORTS.api}/cgi-bin/get`, { signal: AbortSignal.timeout(15_000) });
+      assert.equal((await viaApi.text()).trim(), `OK ${PAGE.trim()}`, "api's program reaches web across nodes");
       // The Traefik file of each node names every host.
       for (const id of agents.keys()) {
         const file = join(dir, `traefik-${id}`, 'aether.yaml');

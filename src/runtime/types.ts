@@ -46,6 +46,12 @@ export interface InstanceSpec {
   /** The workload's env; the driver adds PORT and the AETHER_* variables. */
   env: Record<string, string>;
   resources: Resources;
+  /**
+   * TCP destinations (IPv4 address and port) the program must be able to connect to at exactly
+   * these addresses: a service's resolved links. A driver whose sandbox has no route out relays
+   * them (process, veth network: links.ts); others, whose programs reach them anyway, ignore it.
+   */
+  links?: { host: string; port: number }[];
   /** TCP port the program listens on inside its sandbox (the function's `port`). */
   listen: { port: number };
   /**

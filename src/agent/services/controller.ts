@@ -2,6 +2,7 @@ import { connect } from 'node:net';
 import { request } from 'node:http';
 import { stat } from 'node:fs/promises';
 import { AetherError, metrics, newId, silentLogger, systemClock, type Clock, type Logger, type TimerHandle } from '../../core/index.ts';
+import { linkTargets } from './links.ts';
 import { serviceConfigKey, type ServiceAssignment, type ServiceConfig } from '../../deploy/index.ts';
 import type { Artifact, ExitInfo, InstanceSpec, Runtime } from '../../runtime/index.ts';
 import { KEYS, type Endpoint, type SandboxKind, type ServiceStatusRecord } from '../../spec/index.ts';
@@ -374,12 +375,16 @@ export class ServiceController implements WorkloadController {
     if (!inst) return fail(`no capacity on node ${this.#o.nodeId}: ${this.#core.ledger.describe(need)}`);
     let spec: InstanceSpec;
     try {
+      const env = this.#env(svc);
+      const links = linkTargets(svc, env);
       spec = {
         instanceId: inst.id,
         owner: { kind: 'service', id: svc.name, name: svc.name },
         artifact: await this.#artifact(svc),
         ...(svc.command.length ? { command: svc.command } : {}),
-        env: this.#env(svc),
+        env,
+        // where the links point: a process sandbox relays them (it has no route out)
+        ...(links.length ? { links } : {}),
         resources: { memoryMb: svc.memory_mb, vcpu: svc.vcpus, pidsMax: this.#o.pidsMax ?? 1024 },
         listen: { port: servicePort(svc) },
         version: configKey,

@@ -57,6 +57,7 @@ function flat(spec: InstanceSpec): Omit<ProcessSpec, 'runtime' | 'entrypoint' | 
     memoryMb: spec.resources.memoryMb,
     vcpu: spec.resources.vcpu,
     pidsMax: spec.resources.pidsMax,
+    ...(spec.links?.length ? { links: spec.links } : {}),
     workload: spec,
   };
 }

@@ -20,6 +20,8 @@ export interface InstanceSpec {
   pidsMax: number;
   /** An image or rootfs artifact: run as a container (container.ts); codeDir/entrypoint/runtime are then unused. */
   container?: ContainerPlan;
+  /** TCP targets the program reaches at these addresses (a service's links; see links.ts). */
+  links?: { host: string; port: number }[];
   /** The workload spec this was mapped from: kept in the adoption record. */
   workload?: WorkloadSpec;
 }

@@ -17,6 +17,7 @@ import { releaseContainer, releaseLeftoverContainers, writeContainerRecord, type
 import type { Endpoint, ExitInfo, InstanceSpec, Runtime, RuntimeInstance } from './legacy.ts';
 import { InstanceBase } from '../instance.ts';
 import { DEFAULT_NET_POOL, VethPool, vethBlocker, vethTools, type VethNet } from './veth.ts';
+import { LinkRelays } from './links.ts';
 
 export interface ProcessRuntimeOptions {
   /** The platform's data dir: hidden from instances; sockets live in `<dataDir>/sockets`. Code dirs should be under it. */
@@ -261,6 +262,9 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       const liveLinks = new Set([...live.values()].flatMap((i) => i.netIfname ?? []));
       const stray = ctx.veth?.sweep(agentId, (owner, ifname) => liveLinks.has(ifname) || owner.startsWith(`.spare-${process.pid}-`)) ?? [];
       if (stray.length > 0) logger.info({ links: stray }, 'removed leftover sandbox veth pairs');
+      // link relays' firewall elements of links that are gone or not live (after the sweep above)
+      const elements = ctx.veth?.sweepLinkElements(agentId, (ifname) => liveLinks.has(ifname)) ?? [];
+      if (elements.length > 0) logger.info({ elements }, 'removed leftover link relay firewall elements');
       if (live.size === 0) removeAgentDirs(ctx);
       for (const id of sweepDeadAgents(ctx.mounts, agentId)) logger.info({ agent: id }, 'removed the empty cgroups of an agent that is gone');
     },
@@ -707,6 +711,8 @@ class ProcessInstance extends InstanceBase<InstanceSpec> implements RuntimeInsta
   /** Set when this instance was adopted from an earlier run: not our child, watched by polling. */
   #adopted: AdoptionRecord | undefined;
   #adoptPoll: NodeJS.Timeout | undefined;
+  /** The relays of its links (veth network, see links.ts). */
+  #links: LinkRelays | undefined;
 
   constructor(ctx: Ctx, spec: InstanceSpec) {
     super(spec, ctx.clock);
@@ -737,6 +743,8 @@ class ProcessInstance extends InstanceBase<InstanceSpec> implements RuntimeInsta
     const n = rec.uid - this.#ctx.uidBase;
     if (n >= 0 && n < 10_000 && n >= this.#ctx.nextUid) this.#ctx.nextUid = n + 1;
     this.logs.emit('system', `adopted (launcher pid ${rec.launcher.pid})`);
+    // the relays died with the agent that made them: new ones, and the sandbox's table pointed at them
+    void this.#openLinks(rec.launcher.pid, rec.net).catch((err: unknown) => this.logs.emit('system', `links not reachable: ${(err as Error).message}`));
     const finish = this.#pump(fifoReader(join(this.#dir, 'out')), fifoReader(join(this.#dir, 'err')));
     // Not our child: no exit event. Poll both processes (a real timer: OS state, not time).
     this.#adoptPoll = setInterval(() => {
@@ -771,6 +779,7 @@ class ProcessInstance extends InstanceBase<InstanceSpec> implements RuntimeInsta
       else await this.#startPlain(codeDir, argv);
     } catch (err) {
       this.markGone();
+      this.#links?.close();
       this.#spare?.kill();
       this.#cg?.remove();
       if (this.#ctx.mode === 'namespaces') rmSync(this.#dir, { recursive: true, force: true });
@@ -788,6 +797,7 @@ class ProcessInstance extends InstanceBase<InstanceSpec> implements RuntimeInsta
       await this.#startSandboxed(plan.source, plan.argv, plan);
     } catch (err) {
       this.markGone();
+      this.#links?.close();
       this.#spare?.kill();
       this.#cg?.remove();
       await releaseContainer(this.#ctx.containersDir, this.id);
@@ -858,6 +868,8 @@ class ProcessInstance extends InstanceBase<InstanceSpec> implements RuntimeInsta
     const child = await spare.launcher;
     if (!child || !spare.alive) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: the sandbox could not start`);
     if (this.#stopRequested) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} was stopped while starting`);
+    // before the program runs: its first connection to a link already finds the relay
+    await this.#openLinks(child.pid, spare.net);
     const uid = ctx.uidBase + (ctx.nextUid++ % 10_000);
     if (plan) {
       const record = writeContainerRecord(ctx.containersDir, spec.instanceId, plan.source);
@@ -878,6 +890,25 @@ class ProcessInstance extends InstanceBase<InstanceSpec> implements RuntimeInsta
       String(hide.length), ...hide, String(argv.length), ...argv,
     ];
     this.#launch(child, `${assignment.join('\0')}\0${envRecords(this.#programEnv(spec.port))}`, spare, uid);
+  }
+
+  /** The relays of the spec's links, when it has any (veth network; elsewhere only a note in its log). */
+  async #openLinks(pid: number | undefined, sandboxNet: VethNet | undefined): Promise<void> {
+    const targets = this.spec.links ?? [];
+    if (targets.length === 0) return;
+    const veth = this.#ctx.veth;
+    if (!veth || !sandboxNet || pid === undefined) {
+      this.logs.emit('system', 'links are not reachable from this sandbox: the host has no veth network (see docs/sandbox.md)');
+      return;
+    }
+    try {
+      this.#links = await LinkRelays.open(veth, sandboxNet, pid, targets, this.#ctx.logger);
+    } catch (err) {
+      throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id}: ${(err as Error).message}`, { cause: err });
+    }
+    // stopped meanwhile (an adoption's relays open after the instance is live)
+    if (this.#exitStarted || this.exitInfo) this.#links.close();
+    else this.logs.emit('system', `links: ${this.#links.relays.map((r) => `${r.target.host}:${r.target.port} via ${sandboxNet.host}:${r.port}`).join(', ')}`);
   }
 
   /** Hand the waiting launcher its assignment (and the forwarder its socket); record what adoption needs. */
@@ -957,6 +988,7 @@ class ProcessInstance extends InstanceBase<InstanceSpec> implements RuntimeInsta
   async #finalize(code: number | null, signal: string | null, spawnError?: string): Promise<void> {
     const ctx = this.#ctx;
     const info: ExitInfo = { code, signal };
+    this.#links?.close();
     this.#spare?.kill();
     if (this.#adoptPoll) clearInterval(this.#adoptPoll);
     const adopted = this.#adopted;

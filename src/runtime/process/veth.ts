@@ -26,6 +26,7 @@ const TOOL_PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 export const DEFAULT_NET_POOL = '10.213.0.0/16';
 const TABLE = 'aether';
 const PREFIX = 'ae';
+const LINKS_SET = 'links';
 
 export interface VethTools {
   ip: string;
@@ -73,28 +74,74 @@ export interface VethNet {
   address: string;
 }
 
-/** The host's table: replies only from sandboxes, nothing forwarded to or from them. */
-export function hostRuleset(): string {
+/**
+ * The host's table: replies only from sandboxes, nothing forwarded to or from them; the one
+ * exception is a service's link relays (links.ts): new TCP from `ae<n>` to an element of the
+ * `links` set (that link, its own .1, a relay's port), and only to a socket bound to that address
+ * itself (`socket wildcard 0`), so a stale element can never open a host-wide (0.0.0.0) listener.
+ * Chains are flushed and refilled, not the table deleted: the set's elements (other instances'
+ * relays) survive a reinstall. `guard` false drops the socket match (kernels without it, < 5.4).
+ */
+export function hostRuleset(guard = true): string {
   return [
-    // add + delete + define in one transaction: idempotent and atomic (other runtimes share it)
+    // add + flush + define in one transaction: idempotent and atomic (other runtimes share it)
     `add table inet ${TABLE}`,
-    `delete table inet ${TABLE}`,
+    `add set inet ${TABLE} ${LINKS_SET} { type ifname . ipv4_addr . inet_service; }`,
+    `add chain inet ${TABLE} input { type filter hook input priority filter - 10; policy accept; }`,
+    `add chain inet ${TABLE} forward { type filter hook forward priority filter - 10; policy accept; }`,
+    `flush chain inet ${TABLE} input`,
+    `flush chain inet ${TABLE} forward`,
     `table inet ${TABLE} {`,
     '  chain input {',
-    '    type filter hook input priority filter - 10; policy accept;',
     `    iifname "${PREFIX}*" ct state established,related accept`,
+    `    iifname "${PREFIX}*" meta l4proto tcp ct state new iifname . ip daddr . tcp dport @${LINKS_SET}${guard ? ' socket wildcard 0' : ''} accept`,
     // a reset, not a silent drop: a refused connect fails at once
     `    iifname "${PREFIX}*" meta l4proto tcp reject with tcp reset`,
     `    iifname "${PREFIX}*" drop`,
     '  }',
     '  chain forward {',
-    '    type filter hook forward priority filter - 10; policy accept;',
     `    iifname "${PREFIX}*" drop`,
     `    oifname "${PREFIX}*" drop`,
     '  }',
     '}',
     '',
   ].join('\n');
+}
+
+/** One link relay a sandbox may connect to: its host link, that link's .1, the relay's port. */
+export interface LinkElement {
+  ifname: string;
+  host: string;
+  port: number;
+}
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+/** A dotted IPv4 address (what goes into nft and ip scripts is checked with this first). */
+export const isIpv4 = (s: string): boolean => IPV4.test(s);
+
+/** Set elements in nft's syntax; refuses anything that is not an ae<n>, an IPv4 address and a port. */
+export function linkElementsText(els: readonly LinkElement[]): string {
+  return els
+    .map((e) => {
+      if (!/^ae\d+$/.test(e.ifname) || !isIpv4(e.host) || !Number.isInteger(e.port) || e.port < 1 || e.port > 65535) throw new AetherError('AETHER_ERR_INTERNAL', `bad link element ${JSON.stringify(e)}`);
+      return `"${e.ifname}" . ${e.host} . ${e.port}`;
+    })
+    .join(', ');
+}
+
+/** The elements of the `links` set in `nft -j list set` output (empty when there is none). */
+export function parseLinkElements(json: string): LinkElement[] {
+  try {
+    const doc = JSON.parse(json) as { nftables?: { set?: { elem?: unknown[] } }[] };
+    const elems = doc.nftables?.find((x) => x.set)?.set?.elem ?? [];
+    return elems.flatMap((e) => {
+      const c = (e as { concat?: unknown[] }).concat ?? (e as { elem?: { val?: { concat?: unknown[] } } }).elem?.val?.concat;
+      const [ifname, host, port] = c ?? [];
+      return typeof ifname === 'string' && typeof host === 'string' && typeof port === 'number' ? [{ ifname, host, port }] : [];
+    });
+  } catch {
+    return [];
+  }
 }
 
 /** The sandbox's own table: whatever arrives on eth0 goes to loopback, same port. */
@@ -142,6 +189,8 @@ export class VethPool {
   readonly tools: VethTools;
   readonly #base: number;
   #cursor: number;
+  /** Whether this kernel has nft's `socket wildcard` match (see hostRuleset). */
+  #guard = true;
 
   constructor(tools: VethTools, pool: string) {
     this.tools = tools;
@@ -152,7 +201,11 @@ export class VethPool {
 
   /** Create (or re-create) the host's table. */
   installHostTable(): void {
-    const r = runSync(this.tools.nft, ['-f', '-'], hostRuleset());
+    let r = runSync(this.tools.nft, ['-f', '-'], hostRuleset(this.#guard));
+    if (!r.ok && this.#guard) {
+      this.#guard = false;
+      r = runSync(this.tools.nft, ['-f', '-'], hostRuleset(false));
+    }
     if (!r.ok) throw new AetherError('AETHER_ERR_INTERNAL', `process runtime: cannot install the sandbox firewall (nft): ${r.err}`);
   }
 
@@ -197,7 +250,7 @@ export class VethPool {
     }
     if (!net) throw new AetherError('AETHER_ERR_NO_CAPACITY', 'the sandbox network pool is exhausted');
     // (again, after the link exists: see removeHostTableIfUnused; atomic, so never a moment without it)
-    const t = await run(this.tools.nft, ['-f', '-'], hostRuleset());
+    const t = await run(this.tools.nft, ['-f', '-'], hostRuleset(this.#guard));
     if (!t.ok) {
       this.detach(net.ifname);
       throw new AetherError('AETHER_ERR_INTERNAL', `cannot install the sandbox firewall (nft): ${t.err}`);
@@ -217,6 +270,41 @@ export class VethPool {
       throw new AetherError('AETHER_ERR_INTERNAL', `cannot set up the sandbox's network (${net.ifname}): ${r.err}`);
     }
     return net;
+  }
+
+  /** The link relays' set elements of this host (every agent's). */
+  linkElements(): LinkElement[] {
+    const r = spawnSync(this.tools.nft, ['-j', 'list', 'set', 'inet', TABLE, LINKS_SET], { env: { PATH: TOOL_PATH }, encoding: 'utf8', timeout: 10_000 });
+    return r.status === 0 ? parseLinkElements(r.stdout) : [];
+  }
+
+  async addLinkElements(els: readonly LinkElement[]): Promise<void> {
+    if (els.length === 0) return;
+    const r = await run(this.tools.nft, ['-f', '-'], `add element inet ${TABLE} ${LINKS_SET} { ${linkElementsText(els)} }\n`);
+    if (!r.ok) throw new AetherError('AETHER_ERR_INTERNAL', `cannot open the sandbox firewall for its links (nft): ${r.err}`);
+  }
+
+  /** Delete the elements of the links `drop` picks (quiet when they are gone already). */
+  deleteLinkElements(drop: (e: LinkElement) => boolean): LinkElement[] {
+    const els = this.linkElements().filter(drop);
+    // one command per element: a batch fails whole when one of them went meanwhile
+    for (const e of els) runSync(this.tools.nft, ['delete', 'element', 'inet', TABLE, LINKS_SET, `{ ${linkElementsText([e])} }`]);
+    return els;
+  }
+
+  /** Delete the elements of links that are gone, and of `agent`'s links that `keep` rejects (an earlier run's). */
+  sweepLinkElements(agent: string, keep: (ifname: string) => boolean): LinkElement[] {
+    const links = new Map(hostLinks(this.tools.ip).map((l) => [l.ifname, l.alias]));
+    const prefix = `aether:${agent}:`;
+    return this.deleteLinkElements((e) => {
+      const alias = links.get(e.ifname);
+      return alias === undefined || (alias.startsWith(prefix) && !keep(e.ifname));
+    });
+  }
+
+  /** Run a shell script (tools from the host) in the network namespace of `pid`, `input` on its stdin. */
+  async inNetns(pid: number, script: string, input: string): Promise<{ ok: boolean; err: string }> {
+    return run(this.tools.nsenter, [`--net=/proc/${pid}/ns/net`, '--', '/bin/sh', '-c', script], input);
   }
 
   /** Delete a sandbox's pair (both ends). Quiet when it is already gone (its namespace went). */
