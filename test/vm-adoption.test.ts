@@ -3,8 +3,9 @@
  * running; the next `aether up` on the same data dir adopts it (the same instance and QEMU
  * process, the same start time, no restart counted, still routed, its output still reaching the
  * logs); and a VM the restarted agent no longer wants is stopped at start with nothing of it left
- * (no QEMU process, no instance dir, its forwarded port closed). Slow under TCG: one boot, long
- * waits, no timing asserted.
+ * (no QEMU process, no instance dir, its forwarded port closed). A function's VM is adopted warm
+ * by a quick restart, and stopped by an agent that came back after its lease expired (the cluster
+ * wrote it off). Slow under TCG: one boot per test, long waits, no timing asserted.
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,7 +16,7 @@ import { test } from 'node:test';
 import { probeHost } from '../src/runtime/index.ts';
 import { KEYS, type ServiceView } from '../src/spec/index.ts';
 import { createSqliteStore } from '../src/store/sqlite.ts';
-import { api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
+import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
 import { qemuProcsUnder } from './support/procs.ts';
 import { busyboxImage, busyboxMissing } from './support/busybox.ts';
 import { byHost, routerUrlOf } from './support/router.ts';
@@ -160,5 +161,57 @@ test('kill -9 of aether up: a service VM lives on and is adopted by the restart;
   assert.deepEqual(readdirSync(join(dataDir, 'runtime-qemu', 'instances')), []);
   assert.equal(await accepts(state.endpoint.port), false, 'its forwarded port is closed');
   assert.equal((await nodeStatus(await routerUrlOf(third))).has('vmkeep'), false);
+  assert.equal(await third.stop(), 0);
+});
+
+test('a function VM is adopted warm by a quick restart, and written off by one that comes back after the lease expired', { skip, timeout: 15 * 60_000 }, async (t) => {
+  const platforms: RunningPlatform[] = [];
+  t.after(async () => {
+    for (const p of platforms) await p.kill();
+  });
+  // long enough to outlast a quick restart on a busy host, short enough to wait out
+  const TTL_MS = 20_000;
+  const env = { AETHER_LEASE_TTL_MS: String(TTL_MS) };
+  const args = ['--sandboxes', 'process,qemu', '--startup-timeout-ms', String(BOOT_MS)];
+  const first = await startAether({ args, env });
+  platforms.push(first);
+  const dataDir = first.dataDir;
+  const handler = `let n = 0; require('http').createServer((q, s) => { n++; console.log('served #' + n); s.end(process.env.AETHER_INSTANCE_ID + ' ' + n); }).listen(Number(process.env.PORT));`;
+  assert.equal((await api(first, 'POST', '/api/functions', { name: 'vmfn', runtime: 'node', sandbox: 'qemu', memory_mb: 160, timeout_ms: BOOT_MS, scale_down_after_s: 3600, scale_to_zero_after_s: 3600 })).status, 201);
+  assert.equal((await api(first, 'POST', '/api/functions/vmfn/code', await zipFiles({ 'handler.js': handler }))).status, 200);
+  const call = async (p: RunningPlatform): Promise<{ cold: string | null; id: string; n: number }> => {
+    const r = await fetch(`${p.url}/functions/vmfn/`);
+    const text = await r.text();
+    assert.equal(r.status, 200, text);
+    const [id = '', n = '0'] = text.split(' ');
+    return { cold: r.headers.get('x-aether-cold-start'), id, n: Number(n) };
+  };
+  const cold = await call(first);
+  assert.equal(cold.cold, 'true');
+  const id = cold.id;
+  const vms = qemuProcsUnder(dataDir);
+  assert.equal(vms.length, 1);
+  const state = vmState(dataDir, id);
+
+  // within the lease: adopted, warm, the same program
+  await first.kill({ keepSandboxes: true });
+  assert.deepEqual(qemuProcsUnder(dataDir), vms, 'the VM outlives its agent');
+  const second = await startAether({ dataDir, token: first.token, args, env });
+  platforms.push(second);
+  const warm = await call(second);
+  assert.deepEqual([warm.id, warm.cold, warm.n], [id, 'false', 2], 'the same instance serves, no cold start, its counter went on');
+  assert.deepEqual(qemuProcsUnder(dataDir), vms, 'the same QEMU process');
+  await eventually(async () => (await (await fetch(`${second.url}/api/functions/vmfn/logs?tail=200`, { headers: { authorization: `Bearer ${second.token}` } })).text()).includes('served #2'), 30_000, 500);
+
+  // back only after the agent's lease (and so the instance's registration) expired: written off
+  await second.kill({ keepSandboxes: true });
+  assert.deepEqual(qemuProcsUnder(dataDir), vms);
+  await new Promise((r) => setTimeout(r, TTL_MS + 3000));
+  const third = await startAether({ dataDir, token: first.token, args, env });
+  platforms.push(third);
+  assert.deepEqual(qemuProcsUnder(dataDir), [], `stopped at start\n${third.output().slice(-4000)}`);
+  assert.deepEqual(readdirSync(join(dataDir, 'runtime-qemu', 'instances')), [], 'no instance dir left');
+  assert.equal(await accepts(state.endpoint.port), false, 'its forwarded port is closed');
+  assert.equal((await api<unknown[]>(third, 'GET', '/api/functions/vmfn/instances')).body.length, 0, 'no instance registered');
   assert.equal(await third.stop(), 0);
 });
