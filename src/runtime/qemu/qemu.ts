@@ -115,7 +115,9 @@ function shq(p: string): string {
  * user networking with `restrict=on` (the guest reaches no host service) and one forwarded loopback
  * port; config and program output over virtio-serial; the workload's code as a read-only ext4
  * drive on a shared read-only base image (the guest keeps its writes in RAM). Instances of one
- * function version start from a snapshot of a template booted once (see docs/microvm.md).
+ * function version start from a snapshot of a template booted once (see docs/qemu.md). VMs
+ * outlive the agent process (own session, every channel served by QEMU, a state.json per VM) and a
+ * restarted agent adopts them or stops them (docs/qemu.md#adoption).
  */
 export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapshots: SnapshotCapability; adoption: AdoptionCapability } {
   const logger = opts.logger ?? createLogger('runtime-qemu');
