@@ -63,6 +63,8 @@ const ADOPT_POLL_MS = 200;
 const TAIL_EVERY_MS = 100;
 /** A leftover VM gets this long to go after QMP `quit` before SIGKILL. */
 const QUIT_GRACE_MS = 3000;
+/** How long adoption waits for an adopted VM's QMP to answer. */
+const ADOPT_QMP_MS = 10_000;
 /** Bumped when the qemu command line changes shape: older templates cannot be restored. */
 const TEMPLATE_FORMAT = 'qemu-microvm-v1';
 
@@ -199,7 +201,7 @@ export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapsho
         const idir = join(instancesDir, name);
         const rec = readVmState(idir, name);
         if (rec && qemuAlive(rec)) {
-          await stopLeftover(rec, ctx.clock);
+          await stopLeftover(rec);
           logger.info({ instanceId: name, pid: rec.qemu.pid }, 'stopped a VM nobody adopted');
         }
         // older agents wrote only a pid file (their VMs died with them: pdeathsig)
@@ -225,17 +227,42 @@ export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapsho
   };
 }
 
-/** Stop a VM nobody adopted: QMP `quit` (QEMU exits at once), SIGKILL if it is still there after the grace. */
-async function stopLeftover(rec: VmState, clock: Clock): Promise<void> {
-  const qmp = await Promise.race([Qmp.connect(rec.qmp).catch(() => undefined), clock.sleep(QUIT_GRACE_MS).then(() => undefined)]);
-  if (qmp) {
-    await Promise.race([qmp.execute('quit').catch(() => undefined), clock.sleep(QUIT_GRACE_MS)]);
-    qmp.close();
+/**
+ * Stop a VM nobody adopted: QMP `quit` (QEMU exits at once), SIGKILL if it is still there after the
+ * grace. It runs during agent start, before anything else holds the event loop: its waits are
+ * timers that keep the process alive (the clock's are unref'd), bounded by count, not by time.
+ */
+async function stopLeftover(rec: VmState): Promise<void> {
+  const ac = new AbortController();
+  const timeout = delay(QUIT_GRACE_MS, undefined, { signal: ac.signal }).then(() => undefined, () => undefined);
+  try {
+    const qmp = await Promise.race([Qmp.connect(rec.qmp).catch(() => undefined), timeout]);
+    if (qmp) {
+      await Promise.race([qmp.execute('quit').catch(() => undefined), timeout]);
+      qmp.close();
+    }
+  } finally {
+    ac.abort();
   }
-  for (let waited = 0; waited < QUIT_GRACE_MS && !qemuGone(rec); waited += 50) await clock.sleep(50);
+  for (let waited = 0; waited < QUIT_GRACE_MS && !qemuGone(rec); waited += 50) await delay(50);
   for (let i = 0; i < 100 && !qemuGone(rec); i++) {
     signalPid(rec.qemu.pid, 'SIGKILL');
-    await clock.sleep(20);
+    await delay(20);
+  }
+}
+
+/** `p`, or a rejection after `ms` (a timer that keeps the process alive: see stopLeftover). */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  const ac = new AbortController();
+  try {
+    return await Promise.race([
+      p,
+      delay(ms, undefined, { signal: ac.signal }).then(() => {
+        throw new Error(`${what} within ${ms} ms`);
+      }),
+    ]);
+  } finally {
+    ac.abort();
   }
 }
 
@@ -652,11 +679,13 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
     try {
       this.#follow(rec.console, rec.output, true);
       await this.#attach(rec.ctl, rec.log, () => undefined, 20);
-      this.#qmp = await Qmp.connect(rec.qmp);
-      this.#qmp.onClose(() => this.#checkAdopted());
+      // bounded: a hung QEMU must not hold up the agent's start (it is then stopped as a leftover)
+      const qmp = await within(Qmp.connect(rec.qmp), ADOPT_QMP_MS, 'QMP did not answer');
+      this.#qmp = qmp;
+      qmp.onClose(() => this.#checkAdopted());
       // a VM the dead agent had paused (it pauses only to snapshot, before ready) runs on
-      const st = await this.#qmp.execute<{ status: string }>('query-status');
-      if (st.status === 'paused') await this.#qmp.execute('cont');
+      const st = await within(qmp.execute<{ status: string }>('query-status'), ADOPT_QMP_MS, 'QMP did not answer');
+      if (st.status === 'paused') await within(qmp.execute('cont'), ADOPT_QMP_MS, 'QMP did not answer');
     } catch (err) {
       // not ours after all: leave the VM to cleanupLeftovers, keep nothing of it open
       this.#qmp?.close();
