@@ -61,6 +61,17 @@ export function reapSandboxes(dataDir: string): void {
       // no record, or already gone
     }
   }
+  // QEMU VMs outlive their agent too (own session, waiting to be adopted): each names its dir.
+  const vms = join(dataDir, 'runtime-qemu', 'instances');
+  for (const name of existsSync(vms) ? readdirSync(vms) : []) {
+    try {
+      const rec = JSON.parse(readFileSync(join(vms, name, 'state.json'), 'utf8')) as { qemu: { pid: number; start: string } };
+      const stat = readFileSync(`/proc/${rec.qemu.pid}/stat`, 'utf8');
+      if (stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] === rec.qemu.start) process.kill(rec.qemu.pid, 'SIGKILL');
+    } catch {
+      // no record, or already gone
+    }
+  }
   const mounts = findV1Mounts();
   if (process.getuid?.() !== 0 || !v1Usable(mounts)) return;
   for (const id of leftoverInstanceIds(mounts, agentId)) {

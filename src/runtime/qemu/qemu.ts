@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { AetherError, createLogger, freePort, systemClock, type Clock, type Logger } from '../../core/index.ts';
+import { AetherError, createLogger, freePort, systemClock, type Clock, type Logger, type TimerHandle } from '../../core/index.ts';
 import { ensureBaseImage, ensureInitramfs, makeExt4 } from '../../image/index.ts';
 import { findBin } from '../host.ts';
 import { LineSplitter } from '../logs.ts';
@@ -13,6 +13,8 @@ import {
   describeWorkload,
   entryCommand,
   programEnv,
+  type AdoptableInstance,
+  type AdoptionCapability,
   type ExitInfo,
   type InstanceSpec,
   type Runtime,
@@ -21,6 +23,8 @@ import {
 } from '../types.ts';
 import { Qmp } from './qmp.ts';
 import { InstanceBase } from '../instance.ts';
+import { qemuAlive, qemuGone, readProc, readVmState, writeVmState, type VmState } from './state.ts';
+import { FileTail } from './tail.ts';
 
 export interface QemuRuntimeOptions {
   /** This driver's own dir (instances, per-version code drives, snapshot templates). */
@@ -53,10 +57,19 @@ const VM_OVERHEAD_MB = 96;
 const PROBE_QUIET_MS = 400;
 const PROBE_EVERY_MS = 100;
 const TCG_MIN_STARTUP_MS = 180_000;
+/** How often an adopted VM's pid is checked (not our child: no exit event; QMP's close usually tells first). */
+const ADOPT_POLL_MS = 200;
+/** How often the console and QEMU output files are read. */
+const TAIL_EVERY_MS = 100;
+/** A leftover VM gets this long to go after QMP `quit` before SIGKILL. */
+const QUIT_GRACE_MS = 3000;
+/** How long adoption waits for an adopted VM's QMP to answer. */
+const ADOPT_QMP_MS = 10_000;
 /** Bumped when the qemu command line changes shape: older templates cannot be restored. */
 const TEMPLATE_FORMAT = 'qemu-microvm-v1';
 
 interface Ctx {
+  agentId: string;
   clock: Clock;
   logger: Logger;
   dataDir: string;
@@ -104,9 +117,11 @@ function shq(p: string): string {
  * user networking with `restrict=on` (the guest reaches no host service) and one forwarded loopback
  * port; config and program output over virtio-serial; the workload's code as a read-only ext4
  * drive on a shared read-only base image (the guest keeps its writes in RAM). Instances of one
- * function version start from a snapshot of a template booted once (see docs/microvm.md).
+ * function version start from a snapshot of a template booted once (see docs/qemu.md). VMs
+ * outlive the agent process (own session, every channel served by QEMU, a state.json per VM) and a
+ * restarted agent adopts them or stops them (docs/qemu.md#adoption).
  */
-export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapshots: SnapshotCapability } {
+export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapshots: SnapshotCapability; adoption: AdoptionCapability } {
   const logger = opts.logger ?? createLogger('runtime-qemu');
   const qemuBin = opts.qemuBin ?? process.env['AETHER_QEMU'] ?? findBin('qemu-system-x86_64');
   if (!qemuBin) throw new AetherError('AETHER_ERR_INTERNAL', 'qemu runtime: qemu-system-x86_64 not found (apt install qemu-system-x86)');
@@ -114,6 +129,7 @@ export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapsho
   const accel = want === 'auto' ? (kvmUsable() ? 'kvm' : 'tcg') : want;
   const dataDir = resolve(opts.dataDir);
   const ctx: Ctx = {
+    agentId: opts.agentId,
     clock: opts.clock ?? systemClock,
     logger,
     dataDir,
@@ -128,6 +144,13 @@ export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapsho
     building: new Map(),
   };
   const live = new Map<string, QemuInstance>();
+  const instancesDir = join(dataDir, 'instances');
+  /** A VM an earlier run of this agent left that can be taken over: ours, ready, its QEMU alive. */
+  const adoptable = (id: string): VmState | undefined => {
+    if (live.has(id)) return undefined;
+    const rec = readVmState(join(instancesDir, id), id);
+    return rec && rec.agentId === ctx.agentId && rec.ready && qemuAlive(rec) ? rec : undefined;
+  };
   return {
     kind: 'qemu',
     isolation: `microvm (${accel})`,
@@ -145,13 +168,43 @@ export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapsho
       void inst.exited.then(() => live.delete(spec.instanceId));
       return inst;
     },
+    adoption: {
+      async list(): Promise<AdoptableInstance[]> {
+        const out: AdoptableInstance[] = [];
+        for (const name of await readdir(instancesDir).catch(() => [] as string[])) {
+          const rec = adoptable(name);
+          if (rec) out.push({ spec: rec.spec, endpoint: rec.endpoint, startedAt: rec.startedAt });
+        }
+        return out;
+      },
+      async adopt(instanceId: string): Promise<RuntimeInstance> {
+        const rec = adoptable(instanceId);
+        if (!rec) throw new AetherError('AETHER_ERR_INTERNAL', `no live VM ${instanceId} to adopt`);
+        const inst = new QemuInstance(ctx, rec.spec);
+        live.set(instanceId, inst);
+        try {
+          await inst.adopt(rec);
+        } catch (err) {
+          // not taken: cleanupLeftovers stops it
+          live.delete(instanceId);
+          throw err;
+        }
+        void inst.exited.then(() => live.delete(instanceId));
+        return inst;
+      },
+    },
     async cleanupLeftovers(): Promise<void> {
-      // VMs of a dead agent died with it (pdeathsig); one that did not is killed here. Templates
-      // and code drives are rebuilt on demand: a restarted agent keeps none of them.
-      const dir = join(dataDir, 'instances');
-      for (const name of await readdir(dir).catch(() => [] as string[])) {
+      // VMs of an earlier run that nobody adopted: QMP quit, SIGKILL if that does not end them.
+      // Templates and code drives are rebuilt on demand: with no VM left, none is kept.
+      for (const name of await readdir(instancesDir).catch(() => [] as string[])) {
         if (live.has(name)) continue;
-        const idir = join(dir, name);
+        const idir = join(instancesDir, name);
+        const rec = readVmState(idir, name);
+        if (rec && qemuAlive(rec)) {
+          await stopLeftover(rec);
+          logger.info({ instanceId: name, pid: rec.qemu.pid }, 'stopped a VM nobody adopted');
+        }
+        // older agents wrote only a pid file (their VMs died with them: pdeathsig)
         const pid = Number((await readFile(join(idir, 'qemu.pid'), 'utf8').catch(() => '')).trim());
         if (pid > 0) {
           const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
@@ -172,6 +225,53 @@ export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapsho
       await Promise.all([...live.values()].map((i) => i.stop(2000)));
     },
   };
+}
+
+/**
+ * Stop a VM nobody adopted: QMP `quit` (QEMU exits at once), SIGKILL if it is still there after the
+ * grace. It runs during agent start, before anything else holds the event loop: its waits are
+ * timers that keep the process alive (the clock's are unref'd), bounded by count, not by time.
+ */
+async function stopLeftover(rec: VmState): Promise<void> {
+  const ac = new AbortController();
+  const timeout = delay(QUIT_GRACE_MS, undefined, { signal: ac.signal }).then(() => undefined, () => undefined);
+  try {
+    const qmp = await Promise.race([Qmp.connect(rec.qmp).catch(() => undefined), timeout]);
+    if (qmp) {
+      await Promise.race([qmp.execute('quit').catch(() => undefined), timeout]);
+      qmp.close();
+    }
+  } finally {
+    ac.abort();
+  }
+  for (let waited = 0; waited < QUIT_GRACE_MS && !qemuGone(rec); waited += 50) await delay(50);
+  for (let i = 0; i < 100 && !qemuGone(rec); i++) {
+    signalPid(rec.qemu.pid, 'SIGKILL');
+    await delay(20);
+  }
+}
+
+/** `p`, or a rejection after `ms` (a timer that keeps the process alive: see stopLeftover). */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  const ac = new AbortController();
+  try {
+    return await Promise.race([
+      p,
+      delay(ms, undefined, { signal: ac.signal }).then(() => {
+        throw new Error(`${what} within ${ms} ms`);
+      }),
+    ]);
+  } finally {
+    ac.abort();
+  }
+}
+
+function signalPid(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // gone
+  }
 }
 
 interface TemplateMeta {
@@ -274,11 +374,20 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
   #dir: string;
   #child: ChildProcess | undefined;
   #qmp: Qmp | undefined;
-  #servers: net.Server[] = [];
+  /** Our connections to the ctl and log ports (QEMU serves them: a restarted agent connects again). */
+  #conns: net.Socket[] = [];
   #ctlConn: net.Socket | undefined;
+  #tails: FileTail[] = [];
+  /** What state.json holds (rewritten when the program is ready). */
+  #record: VmState | undefined;
+  /** Set when this VM was adopted from an earlier run: not our child, its exit is watched by pid. */
+  #adopted: VmState | undefined;
+  #adoptPoll: TimerHandle | undefined;
   #hostPort = 0;
   #guestExit: number | undefined;
   #reason: string | undefined;
+  /** An adopted VM's QEMU was seen gone (finalize follows). */
+  #gone = false;
   /** The program was started by aether-init (its STARTED line). */
   #started = false;
   #startedWaiters = new Set<() => void>();
@@ -300,7 +409,7 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
   }
 
   protected pid(): number | undefined {
-    return this.#child?.pid;
+    return this.#child?.pid ?? this.#adopted?.qemu.pid;
   }
 
   #mark(what: string): void {
@@ -382,6 +491,8 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
     const ctlPath = join(this.#dir, 'ctl.sock');
     const logPath = join(this.#dir, 'log.sock');
     const qmpPath = join(this.#dir, 'qmp.sock');
+    const consolePath = join(this.#dir, 'console.log');
+    const outputPath = join(this.#dir, 'qemu.log');
     const config = (): string =>
       `${JSON.stringify({
         token: ctx.wrongToken ? token.replace(/^./, (c) => (c === '0' ? '1' : '0')) : token,
@@ -397,57 +508,59 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
         time_ms: Date.now(),
       })}\n`;
 
-    // Host ends of the channels listen first; QEMU connects to them as it starts.
-    const ready = new Promise<void>((resolveReady) => {
-      this.#servers.push(
-        this.#listen(ctlPath, (c) => {
-          this.#ctlConn = c;
-          const split = new LineSplitter((line) => this.#ctlLine(line, resolveReady));
-          c.on('data', (b: Buffer) => split.write(b));
-        }),
-        this.#listen(logPath, (c) => {
-          const split = new LineSplitter((line) => this.logs.emit('stdout', line));
-          c.on('data', (b: Buffer) => split.write(b));
-          c.on('close', () => split.end());
-        }),
-      );
-    });
-    await Promise.all(this.#servers.map((s) => new Promise<void>((r, j) => (s.listening ? r() : s.once('listening', () => r()).once('error', j)))));
-
+    // QEMU serves every channel and writes the console and its own output to files, so none of
+    // them depends on this process: a restarted agent connects again and reads on (adoption).
+    // While no agent is connected, the guest's writes to a port block (its program waits, as a
+    // process sandbox's does on a full pipe); nothing is lost but what the dead agent had not read.
     const args = [
       ...fixedArgs,
       '-append', append,
-      '-serial', 'stdio',
+      '-chardev', `file,id=con,path=${consolePath}`, '-serial', 'chardev:con',
       '-netdev', `user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:${this.#hostPort}-:${spec.listen.port}`,
-      '-chardev', `socket,id=ctl,path=${ctlPath}`, '-chardev', `socket,id=log,path=${logPath}`,
+      '-chardev', `socket,id=ctl,path=${ctlPath},server=on,wait=off`, '-chardev', `socket,id=log,path=${logPath},server=on,wait=off`,
       '-qmp', `unix:${qmpPath},server=on,wait=off`,
       '-name', `aether-${spec.instanceId},process=aether-vm`,
       ...(meta && tmplDir ? ['-incoming', `exec:cat ${shq(join(tmplDir, 'snapshot.bin'))}`] : []),
     ];
     this.#restored = meta !== undefined;
-    const setpriv = findBin('setpriv');
-    // pdeathsig: the VM dies with the agent, even on SIGKILL.
-    const [cmd, ...rest] = setpriv ? [setpriv, '--pdeathsig', 'KILL', '--', ctx.qemuBin, ...args] : [ctx.qemuBin, ...args];
-    const child = spawn(cmd as string, rest, { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    // Its own session and no parent-death signal: the VM outlives a killed agent, which adopts it
+    // when it comes back (or stops it: cleanupLeftovers).
+    await writeFile(consolePath, '', { mode: 0o600 });
+    const out = openSync(outputPath, 'a', 0o600);
+    let child: ChildProcess;
+    try {
+      child = spawn(ctx.qemuBin, args, { detached: true, stdio: ['ignore', out, out], env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    } finally {
+      closeSync(out);
+    }
     this.#child = child;
     this.logs.emit('system', `starting ${describeWorkload(spec)} in a QEMU microVM (${ctx.accel}, ${memMb} MiB, ${this.#restored ? 'restored from its snapshot template' : 'cold boot'})`);
-    const con = new LineSplitter((line) => {
-      if (line.trim() === '') return;
-      if (line.includes('config rejected')) this.#reason = 'the guest rejected its config';
-      this.logs.emit('system', `console: ${line}`);
-    });
-    child.stdout?.on('data', (b: Buffer) => con.write(b));
-    const err = new LineSplitter((line) => this.logs.emit('system', `qemu: ${line}`));
-    child.stderr?.on('data', (b: Buffer) => err.write(b));
+    this.#follow(consolePath, outputPath, false);
     child.on('error', (e) => this.#finalize(null, null, `qemu could not start: ${e.message}`));
     child.on('exit', (code, signal) => {
       if (buildTemplate && tmplDir) ctx.templates.building.delete(tmplDir);
-      con.end();
-      err.end();
       // the last program output may trail the exit by a moment
       void delay(100).then(() => this.#finalize(code, signal));
     });
-    if (child.pid) await writeFile(join(this.#dir, 'qemu.pid'), `${child.pid}\n`);
+    // The record a restarted agent adopts (or stops) it by, written before the guest can run anything.
+    const start = child.pid ? readProc(child.pid)?.start : undefined;
+    if (child.pid && start) {
+      this.#record = {
+        v: 1, agentId: ctx.agentId, spec, endpoint: this.endpointValue, qemu: { pid: child.pid, start },
+        qmp: qmpPath, ctl: ctlPath, log: logPath, console: consolePath, output: outputPath,
+        net: { kind: 'user', hostPort: this.#hostPort, guest: { address: GUEST_ADDRESS, port: spec.listen.port } },
+        accel: ctx.accel, restored: this.#restored, startedAt: ctx.clock.now(), ready: false,
+      };
+      this.#persist();
+    }
+    const ready = new Promise<void>((resolveReady) => {
+      void this.#attach(ctlPath, logPath, resolveReady).catch((e: unknown) => {
+        if (this.exitInfo) return;
+        this.#reason = `VM channels failed: ${(e as Error).message}`;
+        this.logs.emit('system', this.#reason);
+        this.#kill();
+      });
+    });
 
     // Background: restore → cont, or boot → (template) → config. waitReady() follows it.
     void (async () => {
@@ -485,13 +598,124 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
     });
   }
 
-  #listen(path: string, onConn: (c: net.Socket) => void): net.Server {
-    const srv = net.createServer((c) => {
-      c.on('error', () => undefined);
-      onConn(c);
-    });
-    srv.listen(path);
-    return srv;
+  /** Follow the console and QEMU's output files (`fromEnd`: an adopted VM, the dead agent read the rest). */
+  #follow(consolePath: string, outputPath: string, fromEnd: boolean): void {
+    const clock = this.#ctx.clock;
+    this.#tails.push(
+      new FileTail({
+        path: consolePath, clock, everyMs: TAIL_EVERY_MS, fromEnd,
+        onLine: (line) => {
+          if (line.trim() === '') return;
+          if (line.includes('config rejected')) this.#reason = 'the guest rejected its config';
+          this.logs.emit('system', `console: ${line}`);
+        },
+      }),
+      new FileTail({ path: outputPath, clock, everyMs: TAIL_EVERY_MS, fromEnd, onLine: (line) => this.logs.emit('system', `qemu: ${line}`) }),
+    );
+  }
+
+  /** Connect to the ctl and log ports QEMU serves: at launch (retried until QEMU is up) and on adoption. */
+  async #attach(ctlPath: string, logPath: string, onReady: () => void, tries = 2000): Promise<void> {
+    const [ctl, log] = await Promise.all([this.#connect(ctlPath, tries), this.#connect(logPath, tries)]);
+    if (this.exitInfo) {
+      ctl.destroy();
+      log.destroy();
+      return;
+    }
+    this.#conns.push(ctl, log);
+    this.#ctlConn = ctl;
+    const ctlSplit = new LineSplitter((line) => this.#ctlLine(line, onReady));
+    ctl.on('data', (b: Buffer) => ctlSplit.write(b));
+    const logSplit = new LineSplitter((line) => this.logs.emit('stdout', line));
+    log.on('data', (b: Buffer) => logSplit.write(b));
+    log.on('close', () => logSplit.end());
+  }
+
+  /** A unix socket QEMU serves; it listens a moment after spawn: retried every 5 ms, `tries` times. */
+  async #connect(path: string, tries: number): Promise<net.Socket> {
+    for (let i = 0; ; i++) {
+      if (this.exitInfo) throw new Error('QEMU exited');
+      try {
+        return await new Promise<net.Socket>((res, rej) => {
+          const s = net.connect(path);
+          s.once('connect', () => {
+            s.off('error', rej);
+            s.on('error', () => undefined);
+            res(s);
+          });
+          s.once('error', rej);
+        });
+      } catch (e) {
+        if (i >= tries) throw e;
+        await delay(5);
+      }
+    }
+  }
+
+  /** Rewrite state.json (atomically) from #record. */
+  #persist(): void {
+    if (!this.#record || this.exitInfo) return;
+    try {
+      writeVmState(this.#dir, this.#record);
+    } catch (err) {
+      this.logs.emit('system', `state record not written: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * Re-attach to a VM an earlier run of this agent left running (see VmState): QMP, the ctl and log
+   * ports, the console files (from their end); its exit is noticed through QMP's close and a pid
+   * poll. The endpoint is QEMU's own hostfwd listener: nothing to re-create on the host.
+   */
+  async adopt(rec: VmState): Promise<void> {
+    if (this.state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
+    this.#adopted = rec;
+    this.#record = rec;
+    this.#restored = rec.restored;
+    this.#started = true;
+    this.#hostPort = rec.net.hostPort;
+    this.endpointValue = rec.endpoint;
+    this.state = 'starting';
+    try {
+      this.#follow(rec.console, rec.output, true);
+      await this.#attach(rec.ctl, rec.log, () => undefined, 20);
+      // bounded: a hung QEMU must not hold up the agent's start (it is then stopped as a leftover)
+      const qmp = await within(Qmp.connect(rec.qmp), ADOPT_QMP_MS, 'QMP did not answer');
+      this.#qmp = qmp;
+      qmp.onClose(() => this.#checkAdopted());
+      // a VM the dead agent had paused (it pauses only to snapshot, before ready) runs on
+      const st = await within(qmp.execute<{ status: string }>('query-status'), ADOPT_QMP_MS, 'QMP did not answer');
+      if (st.status === 'paused') await within(qmp.execute('cont'), ADOPT_QMP_MS, 'QMP did not answer');
+    } catch (err) {
+      // not ours after all: leave the VM to cleanupLeftovers, keep nothing of it open
+      this.#qmp?.close();
+      for (const c of this.#conns) c.destroy();
+      for (const t of this.#tails) t.close();
+      this.#adopted = undefined;
+      this.state = 'created';
+      throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id}: could not re-attach to its VM: ${(err as Error).message}`, { cause: err });
+    }
+    this.state = 'running';
+    this.logs.emit('system', `adopted (qemu pid ${rec.qemu.pid}, ${rec.endpoint.kind === 'tcp' ? `${rec.endpoint.host}:${rec.endpoint.port}` : 'endpoint'})`);
+    const poll = (): void => {
+      this.#adoptPoll = this.#ctx.clock.setTimeout(() => {
+        this.#checkAdopted();
+        if (!this.exitInfo) poll();
+      }, ADOPT_POLL_MS);
+    };
+    poll();
+  }
+
+  /** An adopted VM's QEMU is gone: finish it (its status went to the dead agent, unless the guest said). */
+  #checkAdopted(): void {
+    const a = this.#adopted;
+    if (!a || this.exitInfo || this.#gone || !qemuGone(a)) return;
+    this.#gone = true;
+    this.markGone();
+    if (this.#adoptPoll) this.#ctx.clock.clearTimeout(this.#adoptPoll);
+    const reason = this.#stopRequested || this.#guestExit !== undefined ? undefined : 'the VM exited (status unknown: adopted instance)';
+    // the last program output may trail the exit by a moment
+    void delay(100).then(() => this.#finalize(null, null, reason));
   }
 
   async #waitCtl(): Promise<void> {
@@ -563,6 +787,11 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
           if (this.exitInfo || settled()) return;
           if (this.state === 'starting') this.state = 'running';
           this.#mark('listening');
+          // from now on a restarted agent may adopt it
+          if (this.#record) {
+            this.#record = { ...this.#record, ready: true };
+            this.#persist();
+          }
           this.logs.emit('system', `listening after ${Math.round(this.timings['listening'] ?? 0)} ms (${this.#restored ? 'restored' : 'cold boot'}; ${Object.entries(this.timings).map(([k, v]) => `${k} ${Math.round(v)}`).join(', ')})`);
           return done();
         }
@@ -590,16 +819,25 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
 
   #kill(): void {
     const c = this.#child;
-    if (c && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    else if (!c && !this.exitInfo) this.#finalize(null, null, this.#reason ?? 'stopped');
+    const a = this.#adopted;
+    if (c) {
+      if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    } else if (a) {
+      // not our child: signal it by pid only while it is still the same QEMU; the poll sees it go
+      if (!qemuGone(a)) signalPid(a.qemu.pid, 'SIGKILL');
+      this.#checkAdopted();
+    } else if (!this.exitInfo) this.#finalize(null, null, this.#reason ?? 'stopped');
   }
 
   #finalize(code: number | null, signal: string | null, reason?: string): void {
     if (this.exitInfo) return;
     this.markGone();
+    if (this.#adoptPoll) this.#ctx.clock.clearTimeout(this.#adoptPoll);
     this.#qmp?.close();
-    for (const s of this.#servers) s.close();
+    for (const c of this.#conns) c.destroy();
     this.#ctlConn?.destroy();
+    // the rest of the console first: it may say why the VM ended (config rejected)
+    for (const t of this.#tails) t.close();
     const info: ExitInfo = this.#guestExit !== undefined ? { code: this.#guestExit, signal: null } : { code, signal };
     const why = reason ?? this.#reason;
     if (why) info.reason = why;

@@ -16,6 +16,7 @@ export class Qmp {
   readonly #sock: net.Socket;
   readonly #pending: { resolve: (v: unknown) => void; reject: (e: Error) => void; cmd: string }[] = [];
   readonly #listeners = new Set<(e: QmpEvent) => void>();
+  readonly #onClose = new Set<() => void>();
   #closed = false;
 
   private constructor(sock: net.Socket) {
@@ -25,6 +26,7 @@ export class Qmp {
     sock.on('close', () => {
       this.#closed = true;
       for (const p of this.#pending.splice(0)) p.reject(new AetherError('AETHER_ERR_INTERNAL', `qmp: connection closed before the answer to ${p.cmd}`));
+      for (const l of this.#onClose) l();
     });
     sock.on('error', () => undefined);
   }
@@ -74,6 +76,12 @@ export class Qmp {
   onEvent(listener: (e: QmpEvent) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /** The connection ended (QEMU exited, or close()): an adopted VM's exit shows here first. */
+  onClose(listener: () => void): void {
+    if (this.#closed) listener();
+    else this.#onClose.add(listener);
   }
 
   close(): void {

@@ -1,0 +1,177 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { appendFileSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { ManualClock } from '../../core/index.ts';
+import { isGone, isSameQemu, parseVmState, qemuAlive, qemuGone, readProc, readVmState, writeVmState, type VmState } from './state.ts';
+import { FileTail } from './tail.ts';
+
+const dir = '/data/runtime-qemu/instances/i-1';
+const sample = (): VmState => ({
+  v: 1,
+  agentId: 'agent-a',
+  spec: {
+    instanceId: 'i-1',
+    owner: { kind: 'service', id: 'web', name: 'web' },
+    artifact: { kind: 'image', path: '/img/web.ext4' },
+    env: {},
+    resources: { memoryMb: 128, vcpu: 1, pidsMax: 100 },
+    listen: { port: 8080 },
+    version: 'cfg-1',
+  },
+  endpoint: { kind: 'tcp', host: '127.0.0.1', port: 40001, guest: { address: '10.0.2.15', port: 8080 } },
+  qemu: { pid: 4242, start: '123456' },
+  qmp: `${dir}/qmp.sock`,
+  ctl: `${dir}/ctl.sock`,
+  log: `${dir}/log.sock`,
+  console: `${dir}/console.log`,
+  output: `${dir}/qemu.log`,
+  net: { kind: 'user', hostPort: 40001, guest: { address: '10.0.2.15', port: 8080 } },
+  accel: 'tcg',
+  restored: false,
+  startedAt: 1_700_000_000_000,
+  ready: true,
+});
+
+describe('qemu state record', () => {
+  it('round-trips a complete record, checked against the dir it was read from', () => {
+    const rec = sample();
+    assert.deepEqual(parseVmState(JSON.stringify(rec), 'i-1'), rec);
+    assert.equal(parseVmState(JSON.stringify(rec), 'i-2'), undefined, 'a record in another instance dir is not taken');
+  });
+
+  it('refuses torn, foreign and incomplete records', () => {
+    const text = JSON.stringify(sample());
+    assert.equal(parseVmState(text.slice(0, text.length - 5)), undefined, 'torn');
+    assert.equal(parseVmState('null'), undefined);
+    assert.equal(parseVmState('[]'), undefined);
+    const broken: [string, (r: Record<string, unknown>) => void][] = [
+      ['older format', (r) => (r['v'] = 0)],
+      ['no agent', (r) => delete r['agentId']],
+      ['no owner labels', (r) => delete (r['spec'] as Record<string, unknown>)['owner']],
+      ['unknown owner kind', (r) => ((r['spec'] as { owner: { kind: string } }).owner.kind = 'job')],
+      ['no pid', (r) => delete (r['qemu'] as Record<string, unknown>)['pid']],
+      ['pid 1', (r) => ((r['qemu'] as { pid: number }).pid = 1)],
+      ['start time not a number of ticks', (r) => ((r['qemu'] as { start: string }).start = 'x12')],
+      ['relative socket path', (r) => (r['qmp'] = 'qmp.sock')],
+      ['no console path', (r) => delete r['console']],
+      ['a unix endpoint', (r) => (r['endpoint'] = { kind: 'unix', path: '/x.sock' })],
+      ['forwarded port differs from the endpoint', (r) => ((r['net'] as { hostPort: number }).hostPort = 40002)],
+      ['bad port', (r) => ((r['endpoint'] as { port: number }).port = 70000)],
+      ['TAP networking (not ours)', (r) => ((r['net'] as { kind: string }).kind = 'tap')],
+      ['unknown accel', (r) => (r['accel'] = 'hvf')],
+      ['no ready flag', (r) => delete r['ready']],
+    ];
+    for (const [what, breakIt] of broken) {
+      const r = JSON.parse(text) as Record<string, unknown>;
+      breakIt(r);
+      assert.equal(parseVmState(JSON.stringify(r)), undefined, what);
+    }
+  });
+
+  it('is written atomically and read back from its dir', () => {
+    const d = mkdtempSync(join(tmpdir(), 'qemu-state-'));
+    try {
+      assert.equal(readVmState(d, 'i-1'), undefined, 'no record yet');
+      writeVmState(d, sample());
+      writeVmState(d, { ...sample(), ready: false });
+      assert.deepEqual(readdirSync(d), ['state.json'], 'no temporary file left');
+      assert.equal(readVmState(d, 'i-1')?.ready, false, 'the last write wins');
+      writeFileSync(join(d, 'state.json'), '{"v":1,');
+      assert.equal(readVmState(d, 'i-1'), undefined, 'a torn file is no record');
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('qemu pid identity', () => {
+  const rec = sample();
+  const argv = (...a: string[]): string => `${a.join('\0')}\0`;
+  const qemuArgv = argv('/usr/bin/qemu-system-x86_64', '-M', 'microvm', '-qmp', `unix:${rec.qmp},server=on,wait=off`, '-name', 'aether-i-1,process=aether-vm');
+
+  it('is the same QEMU only with the same start time and a command line serving its QMP socket', () => {
+    assert.equal(isSameQemu(rec, { state: 'S', start: '123456', cmdline: qemuArgv }), true);
+    assert.equal(isSameQemu(rec, undefined), false, 'no such pid');
+    assert.equal(isSameQemu(rec, { state: 'S', start: '999999', cmdline: qemuArgv }), false, 'a reused pid');
+    assert.equal(isSameQemu(rec, { state: 'Z', start: '123456', cmdline: '' }), false, 'a zombie');
+    assert.equal(isSameQemu(rec, { state: 'S', start: '123456', cmdline: argv('/usr/bin/qemu-system-x86_64', '-qmp', 'unix:/other/qmp.sock,server=on') }), false, 'another VM');
+    assert.equal(isSameQemu(rec, { state: 'S', start: '123456', cmdline: argv('/bin/sh', '-c', `echo ${rec.qmp}`) }), false, 'names the path, serves no QMP');
+  });
+
+  it('is gone once the pid is free, a zombie or another process; an exiting QEMU (empty cmdline) is not gone yet', () => {
+    assert.equal(isGone(rec, undefined), true);
+    assert.equal(isGone(rec, { state: 'Z', start: '123456', cmdline: '' }), true);
+    assert.equal(isGone(rec, { state: 'S', start: '1', cmdline: qemuArgv }), true);
+    assert.equal(isGone(rec, { state: 'R', start: '123456', cmdline: '' }), false);
+  });
+
+  it('reads /proc: a live process is itself, and not after it exits', async () => {
+    const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      const pid = child.pid as number;
+      const proc = readProc(pid);
+      assert.ok(proc && /^\d+$/.test(proc.start));
+      assert.equal(proc.cmdline, 'sleep\x0030\x00');
+      const r = { qemu: { pid, start: proc.start }, qmp: '/x/qmp.sock' };
+      assert.equal(qemuGone(r), false);
+      assert.equal(qemuAlive(r), false, 'not a QEMU');
+      assert.equal(qemuGone({ qemu: { pid, start: String(Number(proc.start) + 1) } }), true, 'other start time');
+    } finally {
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+    }
+    assert.equal(readProc(child.pid as number), undefined);
+  });
+});
+
+describe('FileTail', () => {
+  it('follows appended lines on the clock, from the end when asked, and flushes the last line at close', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'qemu-tail-'));
+    try {
+      const path = join(d, 'console.log');
+      writeFileSync(path, 'old line\n');
+      const clock = new ManualClock();
+      const fromStart: string[] = [];
+      const fromEnd: string[] = [];
+      const a = new FileTail({ path, clock, everyMs: 100, fromEnd: false, onLine: (t) => fromStart.push(t) });
+      const b = new FileTail({ path, clock, everyMs: 100, fromEnd: true, onLine: (t) => fromEnd.push(t) });
+      appendFileSync(path, 'one\ntw');
+      assert.deepEqual(fromStart, [], 'nothing before the clock moves');
+      await clock.advance(100);
+      assert.deepEqual(fromStart, ['old line', 'one']);
+      assert.deepEqual(fromEnd, ['one']);
+      appendFileSync(path, 'o\r\nthree');
+      await clock.advance(100);
+      assert.deepEqual(fromEnd, ['one', 'two']);
+      a.close();
+      b.close();
+      assert.deepEqual(fromStart, ['old line', 'one', 'two', 'three']);
+      assert.deepEqual(fromEnd, ['one', 'two', 'three']);
+      appendFileSync(path, 'after\n');
+      await clock.advance(1000);
+      assert.equal(fromEnd.includes('after'), false, 'closed: no more reads');
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it('waits for a file its writer has not created yet', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'qemu-tail-'));
+    try {
+      const path = join(d, 'late.log');
+      const clock = new ManualClock();
+      const out: string[] = [];
+      const t = new FileTail({ path, clock, everyMs: 100, fromEnd: false, onLine: (x) => out.push(x) });
+      await clock.advance(100);
+      writeFileSync(path, 'first\n');
+      await clock.advance(100);
+      assert.deepEqual(out, ['first']);
+      t.close();
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+});
