@@ -196,12 +196,13 @@ async function startParts(
       capacity: { vcpu: cfg.capacity.vcpu, memoryMb: cfg.capacity.memoryMb },
       ...(cfg.routerPort !== undefined ? { routerPort: cfg.routerPort, routerHost: role === 'up' ? cfg.host : '0.0.0.0' } : {}),
       ...(cfg.traefikConfigDir ? { traefikConfigDir: cfg.traefikConfigDir } : {}),
+      ...(cfg.advertise ? { nodeAddress: cfg.advertise } : {}),
       // port_forwards' host ports: on every address of an agent's node (firework DNATs the host IP); `up` keeps to --host.
       publishHost: role === 'up' ? cfg.host : '0.0.0.0',
     });
     servicesNode = services;
     const routerUrl = await services.listen();
-    const advertisedRouter = routerUrl && cfg.advertise ? `http://${cfg.advertise}:${new URL(routerUrl).port}` : routerUrl;
+    const advertisedRouter = services.advertisedRouterUrl;
     if (routerUrl) out(`edge router at ${routerUrl} (routes by Host to services; /status, /health, /metrics)`);
     agent = createAgent({
       store,
