@@ -3,7 +3,7 @@ import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { clusterTokenFor, loadConfig, type Config, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, createLogger, installRejectionSafetyNet, metrics, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
+import { AetherError, createLogger, drainLogs, installRejectionSafetyNet, metrics, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
 import type { BlobStore } from '../blob/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Store } from '../store/index.ts';
@@ -120,7 +120,8 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       await queue?.close().catch(() => undefined);
       await blob?.close().catch(() => undefined);
       await store.close().catch(() => undefined);
-      logger.flush();
+      // Bounded: an output nobody reads must not hold the exit (see LogSink).
+      await drainLogs(2000);
       dropSafetyNet();
     })();
     return closing;
