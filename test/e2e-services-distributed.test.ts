@@ -185,6 +185,9 @@ if (skip) {
         const file = join(dir, `traefik-${id}`, 'aether.yaml');
         const text = await eventually(async () => existsSync(file) && /acme\.test/.test(readFileSync(file, 'utf8')) && /api\.test/.test(readFileSync(file, 'utf8')) && /web\.test/.test(readFileSync(file, 'utf8')) && readFileSync(file, 'utf8'), 20_000, 200);
         assert.match(text, /Host\(`web\.test`\)/);
+        // Servers are edge routers at node addresses, reachable from a Traefik anywhere; never a node-local sandbox address.
+        assert.doesNotMatch(text, /10\.213\./);
+        assert.match(text, /url: http:\/\/127\.0\.0\.1:\d+/);
       }
     });
 

@@ -143,6 +143,8 @@ test('a job produces a registered instance under the agent lease, an ok result, 
     return a.used?.instances === 1 ? a : undefined;
   }, 'agent record with used capacity');
   assert.deepEqual(agentRec.used, { instances: 1, memory_mb: 128, vcpu: 1 });
+  assert.deepEqual(agentRec.functions_used, { instances: 1, memory_mb: 128, vcpu: 1 }, 'the scheduler places services around it');
+  assert.deepEqual(agentRec.services_charged, []);
   assert.deepEqual(h.agent.localInstances(), [{ instanceId: id, functionId: 'fn-1', inflight: 0, state: 'ready' }]);
   // the result key is removed after its TTL
   await h.clock.advance(60_000);

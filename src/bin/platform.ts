@@ -3,7 +3,7 @@ import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { clusterTokenFor, loadConfig, type Config, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, createLogger, installRejectionSafetyNet, metrics, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
+import { AetherError, createLogger, drainLogs, installRejectionSafetyNet, metrics, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
 import type { BlobStore } from '../blob/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Store } from '../store/index.ts';
@@ -96,27 +96,32 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
   // One request's or one task's unexpected rejection is logged; it never ends the process.
   const dropSafetyNet = installRejectionSafetyNet(logger);
-  mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
-  // It holds the admin token and every function's code: 0700 whatever the umask or earlier mode.
-  chmodSync(cfg.dataDir, 0o700);
+  // The deployer talks only to the store (and reads its spec source): no data dir, queue or blob store.
+  const deployer = role === 'deployer';
+  if (!deployer) {
+    mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
+    // It holds the admin token and every function's code: 0700 whatever the umask or earlier mode.
+    chmodSync(cfg.dataDir, 0o700);
+  }
   const clock = systemClock;
   // Agents never read the admin token: they know only the cluster token, checked before anything starts.
   // The deployer talks only to the store: it needs neither secret.
   const token = role === 'agent' || role === 'deployer' ? undefined : await adminToken(role, cfg.dataDir, cfg.adminTokenFile, env, out);
   const clusterToken = role === 'deployer' ? '' : clusterTokenFor(role, { env, file: cfg.clusterTokenFile, adminToken: token });
   const store = openStore(cfg, logger);
-  const queue = openQueue(cfg, logger);
-  const blob = openBlob(cfg);
+  const queue = deployer ? undefined : openQueue(cfg, logger);
+  const blob = deployer ? undefined : openBlob(cfg);
   const closers: (() => Promise<void>)[] = [];
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
       for (const c of closers) await c().catch((err: unknown) => logger.error({ err: String(err) }, 'shutdown step failed'));
       await closeAllEndpoints();
-      await queue.close().catch(() => undefined);
-      await blob.close().catch(() => undefined);
+      await queue?.close().catch(() => undefined);
+      await blob?.close().catch(() => undefined);
       await store.close().catch(() => undefined);
-      logger.flush();
+      // Bounded: an output nobody reads must not hold the exit (see LogSink).
+      await drainLogs(2000);
       dropSafetyNet();
     })();
     return closing;
@@ -134,9 +139,14 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
 async function startParts(
   role: Role,
   cfg: Config,
-  p: { logger: Logger; clock: Clock; token: string | undefined; clusterToken: ReturnType<typeof clusterTokenFor>; store: Store; queue: Queue; blob: BlobStore; closers: (() => Promise<void>)[]; out: (s: string) => void; env: NodeJS.ProcessEnv },
+  p: { logger: Logger; clock: Clock; token: string | undefined; clusterToken: ReturnType<typeof clusterTokenFor>; store: Store; queue: Queue | undefined; blob: BlobStore | undefined; closers: (() => Promise<void>)[]; out: (s: string) => void; env: NodeJS.ProcessEnv },
 ): Promise<string> {
-  const { logger, clock, token, clusterToken, store, queue, blob, closers, out, env } = p;
+  const { logger, clock, token, clusterToken, store, closers, out, env } = p;
+  // Opened for every role but the deployer.
+  const opened = <T>(v: T | undefined, what: string): T => {
+    if (v === undefined) throw new AetherError('AETHER_ERR_INTERNAL', `\`aether ${role}\` opened no ${what}`);
+    return v;
+  };
   let agent: Agent | undefined;
   let servicesNode: ServicesNode | undefined;
   const startupFloors: number[] = [];
@@ -196,17 +206,18 @@ async function startParts(
       capacity: { vcpu: cfg.capacity.vcpu, memoryMb: cfg.capacity.memoryMb },
       ...(cfg.routerPort !== undefined ? { routerPort: cfg.routerPort, routerHost: role === 'up' ? cfg.host : '0.0.0.0' } : {}),
       ...(cfg.traefikConfigDir ? { traefikConfigDir: cfg.traefikConfigDir } : {}),
+      ...(cfg.advertise ? { nodeAddress: cfg.advertise } : {}),
       // port_forwards' host ports: on every address of an agent's node (firework DNATs the host IP); `up` keeps to --host.
       publishHost: role === 'up' ? cfg.host : '0.0.0.0',
     });
     servicesNode = services;
     const routerUrl = await services.listen();
-    const advertisedRouter = routerUrl && cfg.advertise ? `http://${cfg.advertise}:${new URL(routerUrl).port}` : routerUrl;
+    const advertisedRouter = services.advertisedRouterUrl;
     if (routerUrl) out(`edge router at ${routerUrl} (routes by Host to services; /status, /health, /metrics)`);
     agent = createAgent({
       store,
-      queue,
-      blob,
+      queue: opened(p.queue, 'queue'),
+      blob: opened(p.blob, 'blob store'),
       runtimes,
       clock,
       logger,
@@ -243,12 +254,12 @@ async function startParts(
     // In `up` the local instances may be reached only through forwarder sockets (no veth network).
     const dp = resolveDataPlane(cfg.dataPlane, env, undefined, viaForwarders);
     if (cfg.dataPlane === 'haproxy' && !dp.binary) throw new AetherError('AETHER_ERR_VALIDATION', 'config: --data-plane haproxy, but no haproxy binary was found (install haproxy, or use --data-plane auto|node)');
-    const functions = new FunctionService({ store, blobs: blob, clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: spool });
+    const functions = new FunctionService({ store, blobs: opened(p.blob, 'blob store'), clock, logger, limits: cfg.limits, defaultSandbox: cfg.sandbox, tmpDir: spool });
     const writeBarrier: { wait?: () => Promise<void> } = {};
     const openGateway = (native: boolean): Promise<Gateway> =>
       startGateway({
         store,
-        queue,
+        queue: opened(p.queue, 'queue'),
         clock,
         logger,
         functions,

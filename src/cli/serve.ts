@@ -18,22 +18,34 @@ export function registerServeCommands(program: Command, start: StartNode): void 
   // the YAML file still count).
   const common = (cmd: Command, role: Role): Command => {
     const up = role === 'up';
-    cmd.option('--data-dir <dir>', `data directory: admin token, ${up ? 'store, code, ' : ''}runtime state (env AETHER_DATA_DIR; default ./.aether)`);
+    // Each role lists only what it uses: the deployer talks to the store alone (no data dir, queue,
+    // blob store, secrets or port); agents never read the admin token nor carry gateway traffic.
+    const dataDir: Partial<Record<Role, string>> = {
+      up: 'admin token, store, code, runtime state',
+      gateway: 'temporary uploads',
+      agent: 'agent id, code cache, instances\' runtime state (a restarted agent adopts its instances from it)',
+    };
+    const what = dataDir[role];
+    if (what) cmd.option('--data-dir <dir>', `data directory: ${what} (env AETHER_DATA_DIR; default ./.aether)`);
     // The deployer serves nothing (it talks only to the store): no port to choose.
     if (role !== 'deployer') {
       cmd
         .option('--port <port>', `port to listen on (env AETHER_PORT; default ${role === 'agent' ? '0: any free port' : '8080'})`, int)
         .option('--host <host>', `address to bind (env AETHER_HOST; default ${role === 'agent' ? '0.0.0.0' : '127.0.0.1'})`);
     }
-    return cmd
+    cmd
       .option('--config <file>', 'YAML file with any of these options (env AETHER_CONFIG)')
-      .option('--store <url>', `sqlite:///path | etcd://host:2379[,host:2379] (env AETHER_STORE; ${up ? 'default sqlite://<data-dir>/store.db' : 'required, etcd'})`)
-      .option('--queue <url>', `memory:// | redis://host:6379 (env AETHER_QUEUE; ${up ? 'default memory://' : 'required, redis'})`)
-      .option('--blob <url>', `file:///path | s3://bucket?endpoint=http://host:port&region=r (env AETHER_BLOB; ${up ? 'default file://<data-dir>/blobs' : 'required'})`)
-      .option('--admin-token-file <file>', `file holding the admin token (else AETHER_ADMIN_TOKEN${up ? '; default <data-dir>/admin.token, generated on first start' : ''})`)
-      .option('--cluster-token-file <file>', `file holding the gateway<->agent token (else AETHER_CLUSTER_TOKEN${up ? '; default derived from the admin token' : ''})`)
-      .option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL; default info)')
-      .option('--data-plane <kind>', 'auto | haproxy | node: who carries warm invocations (env AETHER_DATA_PLANE; default auto)');
+      .option('--store <url>', up ? 'sqlite:///path | etcd://host:2379[,host:2379] (env AETHER_STORE; default sqlite://<data-dir>/store.db)' : 'etcd://host:2379[,host:2379] (env AETHER_STORE; required)');
+    if (role !== 'deployer') {
+      cmd
+        .option('--queue <url>', up ? 'memory:// | redis://host:6379 (env AETHER_QUEUE; default memory://)' : 'redis://host:6379 (env AETHER_QUEUE; required)')
+        .option('--blob <url>', `file:///path | s3://bucket?endpoint=http://host:port&region=r (env AETHER_BLOB; ${up ? 'default file://<data-dir>/blobs' : 'required'})`);
+    }
+    if (role === 'up' || role === 'gateway') cmd.option('--admin-token-file <file>', `file holding the admin token (else AETHER_ADMIN_TOKEN${up ? '; default <data-dir>/admin.token, generated on first start' : '; one of them is required'})`);
+    if (role !== 'deployer') cmd.option('--cluster-token-file <file>', `file holding the gateway<->agent token (else AETHER_CLUSTER_TOKEN${up ? '; default derived from the admin token' : '; one of them is required'})`);
+    cmd.option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL; default info)');
+    if (role === 'up' || role === 'gateway') cmd.option('--data-plane <kind>', 'auto | haproxy | node: who carries warm invocations (env AETHER_DATA_PLANE; default auto)');
+    return cmd;
   };
   // Chosen where functions are created (the gateway's API), not where they run.
   const sandboxOpt = (cmd: Command): Command => cmd.option('--sandbox <kind>', 'default sandbox for new functions: process | qemu | firecracker (env AETHER_SANDBOX; default process)');
@@ -51,9 +63,9 @@ export function registerServeCommands(program: Command, start: StartNode): void 
       .option('--router-port <port>', 'edge router for services: routes by Host (metadata.host) to local and peer instances (env AETHER_ROUTER_PORT; default: no router)', int)
       .option('--traefik-config-dir <dir>', "write the node's routes there as a Traefik file-provider config, replaced atomically (env AETHER_TRAEFIK_CONFIG_DIR)")
       .option('--node-type <type>', "firework's node_type of this node: only matching services are placed here (env AETHER_NODE_TYPE; default: any)");
-  const deployOpts = (cmd: Command): Command =>
+  const deployOpts = (cmd: Command, deployer = false): Command =>
     cmd
-      .option('--source <dir|git-url[#branch]>', 'service specs in firework layout: defaults.yaml, services/, tenants/ (env AETHER_SOURCE)')
+      .option('--source <dir|git-url[#branch]>', 'service specs in firework layout: defaults.yaml, services/, tenants/ (env AETHER_SOURCE)' + (deployer ? '; required' : ''))
       .option('--poll <duration>', 'how often the source is read, e.g. 2s (env AETHER_POLL; default 30s)')
       .option('--export-dir <dir>', "also write firework's nodes/<node>.yaml files here (env AETHER_EXPORT_DIR)");
 
@@ -108,5 +120,5 @@ export function registerServeCommands(program: Command, start: StartNode): void 
   deployOpts(sandboxOpt(agentOpts(common(program.command('up').description('run the whole platform in one process (gateway + agent, embedded storage)'), 'up')))).action(run('up'));
   sandboxOpt(common(program.command('gateway').description('run a gateway (API + invocation routing) on etcd + Redis + S3'), 'gateway')).action(run('gateway'));
   agentOpts(common(program.command('agent').description('run an agent (sandboxes) on etcd + Redis + S3'), 'agent')).action(run('agent'));
-  deployOpts(common(program.command('deployer').description('run the services deployer (specs -> placements) on etcd'), 'deployer')).action(run('deployer'));
+  deployOpts(common(program.command('deployer').description('run the services deployer (specs -> placements) on etcd'), 'deployer'), true).action(run('deployer'));
 }

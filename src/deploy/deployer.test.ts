@@ -38,7 +38,7 @@ async function setup(t: TestContext) {
     }
     return out;
   };
-  return { dir, specs, svc, store, deployer, assignments };
+  return { dir, specs, svc, store, deployer, assignments, clock };
 }
 
 test('deployer: places services on live agents, writes one document per node and firework node files', async (t) => {
@@ -108,4 +108,33 @@ test('deployer: only the leader writes', async (t) => {
   await writeFile(join(specs, 'services', 'a.yaml'), 'name: a\nimage: i\nnode_type: general\n');
   assert.equal(await deployer.trigger(), null);
   assert.equal((await store.list(KEYS.assignments)).kvs.length, 0);
+});
+
+test('deployer: a service waiting for room is placed once functions scale down on a node (re-plan on agent usage)', async (t) => {
+  const { svc, store, deployer, assignments, clock } = await setup(t);
+  const busy = (id: string, fnVcpu: number, charged: string[] = []): AgentRecord => ({
+    ...agent(id),
+    used: { instances: fnVcpu, memory_mb: 0, vcpu: fnVcpu },
+    functions_used: { instances: fnVcpu, memory_mb: 0, vcpu: fnVcpu },
+    services_charged: charged,
+  });
+  await store.put(KEYS.agent('n1'), JSON.stringify(busy('n1', 4)));
+  await store.put(KEYS.agent('n2'), JSON.stringify(busy('n2', 4)));
+  await svc('a');
+  const first = await deployer.trigger();
+  assert.deepEqual(await assignments(), {});
+  assert.equal(first?.unplaced[0]?.reason, 'no_capacity');
+  assert.match(first?.unplaced[0]?.message ?? '', /function instances hold n1 4 vCPU/);
+  deployer.start();
+  await clock.advance(0); // the first poll: still nowhere to go
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(await assignments(), {});
+  // n2's functions scale to zero: its record changes, and the deployer re-plans well before the next poll (30 s).
+  await store.put(KEYS.agent('n2'), JSON.stringify(busy('n2', 0)));
+  for (let i = 0; i < 100 && (await assignments()).n2 === undefined; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    await clock.advance(100);
+  }
+  assert.deepEqual(await assignments(), { n2: ['a'] });
+  assert.ok(clock.now() < 30_000, 're-planned before the next poll');
 });

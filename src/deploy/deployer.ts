@@ -5,7 +5,7 @@ import { KEYS, type AgentRecord } from '../spec/index.ts';
 import { listAndWatch, type Informer, type Store, type TxnOp, type TxnCompare } from '../store/index.ts';
 import type { SchedNode, Unplaced } from '../scheduler/index.ts';
 import type { ServiceConfig } from './enrich.ts';
-import type { SpecError } from './format.ts';
+import type { RepoFile, SpecError } from './format.ts';
 import { renderNodeConfig } from './nodeconfig.ts';
 import { planDeploy, type Assignments, type Change } from './plan.ts';
 import type { SpecSource } from './source.ts';
@@ -41,10 +41,27 @@ export interface DeployerOptions {
   /** Also write firework's nodes/<node>.yaml files here (atomic renames), for firework tools. */
   exportDir?: string;
   leaseTtlMs?: number;
+  /**
+   * While a service waits for room (unplaced for capacity, or placed on a node that does not run
+   * it), a change in an agent's record (functions scaled down, a service admitted) re-plans from
+   * the last specs read, at most this often (default 2 s; the source is not read again).
+   */
+  replanMs?: number;
 }
 
+/** Scheduler nodes from agent records: capacity, and what function instances hold / which services run there when the agent says. */
 export function nodesFromAgents(agents: readonly AgentRecord[]): SchedNode[] {
-  return agents.map((a) => ({ name: a.agent_id, node_type: a.node_type ?? null, capacity: { vcpus: a.capacity.vcpu, memory_mb: a.capacity.memory_mb }, host_ip: agentHostIp(a) }));
+  return agents.map((a) => {
+    const f = a.functions_used;
+    return {
+      name: a.agent_id,
+      node_type: a.node_type ?? null,
+      capacity: { vcpus: a.capacity.vcpu, memory_mb: a.capacity.memory_mb, instances: a.capacity.instances },
+      ...(f ? { other_used: { vcpus: f.vcpu, memory_mb: f.memory_mb, instances: f.instances } } : {}),
+      ...(a.services_charged ? { running: a.services_charged } : {}),
+      host_ip: agentHostIp(a),
+    };
+  });
 }
 
 /** The node's address as gateways reach its agent (--advertise); `aether up`'s in-process agent is this host. */
@@ -76,6 +93,11 @@ export class Deployer {
   #lastAgents = '';
   #lastReport = '';
   #informers: Informer[] = [];
+  /** The last specs read, for re-plans on agent usage changes. */
+  #lastRead: { revision: string; files: RepoFile[] } | undefined;
+  /** The last plan left a service waiting for room (see `replanMs`). */
+  #waiting = false;
+  #replanTimer: TimerHandle | undefined;
 
   constructor(o: DeployerOptions) {
     this.#o = o;
@@ -121,6 +143,7 @@ export class Deployer {
           if (ev.type === 'put') agents.add(k);
           else agents.delete(k);
           if (had !== (ev.type === 'put')) this.agentsChanged([...agents]);
+          else if (ev.type === 'put' && this.#waiting) this.#replanSoon();
         },
       }, opts),
     );
@@ -130,17 +153,35 @@ export class Deployer {
     this.#stopped = true;
     for (const i of this.#informers) i.close();
     if (this.#timer) this.#clock.clearTimeout(this.#timer);
+    if (this.#replanTimer) this.#clock.clearTimeout(this.#replanTimer);
     await this.#running?.catch(() => undefined);
     if (this.#lease) await this.#o.store.revokeLease(this.#lease).catch(() => undefined);
   }
 
   /** Run a deploy now (webhook, CLI); concurrent triggers coalesce into one more run. */
   trigger(): Promise<DeployStatus | null> {
+    return this.#run(true);
+  }
+
+  /** Re-plan from the last specs read (node usage changed), coalescing into a running deploy. */
+  replan(): Promise<DeployStatus | null> {
+    return this.#run(this.#lastRead === undefined);
+  }
+
+  #replanSoon(): void {
+    if (this.#replanTimer || this.#stopped) return;
+    this.#replanTimer = this.#clock.setTimeout(() => {
+      this.#replanTimer = undefined;
+      void this.replan().catch((err: unknown) => this.#log.warn({ err: String(err) }, 're-plan after a node usage change failed'));
+    }, this.#o.replanMs ?? 2_000);
+  }
+
+  #run(read: boolean): Promise<DeployStatus | null> {
     if (this.#running) {
       this.#again = true;
       return this.#running;
     }
-    this.#running = this.#runOnce().finally(() => {
+    this.#running = this.#runOnce(read).finally(() => {
       this.#running = undefined;
       if (this.#again && !this.#stopped) {
         this.#again = false;
@@ -175,10 +216,11 @@ export class Deployer {
     return (await store.cas(key, 0, this.#o.deployerId, { lease: this.#lease })).succeeded;
   }
 
-  async #runOnce(): Promise<DeployStatus | null> {
+  async #runOnce(read: boolean): Promise<DeployStatus | null> {
     const store = this.#o.store;
     if (!(await this.#isLeader())) return null;
-    const { revision, files } = await this.#o.source.read();
+    const { revision, files } = read || !this.#lastRead ? await this.#o.source.read() : this.#lastRead;
+    this.#lastRead = { revision, files };
     const agents = (await store.list(KEYS.agents)).kvs.map((kv) => JSON.parse(kv.value) as AgentRecord);
     const current = await store.list(KEYS.assignments);
     const previous: Assignments = {};
@@ -217,6 +259,7 @@ export class Deployer {
       return status;
     }
     this.#lastAgents = agents.map((a) => a.agent_id).sort().join(',');
+    this.#waiting = plan.ok && waitsForRoom(plan.assignments, plan.unplaced, agents);
     // Say each refusal and each unplaced service once per revision, not on every poll.
     const news = JSON.stringify([revision, plan.errors, plan.unplaced]) !== this.#lastReport;
     this.#lastReport = JSON.stringify([revision, plan.errors, plan.unplaced]);
@@ -232,6 +275,16 @@ export class Deployer {
     const key = [...ids].sort().join(',');
     if (key !== this.#lastAgents) void this.trigger().catch((err: unknown) => this.#log.warn({ err: String(err) }, 'deploy after node change failed'));
   }
+}
+
+/** Whether a service waits for room: unplaced for capacity, or assigned to a node whose agent does not hold it. */
+export function waitsForRoom(assignments: Assignments, unplaced: readonly Unplaced[], agents: readonly AgentRecord[]): boolean {
+  if (unplaced.some((u) => u.reason === 'no_capacity')) return true;
+  const charged = new Map(agents.map((a) => [a.agent_id, a.services_charged]));
+  return Object.entries(assignments).some(([node, services]) => {
+    const c = charged.get(node);
+    return c !== undefined && services.some((s) => !c.includes(s.name));
+  });
 }
 
 /** firework-compatible nodes/<node>.yaml files, each written to a temp name and renamed. */

@@ -106,3 +106,74 @@ test('anti-affinity: a group larger than the node count stays put; free vCPU shi
   assert.equal(back.moved.length, 1);
   assert.equal(back.moved[0]?.to, 'n2');
 });
+
+// ---- function instances share the nodes (one ledger per agent)
+
+const busy = (n: SchedNode, vcpus: number, memory_mb = 0, running?: string[]): SchedNode => ({ ...n, other_used: { vcpus, memory_mb }, ...(running ? { running } : {}) });
+const placedOn = (r: { placements: Record<string, string[]> }): Map<string, string> => new Map(Object.entries(r.placements).flatMap(([n, ss]) => ss.map((s) => [s, n] as [string, string])));
+
+test('functions: a new service goes to the node with room now, not the one its functions fill', () => {
+  const r = schedule([svc('a', 2)], [busy(node('n1', 8), 7), node('n2', 4)], none);
+  assert.deepEqual(r.placements, { n2: ['a'] });
+  assert.deepEqual(r.unplaced, []);
+});
+
+test('functions: a service placed on a node full of functions, not running there, moves to a node with room', () => {
+  const r = schedule([svc('a', 1, 256)], [busy(node('n1', 4), 4, 0, []), node('n2', 4)], new Map([['a', 'n1']]));
+  assert.deepEqual(r.placements, { n2: ['a'] });
+  assert.deepEqual(r.moved, [{ service: 'a', from: 'n1', to: 'n2' }]);
+});
+
+test('functions: a running service never moves for function usage (its charge is already counted)', () => {
+  const r = schedule([svc('a', 1)], [busy(node('n1', 4), 3, 0, ['a']), node('n2', 16)], new Map([['a', 'n1']]));
+  assert.deepEqual(r.placements, { n1: ['a'] });
+  assert.deepEqual(r.moved, []);
+});
+
+test('functions: scale-to-zero churn does not make running services flap', () => {
+  const services = [svc('a', 2), svc('b', 2), svc('c', 1)];
+  let prev = placedOn(schedule(services, [node('n1', 4), node('n2', 4)], none));
+  const running = (n: string): string[] => [...prev].filter(([, at]) => at === n).map(([s]) => s);
+  // Functions swing between the nodes, filling whatever the services leave and scaling to zero.
+  for (const [f1, f2] of [[0, 0], [4, 0], [0, 4], [3, 3], [0, 0], [4, 4]] as const) {
+    const r = schedule(services, [busy(node('n1', 4), f1, 0, running('n1')), busy(node('n2', 4), f2, 0, running('n2'))], prev);
+    assert.deepEqual(r.moved, [], `functions ${f1}/${f2} move nothing`);
+    assert.deepEqual(r.unplaced, []);
+    prev = placedOn(r);
+  }
+});
+
+test('functions: a waiting service with room nowhere stays on its node (it starts when functions shrink)', () => {
+  const r = schedule([svc('a', 1)], [busy(node('n1', 4), 4, 0, []), busy(node('n2', 4), 4, 0, [])], new Map([['a', 'n1']]));
+  assert.deepEqual(r.placements, { n1: ['a'] });
+  assert.deepEqual(r.moved, []);
+  assert.deepEqual(r.unplaced, []);
+});
+
+test('functions: a new service with room nowhere now is unplaced, and the message says functions hold it', () => {
+  const r = schedule([svc('a', 2, 512)], [busy(node('n1', 4), 3, 1024), busy(node('n2', 4), 4)], none);
+  assert.deepEqual(r.placements, {});
+  assert.equal(r.unplaced[0]?.reason, 'no_capacity');
+  assert.equal(
+    r.unplaced[0]?.message,
+    'no general node has 2 vCPU and 512 MiB free now: function instances hold n1 3 vCPU, 1024 MiB; n2 4 vCPU, 0 MiB; it is placed once they scale down',
+  );
+  // too big for any node whatever functions do: the plain message
+  const huge = schedule([svc('h', 8)], [busy(node('n1', 4), 3)], none);
+  assert.equal(huge.unplaced[0]?.message, 'no general node has 8 vCPU and 256 MiB free');
+});
+
+test('functions: running services keep their place before waiting ones claim room', () => {
+  // b runs on n1; a (sorted first) waits there. Once functions leave room for one only, b keeps it and a moves.
+  const r = schedule([svc('a', 2), svc('b', 2)], [busy(node('n1', 4), 0, 0, ['b']), node('n2', 2)], new Map([['a', 'n1'], ['b', 'n1']]));
+  assert.deepEqual(r.placements, { n1: ['a', 'b'] }, 'both fit n1 while functions hold nothing');
+  const full = schedule([svc('a', 2), svc('b', 2)], [busy(node('n1', 4), 2, 0, ['b']), node('n2', 2)], new Map([['a', 'n1'], ['b', 'n1']]));
+  assert.deepEqual(full.placements, { n1: ['b'], n2: ['a'] });
+  assert.deepEqual(full.moved, [{ service: 'a', from: 'n1', to: 'n2' }]);
+});
+
+test('functions: instance slots count (a node whose slots functions fill takes no new service)', () => {
+  const n1: SchedNode = { name: 'n1', node_type: 'general', capacity: { vcpus: 8, memory_mb: 8192, instances: 2 }, other_used: { vcpus: 0, memory_mb: 0, instances: 2 } };
+  const r = schedule([svc('a')], [n1, node('n2', 1)], none);
+  assert.deepEqual(r.placements, { n2: ['a'] });
+});

@@ -35,6 +35,10 @@ export interface AgentRecord {
   used: Resources;
   /** What the agent could free by evicting idle instances of other functions (refreshed each second). */
   evictable?: Resources;
+  /** The part of `used` that function instances hold (the scheduler places new services around it). */
+  functions_used?: Resources;
+  /** Services holding capacity on the node (admitted, not yet stopped): the scheduler keeps these where they are. */
+  services_charged?: string[];
   /** Isolation of its process sandbox ("namespaces+cgroups" or "none"). */
   isolation: string;
   /** Sandbox kinds it runs (absent in records of older agents: process only). */

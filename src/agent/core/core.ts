@@ -155,6 +155,8 @@ export class AgentCore {
   agentRecord(): AgentRecord {
     const { config } = this.#d;
     const used = this.ledger.used();
+    const fns = this.ledger.used('function');
+    const services = new Set(this.ledger.charges().flatMap((c) => (c.kind === 'service' ? [c.owner] : [])));
     return {
       agent_id: this.id,
       url: config.url,
@@ -162,6 +164,8 @@ export class AgentCore {
       capacity: { instances: config.capacity.instances, memory_mb: config.capacity.memoryMb, vcpu: config.capacity.vcpu },
       used: { instances: used.instances, memory_mb: used.memoryMb, vcpu: used.vcpu },
       evictable: { ...this.#evictable },
+      functions_used: { instances: fns.instances, memory_mb: fns.memoryMb, vcpu: fns.vcpu },
+      services_charged: [...services].sort(),
       isolation: (this.runtimes.find(([k]) => k === 'process') ?? this.runtimes[0])?.[1].isolation ?? 'none',
       sandboxes: this.runtimes.map(([k]) => k),
       started_at: this.#startedAt,

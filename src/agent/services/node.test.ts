@@ -31,7 +31,7 @@ test('services node: port forwards published, the Traefik file follows the route
   const store = createSqliteStore({ path: ':memory:' });
   const runtime = createFakeRuntime({});
   const traefikDir = join(dir, 'traefik');
-  const node = new ServicesNode({ store, nodeId: 'n1', runtimes: { process: runtime }, clock: systemClock, routerPort: 0, routerHost: '127.0.0.1', traefikConfigDir: traefikDir, syncMs: 20, capacity: { vcpu: 4, memoryMb: 4096 }, publishHost: '127.0.0.1', startupTimeoutMs: 2000 });
+  const node = new ServicesNode({ store, nodeId: 'n1', runtimes: { process: runtime }, clock: systemClock, routerPort: 0, routerHost: '127.0.0.1', traefikConfigDir: traefikDir, syncMs: 20, capacity: { vcpu: 4, memoryMb: 4096 }, publishHost: '127.0.0.1', nodeAddress: '192.0.2.1', startupTimeoutMs: 2000 });
   t.after(async () => {
     await node.stop();
     await runtime.close();
@@ -58,7 +58,7 @@ test('services node: port forwards published, the Traefik file follows the route
   assert.equal(body.url, '/hello');
   assert.deepEqual(node.published(), [{ service: 'web', host_port: hostPort, vm_port: 8080 }]);
 
-  // Traefik: web.test to the local instance (a TCP endpoint), api.test to the peer's router.
+  // Traefik: web.test to this node's router at its node address (not the instance's own address), api.test to the peer's router.
   const file = join(traefikDir, 'aether.yaml');
   const doc = await until('the traefik file names both hosts', async () => {
     if (!existsSync(file)) return false;
@@ -67,7 +67,8 @@ test('services node: port forwards published, the Traefik file follows the route
   });
   assert.equal(doc.http.routers?.['aether-api-test']?.rule, 'Host(`api.test`)');
   assert.deepEqual(doc.http.services?.['aether-api-test']?.loadBalancer.servers, [{ url: 'http://10.0.0.2:8088' }]);
-  assert.match(doc.http.services?.['aether-web-test']?.loadBalancer.servers[0]?.url ?? '', /^http:\/\/127\.0\.0\.1:\d+$/);
+  assert.deepEqual(doc.http.services?.['aether-web-test']?.loadBalancer.servers, [{ url: `http://192.0.2.1:${new URL(routerUrl).port}` }]);
+  assert.equal(node.advertisedRouterUrl, `http://192.0.2.1:${new URL(routerUrl).port}`);
 
   // The peer's api stops: its route leaves the file.
   await store.delete(KEYS.serviceStatus('n2', 'api'));

@@ -8,8 +8,8 @@ import { listAndWatch, type Informer, type Store } from '../../store/index.ts';
 import type { AgentCore } from '../core/index.ts';
 import { servicePort, ServiceController } from './controller.ts';
 import { PortPublisher, type PublishedPort } from './ports.ts';
-import { buildRouteTable, EdgeRouter, normalizeHost, type PeerRoute, type RouteTable } from './router.ts';
-import { renderTraefikConfig, TRAEFIK_FILE, writeFileAtomic, type TraefikRoute } from './traefik.ts';
+import { buildRouteTable, EdgeRouter, type PeerRoute, type RouteTable } from './router.ts';
+import { renderTraefikConfig, TRAEFIK_FILE, traefikRoutes, writeFileAtomic, type TraefikRoute } from './traefik.ts';
 
 export interface ServicesNodeOptions {
   store: Store;
@@ -27,11 +27,18 @@ export interface ServicesNodeOptions {
   publishHost?: string;
   /** firework's traefik_config_dir: the route table is written there as a Traefik dynamic config. */
   traefikConfigDir?: string;
+  /**
+   * This node's address as other hosts reach it (the agent's --advertise): the advertised router
+   * URL and the Traefik file's servers use it. Default: the router's host, 127.0.0.1 for a wildcard.
+   */
+  nodeAddress?: string;
   /** How often published ports and the Traefik file are brought up to date (default 1 s). */
   syncMs?: number;
 }
 
 export const SERVICE_LOGS_PREFIX = '/internal/service-logs/';
+
+const urlHost = (h: string): string => (h.includes(':') && !h.startsWith('[') ? `[${h}]` : h);
 
 function header(req: IncomingMessage, name: string): string | undefined {
   const v = req.headers[name];
@@ -53,6 +60,8 @@ export class ServicesNode {
   readonly #log: Logger;
   #router: EdgeRouter | undefined;
   routerUrl: string | null = null;
+  /** The router as other hosts reach it: http://<nodeAddress>:<bound port> (the agent record's router_url). */
+  advertisedRouterUrl: string | null = null;
   #informers: Informer[] = [];
   readonly #agents = new Map<string, AgentRecord>();
   readonly #assignments = new Map<string, ServiceAssignment>();
@@ -63,6 +72,7 @@ export class ServicesNode {
   #syncTimer: TimerHandle | undefined;
   #syncing: Promise<void> | undefined;
   #lastTraefik = '';
+  #unreachable = '';
   #stopped = false;
 
   constructor(o: ServicesNodeOptions) {
@@ -89,6 +99,7 @@ export class ServicesNode {
     if (this.#o.routerPort === undefined) return null;
     this.#router = new EdgeRouter({ table: () => this.table(), logger: this.#log, fallback: (req, res) => this.handleHttp(req, res) });
     this.routerUrl = await this.#router.listen(this.#o.routerPort, this.#o.routerHost ?? '0.0.0.0');
+    this.advertisedRouterUrl = this.#o.nodeAddress ? `http://${urlHost(this.#o.nodeAddress)}:${new URL(this.routerUrl).port}` : this.routerUrl;
     return this.routerUrl;
   }
 
@@ -167,34 +178,31 @@ export class ServicesNode {
     this.#lastTraefik = text;
   }
 
-  /**
-   * The route table in Traefik's terms: a local instance on a TCP endpoint directly; one behind a
-   * unix socket (the process sandbox) through its published port, else through this node's
-   * router; a service on a peer through that peer's router (it routes by the Host Traefik passes on).
-   */
+  /** The route table in Traefik's terms, every server reachable from other hosts (see `traefikRoutes`). */
   traefikRoutes(): TraefikRoute[] {
-    const byHost = new Map<string, Set<string>>();
-    const add = (host: string, url: string): void => {
-      const h = normalizeHost(host);
-      let set = byHost.get(h);
-      if (!set) byHost.set(h, (set = new Set()));
-      set.add(url);
-    };
     const desired = new Map(this.controller.desired().map((s) => [s.name, s]));
-    for (const r of this.controller.routes()) {
-      if (!r.host) continue;
-      const e = r.endpoint;
-      if (e.kind === 'tcp') {
-        add(r.host, `http://${e.host.includes(':') ? `[${e.host}]` : e.host}:${e.port}`);
-        continue;
-      }
-      const svc = desired.get(r.service);
-      const published = svc ? publishedPorts([svc]).find((p) => this.#ports.published().some((x) => x.service === p.service && x.host_port === p.host_port)) : undefined;
-      if (published) add(r.host, `http://127.0.0.1:${published.host_port}`);
-      else if (this.routerUrl) add(r.host, this.routerUrl);
+    const listening = this.#ports.published();
+    const published = new Map<string, number>();
+    for (const svc of desired.values()) {
+      const p = publishedPorts([svc]).find((x) => listening.some((l) => l.service === x.service && l.host_port === x.host_port));
+      if (p) published.set(svc.name, p.host_port);
     }
-    for (const p of this.#peers()) for (const h of p.hosts) if (!byHost.has(normalizeHost(h))) add(h, p.router_url.replace(/\/+$/, ''));
-    return [...byHost].map(([host, servers]) => ({ host, servers: [...servers] }));
+    const { routes, unreachable } = traefikRoutes({
+      local: this.controller.routes().flatMap((r) => (r.host ? [{ service: r.service, host: r.host }] : [])),
+      routerUrl: this.advertisedRouterUrl,
+      nodeAddress: this.#nodeAddress(),
+      published,
+      peers: this.#peers(),
+    });
+    const key = unreachable.join(',');
+    if (key && key !== this.#unreachable) this.#log.warn({ services: unreachable }, 'left out of the Traefik file: no edge router (--router-port) and no published port reach them from other hosts');
+    this.#unreachable = key;
+    return routes;
+  }
+
+  #nodeAddress(): string {
+    const h = this.#o.nodeAddress ?? this.#o.routerHost ?? this.#o.publishHost ?? '127.0.0.1';
+    return h === '0.0.0.0' || h === '::' ? '127.0.0.1' : h;
   }
 
   /** The router's table: local running instances first, then peers' routers for their running services. */

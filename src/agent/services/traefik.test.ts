@@ -4,7 +4,7 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
-import { renderTraefikConfig, traefikName, writeFileAtomic } from './traefik.ts';
+import { renderTraefikConfig, traefikName, traefikRoutes, writeFileAtomic } from './traefik.ts';
 
 test('traefik: routes render as a file-provider dynamic config, sorted and stable', () => {
   const text = renderTraefikConfig([
@@ -54,4 +54,27 @@ test('traefik: the file is replaced atomically: a reader sees the old or the new
   await writeFile(join(dir, 'blocked'), 'x');
   await assert.rejects(writeFileAtomic(join(dir, 'blocked'), 'aether.yaml', 'new'));
   assert.equal(await readFile(join(dir, 'aether.yaml'), 'utf8'), a);
+});
+
+test('traefik: every server is reachable from other hosts: the node router, else the published port at the node address, never an instance address', () => {
+  const peers = [
+    { node: 'n2', router_url: 'http://10.0.0.2:8088/', hosts: ['api.test', 'Web.test'] },
+    { node: 'n3', router_url: 'http://10.0.0.3:8088', hosts: ['api.test'] },
+  ];
+  const local = [
+    { service: 'web', host: 'web.test' },
+    { service: 'db', host: 'db.test' },
+  ];
+  const withRouter = traefikRoutes({ local, routerUrl: 'http://10.0.0.1:8088', nodeAddress: '10.0.0.1', published: new Map([['db', 15432]]), peers });
+  assert.deepEqual(withRouter, {
+    routes: [
+      { host: 'web.test', servers: ['http://10.0.0.1:8088'] },
+      { host: 'db.test', servers: ['http://10.0.0.1:8088'] },
+      { host: 'api.test', servers: ['http://10.0.0.2:8088', 'http://10.0.0.3:8088'] },
+    ],
+    unreachable: [],
+  }, 'local hosts through this node router (the peers serve web.test too, but the local one wins); peers by their routers');
+  // No router on this node: the published port at the node address; a service with neither is left out and named.
+  const noRouter = traefikRoutes({ local, routerUrl: null, nodeAddress: 'fd00::1', published: new Map([['db', 15432]]), peers: [] });
+  assert.deepEqual(noRouter, { routes: [{ host: 'db.test', servers: ['http://[fd00::1]:15432'] }], unreachable: ['web'] });
 });

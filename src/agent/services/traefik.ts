@@ -2,17 +2,62 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
+import { normalizeHost, type PeerRoute } from './router.ts';
 
 /**
  * firework's Traefik integration (B11): the node's routes as a Traefik file-provider dynamic
- * config, so a Traefik on the node (or the load balancer's) can route by Host as the edge router
- * does. One file, replaced atomically (temp file + rename): Traefik's watcher never reads a
- * half-written file, which firework's direct writes allowed.
+ * config, so a Traefik on the node or elsewhere (the load balancer's) can route by Host as the
+ * edge router does. Every server in it is reachable from other hosts: an edge router or a
+ * published port at a node address, never an instance's own address (a process sandbox's veth
+ * address exists only on its node). One file, replaced atomically (temp file + rename):
+ * Traefik's watcher never reads a half-written file, which firework's direct writes allowed.
  */
 export interface TraefikRoute {
   host: string;
-  /** Backends, e.g. http://127.0.0.1:18080 (a published port) or a peer's router URL. */
+  /** Backends, e.g. http://10.0.0.3:8088 (a node's edge router) or http://10.0.0.3:18080 (a published port). */
   servers: string[];
+}
+
+export interface TraefikInputs {
+  /** Services with a Host running on this node. */
+  local: readonly { service: string; host: string }[];
+  /** This node's edge router as other hosts reach it (its advertised address), if it runs one. */
+  routerUrl: string | null;
+  /** This node's address as other hosts reach it (the agent's --advertise). */
+  nodeAddress: string;
+  /** Host ports listening now for a service's port forward, by service. */
+  published: ReadonlyMap<string, number>;
+  /** Peers' routers and the hosts running there. */
+  peers: readonly PeerRoute[];
+}
+
+const urlHost = (h: string): string => (h.includes(':') && !h.startsWith('[') ? `[${h}]` : h);
+
+/**
+ * Pure: the node's routes in Traefik's terms. A local service goes to this node's edge router
+ * (it routes by the Host Traefik passes on, and falls over to a peer's router while the local
+ * instance restarts); without a router, to its published port at the node address; with
+ * neither, it is left out and named in `unreachable`. A Host that runs only on peers goes to
+ * their routers.
+ */
+export function traefikRoutes(i: TraefikInputs): { routes: TraefikRoute[]; unreachable: string[] } {
+  const byHost = new Map<string, Set<string>>();
+  const add = (host: string, url: string): void => {
+    const h = normalizeHost(host);
+    let set = byHost.get(h);
+    if (!set) byHost.set(h, (set = new Set()));
+    set.add(url.replace(/\/+$/, ''));
+  };
+  const unreachable: string[] = [];
+  for (const r of i.local) {
+    const port = i.published.get(r.service);
+    if (i.routerUrl) add(r.host, i.routerUrl);
+    else if (port !== undefined) add(r.host, `http://${urlHost(i.nodeAddress)}:${port}`);
+    else unreachable.push(r.service);
+  }
+  const local = new Set(byHost.keys());
+  for (const p of i.peers) for (const h of p.hosts) if (!local.has(normalizeHost(h))) add(h, p.router_url);
+  return { routes: [...byHost].map(([host, servers]) => ({ host, servers: [...servers] })), unreachable: [...new Set(unreachable)].sort() };
 }
 
 export const TRAEFIK_FILE = 'aether.yaml';

@@ -2,6 +2,7 @@ import { AetherError } from '../../core/index.ts';
 import { describeWorkload, type AdoptableInstance, type Endpoint, type ExitInfo, type InstanceSpec, type InstanceState, type LogLine, type Runtime, type RuntimeInstance } from '../types.ts';
 import { containerPlan } from './container.ts';
 import type { InstanceSpec as ProcessSpec, RuntimeInstance as ProcessInstance } from './legacy.ts';
+import { startOrphanSweep } from './orphans.ts';
 import { createProcessRuntime as createFlat, type ProcessRuntimeOptions } from './process.ts';
 
 export type { ProcessRuntimeOptions };
@@ -13,6 +14,8 @@ export type { ProcessRuntimeOptions };
  */
 export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
   const inner = createFlat(opts);
+  // Sandboxes whose data dir was deleted (a killed test run) are nobody's to adopt: stop them now and every minute.
+  const sweep = inner.isolation === 'none' ? undefined : startOrphanSweep({ ...(opts.clock ? { clock: opts.clock } : {}), ...(opts.logger ? { logger: opts.logger } : {}) });
   return {
     kind: 'process',
     isolation: inner.isolation,
@@ -36,7 +39,10 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
       },
     },
     cleanupLeftovers: () => inner.cleanupLeftovers(),
-    close: () => inner.close(),
+    close: () => {
+      sweep?.stop();
+      return inner.close();
+    },
   };
 }
 

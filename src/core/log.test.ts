@@ -1,0 +1,74 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ManualClock } from './clock.ts';
+import { LogSink } from './log.ts';
+
+test('log sink: every line reaches a reader that keeps up, in order', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'aether-log-test-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const fd = openSync(join(dir, 'log'), 'w');
+  const sink = new LogSink(fd);
+  const lines = Array.from({ length: 2000 }, (_, i) => `{"n":${i},"text":"ünïcode ${'x'.repeat(i % 50)}"}\n`);
+  for (const l of lines) sink.write(l);
+  assert.equal(await sink.drain(10_000), true);
+  closeSync(fd);
+  assert.equal(readFileSync(join(dir, 'log'), 'utf8'), lines.join(''));
+  assert.equal(sink.dropped, 0);
+});
+
+test('log sink: a full pipe nobody reads never blocks; lines wait (bounded), then flow with a note of what was dropped', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'aether-log-test-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const fifo = join(dir, 'pipe');
+  execFileSync('mkfifo', [fifo]);
+  const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  const writer = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+  t.after(() => {
+    closeSync(reader);
+    closeSync(writer);
+  });
+  const fill = Buffer.alloc(4096, '.');
+  let filled = 0;
+  for (;;) {
+    try {
+      filled += writeSync(writer, fill);
+    } catch {
+      break;
+    }
+  }
+  const clock = new ManualClock(0);
+  const sink = new LogSink(writer, { maxBufferBytes: 500, clock });
+  for (let i = 0; i < 100; i++) sink.write(`{"n":${i}}\n`); // 8 or 9 bytes each: about 55 fit
+  await new Promise((r) => setTimeout(r, 50)); // the first write attempt meets EAGAIN
+  assert.ok(sink.pending > 0 && sink.pending <= 500, `held, bounded: ${sink.pending}`);
+  assert.ok(sink.dropped > 0, 'past the bound, lines are dropped, not buffered without end');
+  const drained = sink.drain(100);
+  await clock.advance(100);
+  assert.equal(await drained, false, 'draining is bounded too');
+  sink.flushSync(); // at exit: no wait, no throw
+  // Someone reads: the held lines, then a note about the dropped ones.
+  const got: Buffer[] = [];
+  const buf = Buffer.alloc(65536);
+  let read = 0;
+  for (let i = 0; i < 200 && !Buffer.concat(got).toString().includes('dropped'); i++) {
+    try {
+      const n = readSync(reader, buf);
+      read += n;
+      if (read > filled) got.push(Buffer.from(buf.subarray(Math.max(0, n - (read - filled)), n)));
+    } catch {
+      // EAGAIN: nothing yet
+    }
+    await clock.advance(50);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const text = Buffer.concat(got).toString().replace(/^\.+/, '');
+  const out = text.trim().split('\n').map((l) => JSON.parse(l) as { n?: number; dropped?: number; msg?: string });
+  const ns = out.flatMap((o) => (o.n === undefined ? [] : [o.n]));
+  assert.deepEqual(ns, Array.from({ length: ns.length }, (_, i) => i), 'the held lines, in order');
+  assert.equal(out.at(-1)?.dropped, 100 - ns.length);
+  assert.match(out.at(-1)?.msg ?? '', /dropped/);
+});
