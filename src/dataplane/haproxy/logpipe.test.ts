@@ -1,0 +1,31 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { closeSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ManualClock } from '../../core/index.ts';
+import { openLogPipe } from './logpipe.ts';
+
+test('log pipe: lines are read in batches on the clock, split across reads, and the rest at EOF', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'aether-logpipe-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const clock = new ManualClock();
+  const pipe = openLogPipe(join(dir, 'log.fifo'), clock, 20);
+  if (!pipe) return t.skip('no mkfifo');
+  // The writer: one line, half a line, then (on stdin) the other half and a last line.
+  const script = "process.stdout.write('a 1\\nb 2'); process.stdin.once('data', () => { process.stdout.write(' more\\nc 3\\n'); process.exit(0); });";
+  const cmd = pipe.wrap([process.execPath, '-e', script]);
+  const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['pipe', pipe.writeFd, 'inherit'] });
+  closeSync(pipe.writeFd);
+  const lines: string[] = [];
+  pipe.start((l) => lines.push(l));
+  await new Promise((r) => setTimeout(r, 300)); // the child starts and writes
+  assert.deepEqual(lines, [], 'nothing is read until the next poll');
+  await clock.advance(20);
+  assert.deepEqual(lines, ['a 1'], 'a partial line waits for its end');
+  child.stdin?.write('go');
+  await new Promise<void>((r) => child.once('exit', () => r()));
+  pipe.close(); // reads what is left
+  assert.deepEqual(lines, ['a 1', 'b 2 more', 'c 3']);
+});
