@@ -82,7 +82,7 @@ if (skip) {
     return g;
   };
   const startAgent = async (): Promise<string> => {
-    const a = await startAether({ role: 'agent', token: TOKEN, args: [...flags, '--port', '0', '--advertise', '127.0.0.1'], env });
+    const a = await startAether({ role: 'agent', token: TOKEN, args: [...flags, '--port', '0', '--advertise', 'localhost'], env });
     if (a.proc.pid) pids.add(a.proc.pid);
     const id = /agent (\S+) serving at/.exec(a.output())?.[1];
     assert.ok(id, a.output());
@@ -224,7 +224,7 @@ if (skip) {
       const survivors = await instances('hello');
       assert.ok(survivors.length >= 1 && survivors.every((i) => agents.has(i.agent_id)));
       for (const id of orphanCandidates) assert.ok(sandboxPids(id).length > 0, `sandbox of ${id} outlives its killed agent`);
-      const revenant = await startAether({ role: 'agent', token: TOKEN, dataDir: victim.dataDir, args: [...flags, '--port', '0', '--advertise', '127.0.0.1'], env });
+      const revenant = await startAether({ role: 'agent', token: TOKEN, dataDir: victim.dataDir, args: [...flags, '--port', '0', '--advertise', 'localhost'], env });
       if (revenant.proc.pid) pids.add(revenant.proc.pid);
       assert.match(revenant.output(), new RegExp(`agent ${victimId} serving at`), 'the same agent id came back');
       for (const id of orphanCandidates) assert.deepEqual(sandboxPids(id), [], `sandbox of ${id} stopped by the agent that came back after its lease expired`);

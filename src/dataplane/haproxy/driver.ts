@@ -2,6 +2,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
+import { lookup } from 'node:dns/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -54,6 +55,8 @@ interface Slot {
   deleting: Set<string>;
 }
 
+/** How long an agent's resolved host name is trusted before it is looked up again. */
+const HOST_TTL_MS = 30_000;
 const agentKey = (a: { host: string; port: number }): string => `${a.host}:${a.port}`;
 
 function formatAddress(a: RouteAddress): string {
@@ -99,6 +102,9 @@ export class HaproxyDataPlane implements DataPlane {
   /** Hop listener -> the agent (host:port) it is set to, or undefined while free. */
   readonly #hops: (string | undefined)[];
   readonly #hopsEnabled: boolean;
+  /** The address each hop listener's server was set to (its agent's name resolved). */
+  readonly #hopAddrs: (string | undefined)[] = [];
+  readonly #resolved = new Map<string, { ip: string; at: number }>();
   /** Servers that are instances on other nodes (their load is their agent's business). */
   readonly #remote = new Set<string>();
   #lastExitAt = 0;
@@ -325,6 +331,7 @@ export class HaproxyDataPlane implements DataPlane {
     this.#slotOf.clear();
     this.#map.clear();
     this.#hops.fill(undefined);
+    this.#hopAddrs.length = 0;
     this.#remote.clear();
   }
 
@@ -474,18 +481,45 @@ export class HaproxyDataPlane implements DataPlane {
         const a = inst.address;
         if (a.kind !== 'agent') continue;
         const key = agentKey(a);
-        if (out.has(key) || isIP(a.host) === 0) continue; // set server addr takes addresses, not names
+        if (out.has(key)) continue;
+        // `set server addr` takes addresses: an agent advertised by name is resolved here.
+        const ip = await this.#addressOf(a.host);
+        if (ip === undefined) continue; // unresolvable: its instances go through the activator
         let i = this.#hops.indexOf(key);
         if (i < 0) {
           i = this.#hops.findIndex((h, n) => h === undefined && !this.#hopInUse(n));
           if (i < 0) continue; // all in use: this agent's instances go through the activator
-          await this.#cmd(`set server ${hopName(i)}/${HOP_SERVER} addr ${a.host} port ${a.port}; set server ${hopName(i)}/${HOP_SERVER} state ready`);
+          await this.#cmd(`set server ${hopName(i)}/${HOP_SERVER} addr ${ip} port ${a.port}; set server ${hopName(i)}/${HOP_SERVER} state ready`);
           this.#hops[i] = key;
+          this.#hopAddrs[i] = ip;
+        } else if (this.#hopAddrs[i] !== ip) {
+          // The name now resolves elsewhere (an agent's node replaced): follow it.
+          await this.#cmd(`set server ${hopName(i)}/${HOP_SERVER} addr ${ip} port ${a.port}`);
+          this.#hopAddrs[i] = ip;
         }
         out.set(key, i);
       }
     }
     return out;
+  }
+
+  /** An IP literal as is; a name through the resolver, cached for HOST_TTL_MS (the last answer kept while lookups fail). */
+  async #addressOf(host: string): Promise<string | undefined> {
+    if (isIP(host) !== 0) return host;
+    const now = this.#o.clock.now();
+    const c = this.#resolved.get(host);
+    if (c && now - c.at < HOST_TTL_MS) return c.ip;
+    try {
+      // IPv4 first when the name has both (agents usually listen on one address of each family at most).
+      const all = await lookup(host, { all: true });
+      const address = (all.find((x) => x.family === 4) ?? all[0])?.address;
+      if (address === undefined) throw new Error('no address');
+      this.#resolved.set(host, { ip: address, at: now });
+      return address;
+    } catch (err) {
+      if (!c) this.#o.logger.warn({ host, err: String(err) }, 'agent address does not resolve; its instances go through the activator');
+      return c?.ip;
+    }
   }
 
   #hopInUse(i: number): boolean {
