@@ -342,6 +342,34 @@ test('an instance that exits is deregistered at once and its logs survive', asyn
   );
 });
 
+test('a request for an instance that vanished goes to a sibling of the same function here (nothing had reached it)', async () => {
+  const h = await setup({ behavior: () => ({ handler: (_req, res) => res.end('sibling') }) });
+  const a = await h.startOne();
+  const b = await h.startOne();
+  const front: Server = createServer((req, res) => {
+    h.agent.forward(a, req, res, { path: req.url ?? '/' }).catch((err: { code?: string }) => res.writeHead(599).end(err.code));
+  });
+  await new Promise<void>((r) => front.listen(0, '127.0.0.1', () => r()));
+  cleanups.push(() => new Promise<void>((r) => front.close(() => r())));
+  const port = (front.address() as AddressInfo).port;
+  const get = (): Promise<{ status: number; body: string }> =>
+    new Promise((resolve, reject) => {
+      request(`http://127.0.0.1:${port}/x`, (res) => {
+        let s = '';
+        res.on('data', (c: Buffer) => (s += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: s }));
+      })
+        .on('error', reject)
+        .end();
+    });
+  h.runtime.instances.get(a)?.crash({ code: 137 });
+  const r = await get();
+  assert.deepEqual(r, { status: 200, body: 'sibling' }, `served by ${b}`);
+  // Once the sibling is gone too, the coded answer goes back (the caller retries elsewhere).
+  h.runtime.instances.get(b)?.crash({ code: 137 });
+  assert.deepEqual(await get(), { status: 599, body: 'AETHER_ERR_UPSTREAM_UNREACHED' });
+});
+
 test('scale-down after idle keeps one, then scale to zero (clock-driven)', async () => {
   const h = await setup();
   const a = await h.startOne();

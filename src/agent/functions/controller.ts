@@ -72,6 +72,8 @@ export class FunctionsController implements WorkloadController {
   readonly #d: AgentDeps;
   readonly #core: AgentCore;
   readonly #locals = new Map<string, Local>();
+  /** Function of recently removed instances (bounded), so a late request for one can go to a sibling. */
+  readonly #goneFn = new Map<string, string>();
   /** Every function, from the watch. */
   readonly #functions = new Map<string, FunctionRecord>();
   #functionsReady = false;
@@ -749,6 +751,9 @@ export class FunctionsController implements WorkloadController {
   #forget(l: Local): void {
     if (l.inst.state === 'stopped') return;
     this.#locals.delete(l.id);
+    // A request for it may still be on its way (a proxy's view lags): the agent retries it on a sibling.
+    this.#goneFn.set(l.id, l.fnId);
+    if (this.#goneFn.size > 1000) this.#goneFn.delete(this.#goneFn.keys().next().value as string);
     if (l.counted) {
       l.counted = false;
       metrics.instancesActive.dec({ function_id: l.fnId, agent_id: this.#id });
@@ -828,7 +833,47 @@ export class FunctionsController implements WorkloadController {
 
   // ---------------------------------------------------------------- forwarding
 
+  /**
+   * Forward to `instanceId`; when nothing of the request reached it (gone, or it no longer accepts)
+   * and nothing was read or answered yet, to another ready instance of the same function here.
+   * Callers that could not reach any (AETHER_ERR_UPSTREAM_UNREACHED) retry elsewhere themselves:
+   * the Node gateway does; HAProxy's hop cannot tell this answer from a function's 503, so the
+   * agent's own retry is what spares those requests.
+   */
   async forward(
+    instanceId: string,
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: AgentForwardTarget,
+    opts: AgentForwardOptions = {},
+  ): Promise<{ status: number }> {
+    const tried = new Set<string>();
+    for (let id: string | undefined = instanceId; ; ) {
+      tried.add(id);
+      try {
+        return await this.#forwardOnce(id, req, res, target, opts);
+      } catch (err) {
+        const unreached = err instanceof AetherError && err.code === 'AETHER_ERR_UPSTREAM_UNREACHED';
+        const fnId: string | undefined = this.#locals.get(id)?.fnId ?? this.#goneFn.get(id);
+        id = unreached && fnId !== undefined && !req.readableDidRead && !res.headersSent && !opts.signal?.aborted ? this.#anotherReady(fnId, tried) : undefined;
+        if (id === undefined) throw err;
+      }
+    }
+  }
+
+  /** The least loaded ready instance of `fnId` here, not in `tried` (current config first). */
+  #anotherReady(fnId: string, tried: ReadonlySet<string>): string | undefined {
+    const current = this.#functions.get(fnId);
+    let best: Local | undefined;
+    for (const l of this.#locals.values()) {
+      if (l.fnId !== fnId || tried.has(l.id) || l.inst.gone || l.inst.state !== 'ready' || !l.inst.rt) continue;
+      const stale = (x: Local): boolean => current !== undefined && x.configKey !== instanceConfigKey(current);
+      if (!best || (stale(best) && !stale(l)) || (stale(best) === stale(l) && l.inflight + l.external < best.inflight + best.external)) best = l;
+    }
+    return best?.id;
+  }
+
+  async #forwardOnce(
     instanceId: string,
     req: IncomingMessage,
     res: ServerResponse,
