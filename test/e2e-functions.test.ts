@@ -87,6 +87,9 @@ function invocationSuite(dataPlane: 'node' | 'haproxy'): void {
     assert.equal(warm.cold, 'false');
     assert.equal(warm.json['url'], '/');
     assert.equal(warm.json['pid'], cold.json['pid'], 'warm request served by the same instance');
+    // Both data planes mint ids of one time-sortable form (HAProxy's and the activator's records sort together).
+    for (const r of [cold, warm]) assert.match(r.inv ?? '', /^inv-[0-9A-F]{28}$/);
+    assert.ok((warm.inv ?? '') > (cold.inv ?? ''), `${warm.inv} sorts after ${cold.inv}`);
   });
 
   test('python function', async () => {

@@ -18,6 +18,26 @@ export function newId(prefix: string, nowMs: number = Date.now()): string {
   return `${prefix}-${t}${r}`;
 }
 
+/** Added to the time of invocation ids: their first character is then above any older id's ('1'). */
+const INVOCATION_EPOCH_OFFSET = 2 ** 45;
+const HEX = '0123456789ABCDEF';
+
+/**
+ * Invocation ids: `inv-` + 12 upper-case hex chars of (ms + 2^45) + 16 random hex chars. The form
+ * HAProxy mints with three cheap fetches (`date(0,ms),add(2^45),bytes(2),hex` and `rand,bytes(4),hex`
+ * twice; the base32 form cost it 20 map lookups, a fifth of its work per request), so records of
+ * both data planes sort together by time. The offset makes them sort after ids of the older base32
+ * form ('inv-1…'), so trimming never drops new records before old ones.
+ */
+export function newInvocationId(nowMs: number = Date.now()): string {
+  let r = '';
+  for (let i = 0; i < 8; i++) {
+    const b = nextRandomByte();
+    r += (HEX[b >> 4] as string) + (HEX[b & 15] as string);
+  }
+  return `inv-${(nowMs + INVOCATION_EPOCH_OFFSET).toString(16).toUpperCase().padStart(12, '0')}${r}`;
+}
+
 // Ids are minted on every invocation: draw random bytes in blocks instead of one syscall per id.
 let pool = Buffer.alloc(0);
 let offset = 0;

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
-import { ManualClock, newId } from '../core/index.ts';
+import { ManualClock, newId, newInvocationId } from '../core/index.ts';
 import { KEYS, type FunctionRecord, type InvocationRecord } from '../spec/index.ts';
 import type { Store } from '../store/index.ts';
 import type { BlobInfo, BlobStore } from '../blob/index.ts';
@@ -532,7 +532,7 @@ test('invocations: newest first, limit', async (t) => {
   const fn = await create({ name: 'a', runtime: 'node' });
   const ids: string[] = [];
   for (let i = 0; i < 5; i++) {
-    const id = newId('inv', clock.now() + i * 1000);
+    const id = newInvocationId(clock.now() + i * 1000);
     ids.push(id);
     const rec: InvocationRecord = { id, function_id: fn.id, status: 'success', status_code: 200, duration_ms: i, cold_start: i === 0, instance_id: 'inst-1', started_at: new Date(clock.now() + i * 1000).toISOString(), error: null };
     await store.put(KEYS.invocation(fn.id, id), JSON.stringify(rec));

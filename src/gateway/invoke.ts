@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { AetherError, answerUnexpected, clip, closeAfterEarlyResponse, CLUSTER_TOKEN_HEADER, decodePathPart, errorBody, metrics, newId, type Clock, type Logger } from '../core/index.ts';
+import { AetherError, answerUnexpected, clip, closeAfterEarlyResponse, CLUSTER_TOKEN_HEADER, decodePathPart, errorBody, metrics, newId, newInvocationId, type Clock, type Logger } from '../core/index.ts';
 import { forward, ProxyError } from '../proxy/index.ts';
 import { planScaleUp } from '../scaler/index.ts';
 import { failureReason, instanceConfigKey, KEYS, placement, provisionTopic, type FunctionRecord, type InstanceRecord, type ProvisionJob, type ProvisionResult, type SandboxKind } from '../spec/index.ts';
@@ -142,7 +142,7 @@ export class Invoker {
     if (!fn.code_sha256) return this.#fail(res, new AetherError('AETHER_ERR_NO_CODE', `function "${fn.name}" has no code; upload it first`));
 
     delete req.headers[CLUSTER_TOKEN_HEADER]; // a caller's copy never reaches an agent or a function
-    const invId = newId('inv', startedAt);
+    const invId = newInvocationId(startedAt);
     const st = this.#state(fn.id);
     st.inflight++;
     metrics.activeRequests.inc();

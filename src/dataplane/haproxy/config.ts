@@ -26,13 +26,11 @@ export interface HaproxyConfigInput {
 }
 
 export const LOG_TAG = 'AETHER';
-const ALPHABET = '0123456789abcdefghijklmnopqrstuv';
 
 export const paths = (dir: string) => ({
   config: join(dir, 'haproxy.cfg'),
   admin: join(dir, 'admin.sock'),
   routes: join(dir, 'routes.map'),
-  base32: join(dir, 'base32.map'),
   errors: join(dir, 'errors'),
   hop: (i: number) => join(dir, `hop${i}.sock`),
 });
@@ -91,18 +89,8 @@ export function errorPage(status: number): string {
   return `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`;
 }
 
-/** Digit -> base32 character, so the proxy mints ids in newId()'s format (time-sortable records). */
-export function base32Map(): string {
-  return [...ALPHABET].map((c, i) => `${i} ${c}`).join('\n') + '\n';
-}
-
-/** inv-<9 chars of ms><11 random chars>, the format of newId('inv'). */
-function uniqueIdFormat(b32: string): string {
-  let f = 'inv-';
-  for (let k = 8; k >= 0; k--) f += `%[date(0,ms),div(${32 ** k}),mod(32),map(${b32})]`;
-  for (let k = 0; k < 11; k++) f += `%[rand(32),map(${b32})]`;
-  return f;
-}
+/** The format of newInvocationId(): see src/core/ids.ts (same offset, same widths). */
+const UNIQUE_ID_FORMAT = 'inv-%[date(0,ms),add(35184372088832),bytes(2),hex]%[rand,bytes(4),hex]%[rand,bytes(4),hex]';
 
 export function bindAddress(host: string, port: number): string {
   if (host === '::') return `:::${port} v4v6`;
@@ -149,7 +137,7 @@ export function renderConfig(c: HaproxyConfigInput): string {
     '',
     'frontend aether',
     `  bind ${bindAddress(c.host, c.port)}`,
-    `  unique-id-format ${uniqueIdFormat(p.base32)}`,
+    `  unique-id-format ${UNIQUE_ID_FORMAT}`,
     '  http-request set-var(txn.ref) path,field(3,/),url_dec if { path_beg /functions/ }',
     `  http-request set-var(txn.route) var(txn.ref),map(${p.routes}) if { var(txn.ref) -m found }`,
     '  http-request set-var(txn.fn) var(txn.route),field(2,|) if { var(txn.route) -m found }',

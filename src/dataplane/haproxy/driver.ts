@@ -11,7 +11,7 @@ import { findHaproxy } from '../detect.ts';
 import { computeRoutes, type RouteAddress, type RouteTable } from '../table.ts';
 import type { DataPlane, DataPlaneSinks, RouteSource } from '../types.ts';
 import { adminCommand, commandFailed } from './admin.ts';
-import { ACTIVATOR_SERVER, base32Map, ERROR_PAGES, errorPage, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, ORIGINAL_URI_HEADER, POOL_OPTIONS, paths, renderConfig, slotName } from './config.ts';
+import { ACTIVATOR_SERVER, ERROR_PAGES, errorPage, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, ORIGINAL_URI_HEADER, POOL_OPTIONS, paths, renderConfig, slotName } from './config.ts';
 import { openLogPipe, type LogPipe } from './logpipe.ts';
 import { parseLogLine, parseShowStat } from './parse.ts';
 
@@ -140,7 +140,6 @@ export class HaproxyDataPlane implements DataPlane {
     mkdirSync(this.#p.errors, { recursive: true, mode: 0o700 });
     this.#killLeftover();
     this.#hookRetries();
-    writeFileSync(this.#p.base32, base32Map());
     for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(this.#p.errors, `${s}.http`), errorPage(Number(s)));
     // Hold the public port first (it also resolves port 0), then let HAProxy join it.
     await this.#openFallback(await this.#claimPort(this.#o.port));
