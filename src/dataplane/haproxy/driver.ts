@@ -148,7 +148,7 @@ export class HaproxyDataPlane implements DataPlane {
     this.#url = `http://${urlHost}:${this.#port}`;
     writeFileSync(
       this.#p.config,
-      renderConfig({ dir: this.#o.dir, host: h, port: this.#port, activator: { host: this.#o.activator.host, port: this.#o.activator.port }, slots: this.#slots.length, threads: haproxyThreads(availableParallelism()), maxConn: maxConnForFdLimit(), ...(this.#hopsEnabled ? { hops: { count: this.#hops.length, clusterToken: this.#o.clusterToken as string } } : {}) }),
+      renderConfig({ dir: this.#o.dir, host: h, port: this.#port, activator: { host: this.#o.activator.host, port: this.#o.activator.port }, slots: this.#slots.length, threads: haproxyThreads(availableParallelism(), process.env['AETHER_HAPROXY_THREADS']), maxConn: maxConnForFdLimit(), ...(this.#hopsEnabled ? { hops: { count: this.#hops.length, clusterToken: this.#o.clusterToken as string } } : {}) }),
       { mode: 0o600 },
     );
     this.#unwatch = this.#o.source.onChange(() => this.#schedule());
@@ -632,7 +632,9 @@ export class HaproxyDataPlane implements DataPlane {
  * platform; measured on 2 vCPUs: one thread answered at one connection in ~100 µs p50 where two took
  * ~150, at equal throughput at 64), else one less than the CPUs, at most 16.
  */
-export function haproxyThreads(cpus: number): number {
+export function haproxyThreads(cpus: number, override?: string): number {
+  const n = Number(override);
+  if (override && Number.isInteger(n) && n >= 1 && n <= 64) return n;
   return cpus <= 2 ? 1 : Math.min(16, cpus - 1);
 }
 
