@@ -6,7 +6,7 @@
  *   /aether/instances/<fnId>/<instanceId>    InstanceRecord JSON, attached to the agent's lease
  *   /aether/agents/<agentId>                 AgentRecord JSON, attached to the agent's lease
  *   /aether/coldstart/<fnId>                 cold-start claim (gateway id), attached to a short lease
- *   /aether/invocations/<fnId>/<invId>       InvocationRecord JSON (invIds sort by time)
+ *   /aether/invocations/<fnId>/<invId>.<n>   JSON array of n InvocationRecords, the newest <invId> (ids sort by time; records.ts)
  *   /aether/leader/<role>                    leader claim for singleton loops, leased
  *   /aether/provision-results/<requestId>    outcome of a provision job (failure text + last log lines), short lease
  *   /aether/demand/<fnId>/<gatewayId>        a gateway's in-flight and starting counts (scale-up sees all gateways), leased
