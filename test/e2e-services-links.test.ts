@@ -20,6 +20,7 @@ import { parseLinkElements, type LinkElement } from '../src/runtime/process/veth
 import { api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
 import { addLinkProbe, busyboxMissing, busyboxRoot } from './support/busybox.ts';
 import { inTestNetns } from './support/netns.ts';
+import { services } from './support/router.ts';
 
 const skip =
   process.getuid?.() !== 0
@@ -43,10 +44,6 @@ const svcYaml = (name: keyof typeof PORT, root: string, extra = ''): string =>
     extra,
     '',
   ].join('\n');
-
-async function services(p: RunningPlatform): Promise<Map<string, ServiceView>> {
-  return new Map((await api<ServiceView[]>(p, 'GET', '/api/services')).body.map((s) => [s.name, s]));
-}
 
 /** What the program of the service published on `hostPort` gets when it fetches `url` (default: its link). */
 async function probe(hostPort: number, url = ''): Promise<string> {

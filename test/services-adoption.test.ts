@@ -11,10 +11,9 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ServiceView } from '../src/spec/index.ts';
-import { AETHER_BIN, api, eventually, startAether, type RunningPlatform } from './support/platform.ts';
+import { AETHER_BIN, eventually, startAether, type RunningPlatform } from './support/platform.ts';
 import { busyboxMissing, busyboxRoot } from './support/busybox.ts';
-import { byHost, routerUrlOf } from './support/router.ts';
+import { byHost, logText, nodeStatus, routerUrlOf, services } from './support/router.ts';
 
 const skip = process.getuid?.() !== 0 ? 'needs root (service containers: namespaces, mounts)' : (busyboxMissing() ?? false);
 
@@ -49,22 +48,6 @@ function hostPids(instanceId: string, only?: string): number[] {
     }
   }
   return out.sort((a, b) => a - b);
-}
-
-async function services(p: RunningPlatform): Promise<Map<string, ServiceView>> {
-  return new Map((await api<ServiceView[]>(p, 'GET', '/api/services')).body.map((s) => [s.name, s]));
-}
-
-/** Status of the node's instances from the router's /status (has instance ids and start times). */
-async function nodeStatus(routerUrl: string): Promise<Map<string, { instance_id: string | null; started_at: string | null; restarts: number; state: string }>> {
-  const r = (await (await fetch(routerUrl + '/status')).json()) as { services: { service: string; instance_id: string | null; started_at: string | null; restarts: number; state: string }[] };
-  return new Map(r.services.map((s) => [s.service, s]));
-}
-
-async function logText(p: RunningPlatform, name: string): Promise<string> {
-  const r = await fetch(`${p.url}/api/services/${name}/logs?tail=1000`, { headers: { authorization: `Bearer ${p.token}` } });
-  assert.equal(r.status, 200);
-  return r.text();
 }
 
 const HTTPD = '/bin/busybox\0httpd\0';

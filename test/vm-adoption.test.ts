@@ -14,12 +14,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { probeHost } from '../src/runtime/index.ts';
-import { KEYS, type ServiceView } from '../src/spec/index.ts';
+import { KEYS } from '../src/spec/index.ts';
 import { createSqliteStore } from '../src/store/sqlite.ts';
 import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
 import { qemuProcsUnder } from './support/procs.ts';
 import { busyboxImage, busyboxMissing } from './support/busybox.ts';
-import { byHost, routerUrlOf } from './support/router.ts';
+import { byHost, logText, nodeStatus, routerUrlOf, services } from './support/router.ts';
 
 const host = await probeHost();
 const qemu = host.sandboxes.find((s) => s.kind === 'qemu');
@@ -30,21 +30,6 @@ const skip = !qemu?.ok
     : (busyboxMissing() ?? false);
 /** One boot under TCG on a loaded 2-core host; the test never depends on it being fast. */
 const BOOT_MS = 300_000;
-
-async function services(p: RunningPlatform): Promise<Map<string, ServiceView>> {
-  return new Map((await api<ServiceView[]>(p, 'GET', '/api/services')).body.map((s) => [s.name, s]));
-}
-
-async function nodeStatus(routerUrl: string): Promise<Map<string, { instance_id: string | null; started_at: string | null; restarts: number; state: string }>> {
-  const r = (await (await fetch(routerUrl + '/status')).json()) as { services: { service: string; instance_id: string | null; started_at: string | null; restarts: number; state: string }[] };
-  return new Map(r.services.map((s) => [s.service, s]));
-}
-
-async function logText(p: RunningPlatform, name: string): Promise<string> {
-  const r = await fetch(`${p.url}/api/services/${name}/logs?tail=1000`, { headers: { authorization: `Bearer ${p.token}` } });
-  assert.equal(r.status, 200);
-  return r.text();
-}
 
 const lastTick = (text: string): number => Math.max(0, ...[...text.matchAll(/vmkeep tick (\d+)/g)].map((m) => Number(m[1])));
 
