@@ -85,7 +85,9 @@ export class ServiceController implements WorkloadController {
   /** Restart request ids already honoured, per service. */
   readonly #restartsSeen = new Map<string, string>();
   #desired: ServiceConfig[] = [];
+  /** Standalone only (no agent core): the lease statuses are written under. */
   #keeper: LeaseKeeper | undefined;
+  #prepared = false;
   #informers: Informer[] = [];
   #timer: TimerHandle | undefined;
   #reconciling: Promise<void> | undefined;
@@ -108,8 +110,18 @@ export class ServiceController implements WorkloadController {
 
   /** Run on an agent's core (its ledger, runtimes, adoption round): before start(). */
   useCore(core: AgentCore): void {
-    if (this.#keeper) throw new AetherError('AETHER_ERR_INTERNAL', 'the services controller already started');
+    if (this.#prepared) throw new AetherError('AETHER_ERR_INTERNAL', 'the services controller already started');
     this.#core = core;
+  }
+
+  /** The agent core's new lease (the first, or after a store outage): statuses again under it. */
+  async onLease(): Promise<void> {
+    for (const r of this.#running.values()) await this.#report(r);
+  }
+
+  /** Statuses live under the agent's lease (gone with the agent); standalone, under one of our own. */
+  #leaseId(): string | undefined {
+    return this.#keeper ? this.#keeper.leaseId : this.#core.leaseId;
   }
 
   /** Standalone start (no agent core driving it): no adoption. */
@@ -118,19 +130,15 @@ export class ServiceController implements WorkloadController {
     this.run();
   }
 
-  /** Lease for statuses, the assignment loaded (adoption compares leftovers with it). */
+  /** Standalone: a lease of our own for statuses. Then the assignment loaded (adoption compares leftovers with it). */
   async prepare(): Promise<void> {
     const { store, nodeId } = this.#o;
-    this.#keeper = new LeaseKeeper({
-      store,
-      ttlMs: this.#o.leaseTtlMs ?? 10_000,
-      clock: this.#clock,
-      logger: this.#log,
-      onLease: async () => {
-        for (const r of this.#running.values()) await this.#report(r);
-      },
-    });
-    await this.#keeper.start();
+    this.#prepared = true;
+    // An agent's core holds its lease by now (it starts it before preparing its controllers).
+    if (this.#core.leaseId === undefined) {
+      this.#keeper = new LeaseKeeper({ store, ttlMs: this.#o.leaseTtlMs ?? 10_000, clock: this.#clock, logger: this.#log, onLease: () => this.onLease() });
+      await this.#keeper.start();
+    }
     const opts = { clock: this.#clock, logger: this.#log };
     const assignment = listAndWatch(
       store,
@@ -543,7 +551,7 @@ export class ServiceController implements WorkloadController {
   }
 
   async #putStatus(rec: ServiceStatusRecord): Promise<void> {
-    const lease = this.#keeper?.leaseId;
+    const lease = this.#leaseId();
     if (!lease || this.#stopped) return;
     await this.#o.store.put(KEYS.serviceStatus(rec.node, rec.service), JSON.stringify(rec), { lease }).catch((err: unknown) => this.#log.debug({ err: String(err) }, 'status write failed'));
   }
