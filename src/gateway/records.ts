@@ -87,13 +87,7 @@ export class InvocationRecorder {
     this.#buffer = [];
     if (batch.length === 0) return;
     this.#flushing = (async () => {
-      const byFn = new Map<string, InvocationRecord[]>();
-      for (const rec of batch) {
-        const list = byFn.get(rec.function_id);
-        if (list) list.push(rec);
-        else byFn.set(rec.function_id, [rec]);
-      }
-      const chunks = [...byFn.values()].flatMap((recs) => {
+      const chunks = [...Map.groupBy(batch, (r) => r.function_id).values()].flatMap((recs) => {
         recs.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
         // More than `keep` at once: the older ones would be trimmed right away.
         const newest = recs.slice(-this.#keep);

@@ -3,8 +3,7 @@ import { AetherError, metrics, type Clock, type Logger } from '../../core/index.
 import { closeEndpoint } from '../../proxy/index.ts';
 import type { AdoptableInstance, InstanceSpec, LogLine, Runtime, RuntimeInstance } from '../../runtime/index.ts';
 import { KEYS, type AgentRecord, type Resources, type SandboxKind } from '../../spec/index.ts';
-import type { Store } from '../../store/index.ts';
-import { LeaseKeeper } from '../../store/lease.ts';
+import { LeaseKeeper, type Store } from '../../store/index.ts';
 import { LogStore, type LogEntry } from '../logs.ts';
 import type { AgentConfig } from '../types.ts';
 import { CoreInstance, RECENT_LINES, type InstanceHooks } from './instance.ts';

@@ -21,8 +21,7 @@ import {
   placement,
   type SandboxKind,
 } from '../../spec/index.ts';
-import type { KeyValue, WatchEvent } from '../../store/index.ts';
-import { listAndWatch } from '../../store/informer.ts';
+import { listAndWatch, type KeyValue, type WatchEvent } from '../../store/index.ts';
 import { createCodeCache, type CodeCache, type CodeLease } from '../code-cache.ts';
 import { describeExit, type AgentCore, type CoreInstance, type Leftover, type WorkloadController } from '../core/index.ts';
 import type { LogEntry } from '../logs.ts';
@@ -863,12 +862,15 @@ export class FunctionsController implements WorkloadController {
 
   /** The least loaded ready instance of `fnId` here, not in `tried` (current config first). */
   #anotherReady(fnId: string, tried: ReadonlySet<string>): string | undefined {
-    const current = this.#functions.get(fnId);
+    const fn = this.#functions.get(fnId);
+    const current = fn ? instanceConfigKey(fn) : undefined;
+    const rank = (x: Local): [number, number] => [current !== undefined && x.configKey !== current ? 1 : 0, x.inflight + x.external];
     let best: Local | undefined;
     for (const l of this.#locals.values()) {
       if (l.fnId !== fnId || tried.has(l.id) || l.inst.gone || l.inst.state !== 'ready' || !l.inst.rt) continue;
-      const stale = (x: Local): boolean => current !== undefined && x.configKey !== instanceConfigKey(current);
-      if (!best || (stale(best) && !stale(l)) || (stale(best) === stale(l) && l.inflight + l.external < best.inflight + best.external)) best = l;
+      const [s, load] = rank(l);
+      const b = best ? rank(best) : undefined;
+      if (!b || s < b[0] || (s === b[0] && load < b[1])) best = l;
     }
     return best?.id;
   }

@@ -177,27 +177,16 @@ export class HaproxyDataPlane implements DataPlane {
     writeFileSync(this.#p.routes, ''); // programmed from scratch below
     const args = ['-f', this.#p.config, '-db'];
     const argv = setpriv ? ['setpriv', '--pdeathsig', 'KILL', bin, ...args] : [bin, ...args];
-    // Log lines go to a FIFO read in batches (logpipe.ts); without mkfifo, to a plain pipe read per line.
+    // Log lines go to a FIFO read in batches (logpipe.ts).
     this.#logPipe?.close();
     const pipe = openLogPipe(join(this.#o.dir, 'log.fifo'), this.#o.clock);
     this.#logPipe = pipe;
-    const cmd = pipe ? pipe.wrap(argv) : argv;
-    const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', pipe ? pipe.writeFd : 'pipe', 'pipe'] });
+    const cmd = pipe.wrap(argv);
+    const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', pipe.writeFd, 'pipe'] });
     this.#child = child;
     writeFileSync(join(this.#o.dir, 'haproxy.pid'), `${child.pid ?? ''}\n`);
-    if (pipe) {
-      closeSync(pipe.writeFd); // the child holds it now: its exit is the reader's EOF
-      pipe.start((line) => this.#onLog(line));
-    } else if (child.stdout) {
-      let partial = '';
-      child.stdout.setEncoding('utf8');
-      child.stdout.on('data', (chunk: string) => {
-        const lines = (partial + chunk).split('\n');
-        partial = lines.pop() ?? '';
-        if (partial.length > 65536) partial = ''; // never a log line of ours
-        for (const line of lines) this.#onLog(line);
-      });
-    }
+    closeSync(pipe.writeFd); // the child holds it now: its exit is the reader's EOF
+    pipe.start((line) => this.#onLog(line));
     let errTail = '';
     createInterface({ input: child.stderr as NodeJS.ReadableStream }).on('line', (l) => {
       errTail = (errTail + l + '\n').slice(-2000);

@@ -12,7 +12,6 @@ test('log pipe: lines are read in batches on the clock, split across reads, and 
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const clock = new ManualClock();
   const pipe = openLogPipe(join(dir, 'log.fifo'), clock, 20);
-  if (!pipe) return t.skip('no mkfifo');
   // The writer: one line, half a line, then (on stdin) the other half and a last line.
   const script = "process.stdout.write('a 1\\nb 2'); process.stdin.once('data', () => { process.stdout.write(' more\\nc 3\\n'); process.exit(0); });";
   const cmd = pipe.wrap([process.execPath, '-e', script]);

@@ -26,10 +26,10 @@ export interface LogPipe {
   close(): void;
 }
 
-/** Undefined where no FIFO can be made (no `mkfifo`): the caller reads the plain stdout pipe. */
-export function openLogPipe(path: string, clock: Clock, pollMs = LOG_POLL_MS): LogPipe | undefined {
+export function openLogPipe(path: string, clock: Clock, pollMs = LOG_POLL_MS): LogPipe {
   rmSync(path, { force: true });
-  if (spawnSync('mkfifo', ['-m', '600', path], { stdio: 'ignore' }).status !== 0) return undefined;
+  const made = spawnSync('mkfifo', ['-m', '600', path], { encoding: 'utf8' });
+  if (made.status !== 0) throw new Error(`mkfifo ${path}: ${made.error?.message ?? made.stderr.trim()}`);
   // Reader first (non-blocking, so it does not wait for a writer), then the writer end.
   const readFd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   const writeFd = openSync(path, constants.O_WRONLY | constants.O_NONBLOCK);
@@ -37,65 +37,56 @@ export function openLogPipe(path: string, clock: Clock, pollMs = LOG_POLL_MS): L
   const perl = spawnSync('perl', ['-e', '1'], { stdio: 'ignore' }).status === 0;
   let timer: TimerHandle | undefined;
   let closed = false;
+  let onLine: (line: string) => void = () => undefined;
   const buf = Buffer.allocUnsafe(256 * 1024);
   const decoder = new StringDecoder('utf8');
   let partial = '';
-  let writerClosed = false;
-  let drainNow: (() => void) | undefined;
-  let closing = false;
+  /** Read everything there is; false once the writer is gone (EOF) or the pipe failed. */
+  const readAll = (): boolean => {
+    for (;;) {
+      let n: number;
+      try {
+        n = readSync(readFd, buf, 0, buf.length, null);
+      } catch (err) {
+        // Anything but "empty now": the pipe is unusable; stop (this HAProxy's later lines are lost).
+        return (err as NodeJS.ErrnoException).code === 'EAGAIN';
+      }
+      if (n === 0) return false; // EOF: every writer is gone (HAProxy exited); a new start opens a new pipe
+      const chunk = partial + decoder.write(buf.subarray(0, n));
+      let start = 0;
+      for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
+        onLine(chunk.slice(start, nl));
+        start = nl + 1;
+      }
+      partial = chunk.slice(start);
+      if (partial.length > 65536) partial = ''; // never a log line of ours
+      if (n < buf.length) return true;
+    }
+  };
+  const stop = (): void => {
+    closed = true;
+    if (timer) clock.clearTimeout(timer);
+    timer = undefined;
+    closeSync(readFd);
+  };
+  const poll = (): void => {
+    timer = undefined;
+    if (closed) return;
+    if (readAll()) timer = clock.setTimeout(poll, pollMs);
+    else stop();
+  };
   return {
     writeFd,
     // Without perl the buffer stays at the kernel's 64 KiB (~850 lines per 20 ms: still ~40,000 requests/s).
     wrap: (argv) => (perl ? ['perl', '-e', `fcntl(STDOUT, ${F_SETPIPE_SZ}, ${PIPE_BYTES}); exec { $ARGV[0] } @ARGV or die "exec $ARGV[0]: $!"`, ...argv] : argv),
-    start(onLine) {
-      const drain = (): void => {
-        timer = undefined;
-        if (closed) return;
-        drainNow = drain;
-        for (;;) {
-          let n: number;
-          try {
-            n = readSync(readFd, buf, 0, buf.length, null);
-          } catch (err) {
-            if ((err as NodeJS.ErrnoException).code === 'EAGAIN') break;
-            // Any other read error: the pipe is unusable; stop (this HAProxy's later lines are lost).
-            writerClosed = true;
-            break;
-          }
-          if (n === 0) {
-            // EOF: every writer is gone (HAProxy exited); a new start opens a new pipe.
-            writerClosed = true;
-            break;
-          }
-          const chunk = partial + decoder.write(buf.subarray(0, n));
-          let start = 0;
-          for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
-            onLine(chunk.slice(start, nl));
-            start = nl + 1;
-          }
-          partial = chunk.slice(start);
-          if (partial.length > 65536) partial = ''; // never a log line of ours
-          if (n < buf.length) break;
-        }
-        if (!writerClosed) timer = clock.setTimeout(drain, pollMs);
-        else if (!closing) this.close();
-      };
-      drain();
+    start(handler) {
+      onLine = handler;
+      poll();
     },
     close() {
-      if (closed || closing) return;
-      closing = true;
-      if (timer) clock.clearTimeout(timer);
-      timer = undefined;
-      const last = writerClosed ? undefined : drainNow;
-      writerClosed = true; // the last read below neither reschedules nor closes
-      try {
-        last?.();
-      } catch {
-        // a failed last read loses only those lines
-      }
-      closed = true;
-      closeSync(readFd);
+      if (closed) return;
+      readAll(); // the lines of requests that ended since the last poll
+      stop();
     },
   };
 }

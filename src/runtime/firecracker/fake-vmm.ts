@@ -33,7 +33,7 @@ import { dirname, isAbsolute, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Ajv, type ValidateFunction } from 'ajv';
 import { parse as parseYaml } from 'yaml';
-import { freePort } from '../../core/net.ts';
+import { freePort } from '../../core/index.ts';
 
 export const DEFAULT_SPEC = new URL('./spec/firecracker-v1.16.1.yaml', import.meta.url).pathname;
 
