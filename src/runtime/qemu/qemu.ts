@@ -23,8 +23,10 @@ import {
 } from '../types.ts';
 import { Qmp } from './qmp.ts';
 import { InstanceBase } from '../instance.ts';
-import { qemuAlive, qemuGone, readProc, readVmState, writeVmState, type VmState } from './state.ts';
-import { FileTail } from './tail.ts';
+import { procRef, signalPid } from '../procfs.ts';
+import { FileTail } from '../tail.ts';
+import { stopLeftover, within, writeVmRecord } from '../vmstate.ts';
+import { qemuAlive, qemuGone, readVmState, type VmState } from './state.ts';
 
 export interface QemuRuntimeOptions {
   /** This driver's own dir (instances, per-version code drives, snapshot templates). */
@@ -61,8 +63,6 @@ const TCG_MIN_STARTUP_MS = 180_000;
 const ADOPT_POLL_MS = 200;
 /** How often the console and QEMU output files are read. */
 const TAIL_EVERY_MS = 100;
-/** A leftover VM gets this long to go after QMP `quit` before SIGKILL. */
-const QUIT_GRACE_MS = 3000;
 /** How long adoption waits for an adopted VM's QMP to answer. */
 const ADOPT_QMP_MS = 10_000;
 /** Bumped when the qemu command line changes shape: older templates cannot be restored. */
@@ -201,7 +201,14 @@ export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapsho
         const idir = join(instancesDir, name);
         const rec = readVmState(idir, name);
         if (rec && qemuAlive(rec)) {
-          await stopLeftover(rec);
+          await stopLeftover(rec.qemu, async () => {
+            const qmp = await Qmp.connect(rec.qmp);
+            try {
+              await qmp.execute('quit');
+            } finally {
+              qmp.close();
+            }
+          });
           logger.info({ instanceId: name, pid: rec.qemu.pid }, 'stopped a VM nobody adopted');
         }
         // older agents wrote only a pid file (their VMs died with them: pdeathsig)
@@ -225,53 +232,6 @@ export function createQemuRuntime(opts: QemuRuntimeOptions): Runtime & { snapsho
       await Promise.all([...live.values()].map((i) => i.stop(2000)));
     },
   };
-}
-
-/**
- * Stop a VM nobody adopted: QMP `quit` (QEMU exits at once), SIGKILL if it is still there after the
- * grace. It runs during agent start, before anything else holds the event loop: its waits are
- * timers that keep the process alive (the clock's are unref'd), bounded by count, not by time.
- */
-async function stopLeftover(rec: VmState): Promise<void> {
-  const ac = new AbortController();
-  const timeout = delay(QUIT_GRACE_MS, undefined, { signal: ac.signal }).then(() => undefined, () => undefined);
-  try {
-    const qmp = await Promise.race([Qmp.connect(rec.qmp).catch(() => undefined), timeout]);
-    if (qmp) {
-      await Promise.race([qmp.execute('quit').catch(() => undefined), timeout]);
-      qmp.close();
-    }
-  } finally {
-    ac.abort();
-  }
-  for (let waited = 0; waited < QUIT_GRACE_MS && !qemuGone(rec); waited += 50) await delay(50);
-  for (let i = 0; i < 100 && !qemuGone(rec); i++) {
-    signalPid(rec.qemu.pid, 'SIGKILL');
-    await delay(20);
-  }
-}
-
-/** `p`, or a rejection after `ms` (a timer that keeps the process alive: see stopLeftover). */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  const ac = new AbortController();
-  try {
-    return await Promise.race([
-      p,
-      delay(ms, undefined, { signal: ac.signal }).then(() => {
-        throw new Error(`${what} within ${ms} ms`);
-      }),
-    ]);
-  } finally {
-    ac.abort();
-  }
-}
-
-function signalPid(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig);
-  } catch {
-    // gone
-  }
 }
 
 interface TemplateMeta {
@@ -543,10 +503,10 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
       void delay(100).then(() => this.#finalize(code, signal));
     });
     // The record a restarted agent adopts (or stops) it by, written before the guest can run anything.
-    const start = child.pid ? readProc(child.pid)?.start : undefined;
-    if (child.pid && start) {
+    const qemu = procRef(child.pid);
+    if (qemu) {
       this.#record = {
-        v: 1, agentId: ctx.agentId, spec, endpoint: this.endpointValue, qemu: { pid: child.pid, start },
+        v: 1, agentId: ctx.agentId, spec, endpoint: this.endpointValue, qemu,
         qmp: qmpPath, ctl: ctlPath, log: logPath, console: consolePath, output: outputPath,
         net: { kind: 'user', hostPort: this.#hostPort, guest: { address: GUEST_ADDRESS, port: spec.listen.port } },
         accel: ctx.accel, restored: this.#restored, startedAt: ctx.clock.now(), ready: false,
@@ -656,7 +616,7 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
   #persist(): void {
     if (!this.#record || this.exitInfo) return;
     try {
-      writeVmState(this.#dir, this.#record);
+      writeVmRecord(this.#dir, this.#record);
     } catch (err) {
       this.logs.emit('system', `state record not written: ${(err as Error).message}`);
     }

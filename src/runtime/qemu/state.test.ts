@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { appendFileSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { ManualClock } from '../../core/index.ts';
-import { isGone, isSameQemu, parseVmState, qemuAlive, qemuGone, readProc, readVmState, writeVmState, type VmState } from './state.ts';
-import { FileTail } from './tail.ts';
+import { readProc } from '../procfs.ts';
+import { writeVmRecord } from '../vmstate.ts';
+import { isSameQemu, parseVmState, qemuAlive, qemuGone, readVmState, type VmState } from './state.ts';
 
 const dir = '/data/runtime-qemu/instances/i-1';
 const sample = (): VmState => ({
@@ -56,6 +56,7 @@ describe('qemu state record', () => {
       ['pid 1', (r) => ((r['qemu'] as { pid: number }).pid = 1)],
       ['start time not a number of ticks', (r) => ((r['qemu'] as { start: string }).start = 'x12')],
       ['relative socket path', (r) => (r['qmp'] = 'qmp.sock')],
+      ['not restored nor cold booted', (r) => delete r['restored']],
       ['no console path', (r) => delete r['console']],
       ['a unix endpoint', (r) => (r['endpoint'] = { kind: 'unix', path: '/x.sock' })],
       ['forwarded port differs from the endpoint', (r) => ((r['net'] as { hostPort: number }).hostPort = 40002)],
@@ -71,16 +72,15 @@ describe('qemu state record', () => {
     }
   });
 
-  it('is written atomically and read back from its dir', () => {
+  it('is read back from its dir; a torn file is no record', () => {
     const d = mkdtempSync(join(tmpdir(), 'qemu-state-'));
     try {
       assert.equal(readVmState(d, 'i-1'), undefined, 'no record yet');
-      writeVmState(d, sample());
-      writeVmState(d, { ...sample(), ready: false });
-      assert.deepEqual(readdirSync(d), ['state.json'], 'no temporary file left');
-      assert.equal(readVmState(d, 'i-1')?.ready, false, 'the last write wins');
+      writeVmRecord(d, { ...sample(), ready: false });
+      assert.equal(readVmState(d, 'i-1')?.ready, false);
+      assert.equal(readVmState(d, 'i-2'), undefined, 'a record of another instance');
       writeFileSync(join(d, 'state.json'), '{"v":1,');
-      assert.equal(readVmState(d, 'i-1'), undefined, 'a torn file is no record');
+      assert.equal(readVmState(d, 'i-1'), undefined);
     } finally {
       rmSync(d, { recursive: true, force: true });
     }
@@ -101,14 +101,7 @@ describe('qemu pid identity', () => {
     assert.equal(isSameQemu(rec, { state: 'S', start: '123456', cmdline: argv('/bin/sh', '-c', `echo ${rec.qmp}`) }), false, 'names the path, serves no QMP');
   });
 
-  it('is gone once the pid is free, a zombie or another process; an exiting QEMU (empty cmdline) is not gone yet', () => {
-    assert.equal(isGone(rec, undefined), true);
-    assert.equal(isGone(rec, { state: 'Z', start: '123456', cmdline: '' }), true);
-    assert.equal(isGone(rec, { state: 'S', start: '1', cmdline: qemuArgv }), true);
-    assert.equal(isGone(rec, { state: 'R', start: '123456', cmdline: '' }), false);
-  });
-
-  it('reads /proc: a live process is itself, and not after it exits', async () => {
+  it('checks /proc: a live process that is not a QEMU is not taken for it', async () => {
     const child = spawn('sleep', ['30'], { stdio: 'ignore' });
     try {
       const pid = child.pid as number;
@@ -124,54 +117,5 @@ describe('qemu pid identity', () => {
       await new Promise((r) => child.once('exit', r));
     }
     assert.equal(readProc(child.pid as number), undefined);
-  });
-});
-
-describe('FileTail', () => {
-  it('follows appended lines on the clock, from the end when asked, and flushes the last line at close', async () => {
-    const d = mkdtempSync(join(tmpdir(), 'qemu-tail-'));
-    try {
-      const path = join(d, 'console.log');
-      writeFileSync(path, 'old line\n');
-      const clock = new ManualClock();
-      const fromStart: string[] = [];
-      const fromEnd: string[] = [];
-      const a = new FileTail({ path, clock, everyMs: 100, fromEnd: false, onLine: (t) => fromStart.push(t) });
-      const b = new FileTail({ path, clock, everyMs: 100, fromEnd: true, onLine: (t) => fromEnd.push(t) });
-      appendFileSync(path, 'one\ntw');
-      assert.deepEqual(fromStart, [], 'nothing before the clock moves');
-      await clock.advance(100);
-      assert.deepEqual(fromStart, ['old line', 'one']);
-      assert.deepEqual(fromEnd, ['one']);
-      appendFileSync(path, 'o\r\nthree');
-      await clock.advance(100);
-      assert.deepEqual(fromEnd, ['one', 'two']);
-      a.close();
-      b.close();
-      assert.deepEqual(fromStart, ['old line', 'one', 'two', 'three']);
-      assert.deepEqual(fromEnd, ['one', 'two', 'three']);
-      appendFileSync(path, 'after\n');
-      await clock.advance(1000);
-      assert.equal(fromEnd.includes('after'), false, 'closed: no more reads');
-    } finally {
-      rmSync(d, { recursive: true, force: true });
-    }
-  });
-
-  it('waits for a file its writer has not created yet', async () => {
-    const d = mkdtempSync(join(tmpdir(), 'qemu-tail-'));
-    try {
-      const path = join(d, 'late.log');
-      const clock = new ManualClock();
-      const out: string[] = [];
-      const t = new FileTail({ path, clock, everyMs: 100, fromEnd: false, onLine: (x) => out.push(x) });
-      await clock.advance(100);
-      writeFileSync(path, 'first\n');
-      await clock.advance(100);
-      assert.deepEqual(out, ['first']);
-      t.close();
-    } finally {
-      rmSync(d, { recursive: true, force: true });
-    }
   });
 });

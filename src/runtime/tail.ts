@@ -1,11 +1,11 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import type { Clock, TimerHandle } from '../../core/index.ts';
-import { LineSplitter } from '../logs.ts';
+import type { Clock, TimerHandle } from '../core/index.ts';
+import { LineSplitter } from './logs.ts';
 
 /**
- * Follows a file another process appends to (QEMU's console and its own output: files, not pipes,
- * so they survive the agent), line by line, polled on the clock. `fromEnd`: skip what is already
- * there (an adopted VM: the dead agent read that part).
+ * Follows a file another process appends to (a VM's serial console, its VMM's own output: files,
+ * not pipes, so they survive the agent), line by line, polled on the clock. `fromEnd`: skip what is
+ * already there (an adopted VM: the dead agent read that part).
  */
 export class FileTail {
   readonly #clock: Clock;

@@ -1,0 +1,56 @@
+import assert from 'node:assert/strict';
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { ManualClock } from '../core/index.ts';
+import { FileTail } from './tail.ts';
+
+describe('FileTail', () => {
+  it('follows appended lines on the clock, from the end when asked, and flushes the last line at close', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'file-tail-'));
+    try {
+      const path = join(d, 'console.log');
+      writeFileSync(path, 'old line\n');
+      const clock = new ManualClock();
+      const fromStart: string[] = [];
+      const fromEnd: string[] = [];
+      const a = new FileTail({ path, clock, everyMs: 100, fromEnd: false, onLine: (t) => fromStart.push(t) });
+      const b = new FileTail({ path, clock, everyMs: 100, fromEnd: true, onLine: (t) => fromEnd.push(t) });
+      appendFileSync(path, 'one\ntw');
+      assert.deepEqual(fromStart, [], 'nothing before the clock moves');
+      await clock.advance(100);
+      assert.deepEqual(fromStart, ['old line', 'one']);
+      assert.deepEqual(fromEnd, ['one']);
+      appendFileSync(path, 'o\r\nthree');
+      await clock.advance(100);
+      assert.deepEqual(fromEnd, ['one', 'two']);
+      a.close();
+      b.close();
+      assert.deepEqual(fromStart, ['old line', 'one', 'two', 'three']);
+      assert.deepEqual(fromEnd, ['one', 'two', 'three']);
+      appendFileSync(path, 'after\n');
+      await clock.advance(1000);
+      assert.equal(fromEnd.includes('after'), false, 'closed: no more reads');
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it('waits for a file its writer has not created yet', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'file-tail-'));
+    try {
+      const path = join(d, 'late.log');
+      const clock = new ManualClock();
+      const out: string[] = [];
+      const t = new FileTail({ path, clock, everyMs: 100, fromEnd: false, onLine: (x) => out.push(x) });
+      await clock.advance(100);
+      writeFileSync(path, 'first\n');
+      await clock.advance(100);
+      assert.deepEqual(out, ['first']);
+      t.close();
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+});
