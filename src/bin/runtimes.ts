@@ -48,12 +48,14 @@ export function openRuntimes(cfg: Config, host: HostReport, agentId: string, clo
         const cacheOpts = { onProgress: (m: string) => logger.info(m) };
         runtimes.firecracker = createFirecrackerRuntime({
           stateDir: join(cfg.dataDir, 'runtime-firecracker'),
+          agentId,
           firecracker: env['AETHER_FIRECRACKER'] ?? 'firecracker',
           // the initramfs carries the modules of the Debian cloud kernel this vmlinux was extracted from
           guest: async () => ({ kernel, initrd: (await ensureInitramfs()).path }),
           baseImage: (runtime) => ensureBaseImage(runtime, cacheOpts),
           ...(jailer ? { jailer: { bin: jailer, uid: Number(env['AETHER_FC_UID'] ?? 0), gid: Number(env['AETHER_FC_GID'] ?? 0) } } : {}),
           clock,
+          logger,
         });
         break;
       }

@@ -14,6 +14,7 @@ runtimeContract('firecracker (fake VMM)', async () => {
   await writeFile(root, 'root');
   const runtime = createFirecrackerRuntime({
     stateDir: join(dir, 'state'),
+    agentId: 'agent-contract',
     guest: async () => ({ kernel }),
     baseImage: async () => root,
     network: socketNetwork(),

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +10,7 @@ import { BASE_BOOT_ARGS, createFirecrackerRuntime, type FirecrackerRuntimeOption
 import { ensureBaseImage, ensureInitramfs } from '../../image/index.ts';
 import { probeFirecracker } from '../host.ts';
 import { jailerArgv, stageIntoJail } from './jailer.ts';
-import { netnsNetwork, socketNetwork } from './network.ts';
+import { linkRecord, netnsNetwork, socketNetwork } from './network.ts';
 
 const FAKE = new URL('./fake-vmm.ts', import.meta.url).pathname;
 
@@ -47,6 +47,7 @@ function setup(extra: Partial<FirecrackerRuntimeOptions> & { fakeArgs?: string[]
   const { fakeArgs, ...rest } = extra;
   const runtime = createFirecrackerRuntime({
     stateDir,
+    agentId: 'agent-test',
     guest: async () => ({ kernel }),
     baseImage: async () => rootImage,
     network: socketNetwork(),
@@ -236,7 +237,7 @@ describe('firecracker driver against the spec-checking fake', () => {
     const stateDir = join(dir, 'state-bad');
     // a kernel path that does not exist: Firecracker refuses the boot source
     const gone = join(dir, 'no-kernel');
-    const rt = createFirecrackerRuntime({ stateDir, guest: async () => ({ kernel: gone }), baseImage: async () => rootImage, network: socketNetwork(), vmmCommand: [process.execPath, FAKE] });
+    const rt = createFirecrackerRuntime({ stateDir, agentId: 'agent-test', guest: async () => ({ kernel: gone }), baseImage: async () => rootImage, network: socketNetwork(), vmmCommand: [process.execPath, FAKE] });
     const bad = await rt.create(spec('i-bad2'));
     await assert.rejects(bad.start(), (err: Error & { code?: string }) => {
       assert.equal(err.code, 'AETHER_ERR_VMM');
@@ -247,24 +248,65 @@ describe('firecracker driver against the spec-checking fake', () => {
     assert.deepEqual(readdirSync(join(stateDir, 'vms')), []);
   });
 
-  it('cleanupLeftovers kills a VMM left by a crashed agent and removes its dir', async () => {
+  it('cleanupLeftovers kills a VMM a crashed agent left without a record (a template VM, an older agent) and removes its dir', async () => {
     const { runtime, stateDir } = setup();
     const vmDir = join(stateDir, 'vms', 'ileft');
     await mkdir(vmDir, { recursive: true });
-    const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 600000)', vmDir], { stdio: 'ignore' });
-    await writeFile(join(vmDir, 'vmm.pid'), String(child.pid));
+    // stands in for Firecracker: its argv names the dir's API socket
+    const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 600000)', '--api-sock', join(vmDir, 'api.sock')], { stdio: 'ignore' });
     const exited = new Promise((r) => child.once('exit', (_c, sig) => r(sig)));
+    for (let i = 0; i < 200 && !readProcCmdline(child.pid as number).includes(vmDir); i++) await new Promise((r) => setTimeout(r, 10));
     await runtime.cleanupLeftovers();
     assert.equal(await exited, 'SIGKILL');
     assert.equal(existsSync(vmDir), false);
   });
+
+  it('the VMM runs in its own session with its output in files, and the record says so', async () => {
+    const { runtime, stateDir } = setup();
+    const inst = await runtime.create(spec('i-files'));
+    const lines: string[] = [];
+    inst.onLog((l) => lines.push(`${l.stream} ${l.text}`));
+    await inst.start();
+    const vmDir = join(stateDir, 'vms', 'ifiles');
+    const before = JSON.parse(readFileSync(join(vmDir, 'state.json'), 'utf8')) as { ready: boolean };
+    assert.equal(before.ready, false, 'written at spawn, not ready yet');
+    await inst.waitReady(20_000);
+    const rec = JSON.parse(readFileSync(join(vmDir, 'state.json'), 'utf8')) as { ready: boolean; agentId: string; firecracker: { pid: number; start: string }; api: string; endpoint: unknown; files: { console: string; output: string }; spec: { owner: unknown } };
+    assert.equal(rec.ready, true);
+    assert.equal(rec.agentId, 'agent-test');
+    assert.equal(rec.api, join(vmDir, 'api.sock'));
+    assert.deepEqual(rec.endpoint, inst.endpoint);
+    assert.deepEqual(rec.spec.owner, { kind: 'function', id: 'fn_1', name: 'hello' });
+    const pid = inst.inspect().pid as number;
+    assert.equal(rec.firecracker.pid, pid);
+    // field 6 of /proc/<pid>/stat: its session, which it leads (not the agent's)
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    assert.equal(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[3]), pid, 'its own session');
+    for (const fd of [1, 2]) assert.match(readlinkSync(`/proc/${pid}/fd/${fd}`), new RegExp(`^${vmDir}/`), `fd ${fd} is a file in the VM dir, not a pipe`);
+    assert.match(readFileSync(rec.files.console, 'utf8'), /AETHER-INIT: exec/);
+    await requestEndpoint(inst.endpoint, { path: '/__say/hello%20from%20the%20console' });
+    for (let i = 0; i < 100 && !lines.includes('stdout hello from the console'); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(lines.includes('stdout hello from the console'), 'the console file is followed');
+    assert.ok(lines.some((l) => l.startsWith('system firecracker: fake-vmm: API server started')), `its stderr is a system note: ${lines.join('\n')}`);
+    await inst.stop(5000);
+    assert.equal(existsSync(vmDir), false);
+  });
 });
+
+function readProcCmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return '';
+  }
+}
 
 describe('firecracker jailer', () => {
   it('builds the jailer argv with the VM netns and a jail-relative API socket', () => {
     const j = jailerArgv({ bin: '/usr/bin/jailer', uid: 900, gid: 900 }, { id: 'abc', firecracker: '/usr/bin/firecracker', netns: '/var/run/netns/aefc_abc' });
     assert.equal(j.root, '/srv/jailer/firecracker/abc/root');
     assert.equal(j.apiSock, '/srv/jailer/firecracker/abc/root/run/firecracker.socket');
+    assert.equal(j.apiArg, '/run/firecracker.socket', 'what its command line names (with --id, which the jailer passes on)');
     assert.deepEqual(j.argv.slice(j.argv.indexOf('--netns'), j.argv.indexOf('--netns') + 2), ['--netns', '/var/run/netns/aefc_abc']);
     assert.deepEqual(j.argv.slice(-3), ['--', '--api-sock', '/run/firecracker.socket']);
   });
@@ -302,10 +344,28 @@ describe('firecracker network namespace (root + iproute2)', () => {
       execFileSync('ip', ['-n', ns, 'addr', 'add', '10.0.2.15/32', 'dev', 'lo']);
       const guest = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', 'require("http").createServer((q,s)=>s.end("from guest")).listen(8080,"10.0.2.15")'], { stdio: 'ignore' });
       try {
-        const exposed = await link.expose(8080, () => undefined);
+        const exposed = await link.expose(8080);
         for (let i = 0; i < 500 && !exposed.ready(); i++) await new Promise((r) => setTimeout(r, 20));
         assert.ok(exposed.ready());
         assert.equal((await requestEndpoint(exposed.endpoint)).body, 'from guest');
+        // the forwarder does not depend on the agent: its own session, its output in a file
+        const fwd = exposed.forwarder;
+        assert.ok(fwd && exposed.output);
+        const stat = readFileSync(`/proc/${fwd.pid}/stat`, 'utf8');
+        assert.equal(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[3]), fwd.pid, 'its own session');
+        assert.equal(readlinkSync(`/proc/${fwd.pid}/fd/1`), exposed.output);
+        assert.match(readFileSync(exposed.output, 'utf8'), /^ready$/m);
+        // a restarted agent takes it over from the record: same endpoint, nothing created
+        const rec = linkRecord(link, exposed, 8080);
+        assert.equal(net.intact(rec, exposed.endpoint), true);
+        assert.equal(net.intact({ ...rec, forwarder: { ...fwd, start: String(Number(fwd.start) + 1) } }, exposed.endpoint), false, 'a reused pid is not the forwarder');
+        const adopted = net.adopt(rec, exposed.endpoint);
+        assert.equal(adopted.link.netns, ns);
+        assert.ok(adopted.exposed.ready());
+        assert.equal((await requestEndpoint(adopted.exposed.endpoint)).body, 'from guest');
+        await adopted.exposed.close();
+        for (let i = 0; i < 100 && net.intact(rec, exposed.endpoint); i++) await new Promise((r) => setTimeout(r, 20));
+        assert.equal(net.intact(rec, exposed.endpoint), false, 'closing the adopted endpoint ends the forwarder');
       } finally {
         guest.kill('SIGKILL');
       }
@@ -348,6 +408,7 @@ describe('real Firecracker', () => {
     await writeFile(join(code, 'handler.js'), `require('http').createServer((q, s) => s.end(JSON.stringify({ release: require('os').release(), greeting: process.env.GREETING, cmdline: require('fs').readFileSync('/proc/cmdline', 'utf8') }))).listen(process.env.PORT);\n`);
     const runtime = createFirecrackerRuntime({
       stateDir: join(dir, 'real-state'),
+      agentId: 'agent-real',
       firecracker: process.env.AETHER_FIRECRACKER ?? 'firecracker',
       guest: async () => ({ kernel: (process.env.AETHER_FC_KERNEL ?? process.env.AETHER_GUEST_KERNEL) as string, initrd: (await ensureInitramfs()).path }),
       baseImage: (k) => ensureBaseImage(k),

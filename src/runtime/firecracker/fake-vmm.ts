@@ -19,7 +19,8 @@
  * /aether/config, checks the token (a mismatch prints `AETHER-INIT: config rejected` and "powers
  * off": the process exits when boot_args carry `aether.vmm=firecracker`, else the guest halts and the
  * process stays, as a real x86 Firecracker does), then "runs the program": an HTTP server on --guest-http (a unix socket
- * path, relative to the API socket's directory unless absolute) answering with what the guest saw.
+ * path, relative to the API socket's directory unless absolute) answering with what the guest saw
+ * (`/__say/<text>` prints the text on the console, `/__exit` ends the program).
  * Ctrl+Alt+Del makes the guest reboot, which ends Firecracker (reboot=k), as on x86.
  * --record appends one JSON line per request: {method, path, body, status, fault}.
  */
@@ -232,6 +233,12 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
           res.end('bye\n');
           serial('AETHER-INIT: program exited with status 0');
           setTimeout(() => guestPowerOff(), 5);
+          return;
+        }
+        if (req.url?.startsWith('/__say/')) {
+          // the program prints a line (its output is the serial console)
+          serial(decodeURIComponent(req.url.slice('/__say/'.length)));
+          res.end('said\n');
           return;
         }
         res.setHeader('content-type', 'application/json');

@@ -1,7 +1,8 @@
 // Runs inside a Firecracker VM's network namespace (ip netns exec). argv: <socket path> <guest ip> <port>.
 // Probes the guest's port until it accepts, then binds the unix socket (under a temporary name,
 // renamed into place, so the socket's existence means "ready") and prints "ready". Each connection
-// to the socket is piped to the guest's port.
+// to the socket is piped to the guest's port. It runs in its own session with its output going to
+// a file: nothing of it depends on the agent that started it, which may die and be replaced.
 import net from 'node:net';
 import { renameSync, rmSync } from 'node:fs';
 

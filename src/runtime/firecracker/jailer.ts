@@ -18,7 +18,11 @@ export interface JailerOptions {
   cgroupVersion?: 1 | 2;
 }
 
-export function jailerArgv(j: JailerOptions, vm: { id: string; firecracker: string; netns?: string }): { argv: string[]; root: string; apiSock: string; jailDir: string } {
+/** The API socket as Firecracker is told it: inside the jail (every jailed VM has the same one). */
+const JAILED_API_SOCK = '/run/firecracker.socket';
+
+/** `apiSock`: the socket's host path; `apiArg`: Firecracker's `--api-sock` argument. */
+export function jailerArgv(j: JailerOptions, vm: { id: string; firecracker: string; netns?: string }): { argv: string[]; root: string; apiSock: string; apiArg: string; jailDir: string } {
   const base = j.chrootBase ?? '/srv/jailer';
   const jailDir = join(base, basename(vm.firecracker), vm.id);
   const root = join(jailDir, 'root');
@@ -32,9 +36,9 @@ export function jailerArgv(j: JailerOptions, vm: { id: string; firecracker: stri
     '--cgroup-version', String(j.cgroupVersion ?? 2),
     ...(vm.netns ? ['--netns', vm.netns] : []),
     '--',
-    '--api-sock', '/run/firecracker.socket',
+    '--api-sock', JAILED_API_SOCK,
   ];
-  return { argv, root, apiSock: join(root, 'run', 'firecracker.socket'), jailDir };
+  return { argv, root, apiSock: join(root, JAILED_API_SOCK), apiArg: JAILED_API_SOCK, jailDir };
 }
 
 /** Link `hostPath` into the jail root (same name), owned by the jail's uid:gid; returns the path Firecracker sees. */
