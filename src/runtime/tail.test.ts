@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -49,6 +49,35 @@ describe('FileTail', () => {
       await clock.advance(100);
       assert.deepEqual(out, ['first']);
       t.close();
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it('frees the disk blocks of what it has read (reclaimBytes), losing nothing the writer adds', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'file-tail-'));
+    try {
+      const path = join(d, 'console.log');
+      const line = `${'x'.repeat(1023)}\n`;
+      writeFileSync(path, line.repeat(3 * 1024));
+      const clock = new ManualClock();
+      const got: string[] = [];
+      const t = new FileTail({ path, clock, everyMs: 100, fromEnd: false, reclaimBytes: 1024 * 1024, onLine: (x) => got.push(x) });
+      await clock.advance(100);
+      assert.equal(got.length, 3 * 1024);
+      assert.ok(got.every((x) => x.length === 1023));
+      for (let i = 0; i < 200 && statSync(path).blocks * 512 > 1024 * 1024; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(statSync(path).blocks * 512 <= 1024 * 1024, `read blocks freed (${statSync(path).blocks * 512} bytes on disk)`);
+      assert.equal(statSync(path).size, 3 * 1024 * 1024, 'the size stays: the writer appends where it did');
+      appendFileSync(path, 'after the hole\n');
+      const after: string[] = [];
+      const u = new FileTail({ path, clock, everyMs: 100, fromEnd: true, onLine: (x) => after.push(x) });
+      appendFileSync(path, 'and more\n');
+      await clock.advance(100);
+      assert.deepEqual(got.slice(3 * 1024), ['after the hole', 'and more']);
+      assert.deepEqual(after, ['and more']);
+      t.close();
+      u.close();
     } finally {
       rmSync(d, { recursive: true, force: true });
     }

@@ -78,6 +78,8 @@ const READY_LINE = 'AETHER-INIT READY';
 const HALT_GRACE_MS = 3000;
 /** How often the console and Firecracker's output files are read. */
 const TAIL_EVERY_MS = 100;
+/** The console file holds the program's output: its read part's disk blocks are freed every this many bytes. */
+const CONSOLE_RECLAIM_BYTES = 4 * 2 ** 20;
 /** How often an adopted VM's pid is checked (not our child: no exit event; the API socket's close usually tells first). */
 const ADOPT_POLL_MS = 200;
 
@@ -293,9 +295,9 @@ class Vmm {
 
   /** Follow the console and output files (`fromEnd`: an adopted VM, the dead agent read the rest). */
   #follow(fromEnd: boolean): void {
-    const tail = (path: string, to: ((text: string) => void)[]): FileTail =>
-      new FileTail({ path, clock: this.#clock, everyMs: TAIL_EVERY_MS, fromEnd, onLine: (t) => to.forEach((l) => l(t)) });
-    this.#tails.push(tail(this.files.console, this.#console), tail(this.files.output, this.#output));
+    const tail = (path: string, to: ((text: string) => void)[], reclaim?: number): FileTail =>
+      new FileTail({ path, clock: this.#clock, everyMs: TAIL_EVERY_MS, fromEnd, onLine: (t) => to.forEach((l) => l(t)), ...(reclaim ? { reclaimBytes: reclaim } : {}) });
+    this.#tails.push(tail(this.files.console, this.#console, CONSOLE_RECLAIM_BYTES), tail(this.files.output, this.#output));
   }
 
   /** Lines of the guest's serial console (Firecracker's stdout). */
