@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { AetherError, createLogger, freePort, systemClock, type Clock, type Logger } from '../../core/index.ts';
 import { findV1Mounts, InstanceCgroups, leftoverInstanceIds, removeAgentCgroups, sweepDeadAgents, v1Usable, type Controller } from '../cgroup.ts';
 import { findBin } from '../host.ts';
-import { procStart, statFields } from '../procfs.ts';
+import { procGone, procRef, signalPid, type ProcRef } from '../procfs.ts';
 import { DEFAULT_LOG_LIMITS, LineSplitter, LogPump, type LogLimits } from '../logs.ts';
 import { seccompFilter } from './seccomp.ts';
 import { releaseContainer, releaseLeftoverContainers, writeContainerRecord, type ContainerPlan } from './container.ts';
@@ -278,12 +278,6 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
   };
 }
 
-/** A process, named by pid and start time (field 22 of /proc/<pid>/stat) so a reused pid is not mistaken for it. */
-interface ProcRef {
-  pid: number;
-  start: string;
-}
-
 /** What an instance persists in its dir (record.json) so a restarted agent can adopt it. */
 export interface AdoptionRecord {
   v: 1;
@@ -300,24 +294,8 @@ export interface AdoptionRecord {
   startedAt: number;
 }
 
-function procRef(pid: number | undefined): ProcRef | undefined {
-  const start = pid === undefined ? undefined : procStart(pid);
-  return pid !== undefined && start !== undefined ? { pid, start } : undefined;
-}
-
 /** Still the same process (not exited, not a zombie, pid not reused). */
-function sameProcess(p: ProcRef): boolean {
-  const fields = statFields(p.pid);
-  return fields !== undefined && fields[0] !== 'Z' && fields[19] === p.start;
-}
-
-function signalPid(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig);
-  } catch {
-    // gone
-  }
-}
+const sameProcess = (p: ProcRef): boolean => !procGone(p);
 
 function recordAlive(r: AdoptionRecord): boolean {
   return sameProcess(r.launcher) && (!r.forwarder || sameProcess(r.forwarder));
