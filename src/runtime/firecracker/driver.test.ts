@@ -253,9 +253,10 @@ describe('firecracker driver against the spec-checking fake', () => {
     const vmDir = join(stateDir, 'vms', 'ileft');
     await mkdir(vmDir, { recursive: true });
     // stands in for Firecracker: its argv names the dir's API socket
-    const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 600000)', '--api-sock', join(vmDir, 'api.sock')], { stdio: 'ignore' });
+    const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 600000)', '--', '--api-sock', join(vmDir, 'api.sock')], { stdio: 'ignore' });
     const exited = new Promise((r) => child.once('exit', (_c, sig) => r(sig)));
     for (let i = 0; i < 200 && !readProcCmdline(child.pid as number).includes(vmDir); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(child.exitCode, null, 'it runs until cleanupLeftovers');
     await runtime.cleanupLeftovers();
     assert.equal(await exited, 'SIGKILL');
     assert.equal(existsSync(vmDir), false);
