@@ -9,6 +9,7 @@ import { requestEndpoint, type InstanceSpec } from '../index.ts';
 import { BASE_BOOT_ARGS, createFirecrackerRuntime, type FirecrackerRuntimeOptions } from './driver.ts';
 import { ensureBaseImage, ensureInitramfs } from '../../image/index.ts';
 import { probeFirecracker } from '../host.ts';
+import { processesServingIn } from '../procfs.ts';
 import { jailerArgv, stageIntoJail } from './jailer.ts';
 import { linkRecord, netnsNetwork, socketNetwork } from './network.ts';
 
@@ -196,6 +197,21 @@ describe('firecracker driver against the spec-checking fake', () => {
     assert.equal(rec.filter((r) => r.body?.action_type === 'InstanceStart').length, 2, 'the template attempt and the cold boot');
     assert.deepEqual(runtime.snapshots?.templates(), []);
     await inst.stop(5000);
+  });
+
+  it('close() during a template build ends the template VM and the waiting instance: nothing is left running', async () => {
+    const { runtime, stateDir } = setup({ fakeArgs: ['--no-ready-line'], templateBootTimeoutMs: 60_000 });
+    const inst = await runtime.create(spec('i-tplwait', { version: 'v-wait' }));
+    const started = inst.start().then(() => 'started', (err: Error) => err.message);
+    const vms = join(stateDir, 'vms');
+    for (let i = 0; i < 500 && !(existsSync(vms) && readdirSync(vms).some((d) => existsSync(join(vms, d, 'api.sock')))); i++) await new Promise((r) => setTimeout(r, 20));
+    const tplVm = readdirSync(vms)[0] as string;
+    assert.match(tplVm, /^t/, 'the template VM is up, waiting for READY');
+    await runtime.close();
+    assert.match(await started, /stopped while starting/);
+    assert.equal((await inst.exited).reason, 'stopped before start');
+    assert.deepEqual(readdirSync(vms), [], 'no VM dir left');
+    assert.deepEqual(processesServingIn(join(vms, tplVm)), [], 'no VMM left');
   });
 
   it('snapshots: a template per version, restored instances get their own identity with the template token', async () => {

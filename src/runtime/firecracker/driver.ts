@@ -114,7 +114,7 @@ export function createFirecrackerRuntime(opts: FirecrackerRuntimeOptions): Firec
   const live = new Map<string, FcInstance>();
   const building = new Map<string, Promise<Template>>();
   const useSnapshots = opts.snapshots !== false && !opts.jailer;
-  const ctx: Ctx = { opts, clock, network, vmsDir };
+  const ctx: Ctx = { opts, clock, network, vmsDir, templateVms: new Set() };
   const track = (inst: FcInstance): FcInstance => {
     live.set(inst.id, inst);
     void inst.exited.then(() => live.delete(inst.id));
@@ -225,7 +225,9 @@ export function createFirecrackerRuntime(opts: FirecrackerRuntimeOptions): Firec
       await network.cleanupLeftovers(ids);
     },
     async close(): Promise<void> {
+      for (const vmm of ctx.templateVms) vmm.kill('SIGKILL');
       await Promise.all([...live.values()].map((i) => i.stop(2000)));
+      await Promise.allSettled(building.values());
     },
   };
 }
@@ -243,17 +245,17 @@ interface Ctx {
   clock: Clock;
   network: VmNetwork;
   vmsDir: string;
+  /** Template VMs being built: they outlive the agent like any VM, so close() ends them. */
+  templateVms: Set<Vmm>;
 }
 
 /**
- * One Firecracker process: its dir, API client and output files. Spawned here (then our child) or
+ * One Firecracker process: its API client and output files. Spawned here (then our child) or
  * adopted from its record (then watched by pid and API socket). Nothing of it depends on this
  * process: its own session, no parent-death signal, stdout (the guest's serial console) and stderr
  * to files in its dir, which are followed.
  */
 class Vmm {
-  readonly dir: string;
-  readonly id: string;
   readonly client: FirecrackerClient;
   /** The API socket's host path, and the `--api-sock` argument (jail-relative under the jailer). */
   readonly api: string;
@@ -278,10 +280,8 @@ class Vmm {
   #poll: TimerHandle | undefined;
   #watch: net.Socket | undefined;
 
-  private constructor(o: { clock: Clock; dir: string; id: string; api: string; apiArg: string; files: FcState['files']; path: (p: string) => Promise<string>; jailDir: string | undefined; child: ChildProcess | undefined; ref: ProcRef | undefined }) {
+  private constructor(o: { clock: Clock; api: string; apiArg: string; files: FcState['files']; path: (p: string) => Promise<string>; jailDir: string | undefined; child: ChildProcess | undefined; ref: ProcRef | undefined }) {
     this.#clock = o.clock;
-    this.dir = o.dir;
-    this.id = o.id;
     this.api = o.api;
     this.apiArg = o.apiArg;
     this.files = o.files;
@@ -373,7 +373,7 @@ class Vmm {
       closeSync(out);
       closeSync(err);
     }
-    const vmm = new Vmm({ clock: ctx.clock, dir, id, api, apiArg, files, path, jailDir, child, ref: procRef(child.pid) });
+    const vmm = new Vmm({ clock: ctx.clock, api, apiArg, files, path, jailDir, child, ref: procRef(child.pid) });
     vmm.#follow(false);
     child.once('error', (e) => vmm.#finish({ code: null, signal: null, reason: `firecracker could not start: ${e.message}` }));
     child.once('exit', (code, signal) => vmm.#finish({ code, signal }));
@@ -409,7 +409,7 @@ class Vmm {
    * ADOPT_POLL_MS and by the loss of a connection held open on its API socket.
    */
   static async adopt(ctx: Ctx, rec: FcState): Promise<Vmm> {
-    const vmm = new Vmm({ clock: ctx.clock, dir: join(ctx.vmsDir, rec.vmId), id: rec.vmId, api: rec.api, apiArg: rec.apiArg, files: rec.files, path: async (p) => p, jailDir: rec.jailDir, child: undefined, ref: rec.firecracker });
+    const vmm = new Vmm({ clock: ctx.clock, api: rec.api, apiArg: rec.apiArg, files: rec.files, path: async (p) => p, jailDir: rec.jailDir, child: undefined, ref: rec.firecracker });
     vmm.#follow(true);
     try {
       // the client's own timeout bounds it: a hung VMM must not hold up the agent's start
@@ -536,6 +536,7 @@ async function buildTemplate(ctx: Ctx, spec: InstanceSpec, dir: string): Promise
     const drives = await drivesFor(ctx, spec, dir);
     // no record: a template VM is never adopted; cleanupLeftovers finds it by its API socket
     vmm = Vmm.spawn(ctx, vmDir, id, link, () => undefined);
+    ctx.templateVms.add(vmm);
     const ready = new Promise<void>((resolve) => vmm?.onConsole((t) => t.includes(READY_LINE) && resolve()));
     await vmm.ready(ctx.clock);
     await vmm.configure(spec, link, token, drives, await ctx.opts.guest());
@@ -553,6 +554,7 @@ async function buildTemplate(ctx: Ctx, spec: InstanceSpec, dir: string): Promise
   } finally {
     vmm?.kill('SIGKILL');
     await vmm?.exited;
+    if (vmm) ctx.templateVms.delete(vmm);
     await vmm?.client.close();
     await link.detach();
     await rm(vmDir, { recursive: true, force: true });
@@ -606,6 +608,7 @@ class FcInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance {
           this.logs.emit('system', `no snapshot template (${(err as Error).message}): cold boot`);
         }
       }
+      if (this.#stopRequested) throw new AetherError('AETHER_ERR_COLD_START_FAILED', `instance ${this.id} was stopped while starting`);
       await rm(this.#dir, { recursive: true, force: true });
       await mkdir(this.#dir, { recursive: true, mode: 0o700 });
       const link = await this.#ctx.network.attach(this.vmId, this.#dir);
