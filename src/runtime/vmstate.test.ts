@@ -107,12 +107,12 @@ describe('process identity (/proc)', () => {
 describe('stopLeftover', () => {
   it('asks first; SIGKILLs what is still there after the grace', async () => {
     const polite = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore' });
-    const stubborn = spawn(process.execPath, ['-e', 'process.on("SIGTERM", () => {}); setTimeout(() => {}, 60000)'], { stdio: 'ignore' });
+    const stubborn = spawn(process.execPath, ['-e', 'process.on("SIGTERM", () => {}); console.log("deaf"); setTimeout(() => {}, 60000)'], { stdio: ['ignore', 'pipe', 'ignore'] });
     try {
       const p = procRef(polite.pid);
       const s = procRef(stubborn.pid);
       assert.ok(p && s);
-      await new Promise((r) => setTimeout(r, 200)); // the SIGTERM handler is in place
+      await new Promise((r) => stubborn.stdout?.once('data', r)); // its SIGTERM handler is in place
       const exited = new Promise((r) => polite.once('exit', (_c, sig) => r(sig)));
       await stopLeftover(p, async () => void polite.kill('SIGTERM'), 300);
       assert.equal(await exited, 'SIGTERM', 'ended when asked');
