@@ -7,6 +7,7 @@ import type { DataPlane, DataPlaneSinks, RouteSource } from '../types.ts';
 import { commandFailed } from './admin.ts';
 import { ACTIVATOR_SERVER, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, ORIGINAL_URI_HEADER, POOL_OPTIONS, paths, renderConfig, slotName } from './config.ts';
 import { parseLogLine, parseShowStat } from './parse.ts';
+import { ProgramLoop } from './program-loop.ts';
 import { HaproxySupervisor } from './supervisor.ts';
 
 export interface HaproxyOptions {
@@ -69,6 +70,7 @@ export class HaproxyDataPlane implements DataPlane {
   readonly kind = 'haproxy' as const;
   readonly #o: HaproxyOptions;
   readonly #sup: HaproxySupervisor;
+  readonly #loop: ProgramLoop;
   readonly #p: ReturnType<typeof paths>;
   readonly #slots: Slot[];
   readonly #slotOf = new Map<string, number>();
@@ -76,8 +78,6 @@ export class HaproxyDataPlane implements DataPlane {
   readonly #map = new Map<string, string>();
   #retriesHooked = false;
   #closing = false;
-  #applying: Promise<void> | undefined;
-  #dirty = false;
   #statsTimer: ReturnType<Clock['setTimeout']> | undefined;
   #unwatch: (() => void) | undefined;
   readonly #reported = new Map<string, number>();
@@ -109,12 +109,18 @@ export class HaproxyDataPlane implements DataPlane {
         renderConfig({ dir: o.dir, host: o.host, port, activator: { host: o.activator.host, port: o.activator.port }, slots: this.#slots.length, threads, maxConn, ...(this.#hopsEnabled ? { hops: { count: this.#hops.length, clusterToken: o.clusterToken as string } } : {}) }),
       onReady: async () => {
         this.#resetState();
-        await this.#apply();
+        await this.#loop.run();
       },
       onLog: (line) => this.#onLog(line),
       clock: o.clock,
       logger: o.logger,
       ...(o.binary ? { binary: o.binary } : {}),
+    });
+    this.#loop = new ProgramLoop({
+      pass: () => this.#program(computeRoutes({ functions: o.source.functions(), instancesOf: (id) => o.source.instancesOf(id), localAgentId: o.localAgentId, localOnly: !this.#hopsEnabled })),
+      running: () => this.#running,
+      closing: () => this.#closing,
+      logger: o.logger,
     });
   }
 
@@ -134,13 +140,12 @@ export class HaproxyDataPlane implements DataPlane {
     // Watch events arrive in microtasks / I/O callbacks: let the ones already due land first.
     await new Promise((r) => setImmediate(r));
     if (!this.#running) return;
-    this.#dirty = true;
-    await this.#apply();
+    await this.#loop.run();
   }
 
   async start(): Promise<void> {
     this.#hookRetries();
-    this.#unwatch = this.#o.source.onChange(() => this.#schedule());
+    this.#unwatch = this.#o.source.onChange(() => this.#loop.schedule());
     await this.#sup.start();
     this.#pollStats();
   }
@@ -174,37 +179,6 @@ export class HaproxyDataPlane implements DataPlane {
     this.#hops.fill(undefined);
     this.#hopAddrs.length = 0;
     this.#remote.clear();
-  }
-
-  #schedule(): void {
-    this.#dirty = true;
-    if (this.#applying) return;
-    // Coalesce a burst of watch events into one pass.
-    setImmediate(() => void this.#apply());
-  }
-
-  #apply(): Promise<void> {
-    if (this.#applying) {
-      this.#dirty = true;
-      return this.#applying;
-    }
-    this.#applying = (async () => {
-      do {
-        this.#dirty = false;
-        if (!this.#running) break;
-        const table = computeRoutes({ functions: this.#o.source.functions(), instancesOf: (id) => this.#o.source.instancesOf(id), localAgentId: this.#o.localAgentId, localOnly: !this.#hopsEnabled });
-        try {
-          await this.#program(table);
-        } catch (err) {
-          this.#o.logger.warn({ err: String(err) }, 'programming haproxy failed; retrying on the next change');
-          if (this.#running) this.#dirty = true;
-          await new Promise((r) => setTimeout(r, 100));
-        }
-      } while (this.#dirty && !this.#closing);
-    })().finally(() => {
-      this.#applying = undefined;
-    });
-    return this.#applying;
   }
 
   #cmd(command: string): Promise<void> {
@@ -400,7 +374,7 @@ export class HaproxyDataPlane implements DataPlane {
     const every = this.#o.statsIntervalMs ?? 200;
     const tick = async (): Promise<void> => {
       if (this.#closing) return;
-      if (this.#running && !this.#applying) {
+      if (this.#running && !this.#loop.current) {
         try {
           // Only the backends in use: the whole pool's CSV (a few hundred rows) five times a second
           // cost both processes CPU for nothing.
@@ -450,7 +424,7 @@ export class HaproxyDataPlane implements DataPlane {
     this.#closing = true;
     this.#unwatch?.();
     if (this.#statsTimer) this.#o.clock.clearTimeout(this.#statsTimer);
-    await this.#sup.close(() => this.#applying ?? Promise.resolve());
+    await this.#sup.close(() => this.#loop.current ?? Promise.resolve());
     // Nothing routes to the instances any more: their drains need not wait for us.
     for (const slot of this.#slots) for (const id of [...slot.servers.keys(), ...slot.deleting]) if (!this.#remote.has(id)) this.#o.sinks.instanceLoad?.(id, 0, false, false);
   }

@@ -27,8 +27,6 @@ export interface SupervisorOptions {
   onReady(): Promise<void>;
   /** Per-request log lines, read off the request path (a FIFO); without it HAProxy's stdout is discarded. */
   onLog?: (line: string) => void;
-  /** HAProxy's own error answers (`errorfile` per status); default: the platform's JSON. */
-  errorPage?: (status: number) => string;
   clock: Clock;
   logger: Logger;
   binary?: string;
@@ -103,8 +101,7 @@ export class HaproxySupervisor {
     chmodSync(dir, 0o700);
     mkdirSync(this.#p.errors, { recursive: true, mode: 0o700 });
     this.#killLeftover();
-    const page = this.#o.errorPage ?? errorPage;
-    for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(this.#p.errors, `${s}.http`), page(Number(s)));
+    for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(this.#p.errors, `${s}.http`), errorPage(Number(s)));
     // Hold the public port first (it also resolves port 0), then let HAProxy join it.
     await this.#openFallback(await this.#claimPort(this.#o.port));
     const h = this.#o.host;
