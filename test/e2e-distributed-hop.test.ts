@@ -18,7 +18,7 @@ import { sandboxPids } from './support/procs.ts';
 const TOKEN = randomBytes(16).toString('hex');
 const skip = backendsMissing() ?? false;
 
-/** Echoes what it got; logs each request's x-test-id (to count deliveries); streams on /stream and /upload. */
+/** Echoes what it got; logs each request's x-test-id (to count deliveries); streams on /stream and /upload; echoes an Upgrade's bytes. */
 const HANDLER = `
 const http = require('http');
 http.createServer((req, res) => {
@@ -42,6 +42,11 @@ http.createServer((req, res) => {
   }
   res.setHeader('content-type', 'application/json');
   res.end(JSON.stringify({ instance: process.env.AETHER_INSTANCE_ID, url: req.url, headers: req.headers }));
+}).on('upgrade', (req, sock, head) => {
+  sock.write('HTTP/1.1 101 Switching Protocols\\r\\nConnection: Upgrade\\r\\nUpgrade: x-echo\\r\\n\\r\\n');
+  sock.write('hello ' + req.url + ';');
+  if (head.length) sock.write(head);
+  sock.pipe(sock);
 }).listen(Number(process.env.PORT));
 `;
 
@@ -90,6 +95,29 @@ function duplexUpload(url: string): Promise<string> {
     req.setTimeout(20_000, () => req.destroy(new Error('upload did not stream both ways')));
     req.write('12345');
     req.flushHeaders();
+  });
+}
+
+/** An Upgrade request: what the instance echoed back through the tunnel after "ping". */
+function tunnel(url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { headers: { 'x-aether-cluster-token': CLUSTER_TOKEN, connection: 'Upgrade', upgrade: 'x-echo' } });
+    req.on('upgrade', (res, socket, head) => {
+      if (res.statusCode !== 101) reject(new Error(`status ${res.statusCode}`));
+      let text = head.toString();
+      socket.on('data', (c: Buffer) => {
+        text += c.toString();
+        if (text.endsWith('ping')) {
+          socket.end();
+          resolve(text);
+        }
+      });
+      socket.write('ping');
+    });
+    req.on('response', (res) => reject(new Error(`no protocol switch: ${res.statusCode}`)));
+    req.on('error', reject);
+    req.setTimeout(20_000, () => req.destroy(new Error('no tunnel')));
+    req.end();
   });
 }
 
@@ -202,9 +230,10 @@ if (skip) {
         assert.equal(fake.headers.get('x-aether-error-code'), null);
       });
 
-      it('streams both ways', { timeout: 60_000 }, async () => {
+      it('streams both ways; an Upgrade is tunnelled', { timeout: 60_000 }, async () => {
         const inst = (await instances(fn('echo')))[0]?.instance_id as string;
         assert.equal(await duplexUpload(forward(inst, '/upload')), 'got 5\ngot 8\nend\n');
+        assert.equal(await tunnel(forward(inst, '/t?x=1')), 'hello /t?x=1;ping');
         for (const url of [forward(inst, '/stream'), `${gw.url}/functions/${fn('echo')}/stream`]) {
           const s = await firstChunk(url, T);
           assert.equal(s.body, 'first\nsecond\n');
