@@ -1,10 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { AetherError, type Logger } from '../core/index.ts';
 import type { Runtime } from '../runtime/index.ts';
-import type { SandboxKind } from '../spec/index.ts';
+import type { Endpoint, SandboxKind } from '../spec/index.ts';
 import { AgentCore } from './core/index.ts';
 import { FunctionsController } from './functions/controller.ts';
-import { handleAgentHttp } from './http.ts';
+import { handleAgentHttp, handleTrustedForward } from './http.ts';
 import type { LogEntry } from './logs.ts';
 import type { Agent, AgentDeps, AgentForwardOptions, AgentForwardTarget, LocalInstanceInfo } from './types.ts';
 
@@ -61,6 +61,18 @@ class AgentImpl implements Agent {
 
   handleHttp(req: IncomingMessage, res: ServerResponse): void {
     handleAgentHttp(this, this.#d.config.clusterToken, this.#httpFollowers, req, res, this.#d.logger as Logger);
+  }
+
+  handleTrustedForward(req: IncomingMessage, res: ServerResponse): void {
+    handleTrustedForward(this, req, res, this.#d.logger);
+  }
+
+  routableInstances(): { id: string; endpoint: Endpoint }[] {
+    return this.#fns.routableInstances();
+  }
+
+  onRoutableChange(listener: () => void): () => void {
+    return this.#fns.onRoutableChange(listener);
   }
 
   tailLogs(fnId: string, n: number): LogEntry[] {

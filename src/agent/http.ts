@@ -1,7 +1,7 @@
 import { createServer, METHODS, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import Router, { type HTTPMethod } from 'find-my-way';
 import type { Duplex } from 'node:stream';
-import { AetherError, answerUnexpected, bearerToken, CLUSTER_TOKEN_HEADER, clientErrorHandler, clip, closeAfterEarlyResponse, decodePathPart, errorBody, isAetherError, refuseConnect, sameSecret, silentLogger, type Logger } from '../core/index.ts';
+import { AetherError, answerUnexpected, bearerToken, CLUSTER_TOKEN_HEADER, FORWARD_INSTANCE_HEADER, clientErrorHandler, clip, closeAfterEarlyResponse, decodePathPart, errorBody, isAetherError, refuseConnect, sameSecret, silentLogger, type Logger } from '../core/index.ts';
 import { AGENT_ERROR_HEADER, ProxyError, acceptUpgrade } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
@@ -12,11 +12,12 @@ const MAX_FOLLOW_BUFFER = 4 * 1024 * 1024;
 
 /**
  * The agent's HTTP server around `serve` (normally agent.handleHttp): WebSocket upgrades on the
- * forwarding route are handed over as request/response pairs (then tunnelled to the instance),
- * parser errors and CONNECT get our JSON error shape.
+ * forwarding route (`forwardsOnly`: on every request, for the private forwarding listener) are
+ * handed over as request/response pairs (then tunnelled to the instance), parser errors and
+ * CONNECT get our JSON error shape.
  */
-export function createAgentServer(serve: (req: IncomingMessage, res: ServerResponse) => void): Server {
-  const server = createServer({ shouldUpgradeCallback: (req) => req.url?.startsWith(FORWARD_PREFIX) ?? false }, serve);
+export function createAgentServer(serve: (req: IncomingMessage, res: ServerResponse) => void, forwardsOnly = false): Server {
+  const server = createServer({ shouldUpgradeCallback: (req) => forwardsOnly || (req.url?.startsWith(FORWARD_PREFIX) ?? false) }, serve);
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => serve(req, acceptUpgrade(req, socket, head)));
   server.on('clientError', clientErrorHandler);
   server.on('connect', refuseConnect);
@@ -48,7 +49,13 @@ function buildRouter(agent: Agent, clusterToken: string, followers: Set<ServerRe
   const forward = guarded((req, res) => {
     const url = req.url ?? '/';
     if (!url.startsWith(FORWARD_PREFIX)) return notFound(req, res); // matched only once decoded: not ours
-    forwardRoute(agent, url.slice(FORWARD_PREFIX.length), req, res, log);
+    const rest = url.slice(FORWARD_PREFIX.length);
+    let cut = rest.length;
+    for (const c of ['/', '?']) {
+      const i = rest.indexOf(c);
+      if (i >= 0 && i < cut) cut = i;
+    }
+    forwardRoute(agent, rest.slice(0, cut), rest.slice(cut), req, res, log);
   }, true);
   const logs = guarded((req, res) => {
     if (req.method !== 'GET') return sendError(res, new AetherError('AETHER_ERR_METHOD_NOT_ALLOWED'));
@@ -115,16 +122,27 @@ export function handleAgentHttp(
   }
 }
 
-/** `<instanceId>/<path...>[?query]`: the gateway already set X-Forwarded-*; headers pass through. */
-function forwardRoute(agent: Agent, rest: string, req: IncomingMessage, res: ServerResponse, log: Logger): void {
-  let cut = rest.length;
-  for (const c of ['/', '?']) {
-    const i = rest.indexOf(c);
-    if (i >= 0 && i < cut) cut = i;
+/**
+ * The agent's private forwarding listener: the backup of its own HAProxy's per-instance backends
+ * (a unix socket, 0600 in that HAProxy's 0700 directory: only the proxy reaches it, so no token
+ * here; the proxy checked it and dropped it). The proxy stripped `/internal/forward/<instance>`
+ * before it chose a server, so the URL is the instance's already and the instance comes in
+ * FORWARD_INSTANCE_HEADER; from there on, exactly the forwarding route's handling.
+ */
+export function handleTrustedForward(agent: Agent, req: IncomingMessage, res: ServerResponse, log: Logger = silentLogger()): void {
+  const instanceId = header(req, FORWARD_INSTANCE_HEADER);
+  delete req.headers[FORWARD_INSTANCE_HEADER];
+  if (!instanceId) return notFound(req, res);
+  try {
+    forwardRoute(agent, instanceId, req.url ?? '/', req, res, log);
+  } catch (err) {
+    answerUnexpected(log, 'agent forward', req, res, err);
   }
-  const instanceId = rest.slice(0, cut);
-  let path = rest.slice(cut);
-  if (!path.startsWith('/')) path = `/${path}`;
+}
+
+/** To `instanceId`, `path` (raw, with its query): the gateway already set X-Forwarded-*; headers pass through. */
+function forwardRoute(agent: Agent, instanceId: string, rawPath: string, req: IncomingMessage, res: ServerResponse, log: Logger): void {
+  const path = rawPath.startsWith('/') ? rawPath : `/${rawPath}`;
   const ac = new AbortController();
   // The caller went away (gateway timeout or client gone): stop the upstream request too.
   res.on('close', () => {

@@ -5,7 +5,7 @@ import type { BlobStore } from '../blob/index.ts';
 import type { Clock, Logger } from '../core/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Runtime } from '../runtime/index.ts';
-import type { SandboxKind } from '../spec/index.ts';
+import type { Endpoint, SandboxKind } from '../spec/index.ts';
 import type { Store } from '../store/index.ts';
 import type { LogEntry } from './logs.ts';
 import type { AgentCore } from './core/index.ts';
@@ -134,6 +134,16 @@ export interface Agent {
    * /internal/ path, known or not, needs the cluster token.
    */
   handleHttp(req: IncomingMessage, res: ServerResponse): void;
+  /**
+   * node:http handler of the agent's private forwarding listener, the backup of its own HAProxy:
+   * forwards to the instance named in FORWARD_INSTANCE_HEADER (the path already stripped), or to a
+   * sibling, else answers coded. No token: only the agent's proxy can reach that listener.
+   */
+  handleTrustedForward(req: IncomingMessage, res: ServerResponse): void;
+  /** The instances forwards go to now (ready or draining, program alive), with their endpoints. */
+  routableInstances(): { id: string; endpoint: Endpoint }[];
+  /** `listener` after every change of routableInstances() (called synchronously: coalesce there). Returns the unsubscribe function. */
+  onRoutableChange(listener: () => void): () => void;
   /**
    * Load a native data plane carries straight to a local instance (its stats): counts like
    * forwarded requests for scale-down and draining. `active`: it served something since last time;

@@ -1,4 +1,5 @@
 import { chmodSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import type { Server as HttpServer } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +13,7 @@ import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost, type Runtime } from '../runtime/index.ts';
 import { nodeDataPlane, resolveDataPlane, type DataPlane, type RouteSource } from '../dataplane/index.ts';
-import { startHaproxyDataPlane } from '../dataplane/haproxy/driver.ts';
+import { startAgentHop, startHaproxyDataPlane, type AgentHop } from '../dataplane/haproxy/index.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
 import { Deployer, specSource } from '../deploy/index.ts';
 import { ServicesNode } from '../agent/services/index.ts';
@@ -155,16 +156,21 @@ async function startParts(
   if (role === 'up' || role === 'agent') {
     let url = 'local://in-process';
     let server: ReturnType<typeof createAgentServer> | undefined;
+    /** The agent's hop through its own HAProxy (`aether agent` on the haproxy data plane). */
+    let hop: AgentHop | undefined;
+    let hopReason = '';
     const started: { runtimes: Runtime[] } = { runtimes: [] };
-    // One step for the node's own parts, whichever of them got started.
+    // One step for the node's own parts, whichever of them got started. The proxy goes after the
+    // instances' drains (it carries their last requests), the Node server last.
     closers.push(async () => {
       await agent?.stop();
       await Promise.all(started.runtimes.map((rt) => rt.close()));
-      if (server) await new Promise<void>((r) => server?.close(() => r()));
+      await hop?.close();
+      if (server?.listening) await new Promise<void>((r) => server?.close(() => r()));
     });
+    // Hand requests to the agent once built.
     if (role === 'agent') {
-      // Listen first (the advertised URL carries the bound port), hand requests to the agent once built.
-      const srv = createAgentServer((req, res) => {
+      server = createAgentServer((req, res) => {
         // The services controller's internal routes (service logs for gateways) beside the agent's.
         if (agent && servicesNode?.handleInternal(req, res, clusterToken)) return;
         if (agent) agent.handleHttp(req, res);
@@ -172,14 +178,6 @@ async function startParts(
           res.writeHead(503).end();
         }
       });
-      server = srv;
-      await new Promise<void>((resolve, reject) => {
-        srv.once('error', reject);
-        srv.listen(cfg.port, cfg.host, () => resolve());
-      });
-      const port = (srv.address() as AddressInfo).port;
-      url = `http://${cfg.advertise ?? (cfg.host === '0.0.0.0' || cfg.host === '::' ? '127.0.0.1' : cfg.host)}:${port}`;
-      agentServerUrl = url;
     }
     const host = await probeHost();
     out(`host: ${JSON.stringify({ root: host.root, namespaces: host.namespaces, cgroups: host.cgroups, kvm: host.kvm, qemu: host.qemu, firecracker: host.firecracker, isolation: host.isolation })}`);
@@ -192,6 +190,14 @@ async function startParts(
     if (started.runtimes.length === 0) throw new AetherError('AETHER_ERR_VALIDATION', 'config: this node offers no sandbox (see --sandboxes and `aether doctor`)');
     if (role === 'up' && !runtimes[cfg.sandbox]) {
       throw new AetherError('AETHER_ERR_VALIDATION', `config: --sandbox ${cfg.sandbox} is the default for new functions, but this node does not offer it (offered: ${Object.keys(runtimes).join(', ')}; see \`aether doctor\`)`);
+    }
+    if (server) {
+      // Listen before the agent is built: the advertised URL carries the bound port.
+      const l = await listenAgent(server, cfg, { viaForwarders, env, clusterToken, clock, logger, out, serve: (req, res) => (agent ? agent.handleTrustedForward(req, res) : void res.writeHead(503).end()) });
+      hop = l.hop;
+      hopReason = l.reason;
+      url = `http://${cfg.advertise ?? (cfg.host === '0.0.0.0' || cfg.host === '::' ? '127.0.0.1' : cfg.host)}:${l.port}`;
+      agentServerUrl = url;
     }
     // Services on this node: the controller runs what the deployer assigns here; the edge router
     // (with --router-port) routes by Host to them and to peers' routers.
@@ -237,12 +243,14 @@ async function startParts(
     });
     // Services run on the agent's core: one ledger, and adoption of their instances at start.
     if (agent.core) services.attach(agent.core);
+    // Before start: adopted instances are routed by the proxy from the first moment.
+    const a = agent;
+    hop?.attach({ routable: () => a.routableInstances(), onChange: (l) => a.onRoutableChange(l), instanceLoad: (id, n, active, routed) => a.noteExternalLoad(id, n, active, routed) });
     await agent.start();
     await services.start();
     closers.unshift(() => services.stop());
     if (role === 'agent') {
-      // The agent's hop stays Node; see docs/dataplane.md.
-      if (cfg.dataPlane !== 'node') out(`data plane: node (agents forward through their own Node server; --data-plane ${cfg.dataPlane} applies to gateways)`);
+      out(`data plane: ${hop ? 'haproxy' : 'node'} (${hopReason})`);
       out(`agent ${agentId} serving at ${url}`);
     }
   }
@@ -327,6 +335,52 @@ async function startParts(
   }
 
   return dataPlane?.url ?? agentServerUrl ?? '';
+}
+
+/**
+ * The agent's listener: with the haproxy data plane its own HAProxy binds the agent's port and
+ * carries forwards straight to instances, the Node server moves to a loopback port behind it and a
+ * forwarding-only Node server (`serve`) listens on a private socket as the proxy's backup; with
+ * node, the Node server binds the port itself.
+ */
+async function listenAgent(
+  server: HttpServer,
+  cfg: Config,
+  o: { viaForwarders: boolean; env: NodeJS.ProcessEnv; clusterToken: string; clock: Clock; logger: Logger; out: (s: string) => void; serve: Parameters<typeof createAgentServer>[0] },
+): Promise<{ port: number; hop: AgentHop | undefined; reason: string }> {
+  const listen = (host: string, port: number): Promise<number> =>
+    new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve((server.address() as AddressInfo).port);
+      });
+    });
+  // Instances reached only through forwarder sockets: `auto` keeps the Node hop (as for `aether up`).
+  const dp = resolveDataPlane(cfg.dataPlane, o.env, undefined, o.viaForwarders);
+  if (cfg.dataPlane === 'haproxy' && !dp.binary) throw new AetherError('AETHER_ERR_VALIDATION', 'config: --data-plane haproxy, but no haproxy binary was found (install haproxy, or use --data-plane auto|node)');
+  if (dp.kind === 'node') return { port: await listen(cfg.host, cfg.port), hop: undefined, reason: dp.reason };
+  const nodePort = await listen('127.0.0.1', 0);
+  try {
+    const hop = await startAgentHop({
+      dir: join(cfg.dataDir, 'haproxy'),
+      host: cfg.host,
+      port: cfg.port,
+      node: { host: '127.0.0.1', port: nodePort, server },
+      forwarder: createAgentServer(o.serve, true),
+      clusterToken: o.clusterToken,
+      clock: o.clock,
+      logger: o.logger,
+      ...(dp.binary ? { binary: dp.binary } : {}),
+    });
+    return { port: hop.port, hop, reason: dp.reason };
+  } catch (err) {
+    if (cfg.dataPlane === 'haproxy') throw err;
+    // auto: a host where HAProxy cannot start still works, through the Node hop.
+    o.out(`WARNING: haproxy did not start (${String(err).slice(0, 300)}); using the node data plane`);
+    await new Promise<void>((r) => server.close(() => r()));
+    return { port: await listen(cfg.host, cfg.port), hop: undefined, reason: 'haproxy failed to start' };
+  }
 }
 
 /** The gateway's watch-fed views as the data plane's route source. */

@@ -17,10 +17,11 @@ test('serve commands: the deployer lists only what it uses (store, config, log l
   assert.match(options('deployer').get('--source') ?? '', /required/);
 });
 
-test('serve commands: agents take no admin token file nor data plane; distributed roles are offered only the drivers they accept', () => {
+test('serve commands: agents take no admin token file; distributed roles are offered only the drivers they accept', () => {
   const agent = options('agent');
-  for (const f of ['--admin-token-file', '--data-plane', '--sandbox', '--source']) assert.equal(agent.has(f), false, f);
-  for (const f of ['--queue', '--blob', '--cluster-token-file', '--store', '--data-dir']) assert.equal(agent.has(f), true, f);
+  for (const f of ['--admin-token-file', '--sandbox', '--source']) assert.equal(agent.has(f), false, f);
+  for (const f of ['--queue', '--blob', '--cluster-token-file', '--store', '--data-dir', '--data-plane']) assert.equal(agent.has(f), true, f);
+  assert.match(agent.get('--data-plane') ?? '', /HAProxy on --port/);
   assert.doesNotMatch(agent.get('--data-dir') ?? '', /admin token/);
   for (const role of ['gateway', 'agent', 'deployer']) {
     assert.doesNotMatch(options(role).get('--store') ?? '', /sqlite/, `${role}: the embedded store works only in up`);

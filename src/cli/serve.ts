@@ -45,6 +45,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     if (role !== 'deployer') cmd.option('--cluster-token-file <file>', `file holding the gateway<->agent token (else AETHER_CLUSTER_TOKEN${up ? '; default derived from the admin token' : '; one of them is required'})`);
     cmd.option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL; default info)');
     if (role === 'up' || role === 'gateway') cmd.option('--data-plane <kind>', 'auto | haproxy | node: who carries warm invocations (env AETHER_DATA_PLANE; default auto)');
+    if (role === 'agent') cmd.option('--data-plane <kind>', "auto | haproxy | node: who carries gateways' forwards to this node's instances, its own HAProxy on --port or its Node server (env AETHER_DATA_PLANE; default auto: haproxy when installed and sandboxes are reached over TCP)");
     return cmd;
   };
   // Chosen where functions are created (the gateway's API), not where they run.

@@ -76,7 +76,7 @@ export interface Config {
   sandboxNetwork: 'auto' | 'veth' | 'forwarder';
   /** The /16 the veth network's per-sandbox /30s come from. */
   sandboxNetPool: string;
-  /** Who carries warm invocation traffic: auto = haproxy when its binary is found, else node. */
+  /** Who carries warm invocation traffic (an agent: gateways' forwards to its instances): auto = haproxy when its binary is found, else node. */
   dataPlane: 'auto' | 'haproxy' | 'node';
   advertise: string | undefined;
   adminTokenFile: string | undefined;

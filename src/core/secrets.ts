@@ -7,6 +7,13 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
  */
 export const CLUSTER_TOKEN_HEADER = 'x-aether-cluster-token';
 
+/**
+ * Set by an agent's own HAProxy on a forward it carries: the instance the request is for. The proxy
+ * strips `/internal/forward/<instance>` before it picks a server, so when the instance cannot be
+ * reached, its backup (the agent's private forwarding listener) learns the instance from here.
+ */
+export const FORWARD_INSTANCE_HEADER = 'x-aether-forward-instance';
+
 /** Constant-time equality of two secrets of any length (compares their SHA-256 digests). */
 export function sameSecret(given: string, expected: string): boolean {
   const a = createHash('sha256').update(given).digest();

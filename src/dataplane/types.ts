@@ -1,4 +1,4 @@
-import type { FunctionRecord, InstanceRecord, InvocationRecord } from '../spec/index.ts';
+import type { Endpoint, FunctionRecord, InstanceRecord, InvocationRecord } from '../spec/index.ts';
 
 export type DataPlaneKind = 'node' | 'haproxy';
 
@@ -22,6 +22,16 @@ export interface DataPlaneSinks {
   instanceLoad?(instanceId: string, inflight: number, active: boolean, routed: boolean): void;
   /** A request carried by the proxy (aether_* metrics). */
   observed?(rec: InvocationRecord): void;
+}
+
+/** An agent's local instances, as its own proxy routes forwards to them (the agent's hop). */
+export interface LocalInstanceSource {
+  /** The instances forwards go to now (ready or draining, program alive), with their endpoints. */
+  routable(): Iterable<{ id: string; endpoint: Endpoint }>;
+  /** Called on every change of routable(). */
+  onChange(listener: () => void): () => void;
+  /** Requests the proxy carries straight to an instance: as DataPlaneSinks.instanceLoad. */
+  instanceLoad(instanceId: string, inflight: number, active: boolean, routed: boolean): void;
 }
 
 export interface DataPlane {

@@ -11,6 +11,8 @@ export interface InstanceHooks {
   onGone?: () => void;
   /** The program exited (for any reason; the controller decides what that means in its state). */
   onExit?: (info: ExitInfo) => void;
+  /** Its state changed (after the change). */
+  onState?: (state: InstanceState) => void;
 }
 
 /**
@@ -65,10 +67,11 @@ export class CoreInstance {
   to(next: InstanceState): boolean {
     try {
       this.#state = transition(this.#state, next, this.id);
-      return true;
     } catch (err) {
       this.#log.error({ err, instance: this.id, owner: this.owner }, 'refused an illegal instance state change');
       return false;
     }
+    this.hooks.onState?.(this.#state);
+    return true;
   }
 }

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { AetherError, metrics, newId, type TimerHandle } from '../../core/index.ts';
 import { forward as proxyForward, ProxyError } from '../../proxy/index.ts';
 import type { Job } from '../../queue/index.ts';
-import type { Endpoint, ExitInfo, InstanceSpec } from '../../runtime/index.ts';
+import type { Endpoint, ExitInfo, InstanceSpec, RuntimeInstance } from '../../runtime/index.ts';
 import { planScaleDown, type InstanceLoad, type ScalePolicy } from '../../scaler/index.ts';
 import {
   KEYS,
@@ -88,6 +88,8 @@ export class FunctionsController implements WorkloadController {
   readonly #resultTimers = new Set<TimerHandle>();
   /** Wakes the take loops (one per sandbox kind) paused for capacity. */
   readonly #wakers = new Set<() => void>();
+  /** Told when the set of instances forwards can reach changes (the agent's own proxy follows it). */
+  readonly #routableListeners = new Set<() => void>();
   #unfree: (() => void) | undefined;
 
   constructor(deps: AgentDeps, core: AgentCore) {
@@ -232,7 +234,7 @@ export class FunctionsController implements WorkloadController {
       counted: false,
       stopped: undefined,
     };
-    inst.hooks = { onGone: () => this.#onGone(l), onExit: (info) => this.#onExit(l, info) };
+    inst.hooks = { onGone: () => this.#onGone(l), onExit: (info) => this.#onExit(l, info), onState: () => this.#routableChanged() };
     this.#locals.set(l.id, l);
     return l;
   }
@@ -486,7 +488,7 @@ export class FunctionsController implements WorkloadController {
     const ready = this.#readyCounts();
     const victims: Local[] = [];
     const idle = [...this.#locals.values()]
-      .filter((l) => l.inst.state === 'ready' && l.inflight === 0 && l.fnId !== fn.id && now - l.lastActiveAt >= idleMs)
+      .filter((l) => l.inst.state === 'ready' && l.inflight + l.external === 0 && l.fnId !== fn.id && now - l.lastActiveAt >= idleMs)
       .sort((a, b) => a.lastActiveAt - b.lastActiveAt);
     for (const l of idle) {
       if (enough()) break;
@@ -519,7 +521,7 @@ export class FunctionsController implements WorkloadController {
     const ready = this.#readyCounts();
     const r = { ...NO_RESOURCES };
     for (const l of this.#locals.values()) {
-      if (l.inst.state !== 'ready' || l.inflight > 0 || now - l.lastActiveAt < config.evictIdleMs) continue;
+      if (l.inst.state !== 'ready' || l.inflight + l.external > 0 || now - l.lastActiveAt < config.evictIdleMs) continue;
       const left = ready.get(l.fnId) ?? 0;
       if (left <= (this.#functions.get(l.fnId)?.min_instances ?? 0)) continue;
       ready.set(l.fnId, left - 1);
@@ -683,6 +685,7 @@ export class FunctionsController implements WorkloadController {
    * routing to it here (forward refuses it) and in every gateway (its key goes).
    */
   #onGone(l: Local): void {
+    this.#routableChanged();
     if (l.inst.state !== 'ready' && l.inst.state !== 'draining') return;
     this.#deleteRecord(l).catch((err: unknown) => this.#d.logger.warn({ err, instance: l.id }, 'could not delete the key of a dead instance'));
   }
@@ -867,7 +870,7 @@ export class FunctionsController implements WorkloadController {
     const rank = (x: Local): [number, number] => [current !== undefined && x.configKey !== current ? 1 : 0, x.inflight + x.external];
     let best: Local | undefined;
     for (const l of this.#locals.values()) {
-      if (l.fnId !== fnId || tried.has(l.id) || l.inst.gone || l.inst.state !== 'ready' || !l.inst.rt) continue;
+      if (l.fnId !== fnId || tried.has(l.id) || l.inst.state !== 'ready' || !reachable(l)) continue;
       const [s, load] = rank(l);
       const b = best ? rank(best) : undefined;
       if (!b || s < b[0] || (s === b[0] && load < b[1])) best = l;
@@ -883,9 +886,8 @@ export class FunctionsController implements WorkloadController {
     opts: AgentForwardOptions = {},
   ): Promise<{ status: number }> {
     const l = this.#locals.get(instanceId);
-    // Draining instances still serve what reaches them (a gateway's view may lag by a moment).
-    const rt = l?.inst.rt;
-    if (!l || !rt || l.inst.gone || (l.inst.state !== 'ready' && l.inst.state !== 'draining')) {
+    const rt = l && reachable(l);
+    if (!l || !rt) {
       throw new AetherError('AETHER_ERR_UPSTREAM_UNREACHED', `instance ${instanceId} is not running on agent ${this.#id}`);
     }
     l.inflight++;
@@ -901,6 +903,26 @@ export class FunctionsController implements WorkloadController {
       l.lastActiveAt = this.#d.clock.now();
       if (l.inflight + l.external === 0 && !l.externalRouted) for (const w of l.idleWaiters.splice(0)) w();
     }
+  }
+
+  /** The instances forwards go to now (ready or draining, program alive), for the agent's own proxy. */
+  routableInstances(): { id: string; endpoint: Endpoint }[] {
+    const out: { id: string; endpoint: Endpoint }[] = [];
+    for (const l of this.#locals.values()) {
+      const rt = reachable(l);
+      if (rt) out.push({ id: l.id, endpoint: rt.endpoint });
+    }
+    return out;
+  }
+
+  /** `listener` after every change of routableInstances() (called synchronously: coalesce there). */
+  onRoutableChange(listener: () => void): () => void {
+    this.#routableListeners.add(listener);
+    return () => this.#routableListeners.delete(listener);
+  }
+
+  #routableChanged(): void {
+    for (const f of this.#routableListeners) f();
   }
 
   noteExternalLoad(instanceId: string, inflight: number, active: boolean, routed: boolean): void {
@@ -925,6 +947,15 @@ export class FunctionsController implements WorkloadController {
   localInstances(): LocalInstanceInfo[] {
     return [...this.#locals.values()].map((l) => ({ instanceId: l.id, functionId: l.fnId, inflight: l.inflight, state: l.inst.state }));
   }
+}
+
+/**
+ * Its sandbox, if forwards may go to it: ready, or draining (a gateway's view may lag by a moment,
+ * so a draining instance still serves what reaches it), and its program not gone.
+ */
+function reachable(l: Local): RuntimeInstance | undefined {
+  const rt = l.inst.rt;
+  return rt && !l.inst.gone && (l.inst.state === 'ready' || l.inst.state === 'draining') ? rt : undefined;
 }
 
 function policyOf(fn: FunctionRecord): ScalePolicy {

@@ -1,19 +1,14 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
-import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { IncomingMessage, Server as HttpServer } from 'node:http';
+import { isIP } from 'node:net';
 import { lookup } from 'node:dns/promises';
-import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import type { Clock, Logger } from '../../core/index.ts';
-import { findHaproxy } from '../detect.ts';
 import { computeRoutes, type RouteAddress, type RouteTable } from '../table.ts';
 import type { DataPlane, DataPlaneSinks, RouteSource } from '../types.ts';
-import { adminCommand, commandFailed } from './admin.ts';
-import { ACTIVATOR_SERVER, ERROR_PAGES, errorPage, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, ORIGINAL_URI_HEADER, POOL_OPTIONS, paths, renderConfig, slotName } from './config.ts';
-import { openLogPipe, type LogPipe } from './logpipe.ts';
+import { commandFailed } from './admin.ts';
+import { ACTIVATOR_SERVER, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, ORIGINAL_URI_HEADER, POOL_OPTIONS, paths, renderConfig, slotName } from './config.ts';
 import { parseLogLine, parseShowStat } from './parse.ts';
+import { ProgramLoop } from './program-loop.ts';
+import { HaproxySupervisor } from './supervisor.ts';
 
 export interface HaproxyOptions {
   /** Private state directory (created 0700). */
@@ -69,31 +64,20 @@ function formatAddress(a: RouteAddress): string {
  * (servers added, drained and deleted, the route map updated; never a reload) and supervises.
  * Warm requests go proxy -> instance socket; a reference without a ready instance goes to the
  * activator (the Node gateway). While HAProxy is down the platform itself listens on the public
- * port (SO_REUSEPORT, so both can hold it during the hand-over) and serves through the Node path.
+ * port and serves through the Node path (supervisor.ts).
  */
 export class HaproxyDataPlane implements DataPlane {
   readonly kind = 'haproxy' as const;
-  #url = '';
   readonly #o: HaproxyOptions;
+  readonly #sup: HaproxySupervisor;
+  readonly #loop: ProgramLoop;
   readonly #p: ReturnType<typeof paths>;
   readonly #slots: Slot[];
   readonly #slotOf = new Map<string, number>();
   /** What the route map holds now: reference -> "slot|fnId|timeoutMs". */
   readonly #map = new Map<string, string>();
-  #child: ChildProcess | undefined;
-  #logPipe: LogPipe | undefined;
-  #fallback: Server | undefined;
-  readonly #fallbackSockets = new Set<Socket>();
-  /** Sockets the fallback accepted, closed after their current answer once HAProxy is back. */
-  readonly #handBack = new Set<Socket>();
-  #handBackHooked = false;
   #retriesHooked = false;
-  #port = 0;
   #closing = false;
-  #running = false;
-  #restarts = 0;
-  #applying: Promise<void> | undefined;
-  #dirty = false;
   #statsTimer: ReturnType<Clock['setTimeout']> | undefined;
   #unwatch: (() => void) | undefined;
   readonly #reported = new Map<string, number>();
@@ -107,7 +91,6 @@ export class HaproxyDataPlane implements DataPlane {
   readonly #resolved = new Map<string, { ip: string; at: number }>();
   /** Servers that are instances on other nodes (their load is their agent's business). */
   readonly #remote = new Set<string>();
-  #lastExitAt = 0;
 
   constructor(o: HaproxyOptions) {
     this.#o = o;
@@ -116,143 +99,55 @@ export class HaproxyDataPlane implements DataPlane {
     this.#hopsEnabled = o.clusterToken !== undefined && hopTokenUsable(o.clusterToken);
     if (o.clusterToken !== undefined && !this.#hopsEnabled) o.logger.warn('the cluster token has characters HAProxy config cannot carry; instances on other nodes go through the Node path');
     this.#hops = Array.from({ length: this.#hopsEnabled ? (o.hops ?? 16) : 0 }, () => undefined);
+    this.#sup = new HaproxySupervisor({
+      dir: o.dir,
+      host: o.host,
+      port: o.port,
+      fallback: o.activator.server,
+      maps: [this.#p.routes],
+      render: ({ port, threads, maxConn }) =>
+        renderConfig({ dir: o.dir, host: o.host, port, activator: { host: o.activator.host, port: o.activator.port }, slots: this.#slots.length, threads, maxConn, ...(this.#hopsEnabled ? { hops: { count: this.#hops.length, clusterToken: o.clusterToken as string } } : {}) }),
+      onReady: async () => {
+        this.#resetState();
+        await this.#loop.run();
+      },
+      onLog: (line) => this.#onLog(line),
+      clock: o.clock,
+      logger: o.logger,
+      ...(o.binary ? { binary: o.binary } : {}),
+    });
+    this.#loop = new ProgramLoop({
+      pass: () => this.#program(computeRoutes({ functions: o.source.functions(), instancesOf: (id) => o.source.instancesOf(id), localAgentId: o.localAgentId, localOnly: !this.#hopsEnabled })),
+      running: () => this.#running,
+      closing: () => this.#closing,
+      logger: o.logger,
+    });
   }
 
   get url(): string {
-    return this.#url;
+    return this.#sup.url;
+  }
+
+  get #running(): boolean {
+    return this.#sup.running;
   }
 
   status(): ReturnType<DataPlane['status']> {
-    return { kind: 'haproxy', proxy: this.#running ? 'running' : 'restarting', restarts: this.#restarts, routes: this.#map.size };
+    return { kind: 'haproxy', proxy: this.#running ? 'running' : 'restarting', restarts: this.#sup.restarts, routes: this.#map.size };
   }
 
   async sync(): Promise<void> {
     // Watch events arrive in microtasks / I/O callbacks: let the ones already due land first.
     await new Promise((r) => setImmediate(r));
     if (!this.#running) return;
-    this.#dirty = true;
-    await this.#apply();
+    await this.#loop.run();
   }
 
   async start(): Promise<void> {
-    mkdirSync(this.#o.dir, { recursive: true, mode: 0o700 });
-    chmodSync(this.#o.dir, 0o700);
-    mkdirSync(this.#p.errors, { recursive: true, mode: 0o700 });
-    this.#killLeftover();
     this.#hookRetries();
-    for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(this.#p.errors, `${s}.http`), errorPage(Number(s)));
-    // Hold the public port first (it also resolves port 0), then let HAProxy join it.
-    await this.#openFallback(await this.#claimPort(this.#o.port));
-    const h = this.#o.host;
-    const urlHost = h === '0.0.0.0' || h === '::' ? '127.0.0.1' : h.includes(':') ? `[${h}]` : h;
-    this.#url = `http://${urlHost}:${this.#port}`;
-    writeFileSync(
-      this.#p.config,
-      renderConfig({ dir: this.#o.dir, host: h, port: this.#port, activator: { host: this.#o.activator.host, port: this.#o.activator.port }, slots: this.#slots.length, threads: haproxyThreads(availableParallelism(), process.env['AETHER_HAPROXY_THREADS']), maxConn: maxConnForFdLimit(), ...(this.#hopsEnabled ? { hops: { count: this.#hops.length, clusterToken: this.#o.clusterToken as string } } : {}) }),
-      { mode: 0o600 },
-    );
-    this.#unwatch = this.#o.source.onChange(() => this.#schedule());
-    await this.#spawn();
+    this.#unwatch = this.#o.source.onChange(() => this.#loop.schedule());
+    await this.#sup.start();
     this.#pollStats();
-  }
-
-  // ---------------------------------------------------------------- process supervision
-
-  #killLeftover(): void {
-    // An earlier platform process killed with -9 may have left its HAProxy holding the port.
-    const pidFile = join(this.#o.dir, 'haproxy.pid');
-    if (!existsSync(pidFile)) return;
-    const pid = Number(readFileSync(pidFile, 'utf8').trim());
-    try {
-      if (pid > 0 && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(this.#p.config)) process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-
-  async #spawn(): Promise<void> {
-    const bin = this.#o.binary ?? findHaproxy() ?? 'haproxy';
-    // setpriv: HAProxy dies with us even on SIGKILL (it would otherwise keep the public port).
-    const setpriv = spawnSync('setpriv', ['--help'], { stdio: 'ignore' }).status === 0;
-    writeFileSync(this.#p.routes, ''); // programmed from scratch below
-    const args = ['-f', this.#p.config, '-db'];
-    const argv = setpriv ? ['setpriv', '--pdeathsig', 'KILL', bin, ...args] : [bin, ...args];
-    // Log lines go to a FIFO read in batches (logpipe.ts).
-    this.#logPipe?.close();
-    const pipe = openLogPipe(join(this.#o.dir, 'log.fifo'), this.#o.clock);
-    this.#logPipe = pipe;
-    const cmd = pipe.wrap(argv);
-    const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', pipe.writeFd, 'pipe'] });
-    this.#child = child;
-    writeFileSync(join(this.#o.dir, 'haproxy.pid'), `${child.pid ?? ''}\n`);
-    closeSync(pipe.writeFd); // the child holds it now: its exit is the reader's EOF
-    pipe.start((line) => this.#onLog(line));
-    let errTail = '';
-    createInterface({ input: child.stderr as NodeJS.ReadableStream }).on('line', (l) => {
-      errTail = (errTail + l + '\n').slice(-2000);
-      this.#o.logger.debug({ haproxy: l }, 'haproxy');
-    });
-    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-    child.once('exit', (code, signal) => {
-      if (this.#child !== child) return;
-      this.#child = undefined;
-      const wasRunning = this.#running;
-      this.#running = false;
-      // Exits during start are the starter's to handle (it throws, or #recover retries).
-      if (this.#closing || !wasRunning) return;
-      this.#o.logger.warn({ code, signal, stderr: errTail.slice(-500) }, 'haproxy exited; serving through the Node path until it is back');
-      void this.#recover();
-    });
-    // Ready once the admin socket answers; then program it from scratch.
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`haproxy exited at start (${child.exitCode ?? child.signalCode}): ${errTail.slice(-800)}`);
-      const ok = await adminCommand(this.#p.admin, 'show info', 1000).then(
-        (a) => a.includes('Pid:'),
-        () => false,
-      );
-      if (ok) break;
-      if (Date.now() > deadline) {
-        child.kill('SIGKILL');
-        await exited;
-        throw new Error(`haproxy did not open its admin socket: ${errTail.slice(-800)}`);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    this.#resetState();
-    this.#running = true;
-    await this.#apply();
-    this.#closeFallback();
-  }
-
-  async #recover(): Promise<void> {
-    await this.#openFallback(this.#port).catch((err: unknown) => this.#o.logger.error({ err: String(err) }, 'could not take over the public port'));
-    // Restart at once; only a proxy that keeps dying waits (up to 1 s) between attempts.
-    const now = Date.now();
-    const delay = now - this.#lastExitAt < 2000 ? 1000 : 50;
-    this.#lastExitAt = now;
-    await new Promise((r) => setTimeout(r, delay));
-    if (this.#closing) return;
-    this.#restarts++;
-    try {
-      await this.#spawn();
-      this.#o.logger.warn({ restarts: this.#restarts }, 'haproxy restarted; table re-applied');
-    } catch (err) {
-      this.#o.logger.error({ err: String(err) }, 'haproxy restart failed; retrying');
-      if (!this.#closing && !this.#child) void this.#recover();
-    }
-  }
-
-  /** Refuse a port another process holds, as a plain listen would (SO_REUSEPORT would share it). */
-  async #claimPort(port: number): Promise<number> {
-    const probe = createServer();
-    await new Promise<void>((resolve, reject) => {
-      probe.once('error', reject);
-      probe.listen({ host: this.#o.host, port }, () => resolve());
-    });
-    const bound = (probe.address() as AddressInfo).port;
-    await new Promise<void>((r) => probe.close(() => r()));
-    return bound;
   }
 
   /**
@@ -267,45 +162,8 @@ export class HaproxyDataPlane implements DataPlane {
       const uri = req.headers[ORIGINAL_URI_HEADER];
       if (uri === undefined) return;
       delete req.headers[ORIGINAL_URI_HEADER];
-      if (typeof uri === 'string' && uri.startsWith('/functions/') && !this.#fallbackSockets.has(req.socket) && !this.#handBack.has(req.socket)) req.url = uri;
+      if (typeof uri === 'string' && uri.startsWith('/functions/') && !this.#sup.viaFallback(req.socket)) req.url = uri;
     });
-  }
-
-  async #openFallback(port: number): Promise<void> {
-    if (this.#fallback) return;
-    if (!this.#handBackHooked) {
-      this.#handBackHooked = true;
-      // A keep-alive client of the fallback would stay on the Node path for good: its next answer closes the connection.
-      this.#o.activator.server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
-        if (this.#handBack.has(req.socket)) res.shouldKeepAlive = false;
-      });
-    }
-    const srv = createServer((sock) => {
-      this.#fallbackSockets.add(sock);
-      sock.once('close', () => {
-        this.#fallbackSockets.delete(sock);
-        this.#handBack.delete(sock);
-      });
-      this.#o.activator.server.emit('connection', sock);
-    });
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen({ host: this.#o.host, port, reusePort: true }, () => resolve());
-    });
-    this.#fallback = srv;
-    this.#port = (srv.address() as AddressInfo).port;
-  }
-
-  #closeFallback(): void {
-    const srv = this.#fallback;
-    if (!srv) return;
-    this.#fallback = undefined;
-    // Stops accepting; what it accepted finishes on the Node path, then its clients reconnect to HAProxy.
-    // (Not awaited: close() resolves only once those connections end.)
-    srv.close();
-    for (const sock of this.#fallbackSockets) this.#handBack.add(sock);
-    this.#fallbackSockets.clear();
-    this.#o.activator.server.closeIdleConnections();
   }
 
   // ---------------------------------------------------------------- programming
@@ -323,40 +181,8 @@ export class HaproxyDataPlane implements DataPlane {
     this.#remote.clear();
   }
 
-  #schedule(): void {
-    this.#dirty = true;
-    if (this.#applying) return;
-    // Coalesce a burst of watch events into one pass.
-    setImmediate(() => void this.#apply());
-  }
-
-  #apply(): Promise<void> {
-    if (this.#applying) {
-      this.#dirty = true;
-      return this.#applying;
-    }
-    this.#applying = (async () => {
-      do {
-        this.#dirty = false;
-        if (!this.#running) break;
-        const table = computeRoutes({ functions: this.#o.source.functions(), instancesOf: (id) => this.#o.source.instancesOf(id), localAgentId: this.#o.localAgentId, localOnly: !this.#hopsEnabled });
-        try {
-          await this.#program(table);
-        } catch (err) {
-          this.#o.logger.warn({ err: String(err) }, 'programming haproxy failed; retrying on the next change');
-          if (this.#running) this.#dirty = true;
-          await new Promise((r) => setTimeout(r, 100));
-        }
-      } while (this.#dirty && !this.#closing);
-    })().finally(() => {
-      this.#applying = undefined;
-    });
-    return this.#applying;
-  }
-
-  async #cmd(command: string): Promise<void> {
-    const answer = await adminCommand(this.#p.admin, command);
-    if (commandFailed(command, answer)) throw new Error(`haproxy: "${command}": ${answer.trim()}`);
+  #cmd(command: string): Promise<void> {
+    return this.#sup.command(command);
   }
 
   async #program(t: RouteTable): Promise<void> {
@@ -527,7 +353,7 @@ export class HaproxyDataPlane implements DataPlane {
   async #reap(i: number): Promise<void> {
     const slot = this.#slots[i] as Slot;
     for (const id of [...slot.deleting]) {
-      const a = await adminCommand(this.#p.admin, `del server ${slotName(i)}/${id}`);
+      const a = await this.#sup.ask(`del server ${slotName(i)}/${id}`);
       if (!commandFailed('del server', a) || /No such server/i.test(a)) {
         slot.deleting.delete(id);
         this.#remote.delete(id);
@@ -548,12 +374,12 @@ export class HaproxyDataPlane implements DataPlane {
     const every = this.#o.statsIntervalMs ?? 200;
     const tick = async (): Promise<void> => {
       if (this.#closing) return;
-      if (this.#running && !this.#applying) {
+      if (this.#running && !this.#loop.current) {
         try {
           // Only the backends in use: the whole pool's CSV (a few hundred rows) five times a second
           // cost both processes CPU for nothing.
           const used = this.#slots.flatMap((s, i) => (s.fnId !== undefined || s.servers.size > 0 || s.deleting.size > 0 ? [`show stat ${slotName(i)} -1 -1`] : []));
-          const rows = used.length === 0 ? [] : parseShowStat(await adminCommand(this.#p.admin, used.join('; '), 2000));
+          const rows = used.length === 0 ? [] : parseShowStat(await this.#sup.ask(used.join('; '), 2000));
           const fnLoad = new Map<string, number>();
           const seen = new Set<string>();
           for (const r of rows) {
@@ -598,45 +424,10 @@ export class HaproxyDataPlane implements DataPlane {
     this.#closing = true;
     this.#unwatch?.();
     if (this.#statsTimer) this.#o.clock.clearTimeout(this.#statsTimer);
-    await this.#applying?.catch(() => undefined);
-    const child = this.#child;
-    if (child && child.exitCode === null && child.signalCode === null) {
-      // SIGUSR1: soft stop (finish in-flight requests, bounded by hard-stop-after).
-      const gone = new Promise<void>((r) => child.once('exit', () => r()));
-      child.kill('SIGUSR1');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await gone;
-      clearTimeout(t);
-    }
-    this.#logPipe?.close();
-    this.#running = false;
-    this.#closeFallback();
+    await this.#sup.close(() => this.#loop.current ?? Promise.resolve());
     // Nothing routes to the instances any more: their drains need not wait for us.
     for (const slot of this.#slots) for (const id of [...slot.servers.keys(), ...slot.deleting]) if (!this.#remote.has(id)) this.#o.sinks.instanceLoad?.(id, 0, false, false);
   }
-}
-
-/**
- * HAProxy's threads: one on a machine of two CPUs or fewer (it shares them with the programs and the
- * platform; measured on 2 vCPUs: one thread answered at one connection in ~100 µs p50 where two took
- * ~150, at equal throughput at 64), else one less than the CPUs, at most 16.
- */
-export function haproxyThreads(cpus: number, override?: string): number {
-  const n = Number(override);
-  if (override && Number.isInteger(n) && n >= 1 && n <= 64) return n;
-  return cpus <= 2 ? 1 : Math.min(16, cpus - 1);
-}
-
-/** HAProxy needs two descriptors per proxied connection and refuses to start above the hard limit. */
-function maxConnForFdLimit(): number {
-  try {
-    const m = /^Max open files\s+\S+\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
-    const hard = m?.[1] === 'unlimited' ? Infinity : Number(m?.[1]);
-    if (Number.isFinite(hard) && hard > 0) return Math.max(256, Math.min(20_000, Math.floor((hard - 200 - 4 * 128) / 2)));
-  } catch {
-    // not Linux: keep the default
-  }
-  return 20_000;
 }
 
 export async function startHaproxyDataPlane(o: HaproxyOptions): Promise<HaproxyDataPlane> {

@@ -30,7 +30,7 @@ test('log pipe: lines are read in batches on the clock, split across reads, and 
 });
 
 test('haproxy threads: one on two CPUs or fewer, else one less than the CPUs (max 16); a valid override wins', async () => {
-  const { haproxyThreads } = await import('./driver.ts');
+  const { haproxyThreads } = await import('./supervisor.ts');
   assert.deepEqual([1, 2, 3, 8, 64].map((n) => haproxyThreads(n)), [1, 1, 2, 7, 16]);
   assert.equal(haproxyThreads(2, '2'), 2);
   for (const bad of ['0', '-1', '1.5', 'x', '65', '']) assert.equal(haproxyThreads(2, bad), 1, bad);
