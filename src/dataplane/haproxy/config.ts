@@ -102,7 +102,7 @@ export function bindAddress(host: string, port: number): string {
  * tag, invocation id, function id, backend, server (instance), status, active ms, termination
  * state, start (s), start ms part, retries.
  */
-export const LOG_FORMAT = `${LOG_TAG} %ID %[var(txn.fn)] %b %s %ST %Ta %tsc %Ts %ms %rc`;
+export const LOG_FORMAT = `${LOG_TAG} %ID %[var(txn.route),field(2,|)] %b %s %ST %Ta %tsc %Ts %ms %rc`;
 
 export function renderConfig(c: HaproxyConfigInput): string {
   const p = paths(c.dir);
@@ -138,10 +138,10 @@ export function renderConfig(c: HaproxyConfigInput): string {
     'frontend aether',
     `  bind ${bindAddress(c.host, c.port)}`,
     `  unique-id-format ${UNIQUE_ID_FORMAT}`,
-    '  http-request set-var(txn.ref) path,field(3,/),url_dec if { path_beg /functions/ }',
-    `  http-request set-var(txn.route) var(txn.ref),map(${p.routes}) if { var(txn.ref) -m found }`,
-    '  http-request set-var(txn.fn) var(txn.route),field(2,|) if { var(txn.route) -m found }',
-    '  http-request set-var(txn.tmo) var(txn.route),field(3,|) if { var(txn.route) -m found }',
+    // One rule and one variable (`<backend>|<fn id>|<timeout_ms>`); its fields are cut where used
+    // (backend here, timeout in the backend, fn id in the log line): each rule costs ~1-2k
+    // instructions per request (callgrind), a fifth of what nginx spends on a whole request.
+    `  http-request set-var(txn.route) path,field(3,/),url_dec,map(${p.routes}) if { path_beg /functions/ }`,
     '  use_backend %[var(txn.route),field(1,|)] if { var(txn.route) -m found }',
     '  default_backend activator',
     '',
@@ -181,7 +181,7 @@ export function renderConfig(c: HaproxyConfigInput): string {
       '  balance leastconn',
       // Read by the hop listeners (remote instances); replaced if a client sent it.
       ...(hops ? [`  http-send-name-header ${HOP_INSTANCE_HEADER}`] : []),
-      '  http-request set-timeout server var(txn.tmo)',
+      '  http-request set-timeout server var(txn.route),field(3,|)',
       // For the activator backup, which needs the public path; instances see it too (it is what the client asked).
       `  http-request set-header ${ORIGINAL_URI_HEADER} %[pathq]`,
       '  http-request replace-path ^/functions/[^/]*/?(.*)$ /\\1',
