@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { CLUSTER_TOKEN_HEADER, FORWARD_INSTANCE_HEADER } from '../../core/index.ts';
-import { bindAddress, ERROR_PAGES, HOP_INSTANCE_HEADER, INSTANCE_SERVER_OPTIONS, paths, POOL_OPTIONS } from './config.ts';
+import { bindAddress, commonSections, HOP_INSTANCE_HEADER, INSTANCE_SERVER_OPTIONS, paths, POOL_OPTIONS } from './config.ts';
 
 /**
  * The config of an agent's own HAProxy (the agent's hop), rendered once per process start. It binds
@@ -51,31 +51,9 @@ export function tokenDigest(token: string): string {
 
 export function renderAgentHopConfig(c: AgentHopConfigInput): string {
   const p = agentHopPaths(c.dir);
-  const errors = Object.keys(ERROR_PAGES).map((s) => `  errorfile ${s} ${join(p.errors, `${s}.http`)}`);
   const lines = [
-    '# Written by Aether at every start; runtime state comes over the admin socket.',
-    'global',
-    `  stats socket ${p.admin} mode 600 level admin`,
-    '  stats timeout 10s',
-    ...(c.threads ? [`  nbthread ${c.threads}`] : []),
-    `  maxconn ${c.maxConn ?? 20_000}`,
-    '  hard-stop-after 30s',
-    '',
-    // No log: the gateways' data planes write the records of what passes here.
-    'defaults',
-    '  mode http',
-    '  timeout connect 2s',
-    // Long: gateways bound a function's time (timeout_ms) and follow logs over idle streams.
-    '  timeout client 24h',
-    '  timeout http-request 30s',
-    '  timeout http-keep-alive 65s',
-    '  timeout server 24h',
-    '  timeout tunnel 1h',
-    '  retries 3',
-    '  option redispatch 1',
-    // Only when nothing reached the instance: a request it got is never replayed.
-    '  retry-on conn-failure',
-    ...errors,
+    // Long client/server timeouts: gateways bound a function's time (timeout_ms) and follow logs over idle streams.
+    ...commonSections({ ...c, timeouts: { client: '24h', server: '24h' } }),
     '',
     'frontend agent',
     `  bind ${bindAddress(c.host, c.port)}`,

@@ -104,36 +104,45 @@ export function bindAddress(host: string, port: number): string {
  */
 export const LOG_FORMAT = `${LOG_TAG} %ID %[var(txn.route),field(2,|)] %b %s %ST %Ta %tsc %Ts %ms %rc`;
 
-export function renderConfig(c: HaproxyConfigInput): string {
+/**
+ * The `global` and `defaults` sections both HAProxies (the gateway's, an agent's hop) share; `log`
+ * absent: no log lines (the agent's hop: the gateways' data planes record what passes there).
+ */
+export function commonSections(c: { dir: string; threads?: number; maxConn?: number; log?: string; timeouts: { client: string; server: string } }): string[] {
   const p = paths(c.dir);
-  const errors = Object.keys(ERROR_PAGES).map((s) => `  errorfile ${s} ${join(p.errors, `${s}.http`)}`);
-  const lines = [
+  return [
     '# Written by Aether at every start; runtime state comes over the admin socket.',
     'global',
     `  stats socket ${p.admin} mode 600 level admin`,
     '  stats timeout 10s',
-    '  log stdout format raw daemon',
+    ...(c.log ? ['  log stdout format raw daemon'] : []),
     ...(c.threads ? [`  nbthread ${c.threads}`] : []),
     `  maxconn ${c.maxConn ?? 20_000}`,
     '  hard-stop-after 30s',
     '',
     'defaults',
     '  mode http',
-    '  log global',
-    `  log-format "${LOG_FORMAT}"`,
+    ...(c.log ? ['  log global', `  log-format "${c.log}"`] : []),
     '  timeout connect 2s',
-    '  timeout client 65s',
+    `  timeout client ${c.timeouts.client}`,
     '  timeout http-request 30s',
     '  timeout http-keep-alive 65s',
     '  timeout queue 30s',
-    '  timeout server 30s',
+    `  timeout server ${c.timeouts.server}`,
     '  timeout tunnel 1h',
     '  retries 3',
     '  option redispatch 1',
     // Retry elsewhere only when nothing reached the instance: a crash after the request was
     // delivered must answer 502, never replay the request (empty-response would replay it).
     '  retry-on conn-failure',
-    ...errors,
+    ...Object.keys(ERROR_PAGES).map((s) => `  errorfile ${s} ${join(p.errors, `${s}.http`)}`),
+  ];
+}
+
+export function renderConfig(c: HaproxyConfigInput): string {
+  const p = paths(c.dir);
+  const lines = [
+    ...commonSections({ ...c, log: LOG_FORMAT, timeouts: { client: '65s', server: '30s' } }),
     '',
     'frontend aether',
     `  bind ${bindAddress(c.host, c.port)}`,

@@ -13,13 +13,16 @@ test('log pipe: lines are read in batches on the clock, split across reads, and 
   const clock = new ManualClock();
   const pipe = openLogPipe(join(dir, 'log.fifo'), clock, 20);
   // The writer: one line, half a line, then (on stdin) the other half and a last line.
-  const script = "process.stdout.write('a 1\\nb 2'); process.stdin.once('data', () => { process.stdout.write(' more\\nc 3\\n'); process.exit(0); });";
+  // It says on stderr when its first write is done (a fixed wait was too short on a loaded host).
+  const script = "process.stdout.write('a 1\\nb 2', () => process.stderr.write('w')); process.stdin.once('data', () => { process.stdout.write(' more\\nc 3\\n'); process.exit(0); });";
   const cmd = pipe.wrap([process.execPath, '-e', script]);
-  const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['pipe', pipe.writeFd, 'inherit'] });
+  const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['pipe', pipe.writeFd, 'pipe'] });
+  t.after(() => child.kill('SIGKILL'));
+  const written = new Promise((r) => child.stderr?.once('data', r));
   closeSync(pipe.writeFd);
   const lines: string[] = [];
   pipe.start((l) => lines.push(l));
-  await new Promise((r) => setTimeout(r, 300)); // the child starts and writes
+  await written;
   assert.deepEqual(lines, [], 'nothing is read until the next poll');
   await clock.advance(20);
   assert.deepEqual(lines, ['a 1'], 'a partial line waits for its end');
