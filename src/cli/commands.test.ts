@@ -101,7 +101,7 @@ const probe: HostProbe = { root: true, namespaces: true, cgroups: 'v1', kvm: fal
 };
 
 /** Run the CLI in-process, as src/bin wires it, against the stand-in server. */
-async function cli(args: string[], opts: { url?: string } = {}): Promise<Run> {
+async function cli(args: string[], opts: { url?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
   const r: Run = { out: '', err: '', code: 0 };
   const io: CliIo = {
     out: (c) => {
@@ -116,7 +116,7 @@ async function cli(args: string[], opts: { url?: string } = {}): Promise<Run> {
   };
   const program = addGlobalOptions(new Command('aether')).exitOverride();
   const now = Date.parse('1970-01-01T00:05:00Z');
-  registerClientCommands(program, { io, env: { AETHER_URL: opts.url ?? url, AETHER_ADMIN_TOKEN: TOKEN }, now: () => now });
+  registerClientCommands(program, { io, env: opts.env ?? { AETHER_URL: opts.url ?? url, AETHER_ADMIN_TOKEN: TOKEN }, now: () => now });
   registerDoctor(program, { io, env: {}, probe: async () => ({ ...probe, extra: 1 }) as HostProbe });
   await program.parseAsync(args, { from: 'user' });
   return r;
@@ -156,7 +156,16 @@ test('errors: one stderr line with the code, exit code 1, nothing on stdout', as
 
   const down = await cli(['fn', 'ls'], { url: 'http://127.0.0.1:1' });
   assert.equal(down.code, 1);
-  assert.match(down.err, /^error: ECONNREFUSED: cannot reach http:\/\/127\.0\.0\.1:1: [^\n]*\n$/);
+  assert.match(down.err, /^error: ECONNREFUSED: cannot reach http:\/\/127\.0\.0\.1:1: [^\n]* \(URL from AETHER_URL; is `aether up` running\?\)\n$/);
+
+  // Run outside the directory of `aether up` (no URL file, no token): the error says where to look.
+  const noDir = join(tmpdir(), 'aether-no-such-dir');
+  const noToken = await cli(['--data-dir', noDir, 'fn', 'ls'], { env: { AETHER_URL: url } });
+  assert.equal(noToken.code, 1);
+  assert.equal(noToken.err, `error: AETHER_ERR_UNAUTHORIZED: no admin token: none in ${noDir}/admin.token, AETHER_ADMIN_TOKEN or --token (run this in the directory \`aether up\` runs in, or pass --data-dir <its .aether>)\n`);
+  // A wrong token is the server's answer as is.
+  const wrong = await cli(['fn', 'ls'], { env: { AETHER_URL: url, AETHER_ADMIN_TOKEN: 'wrong' } });
+  assert.equal(wrong.err, 'error: AETHER_ERR_UNAUTHORIZED: missing or wrong bearer token\n');
 });
 
 test('deploy creates the missing function from the directory name and uploads a zip', async () => {
