@@ -28,6 +28,9 @@ function find(ref: string): Record<string, unknown> | undefined {
   return fns.get(ref) ?? [...fns.values()].find((f) => f.name === ref);
 }
 
+/** What GET /api/deploy answers: as the gateway does before any deployer has run. */
+let deployStatus: Record<string, unknown> = { revision: null, ok: true, errors: [], warnings: [], unplaced: [], changes: [], source: null, at: null };
+
 async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const c of req) chunks.push(c as Buffer);
@@ -45,6 +48,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     return;
   }
   if (req.headers.authorization !== `Bearer ${TOKEN}`) return json(res, 401, { error: { code: 'AETHER_ERR_UNAUTHORIZED', message: 'missing or wrong bearer token' } });
+  if (parts[1] === 'deploy') return req.method === 'POST' ? json(res, 202, { status: 'accepted' }) : json(res, 200, deployStatus);
   const ref = parts[2];
   if (parts.length === 2 && req.method === 'POST') {
     const input = JSON.parse(body.toString()) as Record<string, unknown>;
@@ -269,4 +273,16 @@ test('doctor --json prints exactly the documented object; the human form is a ch
   assert.match(h.out, /\nisolation: namespaces\+cgroups\n/);
   assert.match(h.out, /\n {2}\[--\] firecracker: no usable \/dev\/kvm\n/);
   assert.match(h.out, /\n {2}- no \/dev\/kvm: qemu uses TCG\n$/);
+});
+
+test('aether deploy: says when no deploy has ever run (no deployer), else the last result', async () => {
+  const none = await cli(['deploy']);
+  assert.equal(none.code, 0, none.err);
+  assert.match(none.out, /^deploy requested; no deploy has run yet: services come from a deployer \(`aether up --source <dir\|git-url>`, or `aether deployer`\)\n$/);
+  deployStatus = { ...deployStatus, revision: 'abc123', at: new Date(0).toISOString(), source: 'dir ./specs' };
+  const last = await cli(['deploy']);
+  assert.equal(last.out, 'deploy requested; last result: revision abc123 ok\n');
+  const refused = await cli(['deploy', './specs']);
+  assert.equal(refused.code, 1);
+  assert.match(refused.err, /^error: the platform deploys from its --source; run `aether deploy <source> --dry-run` to preview/);
 });
