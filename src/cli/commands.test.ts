@@ -244,6 +244,14 @@ test('invoke: --data @file, -H, --include; exit code 1 on >= 400', async () => {
     assert.match(bad.out, /\nx-aether-invocation-id: inv-9\n/);
     assert.match(bad.out, /\n\nGET \/ $/);
     assert.equal(bad.err, 'error: echo answered HTTP 503 (invocation inv-9)\n');
+
+    // The platform's own error (here: no such function): its code on the error line, the body ends with a newline.
+    const missing = await cli(['fn', 'invoke', 'nope']);
+    assert.equal(missing.code, 1);
+    assert.equal(missing.out, '{"error":{"code":"AETHER_ERR_FUNCTION_NOT_FOUND","message":"no such function \\"nope\\""}}\n');
+    assert.equal(missing.err, 'error: AETHER_ERR_FUNCTION_NOT_FOUND: no such function "nope" (nope answered HTTP 404)\n');
+    const json = await cli(['--json', 'fn', 'invoke', 'nope']);
+    assert.equal((JSON.parse(json.out) as { status: number }).status, 404);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
