@@ -71,7 +71,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
   }
   if (parts[3] === 'code') {
     // The real server checks the archive against the function's entrypoint.
-    if (String(f.name).startsWith('reject-')) return json(res, 400, { error: { code: 'AETHER_ERR_VALIDATION', message: 'code: the archive has no entrypoint "handler.js"' } });
+    if (String(f.name).startsWith('reject-')) return json(res, 400, { error: { code: 'AETHER_ERR_ENTRYPOINT_MISSING', message: 'archive does not contain the entrypoint handler.js' } });
     f.code_size = body.length;
     return json(res, 200, { message: 'ok', code_path: 'x', code_sha256: 'ab'.repeat(32), code_size: body.length });
   }
@@ -222,7 +222,7 @@ test('deploy without an entrypoint creates nothing and hints at --entrypoint', a
     await writeFile(join(refused, 'handler.js'), 'x');
     const r2 = await cli(['fn', 'deploy', refused]);
     assert.equal(r2.code, 1);
-    assert.match(r2.err, /no entrypoint "handler\.js" \(name the file to run with --entrypoint <path>\)/);
+    assert.equal(r2.err, 'error: AETHER_ERR_ENTRYPOINT_MISSING: archive does not contain the entrypoint handler.js (name the file to run with --entrypoint <path>)\n');
     assert.equal(find('reject-me'), undefined, 'the new function was deleted');
   } finally {
     await rm(parent, { recursive: true, force: true });
