@@ -1,6 +1,7 @@
 /**
  * What a new user meets on a first `aether up`: the help, the admin token (never printed), the data
- * dir's permissions whatever the umask, and a busy port reported before anything starts.
+ * dir's permissions whatever the umask, a busy port reported before anything starts, and a second
+ * `aether up` in the same directory refused.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -88,6 +89,35 @@ test('a busy port is reported before anything starts, and nothing is left behind
     assert.equal(existsSync(dataDir), false);
   } finally {
     await new Promise((r) => busy.close(r));
+  }
+});
+
+test('a second `aether up` on the same data dir is refused; the first keeps its port, URL file and functions', { timeout: 180_000 }, async () => {
+  const dataDir = join(tempDir(), 'data');
+  const first = await startAether({ dataDir });
+  try {
+    assert.equal((await api(first, 'POST', '/api/functions', { name: 'one', runtime: 'node' })).status, 201);
+    const urlFile = readFileSync(join(dataDir, 'url'), 'utf8');
+    // Another port: the port check passes, the data dir's lock does not.
+    const r = await run(['up', '--port', '0', '--data-dir', dataDir]);
+    assert.equal(r.code, 1, r.out + r.err);
+    assert.ok(r.err.startsWith(`error: AETHER_ERR_VALIDATION: config: the data dir ${dataDir} is in use by \`aether up\` (pid ${first.proc.pid})`), r.err);
+    assert.doesNotMatch(r.out, /host:|agent started|is up at/, 'nothing started');
+    assert.equal(readFileSync(join(dataDir, 'url'), 'utf8'), urlFile, 'the URL file still names the first');
+    assert.equal((await api(first, 'GET', '/api/functions/one')).status, 200);
+  } finally {
+    await first.stop();
+  }
+  // A clean stop releases it; a SIGKILLed holder's lock is taken over.
+  assert.equal(existsSync(join(dataDir, 'lock')), false);
+  const second = await startAether({ dataDir, token: first.token });
+  await second.kill();
+  assert.equal(existsSync(join(dataDir, 'lock')), true);
+  const third = await startAether({ dataDir, token: first.token });
+  try {
+    assert.equal((await api(third, 'GET', '/api/functions/one')).status, 200);
+  } finally {
+    await third.stop();
   }
 });
 

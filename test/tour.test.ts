@@ -66,6 +66,13 @@ test('README tour: npm link, then the tour in a directory of its own; the checko
     assert.equal(invoke.code, 0, `${invoke.err}\n${log}`);
     assert.equal(invoke.out, 'hello world from /there\n');
     assert.match((await aether(['fn', 'ls'])).out, /\nhello\s/);
+    // Delete: the README's last tour step.
+    assert.match(readme, /\naether fn rm hi\n/);
+    const rm = await aether(['fn', 'rm', 'hello']);
+    assert.equal(rm.code, 0, rm.err);
+    const gone = await aether(['fn', 'invoke', 'hello']);
+    assert.equal(gone.code, 1);
+    assert.match(gone.out, /AETHER_ERR_FUNCTION_NOT_FOUND/);
   } finally {
     up.kill('SIGTERM');
     await exited;

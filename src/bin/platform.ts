@@ -18,6 +18,7 @@ import { openBlob, openQueue, openStore } from './drivers.ts';
 import { Deployer, specSource } from '../deploy/index.ts';
 import { ServicesNode } from '../agent/services/index.ts';
 import { openRuntimes } from './runtimes.ts';
+import { lockDataDir } from './lock.ts';
 
 export interface RunningNode {
   /** Gateway URL (up, gateway) or agent URL (agent). */
@@ -94,9 +95,6 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   const cfg = loadConfig(role, flags, env);
   // The deployer listens nowhere: an AETHER_PORT meant for another role must not stop it.
   if (role !== 'deployer') await assertPortFree(cfg.host, cfg.port);
-  const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
-  // One request's or one task's unexpected rejection is logged; it never ends the process.
-  const dropSafetyNet = installRejectionSafetyNet(logger);
   // The deployer talks only to the store (and reads its spec source): no data dir, queue or blob store.
   const deployer = role === 'deployer';
   if (!deployer) {
@@ -104,6 +102,13 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
     // It holds the admin token and every function's code: 0700 whatever the umask or earlier mode.
     chmodSync(cfg.dataDir, 0o700);
   }
+  // One node per data dir (its agent id, store, HAProxy config, sandboxes' state): a second
+  // `aether up` in the same directory on another port is refused before it touches any of it.
+  // Gateways only spool uploads there, per process.
+  const unlock = role === 'up' || role === 'agent' ? lockDataDir(cfg.dataDir, role) : () => undefined;
+  const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
+  // One request's or one task's unexpected rejection is logged; it never ends the process.
+  const dropSafetyNet = installRejectionSafetyNet(logger);
   const clock = systemClock;
   // Agents never read the admin token: they know only the cluster token, checked before anything starts.
   // The deployer talks only to the store: it needs neither secret.
@@ -121,6 +126,7 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
       await queue?.close().catch(() => undefined);
       await blob?.close().catch(() => undefined);
       await store.close().catch(() => undefined);
+      unlock();
       // Bounded: an output nobody reads must not hold the exit (see LogSink).
       await drainLogs(2000);
       dropSafetyNet();

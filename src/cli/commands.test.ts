@@ -28,6 +28,9 @@ function find(ref: string): Record<string, unknown> | undefined {
   return fns.get(ref) ?? [...fns.values()].find((f) => f.name === ref);
 }
 
+/** What GET /api/deploy answers: as the gateway does before any deployer has run. */
+let deployStatus: Record<string, unknown> = { revision: null, ok: true, errors: [], warnings: [], unplaced: [], changes: [], source: null, at: null };
+
 async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const c of req) chunks.push(c as Buffer);
@@ -45,6 +48,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     return;
   }
   if (req.headers.authorization !== `Bearer ${TOKEN}`) return json(res, 401, { error: { code: 'AETHER_ERR_UNAUTHORIZED', message: 'missing or wrong bearer token' } });
+  if (parts[1] === 'deploy') return req.method === 'POST' ? json(res, 202, { status: 'accepted' }) : json(res, 200, deployStatus);
   const ref = parts[2];
   if (parts.length === 2 && req.method === 'POST') {
     const input = JSON.parse(body.toString()) as Record<string, unknown>;
@@ -67,7 +71,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
   }
   if (parts[3] === 'code') {
     // The real server checks the archive against the function's entrypoint.
-    if (String(f.name).startsWith('reject-')) return json(res, 400, { error: { code: 'AETHER_ERR_VALIDATION', message: 'code: the archive has no entrypoint "handler.js"' } });
+    if (String(f.name).startsWith('reject-')) return json(res, 400, { error: { code: 'AETHER_ERR_ENTRYPOINT_MISSING', message: 'archive does not contain the entrypoint handler.js' } });
     f.code_size = body.length;
     return json(res, 200, { message: 'ok', code_path: 'x', code_sha256: 'ab'.repeat(32), code_size: body.length });
   }
@@ -101,7 +105,7 @@ const probe: HostProbe = { root: true, namespaces: true, cgroups: 'v1', kvm: fal
 };
 
 /** Run the CLI in-process, as src/bin wires it, against the stand-in server. */
-async function cli(args: string[], opts: { url?: string } = {}): Promise<Run> {
+async function cli(args: string[], opts: { url?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
   const r: Run = { out: '', err: '', code: 0 };
   const io: CliIo = {
     out: (c) => {
@@ -116,7 +120,7 @@ async function cli(args: string[], opts: { url?: string } = {}): Promise<Run> {
   };
   const program = addGlobalOptions(new Command('aether')).exitOverride();
   const now = Date.parse('1970-01-01T00:05:00Z');
-  registerClientCommands(program, { io, env: { AETHER_URL: opts.url ?? url, AETHER_ADMIN_TOKEN: TOKEN }, now: () => now });
+  registerClientCommands(program, { io, env: opts.env ?? { AETHER_URL: opts.url ?? url, AETHER_ADMIN_TOKEN: TOKEN }, now: () => now });
   registerDoctor(program, { io, env: {}, probe: async () => ({ ...probe, extra: 1 }) as HostProbe });
   await program.parseAsync(args, { from: 'user' });
   return r;
@@ -156,7 +160,16 @@ test('errors: one stderr line with the code, exit code 1, nothing on stdout', as
 
   const down = await cli(['fn', 'ls'], { url: 'http://127.0.0.1:1' });
   assert.equal(down.code, 1);
-  assert.match(down.err, /^error: ECONNREFUSED: cannot reach http:\/\/127\.0\.0\.1:1: [^\n]*\n$/);
+  assert.match(down.err, /^error: ECONNREFUSED: cannot reach http:\/\/127\.0\.0\.1:1: [^\n]* \(URL from AETHER_URL; is `aether up` running\?\)\n$/);
+
+  // Run outside the directory of `aether up` (no URL file, no token): the error says where to look.
+  const noDir = join(tmpdir(), 'aether-no-such-dir');
+  const noToken = await cli(['--data-dir', noDir, 'fn', 'ls'], { env: { AETHER_URL: url } });
+  assert.equal(noToken.code, 1);
+  assert.equal(noToken.err, `error: AETHER_ERR_UNAUTHORIZED: no admin token: none in ${noDir}/admin.token, AETHER_ADMIN_TOKEN or --token (run this in the directory \`aether up\` runs in, or pass --data-dir <its .aether>)\n`);
+  // A wrong token is the server's answer as is.
+  const wrong = await cli(['fn', 'ls'], { env: { AETHER_URL: url, AETHER_ADMIN_TOKEN: 'wrong' } });
+  assert.equal(wrong.err, 'error: AETHER_ERR_UNAUTHORIZED: missing or wrong bearer token\n');
 });
 
 test('deploy creates the missing function from the directory name and uploads a zip', async () => {
@@ -209,7 +222,7 @@ test('deploy without an entrypoint creates nothing and hints at --entrypoint', a
     await writeFile(join(refused, 'handler.js'), 'x');
     const r2 = await cli(['fn', 'deploy', refused]);
     assert.equal(r2.code, 1);
-    assert.match(r2.err, /no entrypoint "handler\.js" \(name the file to run with --entrypoint <path>\)/);
+    assert.equal(r2.err, 'error: AETHER_ERR_ENTRYPOINT_MISSING: archive does not contain the entrypoint handler.js (name the file to run with --entrypoint <path>)\n');
     assert.equal(find('reject-me'), undefined, 'the new function was deleted');
   } finally {
     await rm(parent, { recursive: true, force: true });
@@ -231,6 +244,14 @@ test('invoke: --data @file, -H, --include; exit code 1 on >= 400', async () => {
     assert.match(bad.out, /\nx-aether-invocation-id: inv-9\n/);
     assert.match(bad.out, /\n\nGET \/ $/);
     assert.equal(bad.err, 'error: echo answered HTTP 503 (invocation inv-9)\n');
+
+    // The platform's own error (here: no such function): its code on the error line, the body ends with a newline.
+    const missing = await cli(['fn', 'invoke', 'nope']);
+    assert.equal(missing.code, 1);
+    assert.equal(missing.out, '{"error":{"code":"AETHER_ERR_FUNCTION_NOT_FOUND","message":"no such function \\"nope\\""}}\n');
+    assert.equal(missing.err, 'error: AETHER_ERR_FUNCTION_NOT_FOUND: no such function "nope" (nope answered HTTP 404)\n');
+    const json = await cli(['--json', 'fn', 'invoke', 'nope']);
+    assert.equal((JSON.parse(json.out) as { status: number }).status, 404);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -260,4 +281,16 @@ test('doctor --json prints exactly the documented object; the human form is a ch
   assert.match(h.out, /\nisolation: namespaces\+cgroups\n/);
   assert.match(h.out, /\n {2}\[--\] firecracker: no usable \/dev\/kvm\n/);
   assert.match(h.out, /\n {2}- no \/dev\/kvm: qemu uses TCG\n$/);
+});
+
+test('aether deploy: says when no deploy has ever run (no deployer), else the last result', async () => {
+  const none = await cli(['deploy']);
+  assert.equal(none.code, 0, none.err);
+  assert.match(none.out, /^deploy requested; no deploy has run yet: services come from a deployer \(`aether up --source <dir\|git-url>`, or `aether deployer`\)\n$/);
+  deployStatus = { ...deployStatus, revision: 'abc123', at: new Date(0).toISOString(), source: 'dir ./specs' };
+  const last = await cli(['deploy']);
+  assert.equal(last.out, 'deploy requested; last result: revision abc123 ok\n');
+  const refused = await cli(['deploy', './specs']);
+  assert.equal(refused.code, 1);
+  assert.match(refused.err, /^error: the platform deploys from its --source; run `aether deploy <source> --dry-run` to preview/);
 });

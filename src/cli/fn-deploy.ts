@@ -17,7 +17,9 @@ interface DeployFlags {
 
 /** The server refuses code without the function's entrypoint: say how to name another one. */
 function hintEntrypoint(err: unknown): unknown {
-  if (isClientError(err) && err.code === 'AETHER_ERR_VALIDATION' && /entrypoint/i.test(err.message) && !/--entrypoint/.test(err.message)) {
+  // The API answers AETHER_ERR_ENTRYPOINT_MISSING (archive without it) or a validation error naming it.
+  const code = isClientError(err) ? err.code : '';
+  if (isClientError(err) && (code === 'AETHER_ERR_ENTRYPOINT_MISSING' || (code === 'AETHER_ERR_VALIDATION' && /entrypoint/i.test(err.message))) && !/--entrypoint/.test(err.message)) {
     return new ClientError(err.status, err.code, `${err.message} (name the file to run with --entrypoint <path>)`, { cause: err });
   }
   return err;

@@ -48,9 +48,25 @@ export function registerFnInvoke(fn: Command, deps: CliDeps): void {
           deps.io.out(res.body);
         }
         if (res.status >= 400) {
-          deps.io.err(`error: ${ref} answered HTTP ${res.status}${res.invocationId ? ` (invocation ${res.invocationId})` : ''}\n`);
+          const platform = platformError(res.headers, res.body);
+          // The platform's own error JSON ends with no newline: the error line must not be glued to it.
+          if (platform && !g.json && !res.body.toString('utf8').endsWith('\n')) deps.io.out('\n');
+          const where = `${ref} answered HTTP ${res.status}${res.invocationId ? ` (invocation ${res.invocationId})` : ''}`;
+          deps.io.err(platform ? `error: ${platform.code}: ${platform.message} (${where})\n` : `error: ${where}\n`);
           deps.io.setExitCode(1);
         }
       }),
     );
+}
+
+/** The platform's `{"error":{"code":"AETHER_ERR_…","message":…}}` (no such function, no code, a failed cold start), not the function's own answer. */
+export function platformError(headers: Record<string, string | string[] | undefined>, body: Buffer): { code: string; message: string } | undefined {
+  if (!String(headers['content-type'] ?? '').startsWith('application/json') || body.length > 4096) return undefined;
+  try {
+    const e = (JSON.parse(body.toString('utf8')) as { error?: { code?: unknown; message?: unknown } }).error;
+    if (typeof e?.code === 'string' && e.code.startsWith('AETHER_ERR_') && typeof e.message === 'string') return { code: e.code, message: e.message };
+  } catch {
+    // the function's own body
+  }
+  return undefined;
 }

@@ -1,5 +1,5 @@
 import { AetherError } from '../core/index.ts';
-import { AetherClient, isClientError, resolveConnection } from '../client/index.ts';
+import { AetherClient, ClientError, isClientError, resolveConnection } from '../client/index.ts';
 
 /** Where commands write; tests capture it, the real CLI uses the process streams. */
 export interface CliIo {
@@ -69,9 +69,23 @@ export async function withClient<T>(globals: GlobalOptions, deps: CliDeps, fn: (
   const client = new AetherClient({ url: conn.url, token: conn.token });
   try {
     return await fn(client);
+  } catch (err) {
+    throw withHint(err, conn);
   } finally {
     await client.close();
   }
+}
+
+/** What to check when the platform cannot be reached, or was reached without a token. */
+function withHint(err: unknown, conn: { url: string; token: string | undefined; urlFrom: string; dataDir: string }): unknown {
+  if (!isClientError(err)) return err;
+  if (err.status === 0 && err.code !== 'ABORTED' && err.code !== 'TIMEOUT') {
+    return new ClientError(0, err.code, `${err.message} (URL from ${conn.urlFrom}; is \`aether up\` running?)`, { cause: err });
+  }
+  if (err.status === 401 && conn.token === undefined) {
+    return new ClientError(401, err.code, `no admin token: none in ${conn.dataDir}/admin.token, AETHER_ADMIN_TOKEN or --token (run this in the directory \`aether up\` runs in, or pass --data-dir <its .aether>)`, { cause: err });
+  }
+  return err;
 }
 
 export function printJson(io: CliIo, value: unknown): void {

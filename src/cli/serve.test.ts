@@ -38,3 +38,10 @@ test('serve commands: a flag a role does not take is refused', async () => {
   registerServeCommands(p, () => Promise.reject(new Error('not started')));
   await assert.rejects(p.parseAsync(['node', 'aether', 'deployer', '--queue', 'redis://x:6379', '--store', 'etcd://x:2379', '--source', '/specs']), /unknown option '--queue'/);
 });
+
+test('serve commands: a number flag that is not an integer names the option', async () => {
+  const p = new Command().exitOverride().configureOutput({ writeErr: () => undefined });
+  registerServeCommands(p, () => Promise.reject(new Error('not started')));
+  await assert.rejects(p.parseAsync(['node', 'aether', 'up', '--port', 'abc']), /option '--port <port>' argument 'abc' is invalid\. must be an integer/);
+  await assert.rejects(p.parseAsync(['node', 'aether', 'up', '--router-port', '']), /option '--router-port <port>' argument '' is invalid/);
+});

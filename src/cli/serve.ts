@@ -1,15 +1,13 @@
 import type { Command } from 'commander';
 import type { ConfigInput, Role } from '../config/index.ts';
 import { systemClock } from '../core/index.ts';
+import { intArg } from './flags.ts';
 import { launcherChain, watchLauncher } from './launcher.ts';
 
 export type StartNode = (role: Role, flags: ConfigInput & { config?: string }) => Promise<{ url: string; close(): Promise<void> }>;
 
-const int = (v: string): number => {
-  const n = Number(v);
-  if (!Number.isInteger(n)) throw new Error(`not an integer: ${v}`);
-  return n;
-};
+// Commander's InvalidArgumentError: the message names the option (`option '--port <port>' argument 'abc' is invalid`).
+const int = intArg;
 
 /** `aether up | gateway | agent`: long-running processes; SIGINT/SIGTERM, or the end of the npm/npx
  * process or wrapper that launched them, stop them within 10 s. */

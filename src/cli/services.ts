@@ -36,6 +36,8 @@ export function registerServiceCommands(program: Command, deps: CliDeps): void {
             return c.deployStatus();
           });
           if (g.json) printJson(deps.io, r);
+          // No result ever: nothing deploys here (an `aether up` without --source, or no deployer running).
+          else if (!r.at) deps.io.out('deploy requested; no deploy has run yet: services come from a deployer (`aether up --source <dir|git-url>`, or `aether deployer`)\n');
           else deps.io.out(`deploy requested; last result: revision ${r.revision ?? '-'} ${r.ok ? 'ok' : 'refused'}\n`);
           return;
         }

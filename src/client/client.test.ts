@@ -269,21 +269,22 @@ test('health reports the status', async () => {
   }
 });
 
-test('resolveConnection: flag, then env, then data dir files, then default', async () => {
+test('resolveConnection: flag, then env, then data dir files, then default; says where the URL came from', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'aether-conn-'));
+  const resolved = async (o: Parameters<typeof resolveConnection>[0]): Promise<{ url: string; token: string | undefined; urlFrom: string }> => {
+    const { url, token, urlFrom } = await resolveConnection(o);
+    return { url, token, urlFrom };
+  };
   try {
-    assert.deepEqual(await resolveConnection({ dataDir: dir, env: {} }), { url: 'http://127.0.0.1:8080', token: undefined });
+    assert.deepEqual(await resolved({ dataDir: dir, env: {} }), { url: 'http://127.0.0.1:8080', token: undefined, urlFrom: `the default (no ${join(dir, 'url')})` });
     await writeFile(join(dir, 'url'), 'http://127.0.0.1:9999\n');
     await writeFile(join(dir, 'admin.token'), 'file-token\n');
-    assert.deepEqual(await resolveConnection({ dataDir: dir, env: {} }), { url: 'http://127.0.0.1:9999', token: 'file-token' });
+    assert.deepEqual(await resolved({ dataDir: dir, env: {} }), { url: 'http://127.0.0.1:9999', token: 'file-token', urlFrom: join(dir, 'url') });
     // AETHER_DATA_DIR locates the files when no flag is given.
-    assert.deepEqual(await resolveConnection({ env: { AETHER_DATA_DIR: dir } }), { url: 'http://127.0.0.1:9999', token: 'file-token' });
+    assert.deepEqual(await resolved({ env: { AETHER_DATA_DIR: dir } }), { url: 'http://127.0.0.1:9999', token: 'file-token', urlFrom: join(dir, 'url') });
     const env = { AETHER_URL: 'http://env:1', AETHER_ADMIN_TOKEN: 'env-token' };
-    assert.deepEqual(await resolveConnection({ dataDir: dir, env }), { url: 'http://env:1', token: 'env-token' });
-    assert.deepEqual(await resolveConnection({ dataDir: dir, env, url: 'http://flag:2', token: 'flag-token' }), {
-      url: 'http://flag:2',
-      token: 'flag-token',
-    });
+    assert.deepEqual(await resolved({ dataDir: dir, env }), { url: 'http://env:1', token: 'env-token', urlFrom: 'AETHER_URL' });
+    assert.deepEqual(await resolved({ dataDir: dir, env, url: 'http://flag:2', token: 'flag-token' }), { url: 'http://flag:2', token: 'flag-token', urlFrom: '--url' });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

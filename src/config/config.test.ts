@@ -49,3 +49,11 @@ test('--sandboxes: auto by default, else a list of known kinds', () => {
   assert.deepEqual(loadConfig('up', {}, { AETHER_SANDBOXES: 'firecracker' }).sandboxes, ['firecracker']);
   assert.throws(() => loadConfig('up', { sandboxes: 'process,docker' }, {}), /sandboxes/);
 });
+
+test('--source: a directory that does not exist stops the start; git URLs are not checked', () => {
+  assert.throws(() => loadConfig('up', { source: '/nonexistent/specs' }, {}), /config: --source \/nonexistent\/specs: no such directory/);
+  assert.throws(() => loadConfig('deployer', { store: 'etcd://127.0.0.1:2379' }, { AETHER_SOURCE: '/nonexistent/specs' }), /no such directory/);
+  assert.equal(loadConfig('up', { source: '/tmp' }, {}).source, '/tmp');
+  assert.equal(loadConfig('up', { source: 'https://example.test/specs.git#main' }, {}).source, 'https://example.test/specs.git#main');
+  assert.equal(loadConfig('up', { source: 'file:///nonexistent/repo#main' }, {}).source, 'file:///nonexistent/repo#main');
+});

@@ -1,11 +1,11 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { AetherError, deriveClusterToken, sameSecret } from '../core/index.ts';
 import { describeZodError } from '../spec/index.ts';
-import { parseDuration } from '../deploy/index.ts';
+import { isGitUrl, parseDuration } from '../deploy/index.ts';
 
 /**
  * Options for `aether up | gateway | agent`, from (highest first) flags, AETHER_* env, a YAML file
@@ -224,6 +224,10 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     webhookSecret: env['AETHER_WEBHOOK_SECRET'] || undefined,
   };
   if (role === 'deployer' && !cfg.source) throw invalid('`aether deployer` needs --source <dir|git-url[#branch]> (env AETHER_SOURCE)');
+  // A mistyped directory stops the start, rather than a deployer that refuses every poll.
+  if (cfg.source && (role === 'up' || role === 'deployer') && !isGitUrl(cfg.source) && !statSync(cfg.source, { throwIfNoEntry: false })?.isDirectory()) {
+    throw invalid(`--source ${cfg.source}: no such directory (a directory in firework layout: defaults.yaml, services/, tenants/; or a git URL such as https://…/specs.git#main)`);
+  }
   return deepFreeze(cfg);
 }
 

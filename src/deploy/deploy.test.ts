@@ -169,6 +169,19 @@ test('a directory in firework layout is read (yaml and yml, tenants), other file
   }
 });
 
+test('a spec source that is not a directory is refused as such, not planned as an empty repo', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'aether-specs-test-'));
+  try {
+    await assert.rejects(readSpecFiles(join(dir, 'nope')), (err: Error & { code?: string }) => err.code === 'AETHER_ERR_VALIDATION' && /nope is not a directory/.test(err.message));
+    await writeFile(join(dir, 'file'), 'x');
+    await assert.rejects(readSpecFiles(join(dir, 'file')), /is not a directory/);
+    // An existing, empty directory is read (the plan then says "no services found").
+    assert.deepEqual(await readSpecFiles(dir), []);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('plan: links resolve to the target node\'s address and published port, same node and cross node', () => {
   const files = [
     f('services/web.yaml', 'name: web\nimage: i\nnode_type: general\nvcpus: 4\nanti_affinity_group: g\nport_forwards: [{host_port: 18080, vm_port: 8080}]\n'),

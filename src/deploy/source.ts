@@ -1,8 +1,9 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { AetherError } from '../core/index.ts';
 import type { RepoFile } from './format.ts';
 
 const run = promisify(execFile);
@@ -19,8 +20,11 @@ export interface SpecSource {
 
 const MAX_FILE_BYTES = 1 << 20;
 
-/** Reads firework's files (defaults.yaml, services/*, tenants/<t>/*) under `root`. */
+/** Reads firework's files (defaults.yaml, services/*, tenants/<t>/*) under `root`, which must be a directory. */
 export async function readSpecFiles(root: string): Promise<RepoFile[]> {
+  // A mistyped path is said as such, not planned as an empty repo ("no services found").
+  const st = await stat(root).catch(() => undefined);
+  if (!st?.isDirectory()) throw new AetherError('AETHER_ERR_VALIDATION', `specs: ${root} is not a directory (give a directory in firework layout: defaults.yaml, services/, tenants/; or a git URL)`);
   const files: RepoFile[] = [];
   const add = async (rel: string): Promise<void> => {
     const buf = await readFile(join(root, rel));

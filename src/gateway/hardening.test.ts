@@ -226,6 +226,8 @@ describe('gateway hardening', { timeout: 120_000 }, () => {
       [{ name: 'big1', runtime: 'node', memory_mb: 1e308 }, /^memory_mb: must be an integer from 16 to 8192$/],
       [{ name: 'big2', runtime: 'node', timeout_ms: -1e308 }, /^timeout_ms: must be an integer from 100 to 900000$/],
       [{ runtime: 'node' }, /^name: is required$/],
+      [{ name: 'norun' }, /^runtime: is required$/],
+      [{ name: 'badrun', runtime: 'go' }, /^runtime: Invalid option: expected one of "node"\|"python"$/],
     ];
     for (const [body, re] of cases) {
       const r = await post(body);

@@ -107,6 +107,8 @@ export function describeZodError(err: z.ZodError): string {
 
 /** Default message for type errors: "is required" only when the field is really missing. */
 function typeError(iss: z.core.$ZodRawIssue): string | undefined {
+  // A missing enum (runtime) too: "is required", not "Invalid option".
+  if (iss.code === 'invalid_value' && iss.input === undefined) return 'is required';
   if (iss.code !== 'invalid_type') return undefined;
   if (iss.input === undefined) return 'is required';
   return `expected ${iss.expected}, got ${typeName(iss.input)}`;
