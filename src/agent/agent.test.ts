@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterEach, test } from 'node:test';
 import { DEFAULT_LIMITS } from '../archive/index.ts';
 import { createFsBlobStore } from '../blob/fs.ts';
-import { ManualClock, metrics, silentLogger } from '../core/index.ts';
+import { ManualClock, metrics, registry, silentLogger } from '../core/index.ts';
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { createMemoryQueue } from '../queue/memory.ts';
 import { createFakeRuntime, type FakeBehavior, type FakeRuntime } from '../runtime/fake/index.ts';
@@ -561,4 +561,24 @@ test('a deleted or updated function\'s snapshot templates are removed (all of th
   await h.store.delete(KEYS.function(h.fn.id));
   await until(() => removed.length === 2, 'templates removed with the function');
   assert.deepEqual(removed[1], [h.fn.id, []]);
+});
+
+test("a deleted function's metric series leave /metrics; a live function's stay", async () => {
+  const h = await setup();
+  const live: FunctionRecord = { ...h.fn, id: 'fn-live', name: 'live' };
+  await h.store.put(KEYS.function(live.id), JSON.stringify(live));
+  await until(async () => (await h.store.get(KEYS.function(live.id))) !== undefined, 'live function stored');
+  await h.startOne();
+  await h.startOne(live);
+  metrics.evictions.inc({ function_id: 'fn-1' });
+  metrics.vmDeaths.inc({ function_id: 'fn-1', reason: 'oom' });
+  let text = await registry.metrics();
+  assert.match(text, /aether_instances_active\{function_id="fn-1",agent_id="agent-1"\} 1/);
+  await h.store.delete(KEYS.function('fn-1'));
+  await until(() => h.agent.localInstances().length === 1, 'instance of the deleted function stopped');
+  text = await registry.metrics();
+  assert.doesNotMatch(text, /function_id="fn-1"/, 'no series of the deleted function is left');
+  assert.match(text, /aether_instances_active\{function_id="fn-live",agent_id="agent-1"\} 1/);
+  assert.match(text, /aether_vm_spawns_total\{function_id="fn-live",agent_id="agent-1",status="success"\} \d/);
+  assert.match(text, /aether_vm_spawn_duration_seconds_count\{function_id="fn-live"\} \d/);
 });

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { silentLogger } from '../core/index.ts';
+import { metrics, registry, silentLogger } from '../core/index.ts';
 import { KEYS } from '../spec/index.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
 import { ClusterViews } from './views.ts';
@@ -30,6 +30,37 @@ test("another gateway's demand counts only while it is registered under the leas
     await settle();
     assert.ok(await store.get(KEYS.demand('fn-1', 'gw-b')), 'the demand key itself is still there');
     assert.deepEqual(views.otherDemand('fn-1', 'gw-a'), { inflight: 0, starting: 0 });
+  } finally {
+    views.close();
+    await store.close();
+  }
+});
+
+test("a deleted function's metric series leave the registry; a live function's stay", async () => {
+  const store = createSqliteStore({ path: ':memory:' });
+  const views = new ClusterViews(store, silentLogger());
+  await views.start();
+  try {
+    for (const id of ['fn-gone-v', 'fn-live-v']) await store.put(KEYS.function(id), JSON.stringify({ id, name: id }));
+    await settle();
+    for (const id of ['fn-gone-v', 'fn-live-v']) {
+      metrics.invocations.inc({ function_id: id, status: 'success' });
+      metrics.invocationDuration.observe({ function_id: id }, 0.01);
+      metrics.coldStarts.inc({ function_id: id });
+      metrics.scaleEvents.inc({ function_id: id, direction: 'up' });
+    }
+    assert.match(await registry.metrics(), /function_id="fn-gone-v"/);
+    await store.delete(KEYS.function('fn-gone-v'));
+    await settle();
+    let text = await registry.metrics();
+    assert.doesNotMatch(text, /function_id="fn-gone-v"/);
+    for (const name of ['aether_invocations_total', 'aether_invocation_duration_seconds_count', 'aether_cold_starts_total', 'aether_scale_events_total']) {
+      assert.match(text, new RegExp(`${name}\\{function_id="fn-live-v"[^}]*\\} 1`), name);
+    }
+    // A request that was still in flight when the function went finishes later: no series comes back.
+    metrics.invocations.inc({ function_id: 'fn-gone-v', status: 'success' });
+    text = await registry.metrics();
+    assert.doesNotMatch(text, /function_id="fn-gone-v"/);
   } finally {
     views.close();
     await store.close();

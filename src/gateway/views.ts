@@ -1,4 +1,4 @@
-import type { Logger } from '../core/index.ts';
+import { forgetFunctionMetrics, keepFunctionMetrics, type Logger } from '../core/index.ts';
 import type { KeyValue, Store, WatchEvent } from '../store/index.ts';
 import { listAndWatch } from '../store/index.ts';
 import { KEYS, type AgentRecord, type FunctionRecord, type InstanceRecord, type ProvisionResult } from '../spec/index.ts';
@@ -124,6 +124,9 @@ export class ClusterViews {
       const id = key.slice(KEYS.functions.length);
       for (const [name, fid] of this.#names) if (fid === id) this.#names.delete(name);
       if (fn) this.#names.set(fn.name, fn.id);
+      // A deleted function's series (invocations, latency, cold starts, scale-ups) leave /metrics.
+      if (fn) keepFunctionMetrics(id);
+      else forgetFunctionMetrics(id);
     });
     groupByFunction(this.instances, KEYS.instances, this.byFunction);
   }

@@ -1,7 +1,7 @@
 import { access, mkdir } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
-import { AetherError, metrics, newId, type TimerHandle } from '../../core/index.ts';
+import { AetherError, forgetFunctionMetrics, keepFunctionMetrics, metrics, newId, type TimerHandle } from '../../core/index.ts';
 import { forward as proxyForward, ProxyError } from '../../proxy/index.ts';
 import type { Job } from '../../queue/index.ts';
 import type { Endpoint, ExitInfo, InstanceSpec, RuntimeInstance } from '../../runtime/index.ts';
@@ -297,14 +297,20 @@ export class FunctionsController implements WorkloadController {
   // ---------------------------------------------------------------- watches
 
   #resetFunctions(kvs: KeyValue[]): void {
+    // Functions known before a reset (a watch that was lost) and missing from it were deleted meanwhile.
+    const missing = new Set(this.#functions.keys());
     this.#functions.clear();
     for (const kv of kvs) {
       const fn = parse<FunctionRecord>(kv.value);
-      if (fn) this.#functions.set(kv.key.slice(KEYS.functions.length), fn);
+      if (!fn) continue;
+      const id = kv.key.slice(KEYS.functions.length);
+      this.#functions.set(id, fn);
+      keepFunctionMetrics(id);
     }
     this.#functionsReady = true;
-    for (const l of this.#locals.values()) {
-      if (!this.#functions.has(l.fnId)) void this.#checkDeleted(l.fnId);
+    for (const l of this.#locals.values()) missing.add(l.fnId);
+    for (const id of missing) {
+      if (!this.#functions.has(id)) void this.#checkDeleted(id);
     }
   }
 
@@ -315,6 +321,7 @@ export class FunctionsController implements WorkloadController {
       const id = ev.kv.key.slice(KEYS.functions.length);
       const prev = this.#functions.get(id);
       this.#functions.set(id, fn);
+      keepFunctionMetrics(id);
       if (prev && instanceConfigKey(prev) !== instanceConfigKey(fn)) this.#dropTemplates(id, [instanceConfigKey(fn)]);
       return;
     }
@@ -357,6 +364,8 @@ export class FunctionsController implements WorkloadController {
     if (any) this.#d.logger.info({ fnId }, 'function deleted: stopping its instances');
     this.#core.logs.function.drop(fnId);
     this.#dropTemplates(fnId, []);
+    // Its series (instances gauge, spawns, deaths, scale events...) leave /metrics with it.
+    forgetFunctionMetrics(fnId);
   }
 
   // ---------------------------------------------------------------- provisioning
