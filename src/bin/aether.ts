@@ -1,7 +1,6 @@
 import { Command } from 'commander';
-import { addGlobalOptions, registerClientCommands, registerDoctor, registerImage } from '../cli/index.ts';
+import { addGlobalOptions, configureCliErrors, errorLine, registerClientCommands, registerDoctor, registerImage } from '../cli/index.ts';
 import { registerServeCommands } from '../cli/serve.ts';
-import { isAetherError } from '../core/index.ts';
 
 // Instances we start must not pay for the host's CA bundle on every node start (~120 ms).
 delete process.env['NODE_EXTRA_CA_CERTS'];
@@ -13,11 +12,12 @@ registerServeCommands(program, async (role, flags) => (await import('./platform.
 registerClientCommands(program);
 registerDoctor(program);
 registerImage(program);
+// Commander's own errors (unknown option, missing argument, a bad option value) get a code too.
+configureCliErrors(program);
 
 try {
   await program.parseAsync(process.argv);
 } catch (err) {
-  const msg = isAetherError(err) ? `${err.code}: ${err.message}` : err instanceof Error ? err.message : String(err);
-  process.stderr.write(`error: ${msg}\n`);
+  process.stderr.write(`${errorLine(err)}\n`);
   process.exit(1);
 }

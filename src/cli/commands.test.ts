@@ -292,5 +292,5 @@ test('aether deploy: says when no deploy has ever run (no deployer), else the la
   assert.equal(last.out, 'deploy requested; last result: revision abc123 ok\n');
   const refused = await cli(['deploy', './specs']);
   assert.equal(refused.code, 1);
-  assert.match(refused.err, /^error: the platform deploys from its --source; run `aether deploy <source> --dry-run` to preview/);
+  assert.match(refused.err, /^error: AETHER_ERR_VALIDATION: the platform deploys from its --source; run `aether deploy <source> --dry-run` to preview/);
 });

@@ -22,7 +22,7 @@ test('aether image base: an unknown kind is one error line and exit 1', async ()
   const c = cli();
   await c.program.parseAsync(['node', 'aether', 'image', 'base', 'ruby']);
   assert.equal(c.code(), 1);
-  assert.match(c.err.join(''), /^error: unknown base image "ruby" \(expected node or python\)\n$/);
+  assert.match(c.err.join(''), /^error: AETHER_ERR_VALIDATION: unknown base image "ruby" \(expected node or python\)\n$/);
 });
 
 test('aether image build: a bad --env and a missing source are reported, not thrown', async () => {

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { AetherError } from '../core/index.ts';
 import { printJson, runAction } from './output.ts';
 import type { CliDeps, GlobalOptions } from './output.ts';
 
@@ -34,7 +35,7 @@ export function registerImageCommands(program: Command, deps: CliDeps): void {
           runtime.env = {};
           for (const kv of opts.env) {
             const i = kv.indexOf('=');
-            if (i <= 0) throw new Error(`--env ${kv}: expected KEY=VALUE`);
+            if (i <= 0) throw new AetherError('AETHER_ERR_VALIDATION', `--env ${kv}: expected KEY=VALUE`);
             runtime.env[kv.slice(0, i)] = kv.slice(i + 1);
           }
         }
@@ -52,7 +53,7 @@ export function registerImageCommands(program: Command, deps: CliDeps): void {
         const g = cmd.optsWithGlobals<GlobalOptions>();
         const { ensureBaseImage, BASE_KINDS } = await loadImage();
         const k = BASE_KINDS.find((b) => b === kind);
-        if (k === undefined) throw new Error(`unknown base image ${JSON.stringify(kind)} (expected ${BASE_KINDS.join(' or ')})`);
+        if (k === undefined) throw new AetherError('AETHER_ERR_VALIDATION', `unknown base image ${JSON.stringify(kind)} (expected ${BASE_KINDS.join(' or ')})`);
         const path = await ensureBaseImage(k, { onProgress: progress(g) });
         if (g.json === true) printJson(deps.io, { kind: k, image: path });
         else deps.io.out(`${path}\n`);

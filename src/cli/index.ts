@@ -15,7 +15,7 @@ import { registerFnUpdate } from './fn-update.ts';
 import { registerServiceCommands } from './services.ts';
 import { registerImageCommands } from './image.ts';
 
-export { processIo, errorLine, runAction, withClient, printJson, formatTable, formatFields, formatBytes, formatAge, defaultDeps } from './output.ts';
+export { processIo, errorLine, usageErrorLine, configureCliErrors, runAction, withClient, printJson, formatTable, formatFields, formatBytes, formatAge, defaultDeps } from './output.ts';
 export type { CliIo, CliDeps, GlobalOptions } from './output.ts';
 export { doctorJson, doctorReport } from './doctor.ts';
 export type { HostProbe } from './doctor.ts';

@@ -33,7 +33,8 @@ test('formatBytes and formatAge', () => {
 test('errorLine is one line with the code and no stack', () => {
   assert.equal(errorLine(new ClientError(404, 'AETHER_ERR_FUNCTION_NOT_FOUND', 'no such function "x"')), 'error: AETHER_ERR_FUNCTION_NOT_FOUND: no such function "x"');
   assert.equal(errorLine(new AetherError('AETHER_ERR_VALIDATION', 'bad\nthing')), 'error: AETHER_ERR_VALIDATION: bad thing');
-  assert.equal(errorLine(new Error('boom')), 'error: boom');
+  assert.equal(errorLine(new Error('boom')), 'error: AETHER_ERR_INTERNAL: boom');
+  assert.equal(errorLine(Object.assign(new Error('open x: no such file'), { code: 'ENOENT' })), 'error: ENOENT: open x: no such file');
 });
 
 const fnRec = (over: Partial<FunctionRecord>): FunctionRecord =>

@@ -1,3 +1,4 @@
+import type { Command } from 'commander';
 import { AetherError } from '../core/index.ts';
 import { AetherClient, ClientError, isClientError, resolveConnection } from '../client/index.ts';
 
@@ -40,11 +41,42 @@ export function defaultDeps(partial: Partial<CliDeps> = {}): CliDeps {
   return { io: partial.io ?? processIo, env: partial.env ?? process.env, now: partial.now ?? (() => Date.now()) };
 }
 
-/** `error: CODE: message` for coded errors, `error: message` otherwise; never a stack. */
+/**
+ * `error: CODE: message`, never a stack: the platform's code (or a socket's, e.g. ECONNREFUSED) when
+ * the error has one, else a system error's code (ENOENT, EACCES…), else AETHER_ERR_INTERNAL.
+ */
 export function errorLine(err: unknown): string {
   if (isClientError(err) || err instanceof AetherError) return `error: ${err.code}: ${oneLine(err.message)}`;
-  if (err instanceof Error) return `error: ${oneLine(err.message)}`;
-  return `error: ${oneLine(String(err))}`;
+  if (err instanceof Error) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return `error: ${typeof code === 'string' && /^E[A-Z0-9_]+$/.test(code) ? code : 'AETHER_ERR_INTERNAL'}: ${oneLine(err.message)}`;
+  }
+  return `error: AETHER_ERR_INTERNAL: ${oneLine(String(err))}`;
+}
+
+/**
+ * Commander's own errors (unknown option or command, missing or extra argument, an option value its
+ * parser refused) are bad CLI input: `error: unknown option '--x'` -> `error: AETHER_ERR_VALIDATION:
+ * unknown option '--x'`.
+ */
+export function usageErrorLine(message: string): string {
+  return `error: AETHER_ERR_VALIDATION: ${oneLine(message.replace(/^error:\s*/, ''))}\n`;
+}
+
+/**
+ * Route commander's error output of `program` and every command under it (call it after all are
+ * registered) through usageErrorLine, to `io`. Help after an error and the exit code (1) stay
+ * commander's; `exitOverride` makes it throw a CommanderError instead of exiting (tests).
+ */
+export function configureCliErrors(program: Command, o: { io?: CliIo; exitOverride?: boolean } = {}): Command {
+  const io = o.io ?? processIo;
+  const visit = (cmd: Command): void => {
+    cmd.configureOutput({ writeErr: (text) => io.err(text), outputError: (text, write) => write(usageErrorLine(text)) });
+    if (o.exitOverride) cmd.exitOverride();
+    for (const sub of cmd.commands) visit(sub);
+  };
+  visit(program);
+  return program;
 }
 
 function oneLine(s: string): string {

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { AetherError } from '../core/index.ts';
 import { formatErrors, planDeploy, specSource, type Assignments, type DeployPlan } from '../deploy/index.ts';
 import { nodesFromAgents } from '../deploy/index.ts';
 import type { AgentRecord } from '../spec/index.ts';
@@ -30,7 +31,7 @@ export function registerServiceCommands(program: Command, deps: CliDeps): void {
       runAction(deps, async (source: string | undefined, opts: { dryRun?: boolean }, cmd: Command) => {
         const g = cmd.optsWithGlobals<GlobalOptions>();
         if (!opts.dryRun) {
-          if (source) throw new Error('the platform deploys from its --source; run `aether deploy <source> --dry-run` to preview, or start `aether up --source <source>`');
+          if (source) throw new AetherError('AETHER_ERR_VALIDATION', 'the platform deploys from its --source; run `aether deploy <source> --dry-run` to preview, or start `aether up --source <source>`');
           const r = await withClient(g, deps, async (c) => {
             await c.triggerDeploy();
             return c.deployStatus();
@@ -41,7 +42,7 @@ export function registerServiceCommands(program: Command, deps: CliDeps): void {
           else deps.io.out(`deploy requested; last result: revision ${r.revision ?? '-'} ${r.ok ? 'ok' : 'refused'}\n`);
           return;
         }
-        if (!source) throw new Error('give the specs to plan: aether deploy <dir|git-url[#branch]> --dry-run');
+        if (!source) throw new AetherError('AETHER_ERR_VALIDATION', 'give the specs to plan: aether deploy <dir|git-url[#branch]> --dry-run');
         const { revision, files } = await specSource(source).read();
         // Plan against the running platform's nodes and placements when one is reachable.
         let nodes: AgentRecord[] = [];
