@@ -7,10 +7,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { get as httpGet } from 'node:http';
 import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
+import { tunnelPing } from './support/tunnel.ts';
 
 const ECHO = `
 const http = require('http');
@@ -190,25 +190,7 @@ require('http').createServer((req, res) => res.end('plain')).on('upgrade', (req,
 }).listen(Number(process.env.PORT));
 `;
     await deploy('tunnel', { 'handler.js': TUNNEL });
-    const u = new URL(p.url);
-    const got = await new Promise<string>((resolve, reject) => {
-      const req = request({ host: u.hostname, port: u.port, path: '/functions/tunnel/t?x=1', headers: { connection: 'Upgrade', upgrade: 'x-echo' } });
-      req.on('upgrade', (res, socket, head) => {
-        assert.equal(res.statusCode, 101);
-        let text = head.toString(); // bytes that came with the 101
-        socket.on('data', (c: Buffer) => {
-          text += c.toString();
-          if (text.endsWith('ping')) {
-            socket.end();
-            resolve(text);
-          }
-        });
-        socket.write('ping');
-      });
-      req.on('response', (res) => reject(new Error(`no protocol switch: ${res.statusCode}`)));
-      req.on('error', reject);
-      req.end();
-    });
+    const got = await tunnelPing(`${p.url}/functions/tunnel/t?x=1`);
     assert.equal(got, 'hello /t?x=1;ping');
   });
 

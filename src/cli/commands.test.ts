@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { addGlobalOptions, registerClientCommands, registerDoctor } from './index.ts';
-import type { CliIo, HostProbe } from './index.ts';
+import type { HostProbe } from './index.ts';
+import { capturingIo, type CliRun } from './testing.ts';
 
 const TOKEN = 't0ken';
 
@@ -94,11 +95,7 @@ after(async () => {
   await new Promise<void>((resolve) => server.close(() => resolve()));
 });
 
-interface Run {
-  out: string;
-  err: string;
-  code: number;
-}
+type Run = CliRun;
 
 const probe: HostProbe = { root: true, namespaces: true, cgroups: 'v1', kvm: false, qemu: true, firecracker: false, isolation: 'namespaces+cgroups', notes: ['no /dev/kvm: qemu uses TCG'],
   sandboxes: [{ kind: 'process', ok: true, detail: 'namespaces+cgroups' }, { kind: 'qemu', ok: true, detail: 'microvm, TCG' }, { kind: 'firecracker', ok: false, detail: 'no usable /dev/kvm' }],
@@ -107,17 +104,7 @@ const probe: HostProbe = { root: true, namespaces: true, cgroups: 'v1', kvm: fal
 /** Run the CLI in-process, as src/bin wires it, against the stand-in server. */
 async function cli(args: string[], opts: { url?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
   const r: Run = { out: '', err: '', code: 0 };
-  const io: CliIo = {
-    out: (c) => {
-      r.out += typeof c === 'string' ? c : Buffer.from(c).toString();
-    },
-    err: (t) => {
-      r.err += t;
-    },
-    setExitCode: (c) => {
-      r.code = c;
-    },
-  };
+  const io = capturingIo(r);
   const program = addGlobalOptions(new Command('aether')).exitOverride();
   const now = Date.parse('1970-01-01T00:05:00Z');
   registerClientCommands(program, { io, env: opts.env ?? { AETHER_URL: opts.url ?? url, AETHER_ADMIN_TOKEN: TOKEN }, now: () => now });

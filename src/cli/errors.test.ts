@@ -4,29 +4,15 @@ import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { addGlobalOptions, configureCliErrors, registerClientCommands, registerDoctor, registerImage } from './index.ts';
-import type { CliIo } from './index.ts';
 import { registerServeCommands } from './serve.ts';
+import { capturingIo, type CliRun } from './testing.ts';
 
-interface Run {
-  out: string;
-  err: string;
-  code: number;
-}
+type Run = CliRun;
 
 /** The whole program wired as src/bin/aether.ts does, output captured, commander throwing instead of exiting. */
 async function cli(args: string[]): Promise<Run> {
   const r: Run = { out: '', err: '', code: 0 };
-  const io: CliIo = {
-    out: (c) => {
-      r.out += typeof c === 'string' ? c : Buffer.from(c).toString();
-    },
-    err: (t) => {
-      r.err += t;
-    },
-    setExitCode: (c) => {
-      r.code = c;
-    },
-  };
+  const io = capturingIo(r);
   const program = new Command('aether').showHelpAfterError();
   addGlobalOptions(program);
   registerServeCommands(program, () => Promise.reject(new Error('no node is started in this test')));
