@@ -664,7 +664,8 @@ function forwardedHeaders(req: IncomingMessage): Record<string, string> {
   const addr = req.socket.remoteAddress ?? '';
   const prior = h['x-forwarded-for'];
   return {
-    'x-forwarded-for': prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${addr}` : addr,
+    // A unix-socket peer (the data plane's backup listener) has no address: the proxy's list stands.
+    'x-forwarded-for': prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}${addr ? `, ${addr}` : ''}` : addr,
     'x-forwarded-proto': 'encrypted' in req.socket && req.socket.encrypted ? 'https' : 'http',
     'x-forwarded-host': h.host ?? '',
   };

@@ -1,0 +1,125 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { findHaproxy } from '../detect.ts';
+import { createServer, type IncomingMessage } from 'node:http';
+import { spawn } from 'node:child_process';
+import { adminCommand } from './admin.ts';
+import { activatorRequest, INSTANCE_SERVER_OPTIONS, ERROR_PAGES, errorPage, paths, renderConfig, viaFunction } from './config.ts';
+
+const input = { dir: '/d', host: '0.0.0.0', port: 8080, activator: { host: '127.0.0.1', port: 9000 }, slots: 2 };
+const blocks = (cfg: string): string[] => cfg.split('\n\n');
+const cfg = renderConfig({ ...input, hops: { count: 1, clusterToken: 'tok' } });
+
+test('gateway config: the activator is the default backend on its TCP listener, the backup servers use its private socket', () => {
+  const b = blocks(cfg);
+  assert.ok(b.some((x) => /^backend activator$/m.test(x) && x.includes('server node 127.0.0.1:9000')));
+  const slots = b.filter((x) => /^backend f\d+$/m.test(x));
+  assert.equal(slots.length, 2);
+  for (const s of slots) assert.ok(s.includes('server activator unix@/d/backup.sock backup'), s);
+  const hop = b.find((x) => /^listen h0$/m.test(x)) ?? '';
+  assert.ok(hop.includes('server activator unix@/d/backup.sock backup'), hop);
+  assert.ok(!cfg.includes('server activator 127.0.0.1'), 'no backup server on the public-facing activator listener');
+  assert.equal(paths('/d').backup, '/d/backup.sock');
+});
+
+test('gateway config: a function backend names its function in its Via element and sets no header of its own for it', () => {
+  const slot = blocks(cfg).find((x) => /^backend f0$/m.test(x)) ?? '';
+  assert.ok(slot.includes('http-request add-header via "1.1 aether-haproxy (%[var(txn.route),field(2,|)])"'), slot);
+  assert.doesNotMatch(slot, /original-uri/);
+  assert.ok(slot.includes('http-request replace-path ^/functions/[^/]*/?(.*)$ /\\1'), slot);
+});
+
+test('viaFunction: only a last element of the function backends\' form counts', () => {
+  assert.deepEqual(viaFunction('1.1 aether-haproxy (fn-abc_1)'), { fnId: 'fn-abc_1', before: '' });
+  assert.deepEqual(viaFunction('1.0 corp, 1.1 aether-haproxy (fn-x)'), { fnId: 'fn-x', before: '1.0 corp' });
+  assert.deepEqual(viaFunction(['1.0 corp', '1.1 aether-haproxy (fn-x)']), { fnId: 'fn-x', before: '1.0 corp' });
+  assert.equal(viaFunction(undefined), undefined);
+  assert.equal(viaFunction('1.1 corp'), undefined);
+  assert.equal(viaFunction('1.1 aether-haproxy (fn-x), 1.1 corp'), undefined, 'not the last element: someone else forwarded it since');
+  assert.equal(viaFunction('1.1 aether-haproxy'), undefined);
+  assert.equal(viaFunction('1.1 aether-haproxy (a/b)'), undefined, 'no path characters');
+  assert.equal(viaFunction('1.1 xaether-haproxy (fn-x)'), undefined);
+});
+
+test('activatorRequest: the public URI back from the function backend or the hop listener', () => {
+  const yes = (): boolean => true;
+  const no = (): boolean => false;
+  assert.deepEqual(activatorRequest('/a/b?q=1', '1.1 aether-haproxy (fn-x)', yes), { url: '/functions/fn-x/a/b?q=1', via: undefined });
+  assert.deepEqual(activatorRequest('/?q=1', '1.0 corp, 1.1 aether-haproxy (fn-x)', no), { url: '/functions/fn-x/?q=1', via: '1.0 corp' });
+  // From a hop listener: /internal/forward/<instance> before the stripped path, with the token.
+  assert.deepEqual(activatorRequest('/internal/forward/inst-1/a?q', '1.1 aether-haproxy (fn-x)', yes), { url: '/functions/fn-x/a?q', via: undefined });
+  assert.deepEqual(activatorRequest('/internal/forward/inst-1', '1.1 aether-haproxy (fn-x)', yes), { url: '/functions/fn-x/', via: undefined });
+  // The same path without the hop's token is the function's own path.
+  assert.deepEqual(activatorRequest('/internal/forward/inst-1/a', '1.1 aether-haproxy (fn-x)', no), { url: '/functions/fn-x/internal/forward/inst-1/a', via: undefined });
+  assert.equal(activatorRequest('/a', '1.1 corp', yes), undefined);
+  assert.equal(activatorRequest('/a', undefined, yes), undefined);
+});
+
+const haproxy = findHaproxy();
+
+test('gateway config: a request no instance can take reaches the activator backup with its stripped path, query and the function in Via', { skip: haproxy ? false : 'no haproxy binary' }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'aether-gw-backup-'));
+  const p = paths(dir);
+  mkdirSync(p.errors);
+  for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(p.errors, `${s}.http`), errorPage(Number(s)));
+  writeFileSync(p.routes, 'fnA f0|fn-a|30000\n');
+  const seen: { listener: string; url: string | undefined; via: string | undefined }[] = [];
+  const server = (listener: string) => createServer((req: IncomingMessage, res) => {
+    seen.push({ listener, url: req.url, via: req.headers.via });
+    res.end('activator');
+  });
+  const tcp = server('tcp');
+  const backup = server('backup');
+  await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => backup.listen(p.backup, () => r()));
+  const port = await new Promise<number>((r) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => r(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+  const tcpPort = (tcp.address() as { port: number }).port;
+  writeFileSync(p.config, renderConfig({ ...input, dir, host: '127.0.0.1', port, activator: { host: '127.0.0.1', port: tcpPort }, maxConn: 1000 }));
+  const hp = spawn(haproxy as string, ['-f', p.config], { stdio: 'ignore' });
+  t.after(() => {
+    hp.kill('SIGKILL');
+    tcp.close();
+    backup.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  for (let i = 0; i < 200; i++) {
+    const ok = await adminCommand(p.admin, 'show info').then(() => true, () => false);
+    if (ok) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  // An instance whose connect is refused (marked down at once, as the driver adds them): handed to the backup.
+  await adminCommand(p.admin, `add server f0/inst-1 127.0.0.1:1 maxconn 10 ${INSTANCE_SERVER_OPTIONS}; set server f0/inst-1 state ready; enable health f0/inst-1`);
+  const r = await fetch(`http://127.0.0.1:${port}/functions/fnA/a/b?q=1`, { headers: { via: '1.0 corp' } });
+  assert.equal(r.status, 200);
+  assert.equal(await r.text(), 'activator');
+  // A path without a route: the activator's own listener, Via as the client sent it.
+  await (await fetch(`http://127.0.0.1:${port}/functions/other/x`)).text();
+  assert.deepEqual(seen, [
+    { listener: 'backup', url: '/a/b?q=1', via: '1.0 corp, 1.1 aether-haproxy (fn-a)' },
+    { listener: 'tcp', url: '/functions/other/x', via: undefined },
+  ]);
+  assert.deepEqual(activatorRequest(seen[0]?.url ?? '', seen[0]?.via, () => false), { url: '/functions/fn-a/a/b?q=1', via: '1.0 corp' });
+});
+test('gateway config: HAProxy accepts it', { skip: haproxy ? false : 'no haproxy binary' }, (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'aether-gw-cfg-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const p = paths(dir);
+  mkdirSync(p.errors);
+  for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(p.errors, `${s}.http`), errorPage(Number(s)));
+  writeFileSync(p.routes, '');
+  writeFileSync(p.config, renderConfig({ ...input, dir, maxConn: 1000, hops: { count: 2, clusterToken: 'tok' } }));
+  const r = spawnSync(haproxy as string, ['-c', '-f', p.config], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr + r.stdout);
+  // The hop listeners log nothing (the function backend's stream logs the request) but inherit the format.
+  const warnings = r.stderr.split('\n').filter((l) => /WARNING/.test(l) && !/log format ignored for proxy 'h\d+' since it has no log address/.test(l));
+  assert.deepEqual(warnings, []);
+});
