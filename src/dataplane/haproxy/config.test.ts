@@ -14,18 +14,6 @@ const input = { dir: '/d', host: '0.0.0.0', port: 8080, activator: { host: '127.
 const blocks = (cfg: string): string[] => cfg.split('\n\n');
 const cfg = renderConfig({ ...input, hops: { count: 1, clusterToken: 'tok' } });
 
-test('gateway config: the activator is the default backend on its TCP listener, the backup servers use its private socket', () => {
-  const b = blocks(cfg);
-  assert.ok(b.some((x) => /^backend activator$/m.test(x) && x.includes('server node 127.0.0.1:9000')));
-  const slots = b.filter((x) => /^backend f\d+$/m.test(x));
-  assert.equal(slots.length, 2);
-  for (const s of slots) assert.ok(s.includes('server activator unix@/d/backup.sock backup'), s);
-  const hop = b.find((x) => /^listen h0$/m.test(x)) ?? '';
-  assert.ok(hop.includes('server activator unix@/d/backup.sock backup'), hop);
-  assert.ok(!cfg.includes('server activator 127.0.0.1'), 'no backup server on the public-facing activator listener');
-  assert.equal(paths('/d').backup, '/d/backup.sock');
-});
-
 test('gateway config: a function backend names its function in its Via element and sets no header of its own for it', () => {
   const slot = blocks(cfg).find((x) => /^backend f0$/m.test(x)) ?? '';
   assert.ok(slot.includes('http-request add-header via "1.1 aether-haproxy (%[var(txn.route),field(2,|)])"'), slot);

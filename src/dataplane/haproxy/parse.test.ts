@@ -62,7 +62,9 @@ test('config: a slot per function backend, the activator as default, private adm
   assert.equal(cfg.match(/^backend f\d+$/gm)?.length, 3);
   assert.match(cfg, /retry-on conn-failure\n/);
   // every function backend falls back to the activator when no instance can take a request
-  assert.equal(cfg.match(/^ {2}server activator 127\.0\.0\.1:9000 backup$/gm)?.length, 3);
+  assert.equal(cfg.match(/^ {2}server activator unix@\/d\/backup\.sock backup$/gm)?.length, 3);
+  // on its own socket: only what HAProxy hands over there is routed by its Via element
+  assert.ok(!/server activator 127/.test(cfg));
 });
 
 test('config: hop listeners carry the cluster token on their own hop only; an unusable token disables them', () => {
@@ -73,7 +75,7 @@ test('config: hop listeners carry the cluster token on their own hop only; an un
   assert.match(cfg, /bind unix@\/d\/hop0.sock mode 600/);
   assert.match(cfg, /set-path \/internal\/forward\/%\[req.hdr\(x-aether-hop-instance\)\]%\[path\]/);
   // a request that meets a dead agent goes on to the activator (nothing reached the agent)
-  for (const block of cfg.split('\n\n').filter((b) => /^listen h/m.test(b))) assert.match(block, /^ {2}server activator 127\.0\.0\.1:9000 backup$/m);
+  for (const block of cfg.split('\n\n').filter((b) => /^listen h/m.test(b))) assert.match(block, /^ {2}server activator unix@\/d\/backup\.sock backup$/m);
   // The token appears once per hop listener and nowhere else (never in a function backend).
   assert.equal(cfg.split(token).length - 1, 2);
   for (const block of cfg.split('\n\n').filter((b) => /^backend f/m.test(b))) {
