@@ -83,6 +83,9 @@ const CONSOLE_RECLAIM_BYTES = 4 * 2 ** 20;
 /** How often an adopted VM's pid is checked (not our child: no exit event; the API socket's close usually tells first). */
 const ADOPT_POLL_MS = 200;
 
+/** Where how far a followed file was consumed is recorded (beside it, in the VM dir): what a restarted agent resumes from. */
+const offsetFileOf = (path: string): string => `${path}.offset`;
+
 /** `aether.vmm=firecracker`: aether-init ends the VM by rebooting (Firecracker exits), not by a power-off that only halts it. */
 export function bootArgs(token: string): string {
   return `${BASE_BOOT_ARGS} aether.token=${token} aether.config=mmds aether.vmm=firecracker`;
@@ -293,10 +296,14 @@ class Vmm {
     this.exited = new Promise((resolve) => (this.#resolveExit = resolve));
   }
 
-  /** Follow the console and output files (`fromEnd`: an adopted VM, the dead agent read the rest). */
+  /**
+   * Follow the console and output files, each from where the last agent recorded it had handed lines
+   * on (`<file>.offset`, see FileTail): an adopted VM's output written while no agent ran is logged,
+   * once. `fromEnd` only for a VM whose agent kept no such record.
+   */
   #follow(fromEnd: boolean): void {
     const tail = (path: string, to: ((text: string) => void)[], reclaim?: number): FileTail =>
-      new FileTail({ path, clock: this.#clock, everyMs: TAIL_EVERY_MS, fromEnd, onLine: (t) => to.forEach((l) => l(t)), ...(reclaim ? { reclaimBytes: reclaim } : {}) });
+      new FileTail({ path, clock: this.#clock, everyMs: TAIL_EVERY_MS, fromEnd, offsetFile: offsetFileOf(path), onLine: (t) => to.forEach((l) => l(t)), ...(reclaim ? { reclaimBytes: reclaim } : {}) });
     this.#tails.push(tail(this.files.console, this.#console, CONSOLE_RECLAIM_BYTES), tail(this.files.output, this.#output));
   }
 
@@ -405,12 +412,11 @@ class Vmm {
 
   /**
    * Take over the Firecracker of a record (see FcState): its API must answer (a paused VM is
-   * resumed), its files are followed from their end, and its exit is noticed by a pid check every
-   * ADOPT_POLL_MS and by the loss of a connection held open on its API socket.
+   * resumed), its files are followed from where the last agent left them (#follow), and its exit is
+   * noticed by a pid check every ADOPT_POLL_MS and by the loss of a connection held open on its API socket.
    */
   static async adopt(ctx: Ctx, rec: FcState): Promise<Vmm> {
     const vmm = new Vmm({ clock: ctx.clock, api: rec.api, apiArg: rec.apiArg, files: rec.files, path: async (p) => p, jailDir: rec.jailDir, child: undefined, ref: rec.firecracker });
-    vmm.#follow(true);
     try {
       // the client's own timeout bounds it: a hung VMM must not hold up the agent's start
       const info = await vmm.client.describe();
@@ -420,6 +426,10 @@ class Vmm {
       vmm.release();
       throw err;
     }
+    // Followed only now, with no await left before the caller attaches its log listener: the first
+    // read (the output written while no agent ran) is a clock tick away, and lines read before
+    // anyone listens would be lost.
+    vmm.#follow(true);
     const poll = (): void => {
       vmm.#poll = ctx.clock.setTimeout(() => {
         vmm.#check();
@@ -659,7 +669,8 @@ class FcInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance {
 
   /**
    * Re-attach to a VM an earlier run of this agent left running (see FcState): its API socket,
-   * its files (from their end), its network and forwarder as they are; 'running' from the start.
+   * its files (from where the last agent recorded it had read them), its network and forwarder as
+   * they are; 'running' from the start.
    */
   async adopt(rec: FcState): Promise<void> {
     if (this.state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
@@ -688,7 +699,7 @@ class FcInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance {
     const guest = { address: (this.#link?.net.address ?? '').split('/')[0] as string, port: this.spec.listen.port };
     this.endpointValue = { ...exposed.endpoint, guest };
     if (exposed.output) {
-      this.#tails.push(new FileTail({ path: exposed.output, clock: this.#ctx.clock, everyMs: TAIL_EVERY_MS, fromEnd, onLine: (t) => this.logs.emit('system', `forwarder: ${t}`) }));
+      this.#tails.push(new FileTail({ path: exposed.output, clock: this.#ctx.clock, everyMs: TAIL_EVERY_MS, fromEnd, offsetFile: offsetFileOf(exposed.output), onLine: (t) => this.logs.emit('system', `forwarder: ${t}`) }));
     }
   }
 
