@@ -175,6 +175,8 @@ describe('firecracker adoption (fake VMM)', () => {
     // the program prints while no agent runs: the console file takes it
     const keepEndpoint = initial['keep']?.endpoint as RuntimeInstance['endpoint'];
     for (const text of ['while no agent ran', 'and more']) assert.equal((await requestEndpoint(keepEndpoint, { path: `/__say/${encodeURIComponent(text)}` })).status, 200);
+    // and Firecracker logs a warning (its logger's file)
+    assert.equal((await requestEndpoint(keepEndpoint, { path: '/__vmm-warn/a%20warning%20meanwhile' })).status, 200);
     for (const id of ['keep', 'exits', 'killed', 'paused']) {
       const inst = await rt.adoption.adopt(id);
       const lines: LogLine[] = [];
@@ -193,6 +195,7 @@ describe('firecracker adoption (fake VMM)', () => {
     await eventually('the new line reaches the logs', () => lines.some((l) => l.stream === 'stdout' && l.text === 'after adoption'));
     const stdout = lines.filter((l) => l.stream === 'stdout').map((l) => l.text);
     assert.deepEqual(stdout, ['while no agent ran', 'and more', 'after adoption'], 'the gap once, in order; nothing the dead agent had read');
+    assert.equal(lines.filter((l) => l.stream === 'system' && /^firecracker: .*:WARN\] a warning meanwhile$/.test(l.text)).length, 1, 'its log too');
     assert.ok(!lines.some((l) => l.text.includes('AETHER-INIT: exec')), 'what the dead agent read is not replayed');
     assert.deepEqual((await rt.adoption.list()).map((l) => l.spec.instanceId).sort(), [], 'adopted ones are no longer offered');
     await assert.rejects(rt.adoption.adopt('keep'), /no live VM keep/);
