@@ -25,7 +25,10 @@ const DRIVER = new URL('./driver.ts', import.meta.url).href;
 const NETWORK = new URL('./network.ts', import.meta.url).href;
 const AGENT = 'agent-a';
 
-/** The first agent: starts the VMs (waiting until ready unless `notReady`), says so, then idles until killed. */
+/**
+ * The first agent: starts the VMs (waiting until ready, and until it has read the guest's last boot
+ * line, unless `notReady`), says so, then idles until killed.
+ */
 const AGENT_SCRIPT = `
 import { createFirecrackerRuntime } from ${JSON.stringify(DRIVER)};
 import { socketNetwork } from ${JSON.stringify(NETWORK)};
@@ -33,8 +36,9 @@ const c = JSON.parse(process.env.FC_AGENT);
 const rt = createFirecrackerRuntime({ stateDir: c.stateDir, agentId: c.agentId, guest: async () => ({ kernel: c.kernel }), baseImage: async () => c.root, network: socketNetwork(), vmmCommand: c.vmm });
 for (const s of c.specs) {
   const inst = await rt.create(s);
+  const read = new Promise((r) => inst.onLog((l) => l.text.startsWith('program listening') && r()));
   await inst.start();
-  if (!c.notReady.includes(s.instanceId)) await inst.waitReady(20000);
+  if (!c.notReady.includes(s.instanceId)) await Promise.all([inst.waitReady(20000), read]);
 }
 process.stdout.write('started\\n');
 setInterval(() => {}, 1 << 30);
@@ -167,7 +171,12 @@ describe('firecracker adoption (fake VMM)', () => {
     await assert.rejects(rt.adoption.adopt('notready'), /no live VM notready/);
   });
 
-  it('adopts: the same VMM and endpoint, running; output written after adoption is followed, earlier output is not replayed', async () => {
+  it('adopts: the same VMM and endpoint, running; output written while no agent ran is logged once, what the dead agent read is not replayed', async () => {
+    // the program prints while no agent runs: the console file takes it
+    const keepEndpoint = initial['keep']?.endpoint as RuntimeInstance['endpoint'];
+    for (const text of ['while no agent ran', 'and more']) assert.equal((await requestEndpoint(keepEndpoint, { path: `/__say/${encodeURIComponent(text)}` })).status, 200);
+    // and Firecracker logs a warning (its logger's file)
+    assert.equal((await requestEndpoint(keepEndpoint, { path: '/__vmm-warn/a%20warning%20meanwhile' })).status, 200);
     for (const id of ['keep', 'exits', 'killed', 'paused']) {
       const inst = await rt.adoption.adopt(id);
       const lines: LogLine[] = [];
@@ -184,6 +193,9 @@ describe('firecracker adoption (fake VMM)', () => {
     await requestEndpoint(keep.endpoint, { path: '/__say/after%20adoption' });
     const lines = logs.get('keep') as LogLine[];
     await eventually('the new line reaches the logs', () => lines.some((l) => l.stream === 'stdout' && l.text === 'after adoption'));
+    const stdout = lines.filter((l) => l.stream === 'stdout').map((l) => l.text);
+    assert.deepEqual(stdout, ['while no agent ran', 'and more', 'after adoption'], 'the gap once, in order; nothing the dead agent had read');
+    assert.equal(lines.filter((l) => l.stream === 'system' && /^firecracker: .*:WARN\] a warning meanwhile$/.test(l.text)).length, 1, 'its log too');
     assert.ok(!lines.some((l) => l.text.includes('AETHER-INIT: exec')), 'what the dead agent read is not replayed');
     assert.deepEqual((await rt.adoption.list()).map((l) => l.spec.instanceId).sort(), [], 'adopted ones are no longer offered');
     await assert.rejects(rt.adoption.adopt('keep'), /no live VM keep/);

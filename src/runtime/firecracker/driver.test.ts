@@ -5,7 +5,8 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { requestEndpoint, type InstanceSpec } from '../index.ts';
+import { requestEndpoint, type InstanceSpec, type LogLine } from '../index.ts';
+import { FirecrackerClient } from './api.ts';
 import { BASE_BOOT_ARGS, createFirecrackerRuntime, type FirecrackerRuntimeOptions } from './driver.ts';
 import { ensureBaseImage, ensureInitramfs } from '../../image/index.ts';
 import { probeFirecracker } from '../host.ts';
@@ -307,6 +308,42 @@ describe('firecracker driver against the spec-checking fake', () => {
     assert.ok(lines.some((l) => l.startsWith('system firecracker: fake-vmm: API server started')), `its stderr is a system note: ${lines.join('\n')}`);
     await inst.stop(5000);
     assert.equal(existsSync(vmDir), false);
+  });
+
+  it('what Firecracker writes stays bounded on disk: its logger and metrics files (no O_APPEND) are read and freed as they grow, warnings logged once each', async () => {
+    const limit = 4096;
+    const { runtime, stateDir } = setup({ reclaimBytes: limit });
+    const inst = await runtime.create(spec('i-bounded'));
+    const lines: LogLine[] = [];
+    inst.onLog((l) => lines.push(l));
+    await inst.start();
+    await inst.waitReady(20_000);
+    const vmDir = join(stateDir, 'vms', 'ibounded');
+    const metrics = join(vmDir, 'metrics.ndjson');
+    const log = join(vmDir, 'firecracker.log');
+    const client = new FirecrackerClient(join(vmDir, 'api.sock'));
+    const warnings = Array.from({ length: 200 }, (_, i) => `warning ${i} ${'w'.repeat(150)}`);
+    try {
+      for (let i = 0; i < 250; i++) await client.action('FlushMetrics');
+      for (const w of warnings) await requestEndpoint(inst.endpoint, { path: `/__vmm-warn/${encodeURIComponent(w)}` });
+      const onDisk = (p: string): number => statSync(p).blocks * 512;
+      // what is unread plus one reclaim's worth, plus the partial blocks at either end
+      const bound = limit + 2 * 4096;
+      const logged = (): string[] => lines.filter((l) => l.stream === 'system' && l.text.includes(':fc_vmm:WARN] warning ')).map((l) => l.text.slice(l.text.indexOf('] ') + 2));
+      for (let i = 0; i < 200 && (logged().length < warnings.length || onDisk(metrics) > bound || onDisk(log) > bound); i++) await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(logged(), warnings, 'each warning once, in order, as a firecracker note');
+      for (const p of [metrics, log]) {
+        assert.ok(statSync(p).size > 2 * bound, `${p}: written well past the bound (${statSync(p).size} bytes)`);
+        assert.ok(onDisk(p) <= bound, `${p}: ${onDisk(p)} bytes on disk, at most ${bound}`);
+      }
+      // the writer's offset was kept: after the freed blocks (zeros) and the rest of the line they cut, whole lines up to the end
+      const buf = readFileSync(metrics);
+      const kept = buf.subarray(buf.indexOf(0x0a, buf.lastIndexOf(0)) + 1).toString();
+      assert.ok(kept.endsWith('\n') && kept.trim().split('\n').every((l) => typeof (JSON.parse(l) as { utc_timestamp_ms: number }).utc_timestamp_ms === 'number'), kept);
+    } finally {
+      await client.close();
+      await inst.stop(5000);
+    }
   });
 });
 

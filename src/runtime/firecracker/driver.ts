@@ -66,6 +66,13 @@ export interface FirecrackerRuntimeOptions {
   guestBins?: { node: string; python: string };
   /** How long a template may take to reach `AETHER-INIT READY`. */
   templateBootTimeoutMs?: number;
+  /**
+   * Every file a VM writes whether or not an agent runs (console, Firecracker's stderr, logger and
+   * metrics, the forwarder's output) is followed, and its read part's disk blocks are freed each
+   * time this many more bytes were read (default 4 MiB): what a file holds on disk stays below this
+   * plus what is not read yet, however long the VM runs.
+   */
+  reclaimBytes?: number;
   clock?: Clock;
   logger?: Logger;
 }
@@ -78,10 +85,13 @@ const READY_LINE = 'AETHER-INIT READY';
 const HALT_GRACE_MS = 3000;
 /** How often the console and Firecracker's output files are read. */
 const TAIL_EVERY_MS = 100;
-/** The console file holds the program's output: its read part's disk blocks are freed every this many bytes. */
-const CONSOLE_RECLAIM_BYTES = 4 * 2 ** 20;
+/** Default reclaimBytes (see FirecrackerRuntimeOptions). */
+const RECLAIM_BYTES = 4 * 2 ** 20;
 /** How often an adopted VM's pid is checked (not our child: no exit event; the API socket's close usually tells first). */
 const ADOPT_POLL_MS = 200;
+
+/** Where how far a followed file was consumed is recorded (beside it, in the VM dir): what a restarted agent resumes from. */
+const offsetFileOf = (path: string): string => `${path}.offset`;
 
 /** `aether.vmm=firecracker`: aether-init ends the VM by rebooting (Firecracker exits), not by a power-off that only halts it. */
 export function bootArgs(token: string): string {
@@ -274,14 +284,16 @@ class Vmm {
   #resolveExit!: (info: ExitInfo) => void;
   #done = false;
   #clock: Clock;
+  #reclaimBytes: number;
   #tails: FileTail[] = [];
   #console: ((text: string) => void)[] = [];
   #output: ((text: string) => void)[] = [];
   #poll: TimerHandle | undefined;
   #watch: net.Socket | undefined;
 
-  private constructor(o: { clock: Clock; api: string; apiArg: string; files: FcState['files']; path: (p: string) => Promise<string>; jailDir: string | undefined; child: ChildProcess | undefined; ref: ProcRef | undefined }) {
+  private constructor(o: { clock: Clock; reclaimBytes: number | undefined; api: string; apiArg: string; files: FcState['files']; path: (p: string) => Promise<string>; jailDir: string | undefined; child: ChildProcess | undefined; ref: ProcRef | undefined }) {
     this.#clock = o.clock;
+    this.#reclaimBytes = o.reclaimBytes ?? RECLAIM_BYTES;
     this.api = o.api;
     this.apiArg = o.apiArg;
     this.files = o.files;
@@ -293,11 +305,25 @@ class Vmm {
     this.exited = new Promise((resolve) => (this.#resolveExit = resolve));
   }
 
-  /** Follow the console and output files (`fromEnd`: an adopted VM, the dead agent read the rest). */
+  /**
+   * Follow every file Firecracker writes, each from where the last agent recorded it had handed
+   * lines on (`<file>.offset`, see FileTail): output written while no agent ran is logged, once
+   * (`fromEnd` only for a VM whose agent kept no record). The read part is freed by punching holes
+   * (reclaimBytes), which keeps sizes and offsets: Firecracker writes its logger and metrics files
+   * without O_APPEND at its own offset and never reopens them, so a truncation would only leave a
+   * hole and lose what was unread; a FIFO would drop what comes while no agent reads.
+   */
   #follow(fromEnd: boolean): void {
-    const tail = (path: string, to: ((text: string) => void)[], reclaim?: number): FileTail =>
-      new FileTail({ path, clock: this.#clock, everyMs: TAIL_EVERY_MS, fromEnd, onLine: (t) => to.forEach((l) => l(t)), ...(reclaim ? { reclaimBytes: reclaim } : {}) });
-    this.#tails.push(tail(this.files.console, this.#console, CONSOLE_RECLAIM_BYTES), tail(this.files.output, this.#output));
+    const tail = (path: string, onLine: (text: string) => void): FileTail =>
+      new FileTail({ path, clock: this.#clock, everyMs: TAIL_EVERY_MS, fromEnd, offsetFile: offsetFileOf(path), onLine, reclaimBytes: this.#reclaimBytes });
+    const to = (listeners: ((text: string) => void)[]) => (t: string) => listeners.forEach((l) => l(t));
+    this.#tails.push(
+      tail(this.files.console, to(this.#console)),
+      tail(this.files.output, to(this.#output)),
+      // its logger (warnings: a guest can provoke them) as notes like its stderr; metrics are read only to be freed
+      tail(this.files.log, to(this.#output)),
+      tail(this.files.metrics, () => undefined),
+    );
   }
 
   /** Lines of the guest's serial console (Firecracker's stdout). */
@@ -305,7 +331,7 @@ class Vmm {
     this.#console.push(fn);
   }
 
-  /** Lines Firecracker itself writes to stderr. */
+  /** Lines Firecracker itself writes: its stderr and its logger's file. */
   onOutput(fn: (text: string) => void): void {
     this.#output.push(fn);
   }
@@ -373,7 +399,7 @@ class Vmm {
       closeSync(out);
       closeSync(err);
     }
-    const vmm = new Vmm({ clock: ctx.clock, api, apiArg, files, path, jailDir, child, ref: procRef(child.pid) });
+    const vmm = new Vmm({ clock: ctx.clock, reclaimBytes: ctx.opts.reclaimBytes, api, apiArg, files, path, jailDir, child, ref: procRef(child.pid) });
     vmm.#follow(false);
     child.once('error', (e) => vmm.#finish({ code: null, signal: null, reason: `firecracker could not start: ${e.message}` }));
     child.once('exit', (code, signal) => vmm.#finish({ code, signal }));
@@ -405,12 +431,11 @@ class Vmm {
 
   /**
    * Take over the Firecracker of a record (see FcState): its API must answer (a paused VM is
-   * resumed), its files are followed from their end, and its exit is noticed by a pid check every
-   * ADOPT_POLL_MS and by the loss of a connection held open on its API socket.
+   * resumed), its files are followed from where the last agent left them (#follow), and its exit is
+   * noticed by a pid check every ADOPT_POLL_MS and by the loss of a connection held open on its API socket.
    */
   static async adopt(ctx: Ctx, rec: FcState): Promise<Vmm> {
-    const vmm = new Vmm({ clock: ctx.clock, api: rec.api, apiArg: rec.apiArg, files: rec.files, path: async (p) => p, jailDir: rec.jailDir, child: undefined, ref: rec.firecracker });
-    vmm.#follow(true);
+    const vmm = new Vmm({ clock: ctx.clock, reclaimBytes: ctx.opts.reclaimBytes, api: rec.api, apiArg: rec.apiArg, files: rec.files, path: async (p) => p, jailDir: rec.jailDir, child: undefined, ref: rec.firecracker });
     try {
       // the client's own timeout bounds it: a hung VMM must not hold up the agent's start
       const info = await vmm.client.describe();
@@ -420,6 +445,10 @@ class Vmm {
       vmm.release();
       throw err;
     }
+    // Followed only now, with no await left before the caller attaches its log listener: the first
+    // read (the output written while no agent ran) is a clock tick away, and lines read before
+    // anyone listens would be lost.
+    vmm.#follow(true);
     const poll = (): void => {
       vmm.#poll = ctx.clock.setTimeout(() => {
         vmm.#check();
@@ -659,7 +688,8 @@ class FcInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance {
 
   /**
    * Re-attach to a VM an earlier run of this agent left running (see FcState): its API socket,
-   * its files (from their end), its network and forwarder as they are; 'running' from the start.
+   * its files (from where the last agent recorded it had read them), its network and forwarder as
+   * they are; 'running' from the start.
    */
   async adopt(rec: FcState): Promise<void> {
     if (this.state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
@@ -688,7 +718,8 @@ class FcInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance {
     const guest = { address: (this.#link?.net.address ?? '').split('/')[0] as string, port: this.spec.listen.port };
     this.endpointValue = { ...exposed.endpoint, guest };
     if (exposed.output) {
-      this.#tails.push(new FileTail({ path: exposed.output, clock: this.#ctx.clock, everyMs: TAIL_EVERY_MS, fromEnd, onLine: (t) => this.logs.emit('system', `forwarder: ${t}`) }));
+      const reclaimBytes = this.#ctx.opts.reclaimBytes ?? RECLAIM_BYTES;
+      this.#tails.push(new FileTail({ path: exposed.output, clock: this.#ctx.clock, everyMs: TAIL_EVERY_MS, fromEnd, offsetFile: offsetFileOf(exposed.output), reclaimBytes, onLine: (t) => this.logs.emit('system', `forwarder: ${t}`) }));
     }
   }
 

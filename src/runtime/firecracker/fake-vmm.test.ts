@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, truncateSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -255,6 +255,45 @@ describe('fake Firecracker: every call the client makes is allowed', () => {
     } finally {
       await b.close();
     }
+  });
+});
+
+describe('fake Firecracker: its logger and metrics files', () => {
+  it('are written at its own offset like Firecracker (no O_APPEND): a truncated file gets a hole, not a fresh start; warnings in its log format', async () => {
+    const f = await fake({ guestHttp: 'guest-4.sock' });
+    const log = join(dir, 'w.log');
+    const metrics = join(dir, 'w-metrics.ndjson');
+    try {
+      await f.client.putLogger({ log_path: log, level: 'Warning', show_level: true });
+      await f.client.putMetrics({ metrics_path: metrics });
+      assert.equal(statSync(log).size, 0, 'created, nothing logged at Warning on its own');
+      await f.client.putBootSource({ kernel_image_path: kernel, boot_args: 'quiet aether.token=t aether.config=mmds aether.vmm=firecracker' });
+      await f.client.putNetworkInterface({ iface_id: 'eth0', host_dev_name: 'tap0' });
+      await f.client.putMmdsConfig({ version: 'V2', network_interfaces: ['eth0'] });
+      await f.client.action('InstanceStart');
+      await f.client.action('FlushMetrics');
+      const lines = readFileSync(metrics, 'utf8').trim().split('\n');
+      assert.equal(lines.length, 2, 'one at InstanceStart, one on FlushMetrics');
+      assert.equal((JSON.parse(lines[1] as string) as { logger: { missed_metrics_count: number } }).logger.missed_metrics_count, 0);
+      const before = statSync(metrics).size;
+      truncateSync(metrics, 0);
+      await f.client.action('FlushMetrics');
+      const after = readFileSync(metrics);
+      assert.ok(after.length > before, 'written past where it was, not at 0');
+      assert.ok(after.subarray(0, before).every((b) => b === 0), 'what the truncation removed reads as a hole');
+      assert.ok(JSON.parse(after.subarray(before).toString()));
+
+      await f.client.putMmds({ aether: { config: { token: 't', cmd: ['x'] } } });
+      await until(() => existsSync(join(dir, 'guest-4.sock')), 'the guest program');
+      const guest = new Client('http://guest', { socketPath: join(dir, 'guest-4.sock') });
+      const res = await guest.request({ method: 'GET', path: '/__vmm-warn/a%20bad%20guest' });
+      assert.equal(await res.body.text(), 'warned\n');
+      await guest.close();
+      assert.match(readFileSync(log, 'utf8'), /^\S+ \[anonymous-instance:fc_vmm:WARN\] a bad guest\n$/);
+    } finally {
+      await f.close();
+    }
+    assert.equal(readFileSync(metrics, 'utf8').trim().split('\n').filter((l) => l.includes('utc_timestamp_ms')).length, 2, 'and once more as it stops');
   });
 });
 

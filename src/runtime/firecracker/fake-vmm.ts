@@ -20,14 +20,19 @@
  * off": the process exits when boot_args carry `aether.vmm=firecracker`, else the guest halts and the
  * process stays, as a real x86 Firecracker does), then "runs the program": an HTTP server on --guest-http (a unix socket
  * path, relative to the API socket's directory unless absolute) answering with what the guest saw
- * (`/__say/<text>` prints the text on the console, `/__exit` ends the program).
+ * (`/__say/<text>` prints the text on the console, `/__vmm-warn/<text>` makes the VMM log a warning,
+ * as a misbehaving guest can, `/__exit` ends the program).
  * Ctrl+Alt+Del makes the guest reboot, which ends Firecracker (reboot=k), as on x86.
+ * Its logger and metrics files are written as Firecracker writes them: opened once read+write,
+ * non-blocking, created if missing, neither appending nor truncating, so each write lands at the
+ * process's own file offset whatever happened to the file meanwhile (a truncation leaves a hole, not
+ * a fresh file); a metrics line at boot, every 60 s after, on FlushMetrics and at exit.
  * --record appends one JSON line per request: {method, path, body, status, fault}.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, appendFileSync, constants, openSync, closeSync, ftruncateSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, appendFileSync, constants, openSync, closeSync, ftruncateSync, mkdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
@@ -163,6 +168,54 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
   const closers: (() => void)[] = [];
   let ended = false;
 
+  // --- logger and metrics (src/vmm/src/utils/mod.rs open_file_nonblock; logger/logging.rs; logger/metrics.rs) ---
+  const outputs: { logger?: number; metrics?: number } = {};
+  const missed = { logger: 0, metrics: 0 };
+  let metricsTimer: NodeJS.Timeout | undefined;
+  /** O_RDWR | O_CREAT | O_NONBLOCK, no O_APPEND, no O_TRUNC: a FIFO nobody reads does not block it. */
+  function openOutput(path: string): number {
+    try {
+      return openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NONBLOCK, 0o640);
+    } catch (err) {
+      throw new Refused(`Failed to open target file: ${(err as Error).message}`);
+    }
+  }
+  /** At the fd's own offset; a write that fails (a full FIFO) is dropped and counted, as Firecracker does. */
+  function emit(to: 'logger' | 'metrics', text: string): void {
+    const fd = outputs[to];
+    if (fd === undefined) return;
+    try {
+      writeSync(fd, text);
+    } catch {
+      missed[to]++;
+    }
+  }
+  /** `{time} [{id}:{thread}:{LEVEL}] {message}` (show_level on, show_log_origin off). */
+  function logWarn(message: string): void {
+    const level = String(cfg.logger?.level ?? 'Info').toLowerCase();
+    if (!['warning', 'warn', 'info', 'debug', 'trace'].includes(level)) return;
+    emit('logger', `${new Date().toISOString()} [${opts.id ?? 'anonymous-instance'}:fc_vmm${cfg.logger?.show_level === true ? ':WARN' : ''}] ${message}\n`);
+  }
+  function flushMetrics(): void {
+    emit('metrics', `${JSON.stringify({ utc_timestamp_ms: Date.now(), api_server: { process_startup_time_us: 1 }, logger: { missed_log_count: missed.logger, missed_metrics_count: missed.metrics } })}\n`);
+  }
+  /** Once the VM is built (booted or loaded from a snapshot), every 60 s. */
+  function startMetricsTimer(): void {
+    metricsTimer ??= setInterval(flushMetrics, 60_000);
+    metricsTimer.unref();
+  }
+  closers.push(() => {
+    if (metricsTimer) clearInterval(metricsTimer);
+    // a built VM's VMM writes its metrics once more as it stops (vmm/src/lib.rs)
+    if (metricsTimer) flushMetrics();
+    metricsTimer = undefined;
+    for (const key of ['logger', 'metrics'] as const) {
+      const fd = outputs[key];
+      delete outputs[key];
+      if (fd !== undefined) closeSync(fd);
+    }
+  });
+
   // --- the simulated guest -------------------------------------------------------------------
   let guest: 'off' | 'waiting' | 'running' | 'down' = 'off';
   let bootToken = '';
@@ -239,6 +292,12 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
           // the program prints a line (its output is the serial console)
           serial(decodeURIComponent(req.url.slice('/__say/'.length)));
           res.end('said\n');
+          return;
+        }
+        if (req.url?.startsWith('/__vmm-warn/')) {
+          // the guest does something the VMM logs a warning about
+          logWarn(decodeURIComponent(req.url.slice('/__vmm-warn/'.length)));
+          res.end('warned\n');
           return;
         }
         res.setHeader('content-type', 'application/json');
@@ -379,7 +438,7 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
         const key = op.operationId === 'putLogger' ? 'logger' : 'metrics';
         if (cfg[key]) throw new Refused(`Reinitialization of ${key} not allowed.`);
         const file = key === 'logger' ? b.log_path : b.metrics_path;
-        if (file !== undefined) appendFileSync(String(file), key === 'logger' ? `fake-vmm ${opts.id ?? ''}: logger configured\n` : '');
+        if (file !== undefined) outputs[key] = openOutput(String(file));
         cfg[key] = b;
         return { status: 204 };
       }
@@ -449,6 +508,7 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
           if (!cfg.bootSource) throw new Refused('Cannot start microvm without kernel configuration.');
           state = 'Running';
           flushMetrics();
+          startMetricsTimer();
           guestBoot(false);
         } else if (b.action_type === 'FlushMetrics') flushMetrics();
         else if (b.action_type === 'SendCtrlAltDel') {
@@ -496,15 +556,13 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
         if (b.vsock_override && cfg.vsock) cfg.vsock = { ...cfg.vsock, uds_path: (b.vsock_override as Obj).uds_path };
         ({ bootToken, cmdline } = snap);
         state = b.resume_vm === true ? 'Running' : 'Paused';
+        startMetricsTimer();
         // MMDS data is not part of a snapshot; the guest goes on waiting for its config
         if (snap.guest === 'waiting') guestBoot(true);
         return { status: 204 };
       }
     }
     throw new Refused(`fake-vmm: ${op.operationId} is allowed by the spec but not simulated`);
-  }
-  function flushMetrics(): void {
-    if (cfg.metrics) appendFileSync(String(cfg.metrics.metrics_path), `${JSON.stringify({ utc_timestamp_ms: Date.now(), api_server: { process_startup_time_us: 1 } })}\n`);
   }
   function exportConfig(): Obj {
     return {
