@@ -11,6 +11,8 @@ import { join } from 'node:path';
 import { KEYS } from '../src/spec/index.ts';
 import { createSqliteStore } from '../src/store/sqlite.ts';
 import { hostLinks } from '../src/runtime/process/veth.ts';
+import { findV1Mounts, v1Usable } from '../src/runtime/cgroup.ts';
+import { procStart } from '../src/runtime/procfs.ts';
 import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
 import { sandboxPids } from './support/procs.ts';
 
@@ -39,6 +41,26 @@ function leftovers(dataDir: string, instanceId: string): string[] {
   for (const a of agentIds) if (existsSync(join(dataDir, 'runtime', 'instances', a, instanceId))) found.push('instance dir');
   if (existsSync(join(dataDir, 'runtime', 'sockets', `${instanceId}.sock`))) found.push('socket');
   return found;
+}
+
+const mounts = findV1Mounts();
+
+/**
+ * The agent's cgroup dirs (`<controller>/aether/<agent id>`) and whether a live process marks each
+ * as its own (`.owner-<pid>-<start>`, see src/runtime/cgroup.ts): an unmarked one is never swept.
+ */
+function agentCgroups(dataDir: string): { dir: string; liveOwner: boolean }[] {
+  if (!v1Usable(mounts)) return [];
+  const agentId = readFileSync(join(dataDir, 'agent-id'), 'utf8').trim().replace(/[^A-Za-z0-9._-]/g, '_');
+  return Object.values(mounts).flatMap((m) => {
+    const dir = join(m, 'aether', agentId);
+    if (!existsSync(dir)) return [];
+    const liveOwner = readdirSync(dir).some((n) => {
+      const owner = /^\.owner-(\d+)-(\d+)$/.exec(n);
+      return owner !== null && procStart(Number(owner[1])) === owner[2];
+    });
+    return [{ dir, liveOwner }];
+  });
 }
 
 async function call(p: RunningPlatform, name: string, path: string): Promise<{ status: number; cold: string | null; instance: string; n: number }> {
@@ -87,6 +109,9 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     assert.equal(again.n, 3, 'the same program (its request counter went on)');
     assert.deepEqual(sandboxPids(id), pids, 'the same host processes');
     await eventually(async () => (await logsOf(second, 'kept')).includes('served /c #3'), 10_000);
+    // The adopter marks the agent's cgroup dirs as its own (the first owner's marker went as dead),
+    // so they are swept should it die too.
+    for (const c of agentCgroups(first.dataDir)) assert.ok(c.liveOwner, `${c.dir} is marked by a live agent`);
 
     // Warm the second function, then kill -9 and delete it while no platform runs.
     const orphan = (await call(second, 'orphan', '/x')).instance;
@@ -123,6 +148,7 @@ test('kill -9 of aether up: the instance lives on, is adopted warm by the restar
     assert.equal((await api(third, 'DELETE', '/api/functions/kept')).status, 204);
     await eventually(async () => leftovers(first.dataDir, id).length === 0, 15_000);
     assert.equal(await third.stop(), 0);
+    assert.deepEqual(agentCgroups(first.dataDir), [], 'a clean stop leaves no cgroup dir of the agent');
   } finally {
     for (const p of platforms) await p.kill();
   }

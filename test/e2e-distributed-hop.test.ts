@@ -7,7 +7,6 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -15,6 +14,7 @@ import { api, CLUSTER_TOKEN, eventually, startAether, zipFiles, type RunningPlat
 import { backendsMissing, startBackends, type Backends } from './support/backends.ts';
 import { sandboxPids } from './support/procs.ts';
 import { tunnelPing } from './support/tunnel.ts';
+import { killHaproxyUnderLoad } from './support/haproxy-kill.ts';
 
 const TOKEN = randomBytes(16).toString('hex');
 const skip = backendsMissing() ?? false;
@@ -309,38 +309,14 @@ if (skip) {
         it("kill -9 of the agent's HAProxy under light load: it comes back by itself, only requests in flight may fail", { timeout: 60_000 }, async (t) => {
           const name = fn('echo');
           await warm(name);
-          const pidFile = join(agent.dataDir, 'haproxy', 'haproxy.pid');
-          const pid = Number(readFileSync(pidFile, 'utf8').trim());
-          let stop = false;
-          let ok = 0;
-          const failures: string[] = [];
-          const worker = async (): Promise<void> => {
-            while (!stop) {
-              try {
-                const r = await get(`${gw.url}/functions/${name}/`);
-                if (r.status === 200) ok++;
-                else failures.push(`${r.status} ${r.text.slice(0, 200)}`);
-              } catch (err) {
-                failures.push(String((err as Error).cause ?? err));
-              }
-              await sleep(20);
-            }
-          };
-          const load = Promise.all([worker(), worker()]);
-          try {
-            await sleep(300);
-            process.kill(pid, 'SIGKILL');
+          const { ok, failures } = await killHaproxyUnderLoad({
+            pidFile: join(agent.dataDir, 'haproxy', 'haproxy.pid'),
+            request: () => get(`${gw.url}/functions/${name}/`),
+            workers: 2,
+            pauseMs: 20,
             // Back by itself: a new HAProxy carries forwards straight to the instance again.
-            await eventually(async () => {
-              if (Number(readFileSync(pidFile, 'utf8').trim()) === pid) return undefined;
-              const r = await get(`${gw.url}/functions/${name}/`);
-              return r.json?.headers['x-aether-forward-instance'] ? r : undefined;
-            }, 10_000, 50);
-            await sleep(300);
-          } finally {
-            stop = true;
-            await load;
-          }
+            recovered: async () => Boolean((await get(`${gw.url}/functions/${name}/`)).json?.headers['x-aether-forward-instance']),
+          });
           t.diagnostic(`${ok} served, ${failures.length} failed: ${failures.slice(0, 3).join(' | ')}`);
           assert.ok(ok > 0);
           assert.ok(failures.length <= 4, `lost ${failures.length}: ${failures.slice(0, 5).join(' | ')}`);

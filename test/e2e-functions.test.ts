@@ -6,11 +6,12 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { get as httpGet } from 'node:http';
 import { api, eventually, startAether, zipFiles, type RunningPlatform } from './support/platform.ts';
 import { tunnelPing } from './support/tunnel.ts';
+import { killHaproxyUnderLoad } from './support/haproxy-kill.ts';
 
 const ECHO = `
 const http = require('http');
@@ -330,50 +331,21 @@ http.createServer(async (req, res) => {
   if (dataPlane === 'haproxy') {
     test('warm requests go through HAProxy; kill -9 of HAProxy under load loses only in-flight requests and it comes back', async () => {
       await deploy('survivor', { 'handler.js': ECHO });
+      const viaHaproxy = (r: { json: Record<string, unknown> }): boolean => /aether-haproxy/.test((r.json['headers'] as Record<string, string>)['via'] ?? '');
       assert.equal((await invoke('survivor')).status, 200);
       const viaProxy = await eventually(async () => {
         const r = await invoke('survivor');
-        return /aether-haproxy/.test((r.json['headers'] as Record<string, string>)['via'] ?? '') ? r : undefined;
+        return viaHaproxy(r) ? r : undefined;
       });
       assert.equal(viaProxy.cold, 'false');
-      const pidFile = join(p.dataDir, 'haproxy', 'haproxy.pid');
-      const pid = Number(readFileSync(pidFile, 'utf8').trim());
-      let stop = false;
-      let ok = 0;
-      const failures: string[] = [];
-      const worker = async (): Promise<void> => {
-        while (!stop) {
-          try {
-            const r = await invoke('survivor');
-            if (r.status === 200) ok++;
-            else failures.push(`${r.status} ${r.text}`);
-          } catch (err) {
-            failures.push(String((err as Error).cause ?? err));
-            await new Promise((r) => setTimeout(r, 5));
-          }
-        }
-      };
-      const load = Promise.all(Array.from({ length: 4 }, worker));
-      let before: number | undefined;
-      let at: number | undefined;
-      try {
-        await new Promise((r) => setTimeout(r, 300));
-        before = ok;
-        process.kill(pid, 'SIGKILL');
+      const { ok, okBeforeKill, okAtRecovery, failures } = await killHaproxyUnderLoad({
+        pidFile: join(p.dataDir, 'haproxy', 'haproxy.pid'),
+        request: () => invoke('survivor'),
+        workers: 4,
         // Back by itself: a new HAProxy carries warm requests again.
-        await eventually(async () => {
-          const now = Number(readFileSync(pidFile, 'utf8').trim());
-          if (now === pid) return undefined;
-          const r = await invoke('survivor');
-          return /aether-haproxy/.test((r.json['headers'] as Record<string, string>)['via'] ?? '') ? r : undefined;
-        }, 10_000, 50);
-        at = ok;
-        await new Promise((r) => setTimeout(r, 300));
-      } finally {
-        stop = true;
-        await load;
-      }
-      assert.ok(before !== undefined && at !== undefined && before > 0 && ok > at, 'served before, during and after');
+        recovered: async () => viaHaproxy(await invoke('survivor')),
+      });
+      assert.ok(okBeforeKill > 0 && ok > okAtRecovery, 'served before, during and after');
       // What was in flight on the killed process (4 clients) may fail, and (a known gap, see
       // docs/dataplane.md) connections still in the fallback listener's backlog when the port goes
       // back to the restarted HAProxy: a handful, never a stream of failures.

@@ -3,8 +3,8 @@ import type { Server as HttpServer } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { clusterTokenFor, loadConfig, type Config, type ConfigInput, type Role } from '../config/index.ts';
-import { AetherError, createLogger, drainLogs, installRejectionSafetyNet, metrics, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
+import { clusterTokenFor, loadConfig, logFileFor, type Config, type ConfigInput, type Role } from '../config/index.ts';
+import { AetherError, createFileLogger, createLogger, drainLogs, installRejectionSafetyNet, metrics, newId, systemClock, type Clock, type Logger } from '../core/index.ts';
 import type { BlobStore } from '../blob/index.ts';
 import type { Queue } from '../queue/index.ts';
 import type { Store } from '../store/index.ts';
@@ -106,7 +106,19 @@ export async function startNode(role: Role, flags: ConfigInput & { config?: stri
   // `aether up` in the same directory on another port is refused before it touches any of it.
   // Gateways only spool uploads there, per process.
   const unlock = role === 'up' || role === 'agent' ? lockDataDir(cfg.dataDir, role) : () => undefined;
-  const logger: Logger = createLogger(`aether-${role}`, cfg.logLevel);
+  const logFile = logFileFor(cfg, Boolean(process.stderr.isTTY));
+  let logger: Logger;
+  if (logFile) {
+    try {
+      logger = createFileLogger(`aether-${role}`, cfg.logLevel, logFile);
+    } catch (err) {
+      unlock();
+      throw new AetherError('AETHER_ERR_VALIDATION', `config: cannot open the log file ${logFile} (${(err as NodeJS.ErrnoException).code ?? String(err)}); choose another with --log-file`);
+    }
+    out(`logs: ${logFile} (warnings and errors are shown here too)`);
+  } else {
+    logger = createLogger(`aether-${role}`, cfg.logLevel);
+  }
   // One request's or one task's unexpected rejection is logged; it never ends the process.
   const dropSafetyNet = installRejectionSafetyNet(logger);
   const clock = systemClock;

@@ -49,6 +49,9 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     return;
   }
   if (req.headers.authorization !== `Bearer ${TOKEN}`) return json(res, 401, { error: { code: 'AETHER_ERR_UNAUTHORIZED', message: 'missing or wrong bearer token' } });
+  // A platform with no node yet and nothing placed.
+  if (parts[1] === 'nodes') return json(res, 200, []);
+  if (parts[1] === 'deploy' && parts[2] === 'assignments') return json(res, 200, {});
   if (parts[1] === 'deploy') return req.method === 'POST' ? json(res, 202, { status: 'accepted' }) : json(res, 200, deployStatus);
   const ref = parts[2];
   if (parts.length === 2 && req.method === 'POST') {
@@ -280,4 +283,50 @@ test('aether deploy: says when no deploy has ever run (no deployer), else the la
   const refused = await cli(['deploy', './specs']);
   assert.equal(refused.code, 1);
   assert.match(refused.err, /^error: AETHER_ERR_VALIDATION: the platform deploys from its --source; run `aether deploy <source> --dry-run` to preview/);
+});
+
+test('aether deploy --dry-run: with no platform reachable it checks the specs only and says what it could not compare', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'aether-specs-'));
+  try {
+    await mkdir(join(dir, 'services'));
+    await writeFile(join(dir, 'defaults.yaml'), 'sandbox: process\nmemory_mb: 128\n');
+    await writeFile(join(dir, 'services', 'web.yaml'), 'name: web\nimage: /img/web\nnode_type: general\ncommand: [/bin/httpd]\n');
+    // A port nobody listens on.
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise<void>((r) => closed.close(() => r()));
+    const offline = `http://127.0.0.1:${port}`;
+
+    const r = await cli(['deploy', dir, '--dry-run'], { url: offline });
+    assert.equal(r.code, 0, r.err);
+    const lines = r.out.split('\n');
+    assert.match(lines[0] ?? '', /^revision \S+$/);
+    assert.equal(lines[1], 'valid: 1 service (web)');
+    assert.match(lines[2] ?? '', new RegExp(`^not compared with the platform: ECONNREFUSED: cannot reach ${offline}.*is \`aether up\` running\\?\\)$`));
+    assert.match(lines[3] ?? '', /^what would start, stop or move is known only against a running platform/);
+    assert.doesNotMatch(r.out, /no changes|pending/, 'no plan made up against no nodes');
+    const j = await cli(['--json', 'deploy', dir, '--dry-run'], { url: offline });
+    assert.deepEqual({ ...(JSON.parse(j.out) as Record<string, unknown>), revision: 'x', unreachable: 'x' }, { revision: 'x', offline: true, unreachable: 'x', ok: true, errors: [], warnings: [], services: ['web'] });
+
+    // Invalid specs are refused offline too, exit 1.
+    await writeFile(join(dir, 'services', 'bad.yaml'), 'name: bad\nmemory_mb: lots\n');
+    const bad = await cli(['deploy', dir, '--dry-run'], { url: offline });
+    assert.equal(bad.code, 1);
+    assert.match(bad.out, /^revision \S+\nrefused: nothing would change\n.*bad\.yaml/);
+    await rm(join(dir, 'services', 'bad.yaml'));
+
+    // Reachable but no node yet: the plan says nothing moves and why the service waits.
+    const none = await cli(['deploy', dir, '--dry-run']);
+    assert.equal(none.code, 0, none.err);
+    assert.match(none.out, /^revision \S+\nnothing would start, stop or move\npending web {2}\(no live node\)\n$/);
+
+    // Reachable with a wrong token: the coded error, not a silent offline check.
+    const denied = await cli(['deploy', dir, '--dry-run'], { env: { AETHER_URL: url, AETHER_ADMIN_TOKEN: 'wrong' } });
+    assert.equal(denied.code, 1);
+    assert.match(denied.err, /^error: AETHER_ERR_UNAUTHORIZED: /);
+    assert.equal(denied.out, '');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });

@@ -108,10 +108,15 @@ export async function withClient<T>(globals: GlobalOptions, deps: CliDeps, fn: (
   }
 }
 
+/** No connection to the platform at all (refused, no route, bad host): not a slow or failing one. */
+export function isUnreachable(err: unknown): boolean {
+  return isClientError(err) && err.status === 0 && err.code !== 'ABORTED' && err.code !== 'TIMEOUT';
+}
+
 /** What to check when the platform cannot be reached, or was reached without a token. */
 function withHint(err: unknown, conn: { url: string; token: string | undefined; urlFrom: string; dataDir: string }): unknown {
   if (!isClientError(err)) return err;
-  if (err.status === 0 && err.code !== 'ABORTED' && err.code !== 'TIMEOUT') {
+  if (isUnreachable(err)) {
     return new ClientError(0, err.code, `${err.message} (URL from ${conn.urlFrom}; is \`aether up\` running?)`, { cause: err });
   }
   if (err.status === 401 && conn.token === undefined) {

@@ -11,8 +11,8 @@ const options = (name: string): Map<string, string> => {
   return new Map(cmd.options.map((o) => [o.long ?? '', o.description]));
 };
 
-test('serve commands: the deployer lists only what it uses (store, config, log level, deploy options)', () => {
-  assert.deepEqual([...options('deployer').keys()].sort(), ['--config', '--export-dir', '--log-level', '--poll', '--source', '--store']);
+test('serve commands: the deployer lists only what it uses (store, config, log level and file, deploy options)', () => {
+  assert.deepEqual([...options('deployer').keys()].sort(), ['--config', '--export-dir', '--log-file', '--log-level', '--poll', '--source', '--store']);
   assert.match(options('deployer').get('--store') ?? '', /^etcd:\/\/.*required/);
   assert.match(options('deployer').get('--source') ?? '', /required/);
 });

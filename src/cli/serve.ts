@@ -42,6 +42,10 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     if (role === 'up' || role === 'gateway') cmd.option('--admin-token-file <file>', `file holding the admin token (else AETHER_ADMIN_TOKEN${up ? '; default <data-dir>/admin.token, generated on first start' : '; one of them is required'})`);
     if (role !== 'deployer') cmd.option('--cluster-token-file <file>', `file holding the gateway<->agent token (else AETHER_CLUSTER_TOKEN${up ? '; default derived from the admin token' : '; one of them is required'})`);
     cmd.option('--log-level <level>', 'trace|debug|info|warn|error (env AETHER_LOG_LEVEL; default info)');
+    cmd.option(
+      '--log-file <file>',
+      `append the JSON logs to this file, warnings and errors also shown on stderr; - for JSON on stderr (env AETHER_LOG_FILE; default ${up ? '<data-dir>/aether.log when stderr is a terminal, else -' : '-'})`,
+    );
     if (role === 'up' || role === 'gateway') cmd.option('--data-plane <kind>', 'auto | haproxy | node: who carries warm invocations (env AETHER_DATA_PLANE; default auto)');
     if (role === 'agent') cmd.option('--data-plane <kind>', "auto | haproxy | node: who carries gateways' forwards to this node's instances, its own HAProxy on --port or its Node server (env AETHER_DATA_PLANE; default auto: haproxy when installed and sandboxes are reached over TCP)");
     return cmd;
@@ -74,7 +78,7 @@ export function registerServeCommands(program: Command, start: StartNode): void 
     const flags: ConfigInput & { config?: string } = {};
     const map: Record<string, keyof ConfigInput | 'config'> = {
       port: 'port', host: 'host', dataDir: 'data_dir', config: 'config', store: 'store', queue: 'queue', blob: 'blob',
-      adminTokenFile: 'admin_token_file', clusterTokenFile: 'cluster_token_file', logLevel: 'log_level', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', sandboxNetwork: 'sandbox_network', sandboxNetPool: 'sandbox_net_pool', advertise: 'advertise', dataPlane: 'data_plane',
+      adminTokenFile: 'admin_token_file', clusterTokenFile: 'cluster_token_file', logLevel: 'log_level', logFile: 'log_file', sandbox: 'sandbox', sandboxes: 'sandboxes', isolation: 'isolation', sandboxNetwork: 'sandbox_network', sandboxNetPool: 'sandbox_net_pool', advertise: 'advertise', dataPlane: 'data_plane',
       agentId: 'agent_id', capacityInstances: 'capacity_instances', capacityMemoryMb: 'capacity_memory_mb', startupTimeoutMs: 'startup_timeout_ms',
       nodeType: 'node_type', routerPort: 'router_port', traefikConfigDir: 'traefik_config_dir', source: 'source', poll: 'poll', exportDir: 'export_dir',
     };

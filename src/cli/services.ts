@@ -1,9 +1,10 @@
 import type { Command } from 'commander';
 import { AetherError } from '../core/index.ts';
-import { formatErrors, planDeploy, specSource, type Assignments, type DeployPlan } from '../deploy/index.ts';
+import { checkSpecs, formatErrors, planDeploy, specSource, type Assignments, type DeployPlan, type SpecCheck } from '../deploy/index.ts';
 import { nodesFromAgents } from '../deploy/index.ts';
+import { isClientError } from '../client/index.ts';
 import type { AgentRecord } from '../spec/index.ts';
-import { formatFields, formatTable, printJson, runAction, withClient, type CliDeps, type GlobalOptions } from './output.ts';
+import { formatFields, formatTable, isUnreachable, printJson, runAction, withClient, type CliDeps, type GlobalOptions } from './output.ts';
 
 /** Human summary of a plan: what starts, stops, moves, and why; errors naming file and field. */
 export function formatPlan(plan: DeployPlan, revision: string): string {
@@ -12,13 +13,31 @@ export function formatPlan(plan: DeployPlan, revision: string): string {
     lines.push('refused: nothing would change', formatErrors(plan.errors));
     return lines.join('\n') + '\n';
   }
-  if (plan.changes.length === 0) lines.push('no changes');
+  // "no changes" beside pending services would read as a contradiction: say what holds.
+  if (plan.changes.length === 0) lines.push(plan.unplaced.length === 0 ? 'no changes' : 'nothing would start, stop or move');
   for (const c of plan.changes) {
     if (c.kind === 'move') lines.push(`move    ${c.service}  ${c.from} -> ${c.to}  (${c.why})`);
     else lines.push(`${c.kind.padEnd(7)} ${c.service}  on ${c.node}  (${c.why})`);
   }
   for (const u of plan.unplaced) lines.push(`pending ${u.service}  (${u.message})`);
   for (const w of plan.warnings) lines.push(`warning ${w.file}: ${w.field}: ${w.message}`);
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * The specs checked without a platform to compare with: whether they are valid, and that the plan
+ * (what would start, stop or move) is not known, with the connection error that says why.
+ */
+export function formatSpecCheck(check: SpecCheck, revision: string, unreachable: string): string {
+  const lines: string[] = [`revision ${revision}`];
+  if (!check.ok) lines.push('refused: nothing would change', formatErrors(check.errors));
+  else {
+    const names = check.services.map((s) => s.name);
+    lines.push(`valid: ${names.length} service${names.length === 1 ? '' : 's'} (${names.join(', ')})`);
+  }
+  lines.push(`not compared with the platform: ${unreachable}`);
+  if (check.ok) lines.push('what would start, stop or move is known only against a running platform (its nodes and placements)');
+  for (const w of check.warnings) lines.push(`warning ${w.file}: ${w.field}: ${w.message}`);
   return lines.join('\n') + '\n';
 }
 
@@ -44,21 +63,24 @@ export function registerServiceCommands(program: Command, deps: CliDeps): void {
         }
         if (!source) throw new AetherError('AETHER_ERR_VALIDATION', 'give the specs to plan: aether deploy <dir|git-url[#branch]> --dry-run');
         const { revision, files } = await specSource(source).read();
-        // Plan against the running platform's nodes and placements when one is reachable.
-        let nodes: AgentRecord[] = [];
-        let current: Assignments = {};
-        let offline = false;
+        // Planned against the running platform's nodes and placements. With none reachable only the
+        // specs are checked: a plan against no nodes and nothing running would be made up. Any
+        // other failure (a wrong token, a server error) is an error, as in every command.
+        let live: [AgentRecord[], Assignments];
         try {
-          [nodes, current] = await withClient(g, deps, async (c) => Promise.all([c.listNodes(), c.assignments()]));
-        } catch {
-          offline = true;
+          live = await withClient(g, deps, async (c) => Promise.all([c.listNodes(), c.assignments()]));
+        } catch (err) {
+          if (!isClientError(err) || !isUnreachable(err)) throw err;
+          const unreachable = `${err.code}: ${err.message}`;
+          const check = checkSpecs(files);
+          if (g.json) printJson(deps.io, { revision, offline: true, unreachable, ok: check.ok, errors: check.errors, warnings: check.warnings, services: check.services.map((s) => s.name) });
+          else deps.io.out(formatSpecCheck(check, revision, unreachable));
+          if (!check.ok) deps.io.setExitCode(1);
+          return;
         }
-        const plan = planDeploy(files, nodesFromAgents(nodes), current);
-        if (g.json) printJson(deps.io, { revision, offline, ...plan });
-        else {
-          if (offline) deps.io.out('(no platform reachable: validating only, no nodes to place on)\n');
-          deps.io.out(formatPlan(plan, revision));
-        }
+        const plan = planDeploy(files, nodesFromAgents(live[0]), live[1]);
+        if (g.json) printJson(deps.io, { revision, offline: false, ...plan });
+        else deps.io.out(formatPlan(plan, revision));
         if (!plan.ok) deps.io.setExitCode(1);
       }),
     );

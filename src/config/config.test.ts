@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { clusterTokenFor, loadConfig } from './index.ts';
+import { clusterTokenFor, loadConfig, logFileFor } from './index.ts';
 
 test('up defaults to embedded drivers in the data dir', () => {
   const c = loadConfig('up', { data_dir: '/tmp/x' }, {});
@@ -56,4 +56,14 @@ test('--source: a directory that does not exist stops the start; git URLs are no
   assert.equal(loadConfig('up', { source: '/tmp' }, {}).source, '/tmp');
   assert.equal(loadConfig('up', { source: 'https://example.test/specs.git#main' }, {}).source, 'https://example.test/specs.git#main');
   assert.equal(loadConfig('up', { source: 'file:///nonexistent/repo#main' }, {}).source, 'file:///nonexistent/repo#main');
+});
+
+test('--log-file: given, or <data-dir>/aether.log for an `aether up` on a terminal; - or elsewhere: JSON on stderr', () => {
+  const up = loadConfig('up', { data_dir: '/d' }, {});
+  assert.equal(logFileFor(up, true), '/d/aether.log');
+  assert.equal(logFileFor(up, false), undefined, 'a pipe (process manager, tests): stderr');
+  assert.equal(logFileFor(loadConfig('up', { data_dir: '/d', log_file: '-' }, {}), true), undefined);
+  assert.equal(logFileFor(loadConfig('up', { data_dir: '/d' }, { AETHER_LOG_FILE: '/var/log/aether.log' }), false), '/var/log/aether.log');
+  const agent = loadConfig('agent', { data_dir: '/d', store: 'etcd://e:2379', queue: 'redis://r:6379', blob: 'file:///b' }, {});
+  assert.equal(logFileFor(agent, true), undefined, 'distributed roles: stderr unless told');
 });

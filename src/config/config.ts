@@ -1,6 +1,6 @@
 import { readFileSync, statSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { AetherError, deriveClusterToken, sameSecret } from '../core/index.ts';
@@ -49,6 +49,8 @@ const FileSchema = z.strictObject({
   max_unpacked_mb: z.number().int().min(1),
   max_entries: z.number().int().min(1),
   log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']),
+  /** A file for the JSON logs, or "-" for stderr. */
+  log_file: z.string().min(1),
   source: z.string().min(1),
   poll: z.string().regex(/^(\d+(\.\d+)?(ms|s|m|h))+$/, 'must be a duration such as 2s, 500ms or 1m'),
   export_dir: z.string().min(1),
@@ -88,6 +90,8 @@ export interface Config {
   pidsMax: number;
   limits: { maxArchiveBytes: number; maxUnpackedBytes: number; maxEntries: number };
   logLevel: string;
+  /** --log-file as given, resolved ("-": stderr); undefined: the default (see logFileFor). */
+  logFile: string | undefined;
   /** Service specs (firework layout): a directory or git-url[#branch]; deployer and up only. */
   source: string | undefined;
   pollMs: number;
@@ -130,6 +134,7 @@ const ENV: Record<keyof ConfigInput, string> = {
   max_unpacked_mb: 'AETHER_MAX_UNPACKED_MB',
   max_entries: 'AETHER_MAX_ENTRIES',
   log_level: 'AETHER_LOG_LEVEL',
+  log_file: 'AETHER_LOG_FILE',
   source: 'AETHER_SOURCE',
   poll: 'AETHER_POLL',
   export_dir: 'AETHER_EXPORT_DIR',
@@ -215,6 +220,7 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
       maxEntries: c.max_entries ?? 10_000,
     },
     logLevel: c.log_level ?? 'info',
+    logFile: c.log_file === undefined || c.log_file === '-' ? c.log_file : resolve(c.log_file),
     source: c.source,
     pollMs: c.poll ? (parseDuration(c.poll) ?? 30_000) : 30_000,
     exportDir: c.export_dir ? resolve(c.export_dir) : undefined,
@@ -229,6 +235,18 @@ export function loadConfig(role: Role, flags: ConfigInput & { config?: string },
     throw invalid(`--source ${cfg.source}: no such directory (a directory in firework layout: defaults.yaml, services/, tenants/; or a git URL such as https://…/specs.git#main)`);
   }
   return deepFreeze(cfg);
+}
+
+/**
+ * Where the JSON logs go: the --log-file given, else, for an `aether up` whose stderr is a terminal,
+ * `<data-dir>/aether.log` (a person starting it wants the startup lines and what goes wrong, not
+ * every info line; warnings and errors still reach the terminal). Undefined: JSON lines on stderr,
+ * as a process manager or log shipper expects.
+ */
+export function logFileFor(cfg: Pick<Config, 'role' | 'dataDir' | 'logFile'>, stderrIsTTY: boolean): string | undefined {
+  if (cfg.logFile === '-') return undefined;
+  if (cfg.logFile) return cfg.logFile;
+  return cfg.role === 'up' && stderrIsTTY ? join(cfg.dataDir, 'aether.log') : undefined;
 }
 
 /**

@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ManualClock } from './clock.ts';
-import { LogSink } from './log.ts';
+import { createFileLogger, LogSink, shortLogLine } from './log.ts';
 
 test('log sink: every line reaches a reader that keeps up, in order', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'aether-log-test-'));
@@ -71,4 +71,31 @@ test('log sink: a full pipe nobody reads never blocks; lines wait (bounded), the
   assert.deepEqual(ns, Array.from({ length: ns.length }, (_, i) => i), 'the held lines, in order');
   assert.equal(out.at(-1)?.dropped, 100 - ns.length);
   assert.match(out.at(-1)?.msg ?? '', /dropped/);
+});
+
+test('a log file gets every line; the terminal only warnings and errors, short', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'aether-log-test-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const termFd = openSync(join(dir, 'terminal'), 'w');
+  const terminal = new LogSink(termFd);
+  const file = join(dir, 'aether.log');
+  const logger = createFileLogger('aether-up', 'info', file, terminal);
+  logger.debug('below the level');
+  logger.info({ agent: 'a-1' }, 'agent started');
+  logger.warn({ code: 137, reason: 'killed by a signal' }, 'haproxy exited; restarting');
+  logger.error({ err: new Error('disk full') }, 'write failed');
+  assert.equal(await terminal.drain(5000), true);
+  closeSync(termFd);
+  const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { msg: string });
+  assert.deepEqual(lines.map((l) => l.msg), ['agent started', 'haproxy exited; restarting', 'write failed'], 'the file: JSON, at the level');
+  assert.equal((statSync(file).mode & 0o777).toString(8), '600');
+  const shown = readFileSync(join(dir, 'terminal'), 'utf8').split('\n');
+  assert.equal(shown.length, 3, shown.join('\n'));
+  assert.match(shown[0] ?? '', /^\d\d:\d\d:\d\d WARN haproxy exited; restarting {2}code=137 reason="killed by a signal"$/);
+  assert.match(shown[1] ?? '', /^\d\d:\d\d:\d\d ERROR write failed {2}err="disk full"$/, 'an error by its message, no stack');
+});
+
+test('short log line: a line that is not JSON passes as it is', () => {
+  assert.equal(shortLogLine('not json'), 'not json\n');
+  assert.match(shortLogLine('{"level":50,"time":0,"msg":"m","component":"c","name":"c","path":"/a b"}'), /^\d\d:\d\d:\d\d ERROR m {2}path="\/a b"\n$/);
 });

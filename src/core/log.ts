@@ -1,4 +1,4 @@
-import { write, writeSync } from 'node:fs';
+import { openSync, write, writeSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
 import { systemClock, type Clock } from './clock.ts';
 
@@ -154,6 +154,68 @@ export function createLogger(name: string, level = process.env['AETHER_LOG_LEVEL
   const dest = sink ?? new LogSink(2);
   sinks.add(dest);
   return pino({ name, level, base: { component: name } }, dest);
+}
+
+const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+/** Fields every line has, left out of the short form. */
+const QUIET_FIELDS = new Set(['level', 'time', 'msg', 'component', 'name', 'pid', 'hostname', 'v']);
+
+/**
+ * One JSON log line as a person reads it on a terminal: `12:03:04 WARN message  key=value …`
+ * (local time; an error field by its message only: the stack stays in the JSON log).
+ */
+export function shortLogLine(line: string): string {
+  let r: Record<string, unknown>;
+  try {
+    r = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return line.endsWith('\n') ? line : line + '\n';
+  }
+  const t = typeof r['time'] === 'number' ? new Date(r['time']) : new Date();
+  const hms = [t.getHours(), t.getMinutes(), t.getSeconds()].map((n) => String(n).padStart(2, '0')).join(':');
+  const level = LEVEL_NAMES[r['level'] as number] ?? String(r['level']);
+  const fields = Object.entries(r)
+    .filter(([k]) => !QUIET_FIELDS.has(k))
+    .map(([k, v]) => {
+      const shown = typeof v === 'object' && v !== null && typeof (v as { message?: unknown }).message === 'string' ? (v as { message: string }).message : v;
+      return `${k}=${typeof shown === 'string' && !/[\s"]/.test(shown) ? shown : JSON.stringify(shown)}`;
+    });
+  return `${hms} ${level} ${String(r['msg'] ?? '')}${fields.length ? '  ' + fields.join(' ') : ''}\n`;
+}
+
+/** Every line to a log file; warnings and errors also to a terminal, in their short form. */
+class FileAndTerminalSink {
+  readonly #file: LogSink;
+  readonly #terminal: LogSink;
+
+  constructor(file: LogSink, terminal: LogSink) {
+    this.#file = file;
+    this.#terminal = terminal;
+  }
+
+  write(line: string): boolean {
+    this.#file.write(line);
+    // pino writes the level first: no parse for the lines that stay in the file.
+    const level = Number(/^\{"level":(\d+)/.exec(line)?.[1] ?? 0);
+    if (level >= 40) this.#terminal.write(shortLogLine(line));
+    return true;
+  }
+
+  flush(cb?: (err?: Error) => void): void {
+    this.#file.flush(() => this.#terminal.flush(cb));
+  }
+}
+
+/**
+ * JSON logs appended to `file` (created 0600: lines may name paths and ids of the host), and
+ * warnings and errors also on stderr, short: for a person at a terminal, who wants the startup
+ * lines and what went wrong, not every info line. Throws when the file cannot be opened.
+ */
+export function createFileLogger(name: string, level: string, file: string, terminal: LogSink = new LogSink(2)): Logger {
+  const fileSink = new LogSink(openSync(file, 'a', 0o600));
+  sinks.add(fileSink);
+  sinks.add(terminal);
+  return pino({ name, level, base: { component: name } }, new FileAndTerminalSink(fileSink, terminal));
 }
 
 /** Wait (at most `ms`) until every logger's lines are written: before a clean exit. */

@@ -50,17 +50,32 @@ export function diffAssignments(previous: Assignments, next: Assignments, liveNo
   return changes.sort((a, b) => (a.service < b.service ? -1 : a.service > b.service ? 1 : 0));
 }
 
+/** The specs alone, as a deploy would take or refuse them (errors, or no service at all), before any placement. */
+export interface SpecCheck {
+  ok: boolean;
+  errors: SpecError[];
+  warnings: SpecError[];
+  /** Empty when refused. */
+  services: ServiceConfig[];
+}
+
+export function checkSpecs(files: readonly RepoFile[]): SpecCheck {
+  const { services, errors, warnings } = enrich(parseRepo(files));
+  if (errors.length > 0) return { ok: false, errors, warnings, services: [] };
+  if (services.length === 0) {
+    return { ok: false, errors: [{ file: '(repo)', field: 'services', message: 'no services found (expected services/*.yaml or tenants/<tenant>/*.yaml); refusing to stop everything' }], warnings, services: [] };
+  }
+  return { ok: true, errors: [], warnings, services };
+}
+
 /**
  * Specs + live nodes + what runs now -> the new assignments. Never wipes or shrinks a working
  * placement on an error, an empty input or a lost node count: those return `previous` unchanged.
  */
 export function planDeploy(files: readonly RepoFile[], nodes: readonly SchedNode[], previous: Assignments): DeployPlan {
   const refuse = (errors: SpecError[], warnings: SpecError[] = []): DeployPlan => ({ ok: false, errors, warnings, assignments: previous, changes: [], unplaced: [] });
-  const { services, errors, warnings } = enrich(parseRepo(files));
-  if (errors.length > 0) return refuse(errors, warnings);
-  if (services.length === 0) {
-    return refuse([{ file: '(repo)', field: 'services', message: 'no services found (expected services/*.yaml or tenants/<tenant>/*.yaml); refusing to stop everything' }], warnings);
-  }
+  const { ok, services, errors, warnings } = checkSpecs(files);
+  if (!ok) return refuse(errors, warnings);
   if (nodes.length === 0) return { ...refuse([], warnings), ok: true, unplaced: services.map((s) => ({ service: s.name, reason: 'no_nodes', message: 'no live node' })) };
 
   const prevWhere = where(previous);

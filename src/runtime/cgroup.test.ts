@@ -55,17 +55,30 @@ describe('owner markers and the sweep of dead agents', () => {
       for (const m of Object.values(mounts)) for (const [a, subs] of Object.entries(layout)) for (const s of subs) mkdirSync(join(m, 'aether', a, s), { recursive: true });
       // a busy cgroup: rmdir fails (here: not empty)
       for (const m of Object.values(mounts)) writeFileSync(join(m, 'aether', 'agent-busy', 'inst-5', 'tasks'), '1');
+      // empty and unmarked: left by an adopter that never marked it (before claim())
+      for (const m of Object.values(mounts)) mkdirSync(join(m, 'aether', 'agent-empty'));
 
-      assert.deepEqual(sweepDeadAgents(mounts, 'agent-me').sort(), ['agent-dead', 'agent-reused']);
+      assert.deepEqual(sweepDeadAgents(mounts, 'agent-me').sort(), ['agent-dead', 'agent-empty', 'agent-reused']);
       for (const m of Object.values(mounts)) {
         const root = join(m, 'aether');
         assert.deepEqual(readdirSync(root).sort(), ['agent-busy', 'agent-live', 'agent-me', 'agent-unmarked']);
         assert.deepEqual(readdirSync(join(root, 'agent-live')).sort(), [dead, live, 'inst-3'].sort(), 'a live owner: untouched');
         assert.deepEqual(readdirSync(join(root, 'agent-unmarked')), ['inst-4'], 'no marker: untouched');
-        assert.deepEqual(readdirSync(join(root, 'agent-busy')), ['inst-5'], 'the busy instance stays');
-        assert.deepEqual(readdirSync(join(root, 'agent-me')), ['inst-6'], 'our own id: only dead markers go');
+        assert.deepEqual(readdirSync(join(root, 'agent-busy')).sort(), [dead, 'inst-5'].sort(), 'the busy instance stays, and the marker that lets a later sweep take it');
+        assert.deepEqual(readdirSync(join(root, 'agent-me')).sort(), [ownerMarker(), 'inst-6'].sort(), 'our own id: dead markers go; an instance left there (adopted) makes it ours');
       }
       assert.deepEqual(leftoverInstanceIds(mounts, 'agent-live'), ['inst-3']);
+      // The busy instance ended: the next sweep (any agent's start) takes its dir.
+      for (const m of Object.values(mounts)) rmSync(join(m, 'aether', 'agent-busy', 'inst-5', 'tasks'));
+      assert.deepEqual(sweepDeadAgents(mounts, 'agent-me'), ['agent-busy']);
+      assert.equal(existsSync(join(mounts.pids, 'aether', 'agent-busy')), false);
+
+      // An adopted instance: its dir carries only its dead starter's marker until the adopter claims it.
+      for (const m of Object.values(mounts)) mkdirSync(join(m, 'aether', 'agent-adopter', 'inst-8'), { recursive: true });
+      for (const m of Object.values(mounts)) writeFileSync(join(m, 'aether', 'agent-adopter', 'inst-8', 'tasks'), '1');
+      new InstanceCgroups(mounts, 'agent-adopter', 'inst-8').claim();
+      assert.deepEqual(sweepDeadAgents(mounts), [], 'a live owner: untouched');
+      for (const m of Object.values(mounts)) assert.deepEqual(readdirSync(join(m, 'aether', 'agent-adopter')).sort(), [ownerMarker(), 'inst-8'].sort());
 
       // Our own dirs: the marker stays while an instance dir does, then all goes.
       const cg = new InstanceCgroups(mounts, 'agent-own', 'inst-7');

@@ -76,10 +76,9 @@ export class InstanceCgroups {
   }
 
   create(limits: Limits): { memswLimited: boolean } {
-    for (const c of CONTROLLERS) {
-      mkdirSync(join(dirname(this.dirs[c]), ownerMarker()), { recursive: true });
-      mkdirSync(this.dirs[c], { recursive: true });
-    }
+    // The marker first: a sweep never sees this agent's dir unmarked while an instance dir is new and empty.
+    this.claim();
+    for (const c of CONTROLLERS) mkdirSync(this.dirs[c], { recursive: true });
     const mem = this.dirs.memory;
     const bytes = String(Math.max(4, Math.floor(limits.memoryMb)) * 1024 * 1024);
     writeFileSync(join(mem, 'memory.limit_in_bytes'), bytes);
@@ -107,6 +106,15 @@ export class InstanceCgroups {
     writeFileSync(join(cpu, 'cpu.cfs_quota_us'), String(quota));
     writeFileSync(join(this.dirs.pids, 'pids.max'), limits.pidsMax > 0 ? String(Math.floor(limits.pidsMax)) : 'max');
     return { memswLimited };
+  }
+
+  /**
+   * Mark `aether/<agentId>` as this process's (see ownerMarker). An adopted instance's dir carries
+   * only the marker of the agent that started it, which the restarted agent's sweep removes as
+   * dead: unmarked, the dir would never be swept once this agent is gone too.
+   */
+  claim(): void {
+    for (const c of CONTROLLERS) mkdirSync(join(dirname(this.dirs[c]), ownerMarker()), { recursive: true });
   }
 
   /**
@@ -201,7 +209,8 @@ export function leftoverInstanceIds(mounts: Record<Controller, string>, agentId:
  * Which process owns `aether/<agentId>`: cgroupfs holds no files of ours, so an agent marks its dir
  * with an empty child cgroup `.owner-<pid>-<start time>`. Dirs whose owners are all gone (an agent
  * killed with SIGKILL on a data dir nobody reuses, as tests do) can then be removed by any other
- * agent; dirs without a marker (or with a live owner) are never touched.
+ * agent; dirs with a live owner, or instance dirs but no marker, are never touched (an empty one
+ * holds nothing to keep).
  */
 const OWNER = /^\.owner-(\d+)-(\d+)$/;
 let ownMarker: string | undefined;
@@ -235,6 +244,14 @@ function rmdirQuiet(dir: string): boolean {
   }
 }
 
+function mkdirQuiet(dir: string): void {
+  try {
+    mkdirSync(dir);
+  } catch {
+    // there already, or the hierarchy refuses: the next start tries again
+  }
+}
+
 /** rmdir our `aether/<agentId>` dirs (and the owner markers) once no instance dir is left in them. */
 export function removeAgentCgroups(mounts: Record<Controller, string>, agentId: string): void {
   for (const c of CONTROLLERS) {
@@ -259,12 +276,22 @@ export function sweepDeadAgents(mounts: Record<Controller, string>, ownAgentId?:
       const subs = subdirs(dir);
       const markers = subs.filter((n) => OWNER.test(n));
       if (agentId === ownAgentId) {
-        // Our id from an earlier life of this data dir: only its dead owners' markers go.
+        // Our id from an earlier life of this data dir: only its dead owners' markers go, and
+        // instances left in it (adopted, or not removable) make it ours.
         for (const n of markers) if (n !== ownerMarker() && !ownerAlive(n)) rmdirQuiet(join(dir, n));
+        if (subs.some((n) => !OWNER.test(n)) && !markers.includes(ownerMarker())) mkdirQuiet(join(dir, ownerMarker()));
+        continue;
+      }
+      // Nothing in it, not even a marker (an adopter's from before adopters claimed their dir): nothing to keep.
+      if (subs.length === 0) {
+        if (rmdirQuiet(dir)) swept.add(agentId);
         continue;
       }
       if (markers.length === 0 || markers.some(ownerAlive)) continue;
-      for (const n of subs) rmdirQuiet(join(dir, n));
+      // A busy instance cgroup (its processes still run, e.g. waiting to be adopted) stays, and so
+      // do the markers: a later sweep takes the dir once it is empty.
+      if (subs.filter((n) => !OWNER.test(n) && !rmdirQuiet(join(dir, n))).length > 0) continue;
+      for (const n of markers) rmdirQuiet(join(dir, n));
       if (rmdirQuiet(dir)) swept.add(agentId);
     }
   }

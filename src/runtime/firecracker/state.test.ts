@@ -4,21 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { writeVmRecord } from '../vmstate.ts';
+import { sampleSpec } from '../vmstate.testing.ts';
 import { isSameFirecracker, parseFcState, readFcState, type FcState } from './state.ts';
 
 const dir = '/data/runtime-firecracker/vms/iweb1';
 const sample = (): FcState => ({
   v: 1,
   agentId: 'agent-a',
-  spec: {
-    instanceId: 'i-web-1',
-    owner: { kind: 'service', id: 'web', name: 'web' },
-    artifact: { kind: 'image', path: '/img/web.ext4' },
-    env: {},
-    resources: { memoryMb: 128, vcpu: 1, pidsMax: 100 },
-    listen: { port: 8080 },
-    version: 'cfg-1',
-  },
+  spec: sampleSpec('i-web-1'),
   endpoint: { kind: 'unix', path: `${dir}/port-8080.sock`, guest: { address: '10.0.2.15', port: 8080 } },
   firecracker: { pid: 4242, start: '123456' },
   vmId: 'iweb1',

@@ -717,6 +717,12 @@ class ProcessInstance extends InstanceBase<InstanceSpec> implements RuntimeInsta
     this.endpointValue = rec.endpoint;
     this.#port = rec.spec.port;
     this.#cg = new InstanceCgroups(this.#ctx.mounts, this.#ctx.agentId, this.id);
+    try {
+      this.#cg.claim();
+    } catch (err) {
+      // not fatal: the instance serves on; only the sweep after a crash of ours would miss its dir
+      this.#ctx.logger.warn({ instanceId: this.id, err: String(err) }, 'could not mark the adopted instance\'s cgroups as ours');
+    }
     this.state = 'running';
     const n = rec.uid - this.#ctx.uidBase;
     if (n >= 0 && n < 10_000 && n >= this.#ctx.nextUid) this.#ctx.nextUid = n + 1;

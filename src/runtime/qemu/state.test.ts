@@ -6,21 +6,14 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { readProc } from '../procfs.ts';
 import { writeVmRecord } from '../vmstate.ts';
+import { sampleSpec } from '../vmstate.testing.ts';
 import { isSameQemu, parseVmState, qemuAlive, qemuGone, readVmState, type VmState } from './state.ts';
 
 const dir = '/data/runtime-qemu/instances/i-1';
 const sample = (): VmState => ({
   v: 1,
   agentId: 'agent-a',
-  spec: {
-    instanceId: 'i-1',
-    owner: { kind: 'service', id: 'web', name: 'web' },
-    artifact: { kind: 'image', path: '/img/web.ext4' },
-    env: {},
-    resources: { memoryMb: 128, vcpu: 1, pidsMax: 100 },
-    listen: { port: 8080 },
-    version: 'cfg-1',
-  },
+  spec: sampleSpec('i-1'),
   endpoint: { kind: 'tcp', host: '127.0.0.1', port: 40001, guest: { address: '10.0.2.15', port: 8080 } },
   qemu: { pid: 4242, start: '123456' },
   qmp: `${dir}/qmp.sock`,
