@@ -126,9 +126,9 @@ describe('firecracker driver against the spec-checking fake', () => {
     assert.deepEqual(bad, [], 'every call the driver made is allowed by the pinned spec');
     const seq = rec.filter((r) => r.method !== 'GET').map((r) => `${r.method} ${r.path}`);
     assert.deepEqual(seq, [
-      'PUT /logger', 'PUT /metrics', 'PUT /machine-config', 'PUT /boot-source', 'PUT /drives/rootfs', 'PUT /drives/code',
+      'PUT /machine-config', 'PUT /boot-source', 'PUT /drives/rootfs', 'PUT /drives/code',
       'PUT /network-interfaces/eth0', 'PUT /mmds/config', 'PUT /mmds', 'PUT /actions', 'PUT /actions',
-    ]);
+    ], 'the logger and metrics were set on its command line: no PUT /logger, no PUT /metrics');
     const boot = rec.find((r) => r.path === '/boot-source')?.body as { boot_args: string };
     assertCleanBootArgs(boot.boot_args, s.env);
     // aether-init then ends the VM by a reboot, which Firecracker exits on (a power-off only halts it)
@@ -141,6 +141,11 @@ describe('firecracker driver against the spec-checking fake', () => {
     assert.ok(lines.some((l) => l.includes('AETHER-INIT: exec')), 'serial console reaches the logs');
     // checked after stop: console lines may still be in flight when waitReady returns
     assert.ok(lines.includes('AETHER-INIT READY') && !stdout.includes('AETHER-INIT READY'), 'READY is a system note, not program output');
+    // nothing of Firecracker's own reached the console (its logger writes to stdout until configured)
+    const vmDir = join(stateDir, 'vms', 'icold1');
+    const argv = lines.find((l) => l.startsWith('firecracker: ') && l.includes('--api-sock')) ?? '';
+    assert.ok(argv.endsWith(`--log-path ${vmDir}/firecracker.log --level Warning --show-level --metrics-path ${vmDir}/metrics.ndjson`), argv);
+    assert.deepEqual(stdout.filter((l) => /Running Firecracker|API server|Listening on API socket|exiting/.test(l)), [], 'no Firecracker line taken for program output');
     assert.deepEqual(readdirSync(join(stateDir, 'vms')), [], 'the VM dir is gone');
   });
 
@@ -241,8 +246,9 @@ describe('firecracker driver against the spec-checking fake', () => {
     const load = rec.find((r) => r.path === '/snapshot/load')?.body as { mem_backend: { backend_type: string }; resume_vm: boolean };
     assert.equal(load.mem_backend.backend_type, 'File');
     assert.equal(load.resume_vm, false);
-    const restoreSeq = rec.slice(rec.findIndex((r) => r.path === '/snapshot/load') - 2).filter((r) => r.method !== 'GET').slice(0, 5).map((r) => `${r.method} ${r.path}`);
-    assert.deepEqual(restoreSeq, ['PUT /logger', 'PUT /metrics', 'PUT /snapshot/load', 'PUT /mmds', 'PATCH /vm']);
+    const restoreSeq = rec.slice(rec.findIndex((r) => r.path === '/snapshot/load')).filter((r) => r.method !== 'GET').slice(0, 3).map((r) => `${r.method} ${r.path}`);
+    assert.deepEqual(restoreSeq, ['PUT /snapshot/load', 'PUT /mmds', 'PATCH /vm']);
+    assert.deepEqual(rec.filter((r) => r.path === '/logger' || r.path === '/metrics'), [], 'restored VMs too have their logger and metrics from their command line');
 
     assert.deepEqual(runtime.snapshots.templates().map((t) => `${t.ownerId}@${t.version}`), ['fn_1@v1']);
     await Promise.all([a.stop(5000), b.stop(5000)]);
@@ -301,7 +307,10 @@ describe('firecracker driver against the spec-checking fake', () => {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     assert.equal(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[3]), pid, 'its own session');
     for (const fd of [1, 2]) assert.match(readlinkSync(`/proc/${pid}/fd/${fd}`), new RegExp(`^${vmDir}/`), `fd ${fd} is a file in the VM dir, not a pipe`);
-    assert.match(readFileSync(rec.files.console, 'utf8'), /AETHER-INIT: exec/);
+    assert.match(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' '), new RegExp(`--log-path ${vmDir}/firecracker.log --level Warning --show-level --metrics-path ${vmDir}/metrics.ndjson`));
+    const console0 = readFileSync(rec.files.console, 'utf8');
+    assert.match(console0, /AETHER-INIT: exec/);
+    assert.doesNotMatch(console0, /Running Firecracker|API server|Listening on API socket/, 'the console holds the guest\'s output only');
     await requestEndpoint(inst.endpoint, { path: '/__say/hello%20from%20the%20console' });
     for (let i = 0; i < 100 && !lines.includes('stdout hello from the console'); i++) await new Promise((r) => setTimeout(r, 20));
     assert.ok(lines.includes('stdout hello from the console'), 'the console file is followed');
@@ -373,6 +382,28 @@ describe('firecracker jailer', () => {
     assert.equal(inJail, '/vmlinux');
     assert.equal(statSync(join(jailRoot, 'vmlinux')).ino, statSync(kernel).ino, 'a hard link, not a copy');
     assert.equal(await stageIntoJail(jailRoot, kernel, { bin: 'jailer', uid, gid }), '/vmlinux', 'staging twice is fine');
+  });
+
+  it('names the logger and metrics files jail-relative on the command line, linked into the jail before the jailer runs', async () => {
+    const base = join(dir, 'jails');
+    await mkdir(base, { recursive: true });
+    const uid = process.getuid?.() ?? 0;
+    const gid = process.getgid?.() ?? 0;
+    const stub = join(dir, 'jailer-stub.sh');
+    const { runtime, stateDir } = setup({ jailer: { bin: stub, uid, gid, chrootBase: base }, firecracker: '/opt/fc/firecracker' });
+    const seen = join(dir, 'jailer-saw');
+    // stands in for the jailer: records its argv and the files (with inodes) of the jail and the VM dir when it ran, then fails
+    await writeFile(stub, `#!/bin/sh\nprintf '%s\\n' "$@" > '${seen}.argv'\nfind '${base}' '${stateDir}' -type f -printf '%p %i\\n' > '${seen}.files'\nexit 1\n`, { mode: 0o755 });
+    const inst = await runtime.create(spec('i-jailed'));
+    await assert.rejects(inst.start(), /exited before its API socket was up/);
+    const argv = readFileSync(`${seen}.argv`, 'utf8').trim().split('\n');
+    assert.deepEqual(argv.slice(argv.indexOf('--')), ['--', '--api-sock', '/run/firecracker.socket', '--log-path', '/firecracker.log', '--level', 'Warning', '--show-level', '--metrics-path', '/metrics.ndjson']);
+    const ino = new Map(readFileSync(`${seen}.files`, 'utf8').trim().split('\n').map((l) => l.split(' ') as [string, string]));
+    const root = join(base, 'firecracker', 'ijailed', 'root');
+    assert.deepEqual([...ino.keys()].filter((p) => p.startsWith(base)).sort(), [join(root, 'firecracker.log'), join(root, 'metrics.ndjson')], 'both in the jail root already, nothing else');
+    for (const f of ['firecracker.log', 'metrics.ndjson']) assert.equal(ino.get(join(root, f)), ino.get(join(stateDir, 'vms', 'ijailed', f)), `${f}: the VM dir's file (the one the agent follows), hard-linked`);
+    assert.deepEqual(readdirSync(join(stateDir, 'vms')), []);
+    assert.deepEqual(readdirSync(join(base, 'firecracker')), [], 'the jail is removed with the VM');
   });
 });
 

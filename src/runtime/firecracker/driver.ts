@@ -1,9 +1,10 @@
 /**
  * The Firecracker driver (sandbox "firecracker"): one Firecracker process per instance, driven over
- * its API socket (./api.ts). Boot: logger → metrics → machine-config → boot-source → drives (root
- * image ro, code image ro) → network-interfaces (a TAP in the VM's own netns) → mmds/config (V2) →
- * MMDS data → InstanceStart. The program's config (env included) reaches the guest only through
- * MMDS; boot_args carry console/quiet flags, the per-boot token, `aether.config=mmds` and `aether.vmm=firecracker`.
+ * its API socket (./api.ts). Its logger and metrics are set on its command line (launchLogging);
+ * boot: machine-config → boot-source → drives (root image ro, code image ro) → network-interfaces
+ * (a TAP in the VM's own netns) → mmds/config (V2) → MMDS data → InstanceStart. The program's
+ * config (env included) reaches the guest only through MMDS; boot_args carry console/quiet flags,
+ * the per-boot token, `aether.config=mmds` and `aether.vmm=firecracker`.
  * Snapshots: a template VM per (owner, version) boots to `AETHER-INIT READY` (waiting for config),
  * is paused and snapshotted; later instances load it, get their own config in MMDS (with the
  * template's token), and resume. Stop: SendCtrlAltDel, then SIGTERM, then SIGKILL.
@@ -92,6 +93,16 @@ const ADOPT_POLL_MS = 200;
 
 /** Where how far a followed file was consumed is recorded (beside it, in the VM dir): what a restarted agent resumes from. */
 const offsetFileOf = (path: string): string => `${path}.offset`;
+
+/**
+ * Firecracker's logger and metrics, configured on its command line rather than by `PUT /logger` and
+ * `PUT /metrics`: until configured its logger writes at Info to stdout, which is the guest's serial
+ * console, so its own start-up and API request lines would be taken for the program's output.
+ * Warning: what a guest can make it warn about; `--show-level` marks each line's level.
+ */
+export function launchLogging(log: string, metrics: string): string[] {
+  return ['--log-path', log, '--level', 'Warning', '--show-level', '--metrics-path', metrics];
+}
 
 /** `aether.vmm=firecracker`: aether-init ends the VM by rebooting (Firecracker exits), not by a power-off that only halts it. */
 export function bootArgs(token: string): string {
@@ -361,33 +372,41 @@ class Vmm {
     } else if (this.ref && !procGone(this.ref)) signalPid(this.ref.pid, sig);
   }
 
-  /** Spawn Firecracker for a fresh VM dir (its network already attached); `ready()` then waits for its API. */
-  static spawn(ctx: Ctx, dir: string, id: string, link: VmLink, log: (t: string) => void): Vmm {
+  /**
+   * Spawn Firecracker for a fresh VM dir (its network already attached); `ready()` then waits for its
+   * API. Every file it writes is created here first, in the VM dir (where the agent follows them);
+   * under the jailer the logger and metrics files are linked into the jail before it runs, as its
+   * command line names them from inside.
+   */
+  static async spawn(ctx: Ctx, dir: string, id: string, link: VmLink, log: (t: string) => void): Promise<Vmm> {
     const { opts } = ctx;
+    const files = { console: join(dir, 'console.log'), output: join(dir, 'firecracker.out'), log: join(dir, 'firecracker.log'), metrics: join(dir, 'metrics.ndjson') };
+    for (const f of Object.values(files)) closeSync(openSync(f, 'a', 0o600));
     let argv: string[];
     let api: string;
     let apiArg: string;
     let path: (p: string) => Promise<string> = async (p) => p;
     let jailDir: string | undefined;
     if (opts.jailer) {
-      const j = jailerArgv(opts.jailer, { id, firecracker: opts.firecracker ?? 'firecracker', ...(link.netns ? { netns: `/var/run/netns/${link.netns}` } : {}) });
-      argv = j.argv;
+      const jailer = opts.jailer;
+      const j = jailerArgv(jailer, { id, firecracker: opts.firecracker ?? 'firecracker', ...(link.netns ? { netns: `/var/run/netns/${link.netns}` } : {}) });
+      rmSync(j.jailDir, { recursive: true, force: true }); // a jail left by a crashed run
+      // the jailer keeps a jail root that exists (and makes it the jail user's)
+      path = (p) => stageIntoJail(j.root, p, jailer);
+      argv = [...j.argv, ...launchLogging(await path(files.log), await path(files.metrics))];
       api = j.apiSock;
       apiArg = j.apiArg;
-      path = (p) => stageIntoJail(j.root, p, opts.jailer as JailerOptions);
       jailDir = j.jailDir;
-      rmSync(j.jailDir, { recursive: true, force: true }); // a jail left by a crashed run
     } else {
       api = join(dir, 'api.sock');
       apiArg = api;
       const vmm = opts.vmmCommand ?? [opts.firecracker ?? 'firecracker'];
-      argv = [...vmm, '--api-sock', api, '--id', id];
+      argv = [...vmm, '--api-sock', api, '--id', id, ...launchLogging(files.log, files.metrics)];
       // `ip netns exec` execs Firecracker in place: the pid stays the VMM's
       if (link.netns) argv = ['ip', 'netns', 'exec', link.netns, ...argv];
     }
     rmSync(api, { force: true }); // Firecracker refuses an existing socket path
     log(`firecracker: ${argv.join(' ')}`);
-    const files = { console: join(dir, 'console.log'), output: join(dir, 'firecracker.out'), log: join(dir, 'firecracker.log'), metrics: join(dir, 'metrics.ndjson') };
     // Its own session, no parent-death signal, output to files: the VM outlives a killed agent,
     // which adopts it when it comes back (or stops it: cleanupLeftovers).
     const out = openSync(files.console, 'a', 0o600);
@@ -406,7 +425,7 @@ class Vmm {
     return vmm;
   }
 
-  /** Wait for the API socket to answer, then point the logger and metrics at their files. */
+  /** Wait for the API socket to answer (the logger and metrics were set at launch). */
   async ready(clock: Clock): Promise<void> {
     const deadline = clock.now() + 10_000;
     for (;;) {
@@ -425,8 +444,6 @@ class Vmm {
       }
       await clock.sleep(10);
     }
-    await this.client.putLogger({ log_path: await this.path(await touch(this.files.log)), level: 'Warning', show_level: true });
-    await this.client.putMetrics({ metrics_path: await this.path(await touch(this.files.metrics)) });
   }
 
   /**
@@ -505,11 +522,6 @@ class Vmm {
   }
 }
 
-async function touch(p: string): Promise<string> {
-  await writeFile(p, '', { flag: 'a' });
-  return p;
-}
-
 /** The guest's config (contract: MMDS v2 at /aether/config). */
 function guestConfig(spec: InstanceSpec, token: string, link: VmLink, bins: { node: string; python: string }, now: number): JsonObject {
   const a = spec.artifact;
@@ -564,7 +576,7 @@ async function buildTemplate(ctx: Ctx, spec: InstanceSpec, dir: string): Promise
     // drives live in the template dir: a snapshot re-opens them at the same paths
     const drives = await drivesFor(ctx, spec, dir);
     // no record: a template VM is never adopted; cleanupLeftovers finds it by its API socket
-    vmm = Vmm.spawn(ctx, vmDir, id, link, () => undefined);
+    vmm = await Vmm.spawn(ctx, vmDir, id, link, () => undefined);
     ctx.templateVms.add(vmm);
     const ready = new Promise<void>((resolve) => vmm?.onConsole((t) => t.includes(READY_LINE) && resolve()));
     await vmm.ready(ctx.clock);
@@ -645,7 +657,7 @@ class FcInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance {
       // The endpoint first (the forwarder waits for the guest): the record names it from the start.
       const exposed = await link.expose(this.spec.listen.port);
       this.#expose(exposed, false);
-      const vmm = Vmm.spawn(this.#ctx, this.#dir, this.vmId, link, (t) => this.logs.emit('system', t));
+      const vmm = await Vmm.spawn(this.#ctx, this.#dir, this.vmId, link, (t) => this.logs.emit('system', t));
       this.#attach(vmm);
       // The record a restarted agent adopts (or stops) it by, written before the guest runs anything.
       if (vmm.ref) {

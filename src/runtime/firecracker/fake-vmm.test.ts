@@ -28,7 +28,7 @@ after(async () => {
 
 let n = 0;
 /** An in-process fake on a fresh socket; `exits` collects power-offs, `serial` the console. */
-async function fake(extra: { guestHttp?: string; ignoreCtrlAltDel?: boolean } = {}) {
+async function fake(extra: { guestHttp?: string; ignoreCtrlAltDel?: boolean; logPath?: string; level?: string; showLevel?: boolean; metricsPath?: string } = {}) {
   const apiSock = join(dir, `api-${++n}.sock`);
   const record = join(dir, `rec-${n}.ndjson`);
   const exits: number[] = [];
@@ -297,6 +297,71 @@ describe('fake Firecracker: its logger and metrics files', () => {
   });
 });
 
+describe('fake Firecracker: its logger as v1.16.1 has it, unconfigured and configured at launch', () => {
+  it('unconfigured, it logs at Info to stdout (the serial console): its start-up and every API request', async () => {
+    const f = await fake();
+    try {
+      await f.client.describe();
+      await f.client.putMachineConfig({ vcpu_count: 1, mem_size_mib: 64 });
+      const own = f.serial.map((l) => l.slice(l.indexOf(' [') + 1));
+      assert.deepEqual(own, [
+        '[anonymous-instance:main] Running Firecracker v1.16.1',
+        `[anonymous-instance:main] Listening on API socket (${JSON.stringify(f.apiSock)}).`,
+        '[anonymous-instance:fc_api] API server started.',
+        '[anonymous-instance:fc_api] The API server received a Get request on "/".',
+        `[anonymous-instance:fc_api] The API server received a Put request on "/machine-config" with body ${JSON.stringify(JSON.stringify({ vcpu_count: 1, mem_size_mib: 64 }))}.`,
+      ]);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it('--log-path/--level/--show-level/--metrics-path: nothing of its own on stdout, no PUT needed; PUT /logger still reconfigures it, PUT /metrics is refused', async () => {
+    const log = join(dir, 'launch.log');
+    const metrics = join(dir, 'launch-metrics.ndjson');
+    const f = await fake({ guestHttp: 'guest-launch.sock', logPath: log, level: 'Warning', showLevel: true, metricsPath: metrics });
+    try {
+      assert.equal(statSync(log).size, 0, 'created at launch; the Info lines are below Warning');
+      assert.equal(statSync(metrics).size, 0, 'created at launch');
+      const again = await f.req('PUT', '/metrics', JSON.stringify({ metrics_path: join(dir, 'other-metrics.ndjson') }));
+      assert.equal(again.status, 400);
+      assert.equal(again.fault, 'Metrics error: Cannot initialize the metrics system due to bad user input: Reinitialization of metrics not allowed.');
+      await f.client.putBootSource({ kernel_image_path: kernel, boot_args: 'quiet aether.token=t aether.config=mmds aether.vmm=firecracker' });
+      await f.client.putNetworkInterface({ iface_id: 'eth0', host_dev_name: 'tap0' });
+      await f.client.putMmdsConfig({ version: 'V2', network_interfaces: ['eth0'] });
+      await f.client.action('InstanceStart');
+      assert.equal(readFileSync(metrics, 'utf8').trim().split('\n').length, 1, 'a metrics line at InstanceStart, to the file named at launch');
+      await f.client.putMmds({ aether: { config: { token: 't', cmd: ['x'] } } });
+      await until(() => existsSync(join(dir, 'guest-launch.sock')), 'the guest program');
+      const guest = new Client('http://guest', { socketPath: join(dir, 'guest-launch.sock') });
+      await (await guest.request({ method: 'GET', path: '/__vmm-warn/from%20the%20guest' })).body.text();
+      await guest.close();
+      assert.match(readFileSync(log, 'utf8'), /^\S+ \[anonymous-instance:fc_vmm:WARN\] from the guest\n$/);
+      assert.deepEqual(f.serial.filter((l) => / \[anonymous-instance:/.test(l)), [], 'nothing of its own on the serial console');
+    } finally {
+      await f.close();
+    }
+  });
+
+  it('PUT /logger may come any number of times before boot: each replaces the file, and the level falls back to Info unless given', async () => {
+    const first = join(dir, 'relog-1.log');
+    const second = join(dir, 'relog-2.log');
+    const f = await fake({ logPath: first, level: 'Warning' });
+    try {
+      await f.client.putLogger({ log_path: second });
+      await f.client.describe();
+      assert.equal(readFileSync(first, 'utf8'), '', 'the first file saw nothing');
+      assert.match(readFileSync(second, 'utf8'), /\[anonymous-instance:fc_api\] The API server received a Get request on "\/"\.\n$/, 'Info again: the level was not given');
+      await f.client.putLogger({ level: 'Error' });
+      const size = statSync(second).size;
+      await f.client.describe();
+      assert.equal(statSync(second).size, size, 'same file (no log_path), now at Error');
+    } finally {
+      await f.close();
+    }
+  });
+});
+
 describe('fake Firecracker as a process', () => {
   it('serves --api-sock, refuses an existing socket path, exits on SIGTERM', async () => {
     const sock = join(dir, 'proc.sock');
@@ -318,5 +383,20 @@ describe('fake Firecracker as a process', () => {
       child.kill('SIGTERM');
     }
     assert.equal(await exited, 0);
+  });
+
+  it('fails to start as Firecracker does on a bad --level (152) or a log file it cannot open (1)', async () => {
+    const run = async (args: string[]): Promise<{ code: number | null; err: string }> => {
+      const child = spawn(process.execPath, [FAKE, '--api-sock', join(dir, `bad-${++n}.sock`), ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      return { code: await new Promise((r) => child.once('exit', r)), err };
+    };
+    const level = await run(['--level', 'loud']);
+    assert.equal(level.code, 152);
+    assert.match(level.err, /Invalid value for logger level: Failed to parse string to level filter: loud/);
+    const path = await run(['--log-path', join(dir, 'no-such-dir', 'fc.log')]);
+    assert.equal(path.code, 1);
+    assert.match(path.err, /Could not initialize logger: Failed to open target file/);
   });
 });

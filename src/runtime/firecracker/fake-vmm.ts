@@ -4,6 +4,7 @@
  *   node fake-vmm.ts --api-sock <path> [--id <id>] [--spec <yaml>] [--record <file.ndjson>]
  *                    [--guest-http <path>] [--ignore-ctrl-alt-del] [--run-programs]
  *                    [--halt-on-poweroff] [--no-ready-line]
+ *                    [--log-path <file>] [--level <level>] [--show-level] [--metrics-path <file>]
  *
  * It serves the API socket the way Firecracker v1.16.1 does and refuses (400 + fault_message) every
  * request the pinned OpenAPI document does not allow: unknown path or method, a body that fails the
@@ -27,6 +28,11 @@
  * non-blocking, created if missing, neither appending nor truncating, so each write lands at the
  * process's own file offset whatever happened to the file meanwhile (a truncation leaves a hole, not
  * a fresh file); a metrics line at boot, every 60 s after, on FlushMetrics and at exit.
+ * Its logger behaves as v1.16.1's (firecracker/src/main.rs, vmm/src/logger/logging.rs): configured
+ * at launch by --log-path/--level/--show-level, else it logs at Info to stdout, i.e. onto the serial
+ * console ("Running Firecracker v…", "Listening on API socket", one line per API request); each
+ * `PUT /logger` (before boot, any number of times) reconfigures it, its level back to Info unless
+ * given. Metrics are configured once: by --metrics-path or by one `PUT /metrics`.
  * --record appends one JSON line per request: {method, path, body, status, fault}.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -128,8 +134,24 @@ interface VmConfig {
   ifaces: Record<string, Obj>;
   vsock?: Obj;
   mmdsConfig?: Obj;
-  logger?: Obj;
-  metrics?: Obj;
+}
+
+/** log::LevelFilter, most severe first; what the logger lets through is at or before its level. */
+const LEVELS = ['off', 'error', 'warn', 'info', 'debug', 'trace'] as const;
+type Level = (typeof LEVELS)[number];
+/** Firecracker's LevelFilter::from_str: case-insensitive, `warning` for `warn`. */
+function parseLevel(s: string): Level | undefined {
+  const l = s.toLowerCase() === 'warning' ? 'warn' : s.toLowerCase();
+  return (LEVELS as readonly string[]).includes(l) ? (l as Level) : undefined;
+}
+
+/** Firecracker's own start-up failure: its message, and the exit code it ends with (main.rs FcExitCode). */
+export class FakeVmmStartError extends Error {
+  readonly exitCode: number;
+  constructor(message: string, exitCode: number) {
+    super(message);
+    this.exitCode = exitCode;
+  }
 }
 
 export interface FakeVmmOptions {
@@ -151,8 +173,16 @@ export interface FakeVmmOptions {
   noReadyLine?: boolean;
   /** Called when the fake "exits" (tests running it in-process); default: process.exit. */
   exit?: (code: number) => void;
-  /** Serial console (the guest's ttyS0); default process.stdout. */
+  /** Serial console (the guest's ttyS0, Firecracker's stdout: also where its logger writes without a file); default process.stdout. */
   serial?: (line: string) => void;
+  /** `--log-path`: the logger's file from launch on (no `PUT /logger` needed). */
+  logPath?: string;
+  /** `--level` (Error, Warning, Info, Debug, Trace, Off; default Info). */
+  level?: string;
+  /** `--show-level`: `:LEVEL` after the thread name. */
+  showLevel?: boolean;
+  /** `--metrics-path`: the metrics file from launch on (a `PUT /metrics` is then refused). */
+  metricsPath?: string;
 }
 
 /** Serve a fake Firecracker on opts.apiSock; resolves once listening. */
@@ -171,14 +201,12 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
   // --- logger and metrics (src/vmm/src/utils/mod.rs open_file_nonblock; logger/logging.rs; logger/metrics.rs) ---
   const outputs: { logger?: number; metrics?: number } = {};
   const missed = { logger: 0, metrics: 0 };
+  /** Its defaults until configured: Info, no level shown, to stdout. */
+  const logger: { level: Level; showLevel: boolean } = { level: 'info', showLevel: false };
   let metricsTimer: NodeJS.Timeout | undefined;
   /** O_RDWR | O_CREAT | O_NONBLOCK, no O_APPEND, no O_TRUNC: a FIFO nobody reads does not block it. */
   function openOutput(path: string): number {
-    try {
-      return openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NONBLOCK, 0o640);
-    } catch (err) {
-      throw new Refused(`Failed to open target file: ${(err as Error).message}`);
-    }
+    return openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NONBLOCK, 0o640);
   }
   /** At the fd's own offset; a write that fails (a full FIFO) is dropped and counted, as Firecracker does. */
   function emit(to: 'logger' | 'metrics', text: string): void {
@@ -190,11 +218,32 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
       missed[to]++;
     }
   }
-  /** `{time} [{id}:{thread}:{LEVEL}] {message}` (show_level on, show_log_origin off). */
-  function logWarn(message: string): void {
-    const level = String(cfg.logger?.level ?? 'Info').toLowerCase();
-    if (!['warning', 'warn', 'info', 'debug', 'trace'].includes(level)) return;
-    emit('logger', `${new Date().toISOString()} [${opts.id ?? 'anonymous-instance'}:fc_vmm${cfg.logger?.show_level === true ? ':WARN' : ''}] ${message}\n`);
+  /** `{time} [{id}:{thread}[:{LEVEL}]] {message}` (show_log_origin off) to its file, or to stdout while it has none. */
+  function log(level: Exclude<Level, 'off'>, thread: string, message: string): void {
+    if (LEVELS.indexOf(level) > LEVELS.indexOf(logger.level)) return;
+    const line = `${new Date().toISOString()} [${opts.id ?? 'anonymous-instance'}:${thread}${logger.showLevel ? `:${level.toUpperCase()}` : ''}] ${message}`;
+    if (outputs.logger !== undefined) emit('logger', `${line}\n`);
+    else serial(line);
+  }
+  const logWarn = (message: string): void => log('warn', 'fc_vmm', message);
+  /** LOGGER.update: a new file replaces the old one, the level is reset unless given, show_level kept unless given. */
+  function configureLogger(c: { log_path?: unknown; level?: unknown; show_level?: unknown }): void {
+    if (c.log_path !== undefined) {
+      const fd = openOutput(String(c.log_path));
+      if (outputs.logger !== undefined) closeSync(outputs.logger);
+      outputs.logger = fd;
+    }
+    logger.level = (c.level !== undefined ? parseLevel(String(c.level)) : undefined) ?? 'info';
+    if (typeof c.show_level === 'boolean') logger.showLevel = c.show_level;
+  }
+  /** init_metrics: opens (creates) the file, then METRICS.init, which succeeds once per process. */
+  function configureMetrics(path: string): void {
+    const fd = openOutput(path);
+    if (outputs.metrics !== undefined) {
+      closeSync(fd);
+      throw new Error('Reinitialization of metrics not allowed.');
+    }
+    outputs.metrics = fd;
   }
   function flushMetrics(): void {
     emit('metrics', `${JSON.stringify({ utc_timestamp_ms: Date.now(), api_server: { process_startup_time_us: 1 }, logger: { missed_log_count: missed.logger, missed_metrics_count: missed.metrics } })}\n`);
@@ -224,6 +273,8 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
   function powerOff(code: number): void {
     if (ended) return;
     ended = true;
+    if (code === 0) log('info', 'main', 'Firecracker exiting successfully. exit_code=0');
+    else log('error', 'main', `Firecracker exiting with error. exit_code=${code}`);
     program?.kill('SIGKILL');
     guest = 'down';
     if (guestTimer) clearInterval(guestTimer);
@@ -434,14 +485,19 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
       case 'getExportVmConfig':
         return { status: 200, body: exportConfig() };
       case 'putLogger':
-      case 'putMetrics': {
-        const key = op.operationId === 'putLogger' ? 'logger' : 'metrics';
-        if (cfg[key]) throw new Refused(`Reinitialization of ${key} not allowed.`);
-        const file = key === 'logger' ? b.log_path : b.metrics_path;
-        if (file !== undefined) outputs[key] = openOutput(String(file));
-        cfg[key] = b;
+        try {
+          configureLogger(b);
+        } catch (err) {
+          throw new Refused(`Logger error: Failed to open target file: ${(err as Error).message}`);
+        }
         return { status: 204 };
-      }
+      case 'putMetrics':
+        try {
+          configureMetrics(String(b.metrics_path));
+        } catch (err) {
+          throw new Refused(`Metrics error: Cannot initialize the metrics system due to bad user input: ${(err as Error).message}`);
+        }
+        return { status: 204 };
       case 'putMachineConfiguration':
         bootResources = true;
         cfg.machine = { smt: false, track_dirty_pages: false, ...b };
@@ -525,7 +581,7 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
         return { status: 204 };
       case 'createSnapshot': {
         if (state !== 'Paused') throw new Refused('Cannot save the microVM state: the microVM is not paused.');
-        writeFileSync(String(b.snapshot_path), JSON.stringify({ fakeVmmSnapshot: 1, version: spec.version, cfg: { ...cfg, logger: undefined, metrics: undefined }, guest, bootToken, cmdline }));
+        writeFileSync(String(b.snapshot_path), JSON.stringify({ fakeVmmSnapshot: 1, version: spec.version, cfg, guest, bootToken, cmdline }));
         const fd = openSync(String(b.mem_file_path), 'w');
         ftruncateSync(fd, Number(cfg.machine.mem_size_mib) * 1024 * 1024);
         closeSync(fd);
@@ -547,7 +603,8 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
           throw new Refused(`Load snapshot error: Failed to restore from snapshot: cannot read microVM state from ${String(b.snapshot_path)}`);
         }
         if (snap.fakeVmmSnapshot !== 1) throw new Refused('Load snapshot error: invalid snapshot file');
-        Object.assign(cfg, snap.cfg, { logger: cfg.logger, metrics: cfg.metrics });
+        // the logger and metrics are not in a snapshot: this process's stay
+        Object.assign(cfg, snap.cfg);
         for (const o of (b.network_overrides as Obj[] | undefined) ?? []) {
           const iface = cfg.ifaces[o.iface_id as string];
           if (!iface) throw new Refused(`Load snapshot error: network override for unknown interface ${String(o.iface_id)}`);
@@ -582,6 +639,9 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
       const raw = Buffer.concat(chunks).toString();
       const method = req.method ?? 'GET';
       const path = (req.url ?? '/').split('?')[0] as string;
+      // api_server/parsed_request.rs: every request, before it is parsed (MMDS bodies left out)
+      const verb = `${method.charAt(0)}${method.slice(1).toLowerCase()}`;
+      log('info', 'fc_api', `The API server received a ${verb} request on ${JSON.stringify(path)}${raw !== '' && path !== '/mmds' ? ` with body ${JSON.stringify(raw)}` : ''}.`);
       let out: { status: number; body?: unknown };
       try {
         out = handle(method, path, raw);
@@ -606,6 +666,22 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
       }
     });
   });
+  // main.rs: the launch flags configure the logger, then it says what runs, then metrics
+  const level = opts.level !== undefined ? parseLevel(opts.level) : undefined;
+  if (opts.level !== undefined && !level) throw new FakeVmmStartError(`Invalid value for logger level: Failed to parse string to level filter: ${opts.level}.Possible values: [Error, Warning, Info, Debug]`, 152);
+  try {
+    configureLogger({ log_path: opts.logPath, level, ...(opts.showLevel ? { show_level: true } : {}) });
+  } catch (err) {
+    throw new FakeVmmStartError(`Could not initialize logger: Failed to open target file: ${(err as Error).message}`, 1);
+  }
+  log('info', 'main', `Running Firecracker v${spec.version}`);
+  if (opts.metricsPath !== undefined) {
+    try {
+      configureMetrics(opts.metricsPath);
+    } catch (err) {
+      throw new FakeVmmStartError(`Could not initialize metrics: Cannot initialize the metrics system due to bad user input: ${(err as Error).message}`, 1);
+    }
+  }
   try {
     accessSync(opts.apiSock);
     throw new Error(`Failed to open the API socket at: ${opts.apiSock}. Check that it is not already used.`);
@@ -616,6 +692,8 @@ export async function startFakeVmm(opts: FakeVmmOptions): Promise<{ close(): Pro
     server.once('error', reject);
     server.listen(opts.apiSock, resolve);
   });
+  log('info', 'main', `Listening on API socket (${JSON.stringify(opts.apiSock)}).`);
+  log('info', 'fc_api', 'API server started.');
   return {
     close: async () => {
       ended = true;
@@ -650,9 +728,10 @@ if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
       'run-programs': { type: 'boolean', default: false },
       'halt-on-poweroff': { type: 'boolean', default: false },
       'no-ready-line': { type: 'boolean', default: false },
-      // flags the driver may pass to the real binary; accepted and ignored
+      // the real binary's logger and metrics flags
       'log-path': { type: 'string' },
       level: { type: 'string' },
+      'show-level': { type: 'boolean', default: false },
       'metrics-path': { type: 'string' },
     },
     strict: true,
@@ -674,6 +753,10 @@ if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
     runPrograms: values['run-programs'],
     haltOnPowerOff: values['halt-on-poweroff'],
     noReadyLine: values['no-ready-line'],
+    ...(values['log-path'] !== undefined ? { logPath: values['log-path'] } : {}),
+    ...(values.level !== undefined ? { level: values.level } : {}),
+    showLevel: values['show-level'],
+    ...(values['metrics-path'] !== undefined ? { metricsPath: values['metrics-path'] } : {}),
   }).then(
     (f) => {
       fake = f;
@@ -681,7 +764,7 @@ if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
     },
     (err: Error) => {
       process.stderr.write(`fake-vmm: ${err.message}\n`);
-      process.exit(1);
+      process.exit(err instanceof FakeVmmStartError ? err.exitCode : 1);
     },
   );
 }

@@ -1,7 +1,9 @@
 /**
  * Firecracker under its jailer (chroot + cgroups + dropped privileges). The jail root is
  * `<chrootBase>/<exec name>/<id>/root`; every file the VM opens is hard-linked (copied across
- * filesystems) into it and passed to the API jail-relative. Not daemonized and no new PID
+ * filesystems) into it and named jail-relative, to the API or on Firecracker's command line (its
+ * logger and metrics files: linked before the jailer runs, which keeps a jail root that exists and
+ * hands it to the jail user). Not daemonized and no new PID
  * namespace: the child we spawn is Firecracker itself, and its stdout stays the serial console.
  */
 import { copyFile, chown, link, mkdir } from 'node:fs/promises';

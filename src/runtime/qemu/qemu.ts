@@ -63,6 +63,8 @@ const TCG_MIN_STARTUP_MS = 180_000;
 const ADOPT_POLL_MS = 200;
 /** How often the console and QEMU output files are read. */
 const TAIL_EVERY_MS = 100;
+/** Where how far a followed file was consumed is recorded (beside it, in the instance dir): what a restarted agent resumes from. */
+const offsetFileOf = (path: string): string => `${path}.offset`;
 /** How long adoption waits for an adopted VM's QMP to answer. */
 const ADOPT_QMP_MS = 10_000;
 /** Bumped when the qemu command line changes shape: older templates cannot be restored. */
@@ -558,29 +560,37 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
     });
   }
 
-  /** Follow the console and QEMU's output files (`fromEnd`: an adopted VM, the dead agent read the rest). */
+  /**
+   * Follow the console and QEMU's output files, each from where the last agent recorded it had
+   * handed lines on (`<file>.offset`, see FileTail): what aether-init and QEMU wrote while no agent
+   * ran is logged, once. `fromEnd` (adoption) only for a VM whose agent kept no record.
+   */
   #follow(consolePath: string, outputPath: string, fromEnd: boolean): void {
     const clock = this.#ctx.clock;
     this.#tails.push(
       new FileTail({
-        path: consolePath, clock, everyMs: TAIL_EVERY_MS, fromEnd,
+        path: consolePath, clock, everyMs: TAIL_EVERY_MS, fromEnd, offsetFile: offsetFileOf(consolePath),
         onLine: (line) => {
           if (line.trim() === '') return;
           if (line.includes('config rejected')) this.#reason = 'the guest rejected its config';
           this.logs.emit('system', `console: ${line}`);
         },
       }),
-      new FileTail({ path: outputPath, clock, everyMs: TAIL_EVERY_MS, fromEnd, onLine: (line) => this.logs.emit('system', `qemu: ${line}`) }),
+      new FileTail({ path: outputPath, clock, everyMs: TAIL_EVERY_MS, fromEnd, offsetFile: offsetFileOf(outputPath), onLine: (line) => this.logs.emit('system', `qemu: ${line}`) }),
     );
   }
 
-  /** Connect to the ctl and log ports QEMU serves: at launch (retried until QEMU is up) and on adoption. */
-  async #attach(ctlPath: string, logPath: string, onReady: () => void, tries = 2000): Promise<void> {
+  /**
+   * Connect to the ctl and log ports QEMU serves: at launch (retried until QEMU is up) and on
+   * adoption, which passes `paused` and resumes the log port itself (its program output must not
+   * be read before anyone listens). Returns the log connection.
+   */
+  async #attach(ctlPath: string, logPath: string, onReady: () => void, tries = 2000, paused = false): Promise<net.Socket | undefined> {
     const [ctl, log] = await Promise.all([this.#connect(ctlPath, tries), this.#connect(logPath, tries)]);
     if (this.exitInfo) {
       ctl.destroy();
       log.destroy();
-      return;
+      return undefined;
     }
     this.#conns.push(ctl, log);
     this.#ctlConn = ctl;
@@ -589,6 +599,8 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
     const logSplit = new LineSplitter((line) => this.logs.emit('stdout', line));
     log.on('data', (b: Buffer) => logSplit.write(b));
     log.on('close', () => logSplit.end());
+    if (paused) log.pause();
+    return log;
   }
 
   /** A unix socket QEMU serves; it listens a moment after spawn: retried every 5 ms, `tries` times. */
@@ -624,8 +636,9 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
 
   /**
    * Re-attach to a VM an earlier run of this agent left running (see VmState): QMP, the ctl and log
-   * ports, the console files (from their end); its exit is noticed through QMP's close and a pid
-   * poll. The endpoint is QEMU's own hostfwd listener: nothing to re-create on the host.
+   * ports, the console files (from where the last agent recorded it had read them); its exit is
+   * noticed through QMP's close and a pid poll. The endpoint is QEMU's own hostfwd listener:
+   * nothing to re-create on the host.
    */
   async adopt(rec: VmState): Promise<void> {
     if (this.state !== 'created') throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id} already started`);
@@ -636,9 +649,10 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
     this.#hostPort = rec.net.hostPort;
     this.endpointValue = rec.endpoint;
     this.state = 'starting';
+    let log: net.Socket | undefined;
     try {
-      this.#follow(rec.console, rec.output, true);
-      await this.#attach(rec.ctl, rec.log, () => undefined, 20);
+      // the program's output waits in the log port (paused) until the caller can listen
+      log = await this.#attach(rec.ctl, rec.log, () => undefined, 20, true);
       // bounded: a hung QEMU must not hold up the agent's start (it is then stopped as a leftover)
       const qmp = await within(Qmp.connect(rec.qmp), ADOPT_QMP_MS, 'QMP did not answer');
       this.#qmp = qmp;
@@ -650,11 +664,15 @@ class QemuInstance extends InstanceBase<InstanceSpec> implements RuntimeInstance
       // not ours after all: leave the VM to cleanupLeftovers, keep nothing of it open
       this.#qmp?.close();
       for (const c of this.#conns) c.destroy();
-      for (const t of this.#tails) t.close();
       this.#adopted = undefined;
       this.state = 'created';
       throw new AetherError('AETHER_ERR_INTERNAL', `instance ${this.id}: could not re-attach to its VM: ${(err as Error).message}`, { cause: err });
     }
+    // Followed and read only now, with no await left before the caller attaches its log listener:
+    // the first reads are a clock tick away, and lines read before anyone listens would be lost
+    // (for the files, also recorded as read).
+    this.#follow(rec.console, rec.output, true);
+    this.#ctx.clock.setTimeout(() => log?.resume(), 0);
     this.state = 'running';
     this.logs.emit('system', `adopted (qemu pid ${rec.qemu.pid}, ${rec.endpoint.kind === 'tcp' ? `${rec.endpoint.host}:${rec.endpoint.port}` : 'endpoint'})`);
     const poll = (): void => {
