@@ -18,6 +18,7 @@ import { procRef } from '../procfs.ts';
 import { writeVmRecord } from '../vmstate.ts';
 import { createQemuRuntime } from './qemu.ts';
 import type { VmState } from './state.ts';
+import { sampleSpec } from '../vmstate.testing.ts';
 
 const ID = 'i-adopt-1';
 
@@ -69,15 +70,7 @@ before(async () => {
   const rec: VmState = {
     v: 1,
     agentId: 'agent-q',
-    spec: {
-      instanceId: ID,
-      owner: { kind: 'service', id: 'web', name: 'web' },
-      artifact: { kind: 'image', path: '/img/web.ext4' },
-      env: {},
-      resources: { memoryMb: 128, vcpu: 1, pidsMax: 100 },
-      listen: { port: 8080 },
-      version: 'cfg-1',
-    },
+    spec: sampleSpec(ID),
     endpoint: { kind: 'tcp', host: '127.0.0.1', port: 40001, guest: { address: '10.0.2.15', port: 8080 } },
     qemu, qmp, ctl, log,
     console: join(idir, 'console.log'),
