@@ -6,8 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { findHaproxy } from '../detect.ts';
 import { createServer, type IncomingMessage } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { spawn } from 'node:child_process';
+import { freePort } from '../../core/index.ts';
 import { adminCommand } from './admin.ts';
+import { listenActivatorBackup } from './backup.ts';
 import { activatorRequest, INSTANCE_SERVER_OPTIONS, ERROR_PAGES, errorPage, paths, renderConfig, viaFunction } from './config.ts';
 
 const input = { dir: '/d', host: '0.0.0.0', port: 8080, activator: { host: '127.0.0.1', port: 9000 }, slots: 2 };
@@ -49,39 +53,35 @@ test('activatorRequest: the public URI back from the function backend or the hop
 
 const haproxy = findHaproxy();
 
-test('gateway config: a request no instance can take reaches the activator backup with its stripped path, query and the function in Via', { skip: haproxy ? false : 'no haproxy binary' }, async (t) => {
+test('gateway config + activator backup: a request no instance can take reaches the activator with its public URI back, upgrades too; a client\'s Via is never read', { skip: haproxy ? false : 'no haproxy binary' }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'aether-gw-backup-'));
   const p = paths(dir);
   mkdirSync(p.errors);
   for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(p.errors, `${s}.http`), errorPage(Number(s)));
   writeFileSync(p.routes, 'fnA f0|fn-a|30000\n');
-  const seen: { listener: string; url: string | undefined; via: string | undefined }[] = [];
-  const server = (listener: string) => createServer((req: IncomingMessage, res) => {
-    seen.push({ listener, url: req.url, via: req.headers.via });
+  const seen: { event: string; url: string | undefined; via: string | undefined }[] = [];
+  // Like the gateway's server: upgrades taken on /functions/* only.
+  const act = createServer({ shouldUpgradeCallback: (req) => req.url?.startsWith('/functions/') ?? false }, (req, res) => {
+    seen.push({ event: 'request', url: req.url, via: req.headers.via });
     res.end('activator');
   });
-  const tcp = server('tcp');
-  const backup = server('backup');
-  await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', () => r()));
-  await new Promise<void>((r) => backup.listen(p.backup, () => r()));
-  const port = await new Promise<number>((r) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => r(typeof a === 'object' && a ? a.port : 0));
-    });
+  act.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
+    seen.push({ event: 'upgrade', url: req.url, via: req.headers.via });
+    socket.end('HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n'); // RFC 6455's sample key and answer
   });
-  const tcpPort = (tcp.address() as { port: number }).port;
-  writeFileSync(p.config, renderConfig({ ...input, dir, host: '127.0.0.1', port, activator: { host: '127.0.0.1', port: tcpPort }, maxConn: 1000 }));
+  await new Promise<void>((r) => act.listen(0, '127.0.0.1', () => r()));
+  const backup = await listenActivatorBackup({ path: p.backup, server: act, tokenOk: () => false });
+  const port = await freePort();
+  writeFileSync(p.config, renderConfig({ ...input, dir, host: '127.0.0.1', port, activator: { host: '127.0.0.1', port: (act.address() as AddressInfo).port }, maxConn: 1000 }));
   const hp = spawn(haproxy as string, ['-f', p.config], { stdio: 'ignore' });
   t.after(() => {
     hp.kill('SIGKILL');
-    tcp.close();
     backup.close();
+    act.close();
     rmSync(dir, { recursive: true, force: true });
   });
   for (let i = 0; i < 200; i++) {
-    const ok = await adminCommand(p.admin, 'show info').then(() => true, () => false);
-    if (ok) break;
+    if (await adminCommand(p.admin, 'show info').then(() => true, () => false)) break;
     await new Promise((r) => setTimeout(r, 25));
   }
   // An instance whose connect is refused (marked down at once, as the driver adds them): handed to the backup.
@@ -89,14 +89,25 @@ test('gateway config: a request no instance can take reaches the activator backu
   const r = await fetch(`http://127.0.0.1:${port}/functions/fnA/a/b?q=1`, { headers: { via: '1.0 corp' } });
   assert.equal(r.status, 200);
   assert.equal(await r.text(), 'activator');
-  // A path without a route: the activator's own listener, Via as the client sent it.
-  await (await fetch(`http://127.0.0.1:${port}/functions/other/x`)).text();
+  // A WebSocket handed over the same way: rebuilt before the server decides it is an upgrade.
+  const head = await new Promise<string>((resolve, reject) => {
+    const c = connect(port, '127.0.0.1', () => c.write('GET /functions/fnA/ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n'));
+    let got = '';
+    c.setEncoding('utf8');
+    c.on('data', (d: string) => (got += d));
+    c.on('end', () => resolve(got));
+    c.on('error', reject);
+  });
+  assert.match(head, /^HTTP\/1\.1 101/);
+  // No route: the activator's own listener; a client's copy of the Via form is left as it is.
+  await (await fetch(`http://127.0.0.1:${port}/functions/other/x`, { headers: { via: '1.1 aether-haproxy (fn-a)' } })).text();
   assert.deepEqual(seen, [
-    { listener: 'backup', url: '/a/b?q=1', via: '1.0 corp, 1.1 aether-haproxy (fn-a)' },
-    { listener: 'tcp', url: '/functions/other/x', via: undefined },
+    { event: 'request', url: '/functions/fn-a/a/b?q=1', via: '1.0 corp' },
+    { event: 'upgrade', url: '/functions/fn-a/ws', via: undefined },
+    { event: 'request', url: '/functions/other/x', via: '1.1 aether-haproxy (fn-a)' },
   ]);
-  assert.deepEqual(activatorRequest(seen[0]?.url ?? '', seen[0]?.via, () => false), { url: '/functions/fn-a/a/b?q=1', via: '1.0 corp' });
 });
+
 test('gateway config: HAProxy accepts it', { skip: haproxy ? false : 'no haproxy binary' }, (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'aether-gw-cfg-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -1,12 +1,13 @@
-import type { IncomingMessage, Server as HttpServer } from 'node:http';
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
-import { createServer as createNetServer, isIP, type Server as NetServer, type Socket } from 'node:net';
+import type { Server as HttpServer } from 'node:http';
+import { chmodSync, mkdirSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { lookup } from 'node:dns/promises';
-import { CLUSTER_TOKEN_HEADER, sameSecret, type Clock, type Logger } from '../../core/index.ts';
+import { sameSecret, type Clock, type Logger } from '../../core/index.ts';
 import { computeRoutes, type RouteAddress, type RouteTable } from '../table.ts';
 import type { DataPlane, DataPlaneSinks, RouteSource } from '../types.ts';
 import { commandFailed } from './admin.ts';
-import { ACTIVATOR_SERVER, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, POOL_OPTIONS, paths, renderConfig, slotName, activatorRequest } from './config.ts';
+import { ACTIVATOR_SERVER, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, POOL_OPTIONS, paths, renderConfig, slotName } from './config.ts';
+import { listenActivatorBackup } from './backup.ts';
 import { parseLogLine, parseShowStat } from './parse.ts';
 import { ProgramLoop } from './program-loop.ts';
 import { HaproxySupervisor } from './supervisor.ts';
@@ -78,7 +79,6 @@ export class HaproxyDataPlane implements DataPlane {
   readonly #slotOf = new Map<string, number>();
   /** What the route map holds now: reference -> "slot|fnId|timeoutMs". */
   readonly #map = new Map<string, string>();
-  #retriesHooked = false;
   #closing = false;
   #statsTimer: ReturnType<Clock['setTimeout']> | undefined;
   #unwatch: (() => void) | undefined;
@@ -93,9 +93,7 @@ export class HaproxyDataPlane implements DataPlane {
   readonly #resolved = new Map<string, { ip: string; at: number }>();
   /** Servers that are instances on other nodes (their load is their agent's business). */
   readonly #remote = new Set<string>();
-  #backup: NetServer | undefined;
-  /** Connections of the backup listener (requests some function backend handed to the activator). */
-  readonly #backupSockets = new Set<Socket>();
+  #backup: { close(): void } | undefined;
 
   constructor(o: HaproxyOptions) {
     this.#o = o;
@@ -149,52 +147,14 @@ export class HaproxyDataPlane implements DataPlane {
   }
 
   async start(): Promise<void> {
-    this.#hookRetries();
-    await this.#listenBackup();
+    mkdirSync(this.#o.dir, { recursive: true, mode: 0o700 });
+    chmodSync(this.#o.dir, 0o700);
+    // Requests no instance could take (a function backend's backup server, or a hop listener's).
+    const clusterToken = this.#o.clusterToken;
+    this.#backup = await listenActivatorBackup({ path: this.#p.backup, server: this.#o.activator.server, tokenOk: (t) => clusterToken !== undefined && sameSecret(t, clusterToken) });
     this.#unwatch = this.#o.source.onChange(() => this.#loop.schedule());
     await this.#sup.start();
     this.#pollStats();
-  }
-
-  /**
-   * A request a function backend hands to its activator backup (no instance could take it) arrives
-   * with the path already stripped, and one a hop listener hands over (its agent is gone) with
-   * `/internal/forward/<instance>` before that: rebuild the public URI from the function the
-   * backend's `Via` element names, so the Node path routes it (another instance, or a cold start).
-   * Only from HAProxy, not from clients of the public fallback.
-   */
-  #hookRetries(): void {
-    if (this.#retriesHooked) return;
-    this.#retriesHooked = true;
-    this.#o.activator.server.prependListener('request', (req: IncomingMessage) => {
-      if (!this.#backupSockets.has(req.socket)) return;
-      const token = req.headers[CLUSTER_TOKEN_HEADER];
-      const clusterToken = this.#o.clusterToken;
-      const r = activatorRequest(req.url ?? '/', req.headers.via, () => typeof token === 'string' && clusterToken !== undefined && sameSecret(token, clusterToken));
-      if (r === undefined) return;
-      req.url = r.url;
-      // What the client sent (or nothing): the program sees what it would have seen from HAProxy.
-      if (r.via === undefined) delete req.headers.via;
-      else req.headers.via = r.via;
-    });
-  }
-
-  /** The backup servers' listener: a unix socket (0600 in the 0700 directory: only HAProxy, as root, connects). */
-  async #listenBackup(): Promise<void> {
-    mkdirSync(this.#o.dir, { recursive: true, mode: 0o700 });
-    chmodSync(this.#o.dir, 0o700);
-    rmSync(this.#p.backup, { force: true });
-    const srv = createNetServer((sock) => {
-      this.#backupSockets.add(sock);
-      sock.once('close', () => this.#backupSockets.delete(sock));
-      this.#o.activator.server.emit('connection', sock);
-    });
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen(this.#p.backup, () => resolve());
-    });
-    chmodSync(this.#p.backup, 0o600);
-    this.#backup = srv;
   }
 
   // ---------------------------------------------------------------- programming
