@@ -346,10 +346,17 @@ http.createServer(async (req, res) => {
         recovered: async () => viaHaproxy(await invoke('survivor')),
       });
       assert.ok(okBeforeKill > 0 && ok > okAtRecovery, 'served before, during and after');
+      // Refused connects: the instant between the killed HAProxy's socket closing and the platform's
+      // fallback listening on the port (nothing was sent; each loop retries every 5 ms, so their
+      // number measures that instant, longer on a loaded machine: it failed a 12-in-all limit in
+      // CI with 20). Bounded loosely, so only a port left unbound for long fails.
+      const refused = failures.filter((f) => /ECONNREFUSED/.test(f));
+      const lost = failures.filter((f) => !/ECONNREFUSED/.test(f));
+      assert.ok(refused.length <= 200, `refused ${refused.length} times: the port stayed unbound`);
       // What was in flight on the killed process (4 clients) may fail, and (a known gap, see
       // docs/dataplane.md) connections still in the fallback listener's backlog when the port goes
       // back to the restarted HAProxy: a handful, never a stream of failures.
-      assert.ok(failures.length <= 12, `lost ${failures.length}: ${failures.slice(0, 5).join(' | ')}`);
+      assert.ok(lost.length <= 12, `lost ${lost.length}: ${lost.slice(0, 5).join(' | ')}`);
     });
   }
 }
