@@ -1,11 +1,10 @@
 import { createServer, METHODS, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import Router, { type HTTPMethod } from 'find-my-way';
 import type { Duplex } from 'node:stream';
-import { AetherError, answerUnexpected, bearerToken, CLUSTER_TOKEN_HEADER, FORWARD_INSTANCE_HEADER, clientErrorHandler, clip, closeAfterEarlyResponse, decodePathPart, errorBody, isAetherError, refuseConnect, sameSecret, silentLogger, type Logger } from '../core/index.ts';
+import { AetherError, answerUnexpected, bearerToken, CLUSTER_TOKEN_HEADER, FORWARD_INSTANCE_HEADER, FORWARD_PREFIX, clientErrorHandler, clip, closeAfterEarlyResponse, decodePathPart, errorBody, isAetherError, refuseConnect, sameSecret, silentLogger, type Logger } from '../core/index.ts';
 import { AGENT_ERROR_HEADER, ProxyError, acceptUpgrade } from '../proxy/index.ts';
 import type { Agent } from './types.ts';
 
-const FORWARD_PREFIX = '/internal/forward/';
 const LOGS_PREFIX = '/internal/logs/';
 const MAX_TAIL = 1000;
 const MAX_FOLLOW_BUFFER = 4 * 1024 * 1024;

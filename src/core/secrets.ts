@@ -14,6 +14,9 @@ export const CLUSTER_TOKEN_HEADER = 'x-aether-cluster-token';
  */
 export const FORWARD_INSTANCE_HEADER = 'x-aether-forward-instance';
 
+/** The agent's path for a gateway's forward: `/internal/forward/<instance>/<path>`. */
+export const FORWARD_PREFIX = '/internal/forward/';
+
 /** Constant-time equality of two secrets of any length (compares their SHA-256 digests). */
 export function sameSecret(given: string, expected: string): boolean {
   const a = createHash('sha256').update(given).digest();

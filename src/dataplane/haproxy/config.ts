@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { errorBody, AetherError, type ErrorCode } from '../../core/index.ts';
+import { errorBody, AetherError, FORWARD_PREFIX, type ErrorCode } from '../../core/index.ts';
 
 /**
  * The HAProxy configuration, rendered once per process start. Everything that changes at run
@@ -75,8 +75,6 @@ export function viaFunction(via: string | string[] | undefined): { fnId: string;
   return { fnId: m[2] as string, before: v.slice(0, m.index) };
 }
 
-/** The path a hop listener gives the requests it carries to an agent. */
-const FORWARD_PREFIX = '/internal/forward/';
 
 /**
  * The public URI of a request a backup server handed to the activator, and the `Via` to leave on it
