@@ -13,7 +13,7 @@ import { FunctionService, loadAdminToken, startGateway, type Gateway } from '../
 import { closeAllEndpoints } from '../proxy/index.ts';
 import { probeHost, type Runtime } from '../runtime/index.ts';
 import { nodeDataPlane, resolveDataPlane, type DataPlane, type RouteSource } from '../dataplane/index.ts';
-import { startAgentHop, startHaproxyDataPlane, type AgentHop } from '../dataplane/haproxy/index.ts';
+import { maxSampling, startAgentHop, startHaproxyDataPlane, type AgentHop } from '../dataplane/haproxy/index.ts';
 import { openBlob, openQueue, openStore } from './drivers.ts';
 import { Deployer, specSource } from '../deploy/index.ts';
 import { ServicesNode } from '../agent/services/index.ts';
@@ -426,9 +426,11 @@ function startHaproxy(g: Gateway, agent: Agent | undefined, dir: string, host: s
     source: viewsSource(g.views),
     sinks: {
       record: (rec) => g.recorder.record(rec),
-      observed: (rec) => {
-        metrics.invocations.inc({ function_id: rec.function_id, status: rec.status });
-        metrics.invocationDuration.observe({ function_id: rec.function_id }, rec.duration_ms / 1000);
+      observed: (rec, weight) => {
+        metrics.invocations.inc({ function_id: rec.function_id, status: rec.status }, weight);
+        // A sampled line stands for `weight` requests (prom-client has no weighted observe).
+        const labels = { function_id: rec.function_id };
+        for (let i = 0; i < weight; i++) metrics.invocationDuration.observe(labels, rec.duration_ms / 1000);
       },
       functionLoad: (fnId, n) => g.invoker.setExternalLoad(fnId, n),
       ...(agent ? { instanceLoad: (id: string, n: number, active: boolean, routed: boolean) => agent.noteExternalLoad(id, n, active, routed) } : {}),
@@ -439,6 +441,7 @@ function startHaproxy(g: Gateway, agent: Agent | undefined, dir: string, host: s
     ...(agent ? {} : { clusterToken }),
     clock,
     logger,
+    logSamplingMax: maxSampling(process.env['AETHER_LOG_SAMPLING_MAX']),
     ...(binary ? { binary } : {}),
   });
 }

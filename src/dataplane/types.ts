@@ -20,8 +20,8 @@ export interface DataPlaneSinks {
    * proxy still sends it new requests (false once drained or removed: safe to stop).
    */
   instanceLoad?(instanceId: string, inflight: number, active: boolean, routed: boolean): void;
-  /** A request carried by the proxy (aether_* metrics). */
-  observed?(rec: InvocationRecord): void;
+  /** Requests carried by the proxy (aether_* metrics): `weight` of them ended like `rec` (log sampling). */
+  observed?(rec: InvocationRecord, weight: number): void;
 }
 
 /** An agent's local instances, as its own proxy routes forwards to them (the agent's hop). */

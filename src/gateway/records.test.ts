@@ -4,7 +4,7 @@ import { ManualClock, silentLogger } from '../core/index.ts';
 import { KEYS, type InvocationRecord } from '../spec/index.ts';
 import { ControlledStore } from '../store/contract.ts';
 import { createSqliteStore } from '../store/sqlite.ts';
-import { BATCH_MAX, batchCount, InvocationRecorder, newestRecords } from './records.ts';
+import { BATCH_MAX, batchCount, InvocationRecorder, newestRecords, sample } from './records.ts';
 
 let seq = 0;
 const rec = (fnId: string): InvocationRecord => ({
@@ -74,8 +74,8 @@ test('each function keeps about the newest `keep` records', async () => {
     r.record(x);
   }
   await r.flush();
-  // At most `keep` of one flush are written at all (older ones would be trimmed at once).
-  assert.deepEqual((await stored(store, 'fn-b')).map((x) => x.id), ids.slice(-100));
+  // At most half of `keep` per flush is written (the store's cost stays bounded under load).
+  assert.deepEqual((await stored(store, 'fn-b')).map((x) => x.id), ids.slice(-50));
   // Many small flushes: trimming drops whole chunks, oldest first, keeping at least `keep`.
   for (let round = 0; round < 30; round++) {
     for (let i = 0; i < 10; i++) {
@@ -109,4 +109,33 @@ test('records of a deleted function are dropped; a store outage delays, not lose
   assert.equal((await inner.list(KEYS.invocationsOf('fn-gone'))).kvs.length, 0);
   await r.close();
   await inner.close();
+});
+
+test('a busy function: a flush writes a bounded sample, its failures first, then the newest successes', async () => {
+  const clock = new ManualClock();
+  const store = createSqliteStore({ path: ':memory:', clock });
+  const r = new InvocationRecorder({ store, clock, logger: silentLogger(), keep: 40, perFlush: 10 });
+  const all: InvocationRecord[] = [];
+  for (let i = 0; i < 500; i++) {
+    const x = rec('fn-d');
+    if (i === 3 || i === 250) Object.assign(x, { status: 'error', status_code: 502, error: 'AETHER_ERR_UPSTREAM: boom' });
+    all.push(x);
+  }
+  // Out of order, as requests end (HAProxy logs a request when it ends).
+  [all[10], all[11]] = [all[11] as InvocationRecord, all[10] as InvocationRecord];
+  for (const x of all) r.record(x);
+  await r.flush();
+  const got = await stored(store, 'fn-d');
+  const sorted = [...all].sort((a, b) => (a.id < b.id ? -1 : 1));
+  const failed = sorted.filter((x) => x.status !== 'success').map((x) => x.id);
+  assert.equal(failed.length, 2);
+  assert.deepEqual(got.map((x) => x.id), [...failed, ...sorted.filter((x) => x.status === 'success').slice(-8).map((x) => x.id)].sort());
+  await store.close();
+});
+
+test('sample: everything in id order up to the limit; failures alone when they fill it', () => {
+  const xs = [rec('f'), rec('f'), rec('f')];
+  assert.deepEqual(sample([xs[2], xs[0], xs[1]] as InvocationRecord[], 5).map((x) => x.id), xs.map((x) => x.id));
+  const bad = xs.map((x) => ({ ...x, status: 'timeout' as const }));
+  assert.deepEqual(sample([...bad, rec('f')], 2).map((x) => x.id), bad.slice(-2).map((x) => x.id));
 });

@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import { freePort } from '../../core/index.ts';
 import { adminCommand } from './admin.ts';
 import { listenActivatorBackup } from './backup.ts';
+import { parseLogLine, type LoggedRequest } from './parse.ts';
 import { activatorRequest, INSTANCE_SERVER_OPTIONS, ERROR_PAGES, errorPage, paths, renderConfig, viaFunction } from './config.ts';
 
 const input = { dir: '/d', host: '0.0.0.0', port: 8080, activator: { host: '127.0.0.1', port: 9000 }, slots: 2 };
@@ -121,4 +122,52 @@ test('gateway config: HAProxy accepts it', { skip: haproxy ? false : 'no haproxy
   // The hop listeners log nothing (the function backend's stream logs the request) but inherit the format.
   const warnings = r.stderr.split('\n').filter((l) => /WARNING/.test(l) && !/log format ignored for proxy 'h\d+' since it has no log address/.test(l));
   assert.deepEqual(warnings, []);
+});
+
+test('gateway config: a sampled route logs every Nth success with its N and every failure; N=1 logs all; a function\'s x-aether-* headers are dropped', { skip: haproxy ? false : 'no haproxy binary' }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'aether-gw-sample-'));
+  const p = paths(dir);
+  mkdirSync(p.errors);
+  for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(p.errors, `${s}.http`), errorPage(Number(s)));
+  writeFileSync(p.routes, 'fnA f0|fn-a|30000|4\n');
+  const inst = createServer((req, res) => {
+    res.statusCode = req.url === '/fail' ? 500 : 200;
+    // A function cannot fake the platform's headers (as on the Node path).
+    res.setHeader('x-aether-invocation-id', 'inv-forged');
+    res.setHeader('x-aether-retryable', '1');
+    res.end('x');
+  });
+  await new Promise<void>((r) => inst.listen(0, '127.0.0.1', () => r()));
+  const port = await freePort();
+  writeFileSync(p.config, renderConfig({ ...input, dir, host: '127.0.0.1', port, maxConn: 1000 }));
+  const hp = spawn(haproxy as string, ['-f', p.config], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let out = '';
+  hp.stdout.setEncoding('utf8');
+  hp.stdout.on('data', (d: string) => (out += d));
+  t.after(() => {
+    hp.kill('SIGKILL');
+    inst.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  for (let i = 0; i < 200; i++) {
+    if (await adminCommand(p.admin, 'show info').then(() => true, () => false)) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  await adminCommand(p.admin, `add server f0/inst-1 127.0.0.1:${(inst.address() as AddressInfo).port} ${INSTANCE_SERVER_OPTIONS}; set server f0/inst-1 state ready`);
+  const get = async (path: string): Promise<number> => {
+    const r = await fetch(`http://127.0.0.1:${port}/functions/fnA${path}`);
+    await r.text();
+    assert.match(r.headers.get('x-aether-invocation-id') ?? '', /^inv-[0-9A-F]{28}$/);
+    assert.equal(r.headers.get('x-aether-cold-start'), 'false');
+    assert.equal(r.headers.get('x-aether-retryable'), null);
+    return r.status;
+  };
+  for (let i = 0; i < 20; i++) assert.equal(await get('/'), 200);
+  for (let i = 0; i < 3; i++) assert.equal(await get('/fail'), 500);
+  await adminCommand(p.admin, `set map ${p.routes} fnA f0|fn-a|30000|1`);
+  for (let i = 0; i < 3; i++) assert.equal(await get('/'), 200);
+  const lines = async (): Promise<LoggedRequest[]> => out.split('\n').flatMap((l) => parseLogLine(l) ?? []);
+  for (let i = 0; i < 100 && (await lines()).length < 11; i++) await new Promise((r) => setTimeout(r, 20));
+  const got = (await lines()).map((x) => `${x.record.status_code}x${x.weight}`);
+  assert.deepEqual(got, ['200x4', '200x4', '200x4', '200x4', '200x4', '500x1', '500x1', '500x1', '200x1', '200x1', '200x1']);
 });

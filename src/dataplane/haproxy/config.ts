@@ -129,6 +129,11 @@ export function errorPage(status: number): string {
   return `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`;
 }
 
+/** Per request: the route's log sampling N (1 = log every request). */
+const SAMPLE_VAR = 'txn.w';
+/** Answers of a function backend while sampled (HAProxy has no per-backend variables: one per slot). */
+const sampleCounter = (slot: number): string => `proc.sampled_${slotName(slot)}`;
+
 /** The format of newInvocationId(): see src/core/ids.ts (same offset, same widths). */
 const UNIQUE_ID_FORMAT = 'inv-%[date(0,ms),add(35184372088832),bytes(2),hex]%[rand,bytes(4),hex]%[rand,bytes(4),hex]';
 
@@ -140,9 +145,10 @@ export function bindAddress(host: string, port: number): string {
 /**
  * One log line per proxied request, read by the platform off the request path:
  * tag, invocation id, function id, backend, server (instance), status, active ms, termination
- * state, start (s), start ms part, retries.
+ * state, start (s), start ms part, retries, the function's log sampling (1: every request logged;
+ * N: a successful request's line stands for N).
  */
-export const LOG_FORMAT = `${LOG_TAG} %ID %[var(txn.route),field(2,|)] %b %s %ST %Ta %tsc %Ts %ms %rc`;
+export const LOG_FORMAT = `${LOG_TAG} %ID %[var(txn.route),field(2,|)] %b %s %ST %Ta %tsc %Ts %ms %rc %[var(${SAMPLE_VAR})]`;
 
 /**
  * The `global` and `defaults` sections both HAProxies (the gateway's, an agent's hop) share; `log`
@@ -232,6 +238,10 @@ export function renderConfig(c: HaproxyConfigInput): string {
       // Read by the hop listeners (remote instances); replaced if a client sent it.
       ...(hops ? [`  http-send-name-header ${HOP_INSTANCE_HEADER}`] : []),
       '  http-request set-timeout server var(txn.route),field(3,|)',
+      // Log sampling (sampling.ts): the route's 4th field N; past 1, only every Nth answer below
+      // 500 is logged (counted per backend: exact, unlike rand), and its line stands for N
+      // requests. Failures are always logged.
+      `  http-request set-var(${SAMPLE_VAR}) var(txn.route),field(4,|)`,
       '  http-request replace-path ^/functions/[^/]*/?(.*)$ /\\1',
       '  option forwardfor',
       '  http-request set-header x-forwarded-host %[req.hdr(host)]',
@@ -241,9 +251,14 @@ export function renderConfig(c: HaproxyConfigInput): string {
       `  http-request add-header via "1.1 ${VIA_PSEUDONYM} (%[var(txn.route),field(2,|)])"`,
       // Hop-by-hop, as the Node path strips it.
       '  http-response del-header keep-alive',
+      `  http-response set-var(${sampleCounter(i)}) var(${sampleCounter(i)},0),add(1) if { var(${SAMPLE_VAR}) -m int gt 1 }`,
+      `  http-response set-log-level silent if { var(${SAMPLE_VAR}) -m int gt 1 } { status lt 500 } { var(${sampleCounter(i)}),mod(${SAMPLE_VAR}) -m int gt 0 }`,
+      // x-aether-* are the platform's: a function's own are dropped, as on the Node path (the
+      // activator's are its signals). Then ours are added, not set: nothing is left to replace.
+      `  http-response del-header x-aether- -m beg unless { srv_name ${ACTIVATOR_SERVER} }`,
       // The activator answers with its own invocation id and cold-start flag (and writes its own record).
-      `  http-after-response set-header x-aether-invocation-id %[unique-id] unless { srv_name ${ACTIVATOR_SERVER} }`,
-      `  http-after-response set-header x-aether-cold-start false unless { srv_name ${ACTIVATOR_SERVER} }`,
+      `  http-after-response add-header x-aether-invocation-id %[unique-id] unless { srv_name ${ACTIVATOR_SERVER} }`,
+      `  http-after-response add-header x-aether-cold-start false unless { srv_name ${ACTIVATOR_SERVER} }`,
       `  server ${ACTIVATOR_SERVER} unix@${p.backup} backup`,
     );
   }

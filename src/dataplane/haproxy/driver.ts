@@ -9,6 +9,7 @@ import { commandFailed } from './admin.ts';
 import { ACTIVATOR_SERVER, HOP_SERVER, hopName, hopTokenUsable, INSTANCE_SERVER_OPTIONS, POOL_OPTIONS, paths, renderConfig, slotName } from './config.ts';
 import { listenActivatorBackup } from './backup.ts';
 import { parseLogLine, parseShowStat } from './parse.ts';
+import { LogSampler } from './sampling.ts';
 import { ProgramLoop } from './program-loop.ts';
 import { HaproxySupervisor } from './supervisor.ts';
 
@@ -31,6 +32,8 @@ export interface HaproxyOptions {
   /** Function backends declared up front (HAProxy cannot add backends at run time). */
   slots?: number;
   statsIntervalMs?: number;
+  /** The largest log sampling N of a busy function (sampling.ts); 1: every request logged. */
+  logSamplingMax?: number;
   /**
    * With it, instances on other nodes are routed by HAProxy too, through a hop listener per agent
    * that adds this token (never seen by local functions). Without it they go through the activator.
@@ -77,7 +80,7 @@ export class HaproxyDataPlane implements DataPlane {
   readonly #p: ReturnType<typeof paths>;
   readonly #slots: Slot[];
   readonly #slotOf = new Map<string, number>();
-  /** What the route map holds now: reference -> "slot|fnId|timeoutMs". */
+  /** What the route map holds now: reference -> "slot|fnId|timeoutMs|log sampling". */
   readonly #map = new Map<string, string>();
   #closing = false;
   #statsTimer: ReturnType<Clock['setTimeout']> | undefined;
@@ -94,10 +97,12 @@ export class HaproxyDataPlane implements DataPlane {
   /** Servers that are instances on other nodes (their load is their agent's business). */
   readonly #remote = new Set<string>();
   #backup: { close(): void } | undefined;
+  readonly #sampler: LogSampler;
 
   constructor(o: HaproxyOptions) {
     this.#o = o;
     this.#p = paths(o.dir);
+    this.#sampler = new LogSampler(o.clock.now(), o.logSamplingMax);
     this.#slots = Array.from({ length: o.slots ?? 128 }, () => ({ fnId: undefined, servers: new Map(), deleting: new Set() }));
     this.#hopsEnabled = o.clusterToken !== undefined && hopTokenUsable(o.clusterToken);
     if (o.clusterToken !== undefined && !this.#hopsEnabled) o.logger.warn('the cluster token has characters HAProxy config cannot carry; instances on other nodes go through the Node path');
@@ -196,7 +201,7 @@ export class HaproxyDataPlane implements DataPlane {
     for (const [ref, fnId] of t.refs) {
       const i = this.#slotOf.get(fnId);
       const fr = t.functions.get(fnId);
-      if (i !== undefined && fr) want.set(ref, `${slotName(i)}|${fnId}|${fr.timeoutMs}`);
+      if (i !== undefined && fr) want.set(ref, `${slotName(i)}|${fnId}|${fr.timeoutMs}|${this.#sampler.of(fnId)}`);
     }
     // 1. Routes that go away or change first: scale to zero / delete / rename reach the activator at once.
     for (const [ref, v] of this.#map) {
@@ -358,13 +363,15 @@ export class HaproxyDataPlane implements DataPlane {
     const r = parseLogLine(line);
     if (!r) return;
     this.#o.sinks.record(r.record);
-    this.#o.sinks.observed?.(r.record);
+    this.#o.sinks.observed?.(r.record, r.weight);
+    this.#sampler.note(r.record.function_id, r.weight);
   }
 
   #pollStats(): void {
     const every = this.#o.statsIntervalMs ?? 200;
     const tick = async (): Promise<void> => {
       if (this.#closing) return;
+      if (this.#sampler.evaluate(this.#o.clock.now())) this.#loop.schedule();
       if (this.#running && !this.#loop.current) {
         try {
           // Only the backends in use: the whole pool's CSV (a few hundred rows) five times a second

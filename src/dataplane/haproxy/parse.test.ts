@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseLogLine, parseShowStat } from './parse.ts';
+import { isoTime, parseLogLine, parseShowStat } from './parse.ts';
 import { errorPage, renderConfig } from './config.ts';
 
 const t0 = 1796101432;
@@ -87,4 +87,21 @@ test('config: hop listeners carry the cluster token on their own hop only; an un
     assert.ok(!off.includes('listen h0') && !off.includes(bad) && !off.includes('http-send-name-header'));
   }
   assert.ok(!renderConfig(base).includes('listen h0'));
+});
+
+test('isoTime is Date#toISOString, its second cached', () => {
+  for (const ms of [0, 5, 42, 999, 1000, 1764690000123, 1764690000007, 1764690001070, 1764690000999, 253402300799999]) {
+    assert.equal(isoTime(ms), new Date(ms).toISOString(), String(ms));
+  }
+});
+
+test('log line: a sampled success stands for N requests; a failure, or a line without the field, for one', () => {
+  const w = (line: string): number | undefined => parseLogLine(line)?.weight;
+  assert.equal(w(`AETHER inv-1 fn-x f0 inst-1 200 7 ---- ${t0} 123 0 8`), 8);
+  assert.equal(w(`AETHER inv-1 fn-x f0 inst-1 404 7 ---- ${t0} 123 0 8`), 8, 'a 4xx is the function answering: success');
+  assert.equal(w(`AETHER inv-1 fn-x f0 inst-1 502 3 SH-- ${t0} 5 0 8`), 1);
+  assert.equal(w(`AETHER inv-1 fn-x f0 inst-1 200 30 CD-- ${t0} 5 0 8`), 1, 'client went away after the answer began');
+  assert.equal(w(`AETHER inv-1 fn-x f0 inst-1 200 7 ---- ${t0} 123 0 1`), 1);
+  assert.equal(w(`AETHER inv-1 fn-x f0 inst-1 200 7 ---- ${t0} 123 0 `), 1, 'route without the field (empty)');
+  assert.equal(w(`AETHER inv-1 fn-x f0 inst-1 200 7 ---- ${t0} 123 0`), 1);
 });
