@@ -1,5 +1,6 @@
 /** Helpers shared by the benchmarks (`bench/run.ts`, `bench/distributed.ts`). */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
@@ -16,6 +17,7 @@ export interface LoadResult {
   p99: number;
   rps: number;
   errors: number;
+  requests: number;
 }
 
 /** Nearest-rank percentile of an ascending array. */
@@ -50,7 +52,7 @@ export async function load(t: Target, connections: number, durationMs: number): 
   const elapsed = performance.now() - start;
   await pool.close();
   lat.sort((a, b) => a - b);
-  return { p50: pct(lat, 50) * 1000, p99: pct(lat, 99) * 1000, rps: (lat.length / elapsed) * 1000, errors };
+  return { p50: pct(lat, 50) * 1000, p99: pct(lat, 99) * 1000, rps: (lat.length / elapsed) * 1000, errors, requests: lat.length };
 }
 
 /**
@@ -93,4 +95,29 @@ export function writeResults(results: unknown, prefix = ''): string {
   const file = join(dir, `${prefix}${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
   return file;
+}
+
+const TICKS_PER_S = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout?.trim()) || 100;
+
+/**
+ * CPU time (µs, user + system) every process has used so far, by group: `loadgen` (this process),
+ * `haproxy`, `nginx`, `program` (the functions' `handler.js`, bare or sandboxed), `platform` (the
+ * `aether` processes), `other`. The difference of two calls around a run, per request, says where
+ * the CPU of a path goes: steadier than req/s on a shared 2-vCPU VM.
+ */
+export function cpuByGroup(): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      const group = Number(pid) === process.pid ? 'loadgen' : comm === 'haproxy' ? 'haproxy' : comm === 'nginx' ? 'nginx' : cmd.includes('handler.js') ? 'program' : cmd.includes('aether') ? 'platform' : 'other';
+      out[group] = (out[group] ?? 0) + ((Number(f[11]) + Number(f[12])) * 1e6) / TICKS_PER_S;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
 }

@@ -16,7 +16,7 @@ import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
 import { api, startAether, zipFiles } from '../test/support/platform.ts';
 import { freePort } from '../src/core/index.ts';
-import { coldStart, HANDLER, held, load, pct, writeResults, type Target } from './lib.ts';
+import { coldStart, cpuByGroup, HANDLER, held, load, pct, writeResults, type Target } from './lib.ts';
 
 const DURATION_MS = Number(process.env['BENCH_DURATION_MS'] ?? 3000);
 /**
@@ -160,7 +160,16 @@ async function bareServer(dir: string): Promise<{ origin: string; stop(): void; 
   return { origin: `http://127.0.0.1:${port}`, stop: () => proc.kill('SIGKILL'), pid: proc.pid ?? 0 };
 }
 
-type Row = { p50: number; p99: number; rps: number; errors: number };
+type Row = { p50: number; p99: number; rps: number; errors: number; cpu?: Record<string, number> };
+
+/** One run of `load` with the CPU each process group spent on it, in µs per request. */
+async function measured(t: Target, connections: number): Promise<Row> {
+  const before = cpuByGroup();
+  const r = await load(t, connections, DURATION_MS);
+  const after = cpuByGroup();
+  const cpu = Object.fromEntries(Object.entries(after).map(([g, us]) => [g, (us - (before[g] ?? 0)) / Math.max(1, r.requests)]));
+  return { p50: r.p50, p99: r.p99, rps: r.rps, errors: r.errors, cpu };
+}
 
 function median(v: number[]): number {
   const s = [...v].sort((a, b) => a - b);
@@ -206,16 +215,18 @@ async function main(): Promise<void> {
         // Rotated start: no path always runs first (or right after the same neighbour).
         for (let k = 0; k < names.length; k++) {
           const name = names[(k + r) % names.length] as string;
-          row[name] = await load(targets[name] as Target, c, DURATION_MS);
+          row[name] = await measured(targets[name] as Target, c);
         }
         rounds.push(row);
       }
       const med = (f: (row: Record<string, Row>) => number): number => median(rounds.map(f));
+      const groups = ['loadgen', 'haproxy', 'nginx', 'program', 'platform', 'other'];
       const row: Record<string, Row> = Object.fromEntries(names.map((name) => [name, {
         p50: med((x) => (x[name] as Row).p50),
         p99: med((x) => (x[name] as Row).p99),
         rps: med((x) => (x[name] as Row).rps),
         errors: rounds.reduce((a, x) => a + (x[name] as Row).errors, 0),
+        cpu: Object.fromEntries(groups.map((g) => [g, med((x) => (x[name] as Row).cpu?.[g] ?? 0)])),
       }]));
       const d = row['direct'] as Row;
       const n = row['nginx'] as Row;
@@ -223,6 +234,11 @@ async function main(): Promise<void> {
       console.log('path         p50     p99     req/s   added p50 vs direct   req/s vs nginx');
       for (const [name, r] of Object.entries(row)) {
         console.log(`${name.padEnd(10)} ${r.p50.toFixed(0).padStart(6)} ${r.p99.toFixed(0).padStart(7)} ${r.rps.toFixed(0).padStart(8)}   ${(r.p50 - d.p50).toFixed(0).padStart(6)} µs            ${(r.rps / n.rps).toFixed(2)}  ${r.errors ? `errors=${r.errors}` : ''}`);
+      }
+      console.log(`CPU per request (µs, user + system, median of rounds; platform = both aether processes, the idle one included): ${groups.join(' / ')}`);
+      for (const [name, r] of Object.entries(row)) {
+        const cpu = r.cpu ?? {};
+        console.log(`${name.padEnd(10)} ${groups.map((g) => (cpu[g] ?? 0).toFixed(1).padStart(6)).join(' ')}   total ${Object.values(cpu).reduce((a, b) => a + b, 0).toFixed(1)}`);
       }
       // Ratios within each round (both sides measured minutes apart at most), then their median.
       const added = (x: Record<string, Row>, k: string): number => ((x[k] as Row).p50 - (x['direct'] as Row).p50) / Math.max(1, (x['nginx'] as Row).p50 - (x['direct'] as Row).p50);
