@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ManualClock } from './clock.ts';
-import { createFileLogger, LogSink, shortLogLine } from './log.ts';
+import { createFileLogger, drainLogs, LogSink, shortLogLine } from './log.ts';
 
 test('log sink: every line reaches a reader that keeps up, in order', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'aether-log-test-'));
@@ -93,6 +93,27 @@ test('a log file gets every line; the terminal only warnings and errors, short',
   assert.equal(shown.length, 3, shown.join('\n'));
   assert.match(shown[0] ?? '', /^\d\d:\d\d:\d\d WARN haproxy exited; restarting {2}code=137 reason="killed by a signal"$/);
   assert.match(shown[1] ?? '', /^\d\d:\d\d:\d\d ERROR write failed {2}err="disk full"$/, 'an error by its message, no stack');
+});
+
+test('a log file past its size limit becomes <file>.1 (one generation) and a new one starts; no line lost', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'aether-log-test-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const termFd = openSync(join(dir, 'terminal'), 'w');
+  t.after(() => closeSync(termFd));
+  const file = join(dir, 'aether.log');
+  const logger = createFileLogger('aether-up', 'info', file, new LogSink(termFd), 2000);
+  for (let n = 0; n < 60; n++) logger.info({ n }, 'a line of about a hundred bytes');
+  assert.equal(await drainLogs(5000), true);
+  await new Promise((r) => setTimeout(r, 50)); // the old sink's close after its drain
+  const read = (f: string): number[] => (existsSync(f) ? readFileSync(f, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { n: number }).n) : []);
+  const current = read(file);
+  const previous = read(`${file}.1`);
+  assert.ok(statSync(file).size <= 2000 + 200, `current ${statSync(file).size} bytes`);
+  assert.ok(previous.length > 0 && current.length > 0);
+  // Older generations were replaced: what is left are the newest lines, in order, without a gap.
+  const kept = [...previous, ...current];
+  assert.deepEqual(kept, Array.from({ length: kept.length }, (_, i) => 60 - kept.length + i));
+  assert.equal((statSync(file).mode & 0o777).toString(8), '600');
 });
 
 test('short log line: a line that is not JSON passes as it is', () => {

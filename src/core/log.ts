@@ -1,4 +1,4 @@
-import { openSync, write, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, renameSync, write, writeSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
 import { systemClock, type Clock } from './clock.ts';
 
@@ -183,17 +183,61 @@ export function shortLogLine(line: string): string {
   return `${hms} ${level} ${String(r['msg'] ?? '')}${fields.length ? '  ' + fields.join(' ') : ''}\n`;
 }
 
-/** Every line to a log file; warnings and errors also to a terminal, in their short form. */
+/** Size at which the log file is rotated (to `<file>.1`, replacing the one before). */
+export const LOG_FILE_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Every line to a log file; warnings and errors also to a terminal, in their short form. Past
+ * `maxBytes` the file becomes `<file>.1` (one generation kept) and a new one is started, so a
+ * platform left running for months holds at most twice `maxBytes` of logs.
+ */
 class FileAndTerminalSink {
-  readonly #file: LogSink;
+  #file: LogSink;
+  #fd: number;
+  #size: number;
+  readonly #path: string;
+  readonly #maxBytes: number;
   readonly #terminal: LogSink;
 
-  constructor(file: LogSink, terminal: LogSink) {
-    this.#file = file;
+  constructor(path: string, terminal: LogSink, maxBytes: number) {
+    this.#path = path;
+    this.#maxBytes = maxBytes;
+    this.#fd = openSync(path, 'a', 0o600);
+    this.#size = fstatSync(this.#fd).size;
+    this.#file = new LogSink(this.#fd);
+    sinks.add(this.#file);
     this.#terminal = terminal;
   }
 
+  #rotate(): void {
+    let fd: number;
+    try {
+      renameSync(this.#path, `${this.#path}.1`);
+      fd = openSync(this.#path, 'a', 0o600);
+    } catch {
+      this.#size = 0; // keep writing where we are; try again after another maxBytes
+      return;
+    }
+    // The old sink finishes its queue (into what is now <file>.1), then lets its fd go.
+    const old = this.#file;
+    const oldFd = this.#fd;
+    void old.drain(10_000).then(() => {
+      sinks.delete(old);
+      try {
+        closeSync(oldFd);
+      } catch {
+        // closed already
+      }
+    });
+    this.#fd = fd;
+    this.#size = 0;
+    this.#file = new LogSink(fd);
+    sinks.add(this.#file);
+  }
+
   write(line: string): boolean {
+    this.#size += line.length;
+    if (this.#size > this.#maxBytes) this.#rotate();
     this.#file.write(line);
     // pino writes the level first: no parse for the lines that stay in the file.
     const level = Number(/^\{"level":(\d+)/.exec(line)?.[1] ?? 0);
@@ -211,11 +255,10 @@ class FileAndTerminalSink {
  * warnings and errors also on stderr, short: for a person at a terminal, who wants the startup
  * lines and what went wrong, not every info line. Throws when the file cannot be opened.
  */
-export function createFileLogger(name: string, level: string, file: string, terminal: LogSink = new LogSink(2)): Logger {
-  const fileSink = new LogSink(openSync(file, 'a', 0o600));
-  sinks.add(fileSink);
+export function createFileLogger(name: string, level: string, file: string, terminal: LogSink = new LogSink(2), maxBytes = LOG_FILE_MAX_BYTES): Logger {
+  const sink = new FileAndTerminalSink(file, terminal, maxBytes);
   sinks.add(terminal);
-  return pino({ name, level, base: { component: name } }, new FileAndTerminalSink(fileSink, terminal));
+  return pino({ name, level, base: { component: name } }, sink);
 }
 
 /** Wait (at most `ms`) until every logger's lines are written: before a clean exit. */
