@@ -54,12 +54,19 @@ test('activatorRequest: the public URI back from the function backend or the hop
 
 const haproxy = findHaproxy();
 
-test('gateway config + activator backup: a request no instance can take reaches the activator with its public URI back, upgrades too; a client\'s Via is never read', { skip: haproxy ? false : 'no haproxy binary' }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'aether-gw-backup-'));
+/** A private HAProxy directory as the driver prepares it: error pages and the route map's first lines. */
+function haproxyDir(t: { after(fn: () => void): void }, routes: string): { dir: string; p: ReturnType<typeof paths> } {
+  const dir = mkdtempSync(join(tmpdir(), 'aether-gw-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const p = paths(dir);
   mkdirSync(p.errors);
   for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(p.errors, `${s}.http`), errorPage(Number(s)));
-  writeFileSync(p.routes, 'fnA f0|fn-a|30000\n');
+  writeFileSync(p.routes, routes);
+  return { dir, p };
+}
+
+test('gateway config + activator backup: a request no instance can take reaches the activator with its public URI back, upgrades too; a client\'s Via is never read', { skip: haproxy ? false : 'no haproxy binary' }, async (t) => {
+  const { dir, p } = haproxyDir(t, 'fnA f0|fn-a|30000\n');
   const seen: { event: string; url: string | undefined; via: string | undefined }[] = [];
   // Like the gateway's server: upgrades taken on /functions/* only.
   const act = createServer({ shouldUpgradeCallback: (req) => req.url?.startsWith('/functions/') ?? false }, (req, res) => {
@@ -79,7 +86,6 @@ test('gateway config + activator backup: a request no instance can take reaches 
     hp.kill('SIGKILL');
     backup.close();
     act.close();
-    rmSync(dir, { recursive: true, force: true });
   });
   for (let i = 0; i < 200; i++) {
     if (await adminCommand(p.admin, 'show info').then(() => true, () => false)) break;
@@ -110,12 +116,7 @@ test('gateway config + activator backup: a request no instance can take reaches 
 });
 
 test('gateway config: HAProxy accepts it', { skip: haproxy ? false : 'no haproxy binary' }, (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'aether-gw-cfg-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const p = paths(dir);
-  mkdirSync(p.errors);
-  for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(p.errors, `${s}.http`), errorPage(Number(s)));
-  writeFileSync(p.routes, '');
+  const { dir, p } = haproxyDir(t, '');
   writeFileSync(p.config, renderConfig({ ...input, dir, maxConn: 1000, hops: { count: 2, clusterToken: 'tok' } }));
   const r = spawnSync(haproxy as string, ['-c', '-f', p.config], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr + r.stdout);
@@ -125,11 +126,7 @@ test('gateway config: HAProxy accepts it', { skip: haproxy ? false : 'no haproxy
 });
 
 test('gateway config: a sampled route logs every Nth success with its N and every failure; N=1 logs all; a function\'s x-aether-* headers are dropped', { skip: haproxy ? false : 'no haproxy binary' }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'aether-gw-sample-'));
-  const p = paths(dir);
-  mkdirSync(p.errors);
-  for (const s of Object.keys(ERROR_PAGES)) writeFileSync(join(p.errors, `${s}.http`), errorPage(Number(s)));
-  writeFileSync(p.routes, 'fnA f0|fn-a|30000|4\n');
+  const { dir, p } = haproxyDir(t, 'fnA f0|fn-a|30000|4\n');
   const inst = createServer((req, res) => {
     res.statusCode = req.url === '/fail' ? 500 : 200;
     // A function cannot fake the platform's headers (as on the Node path).
@@ -147,7 +144,6 @@ test('gateway config: a sampled route logs every Nth success with its N and ever
   t.after(() => {
     hp.kill('SIGKILL');
     inst.close();
-    rmSync(dir, { recursive: true, force: true });
   });
   for (let i = 0; i < 200; i++) {
     if (await adminCommand(p.admin, 'show info').then(() => true, () => false)) break;
