@@ -8,8 +8,13 @@ import { AetherError } from '../../core/index.ts';
  * N requests (`aether_*` metrics count it N times; its record is one of a sample, as the records of
  * a busy function are anyway, see InvocationRecorder). Failures are always logged, one line each.
  */
-export const TARGET_LINES_PER_S = 500;
+export const TARGET_LINES_PER_S = 1000;
 export const DEFAULT_MAX_SAMPLING = 64;
+/**
+ * Rates are requests over the last second: a burst that fits in a second below the target (a test
+ * sending a few hundred requests at once, say) is logged in full.
+ */
+export const RATE_WINDOW_MS = 1000;
 /** How long a function's rate must stay low before its N comes down (up is at once). */
 export const SAMPLING_DECAY_MS = 5000;
 
@@ -24,6 +29,8 @@ export function maxSampling(env: string | undefined): number {
 export class LogSampler {
   /** Requests seen (line weights) per function since the last evaluation. */
   #seen = new Map<string, number>();
+  /** Per function, the counts of the evaluations within the last RATE_WINDOW_MS. */
+  readonly #recent = new Map<string, { at: number; n: number }[]>();
   readonly #n = new Map<string, number>();
   /** Since when a sampled function's rate has been low enough for a smaller N. */
   readonly #lowSince = new Map<string, number>();
@@ -45,18 +52,26 @@ export class LogSampler {
   }
 
   /**
-   * Recompute every function's N from its request rate since the last call; true when one
+   * Recompute every function's N from its request rate over the last second; true when one
    * changed (the routes must be rewritten). Up as soon as the rate needs it; down once the rate has
    * stayed below half of what the current N is for during SAMPLING_DECAY_MS, so neither a rate near
    * a boundary nor a short pause flaps the routes.
    */
   evaluate(nowMs: number): boolean {
-    const secs = (nowMs - this.#since) / 1000;
-    if (secs <= 0) return false;
+    if (nowMs <= this.#since) return false;
     this.#since = nowMs;
+    for (const [fnId, n] of this.#seen) {
+      const r = this.#recent.get(fnId) ?? [];
+      r.push({ at: nowMs, n });
+      this.#recent.set(fnId, r);
+    }
+    this.#seen.clear();
     let changed = false;
-    for (const fnId of new Set([...this.#n.keys(), ...this.#seen.keys()])) {
-      const rate = (this.#seen.get(fnId) ?? 0) / secs;
+    for (const fnId of new Set([...this.#n.keys(), ...this.#recent.keys()])) {
+      const r = (this.#recent.get(fnId) ?? []).filter((x) => x.at > nowMs - RATE_WINDOW_MS);
+      if (r.length > 0) this.#recent.set(fnId, r);
+      else this.#recent.delete(fnId);
+      const rate = (r.reduce((a, x) => a + x.n, 0) * 1000) / RATE_WINDOW_MS;
       const cur = this.of(fnId);
       const want = samplingFor(rate, this.#max);
       let next = cur;
@@ -72,7 +87,6 @@ export class LogSampler {
       if (next === 1) this.#n.delete(fnId);
       else this.#n.set(fnId, next);
     }
-    this.#seen.clear();
     return changed;
   }
 }
