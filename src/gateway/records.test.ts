@@ -76,6 +76,18 @@ test('each function keeps about the newest `keep` records', async () => {
   await r.flush();
   // At most `keep` of one flush are written at all (older ones would be trimmed at once).
   assert.deepEqual((await stored(store, 'fn-b')).map((x) => x.id), ids.slice(-100));
+  // Busy again in the next flush: a quarter of `keep` (the store's cost stays bounded under load).
+  const hot: string[] = [];
+  for (let i = 0; i < 400; i++) {
+    const x = rec('fn-b');
+    hot.push(x.id);
+    r.record(x);
+  }
+  await r.flush();
+  const afterHot = (await stored(store, 'fn-b')).map((x) => x.id);
+  assert.deepEqual(afterHot.slice(-25), hot.slice(-25));
+  assert.ok(!afterHot.includes(hot.at(-26) as string), 'only 25 of that flush');
+  ids.push(...hot.slice(-25));
   // Many small flushes: trimming drops whole chunks, oldest first, keeping at least `keep`.
   for (let round = 0; round < 30; round++) {
     for (let i = 0; i < 10; i++) {
