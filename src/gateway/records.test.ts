@@ -67,36 +67,24 @@ test('each function keeps about the newest `keep` records', async () => {
   const clock = new ManualClock();
   const store = createSqliteStore({ path: ':memory:', clock });
   const r = new InvocationRecorder({ store, clock, logger: silentLogger(), keep: 100 });
-  const ids: string[] = [];
-  for (let i = 0; i < 400; i++) {
-    const x = rec('fn-b');
-    ids.push(x.id);
-    r.record(x);
-  }
-  await r.flush();
+  /** Record `n` new records of fn-b and flush; their ids. */
+  const flushOf = async (n: number): Promise<string[]> => {
+    const made = Array.from({ length: n }, () => rec('fn-b'));
+    for (const x of made) r.record(x);
+    await r.flush();
+    return made.map((x) => x.id);
+  };
+  const first = await flushOf(400);
   // At most `keep` of one flush are written at all (older ones would be trimmed at once).
-  assert.deepEqual((await stored(store, 'fn-b')).map((x) => x.id), ids.slice(-100));
+  assert.deepEqual((await stored(store, 'fn-b')).map((x) => x.id), first.slice(-100));
   // Busy again in the next flush: a quarter of `keep` (the store's cost stays bounded under load).
-  const hot: string[] = [];
-  for (let i = 0; i < 400; i++) {
-    const x = rec('fn-b');
-    hot.push(x.id);
-    r.record(x);
-  }
-  await r.flush();
+  const hot = await flushOf(400);
   const afterHot = (await stored(store, 'fn-b')).map((x) => x.id);
   assert.deepEqual(afterHot.slice(-25), hot.slice(-25));
   assert.ok(!afterHot.includes(hot.at(-26) as string), 'only 25 of that flush');
-  ids.push(...hot.slice(-25));
+  const ids = [...first.slice(-100), ...hot.slice(-25)];
   // Many small flushes: trimming drops whole chunks, oldest first, keeping at least `keep`.
-  for (let round = 0; round < 30; round++) {
-    for (let i = 0; i < 10; i++) {
-      const x = rec('fn-b');
-      ids.push(x.id);
-      r.record(x);
-    }
-    await r.flush();
-  }
+  for (let round = 0; round < 30; round++) ids.push(...(await flushOf(10)));
   const kept = await stored(store, 'fn-b');
   assert.ok(kept.length >= 100 && kept.length <= 160, `kept ${kept.length}`);
   assert.deepEqual(kept.map((x) => x.id), ids.slice(-kept.length), 'the newest, in order, with no gap');
