@@ -71,6 +71,9 @@ test('gateway config + activator backup: a request no instance can take reaches 
   // Like the gateway's server: upgrades taken on /functions/* only.
   const act = createServer({ shouldUpgradeCallback: (req) => req.url?.startsWith('/functions/') ?? false }, (req, res) => {
     seen.push({ event: 'request', url: req.url, via: req.headers.via });
+    // The activator's own signals pass as they are (it writes the record under its id).
+    res.setHeader('x-aether-invocation-id', 'inv-activator');
+    res.setHeader('x-aether-cold-start', 'true');
     res.end('activator');
   });
   act.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
@@ -96,6 +99,8 @@ test('gateway config + activator backup: a request no instance can take reaches 
   const r = await fetch(`http://127.0.0.1:${port}/functions/fnA/a/b?q=1`, { headers: { via: '1.0 corp' } });
   assert.equal(r.status, 200);
   assert.equal(await r.text(), 'activator');
+  assert.equal(r.headers.get('x-aether-invocation-id'), 'inv-activator');
+  assert.equal(r.headers.get('x-aether-cold-start'), 'true');
   // A WebSocket handed over the same way: rebuilt before the server decides it is an upgrade.
   const head = await new Promise<string>((resolve, reject) => {
     const c = connect(port, '127.0.0.1', () => c.write('GET /functions/fnA/ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n'));

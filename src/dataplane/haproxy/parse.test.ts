@@ -62,7 +62,7 @@ test('config: a slot per function backend, the activator as default, private adm
   assert.equal(cfg.match(/^backend f\d+$/gm)?.length, 3);
   assert.match(cfg, /retry-on conn-failure\n/);
   // every function backend falls back to the activator when no instance can take a request
-  assert.equal(cfg.match(/^ {2}server activator unix@\/d\/backup\.sock backup$/gm)?.length, 3);
+  assert.equal(cfg.match(/^ {2}server activator unix@\/d\/backup\.sock backup id 1$/gm)?.length, 3);
   // on its own socket: only what HAProxy hands over there is routed by its Via element
   assert.ok(!/server activator 127/.test(cfg));
 });
