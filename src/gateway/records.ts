@@ -21,6 +21,8 @@ export function batchCount(key: string): number {
   return m ? Number(m[1]) : 1;
 }
 
+const byId = (a: InvocationRecord, b: InvocationRecord): number => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+
 /** Records of stored values (a chunk's array, or one record from before chunks), newest first. */
 export function newestRecords(values: readonly string[], limit: number): InvocationRecord[] {
   const out: InvocationRecord[] = [];
@@ -30,18 +32,17 @@ export function newestRecords(values: readonly string[], limit: number): Invocat
     else out.push(parsed);
   }
   // Chunks of different gateways may interleave in time: order the records themselves.
-  out.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+  out.sort((a, b) => byId(b, a));
   return out.slice(0, limit);
 }
 
 /** Records buffered in all while the store is down (the oldest of a function are dropped past it). */
 const MAX_BUFFERED = 50_000;
 
-const byId = (a: InvocationRecord, b: InvocationRecord): number => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
-
 /**
  * What a flush writes of one function's records: all of them in order, or past `max`, the failed
  * ones first (what a user looks for in a busy function's records) and the newest successes after.
+ * Sorts `recs` in place.
  */
 export function sample(recs: InvocationRecord[], max: number): InvocationRecord[] {
   // Nearly in order already (ids start with the request's start time; lines come as requests end).
@@ -69,10 +70,9 @@ function isSorted(recs: readonly InvocationRecord[]): boolean {
  */
 export class InvocationRecorder {
   /**
-   * Per function, in arrival order; each holds at most 2 x keep (the older half is dropped at once):
-   * only the newest `keep` of a flush are written, and at a few thousand requests a second the
-   * buffering, sorting and copying of records that would never be written was most of what the
-   * platform process spent per warm request.
+   * Per function, in arrival order; past 4 x what a flush writes, cut down to what `sample` could
+   * still pick: at a few thousand requests a second the buffering, sorting and copying of records
+   * that would never be written was most of what the platform process spent per warm request.
    */
   #buffers = new Map<string, InvocationRecord[]>();
   #buffered = 0;
@@ -121,9 +121,8 @@ export class InvocationRecorder {
   }
 
   #compact(buf: InvocationRecord[]): void {
-    const failed = buf.filter((r) => r.status !== 'success').slice(-this.#perFlush);
-    const ok = buf.filter((r) => r.status === 'success').slice(-this.#perFlush);
-    const keep = failed.length === 0 ? ok : [...failed, ...ok];
+    // Twice the largest flush: whatever a flush then samples from it, it would have from the whole.
+    const keep = sample(buf, 2 * this.#perFlush);
     this.#buffered -= buf.length - keep.length;
     buf.splice(0, buf.length, ...keep);
   }

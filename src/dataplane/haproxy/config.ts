@@ -81,7 +81,6 @@ export function viaFunction(via: string | string[] | undefined): { fnId: string;
   return { fnId: m[2] as string, before: v.slice(0, m.index) };
 }
 
-
 /**
  * The public URI of a request a backup server handed to the activator, and the `Via` to leave on it
  * (what the client sent, or none); undefined when the last `Via` element is not a function backend's.
